@@ -1,0 +1,15 @@
+/* commands.h - the table of `triage` subcommands. Add a line here and a cmd_*.c file. */
+#ifndef TRIAGE_CLI_COMMANDS_H
+#define TRIAGE_CLI_COMMANDS_H
+
+#include "cli.h"
+
+/* X(name, function, summary): one line per subcommand, in --help order. */
+#define CLI_COMMANDS(X)                                                                           \
+    X("version", cli_version, "print the version and exit")
+
+#define CLI_DECLARE(name, fn, summary) cli_command_fn fn;
+CLI_COMMANDS(CLI_DECLARE)
+#undef CLI_DECLARE
+
+#endif

@@ -1,0 +1,755 @@
+/* conf.c - parses triage.conf (INI) into a validated, immutable snapshot.
+ *
+ * Every scalar key lives in one table (section, key, type, bounds, default), in
+ * the manner of redis' config.c: parsing and defaults come from it. Backend
+ * sections are "[backend NAME]" and may repeat with different names. The INI
+ * reader is our own (a few dozen lines) so every error can name its line. */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "conf.h"
+
+enum conf_type {
+    T_STR,   /* char * */
+    T_U16,   /* uint16_t */
+    T_U32,   /* uint32_t */
+    T_SIZE,  /* size_t, accepts k/m/g suffixes (powers of 1024) */
+    T_BOOL,  /* int: yes/no, true/false, on/off, 1/0 */
+    T_DBL,   /* double */
+    T_ENUM,  /* int, from a name list */
+};
+
+struct conf_key {
+    const char *section; /* "server", "router", ...; "backend" for every [backend NAME] */
+    const char *name;
+    enum conf_type type;
+    size_t offset;       /* into struct conf, or struct conf_backend for "backend" */
+    double min, max;     /* bounds for numbers */
+    const char *def;     /* default as text, parsed like a value from the file; NULL: none */
+    const char *const *names; /* T_ENUM: names in value order, NULL-terminated */
+};
+
+static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+static const char *const log_formats[] = {"logfmt", "json", NULL};
+static const char *const store_prompts[] = {"none", "hash", "full", NULL};
+static const char *const policies[] = {"threshold", "tiers", NULL};
+
+#define C(field) offsetof(struct conf, field)
+#define B(field) offsetof(struct conf_backend, field)
+
+static const struct conf_key keys[] = {
+    {"server", "listen", T_STR, C(listen), 0, 0, "127.0.0.1", NULL},
+    {"server", "port", T_U16, C(port), 1, 65535, "8080", NULL},
+    {"server", "workers", T_U32, C(workers), 1, 64, "1", NULL},
+    {"server", "max_body", T_SIZE, C(max_body), 1024, 1024.0 * 1024 * 1024, "4m", NULL},
+    {"server", "max_header", T_SIZE, C(max_header), 1024, 1024 * 1024, "32k", NULL},
+    {"server", "max_connections", T_U32, C(max_connections), 1, 1000000, "16384", NULL},
+    {"server", "read_timeout_ms", T_U32, C(read_timeout_ms), 100, 3600000, "30000", NULL},
+    {"server", "idle_timeout_ms", T_U32, C(idle_timeout_ms), 100, 3600000, "60000", NULL},
+    {"server", "shutdown_timeout_ms", T_U32, C(shutdown_timeout_ms), 0, 3600000, "30000", NULL},
+    {"server", "log_level", T_ENUM, C(log_level), 0, 0, "info", log_levels},
+    {"server", "log_format", T_ENUM, C(log_format), 0, 0, "logfmt", log_formats},
+    {"server", "log_prompts", T_BOOL, C(log_prompts), 0, 0, "no", NULL},
+
+    {"auth", "keys_file", T_STR, C(keys_file), 0, 0, NULL, NULL},
+    {"auth", "admin_keys_file", T_STR, C(admin_keys_file), 0, 0, NULL, NULL},
+    {"auth", "open_on_loopback", T_BOOL, C(open_on_loopback), 0, 0, "yes", NULL},
+    {"auth", "stats_need_admin", T_BOOL, C(stats_need_admin), 0, 0, "no", NULL},
+
+    {"router", "model", T_STR, C(model_path), 0, 0, NULL, NULL},
+    {"router", "policy", T_ENUM, C(policy), 0, 0, "threshold", policies},
+    {"router", "threshold", T_DBL, C(threshold), 0, 1, "0.5", NULL},
+    {"router", "strong_share", T_DBL, C(strong_share), -1, 1, "-1", NULL},
+
+    {"storage", "path", T_STR, C(db_path), 0, 0, NULL, NULL},
+    {"storage", "store_prompts", T_ENUM, C(store_prompts), 0, 0, "hash", store_prompts},
+    {"storage", "retention_days", T_U32, C(retention_days), 0, 36500, "30", NULL},
+    {"storage", "queue_size", T_U32, C(queue_size), 16, 16777216, "65536", NULL},
+    {"storage", "batch_size", T_U32, C(batch_size), 1, 65536, "512", NULL},
+    {"storage", "flush_interval_ms", T_U32, C(flush_interval_ms), 1, 60000, "200", NULL},
+
+    {"backend", "url", T_STR, B(url), 0, 0, NULL, NULL},
+    {"backend", "model", T_STR, B(model), 0, 0, NULL, NULL},
+    {"backend", "head", T_STR, B(head), 0, 0, NULL, NULL},
+    {"backend", "api_key_env", T_STR, B(api_key_env), 0, 0, NULL, NULL},
+    {"backend", "api_key_file", T_STR, B(api_key_file), 0, 0, NULL, NULL},
+    {"backend", "overrides", T_STR, B(overrides), 0, 0, NULL, NULL},
+    {"backend", "price_input", T_DBL, B(price_input), 0, 1e6, "0", NULL},
+    {"backend", "price_output", T_DBL, B(price_output), 0, 1e6, "0", NULL},
+    {"backend", "connect_timeout_ms", T_U32, B(connect_timeout_ms), 1, 600000, "5000", NULL},
+    {"backend", "first_byte_timeout_ms", T_U32, B(first_byte_timeout_ms), 1, 3600000, "120000",
+     NULL},
+    {"backend", "idle_timeout_ms", T_U32, B(idle_timeout_ms), 1, 3600000, "60000", NULL},
+    {"backend", "timeout_ms", T_U32, B(timeout_ms), 1, 86400000, "600000", NULL},
+    {"backend", "max_concurrent", T_U32, B(max_concurrent), 0, 1000000, "0", NULL},
+    {"backend", "max_retries", T_U32, B(max_retries), 0, 10, "1", NULL},
+};
+
+#undef C
+#undef B
+
+/* Parsing state handed through inih. */
+struct parse {
+    struct conf *c;
+    const char *path;
+    char *err;
+    size_t errlen;
+    int failed;
+    /* List-valued keys are kept as text until every backend is known. */
+    char *aliases;
+    char *tiers;
+    char *fallback;
+    int tiers_line, fallback_line;
+};
+
+static void
+set_err(struct parse *p, int line, const char *fmt, ...)
+{
+    va_list ap;
+    size_t n;
+
+    if (p->failed)
+        return; /* the first error is the one worth reading */
+    p->failed = 1;
+    if (line > 0)
+        n = (size_t)snprintf(p->err, p->errlen, "%s:%d: ", p->path, line);
+    else
+        n = (size_t)snprintf(p->err, p->errlen, "%s: ", p->path);
+    if (n >= p->errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(p->err + n, p->errlen - n, fmt, ap);
+    va_end(ap);
+}
+
+static char *
+xstrdup(const char *s)
+{
+    char *d = strdup(s);
+
+    if (!d)
+        abort(); /* out of memory at start-up or reload: nothing sensible to do */
+    return d;
+}
+
+static int
+parse_bool(const char *v, int *out)
+{
+    static const char *const yes[] = {"yes", "true", "on", "1"};
+    static const char *const no[] = {"no", "false", "off", "0"};
+
+    for (size_t i = 0; i < 4; i++) {
+        if (!strcasecmp(v, yes[i])) {
+            *out = 1;
+            return 0;
+        }
+        if (!strcasecmp(v, no[i])) {
+            *out = 0;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Parses a number with an optional k/m/g suffix into *out. */
+static int
+parse_number(const char *v, int allow_suffix, double *out)
+{
+    char *end;
+    double d;
+
+    errno = 0;
+    d = strtod(v, &end);
+    if (end == v || errno || !isfinite(d))
+        return -1;
+    if (allow_suffix && *end) {
+        switch (tolower((unsigned char)*end)) {
+        case 'k': d *= 1024; break;
+        case 'm': d *= 1024.0 * 1024; break;
+        case 'g': d *= 1024.0 * 1024 * 1024; break;
+        default: return -1;
+        }
+        end++;
+        if (*end == 'b' || *end == 'B')
+            end++;
+    }
+    if (*end)
+        return -1;
+    *out = d;
+    return 0;
+}
+
+/* Stores text v into the field described by k at base. Returns 0 or -1 with err set. */
+static int
+set_value(struct parse *p, int line, const struct conf_key *k, void *base, const char *v)
+{
+    void *field = (char *)base + k->offset;
+    double d;
+
+    switch (k->type) {
+    case T_STR:
+        free(*(char **)field);
+        *(char **)field = xstrdup(v);
+        return 0;
+    case T_BOOL:
+        if (parse_bool(v, (int *)field) < 0) {
+            set_err(p, line, "%s: expected yes or no, got '%s'", k->name, v);
+            return -1;
+        }
+        return 0;
+    case T_ENUM:
+        for (int i = 0; k->names[i]; i++) {
+            if (!strcasecmp(v, k->names[i])) {
+                *(int *)field = i;
+                return 0;
+            }
+        }
+        set_err(p, line, "%s: unknown value '%s'", k->name, v);
+        return -1;
+    case T_U16:
+    case T_U32:
+    case T_SIZE:
+    case T_DBL:
+        if (parse_number(v, k->type == T_SIZE, &d) < 0) {
+            set_err(p, line, "%s: not a number: '%s'", k->name, v);
+            return -1;
+        }
+        if (k->type != T_DBL && d != floor(d)) {
+            set_err(p, line, "%s: expected a whole number, got '%s'", k->name, v);
+            return -1;
+        }
+        if (d < k->min || d > k->max) {
+            set_err(p, line, "%s: %s is out of range [%g, %g]", k->name, v, k->min, k->max);
+            return -1;
+        }
+        if (k->type == T_U16)
+            *(uint16_t *)field = (uint16_t)d;
+        else if (k->type == T_U32)
+            *(uint32_t *)field = (uint32_t)d;
+        else if (k->type == T_SIZE)
+            *(size_t *)field = (size_t)d;
+        else
+            *(double *)field = d;
+        return 0;
+    }
+    return -1;
+}
+
+/* Applies the table's defaults for section to base. */
+static void
+set_defaults(struct parse *p, const char *section, void *base)
+{
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        if (!strcmp(keys[i].section, section) && keys[i].def)
+            set_value(p, 0, &keys[i], base, keys[i].def);
+}
+
+static struct conf_backend *
+backend_add(struct parse *p, const char *name)
+{
+    struct conf *c = p->c;
+    struct conf_backend *b;
+
+    b = realloc(c->backends, (c->n_backends + 1) * sizeof(*b));
+    if (!b)
+        abort();
+    c->backends = b;
+    b = &c->backends[c->n_backends++];
+    memset(b, 0, sizeof(*b));
+    b->name = xstrdup(name);
+    set_defaults(p, "backend", b);
+    return b;
+}
+
+static int
+valid_name(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && !strchr("-_.:/", *s))
+            return 0;
+    return 1;
+}
+
+/* One key = value from the file. Returns nonzero to go on. */
+static int
+on_key(void *user, const char *section, const char *name, const char *value, int line)
+{
+    struct parse *p = user;
+    const char *kind = section;
+    void *base = p->c;
+
+    if (p->failed)
+        return 0;
+    if (!strncmp(section, "backend ", 8)) {
+        const char *bname = section + 8;
+        int idx = conf_backend_find(p->c, bname);
+
+        if (!valid_name(bname)) {
+            set_err(p, line, "backend name '%s' may hold only letters, digits and -_.:/", bname);
+            return 0;
+        }
+        kind = "backend";
+        base = idx >= 0 ? &p->c->backends[idx] : backend_add(p, bname);
+    } else if (!strcmp(section, "backend")) {
+        set_err(p, line, "a backend section needs a name: [backend NAME]");
+        return 0;
+    }
+
+    if (!strcmp(kind, "router")) {
+        char **list = NULL;
+        if (!strcmp(name, "aliases"))
+            list = &p->aliases;
+        else if (!strcmp(name, "tiers"))
+            list = &p->tiers, p->tiers_line = line;
+        else if (!strcmp(name, "fallback"))
+            list = &p->fallback, p->fallback_line = line;
+        if (list) {
+            free(*list);
+            *list = xstrdup(value);
+            return 1;
+        }
+    }
+
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if (!strcmp(keys[i].section, kind) && !strcmp(keys[i].name, name))
+            return set_value(p, line, &keys[i], base, value) == 0;
+    }
+    if (strcmp(kind, "server") && strcmp(kind, "auth") && strcmp(kind, "router") &&
+        strcmp(kind, "storage") && strcmp(kind, "backend"))
+        set_err(p, line, "unknown section [%s]", section);
+    else
+        set_err(p, line, "unknown key '%s' in [%s]", name, section);
+    return 0;
+}
+
+static char *
+trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *end = s + strlen(s);
+    while (end > s && isspace((unsigned char)end[-1]))
+        *--end = '\0';
+    return s;
+}
+
+/* Reads "[section]" and "key = value" lines; '#' or ';' starts a comment at the
+ * start of a line or after white space. Stops at the first error. */
+static void
+read_ini(struct parse *p, FILE *f)
+{
+    char section[256] = "";
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0;
+
+    while (!p->failed && getline(&line, &cap, f) >= 0) {
+        lineno++;
+        for (char *c = line; *c; c++) {
+            if ((*c == '#' || *c == ';') && (c == line || isspace((unsigned char)c[-1]))) {
+                *c = '\0';
+                break;
+            }
+        }
+        char *s = trim(line);
+        if (!*s)
+            continue;
+        if (*s == '[') {
+            char *close = strchr(s, ']');
+            if (!close || close[1] != '\0') {
+                set_err(p, lineno, "syntax error: expected [section]");
+                break;
+            }
+            *close = '\0';
+            snprintf(section, sizeof(section), "%s", trim(s + 1));
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            set_err(p, lineno, "syntax error: expected key = value");
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *value = trim(eq + 1);
+        if (!*section) {
+            set_err(p, lineno, "'%s' is outside any [section]", key);
+            break;
+        }
+        on_key(p, section, key, value, lineno);
+    }
+    free(line);
+}
+
+/* Splits s on commas into trimmed, non-empty items. Returns the count; *items is new. */
+static size_t
+split_list(const char *s, char ***items)
+{
+    char *copy = xstrdup(s), *save = NULL, *tok;
+    size_t n = 0;
+
+    *items = NULL;
+    for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        tok = trim(tok);
+        if (!*tok)
+            continue;
+        char **grown = realloc(*items, (n + 1) * sizeof(char *));
+        if (!grown)
+            abort();
+        *items = grown;
+        (*items)[n++] = xstrdup(tok);
+    }
+    free(copy);
+    return n;
+}
+
+static void
+free_list(char **items, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(items[i]);
+    free(items);
+}
+
+/* Reads a whole small file (a key) into a new string with trailing newlines cut. */
+static char *
+read_secret(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char buf[4096];
+    size_t n;
+
+    if (!f)
+        return NULL;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    char *s = xstrdup(buf);
+    memset(buf, 0, sizeof(buf));
+    return s;
+}
+
+static int
+resolve_key(struct parse *p, struct conf_backend *b)
+{
+    if (b->api_key_env && b->api_key_file) {
+        set_err(p, 0, "backend %s: set api_key_env or api_key_file, not both", b->name);
+        return -1;
+    }
+    if (b->api_key_env) {
+        const char *v = getenv(b->api_key_env);
+        if (!v || !*v) {
+            set_err(p, 0, "backend %s: environment variable %s is not set", b->name,
+                    b->api_key_env);
+            return -1;
+        }
+        b->api_key = xstrdup(v);
+    } else if (b->api_key_file) {
+        char path[PATH_MAX];
+        const char *creds = getenv("CREDENTIALS_DIRECTORY");
+
+        /* A bare name is a systemd credential (LoadCredential=) when one is there. */
+        if (creds && !strchr(b->api_key_file, '/'))
+            snprintf(path, sizeof(path), "%s/%s", creds, b->api_key_file);
+        else
+            snprintf(path, sizeof(path), "%s", b->api_key_file);
+        b->api_key = read_secret(path);
+        if (!b->api_key) {
+            set_err(p, 0, "backend %s: cannot read api_key_file %s: %s", b->name, path,
+                    strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+check_backend(struct parse *p, struct conf_backend *b)
+{
+    if (!b->url) {
+        set_err(p, 0, "backend %s: url is required", b->name);
+        return -1;
+    }
+    if (strncmp(b->url, "http://", 7) && strncmp(b->url, "https://", 8)) {
+        set_err(p, 0, "backend %s: url must start with http:// or https://", b->name);
+        return -1;
+    }
+    size_t n = strlen(b->url);
+    while (n > 0 && b->url[n - 1] == '/')
+        b->url[--n] = '\0';
+    if (!b->model)
+        b->model = xstrdup(b->name);
+    if (!b->head)
+        b->head = xstrdup(b->name);
+    if (b->overrides) {
+        json_error_t jerr;
+        json_t *o = json_loads(b->overrides, 0, &jerr);
+        int ok = o && json_is_object(o);
+        json_decref(o);
+        if (!ok) {
+            set_err(p, 0, "backend %s: overrides must be a JSON object", b->name);
+            return -1;
+        }
+    }
+    return resolve_key(p, b);
+}
+
+/* Resolves tiers ("name:bar, name:bar, name") into indices and bars. */
+static int
+build_tiers(struct parse *p)
+{
+    struct conf *c = p->c;
+    char **items;
+    size_t n = split_list(p->tiers, &items);
+    int rc = -1;
+
+    c->tiers = calloc(n ? n : 1, sizeof(*c->tiers));
+    if (!c->tiers)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        char *colon = strrchr(items[i], ':');
+        double bar = 0;
+
+        /* Backend names may contain ':', so only a numeric tail is a bar. */
+        if (colon && parse_number(colon + 1, 0, &bar) == 0) {
+            *colon = '\0';
+            if (bar < 0 || bar > 1) {
+                set_err(p, p->tiers_line, "tiers: bar %g for %s is outside [0, 1]", bar, items[i]);
+                goto out;
+            }
+        } else {
+            bar = 0;
+        }
+        int idx = conf_backend_find(c, items[i]);
+        if (idx < 0) {
+            set_err(p, p->tiers_line, "tiers: no backend called '%s'", items[i]);
+            goto out;
+        }
+        c->tiers[c->n_tiers].backend = (size_t)idx;
+        c->tiers[c->n_tiers].bar = bar;
+        c->n_tiers++;
+    }
+    rc = 0;
+out:
+    free_list(items, n);
+    return rc;
+}
+
+static int
+build_fallback(struct parse *p)
+{
+    struct conf *c = p->c;
+    char **items;
+    size_t n = split_list(p->fallback, &items);
+    int rc = -1;
+
+    c->fallback = calloc(n ? n : 1, sizeof(*c->fallback));
+    if (!c->fallback)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        int idx = conf_backend_find(c, items[i]);
+        if (idx < 0) {
+            set_err(p, p->fallback_line, "fallback: no backend called '%s'", items[i]);
+            goto out;
+        }
+        c->fallback[c->n_fallback++] = (size_t)idx;
+    }
+    rc = 0;
+out:
+    free_list(items, n);
+    return rc;
+}
+
+/* Cross-section checks once the whole file is read. */
+static int
+validate(struct parse *p)
+{
+    struct conf *c = p->c;
+
+    if (c->n_backends == 0) {
+        set_err(p, 0, "no [backend NAME] section: at least one backend is needed");
+        return -1;
+    }
+    for (size_t i = 0; i < c->n_backends; i++)
+        if (check_backend(p, &c->backends[i]) < 0)
+            return -1;
+
+    c->n_aliases = split_list(p->aliases ? p->aliases : "triage", &c->aliases);
+    for (size_t i = 0; i < c->n_aliases; i++) {
+        if (conf_backend_find(c, c->aliases[i]) >= 0) {
+            set_err(p, 0, "alias '%s' is also a backend name", c->aliases[i]);
+            return -1;
+        }
+    }
+
+    if (p->tiers) {
+        if (build_tiers(p) < 0)
+            return -1;
+    } else {
+        /* Without tiers, route between the first two backends in file order. */
+        c->tiers = calloc(2, sizeof(*c->tiers));
+        if (!c->tiers)
+            abort();
+        for (size_t i = 0; i < c->n_backends && i < 2; i++)
+            c->tiers[c->n_tiers++].backend = i;
+    }
+    if (c->policy == CONF_POLICY_THRESHOLD && c->n_tiers != 2 && c->n_tiers != 1) {
+        set_err(p, p->tiers_line, "policy threshold routes between two tiers, %zu given",
+                c->n_tiers);
+        return -1;
+    }
+    if (c->n_tiers == 0) {
+        set_err(p, p->tiers_line, "tiers: at least one backend is needed");
+        return -1;
+    }
+    if (p->fallback && build_fallback(p) < 0)
+        return -1;
+    if (c->model_path == NULL) {
+        set_err(p, 0, "[router] model is required (the predictor model file)");
+        return -1;
+    }
+    return 0;
+}
+
+/* Relative paths in the file are relative to the file's folder, as users expect. */
+static void
+resolve_path(const char *conf_path, char **field)
+{
+    const char *slash;
+    char *joined;
+
+    if (!*field || (*field)[0] == '/' || !(slash = strrchr(conf_path, '/')))
+        return;
+    size_t dirlen = (size_t)(slash - conf_path);
+    size_t len = dirlen + 1 + strlen(*field) + 1;
+    joined = malloc(len);
+    if (!joined)
+        abort();
+    snprintf(joined, len, "%.*s/%s", (int)dirlen, conf_path, *field);
+    free(*field);
+    *field = joined;
+}
+
+struct conf *
+conf_load(const char *path, char *err, size_t errlen)
+{
+    struct parse p = {.path = path, .err = err, .errlen = errlen};
+    FILE *f;
+
+    if (errlen)
+        err[0] = '\0';
+    p.c = calloc(1, sizeof(*p.c));
+    if (!p.c)
+        abort();
+    p.c->path = xstrdup(path);
+    set_defaults(&p, "server", p.c);
+    set_defaults(&p, "auth", p.c);
+    set_defaults(&p, "router", p.c);
+    set_defaults(&p, "storage", p.c);
+
+    f = fopen(path, "r");
+    if (!f) {
+        set_err(&p, 0, "cannot open: %s", strerror(errno));
+        goto fail;
+    }
+    read_ini(&p, f);
+    fclose(f);
+    if (p.failed)
+        goto fail;
+
+    resolve_path(path, &p.c->model_path);
+    resolve_path(path, &p.c->db_path);
+    resolve_path(path, &p.c->keys_file);
+    resolve_path(path, &p.c->admin_keys_file);
+    if (validate(&p) < 0)
+        goto fail;
+
+    free(p.aliases);
+    free(p.tiers);
+    free(p.fallback);
+    return p.c;
+fail:
+    free(p.aliases);
+    free(p.tiers);
+    free(p.fallback);
+    conf_destroy(p.c);
+    return NULL;
+}
+
+static void
+free_secret(char *s)
+{
+    if (!s)
+        return;
+    /* volatile so the wipe is not optimised away as a dead store */
+    for (volatile char *v = s; *v; v++)
+        *v = 0;
+    free(s);
+}
+
+void
+conf_destroy(struct conf *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_backends; i++) {
+        struct conf_backend *b = &c->backends[i];
+        free(b->name);
+        free(b->url);
+        free(b->model);
+        free(b->head);
+        free_secret(b->api_key);
+        free(b->api_key_env);
+        free(b->api_key_file);
+        free(b->overrides);
+    }
+    free(c->backends);
+    free_list(c->aliases, c->n_aliases);
+    free(c->tiers);
+    free(c->fallback);
+    free(c->path);
+    free(c->listen);
+    free(c->keys_file);
+    free(c->admin_keys_file);
+    free(c->model_path);
+    free(c->db_path);
+    free(c);
+}
+
+int
+conf_backend_find(const struct conf *c, const char *name)
+{
+    for (size_t i = 0; i < c->n_backends; i++)
+        if (!strcmp(c->backends[i].name, name))
+            return (int)i;
+    return -1;
+}
+
+int
+conf_is_alias(const struct conf *c, const char *name)
+{
+    for (size_t i = 0; i < c->n_aliases; i++)
+        if (!strcmp(c->aliases[i], name))
+            return 1;
+    return 0;
+}
+
+int
+conf_log_level_parse(const char *s)
+{
+    for (int i = 0; log_levels[i]; i++)
+        if (!strcasecmp(s, log_levels[i]))
+            return i;
+    return -1;
+}

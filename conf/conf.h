@@ -1,0 +1,122 @@
+/* conf.h - the daemon's configuration: an INI file parsed into an immutable snapshot. */
+#ifndef TRIAGE_CONF_H
+#define TRIAGE_CONF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum conf_log_level {
+    CONF_LOG_ERROR = 0,
+    CONF_LOG_WARN,
+    CONF_LOG_INFO,
+    CONF_LOG_DEBUG,
+};
+
+enum conf_log_format {
+    CONF_LOG_FORMAT_LOGFMT = 0,
+    CONF_LOG_FORMAT_JSON,
+};
+
+enum conf_store_prompts {
+    CONF_STORE_PROMPTS_NONE = 0, /* neither text nor hash */
+    CONF_STORE_PROMPTS_HASH,     /* a hash of the messages only (default) */
+    CONF_STORE_PROMPTS_FULL,     /* the messages as JSON: needed to retrain from the log */
+};
+
+enum conf_policy {
+    CONF_POLICY_THRESHOLD = 0, /* two tiers: score >= threshold goes to the last tier */
+    CONF_POLICY_TIERS,         /* N tiers: the cheapest whose predicted success clears its bar */
+};
+
+/* One upstream OpenAI-compatible backend ([backend NAME] section). */
+struct conf_backend {
+    char *name;            /* the section name: what clients put in "model" to pass through */
+    char *url;             /* base URL up to and including /v1, no trailing slash */
+    char *model;           /* upstream model name substituted into the request */
+    char *head;            /* predictor head scoring this backend (default: name) */
+    char *api_key;         /* resolved secret or NULL; never logged, never copied out */
+    char *api_key_env;     /* where the key came from, for messages (name only) */
+    char *api_key_file;    /* likewise; a relative name is looked up in $CREDENTIALS_DIRECTORY */
+    char *overrides;       /* JSON object merged into routed requests, or NULL */
+    double price_input;    /* USD per 1M input tokens */
+    double price_output;   /* USD per 1M output tokens */
+    uint32_t connect_timeout_ms;
+    uint32_t first_byte_timeout_ms; /* from sending the request to the response headers */
+    uint32_t idle_timeout_ms;       /* longest silence between stream chunks */
+    uint32_t timeout_ms;            /* the whole exchange */
+    uint32_t max_concurrent;        /* in-flight requests to this backend; 0 = unlimited */
+    uint32_t max_retries;           /* retries before the first byte reached the client */
+};
+
+/* One routing tier ([router] tiers = name:bar, ...), cheapest first. */
+struct conf_tier {
+    size_t backend; /* index into conf.backends */
+    double bar;     /* minimum predicted success for this tier; the last tier has none */
+};
+
+struct conf {
+    char *path; /* the file this snapshot was read from */
+
+    /* [server] */
+    char *listen;              /* address to bind, e.g. 127.0.0.1 or :: */
+    uint16_t port;
+    uint32_t workers;          /* event-loop threads, each with its own listener */
+    size_t max_body;           /* bytes */
+    size_t max_header;         /* bytes */
+    uint32_t max_connections;
+    uint32_t read_timeout_ms;  /* a request must arrive whole within this */
+    uint32_t idle_timeout_ms;  /* keep-alive connections idle longer are closed */
+    uint32_t shutdown_timeout_ms; /* SIGTERM: in-flight requests get this long to finish */
+    enum conf_log_level log_level;
+    enum conf_log_format log_format;
+    int log_prompts;           /* 1: prompt text may appear in debug logs */
+
+    /* [auth] */
+    char *keys_file;           /* client key hashes; NULL = no client auth */
+    char *admin_keys_file;     /* admin key hashes; NULL = admin endpoints loopback-only */
+    int open_on_loopback;      /* 1: no key needed when bound to loopback only */
+    int stats_need_admin;      /* 1: /v1/stats and /metrics need an admin key */
+
+    /* [router] */
+    char *model_path;          /* predictor model file */
+    char **aliases;            /* model names that route, e.g. "triage" */
+    size_t n_aliases;
+    enum conf_policy policy;
+    double threshold;          /* CONF_POLICY_THRESHOLD: score cut, in [0,1] */
+    double strong_share;       /* if >= 0, derive the threshold from this share instead */
+    struct conf_tier *tiers;   /* cheapest first; with THRESHOLD exactly two */
+    size_t n_tiers;
+    size_t *fallback;          /* backend indices tried in order when the chosen one fails */
+    size_t n_fallback;
+
+    /* [storage] */
+    char *db_path;             /* SQLite file; NULL = no outcome log */
+    enum conf_store_prompts store_prompts;
+    uint32_t retention_days;   /* 0 = keep forever */
+    uint32_t queue_size;       /* records waiting for the writer before new ones are dropped */
+    uint32_t batch_size;       /* records per transaction */
+    uint32_t flush_interval_ms;
+
+    /* [backend NAME] sections, in file order */
+    struct conf_backend *backends;
+    size_t n_backends;
+};
+
+/* Parses the file at path into a new snapshot, resolves backend keys from the
+ * environment or files, and validates cross references (tiers, fallback, aliases).
+ * Returns NULL on failure with a "file:line: message" (or "file: message") in err. */
+struct conf *conf_load(const char *path, char *err, size_t errlen);
+
+/* Frees a snapshot; NULL is fine. Wipes the resolved keys before freeing them. */
+void conf_destroy(struct conf *c);
+
+/* Returns the index of the backend called name, or -1. Borrows both. */
+int conf_backend_find(const struct conf *c, const char *name);
+
+/* Returns 1 if name is one of the routed aliases, 0 otherwise. */
+int conf_is_alias(const struct conf *c, const char *name);
+
+/* Returns the level for "error", "warn", "info" or "debug", or -1. */
+int conf_log_level_parse(const char *s);
+
+#endif
