@@ -63,6 +63,8 @@ static const struct conf_key keys[] = {
     {"auth", "admin_keys_file", T_STR, C(admin_keys_file), 0, 0, NULL, NULL},
     {"auth", "open_on_loopback", T_BOOL, C(open_on_loopback), 0, 0, "yes", NULL},
     {"auth", "stats_need_admin", T_BOOL, C(stats_need_admin), 0, 0, "no", NULL},
+    {"auth", "rate_limit_rpm", T_U32, C(rate_limit_rpm), 0, 10000000, "0", NULL},
+    {"auth", "rate_limit_tpm", T_U32, C(rate_limit_tpm), 0, 4000000000.0, "0", NULL},
 
     {"router", "model", T_STR, C(model_path), 0, 0, NULL, NULL},
     {"router", "policy", T_ENUM, C(policy), 0, 0, "threshold", policies},
@@ -91,6 +93,10 @@ static const struct conf_key keys[] = {
     {"backend", "timeout_ms", T_U32, B(timeout_ms), 1, 86400000, "600000", NULL},
     {"backend", "max_concurrent", T_U32, B(max_concurrent), 0, 1000000, "0", NULL},
     {"backend", "max_retries", T_U32, B(max_retries), 0, 10, "1", NULL},
+    {"backend", "breaker_failures", T_U32, B(breaker_failures), 1, 1000, "5", NULL},
+    {"backend", "breaker_window_ms", T_U32, B(breaker_window_ms), 100, 3600000, "30000", NULL},
+    {"backend", "breaker_cooldown_ms", T_U32, B(breaker_cooldown_ms), 100, 3600000, "10000",
+     NULL},
 };
 
 #undef C

@@ -46,6 +46,9 @@ struct conf_backend {
     uint32_t timeout_ms;            /* the whole exchange */
     uint32_t max_concurrent;        /* in-flight requests to this backend; 0 = unlimited */
     uint32_t max_retries;           /* retries before the first byte reached the client */
+    uint32_t breaker_failures;      /* failures within breaker_window_ms that open the circuit */
+    uint32_t breaker_window_ms;
+    uint32_t breaker_cooldown_ms;   /* open this long before a half-open probe */
 };
 
 /* One routing tier ([router] tiers = name:bar, ...), cheapest first. */
@@ -76,6 +79,8 @@ struct conf {
     char *admin_keys_file;     /* admin key hashes; NULL = admin endpoints loopback-only */
     int open_on_loopback;      /* 1: no key needed when bound to loopback only */
     int stats_need_admin;      /* 1: /v1/stats and /metrics need an admin key */
+    uint32_t rate_limit_rpm;   /* requests per minute per client key; 0 = unlimited */
+    uint32_t rate_limit_tpm;   /* tokens per minute per client key; 0 = unlimited */
 
     /* [router] */
     char *model_path;          /* predictor model file */
