@@ -297,18 +297,9 @@ on_key(void *user, const char *section, const char *name, const char *value, int
     if (p->failed)
         return 0;
     if (!strncmp(section, "backend ", 8)) {
-        const char *bname = section + 8;
-        int idx = conf_backend_find(p->c, bname);
-
-        if (!valid_name(bname)) {
-            set_err(p, line, "backend name '%s' may hold only letters, digits and -_.:/", bname);
-            return 0;
-        }
+        /* read_ini has checked the name and added the backend */
         kind = "backend";
-        base = idx >= 0 ? &p->c->backends[idx] : backend_add(p, bname);
-    } else if (!strcmp(section, "backend")) {
-        set_err(p, line, "a backend section needs a name: [backend NAME]");
-        return 0;
+        base = &p->c->backends[conf_backend_find(p->c, section + 8)];
     }
 
     if (!strcmp(kind, "router")) {
@@ -378,6 +369,22 @@ read_ini(struct parse *p, FILE *f)
             }
             *close = '\0';
             snprintf(section, sizeof(section), "%s", trim(s + 1));
+            if (!strcmp(section, "backend")) {
+                set_err(p, lineno, "a backend section needs a name: [backend NAME]");
+                break;
+            }
+            if (!strncmp(section, "backend ", 8) && !valid_name(section + 8)) {
+                set_err(p, lineno, "backend name '%s' may hold only letters, digits and -_.:/",
+                        section + 8);
+                break;
+            }
+            if (!strncmp(section, "backend ", 8)) {
+                if (conf_backend_find(p->c, section + 8) >= 0) {
+                    set_err(p, lineno, "backend %s is defined twice", section + 8);
+                    break;
+                }
+                backend_add(p, section + 8);
+            }
             continue;
         }
         char *eq = strchr(s, '=');

@@ -1,0 +1,276 @@
+/* test_conf.c - unit tests for conf/conf.c: defaults, values, cross references and errors. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "conf.h"
+
+/* Writes text to a fresh temporary file and returns its path (static buffer). */
+static const char *
+write_conf(const char *text)
+{
+    static char path[64];
+    int fd;
+
+    snprintf(path, sizeof(path), "/tmp/triage-conf-XXXXXX");
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+/* Loads text; returns the snapshot or NULL with the error in err. */
+static struct conf *
+load(const char *text, char *err, size_t errlen)
+{
+    const char *path = write_conf(text);
+    struct conf *c = conf_load(path, err, errlen);
+
+    unlink(path);
+    return c;
+}
+
+#define MINIMAL                                                                                   \
+    "[router]\nmodel = /m.tmod\n"                                                                 \
+    "[backend fast]\nurl = http://127.0.0.1:1/v1/\n"                                              \
+    "[backend strong]\nurl = https://api.example.com/v1\nmodel = big\n"
+
+static void
+test_defaults(void **state)
+{
+    char err[256];
+    struct conf *c = load(MINIMAL, err, sizeof(err));
+
+    assert_non_null(c);
+    assert_string_equal(c->listen, "127.0.0.1");
+    assert_int_equal(c->port, 8080);
+    assert_int_equal(c->max_body, 4 * 1024 * 1024);
+    assert_int_equal(c->log_level, CONF_LOG_INFO);
+    assert_int_equal(c->store_prompts, CONF_STORE_PROMPTS_HASH);
+    assert_int_equal(c->policy, CONF_POLICY_THRESHOLD);
+    assert_true(c->threshold == 0.5);
+    assert_true(c->strong_share < 0);
+    assert_null(c->db_path);
+    assert_int_equal(c->n_aliases, 1);
+    assert_string_equal(c->aliases[0], "triage");
+    assert_true(conf_is_alias(c, "triage"));
+    assert_false(conf_is_alias(c, "fast"));
+
+    assert_int_equal(c->n_backends, 2);
+    /* trailing slashes are cut; model and head default to the section name */
+    assert_string_equal(c->backends[0].url, "http://127.0.0.1:1/v1");
+    assert_string_equal(c->backends[0].model, "fast");
+    assert_string_equal(c->backends[0].head, "fast");
+    assert_string_equal(c->backends[1].model, "big");
+    assert_null(c->backends[0].api_key);
+    assert_int_equal(c->backends[0].connect_timeout_ms, 5000);
+    assert_int_equal(c->backends[0].breaker_failures, 5);
+
+    /* without tiers, the first two backends in file order */
+    assert_int_equal(c->n_tiers, 2);
+    assert_int_equal(c->tiers[0].backend, 0);
+    assert_int_equal(c->tiers[1].backend, 1);
+    assert_int_equal(conf_backend_find(c, "strong"), 1);
+    assert_int_equal(conf_backend_find(c, "nope"), -1);
+    conf_destroy(c);
+}
+
+static void
+test_values_and_lists(void **state)
+{
+    char err[256];
+    struct conf *c = load("# comment\n"
+                          "[server]\n"
+                          "port = 9000   ; trailing comment\n"
+                          "max_body = 64k\n"
+                          "log_level = DEBUG\n"
+                          "log_format = json\n"
+                          "log_prompts = yes\n"
+                          "[router]\n"
+                          "model = models/x.tmod\n"
+                          "aliases = triage, auto\n"
+                          "policy = tiers\n"
+                          "tiers = a:0.8, b:0.6, c\n"
+                          "fallback = c, a\n"
+                          "[storage]\n"
+                          "path = state/t.db\n"
+                          "store_prompts = full\n"
+                          "[backend a]\nurl = http://x/v1\nprice_input = 0.25\n"
+                          "overrides = {\"reasoning_effort\": \"low\"}\n"
+                          "[backend b]\nurl = http://x/v1\n"
+                          "[backend c]\nurl = http://y/v1\nprice_output = 30\n",
+                          err, sizeof(err));
+
+    assert_non_null(c);
+    assert_int_equal(c->port, 9000);
+    assert_int_equal(c->max_body, 64 * 1024);
+    assert_int_equal(c->log_level, CONF_LOG_DEBUG);
+    assert_int_equal(c->log_format, CONF_LOG_FORMAT_JSON);
+    assert_int_equal(c->log_prompts, 1);
+    assert_int_equal(c->n_aliases, 2);
+    assert_true(conf_is_alias(c, "auto"));
+    assert_int_equal(c->policy, CONF_POLICY_TIERS);
+    assert_int_equal(c->n_tiers, 3);
+    assert_true(c->tiers[0].bar == 0.8);
+    assert_true(c->tiers[1].bar == 0.6);
+    assert_int_equal(c->tiers[2].backend, 2);
+    assert_int_equal(c->n_fallback, 2);
+    assert_int_equal(c->fallback[0], 2);
+    assert_int_equal(c->fallback[1], 0);
+    assert_int_equal(c->store_prompts, CONF_STORE_PROMPTS_FULL);
+    assert_true(c->backends[0].price_input == 0.25);
+    assert_true(c->backends[2].price_output == 30);
+    assert_string_equal(c->backends[0].overrides, "{\"reasoning_effort\": \"low\"}");
+    /* relative paths are resolved against the config file's folder */
+    assert_string_equal(c->model_path, "/tmp/models/x.tmod");
+    assert_string_equal(c->db_path, "/tmp/state/t.db");
+    conf_destroy(c);
+}
+
+static void
+test_keys_from_env_and_file(void **state)
+{
+    char err[256];
+    char keyfile[64], text[512];
+
+    snprintf(keyfile, sizeof(keyfile), "%s", write_conf("sk-from-file\n"));
+
+    setenv("TRIAGE_TEST_KEY", "sk-from-env", 1);
+    snprintf(text, sizeof(text),
+             "[router]\nmodel = /m\n"
+             "[backend a]\nurl = http://x\napi_key_env = TRIAGE_TEST_KEY\n"
+             "[backend b]\nurl = http://x\napi_key_file = %s\n",
+             keyfile);
+    struct conf *c = load(text, err, sizeof(err));
+    assert_non_null(c);
+    assert_string_equal(c->backends[0].api_key, "sk-from-env");
+    assert_string_equal(c->backends[1].api_key, "sk-from-file");
+    conf_destroy(c);
+
+    /* a bare file name is a systemd credential */
+    const char *slash = strrchr(keyfile, '/');
+    setenv("CREDENTIALS_DIRECTORY", "/tmp", 1);
+    snprintf(text, sizeof(text), "[router]\nmodel = /m\n[backend b]\nurl = http://x\n"
+                                 "api_key_file = %s\n", slash + 1);
+    c = load(text, err, sizeof(err));
+    assert_non_null(c);
+    assert_string_equal(c->backends[0].api_key, "sk-from-file");
+    conf_destroy(c);
+    unsetenv("CREDENTIALS_DIRECTORY");
+    unlink(keyfile);
+
+    unsetenv("TRIAGE_TEST_KEY");
+    c = load("[router]\nmodel = /m\n[backend a]\nurl = http://x\napi_key_env = TRIAGE_TEST_KEY\n",
+             err, sizeof(err));
+    assert_null(c);
+    assert_non_null(strstr(err, "TRIAGE_TEST_KEY is not set"));
+    /* the error names the variable, never a key value */
+    assert_null(strstr(err, "sk-"));
+}
+
+/* Each bad file must fail with an error that names the line (where there is one). */
+static void
+test_errors(void **state)
+{
+    static const struct {
+        const char *text;
+        const char *expect; /* substring of the error */
+    } cases[] = {
+        {"[server]\nport = 0\n", ":2: port: 0 is out of range"},
+        {"[server]\nport = 80x\n", ":2: port: not a number"},
+        {"[server]\nworkers = 1.5\n", ":2: workers: expected a whole number"},
+        {"[server]\nlog_level = loud\n", ":2: log_level: unknown value 'loud'"},
+        {"[server]\nlog_prompts = maybe\n", ":2: log_prompts: expected yes or no"},
+        {"[server]\nbogus = 1\n", ":2: unknown key 'bogus' in [server]"},
+        {"[nosuch]\nx = 1\n", ":2: unknown section [nosuch]"},
+        {"port = 1\n", ":1: 'port' is outside any [section]"},
+        {"[server\n", ":1: syntax error: expected [section]"},
+        {"[server]\njust words\n", ":2: syntax error: expected key = value"},
+        {"[backend]\nurl = http://x\n", ":1: a backend section needs a name"},
+        {"[backend a b]\nurl = http://x\n", "backend name 'a b'"},
+        {"[router]\nmodel = /m\n", "no [backend NAME] section"},
+        {"[router]\nmodel = /m\n[backend a]\nurl = http://x\n[backend a]\n",
+         ":5: backend a is defined twice"},
+        {"[router]\nmodel = /m\n[backend a]\n", "backend a: url is required"},
+        {"[router]\nmodel = /m\n[backend a]\nmodel = x\n", "backend a: url is required"},
+        {"[router]\nmodel = /m\n[backend a]\nurl = ftp://x\n", "must start with http://"},
+        {"[router]\nmodel = /m\n[backend a]\nurl = http://x\noverrides = [1]\n",
+         "overrides must be a JSON object"},
+        {"[router]\nmodel = /m\ntiers = a, zz\n[backend a]\nurl = http://x\n",
+         ":3: tiers: no backend called 'zz'"},
+        {"[router]\nmodel = /m\npolicy = tiers\ntiers = a:1.5\n[backend a]\nurl = http://x\n",
+         ":4: tiers: bar 1.5 for a is outside [0, 1]"},
+        {"[router]\nmodel = /m\ntiers = a, a, a\n[backend a]\nurl = http://x\n",
+         "policy threshold routes between two tiers, 3 given"},
+        {"[router]\nmodel = /m\nfallback = q\n[backend a]\nurl = http://x\n",
+         ":3: fallback: no backend called 'q'"},
+        {"[router]\nmodel = /m\naliases = a\n[backend a]\nurl = http://x\n",
+         "alias 'a' is also a backend name"},
+        {"[backend a]\nurl = http://x\n", "[router] model is required"},
+    };
+    char err[256];
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct conf *c = load(cases[i].text, err, sizeof(err));
+        if (c || !strstr(err, cases[i].expect))
+            fail_msg("case %zu: expected error containing \"%s\", got \"%s\"", i,
+                     cases[i].expect, c ? "(loaded)" : err);
+        assert_non_null(strstr(err, "/tmp/triage-conf-"));
+    }
+}
+
+static void
+test_missing_file(void **state)
+{
+    char err[256];
+
+    assert_null(conf_load("/nonexistent/triage.conf", err, sizeof(err)));
+    assert_string_equal(err, "/nonexistent/triage.conf: cannot open: No such file or directory");
+}
+
+static void
+test_shipped_example(void **state)
+{
+    char err[512], path[1024];
+    const char *root = getenv("TRIAGE_SOURCE_ROOT");
+
+    snprintf(path, sizeof(path), "%s/conf/triage.conf", root ? root : ".");
+    struct conf *c = conf_load(path, err, sizeof(err));
+    if (!c)
+        fail_msg("%s", err);
+    assert_int_equal(c->n_backends, 2);
+    assert_int_equal(c->n_tiers, 2);
+    assert_string_equal(c->backends[c->tiers[0].backend].name, "fast");
+    assert_string_equal(c->backends[c->tiers[1].backend].name, "strong");
+    conf_destroy(c);
+}
+
+static void
+test_log_level_parse(void **state)
+{
+    assert_int_equal(conf_log_level_parse("warn"), CONF_LOG_WARN);
+    assert_int_equal(conf_log_level_parse("Info"), CONF_LOG_INFO);
+    assert_int_equal(conf_log_level_parse("trace"), -1);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_values_and_lists),
+        cmocka_unit_test(test_keys_from_env_and_file),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_shipped_example),
+        cmocka_unit_test(test_log_level_parse),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
