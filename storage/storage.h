@@ -3,12 +3,39 @@
  * Writes go through a bounded queue to a dedicated writer thread that commits in
  * batched transactions, so the request path never waits on the disk. Reads
  * (feedback lookups, stats, exports) open their own connection and are meant to
- * run off the event loop (a thread-pool job or the CLI). */
+ * run off the event loop (a thread-pool job or the CLI).
+ *
+ * Loss policy (no silent loss):
+ *  - Queue full (disk slower than traffic): the NEW record is dropped, counted in
+ *    counters.dropped, and storage_submit returns -EAGAIN. Queued records are kept.
+ *  - Write error (read-only or full filesystem, I/O error): the transaction is rolled
+ *    back, counters.write_errors is bumped, degraded is set and the same batch is
+ *    retried with backoff (STORAGE_WRITE_ATTEMPTS attempts in all); if every attempt
+ *    fails the batch is dropped and counted in counters.failed. The daemon keeps
+ *    serving; degraded clears at the next successful commit.
+ *  - storage_close() drains the queue: every record accepted by storage_submit is
+ *    committed (or counted as failed) before it returns.
+ *  - kill -9 loses only what was still queued in memory: at most flush_interval_ms of
+ *    traffic (one batch in normal operation). Committed rows survive (WAL,
+ *    synchronous=NORMAL; an OS crash or power loss may lose the last commits).
+ *
+ * Feedback is stored in its own table (no foreign key) so it can arrive while the
+ * request's row is still queued; a repeat for the same (request id, source)
+ * OVERWRITES the earlier one (last write wins). */
 #ifndef TRIAGE_STORAGE_H
 #define TRIAGE_STORAGE_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+/* The schema version this build writes; older databases are migrated forward at open. */
+#define STORAGE_SCHEMA_VERSION 2
+
+/* Attempts per batch before a write error drops it (counted in counters.failed). */
+#define STORAGE_WRITE_ATTEMPTS 3
 
 /* One routed or passed-through request and what came of it. Strings are owned by
  * the record and freed by storage_record_free(); NULL means unknown. */
@@ -37,11 +64,14 @@ struct storage_record {
     int stream;               /* 1 for SSE responses */
 };
 
+/* Zero in any field means its default (shown in brackets). */
 struct storage_options {
-    uint32_t queue_size;        /* records held before new ones are dropped and counted */
-    uint32_t batch_size;        /* records per transaction */
-    uint32_t flush_interval_ms; /* longest a queued record waits */
+    uint32_t queue_size;        /* records held before new ones are dropped and counted [65536] */
+    uint32_t batch_size;        /* records per transaction [512] */
+    uint32_t flush_interval_ms; /* longest a queued record waits [200] */
     uint32_t retention_days;    /* 0 = keep forever */
+    uint32_t retention_interval_ms; /* pause between retention passes [300000] */
+    uint32_t retention_batch;   /* rows deleted per retention transaction [1000] */
 };
 
 struct storage_counters {
@@ -49,28 +79,101 @@ struct storage_counters {
     uint64_t written;  /* committed */
     uint64_t dropped;  /* refused because the queue was full */
     uint64_t failed;   /* lost to write errors (disk full, read-only) */
-    uint64_t depth;    /* waiting now */
+    uint64_t depth;    /* waiting now (queued and in the batch being written) */
     int degraded;      /* 1 while the last write failed */
+    uint64_t write_errors; /* failed transactions, retries included */
+    uint64_t retention_deleted; /* rows removed by retention */
 };
 
 struct storage;
 
 /* Opens (creating or migrating) the database and starts the writer thread.
- * Refuses a database from a newer schema version. Returns NULL with err set. */
+ * Refuses a database from a newer schema version. Returns NULL with err set.
+ * path may be a "file:" URI (e.g. "file:x.db?mode=ro"). opt may be NULL. */
 struct storage *storage_open(const char *path, const struct storage_options *opt, char *err,
                              size_t errlen);
 
-/* Queues rec for writing; takes ownership in every case. Never blocks. Returns 0,
- * or -EAGAIN when the queue is full (the record is dropped and counted). */
+/* Queues rec for writing; takes ownership in every case. Never blocks on the disk
+ * (only on a short mutex). Returns 0, or -EAGAIN when the queue is full (the record
+ * is dropped and counted), or -EINVAL for NULL arguments (rec freed). */
 int storage_submit(struct storage *s, struct storage_record *rec);
 
 /* Copies the writer's counters into out. Thread-safe. */
 void storage_get_counters(struct storage *s, struct storage_counters *out);
 
+/* Blocks until everything submitted before the call is committed or failed, or
+ * timeout_ms passes (0 = wait forever). Returns 0 or -ETIMEDOUT. Not for the event loop. */
+int storage_flush(struct storage *s, uint32_t timeout_ms);
+
 /* Writes everything queued, stops the writer and closes the database. NULL is fine. */
 void storage_close(struct storage *s);
 
+/* Returns the database path given to storage_open (borrowed, lives as long as s). */
+const char *storage_path(const struct storage *s);
+
+/* Returns a new zeroed record with score/threshold/ttfb NaN and tokens -1. Aborts on OOM. */
+struct storage_record *storage_record_new(void);
+
 /* Frees a record and its strings. NULL is fine. */
 void storage_record_free(struct storage_record *rec);
+
+/* ---- feedback (POST /v1/feedback; call off the event loop) ----
+ * IN PROGRESS: signatures below are final, implementations land shortly. */
+
+/* Stores feedback for request_id from source (NULL or "" = "client"). Give exactly
+ * one of: score in [0,1] (label NULL), or label "good" (=1) / "bad" (=0) with score
+ * NaN. Checks the database and the writer's pending queue for the request id.
+ * A repeat for the same (request_id, source) overwrites the earlier feedback.
+ * Returns 0 stored (new), 1 stored (overwrote an earlier one), -EINVAL invalid
+ * input (→ 400), -ENOENT unknown request id (→ 404), -EIO database error (→ 500);
+ * err gets a message for the client. Thread-safe (one connection, serialised). */
+int storage_feedback(struct storage *s, const char *request_id, double score,
+                     const char *label, const char *source, char *err, size_t errlen);
+
+/* ---- stats (GET /v1/stats, `triage stats`; call off the event loop) ---- */
+
+/* A backend's prices, for costing the "everything to the most expensive" baseline. */
+struct storage_price {
+    const char *name;    /* borrowed */
+    double price_input;  /* USD per 1M input tokens */
+    double price_output; /* USD per 1M output tokens */
+};
+
+/* Parses a stats window: "15m", "1h", "24h" or "7d" into *ms. Returns 0 or -EINVAL
+ * (anything else; use it to answer 400 before calling storage_stats). */
+int storage_window_parse(const char *window, int64_t *ms);
+
+/* Computes routing stats over rows with started_ms in [now_ms - window, now_ms]
+ * (now_ms 0 = the current time). Opens its own read-only connection to db_path.
+ * prices (borrowed, may be NULL/0) feed the saving estimate; without them "saving" is
+ * null. Returns a new reference, or NULL with err set (bad window, database error).
+ * The JSON layout is documented in storage/README.md. */
+json_t *storage_stats(const char *db_path, const char *window, const struct storage_price *prices,
+                      size_t n_prices, int64_t now_ms, char *err, size_t errlen);
+
+/* ---- training export (`triage export`, `triage train --db`) ---- */
+
+struct storage_export_counts {
+    uint64_t rows;          /* request rows read */
+    uint64_t no_prompt;     /* skipped: no prompt text (store_prompts was not full) */
+    uint64_t no_outcome;    /* skipped: prompt text but no feedback to label it */
+    uint64_t bad_prompt;    /* skipped: stored prompt is not a JSON messages array */
+    uint64_t lines;         /* JSONL lines written (one per distinct prompt) */
+};
+
+/* Called once per training example with {"messages": [...], "outcomes": {"<backend>": q}}
+ * (borrowed: incref to keep). Return nonzero to stop the export (it then returns -ECANCELED). */
+typedef int storage_export_fn(json_t *example, void *arg);
+
+/* Reads db_path and emits one example per distinct prompt text that has feedback:
+ * q per backend = mean feedback score over that prompt's rows on that backend. Rows
+ * without feedback carry no label and are skipped (see storage/README.md for why).
+ * counts (may be NULL) receives the tallies. Returns 0, -ECANCELED, or -EIO with err. */
+int storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
+                            struct storage_export_counts *counts, char *err, size_t errlen);
+
+/* Same, writing one compact JSON object per line to out. Returns 0 or -EIO with err. */
+int storage_export_jsonl(const char *db_path, FILE *out, struct storage_export_counts *counts,
+                         char *err, size_t errlen);
 
 #endif

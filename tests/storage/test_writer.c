@@ -1,0 +1,481 @@
+/* test_writer.c - tests storage/storage.c: schema, migrations, the batched writer, loss counting. */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "storage.h"
+
+struct fixture {
+    char dir[64];
+    char path[128];
+};
+
+static int
+setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    strcpy(f->dir, "/tmp/triage-storage-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof(f->path), "%s/t.db", f->dir);
+    *state = f;
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    struct fixture *f = *state;
+    char p[160];
+    const char *sfx[] = {"", "-wal", "-shm", "-journal"};
+
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(p, sizeof(p), "%s%s", f->path, sfx[i]);
+        unlink(p);
+    }
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static struct storage_record *
+make_record(const char *id, int64_t started_ms)
+{
+    struct storage_record *r = storage_record_new();
+    r->request_id = strdup(id);
+    r->started_ms = started_ms;
+    r->finished_ms = started_ms + 100;
+    r->backend = strdup("fast");
+    r->status = 200;
+    r->latency_ms = 100;
+    r->tokens_in = 10;
+    r->tokens_out = 20;
+    r->cost_usd = 0.001;
+    return r;
+}
+
+static int64_t
+query_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t v = -1;
+
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static void
+exec_sql(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        fail_msg("sql: %s", msg);
+    sqlite3_close(db);
+}
+
+static void
+test_create_schema(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), STORAGE_SCHEMA_VERSION);
+    char *mode = NULL;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    mode = strdup((const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    assert_string_equal(mode, "wal");
+    free(mode);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name IN"
+                                        " ('requests','feedback','requests_started',"
+                                        "'requests_request_id')"),
+                     4);
+    /* Reopening a current database is a no-op. */
+    s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    storage_close(s);
+}
+
+/* Schema version 1 exactly as the first release created it. */
+static const char v1_sql[] =
+    "CREATE TABLE requests (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL,"
+    " started_ms INTEGER NOT NULL, finished_ms INTEGER, key_id TEXT, requested_model TEXT,"
+    " backend TEXT, route_reason TEXT, score REAL, threshold REAL, model_version TEXT,"
+    " features_digest INTEGER, prompt_hash TEXT, status INTEGER, error_kind TEXT,"
+    " latency_ms REAL, ttfb_ms REAL, tokens_in INTEGER, tokens_out INTEGER,"
+    " finish_reason TEXT, cost_usd REAL, stream INTEGER, prompt TEXT);"
+    "CREATE INDEX requests_started ON requests(started_ms);"
+    "INSERT INTO requests (request_id, started_ms, backend, status) VALUES"
+    " ('old-1', 1000, 'fast', 200);"
+    "PRAGMA user_version = 1;";
+
+static void
+test_migrate_from_v1(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+
+    exec_sql(f->path, v1_sql);
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), 1);
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    /* The old row survived and feedback (a v2 table) works against it. */
+    assert_int_equal(storage_feedback(s, "old-1", 0.5, NULL, NULL, err, sizeof(err)), 0);
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), STORAGE_SCHEMA_VERSION);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='old-1'"),
+                     1);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM feedback"), 1);
+    assert_int_equal(
+        query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name='requests_request_id'"),
+        1);
+}
+
+static void
+test_refuse_newer(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+
+    exec_sql(f->path, "CREATE TABLE future (x); PRAGMA user_version = 99;");
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_null(s);
+    assert_non_null(strstr(err, "newer"));
+    assert_non_null(strstr(err, "99"));
+    /* And nothing was changed. */
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), 99);
+}
+
+static void
+test_fields_roundtrip(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    struct storage_record *r = make_record("rt-1", 1700000000000);
+    r->key_id = strdup("team-a");
+    r->requested_model = strdup("triage");
+    r->route_reason = strdup("threshold");
+    r->score = 0.75;
+    r->threshold = 0.5;
+    r->model_version = strdup("m-3");
+    r->features_digest = UINT64_C(0xfedcba9876543210);
+    r->prompt_hash = strdup("abc123");
+    r->error_kind = strdup("upstream_timeout");
+    r->status = 504;
+    r->ttfb_ms = 12.5;
+    r->finish_reason = strdup("stop");
+    r->stream = 1;
+    assert_int_equal(storage_submit(s, r), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='rt-1'"
+                                        " AND key_id='team-a' AND requested_model='triage'"
+                                        " AND route_reason='threshold' AND score=0.75"
+                                        " AND threshold=0.5 AND model_version='m-3'"
+                                        " AND prompt_hash='abc123' AND prompt IS NULL"
+                                        " AND status=504 AND error_kind='upstream_timeout'"
+                                        " AND ttfb_ms=12.5 AND tokens_in=10 AND tokens_out=20"
+                                        " AND finish_reason='stop' AND stream=1"
+                                        " AND cost_usd=0.001 AND finished_ms=1700000000100"),
+                     1);
+    assert_int_equal((uint64_t)query_int(f->path, "SELECT features_digest FROM requests"),
+                     UINT64_C(0xfedcba9876543210));
+    /* NaN and -1 are stored as NULL. */
+    s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    r = storage_record_new();
+    r->request_id = strdup("rt-2");
+    assert_int_equal(storage_submit(s, r), 0);
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='rt-2'"
+                                        " AND score IS NULL AND threshold IS NULL"
+                                        " AND ttfb_ms IS NULL AND tokens_in IS NULL"
+                                        " AND tokens_out IS NULL AND backend IS NULL"),
+                     1);
+}
+
+struct producer {
+    struct storage *s;
+    int id;
+    int n;
+    int refused;
+};
+
+static void *
+produce(void *arg)
+{
+    struct producer *p = arg;
+    char id[64];
+
+    for (int i = 0; i < p->n; i++) {
+        snprintf(id, sizeof(id), "t%d-%d", p->id, i);
+        if (storage_submit(p->s, make_record(id, 1700000000000 + i)) != 0)
+            p->refused++;
+    }
+    return NULL;
+}
+
+static void
+test_concurrent_writes(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    struct storage_options opt = {.queue_size = 1 << 16, .batch_size = 256,
+                                  .flush_interval_ms = 20};
+    enum { THREADS = 4, PER = 5000 };
+    pthread_t th[THREADS];
+    struct producer p[THREADS];
+
+    struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+    for (int i = 0; i < THREADS; i++) {
+        p[i] = (struct producer){.s = s, .id = i, .n = PER};
+        assert_int_equal(pthread_create(&th[i], NULL, produce, &p[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(p[i].refused, 0);
+    }
+    assert_int_equal(storage_flush(s, 0), 0);
+    struct storage_counters c;
+    storage_get_counters(s, &c);
+    assert_int_equal(c.queued, THREADS * PER);
+    assert_int_equal(c.written, THREADS * PER);
+    assert_int_equal(c.dropped, 0);
+    assert_int_equal(c.failed, 0);
+    assert_int_equal(c.depth, 0);
+    assert_int_equal(c.degraded, 0);
+    /* Rows are visible to another connection while the writer is open. */
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests"), THREADS * PER);
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "SELECT count(DISTINCT request_id) FROM requests"),
+                     THREADS * PER);
+}
+
+static void
+test_close_drains(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    /* A long flush interval: without the drain nothing would be written yet. */
+    struct storage_options opt = {.queue_size = 10000, .batch_size = 10000,
+                                  .flush_interval_ms = 60000};
+    char id[32];
+
+    struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+    for (int i = 0; i < 3000; i++) {
+        snprintf(id, sizeof(id), "d-%d", i);
+        assert_int_equal(storage_submit(s, make_record(id, 1700000000000)), 0);
+    }
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests"), 3000);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='d-2999'"),
+                     1);
+}
+
+static void
+test_queue_full_drops_newest(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    /* Another connection holds the write lock, so the writer, woken at batch_size,
+     * takes one batch and then waits on the lock while the queue fills up. */
+    struct storage_options opt = {.queue_size = 100, .batch_size = 10,
+                                  .flush_interval_ms = 60000};
+    char id[32];
+    sqlite3 *blocker = NULL;
+
+    struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+    assert_int_equal(sqlite3_open(f->path, &blocker), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(blocker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    for (int i = 0; i < 150; i++) {
+        snprintf(id, sizeof(id), "q-%d", i);
+        int rc = storage_submit(s, make_record(id, 1700000000000));
+        if (i < 100)
+            assert_int_equal(rc, 0);
+        else if (i >= 110)
+            assert_int_equal(rc, -EAGAIN);
+    }
+    struct storage_counters c;
+    storage_get_counters(s, &c);
+    assert_int_equal(c.queued + c.dropped, 150);
+    assert_true(c.dropped >= 40); /* at most one batch of 10 left the queue */
+    assert_true(c.queued >= 100);
+    sqlite3_exec(blocker, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(blocker);
+    storage_get_counters(s, &c);
+    uint64_t queued = c.queued, dropped = c.dropped;
+    storage_close(s);
+    /* Every accepted record has its row; every refused one was counted, none lost silently. */
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests"), queued);
+    assert_int_equal(queued + dropped, 150);
+    /* The first 100 (the oldest) were all kept. */
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE"
+                                        " CAST(substr(request_id, 3) AS INTEGER) < 100"),
+                     100);
+}
+
+static void
+test_read_only_uri_counts_failures(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    char uri[200];
+    struct storage_options opt = {.flush_interval_ms = 10};
+
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    assert_int_equal(storage_submit(s, make_record("before", 1700000000000)), 0);
+    storage_close(s);
+
+    snprintf(uri, sizeof(uri), "file:%s?mode=ro", f->path);
+    s = storage_open(uri, &opt, err, sizeof(err));
+    assert_non_null(s);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(storage_submit(s, make_record("ro", 1700000000000)), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+    struct storage_counters c;
+    storage_get_counters(s, &c);
+    assert_int_equal(c.failed, 5);
+    assert_int_equal(c.written, 0);
+    assert_int_equal(c.degraded, 1);
+    assert_true(c.write_errors >= STORAGE_WRITE_ATTEMPTS);
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests"), 1);
+}
+
+static void
+test_read_only_file_counts_failures(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+
+    if (geteuid() == 0)
+        skip(); /* root writes through file modes; the URI and disk-full tests cover it */
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    storage_close(s);
+    assert_int_equal(chmod(f->path, 0444), 0);
+    s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    assert_int_equal(storage_submit(s, make_record("ro", 1700000000000)), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+    struct storage_counters c;
+    storage_get_counters(s, &c);
+    assert_int_equal(c.failed, 1);
+    assert_int_equal(c.degraded, 1);
+    storage_close(s);
+    chmod(f->path, 0644);
+}
+
+/* Disk full, simulated with RLIMIT_FSIZE in a child (works as root too): writes fail,
+ * are counted, the writer survives, and it recovers when space comes back. */
+static void
+test_disk_full_counts_and_recovers(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+
+    struct storage *s0 = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s0);
+    storage_close(s0);
+
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct storage_options opt = {.flush_interval_ms = 10};
+        struct rlimit rl;
+        char id[32];
+
+        signal(SIGXFSZ, SIG_IGN);
+        struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+        if (!s)
+            _exit(10);
+        getrlimit(RLIMIT_FSIZE, &rl);
+        struct rlimit tiny = {.rlim_cur = 4096, .rlim_max = rl.rlim_max};
+        setrlimit(RLIMIT_FSIZE, &tiny);
+        for (int i = 0; i < 200; i++) {
+            struct storage_record *r = make_record("full", 1700000000000);
+            r->prompt = calloc(1, 2000);
+            memset(r->prompt, 'x', 1999);
+            storage_submit(s, r);
+        }
+        storage_flush(s, 0);
+        struct storage_counters c;
+        storage_get_counters(s, &c);
+        if (c.failed == 0 || !c.degraded || c.failed + c.written != 200)
+            _exit(11);
+        setrlimit(RLIMIT_FSIZE, &rl);
+        for (int i = 0; i < 10; i++) {
+            snprintf(id, sizeof(id), "after-%d", i);
+            storage_submit(s, make_record(id, 1700000000000));
+        }
+        storage_flush(s, 0);
+        storage_get_counters(s, &c);
+        if (c.degraded)
+            _exit(12);
+        storage_close(s);
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id LIKE"
+                                        " 'after-%'"),
+                     10);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_create_schema, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_from_v1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refuse_newer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fields_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_writes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_full_drops_newest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_only_uri_counts_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_only_file_counts_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_full_counts_and_recovers, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
