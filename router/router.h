@@ -40,8 +40,25 @@ const char *router_model_head_name(const struct router_model *m, size_t i);
 int router_model_head_find(const struct router_model *m, const char *name);
 
 /* Returns the score threshold that sends about `share` (in [0,1]) of the model's
- * reference prompts to the strong side (score >= threshold). */
+ * reference prompts to the strong side (score >= threshold): the (1 - share)
+ * percentile of the reference scores, interpolated as numpy does. share <= 0
+ * returns a value above 1 (no strong calls), share >= 1 returns 0. */
 double router_model_threshold_for_share(const struct router_model *m, double share);
+
+/* Same as router_model_load from a buffer of len bytes (borrowed). */
+struct router_model *router_model_load_buffer(const void *data, size_t len, char *err,
+                                              size_t errlen);
+
+/* Writes m to path (through a temporary file renamed into place). Returns 0 or
+ * -errno. */
+int router_model_save(const struct router_model *m, const char *path);
+
+/* Returns the CRC-32 (IEEE) of len bytes, as used in model files. */
+uint32_t router_crc32(const void *data, size_t len);
+
+/* Returns f rounded to the nearest half-precision value (how sparse weights are
+ * stored in model files). */
+float router_half_round(float f);
 
 /* ---- scoring ---------------------------------------------------------------- */
 
@@ -57,6 +74,15 @@ struct router_scores {
 int router_score_request(const struct router_model *m, const json_t *request,
                          struct router_scores *out);
 
+/* Scores a bare prompt (len bytes, borrowed) as the single user turn of a chat.
+ * Returns 0, or -EINVAL when len is 0. Thread-safe like router_score_request. */
+int router_score_text(const struct router_model *m, const char *text, size_t len,
+                      struct router_scores *out);
+
+/* Frees the calling thread's scoring scratch now (it is also freed when the
+ * thread exits). Scoring again afterwards is fine. */
+void router_thread_cleanup(void);
+
 /* ---- policies --------------------------------------------------------------- */
 
 /* One tier, cheapest first. `head` is the model head scoring it (-1: none). */
@@ -70,9 +96,82 @@ enum router_policy_kind {
     ROUTER_POLICY_TIERS,     /* first tier whose p[head] >= bar, else the last */
 };
 
-/* Picks a tier for the scores. For THRESHOLD, `threshold` is the cut; for TIERS
- * it is ignored. Returns the tier index in [0, n_tiers). */
+/* Picks a tier for the scores. For THRESHOLD, `threshold` is the cut: tier 1 when
+ * score >= threshold, else tier 0 (only tiers 0 and 1 are ever chosen). For TIERS
+ * it is ignored: the first tier i < n_tiers-1 whose head is valid and whose
+ * p[head] >= bar, else the last tier (a tier with head -1 only as the last).
+ * n_tiers 0 or 1 returns 0. Returns the tier index in [0, n_tiers). */
 size_t router_policy_pick(enum router_policy_kind kind, const struct router_tier *tiers,
                           size_t n_tiers, double threshold, const struct router_scores *s);
+
+/* ---- training ----------------------------------------------------------------- */
+
+/* A training set: extracted features and outcomes of labelled prompts. */
+struct router_dataset;
+
+/* Returns a new, empty training set hashing into 2^n_bits buckets, or NULL when
+ * n_bits is out of range. */
+struct router_dataset *router_dataset_new(unsigned n_bits);
+
+/* Frees d. NULL is fine. */
+void router_dataset_destroy(struct router_dataset *d);
+
+/* Adds one example (borrowed): a training line {"prompt": "..." | "messages": [...],
+ * "outcomes": {"<head>": q in [0,1], ...}}; other fields are ignored, and a missing
+ * "outcomes" adds an unlabelled example (for scoring). Heads are created in order
+ * of first appearance. Returns 0, -EINVAL (no text, bad outcome), or -E2BIG (more
+ * than ROUTER_MAX_HEADS heads); on error d is unchanged. */
+int router_dataset_add(struct router_dataset *d, const json_t *example);
+
+/* Returns the number of examples. */
+size_t router_dataset_size(const struct router_dataset *d);
+
+/* Returns the number of heads seen so far / head i's name (owned by d) / the index
+ * of the head called name or -1. */
+size_t router_dataset_n_heads(const struct router_dataset *d);
+const char *router_dataset_head_name(const struct router_dataset *d, size_t i);
+int router_dataset_head_find(const struct router_dataset *d, const char *name);
+
+/* Returns example i's outcome for head (index in d), or NAN when it has none. */
+double router_dataset_outcome(const struct router_dataset *d, size_t i, int head);
+
+/* Scores example i with m (which must use the same n_bits). Returns 0 or -EINVAL.
+ * Head indices in out follow m, not d. */
+int router_dataset_score(const struct router_model *m, const struct router_dataset *d, size_t i,
+                         struct router_scores *out);
+
+/* What the score output learns. */
+enum router_score_kind {
+    ROUTER_SCORE_ADVANTAGE,   /* (1 + q_strong - q_weak) / 2: the strong head's expected gain */
+    ROUTER_SCORE_WEAK_FAILS,  /* 1 - q_weak */
+};
+
+struct router_train_opts {
+    uint64_t seed;       /* same data + same seed = same model, bit for bit */
+    unsigned dim;        /* hidden units of the embedding bag (0: logistic regression) */
+    unsigned epochs;
+    double lr;           /* AdaGrad step of the linear weights */
+    double lr_hidden;    /* AdaGrad step of the hidden layer */
+    double l2;           /* L2 penalty per update */
+    double head_weight;  /* loss weight of the per-backend heads vs the score (0: 1) */
+    enum router_score_kind score;
+    const char *strong;  /* head names the score contrasts (borrowed); when either is */
+    const char *weak;    /* missing the score is 1 - mean success over known heads */
+    void (*progress)(void *arg, unsigned long done, unsigned long total);
+    void *progress_arg;
+};
+
+/* Fills o with the defaults. */
+void router_train_opts_default(struct router_train_opts *o);
+
+/* Trains a model on d's examples idx[0..n_idx) (idx NULL: all). Returns a new
+ * model with one reference, or NULL with a reason in err. */
+struct router_model *router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
+                                  const struct router_train_opts *o, char *err, size_t errlen);
+
+/* Scores an already extracted feature vector. Returns 0. */
+struct features_vec;
+int router_score_features(const struct router_model *m, const struct features_vec *fv,
+                          struct router_scores *out);
 
 #endif

@@ -1,0 +1,727 @@
+/* features.c - one streaming pass over a chat request's text into hashed n-grams and dense signals. */
+#include "prompt_features.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "features-int.h"
+
+/* Which part of the conversation a fragment belongs to. */
+enum stream { STREAM_LAST = 0, STREAM_CONTEXT = 1 };
+
+/* Dense feature indices. */
+enum {
+    D_CHARS_ALL = 0,
+    D_CHARS_LAST,
+    D_WORDS_LAST,
+    D_NUMBERS,
+    D_DIGIT_FRAC,
+    D_OPERATORS,
+    D_LATEX,
+    D_CODE,
+    D_MC_OPTIONS,
+    D_TURNS,
+    D_USER_TURNS,
+    D_HAS_SYSTEM,
+    D_SYSTEM_CHARS,
+    D_MAX_TOKENS,
+    D_HAS_TOOLS,
+    D_TOOLS,
+    D_QUESTIONS,
+    D_SENTENCES,
+    D_AVG_WORD,
+    D_UPPER_FRAC,
+    D_NONASCII_FRAC,
+    D_NEWLINES,
+    D_IMAGES,
+    D_LONG_WORD_FRAC,
+};
+
+static const char *const dense_names[FEATURES_N_DENSE] = {
+    "log_chars_all", "log_chars_last", "log_words_last", "log_numbers",
+    "digit_frac",    "log_operators",  "log_latex",      "log_code",
+    "log_mc_options", "log_turns",     "log_user_turns", "has_system",
+    "log_system_chars", "log_max_tokens", "has_tools",   "log_tools",
+    "log_questions", "log_sentences",  "avg_word_len",   "upper_frac",
+    "nonascii_frac", "log_newlines",   "log_images",     "long_word_frac",
+};
+
+/* Bin width multiplier per dense feature: bin = floor(value * scale), in [0, 31]. */
+static const float dense_bin_scale[FEATURES_N_DENSE] = {
+    2, 2, 2, 3, 20, 3, 3, 3, 3, 3, 3, 1, 2, 2, 1, 3, 3, 3, 2, 20, 20, 3, 3, 20,
+};
+
+/* Tokeniser state of one stream (last user turn, or the rest). */
+struct tok {
+    uint64_t word_key;   /* FNV-1a of the current word's folded bytes */
+    uint32_t word_cps;   /* code points in the current word */
+    bool word_num;       /* every code point so far is a digit */
+    uint64_t prev_key;   /* previous token's key, for bigrams */
+    bool has_prev;
+    uint32_t win[3];     /* last three code points, for 4-grams */
+    uint32_t win_n;
+    bool last_space;     /* collapse runs of whitespace */
+};
+
+/* Counters behind the dense signals. */
+struct counts {
+    double chars_all, chars_last, words_last, numbers, digits, operators, latex, code;
+    double mc_options, turns, user_turns, has_system, system_chars, max_tokens, tools;
+    double has_tools, questions, sentences, word_cps, letters, upper, nonascii, newlines;
+    double images, long_words;
+    /* multiple-choice line-start detector: 0 line start, 1 saw '(', 2 saw a
+     * letter, 3 rest of line */
+    int mc_state;
+    uint32_t prev_cp;
+};
+
+struct features_scratch {
+    unsigned n_bits;
+    float *count;       /* [2^n_bits], zero between extractions */
+    uint8_t *fam;       /* [2^n_bits], family of the first feature in a bucket */
+    uint32_t *ids;      /* touched buckets, first-seen order */
+    float *vals;
+    size_t n, cap;
+    struct tok tok[2];
+    struct counts c;
+};
+
+static void *
+xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+
+    if (!q)
+        abort(); /* out of memory aborts, project-wide */
+    return q;
+}
+
+struct features_scratch *
+features_scratch_new(unsigned n_bits)
+{
+    struct features_scratch *s;
+
+    if (n_bits < FEATURES_MIN_BITS || n_bits > FEATURES_MAX_BITS)
+        return NULL;
+    s = xrealloc(NULL, sizeof(*s));
+    memset(s, 0, sizeof(*s));
+    s->n_bits = n_bits;
+    size_t nb = (size_t)1 << n_bits;
+    s->count = xrealloc(NULL, nb * sizeof(float));
+    memset(s->count, 0, nb * sizeof(float));
+    s->fam = xrealloc(NULL, nb);
+    s->cap = 1024;
+    s->ids = xrealloc(NULL, s->cap * sizeof(uint32_t));
+    s->vals = xrealloc(NULL, s->cap * sizeof(float));
+    return s;
+}
+
+void
+features_scratch_destroy(struct features_scratch *s)
+{
+    if (!s)
+        return;
+    free(s->count);
+    free(s->fam);
+    free(s->ids);
+    free(s->vals);
+    free(s);
+}
+
+unsigned
+features_scratch_bits(const struct features_scratch *s)
+{
+    return s->n_bits;
+}
+
+const char *
+features_dense_name(size_t i)
+{
+    return i < FEATURES_N_DENSE ? dense_names[i] : NULL;
+}
+
+/* ---- hashing ------------------------------------------------------------ */
+
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+
+static uint64_t
+mix64(uint64_t x)
+{
+    /* splitmix64 finaliser: spreads every input bit over the output */
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+uint64_t
+features_hash_token(const char *bytes, size_t len)
+{
+    uint64_t h = FNV_OFFSET;
+
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)bytes[i];
+        h *= FNV_PRIME;
+    }
+    return h;
+}
+
+uint32_t
+features_bucket(unsigned n_bits, enum features_family fam, uint64_t key)
+{
+    uint64_t h = mix64(key ^ ((uint64_t)(fam + 1) * 0x9e3779b97f4a7c15ULL));
+
+    return (uint32_t)(h >> (64 - n_bits));
+}
+
+uint64_t
+features__num_key(uint32_t n_digits)
+{
+    char buf[16] = "<num:";
+    size_t len = 5;
+
+    if (n_digits > 6)
+        n_digits = 7; /* one key for every long number */
+    buf[len++] = (char)('0' + n_digits);
+    buf[len++] = '>';
+    return features_hash_token(buf, len);
+}
+
+uint64_t
+features__bigram_key(uint64_t a, uint64_t b)
+{
+    return mix64(a) * 31 + b;
+}
+
+uint64_t
+features__char4_key(const uint32_t cp[4])
+{
+    uint64_t h = FNV_OFFSET;
+
+    for (int i = 0; i < 4; i++) {
+        h ^= cp[i];
+        h *= FNV_PRIME;
+    }
+    return h;
+}
+
+/* ---- accumulation ---------------------------------------------------------- */
+
+static void
+emit(struct features_scratch *s, enum features_family fam, uint64_t key)
+{
+    uint32_t b = features_bucket(s->n_bits, fam, key);
+
+    if (s->count[b] == 0.0f) {
+        if (s->n == s->cap) {
+            s->cap *= 2;
+            s->ids = xrealloc(s->ids, s->cap * sizeof(uint32_t));
+            s->vals = xrealloc(s->vals, s->cap * sizeof(float));
+        }
+        s->ids[s->n++] = b;
+        s->fam[b] = (uint8_t)fam;
+    }
+    s->count[b] += 1.0f;
+}
+
+/* ---- UTF-8 and case folding ------------------------------------------------ */
+
+/* Decodes one code point at p (n bytes left) into *cp; returns its length, with
+ * U+FFFD and length 1 for an invalid or truncated sequence. */
+static size_t
+utf8_decode(const unsigned char *p, size_t n, uint32_t *cp)
+{
+    uint32_t c = p[0];
+    size_t len;
+    uint32_t min;
+
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    } else if ((c & 0xe0) == 0xc0) {
+        len = 2, c &= 0x1f, min = 0x80;
+    } else if ((c & 0xf0) == 0xe0) {
+        len = 3, c &= 0x0f, min = 0x800;
+    } else if ((c & 0xf8) == 0xf0) {
+        len = 4, c &= 0x07, min = 0x10000;
+    } else {
+        goto bad;
+    }
+    if (len > n)
+        goto bad;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            goto bad;
+        c = (c << 6) | (p[i] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        goto bad;
+    *cp = c;
+    return len;
+bad:
+    *cp = 0xfffd;
+    return 1;
+}
+
+static size_t
+utf8_encode(uint32_t c, unsigned char out[4])
+{
+    if (c < 0x80) {
+        out[0] = (unsigned char)c;
+        return 1;
+    } else if (c < 0x800) {
+        out[0] = (unsigned char)(0xc0 | (c >> 6));
+        out[1] = (unsigned char)(0x80 | (c & 0x3f));
+        return 2;
+    } else if (c < 0x10000) {
+        out[0] = (unsigned char)(0xe0 | (c >> 12));
+        out[1] = (unsigned char)(0x80 | ((c >> 6) & 0x3f));
+        out[2] = (unsigned char)(0x80 | (c & 0x3f));
+        return 3;
+    }
+    out[0] = (unsigned char)(0xf0 | (c >> 18));
+    out[1] = (unsigned char)(0x80 | ((c >> 12) & 0x3f));
+    out[2] = (unsigned char)(0x80 | ((c >> 6) & 0x3f));
+    out[3] = (unsigned char)(0x80 | (c & 0x3f));
+    return 4;
+}
+
+uint32_t
+features__fold(uint32_t c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c + 32;
+    if (c < 0x80)
+        return c;
+    if (c >= 0xc0 && c <= 0xde && c != 0xd7) /* Latin-1 capitals */
+        return c + 32;
+    if (c >= 0x391 && c <= 0x3a9 && c != 0x3a2) /* Greek capitals */
+        return c + 32;
+    if (c >= 0x410 && c <= 0x42f) /* Cyrillic capitals */
+        return c + 32;
+    if (c >= 0x400 && c <= 0x40f)
+        return c + 80;
+    return c;
+}
+
+static bool
+is_upper(uint32_t c)
+{
+    return features__fold(c) != c;
+}
+
+static bool
+is_space(uint32_t c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' ||
+           c == 0xa0 || (c >= 0x2000 && c <= 0x200b) || c == 0x3000;
+}
+
+/* Word characters: ASCII letters and digits, and non-ASCII outside the
+ * punctuation and symbol blocks (letters of other scripts, CJK). */
+bool
+features__is_word(uint32_t c)
+{
+    if (c < 0x80)
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    if (c < 0xc0 || c == 0xd7 || c == 0xf7 || c == 0xfffd)
+        return false;
+    if (c >= 0x2000 && c <= 0x2bff) /* punctuation, arrows, math operators, symbols */
+        return false;
+    if (c >= 0x3000 && c <= 0x303f) /* CJK punctuation */
+        return false;
+    if (c >= 0xff00 && c <= 0xff0f)
+        return false;
+    return true;
+}
+
+static bool
+is_digit(uint32_t c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static bool
+is_operator(uint32_t c)
+{
+    return c == '+' || c == '-' || c == '*' || c == '/' || c == '=' || c == '^' || c == '<' ||
+           c == '>' || c == '%' || c == 0xd7 || c == 0xf7 || (c >= 0x2200 && c <= 0x22ff);
+}
+
+/* ---- the tokeniser ----------------------------------------------------------- */
+
+static void
+tok_reset(struct tok *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->word_key = FNV_OFFSET;
+    t->word_num = true;
+    t->last_space = true;
+}
+
+/* Emits a finished token (word or single symbol) with its bigram. */
+static void
+emit_token(struct features_scratch *s, enum stream st, uint64_t key)
+{
+    struct tok *t = &s->tok[st];
+
+    if (st == STREAM_LAST) {
+        emit(s, FEATURES_FAM_WORD, key);
+        if (t->has_prev)
+            emit(s, FEATURES_FAM_BIGRAM, features__bigram_key(t->prev_key, key));
+        t->prev_key = key;
+        t->has_prev = true;
+    } else {
+        emit(s, FEATURES_FAM_CONTEXT, key);
+    }
+}
+
+static void
+word_end(struct features_scratch *s, enum stream st)
+{
+    struct tok *t = &s->tok[st];
+
+    if (t->word_cps == 0)
+        return;
+    uint64_t key = t->word_key;
+    if (t->word_num) {
+        key = features__num_key(t->word_cps);
+        if (st == STREAM_LAST)
+            s->c.numbers++;
+    }
+    if (st == STREAM_LAST) {
+        s->c.words_last++;
+        s->c.word_cps += t->word_cps;
+        if (!t->word_num && t->word_cps >= 8)
+            s->c.long_words++;
+    }
+    emit_token(s, st, key);
+    t->word_key = FNV_OFFSET;
+    t->word_cps = 0;
+    t->word_num = true;
+}
+
+static void
+char_gram(struct features_scratch *s, uint32_t c)
+{
+    struct tok *t = &s->tok[STREAM_LAST];
+
+    if (t->win_n == 3) {
+        uint32_t g[4] = {t->win[0], t->win[1], t->win[2], c};
+        emit(s, FEATURES_FAM_CHAR, features__char4_key(g));
+        t->win[0] = t->win[1];
+        t->win[1] = t->win[2];
+        t->win[2] = c;
+    } else {
+        t->win[t->win_n++] = c;
+    }
+}
+
+/* Multiple-choice options: a line starting with "A." "A)" "(A)" "A:" (A..J). */
+static void
+mc_step(struct counts *c, uint32_t f)
+{
+    if (f == '\n') {
+        c->mc_state = 0;
+        return;
+    }
+    switch (c->mc_state) {
+    case 0:
+        if (f == ' ' || f == '\t')
+            return;
+        if (f == '(') {
+            c->mc_state = 1;
+            return;
+        }
+        c->mc_state = (f >= 'a' && f <= 'j') ? 2 : 3;
+        return;
+    case 1:
+        c->mc_state = (f >= 'a' && f <= 'j') ? 2 : 3;
+        return;
+    case 2:
+        if (f == '.' || f == ')' || f == ':')
+            c->mc_options++;
+        c->mc_state = 3;
+        return;
+    default:
+        return;
+    }
+}
+
+/* Feeds one fragment of text (a message's content or a content part). */
+static void
+feed(struct features_scratch *s, enum stream st, const char *text, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)text;
+    struct tok *t = &s->tok[st];
+    struct counts *c = &s->c;
+    size_t i = 0;
+
+    tok_reset(t);
+    c->mc_state = 0;
+    c->prev_cp = ' ';
+    while (i < len) {
+        uint32_t cp;
+        size_t n = utf8_decode(p + i, len - i, &cp);
+        i += n;
+        c->chars_all++;
+        uint32_t f = features__fold(cp);
+        bool word = features__is_word(cp);
+
+        if (st == STREAM_LAST) {
+            c->chars_last++;
+            if (cp >= 0x80)
+                c->nonascii++;
+            if (word && !is_digit(cp)) {
+                c->letters++;
+                if (is_upper(cp))
+                    c->upper++;
+            }
+            if (is_digit(cp))
+                c->digits++;
+            if (is_operator(cp))
+                c->operators++;
+            if (cp == '\\' || cp == '$')
+                c->latex++;
+            if (cp == '`' || cp == '{' || cp == '}' || cp == ';')
+                c->code++;
+            if (cp == '?')
+                c->questions++;
+            if (cp == '\n')
+                c->newlines++;
+            if (is_space(cp) && (c->prev_cp == '.' || c->prev_cp == '!' || c->prev_cp == '?'))
+                c->sentences++;
+            mc_step(c, f == '\r' ? '\n' : f);
+            c->prev_cp = cp;
+        }
+
+        if (word) {
+            unsigned char buf[4];
+            size_t bl = utf8_encode(f, buf);
+            for (size_t k = 0; k < bl; k++) {
+                t->word_key ^= buf[k];
+                t->word_key *= FNV_PRIME;
+            }
+            t->word_cps++;
+            if (!is_digit(cp))
+                t->word_num = false;
+        } else {
+            word_end(s, st);
+            if (!is_space(cp)) {
+                unsigned char buf[4];
+                size_t bl = utf8_encode(f, buf);
+                emit_token(s, st, features_hash_token((const char *)buf, bl));
+            }
+        }
+        if (st == STREAM_LAST) {
+            if (is_space(cp)) {
+                if (!t->last_space)
+                    char_gram(s, ' ');
+                t->last_space = true;
+            } else {
+                char_gram(s, f);
+                t->last_space = false;
+            }
+        }
+    }
+    word_end(s, st);
+    if (st == STREAM_LAST && c->prev_cp != ' ' &&
+        (c->prev_cp == '.' || c->prev_cp == '!' || c->prev_cp == '?'))
+        c->sentences++;
+}
+
+/* ---- putting it together ----------------------------------------------------- */
+
+static void
+begin(struct features_scratch *s)
+{
+    s->n = 0;
+    memset(&s->c, 0, sizeof(s->c));
+    tok_reset(&s->tok[0]);
+    tok_reset(&s->tok[1]);
+}
+
+static float
+lg(double x)
+{
+    return (float)log1p(x);
+}
+
+static void
+finish(struct features_scratch *s, struct features_vec *out)
+{
+    const struct counts *c = &s->c;
+    float *d = out->dense;
+    double norm[FEATURES_N_FAMILIES] = {0};
+
+    d[D_CHARS_ALL] = lg(c->chars_all);
+    d[D_CHARS_LAST] = lg(c->chars_last);
+    d[D_WORDS_LAST] = lg(c->words_last);
+    d[D_NUMBERS] = lg(c->numbers);
+    d[D_DIGIT_FRAC] = c->chars_last > 0 ? (float)(c->digits / c->chars_last) : 0.0f;
+    d[D_OPERATORS] = lg(c->operators);
+    d[D_LATEX] = lg(c->latex);
+    d[D_CODE] = lg(c->code);
+    d[D_MC_OPTIONS] = lg(c->mc_options);
+    d[D_TURNS] = lg(c->turns);
+    d[D_USER_TURNS] = lg(c->user_turns);
+    d[D_HAS_SYSTEM] = (float)c->has_system;
+    d[D_SYSTEM_CHARS] = lg(c->system_chars);
+    d[D_MAX_TOKENS] = lg(c->max_tokens);
+    d[D_HAS_TOOLS] = (float)c->has_tools;
+    d[D_TOOLS] = lg(c->tools);
+    d[D_QUESTIONS] = lg(c->questions);
+    d[D_SENTENCES] = lg(c->sentences);
+    d[D_AVG_WORD] = c->words_last > 0 ? (float)(c->word_cps / c->words_last) : 0.0f;
+    if (d[D_AVG_WORD] > 15.0f)
+        d[D_AVG_WORD] = 15.0f;
+    d[D_UPPER_FRAC] = c->letters > 0 ? (float)(c->upper / c->letters) : 0.0f;
+    d[D_NONASCII_FRAC] = c->chars_last > 0 ? (float)(c->nonascii / c->chars_last) : 0.0f;
+    d[D_NEWLINES] = lg(c->newlines);
+    d[D_IMAGES] = lg(c->images);
+    d[D_LONG_WORD_FRAC] = c->words_last > 0 ? (float)(c->long_words / c->words_last) : 0.0f;
+
+    for (uint32_t j = 0; j < FEATURES_N_DENSE; j++) {
+        int bin = (int)floorf(d[j] * dense_bin_scale[j]);
+        if (bin < 0)
+            bin = 0;
+        if (bin > 31)
+            bin = 31;
+        emit(s, FEATURES_FAM_DENSE_BIN, ((uint64_t)j << 8) | (uint64_t)bin);
+    }
+
+    /* log term frequency, L2-normalised per family */
+    for (size_t i = 0; i < s->n; i++) {
+        uint32_t b = s->ids[i];
+        float v = 1.0f + logf(s->count[b]);
+        s->vals[i] = v;
+        norm[s->fam[b]] += (double)v * v;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        uint32_t b = s->ids[i];
+        s->vals[i] = (float)(s->vals[i] / sqrt(norm[s->fam[b]]));
+        s->count[b] = 0.0f;
+    }
+    out->n = s->n;
+    out->ids = s->ids;
+    out->vals = s->vals;
+}
+
+static double
+json_num(const json_t *v)
+{
+    if (json_is_integer(v))
+        return (double)json_integer_value(v);
+    if (json_is_real(v))
+        return json_real_value(v);
+    return 0.0;
+}
+
+/* Feeds a message's content: a string, or an array of content parts. */
+static void
+feed_content(struct features_scratch *s, enum stream st, const json_t *content, bool system)
+{
+    if (json_is_string(content)) {
+        size_t len = json_string_length(content);
+        feed(s, st, json_string_value(content), len);
+        if (system)
+            s->c.system_chars += (double)len;
+        return;
+    }
+    if (!json_is_array(content))
+        return;
+    size_t i;
+    const json_t *part;
+    json_array_foreach(content, i, part) {
+        const json_t *text = json_is_object(part) ? json_object_get(part, "text") : NULL;
+        if (json_is_string(text)) {
+            size_t len = json_string_length(text);
+            feed(s, st, json_string_value(text), len);
+            if (system)
+                s->c.system_chars += (double)len;
+        } else if (json_is_string(part)) {
+            feed(s, st, json_string_value(part), json_string_length(part));
+        } else if (json_is_object(part)) {
+            s->c.images++; /* image, audio, file: anything that is not text */
+        }
+    }
+}
+
+int
+features_extract(struct features_scratch *s, const json_t *request, struct features_vec *out)
+{
+    const json_t *messages, *prompt, *v;
+
+    if (!json_is_object(request))
+        return -EINVAL;
+    begin(s);
+    messages = json_object_get(request, "messages");
+    prompt = json_object_get(request, "prompt");
+    if (json_is_array(messages) && json_array_size(messages) > 0) {
+        size_t n = json_array_size(messages), last = n;
+        for (size_t i = n; i-- > 0;) {
+            const json_t *role = json_object_get(json_array_get(messages, i), "role");
+            if (json_is_string(role) && strcmp(json_string_value(role), "user") == 0) {
+                last = i;
+                break;
+            }
+        }
+        if (last == n)
+            last = n - 1; /* no user turn: the final message stands in for it */
+        for (size_t i = 0; i < n; i++) {
+            const json_t *m = json_array_get(messages, i);
+            if (!json_is_object(m))
+                continue;
+            const json_t *role = json_object_get(m, "role");
+            const char *r = json_is_string(role) ? json_string_value(role) : "";
+            bool system = strcmp(r, "system") == 0 || strcmp(r, "developer") == 0;
+            s->c.turns++;
+            if (strcmp(r, "user") == 0)
+                s->c.user_turns++;
+            if (system)
+                s->c.has_system = 1;
+            feed_content(s, i == last ? STREAM_LAST : STREAM_CONTEXT,
+                         json_object_get(m, "content"), system);
+        }
+    } else if (json_is_string(prompt)) {
+        s->c.turns = 1;
+        s->c.user_turns = 1;
+        feed(s, STREAM_LAST, json_string_value(prompt), json_string_length(prompt));
+    } else {
+        return -EINVAL;
+    }
+    v = json_object_get(request, "max_completion_tokens");
+    if (!json_is_number(v))
+        v = json_object_get(request, "max_tokens");
+    if (json_is_number(v) && json_num(v) > 0)
+        s->c.max_tokens = json_num(v);
+    v = json_object_get(request, "tools");
+    if (!json_is_array(v))
+        v = json_object_get(request, "functions");
+    if (json_is_array(v) && json_array_size(v) > 0) {
+        s->c.has_tools = 1;
+        s->c.tools = (double)json_array_size(v);
+    }
+    finish(s, out);
+    return 0;
+}
+
+int
+features_extract_text(struct features_scratch *s, const char *text, size_t len,
+                      struct features_vec *out)
+{
+    if (len == 0)
+        return -EINVAL;
+    begin(s);
+    s->c.turns = 1;
+    s->c.user_turns = 1;
+    feed(s, STREAM_LAST, text, len);
+    finish(s, out);
+    return 0;
+}

@@ -1,0 +1,86 @@
+/* prompt_features.h - prompt text and feature vectors from an OpenAI chat request body (named so to not shadow glibc <features.h>).
+ *
+ * Pure computation, no I/O. The request is walked once: every text fragment is
+ * decoded as UTF-8 (invalid bytes become separators), case-folded, tokenised and
+ * hashed on the fly, so time is linear in the prompt and memory is bounded by the
+ * hash space (2^n_bits buckets), not by the prompt.
+ *
+ * Sparse features (hashed into [0, 2^n_bits)):
+ *   - word unigrams and bigrams of the last user turn (numbers folded to their
+ *     digit count, so "17" and "42" share a feature),
+ *   - character 4-grams of the last user turn (whitespace collapsed),
+ *   - word unigrams of the rest of the conversation (system, earlier turns),
+ *   - the dense signals below, binned.
+ * Each family's values are log term frequencies, L2-normalised per family.
+ * Dense features: FEATURES_N_DENSE raw signals (lengths, digits, operators, LaTeX
+ * and code markers, multiple-choice options, turns, max_tokens, tools, ...). */
+#ifndef TRIAGE_FEATURES_H
+#define TRIAGE_FEATURES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+/* Bump whenever the mapping from text to features changes: model files record it
+ * and refuse to load against a different one. */
+#define FEATURES_VERSION 1
+
+#define FEATURES_N_DENSE 24
+#define FEATURES_MIN_BITS 10
+#define FEATURES_MAX_BITS 24
+
+/* Sparse feature families (also the hash namespace of each feature). */
+enum features_family {
+    FEATURES_FAM_WORD = 0,  /* last user turn, word unigram */
+    FEATURES_FAM_BIGRAM,    /* last user turn, word bigram */
+    FEATURES_FAM_CHAR,      /* last user turn, character 4-gram */
+    FEATURES_FAM_CONTEXT,   /* other turns, word unigram */
+    FEATURES_FAM_DENSE_BIN, /* binned dense signal */
+    FEATURES_N_FAMILIES
+};
+
+/* Working memory for one extraction at a time (one per thread). */
+struct features_scratch;
+
+/* Returns new scratch for a hash space of 2^n_bits buckets (n_bits in
+ * [FEATURES_MIN_BITS, FEATURES_MAX_BITS]), or NULL if n_bits is out of range. */
+struct features_scratch *features_scratch_new(unsigned n_bits);
+
+/* Frees scratch. NULL is fine. */
+void features_scratch_destroy(struct features_scratch *s);
+
+/* Returns the n_bits the scratch was made for. */
+unsigned features_scratch_bits(const struct features_scratch *s);
+
+/* One extracted feature vector. ids/vals point into the scratch and stay valid
+ * until its next extraction. */
+struct features_vec {
+    size_t n;                       /* distinct sparse features */
+    const uint32_t *ids;            /* bucket ids, in first-seen order */
+    const float *vals;              /* value of each id */
+    float dense[FEATURES_N_DENSE];  /* raw dense signals (see features_dense_name) */
+};
+
+/* Extracts features from a chat request (borrowed): "messages" (string content or
+ * arrays of content parts), or a legacy "prompt" string taken as one user turn;
+ * plus max_tokens / max_completion_tokens and tools. Returns 0, or -EINVAL when
+ * the request has no text at all. */
+int features_extract(struct features_scratch *s, const json_t *request, struct features_vec *out);
+
+/* Same as features_extract for a bare prompt (len bytes, borrowed) taken as the
+ * single user turn of a conversation. Returns 0, or -EINVAL when len is 0. */
+int features_extract_text(struct features_scratch *s, const char *text, size_t len,
+                          struct features_vec *out);
+
+/* Returns dense feature i's name (static), or NULL when i is out of range. */
+const char *features_dense_name(size_t i);
+
+/* Returns the bucket id of a feature given its family and its 64-bit key (exposed
+ * for tests: a word's key is features_hash_token over its folded UTF-8 bytes). */
+uint32_t features_bucket(unsigned n_bits, enum features_family fam, uint64_t key);
+
+/* Returns the 64-bit hash of a folded token's bytes (FNV-1a). */
+uint64_t features_hash_token(const char *bytes, size_t len);
+
+#endif

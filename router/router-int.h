@@ -1,0 +1,59 @@
+/* router-int.h - the in-memory model layout shared by router/'s files; not a public API. */
+#ifndef TRIAGE_ROUTER_INT_H
+#define TRIAGE_ROUTER_INT_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "prompt_features.h"
+#include "router.h"
+
+#define ROUTER__MAGIC "TRIAGEM\0"
+#define ROUTER__FORMAT_VERSION 1u
+#define ROUTER__HEADER_SIZE 32u
+#define ROUTER__NAME_MAX 32u   /* bytes per head name in the file, NUL included */
+#define ROUTER__MAX_REF 4096u  /* reference scores kept for calibration */
+#define ROUTER__DENSE_CLIP 5.0f
+
+/* A loaded or freshly trained model. Immutable once shared. n_out = n_heads + 1:
+ * outputs 0..n_heads-1 are the heads, output n_heads is the routing score. */
+struct router_model {
+    atomic_int refs;
+    char version[17];             /* 16 hex digits of the payload's FNV-1a digest */
+    uint32_t n_bits, dim, n_heads, n_out, n_ref;
+    int32_t score_strong, score_weak; /* heads the score contrasts, -1 if none */
+    char names[ROUTER_MAX_HEADS][ROUTER__NAME_MAX];
+    float dense_mean[FEATURES_N_DENSE];
+    float dense_scale[FEATURES_N_DENSE]; /* 1 / standard deviation */
+    float *bias;      /* [n_out] */
+    float *w_dense;   /* [FEATURES_N_DENSE][n_out] */
+    float *w_sparse;  /* [2^n_bits][n_out] */
+    float *h_bias;    /* [dim] hidden layer (dim may be 0) */
+    float *h_dense;   /* [FEATURES_N_DENSE][dim] */
+    float *h_sparse;  /* [2^n_bits][dim]: the embedding bag */
+    float *h_out;     /* [dim][n_out] */
+    float *ref;       /* [n_ref] reference scores, ascending */
+};
+
+/* Allocates a zeroed model with the given shape (one reference). */
+struct router_model *router__model_alloc(uint32_t n_bits, uint32_t dim, uint32_t n_heads);
+
+/* Standardises raw dense features into z (clipped). */
+void router__dense_norm(const struct router_model *m, const float *raw, float *z);
+
+/* Computes the raw outputs (logits, n_out of them) for one feature vector;
+ * hidden (dim floats, may be NULL when dim is 0) receives tanh activations. */
+void router__forward(const struct router_model *m, const struct features_vec *fv,
+                     const float *dz, float *hidden, float *logits);
+
+/* Fills a router_scores from logits. */
+void router__scores_from_logits(const struct router_model *m, const float *logits,
+                                struct router_scores *out);
+
+/* Computes the version digest of the serialised payload. */
+void router__set_version(struct router_model *m, const unsigned char *payload, size_t len);
+
+/* Sets the version of a freshly built model from its serialised payload. */
+void router__model_finish(struct router_model *m);
+
+#endif

@@ -1,0 +1,478 @@
+/* train.c - training sets of extracted features and the deterministic trainer (AdaGrad SGD). */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "router-int.h"
+
+struct example {
+    size_t off;                    /* first feature in the dataset's arrays */
+    uint32_t n;                    /* number of sparse features */
+    float dense[FEATURES_N_DENSE]; /* raw dense signals */
+    float q[ROUTER_MAX_HEADS];     /* outcome per head, NAN when missing */
+};
+
+struct router_dataset {
+    unsigned n_bits;
+    struct features_scratch *scratch;
+    uint32_t *ids;
+    float *vals;
+    size_t nf, capf;
+    struct example *ex;
+    size_t n, cap;
+    uint32_t n_heads;
+    char names[ROUTER_MAX_HEADS][ROUTER__NAME_MAX];
+};
+
+static void *
+xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+
+    if (!q)
+        abort(); /* out of memory aborts, project-wide */
+    return q;
+}
+
+static void
+set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+struct router_dataset *
+router_dataset_new(unsigned n_bits)
+{
+    struct router_dataset *d;
+    struct features_scratch *s = features_scratch_new(n_bits);
+
+    if (!s)
+        return NULL;
+    d = xrealloc(NULL, sizeof(*d));
+    memset(d, 0, sizeof(*d));
+    d->n_bits = n_bits;
+    d->scratch = s;
+    return d;
+}
+
+void
+router_dataset_destroy(struct router_dataset *d)
+{
+    if (!d)
+        return;
+    features_scratch_destroy(d->scratch);
+    free(d->ids);
+    free(d->vals);
+    free(d->ex);
+    free(d);
+}
+
+size_t
+router_dataset_size(const struct router_dataset *d)
+{
+    return d->n;
+}
+
+size_t
+router_dataset_n_heads(const struct router_dataset *d)
+{
+    return d->n_heads;
+}
+
+const char *
+router_dataset_head_name(const struct router_dataset *d, size_t i)
+{
+    return i < d->n_heads ? d->names[i] : NULL;
+}
+
+int
+router_dataset_head_find(const struct router_dataset *d, const char *name)
+{
+    for (uint32_t i = 0; i < d->n_heads; i++)
+        if (strcmp(d->names[i], name) == 0)
+            return (int)i;
+    return -1;
+}
+
+double
+router_dataset_outcome(const struct router_dataset *d, size_t i, int head)
+{
+    if (i >= d->n || head < 0 || (uint32_t)head >= d->n_heads)
+        return NAN;
+    return d->ex[i].q[head];
+}
+
+int
+router_dataset_add(struct router_dataset *d, const json_t *example)
+{
+    struct features_vec fv;
+    const json_t *outcomes = json_object_get(example, "outcomes"), *v;
+    const char *name;
+    float q[ROUTER_MAX_HEADS];
+    int idx[ROUTER_MAX_HEADS];
+    size_t nq = 0;
+    int rc;
+
+    if (outcomes && !json_is_object(outcomes))
+        return -EINVAL;
+    /* check every outcome before adding a head, so a bad line changes nothing */
+    json_object_foreach((json_t *)outcomes, name, v) {
+        if (!json_is_number(v))
+            return -EINVAL;
+        double x = json_number_value(v);
+        if (!(x >= 0.0 && x <= 1.0))
+            return -EINVAL;
+        size_t len = strlen(name);
+        if (len == 0 || len >= ROUTER__NAME_MAX)
+            return -EINVAL;
+        int h = router_dataset_head_find(d, name);
+        if (h < 0) {
+            uint32_t extra = 0;
+            for (size_t k = 0; k < nq; k++)
+                extra += idx[k] < 0;
+            if (d->n_heads + extra >= ROUTER_MAX_HEADS)
+                return -E2BIG;
+        }
+        if (nq == ROUTER_MAX_HEADS)
+            return -E2BIG;
+        idx[nq] = h;
+        q[nq++] = (float)x;
+    }
+    rc = features_extract(d->scratch, example, &fv);
+    if (rc < 0)
+        return rc;
+    nq = 0;
+    json_object_foreach((json_t *)outcomes, name, v) {
+        if (idx[nq] < 0) {
+            idx[nq] = router_dataset_head_find(d, name);
+            if (idx[nq] < 0) {
+                idx[nq] = (int)d->n_heads;
+                snprintf(d->names[d->n_heads++], ROUTER__NAME_MAX, "%s", name);
+            }
+        }
+        nq++;
+    }
+    if (d->n == d->cap) {
+        d->cap = d->cap ? d->cap * 2 : 256;
+        d->ex = xrealloc(d->ex, d->cap * sizeof(*d->ex));
+    }
+    if (d->nf + fv.n > d->capf) {
+        while (d->nf + fv.n > d->capf)
+            d->capf = d->capf ? d->capf * 2 : 65536;
+        d->ids = xrealloc(d->ids, d->capf * sizeof(uint32_t));
+        d->vals = xrealloc(d->vals, d->capf * sizeof(float));
+    }
+    struct example *e = &d->ex[d->n++];
+    e->off = d->nf;
+    e->n = (uint32_t)fv.n;
+    memcpy(d->ids + d->nf, fv.ids, fv.n * sizeof(uint32_t));
+    memcpy(d->vals + d->nf, fv.vals, fv.n * sizeof(float));
+    d->nf += fv.n;
+    memcpy(e->dense, fv.dense, sizeof(e->dense));
+    for (size_t h = 0; h < ROUTER_MAX_HEADS; h++)
+        e->q[h] = NAN;
+    for (size_t k = 0; k < nq; k++)
+        e->q[idx[k]] = q[k];
+    return 0;
+}
+
+static void
+example_vec(const struct router_dataset *d, size_t i, struct features_vec *fv)
+{
+    const struct example *e = &d->ex[i];
+
+    fv->n = e->n;
+    fv->ids = d->ids + e->off;
+    fv->vals = d->vals + e->off;
+    memcpy(fv->dense, e->dense, sizeof(fv->dense));
+}
+
+int
+router_dataset_score(const struct router_model *m, const struct router_dataset *d, size_t i,
+                     struct router_scores *out)
+{
+    struct features_vec fv;
+
+    if (i >= d->n || m->n_bits != d->n_bits)
+        return -EINVAL;
+    example_vec(d, i, &fv);
+    return router_score_features(m, &fv, out);
+}
+
+/* ---- training ------------------------------------------------------------------ */
+
+void
+router_train_opts_default(struct router_train_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->seed = 1;
+    o->dim = 16;
+    o->epochs = 6;
+    o->lr = 0.1;
+    o->lr_hidden = 0.05;
+    o->l2 = 1e-6;
+    o->score = ROUTER_SCORE_ADVANTAGE;
+    o->strong = "strong";
+    o->weak = "weak";
+}
+
+static uint64_t
+rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static double
+rng_unit(uint64_t *s)
+{
+    return (double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* AdaGrad step on one parameter. */
+static inline void
+step(float *w, float *acc, float g, float lr)
+{
+    *acc += g * g;
+    *w -= lr * g / sqrtf(*acc + 1e-8f);
+}
+
+/* Target of the score output for example e, or NAN when it has none. */
+static float
+score_target(const struct router_model *m, const struct router_train_opts *o,
+             const struct example *e)
+{
+    int s = m->score_strong, w = m->score_weak;
+
+    switch (o->score) {
+    case ROUTER_SCORE_ADVANTAGE:
+        if (s >= 0 && w >= 0) {
+            if (isnan(e->q[s]) || isnan(e->q[w]))
+                return NAN;
+            return 0.5f * (1.0f + e->q[s] - e->q[w]);
+        }
+        break;
+    case ROUTER_SCORE_WEAK_FAILS:
+        if (w >= 0)
+            return isnan(e->q[w]) ? NAN : 1.0f - e->q[w];
+        break;
+    }
+    /* no pair: difficulty = 1 - mean success over the heads we know */
+    double sum = 0;
+    int n = 0;
+    for (uint32_t h = 0; h < m->n_heads; h++)
+        if (!isnan(e->q[h])) {
+            sum += e->q[h];
+            n++;
+        }
+    return n ? (float)(1.0 - sum / n) : NAN;
+}
+
+static int
+cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+struct router_model *
+router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
+             const struct router_train_opts *o, char *err, size_t errlen)
+{
+    struct router_model *m;
+    size_t n = idx ? n_idx : d->n;
+    uint64_t rng = o->seed * 0x2545f4914f6cdd1dULL + 1;
+
+    if (n == 0 || d->n_heads == 0) {
+        set_err(err, errlen, "no training examples with outcomes");
+        return NULL;
+    }
+    if (o->dim > 256) {
+        set_err(err, errlen, "hidden size above 256");
+        return NULL;
+    }
+    m = router__model_alloc(d->n_bits, o->dim, d->n_heads);
+    memcpy(m->names, d->names, sizeof(m->names));
+    m->score_strong = o->strong ? router_dataset_head_find(d, o->strong) : -1;
+    m->score_weak = o->weak ? router_dataset_head_find(d, o->weak) : -1;
+
+    size_t *order = xrealloc(NULL, n * sizeof(size_t));
+    for (size_t i = 0; i < n; i++)
+        order[i] = idx ? idx[i] : i;
+
+    /* dense standardisation from the training examples */
+    for (size_t j = 0; j < FEATURES_N_DENSE; j++) {
+        double s = 0, s2 = 0;
+        for (size_t i = 0; i < n; i++) {
+            double v = d->ex[order[i]].dense[j];
+            s += v;
+            s2 += v * v;
+        }
+        double mean = s / n, var = s2 / n - mean * mean;
+        m->dense_mean[j] = (float)mean;
+        m->dense_scale[j] = var > 1e-12 ? (float)(1.0 / sqrt(var)) : 0.0f;
+    }
+
+    /* output biases start at the log-odds of the mean targets */
+    uint32_t no = m->n_out, dim = m->dim;
+    for (uint32_t out = 0; out < no; out++) {
+        double s = 0;
+        size_t c = 0;
+        for (size_t i = 0; i < n; i++) {
+            const struct example *e = &d->ex[order[i]];
+            float t = out < m->n_heads ? e->q[out] : score_target(m, o, e);
+            if (!isnan(t)) {
+                s += t;
+                c++;
+            }
+        }
+        double p = c ? s / c : 0.5;
+        p = p < 0.01 ? 0.01 : p > 0.99 ? 0.99 : p;
+        m->bias[out] = (float)log(p / (1 - p));
+    }
+    for (size_t k = 0; k < (size_t)dim * no; k++)
+        m->h_out[k] = (float)((rng_unit(&rng) - 0.5) * 0.2);
+
+    size_t nb = (size_t)1 << d->n_bits;
+    float *a_bias = xrealloc(NULL, no * sizeof(float));
+    float *a_wd = xrealloc(NULL, (size_t)FEATURES_N_DENSE * no * sizeof(float));
+    float *a_ws = xrealloc(NULL, nb * no * sizeof(float));
+    float *a_hb = xrealloc(NULL, (dim + 1) * sizeof(float));
+    float *a_hd = xrealloc(NULL, ((size_t)FEATURES_N_DENSE * dim + 1) * sizeof(float));
+    float *a_hs = xrealloc(NULL, (nb * dim + 1) * sizeof(float));
+    float *a_ho = xrealloc(NULL, ((size_t)dim * no + 1) * sizeof(float));
+    memset(a_bias, 0, no * sizeof(float));
+    memset(a_wd, 0, (size_t)FEATURES_N_DENSE * no * sizeof(float));
+    memset(a_ws, 0, nb * no * sizeof(float));
+    memset(a_hb, 0, (dim + 1) * sizeof(float));
+    memset(a_hd, 0, ((size_t)FEATURES_N_DENSE * dim + 1) * sizeof(float));
+    memset(a_hs, 0, (nb * dim + 1) * sizeof(float));
+    memset(a_ho, 0, ((size_t)dim * no + 1) * sizeof(float));
+
+    float lr = (float)o->lr, lrh = (float)o->lr_hidden, l2 = (float)o->l2;
+    float hw = (float)(o->head_weight > 0 ? o->head_weight : 1.0);
+    unsigned long total = (unsigned long)o->epochs * n, done = 0;
+    for (unsigned ep = 0; ep < o->epochs; ep++) {
+        /* Fisher-Yates with the seeded generator: same seed, same model */
+        for (size_t i = n; i > 1; i--) {
+            size_t j = (size_t)(rng_next(&rng) % i);
+            size_t t = order[i - 1];
+            order[i - 1] = order[j];
+            order[j] = t;
+        }
+        for (size_t ii = 0; ii < n; ii++) {
+            const struct example *e = &d->ex[order[ii]];
+            struct features_vec fv;
+            float dz[FEATURES_N_DENSE], hidden[256], logits[ROUTER_MAX_HEADS + 1];
+            float g[ROUTER_MAX_HEADS + 1], da[256];
+            int any = 0;
+
+            example_vec(d, order[ii], &fv);
+            router__dense_norm(m, fv.dense, dz);
+            router__forward(m, &fv, dz, hidden, logits);
+            for (uint32_t out = 0; out < no; out++) {
+                float t = out < m->n_heads ? e->q[out] : score_target(m, o, e);
+                if (isnan(t)) {
+                    g[out] = 0;
+                    continue;
+                }
+                float p = 1.0f / (1.0f + expf(-logits[out]));
+                g[out] = (p - t) * (out < m->n_heads ? hw : 1.0f);
+                any = 1;
+            }
+            if (any) {
+                for (uint32_t k = 0; k < dim; k++) {
+                    float dh = 0;
+                    for (uint32_t out = 0; out < no; out++)
+                        dh += g[out] * m->h_out[k * no + out];
+                    da[k] = dh * (1.0f - hidden[k] * hidden[k]);
+                    for (uint32_t out = 0; out < no; out++)
+                        if (g[out] != 0.0f)
+                            step(&m->h_out[k * no + out], &a_ho[k * no + out],
+                                 g[out] * hidden[k] + l2 * m->h_out[k * no + out], lrh);
+                    step(&m->h_bias[k], &a_hb[k], da[k], lrh);
+                }
+                for (uint32_t out = 0; out < no; out++)
+                    if (g[out] != 0.0f)
+                        step(&m->bias[out], &a_bias[out], g[out], lr);
+                for (size_t j = 0; j < FEATURES_N_DENSE; j++) {
+                    if (dz[j] == 0.0f)
+                        continue;
+                    for (uint32_t out = 0; out < no; out++)
+                        if (g[out] != 0.0f) {
+                            float *w = &m->w_dense[j * no + out];
+                            step(w, &a_wd[j * no + out], g[out] * dz[j] + l2 * *w, lr);
+                        }
+                    for (uint32_t k = 0; k < dim; k++) {
+                        float *w = &m->h_dense[j * dim + k];
+                        step(w, &a_hd[j * dim + k], da[k] * dz[j] + l2 * *w, lrh);
+                    }
+                }
+                for (size_t i = 0; i < fv.n; i++) {
+                    size_t r = fv.ids[i];
+                    float v = fv.vals[i];
+                    for (uint32_t out = 0; out < no; out++)
+                        if (g[out] != 0.0f) {
+                            float *w = &m->w_sparse[r * no + out];
+                            step(w, &a_ws[r * no + out], g[out] * v + l2 * *w, lr);
+                        }
+                    for (uint32_t k = 0; k < dim; k++) {
+                        float *w = &m->h_sparse[r * dim + k];
+                        step(w, &a_hs[r * dim + k], da[k] * v + l2 * *w, lrh);
+                    }
+                }
+            }
+            done++;
+            if (o->progress && (done & 1023) == 0)
+                o->progress(o->progress_arg, done, total);
+        }
+    }
+    if (o->progress)
+        o->progress(o->progress_arg, total, total);
+    free(a_bias);
+    free(a_wd);
+    free(a_ws);
+    free(a_hb);
+    free(a_hd);
+    free(a_hs);
+    free(a_ho);
+
+    /* sparse weights are stored as half floats: round now, so the model in
+     * memory scores exactly like the one loaded back from its file */
+    for (size_t k = 0; k < nb * no; k++)
+        m->w_sparse[k] = router_half_round(m->w_sparse[k]);
+    for (size_t k = 0; k < nb * dim; k++)
+        m->h_sparse[k] = router_half_round(m->h_sparse[k]);
+
+    /* reference score distribution, for thresholds from a target share */
+    float *scores = xrealloc(NULL, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        struct router_scores sc;
+        struct features_vec fv;
+        example_vec(d, order[i], &fv);
+        router_score_features(m, &fv, &sc);
+        scores[i] = (float)sc.score;
+    }
+    qsort(scores, n, sizeof(float), cmp_float);
+    m->n_ref = n < ROUTER__MAX_REF ? (uint32_t)n : ROUTER__MAX_REF;
+    m->ref = xrealloc(NULL, m->n_ref * sizeof(float));
+    for (uint32_t i = 0; i < m->n_ref; i++) {
+        size_t k = m->n_ref == 1 ? 0 : (size_t)((double)i * (n - 1) / (m->n_ref - 1) + 0.5);
+        m->ref[i] = scores[k];
+    }
+    free(scores);
+    free(order);
+    router__model_finish(m);
+    return m;
+}
