@@ -1,0 +1,263 @@
+/* mockllm.c - a fast scriptable OpenAI-compatible backend for triaged's tests and benchmarks.
+ *
+ * mockllm --port 0 [--listen ADDR] [--latency-ms N] [--chunks N] [--chunk-delay-ms N]
+ *         [--content TEXT] [--threads N]
+ * prints "listening on <port>" once ready. A request may override the defaults with a
+ * top-level "mock" object: latency_ms, chunks, chunk_delay_ms, content, status,
+ * retry_after, fail ("close" | "hang" | "die_mid_stream"), die_after. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "fakeai.h"
+
+struct mock_defaults {
+    uint32_t latency_ms;
+    unsigned chunks;       /* 0 = content by words */
+    uint32_t chunk_delay_ms;
+    const char *content;   /* NULL = generated from chunks */
+};
+
+static const char *const words[] = {
+    " The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", " again",
+};
+
+/* Returns new text of n word pieces, for "chunks" without "content". */
+static char *
+generated_content(unsigned n)
+{
+    size_t cap = 16 + (size_t)n * 8, len = 0;
+    char *s = malloc(cap);
+
+    if (!s)
+        abort();
+    s[0] = '\0';
+    for (unsigned i = 0; i < n; i++) {
+        const char *w = words[i % (sizeof(words) / sizeof(words[0]))];
+        if (i == 0)
+            w++; /* no space in front of the first word */
+        size_t l = strlen(w);
+        memcpy(s + len, w, l + 1);
+        len += l;
+    }
+    return s;
+}
+
+/* Adds up the bytes of message text: string contents and "text" parts. */
+static size_t
+prompt_bytes(json_t *messages)
+{
+    size_t i, j, total = 0;
+    json_t *m, *part;
+
+    json_array_foreach(messages, i, m) {
+        json_t *content = json_object_get(m, "content");
+        if (json_is_string(content)) {
+            total += json_string_length(content);
+        } else if (json_is_array(content)) {
+            json_array_foreach(content, j, part) {
+                json_t *t = json_object_get(part, "text");
+                if (json_is_string(t))
+                    total += json_string_length(t);
+            }
+        }
+    }
+    return total;
+}
+
+static long
+get_int(json_t *obj, const char *key, long dflt)
+{
+    json_t *v = json_object_get(obj, key);
+
+    if (json_is_integer(v))
+        return (long)json_integer_value(v);
+    if (json_is_real(v))
+        return (long)json_real_value(v);
+    return dflt;
+}
+
+static void
+reply_json(struct fakeai_req *req, int status, json_t *j)
+{
+    char *s = json_dumps(j, JSON_COMPACT);
+
+    fakeai_req_reply(req, status, "application/json", NULL, s, strlen(s));
+    free(s);
+    json_decref(j);
+}
+
+static void
+handle_chat(struct fakeai_req *req, const struct mock_defaults *d)
+{
+    size_t blen;
+    const char *body = fakeai_req_body(req, &blen);
+    json_error_t jerr;
+    json_t *root = json_loadb(body, blen, 0, &jerr);
+    char *gen = NULL, *extra = NULL;
+
+    if (!json_is_object(root)) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "mockllm: request body is not a JSON object: %s", jerr.text);
+        fakeai_req_error(req, 400, msg);
+        json_decref(root);
+        return;
+    }
+    json_t *mock = json_object_get(root, "mock");
+    json_t *model = json_object_get(root, "model");
+    json_t *so = json_object_get(root, "stream_options");
+    const char *auth = fakeai_req_header(req, "authorization");
+    struct fakeai_chat c = {
+        .model = json_is_string(model) ? json_string_value(model) : "",
+        .latency_ms = (uint32_t)get_int(mock, "latency_ms", d->latency_ms),
+        .chunks = (unsigned)get_int(mock, "chunks", d->chunks),
+        .chunk_delay_ms = (uint32_t)get_int(mock, "chunk_delay_ms", d->chunk_delay_ms),
+        .stream = json_is_true(json_object_get(root, "stream")),
+        .include_usage = json_is_true(json_object_get(so, "include_usage")),
+        .status = (int)get_int(mock, "status", 0),
+        .retry_after = get_int(mock, "retry_after", 0),
+        .die_after = (unsigned)get_int(mock, "die_after", 0),
+    };
+    size_t pb = prompt_bytes(json_object_get(root, "messages"));
+    c.prompt_tokens = pb ? (long)((pb + 3) / 4) : 1;
+
+    json_t *content = json_object_get(mock, "content");
+    if (json_is_string(content))
+        c.content = json_string_value(content);
+    else if (d->content)
+        c.content = d->content;
+    else {
+        /* n generated words, cut at the words */
+        c.content = gen = generated_content(c.chunks ? c.chunks : 8);
+        c.chunks = 0;
+    }
+
+    const char *fail = json_string_value(json_object_get(mock, "fail"));
+    if (fail && strcmp(fail, "close") == 0)
+        c.fail = FAKEAI_FAIL_CLOSE;
+    else if (fail && strcmp(fail, "hang") == 0)
+        c.fail = FAKEAI_FAIL_HANG;
+    else if (fail && strcmp(fail, "die_mid_stream") == 0)
+        c.fail = FAKEAI_FAIL_DIE_MID_STREAM;
+
+    size_t elen = strlen(c.model) + (auth ? strlen(auth) : 0) + 64;
+    extra = malloc(elen);
+    if (!extra)
+        abort();
+    snprintf(extra, elen, "x-mock-model: %s\r\n%s%s%s", c.model, auth ? "x-mock-auth: " : "",
+             auth ? auth : "", auth ? "\r\n" : "");
+    /* a model name must not smuggle line breaks into the response headers */
+    for (char *p = extra + 14, *e = p + strlen(c.model); p < e; p++)
+        if (*p == '\r' || *p == '\n')
+            *p = ' ';
+    c.extra_headers = extra;
+
+    fakeai_req_chat(req, &c);
+    free(extra);
+    free(gen);
+    json_decref(root);
+}
+
+static void
+handle(struct fakeai_req *req, void *arg)
+{
+    const struct mock_defaults *d = arg;
+    const char *method = fakeai_req_method(req), *path = fakeai_req_path(req);
+
+    if (strcmp(path, "/v1/chat/completions") == 0) {
+        if (strcmp(method, "POST") != 0)
+            fakeai_req_error(req, 405, "use POST");
+        else
+            handle_chat(req, d);
+    } else if (strcmp(path, "/_mock/stats") == 0) {
+        reply_json(req, 200, fakeai_server_stats(fakeai_req_server(req)));
+    } else if (strcmp(path, "/_mock/reset") == 0 && strcmp(method, "POST") == 0) {
+        fakeai_server_reset(fakeai_req_server(req));
+        reply_json(req, 200, json_pack("{s:b}", "ok", 1));
+    } else {
+        fakeai_req_error(req, 404, "mockllm: no such path");
+    }
+}
+
+static void
+usage(FILE *f)
+{
+    fprintf(f, "usage: mockllm [--port N] [--listen ADDR] [--latency-ms N] [--chunks N]\n"
+               "               [--chunk-delay-ms N] [--content TEXT] [--threads N]\n"
+               "A scriptable OpenAI-compatible backend: prints \"listening on PORT\" when ready.\n");
+}
+
+static int
+parse_num(const char *s, unsigned long max, unsigned long *out)
+{
+    char *end;
+
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || v > max)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    struct mock_defaults d = {0};
+    struct fakeai_config cfg = {.listen = "127.0.0.1", .threads = 1, .handler = handle, .arg = &d};
+    char err[256];
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        unsigned long v = 0;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            usage(stderr);
+            return 2;
+        }
+        const char *val = argv[++i];
+        if (strcmp(a, "--listen") == 0) {
+            cfg.listen = val;
+            continue;
+        }
+        if (strcmp(a, "--content") == 0) {
+            d.content = val;
+            continue;
+        }
+        if (parse_num(val, 0xFFFFFFFFul, &v) < 0) {
+            fprintf(stderr, "mockllm: bad number for %s: %s\n", a, val);
+            return 2;
+        }
+        if (strcmp(a, "--port") == 0 && v <= 65535)
+            cfg.port = (uint16_t)v;
+        else if (strcmp(a, "--latency-ms") == 0)
+            d.latency_ms = (uint32_t)v;
+        else if (strcmp(a, "--chunks") == 0)
+            d.chunks = (unsigned)v;
+        else if (strcmp(a, "--chunk-delay-ms") == 0)
+            d.chunk_delay_ms = (uint32_t)v;
+        else if (strcmp(a, "--threads") == 0 && v >= 1 && v <= 256)
+            cfg.threads = (unsigned)v;
+        else {
+            usage(stderr);
+            return 2;
+        }
+    }
+
+    struct fakeai_server *s = fakeai_server_new(&cfg, err, sizeof(err));
+    if (!s) {
+        fprintf(stderr, "mockllm: %s\n", err);
+        return 1;
+    }
+    printf("listening on %u\n", (unsigned)fakeai_server_port(s));
+    fflush(stdout);
+    int r = fakeai_server_run(s);
+    fakeai_server_destroy(s);
+    return r < 0 ? 1 : 0;
+}

@@ -1,0 +1,523 @@
+/* test_mockllm.c - self-tests of mockllm: starts it and checks each scripted behaviour over
+ * real HTTP with libcurl. Usage: test_mockllm PATH-TO-MOCKLLM */
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+extern char **environ;
+
+static int failures;
+static unsigned port;
+
+#define CHECK(cond)                                                                               \
+    do {                                                                                          \
+        if (!(cond)) {                                                                            \
+            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, __func__, #cond); \
+            failures++;                                                                           \
+        }                                                                                         \
+    } while (0)
+
+struct resp {
+    CURLcode rc;
+    long status;
+    char *body;
+    size_t len;
+    char *head;
+    size_t hlen;
+    long connects;
+};
+
+/* Appends to a (char *, size_t) pair laid out as in struct resp. */
+struct sink {
+    char **buf;
+    size_t *len;
+};
+
+static size_t
+on_sink(char *p, size_t sz, size_t n, void *arg)
+{
+    struct sink *s = arg;
+    size_t add = sz * n;
+
+    *s->buf = realloc(*s->buf, *s->len + add + 1);
+    memcpy(*s->buf + *s->len, p, add);
+    *s->len += add;
+    (*s->buf)[*s->len] = '\0';
+    return add;
+}
+
+static void
+resp_free(struct resp *r)
+{
+    free(r->body);
+    free(r->head);
+    memset(r, 0, sizeof(*r));
+}
+
+/* One request on handle h (NULL: a fresh one). body NULL = GET. */
+static void
+request(CURL *h, const char *path, const char *body, const char *auth, long timeout_ms,
+        struct resp *r)
+{
+    char url[256];
+    int own = h == NULL;
+    struct curl_slist *hdrs = NULL;
+    struct sink bs = {&r->body, &r->len}, hs = {&r->head, &r->hlen};
+
+    memset(r, 0, sizeof(*r));
+    r->body = calloc(1, 1);
+    r->head = calloc(1, 1);
+    if (own)
+        h = curl_easy_init();
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u%s", port, path);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_sink);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &bs);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_sink);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &hs);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms ? timeout_ms : 10000L);
+    if (body) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+    } else {
+        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+    }
+    if (auth)
+        hdrs = curl_slist_append(hdrs, auth);
+    if (body && strlen(body) > 2000)
+        hdrs = curl_slist_append(hdrs, "Expect: 100-continue");
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    r->rc = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &r->connects);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+    curl_slist_free_all(hdrs);
+    if (own)
+        curl_easy_cleanup(h);
+}
+
+/* Returns the value of header name in r (a static copy) or NULL. */
+static const char *
+header(const struct resp *r, const char *name)
+{
+    static char val[512];
+    size_t nl = strlen(name);
+
+    for (const char *p = r->head; p && *p;) {
+        const char *e = strstr(p, "\r\n");
+        if (!e)
+            break;
+        if ((size_t)(e - p) > nl && strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
+            const char *v = p + nl + 1;
+            while (*v == ' ')
+                v++;
+            snprintf(val, sizeof(val), "%.*s", (int)(e - v), v);
+            return val;
+        }
+        p = e + 2;
+    }
+    return NULL;
+}
+
+static json_t *
+stats(void)
+{
+    struct resp r;
+
+    request(NULL, "/_mock/stats", NULL, NULL, 0, &r);
+    json_t *j = json_loads(r.body, 0, NULL);
+    resp_free(&r);
+    return j;
+}
+
+static long
+stat_of(const char *key)
+{
+    json_t *j = stats();
+    long v = (long)json_integer_value(json_object_get(j, key));
+    json_decref(j);
+    return v;
+}
+
+static void
+reset(void)
+{
+    struct resp r;
+
+    request(NULL, "/_mock/reset", "{}", NULL, 0, &r);
+    CHECK(r.status == 200);
+    resp_free(&r);
+}
+
+static void
+test_plain(void)
+{
+    struct resp r;
+
+    request(NULL, "/v1/chat/completions",
+            "{\"model\":\"m-1\",\"messages\":[{\"role\":\"user\",\"content\":\"abcdefgh\"}],"
+            "\"mock\":{\"content\":\"Hello \\\"big\\\"\\nworld foo\"}}",
+            "Authorization: Bearer sk-test", 0, &r);
+    CHECK(r.rc == CURLE_OK);
+    CHECK(r.status == 200);
+    CHECK(header(&r, "x-mock-model") && strcmp(header(&r, "x-mock-model"), "m-1") == 0);
+    CHECK(header(&r, "x-mock-auth") && strcmp(header(&r, "x-mock-auth"), "Bearer sk-test") == 0);
+    json_t *j = json_loads(r.body, 0, NULL);
+    CHECK(j != NULL);
+    CHECK(strcmp(json_string_value(json_object_get(j, "object")), "chat.completion") == 0);
+    CHECK(strcmp(json_string_value(json_object_get(j, "model")), "m-1") == 0);
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+    const char *content = json_string_value(json_object_get(json_object_get(ch, "message"), "content"));
+    CHECK(content && strcmp(content, "Hello \"big\"\nworld foo") == 0);
+    CHECK(strcmp(json_string_value(json_object_get(ch, "finish_reason")), "stop") == 0);
+    json_t *u = json_object_get(j, "usage");
+    CHECK(json_integer_value(json_object_get(u, "prompt_tokens")) == 2);
+    CHECK(json_integer_value(json_object_get(u, "completion_tokens")) == 4);
+    CHECK(json_integer_value(json_object_get(u, "total_tokens")) == 6);
+    json_decref(j);
+    resp_free(&r);
+
+    /* no Authorization: no x-mock-auth */
+    request(NULL, "/v1/chat/completions", "{\"model\":\"x\",\"messages\":[]}", NULL, 0, &r);
+    CHECK(r.status == 200);
+    CHECK(header(&r, "x-mock-auth") == NULL);
+    resp_free(&r);
+}
+
+/* Parses an SSE body: the concatenated deltas, the number of content chunks, and flags. */
+struct sse {
+    char content[4096];
+    int content_chunks, stop_chunks, usage_chunks, done, after_done;
+    long completion_tokens;
+    char model[64];
+};
+
+static void
+parse_sse(const char *body, struct sse *s)
+{
+    memset(s, 0, sizeof(*s));
+    for (const char *p = body; (p = strstr(p, "data: ")) != NULL;) {
+        p += 6;
+        const char *e = strstr(p, "\n\n");
+        if (!e)
+            break;
+        if (s->done)
+            s->after_done++;
+        if (strncmp(p, "[DONE]", 6) == 0) {
+            s->done = 1;
+            p = e;
+            continue;
+        }
+        json_t *j = json_loadb(p, (size_t)(e - p), 0, NULL);
+        CHECK(j != NULL);
+        CHECK(strcmp(json_string_value(json_object_get(j, "object")), "chat.completion.chunk") == 0);
+        snprintf(s->model, sizeof(s->model), "%s", json_string_value(json_object_get(j, "model")));
+        json_t *choices = json_object_get(j, "choices");
+        json_t *c0 = json_array_get(choices, 0);
+        if (json_array_size(choices) == 0) {
+            s->usage_chunks++;
+            s->completion_tokens =
+                (long)json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens"));
+        } else if (json_is_string(json_object_get(c0, "finish_reason"))) {
+            s->stop_chunks++;
+        } else {
+            const char *d = json_string_value(json_object_get(json_object_get(c0, "delta"), "content"));
+            CHECK(d != NULL);
+            if (d)
+                strncat(s->content, d, sizeof(s->content) - strlen(s->content) - 1);
+            s->content_chunks++;
+        }
+        json_decref(j);
+        p = e;
+    }
+}
+
+static void
+test_stream(void)
+{
+    struct resp r;
+    struct sse s;
+
+    request(NULL, "/v1/chat/completions",
+            "{\"model\":\"m-s\",\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+            "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+            "\"mock\":{\"content\":\"one two three four five\",\"chunk_delay_ms\":5}}",
+            NULL, 0, &r);
+    CHECK(r.rc == CURLE_OK);
+    CHECK(r.status == 200);
+    CHECK(header(&r, "content-type") && strncmp(header(&r, "content-type"), "text/event-stream", 17) == 0);
+    parse_sse(r.body, &s);
+    CHECK(strcmp(s.content, "one two three four five") == 0);
+    CHECK(s.content_chunks == 5);
+    CHECK(s.stop_chunks == 1);
+    CHECK(s.usage_chunks == 1);
+    CHECK(s.completion_tokens == 5);
+    CHECK(s.done == 1 && s.after_done == 0);
+    CHECK(strcmp(s.model, "m-s") == 0);
+    resp_free(&r);
+
+    /* without include_usage: no usage chunk; chunks cuts the text into equal pieces */
+    request(NULL, "/v1/chat/completions",
+            "{\"model\":\"m\",\"stream\":true,\"messages\":[],"
+            "\"mock\":{\"content\":\"abcdefgh\",\"chunks\":4}}",
+            NULL, 0, &r);
+    parse_sse(r.body, &s);
+    CHECK(s.content_chunks == 4);
+    CHECK(strcmp(s.content, "abcdefgh") == 0);
+    CHECK(s.usage_chunks == 0);
+    CHECK(s.done == 1);
+    CHECK(strstr(r.body, "\"content\":\"cd\"") != NULL);
+    resp_free(&r);
+
+    /* chunks without content: that many generated words */
+    request(NULL, "/v1/chat/completions",
+            "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+            "\"messages\":[],\"mock\":{\"chunks\":12}}",
+            NULL, 0, &r);
+    parse_sse(r.body, &s);
+    CHECK(s.content_chunks == 12);
+    CHECK(s.completion_tokens == 12);
+    resp_free(&r);
+}
+
+static void
+test_errors(void)
+{
+    struct resp r;
+
+    request(NULL, "/v1/chat/completions",
+            "{\"model\":\"m\",\"messages\":[],\"mock\":{\"status\":429,\"retry_after\":7}}", NULL, 0,
+            &r);
+    CHECK(r.status == 429);
+    CHECK(header(&r, "retry-after") && strcmp(header(&r, "retry-after"), "7") == 0);
+    json_t *j = json_loads(r.body, 0, NULL);
+    json_t *e = json_object_get(j, "error");
+    CHECK(json_is_string(json_object_get(e, "message")));
+    CHECK(strcmp(json_string_value(json_object_get(e, "type")), "rate_limit_error") == 0);
+    json_decref(j);
+    resp_free(&r);
+
+    request(NULL, "/v1/chat/completions",
+            "{\"model\":\"m\",\"stream\":true,\"messages\":[],\"mock\":{\"status\":500}}", NULL, 0, &r);
+    CHECK(r.status == 500);
+    CHECK(strstr(r.body, "server_error") != NULL);
+    resp_free(&r);
+
+    request(NULL, "/v1/chat/completions", "{not json", NULL, 0, &r);
+    CHECK(r.status == 400);
+    CHECK(strstr(r.body, "\"error\"") != NULL);
+    resp_free(&r);
+
+    request(NULL, "/nope", NULL, NULL, 0, &r);
+    CHECK(r.status == 404);
+    resp_free(&r);
+
+    request(NULL, "/v1/chat/completions",
+            "{\"model\":\"m\",\"messages\":[],\"mock\":{\"fail\":\"close\"}}", NULL, 0, &r);
+    CHECK(r.rc == CURLE_GOT_NOTHING);
+    resp_free(&r);
+
+    struct sse s;
+    request(NULL, "/v1/chat/completions",
+            "{\"model\":\"m\",\"stream\":true,\"messages\":[],"
+            "\"mock\":{\"content\":\"a b c d e\",\"fail\":\"die_mid_stream\",\"die_after\":2}}",
+            NULL, 0, &r);
+    CHECK(r.rc != CURLE_OK);
+    CHECK(r.status == 200);
+    parse_sse(r.body, &s);
+    CHECK(s.content_chunks == 2);
+    CHECK(strcmp(s.content, "a b") == 0);
+    CHECK(s.done == 0);
+    resp_free(&r);
+}
+
+static void
+test_stats_and_cancel(void)
+{
+    struct resp r;
+
+    reset();
+    json_t *j = stats();
+    CHECK(json_integer_value(json_object_get(j, "requests")) == 0);
+    CHECK(json_is_null(json_object_get(j, "last_request")));
+    json_decref(j);
+
+    /* hang: the client gives up, which the mock counts as cancelled */
+    request(NULL, "/v1/chat/completions",
+            "{\"model\":\"hung\",\"messages\":[],\"mock\":{\"fail\":\"hang\"}}", NULL, 300, &r);
+    CHECK(r.rc == CURLE_OPERATION_TIMEDOUT);
+    resp_free(&r);
+    /* a slow stream the client abandons half way */
+    request(NULL, "/v1/chat/completions",
+            "{\"model\":\"slow\",\"stream\":true,\"messages\":[],"
+            "\"mock\":{\"chunks\":50,\"chunk_delay_ms\":100}}",
+            NULL, 400, &r);
+    CHECK(r.rc == CURLE_OPERATION_TIMEDOUT);
+    CHECK(r.status == 200);
+    resp_free(&r);
+    request(NULL, "/v1/chat/completions", "{\"model\":\"last\",\"messages\":[],\"n\":1}", NULL, 0,
+            &r);
+    resp_free(&r);
+
+    long cancelled = 0;
+    for (int i = 0; i < 100 && cancelled < 2; i++) {
+        usleep(20000);
+        cancelled = stat_of("cancelled");
+    }
+    j = stats();
+    CHECK(cancelled == 2);
+    CHECK(json_integer_value(json_object_get(j, "requests")) == 3);
+    CHECK(json_integer_value(json_object_get(j, "completed")) == 1);
+    CHECK(json_integer_value(json_object_get(j, "active")) == 0);
+    json_t *last = json_object_get(j, "last_request");
+    CHECK(json_is_object(last));
+    CHECK(strcmp(json_string_value(json_object_get(last, "model")), "last") == 0);
+    CHECK(json_integer_value(json_object_get(last, "n")) == 1);
+    json_decref(j);
+    reset();
+    CHECK(stat_of("requests") == 0);
+}
+
+static void
+test_keepalive_and_latency(void)
+{
+    CURL *h = curl_easy_init();
+    struct resp r;
+    struct timespec t0, t1;
+
+    request(h, "/v1/chat/completions", "{\"model\":\"a\",\"messages\":[]}", NULL, 0, &r);
+    CHECK(r.status == 200);
+    resp_free(&r);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    request(h, "/v1/chat/completions",
+            "{\"model\":\"b\",\"messages\":[],\"mock\":{\"latency_ms\":200}}", NULL, 0, &r);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK(r.status == 200);
+    CHECK(r.connects == 0); /* reused the connection */
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    CHECK(ms >= 150); /* a lower bound only: never flaky on a busy machine */
+    resp_free(&r);
+
+    /* a large body with Expect: 100-continue */
+    size_t n = 200000;
+    char *big = malloc(n + 100);
+    int k = snprintf(big, n + 100, "{\"model\":\"big\",\"messages\":[{\"role\":\"user\",\"content\":\"");
+    memset(big + k, 'x', n);
+    strcpy(big + k + n, "\"}]}");
+    request(h, "/v1/chat/completions", big, NULL, 0, &r);
+    CHECK(r.status == 200);
+    json_t *j = json_loads(r.body, 0, NULL);
+    CHECK(json_integer_value(json_object_get(json_object_get(j, "usage"), "prompt_tokens")) ==
+          (json_int_t)n / 4);
+    json_decref(j);
+    resp_free(&r);
+    free(big);
+    curl_easy_cleanup(h);
+}
+
+/* Many concurrent slow streams on one loop all finish. */
+static void
+test_concurrent(void)
+{
+    enum { N = 200 };
+    CURLM *m = curl_multi_init();
+    CURL *hs[N];
+    char *bodies[N];
+    size_t lens[N];
+    struct sink sinks[N];
+    char url[128];
+    const char *req = "{\"model\":\"c\",\"stream\":true,\"messages\":[],"
+                      "\"mock\":{\"chunks\":5,\"chunk_delay_ms\":50}}";
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/chat/completions", port);
+    curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
+    for (int i = 0; i < N; i++) {
+        bodies[i] = calloc(1, 1);
+        lens[i] = 0;
+        sinks[i] = (struct sink){&bodies[i], &lens[i]};
+        hs[i] = curl_easy_init();
+        curl_easy_setopt(hs[i], CURLOPT_URL, url);
+        curl_easy_setopt(hs[i], CURLOPT_POSTFIELDS, req);
+        curl_easy_setopt(hs[i], CURLOPT_WRITEFUNCTION, on_sink);
+        curl_easy_setopt(hs[i], CURLOPT_WRITEDATA, &sinks[i]);
+        curl_easy_setopt(hs[i], CURLOPT_TIMEOUT_MS, 20000L);
+        curl_multi_add_handle(m, hs[i]);
+    }
+    int running = 1;
+    while (running) {
+        curl_multi_perform(m, &running);
+        if (running)
+            curl_multi_poll(m, NULL, 0, 100, NULL);
+    }
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        struct sse s;
+        parse_sse(bodies[i], &s);
+        if (s.done && s.content_chunks == 5)
+            ok++;
+        curl_multi_remove_handle(m, hs[i]);
+        curl_easy_cleanup(hs[i]);
+        free(bodies[i]);
+    }
+    CHECK(ok == N);
+    curl_multi_cleanup(m);
+}
+
+int
+main(int argc, char **argv)
+{
+    int out[2];
+    pid_t pid;
+    posix_spawn_file_actions_t fa;
+    char line[128] = {0};
+
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_mockllm PATH-TO-MOCKLLM\n");
+        return 2;
+    }
+    if (pipe(out) < 0)
+        return 1;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&fa, out[0]);
+    char *args[] = {argv[1], "--port", "0", NULL};
+    if (posix_spawn(&pid, argv[1], &fa, NULL, args, environ) != 0) {
+        perror("posix_spawn");
+        return 1;
+    }
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    FILE *f = fdopen(out[0], "r");
+    if (!fgets(line, sizeof(line), f) || sscanf(line, "listening on %u", &port) != 1) {
+        fprintf(stderr, "mockllm did not start: %s\n", line);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return 1;
+    }
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+
+    test_plain();
+    test_stream();
+    test_errors();
+    test_stats_and_cancel();
+    test_keepalive_and_latency();
+    test_concurrent();
+
+    curl_global_cleanup();
+    int st;
+    kill(pid, SIGTERM);
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0); /* a clean shutdown, no leaks under ASan */
+    fclose(f);
+    if (failures)
+        fprintf(stderr, "%d check(s) failed\n", failures);
+    return failures ? 1 : 0;
+}
