@@ -117,8 +117,7 @@ struct storage_record *storage_record_new(void);
 /* Frees a record and its strings. NULL is fine. */
 void storage_record_free(struct storage_record *rec);
 
-/* ---- feedback (POST /v1/feedback; call off the event loop) ----
- * IN PROGRESS: signatures below are final, implementations land shortly. */
+/* ---- feedback (POST /v1/feedback; call off the event loop) ---- */
 
 /* Stores feedback for request_id from source (NULL or "" = "client"). Give exactly
  * one of: score in [0,1] (label NULL), or label "good" (=1) / "bad" (=0) with score

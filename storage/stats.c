@@ -1,0 +1,388 @@
+/* stats.c - routing statistics over a time window of the outcome log, as JSON. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "storage.h"
+#include "storage-int.h"
+
+#define STATS_BINS 20      /* score histogram bins over [0,1] */
+#define STATS_BUCKETS 60   /* timeline buckets over the window */
+#define STATS_RECENT 20    /* recent errors listed */
+
+int
+storage_window_parse(const char *window, int64_t *ms)
+{
+    static const struct {
+        const char *name;
+        int64_t ms;
+    } windows[] = {
+        {"15m", 15 * 60000LL},
+        {"1h", 3600000LL},
+        {"24h", 24 * 3600000LL},
+        {"7d", 7 * 24 * 3600000LL},
+    };
+
+    for (size_t i = 0; window && i < sizeof(windows) / sizeof(windows[0]); i++)
+        if (!strcmp(window, windows[i].name)) {
+            *ms = windows[i].ms;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+struct vec {
+    double *v;
+    size_t n, cap;
+};
+
+static void
+vec_push(struct vec *a, double x)
+{
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 256;
+        a->v = realloc(a->v, a->cap * sizeof(*a->v));
+        if (!a->v) {
+            fputs("triage: out of memory\n", stderr);
+            abort();
+        }
+    }
+    a->v[a->n++] = x;
+}
+
+struct backend_acc {
+    char *name;
+    uint64_t requests, errors;
+    int64_t tokens_in, tokens_out;
+    double cost;
+    struct vec latency, ttfb;
+    uint64_t bucket_requests[STATS_BUCKETS];
+    double bucket_cost[STATS_BUCKETS];
+    uint64_t feedback_n;
+    double feedback_mean;
+};
+
+struct recent {
+    int64_t t;
+    char *request_id, *backend, *error_kind;
+    int status;
+};
+
+struct acc {
+    struct backend_acc *b;
+    size_t n, cap;
+};
+
+static struct backend_acc *
+acc_backend(struct acc *a, const char *name)
+{
+    for (size_t i = 0; i < a->n; i++)
+        if (!strcmp(a->b[i].name, name))
+            return &a->b[i];
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 8;
+        a->b = realloc(a->b, a->cap * sizeof(*a->b));
+        if (!a->b) {
+            fputs("triage: out of memory\n", stderr);
+            abort();
+        }
+    }
+    struct backend_acc *b = &a->b[a->n++];
+    memset(b, 0, sizeof(*b));
+    b->name = storage__strdup(name);
+    return b;
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile of a sorted vector: the value at rank ceil(p/100 * n). */
+static json_t *
+percentile(const struct vec *v, int p)
+{
+    if (!v->n)
+        return json_null();
+    size_t rank = ((size_t)p * v->n + 99) / 100;
+    if (rank < 1)
+        rank = 1;
+    return json_real(v->v[rank - 1]);
+}
+
+static json_t *
+percentiles(struct vec *v)
+{
+    qsort(v->v, v->n, sizeof(*v->v), cmp_double);
+    return json_pack("{s:o, s:o, s:o, s:I}", "p50", percentile(v, 50), "p95", percentile(v, 95),
+                     "p99", percentile(v, 99), "n", (json_int_t)v->n);
+}
+
+static void
+recent_add(struct recent *r, size_t *n, int64_t t, sqlite3_stmt *st)
+{
+    size_t at = *n;
+
+    if (*n == STATS_RECENT) {
+        /* Replace the oldest if this one is newer. */
+        size_t min = 0;
+        for (size_t i = 1; i < *n; i++)
+            if (r[i].t < r[min].t)
+                min = i;
+        if (r[min].t >= t)
+            return;
+        free(r[min].request_id);
+        free(r[min].backend);
+        free(r[min].error_kind);
+        at = min;
+    } else {
+        (*n)++;
+    }
+    r[at].t = t;
+    r[at].request_id = storage__strdup((const char *)sqlite3_column_text(st, 9));
+    r[at].backend = storage__strdup((const char *)sqlite3_column_text(st, 0));
+    r[at].error_kind = storage__strdup((const char *)sqlite3_column_text(st, 10));
+    r[at].status = sqlite3_column_int(st, 1);
+}
+
+static int
+cmp_recent(const void *a, const void *b)
+{
+    const struct recent *x = a, *y = b;
+    return (x->t < y->t) - (x->t > y->t); /* newest first */
+}
+
+static json_t *
+str_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+json_t *
+storage_stats(const char *db_path, const char *window, const struct storage_price *prices,
+              size_t n_prices, int64_t now_ms, char *err, size_t errlen)
+{
+    int64_t window_ms;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    struct acc a = {0};
+    struct recent recent[STATS_RECENT];
+    size_t n_recent = 0;
+    uint64_t hist[STATS_BINS] = {0}, routed = 0, total = 0, errors = 0;
+    uint64_t costed = 0;
+    double baseline = 0, costed_actual = 0, cost_total = 0;
+    int64_t tin_total = 0, tout_total = 0;
+    json_t *out = NULL;
+    const struct storage_price *top = NULL;
+
+    if (storage_window_parse(window, &window_ms) < 0) {
+        storage__errf(err, errlen, "window must be one of 15m, 1h, 24h, 7d");
+        return NULL;
+    }
+    if (!now_ms)
+        now_ms = storage__now_ms();
+    int64_t from = now_ms - window_ms;
+    int64_t bucket_ms = window_ms / STATS_BUCKETS;
+
+    for (size_t i = 0; prices && i < n_prices; i++)
+        if (!top || prices[i].price_input + prices[i].price_output >
+                        top->price_input + top->price_output)
+            top = &prices[i];
+
+    db = storage__open_read(db_path, err, errlen);
+    if (!db)
+        return NULL;
+    if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) /* one snapshot for all reads */
+        goto dberr;
+
+    /* One scan of the window; everything else is computed in C. */
+    if (sqlite3_prepare_v2(db,
+                           "SELECT backend, status, error_kind IS NOT NULL, latency_ms, ttfb_ms,"
+                           " tokens_in, tokens_out, cost_usd, score, request_id, error_kind,"
+                           " started_ms FROM requests WHERE started_ms >= ? AND started_ms <= ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto dberr;
+    sqlite3_bind_int64(st, 1, from);
+    sqlite3_bind_int64(st, 2, now_ms);
+    int rc;
+    struct backend_acc *last = NULL;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        if (!name)
+            name = "(none)";
+        struct backend_acc *b = last && !strcmp(last->name, name) ? last : acc_backend(&a, name);
+        last = b;
+        int status = sqlite3_column_int(st, 1);
+        int is_error = status >= 400 || sqlite3_column_int(st, 2);
+        int64_t t = sqlite3_column_int64(st, 11);
+
+        total++;
+        b->requests++;
+        if (is_error) {
+            b->errors++;
+            errors++;
+            recent_add(recent, &n_recent, t, st);
+        }
+        if (sqlite3_column_type(st, 3) != SQLITE_NULL)
+            vec_push(&b->latency, sqlite3_column_double(st, 3));
+        if (sqlite3_column_type(st, 4) != SQLITE_NULL)
+            vec_push(&b->ttfb, sqlite3_column_double(st, 4));
+        int has_tin = sqlite3_column_type(st, 5) != SQLITE_NULL;
+        int has_tout = sqlite3_column_type(st, 6) != SQLITE_NULL;
+        int64_t tin = sqlite3_column_int64(st, 5), tout = sqlite3_column_int64(st, 6);
+        double cost = sqlite3_column_double(st, 7);
+        b->tokens_in += tin;
+        b->tokens_out += tout;
+        b->cost += cost;
+        tin_total += tin;
+        tout_total += tout;
+        cost_total += cost;
+        if (top && has_tin && has_tout) {
+            costed++;
+            costed_actual += cost;
+            baseline += ((double)tin * top->price_input + (double)tout * top->price_output) / 1e6;
+        }
+        if (sqlite3_column_type(st, 8) != SQLITE_NULL) {
+            double sc = sqlite3_column_double(st, 8);
+            int bin = (int)floor(sc * STATS_BINS);
+            if (bin < 0)
+                bin = 0;
+            if (bin >= STATS_BINS)
+                bin = STATS_BINS - 1;
+            hist[bin]++;
+            routed++;
+        }
+        int64_t k = bucket_ms ? (t - from) / bucket_ms : 0;
+        if (k < 0)
+            k = 0;
+        if (k >= STATS_BUCKETS)
+            k = STATS_BUCKETS - 1;
+        b->bucket_requests[k]++;
+        b->bucket_cost[k] += cost;
+    }
+    if (rc != SQLITE_DONE)
+        goto dberr;
+    sqlite3_finalize(st);
+    st = NULL;
+
+    /* Feedback on the window's requests, per backend. */
+    uint64_t fb_total = 0;
+    double fb_sum = 0;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT r.backend, count(*), avg(f.score) FROM requests r"
+                           " JOIN feedback f ON f.request_id = r.request_id"
+                           " WHERE r.started_ms >= ? AND r.started_ms <= ? GROUP BY r.backend",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto dberr;
+    sqlite3_bind_int64(st, 1, from);
+    sqlite3_bind_int64(st, 2, now_ms);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        struct backend_acc *b = acc_backend(&a, name ? name : "(none)");
+        b->feedback_n = (uint64_t)sqlite3_column_int64(st, 1);
+        b->feedback_mean = sqlite3_column_double(st, 2);
+        fb_total += b->feedback_n;
+        fb_sum += b->feedback_mean * (double)b->feedback_n;
+    }
+    if (rc != SQLITE_DONE)
+        goto dberr;
+    sqlite3_finalize(st);
+    st = NULL;
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+
+    /* Build the document. */
+    json_t *backends = json_object();
+    json_t *timeline_b = json_object();
+    for (size_t i = 0; i < a.n; i++) {
+        struct backend_acc *b = &a.b[i];
+        json_t *req = json_array(), *cost = json_array();
+        for (int k = 0; k < STATS_BUCKETS; k++) {
+            json_array_append_new(req, json_integer((json_int_t)b->bucket_requests[k]));
+            json_array_append_new(cost, json_real(b->bucket_cost[k]));
+        }
+        json_object_set_new(timeline_b, b->name,
+                            json_pack("{s:o, s:o}", "requests", req, "cost_usd", cost));
+        json_object_set_new(
+            backends, b->name,
+            json_pack("{s:I, s:f, s:I, s:o, s:o, s:I, s:I, s:f, s:{s:I, s:o}}", "requests",
+                      (json_int_t)b->requests, "share",
+                      total ? (double)b->requests / (double)total : 0.0, "errors",
+                      (json_int_t)b->errors, "latency_ms", percentiles(&b->latency), "ttfb_ms",
+                      percentiles(&b->ttfb), "tokens_in", (json_int_t)b->tokens_in, "tokens_out",
+                      (json_int_t)b->tokens_out, "cost_usd", b->cost, "feedback", "count",
+                      (json_int_t)b->feedback_n, "mean",
+                      b->feedback_n ? json_real(b->feedback_mean) : json_null()));
+    }
+
+    json_t *saving = json_null();
+    if (top) {
+        json_decref(saving);
+        saving = json_pack("{s:s, s:f, s:f, s:f, s:o, s:I}", "baseline_backend", top->name,
+                           "baseline_cost_usd", baseline, "cost_usd", costed_actual,
+                           "saving_usd", baseline - costed_actual, "saving_share",
+                           baseline > 0 ? json_real((baseline - costed_actual) / baseline)
+                                        : json_null(),
+                           "rows", (json_int_t)costed);
+    }
+
+    json_t *counts = json_array();
+    for (int i = 0; i < STATS_BINS; i++)
+        json_array_append_new(counts, json_integer((json_int_t)hist[i]));
+
+    qsort(recent, n_recent, sizeof(*recent), cmp_recent);
+    json_t *rec = json_array();
+    for (size_t i = 0; i < n_recent; i++)
+        json_array_append_new(rec, json_pack("{s:I, s:o, s:o, s:i, s:o}", "time_ms",
+                                             (json_int_t)recent[i].t, "request_id",
+                                             str_or_null(recent[i].request_id), "backend",
+                                             str_or_null(recent[i].backend), "status",
+                                             recent[i].status, "error_kind",
+                                             str_or_null(recent[i].error_kind)));
+
+    out = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:o, s:o,"
+                    " s:{s:I, s:o},"
+                    " s:{s:i, s:f, s:f, s:I, s:o},"
+                    " s:{s:I, s:I, s:i, s:o},"
+                    " s:o}",
+                    "window", window, "window_ms", (json_int_t)window_ms, "from_ms",
+                    (json_int_t)from, "to_ms", (json_int_t)now_ms, "requests", (json_int_t)total,
+                    "errors", (json_int_t)errors, "tokens_in", (json_int_t)tin_total,
+                    "tokens_out", (json_int_t)tout_total, "cost_usd", cost_total, "backends",
+                    backends, "saving", saving,
+                    "feedback", "count", (json_int_t)fb_total, "mean",
+                    fb_total ? json_real(fb_sum / (double)fb_total) : json_null(),
+                    "score_histogram", "bins", STATS_BINS, "lo", 0.0, "hi", 1.0, "routed",
+                    (json_int_t)routed, "counts", counts,
+                    "timeline", "start_ms", (json_int_t)from, "bucket_ms", (json_int_t)bucket_ms,
+                    "buckets", STATS_BUCKETS, "backends", timeline_b,
+                    "recent_errors", rec);
+    if (!out) {
+        fputs("triage: out of memory\n", stderr);
+        abort();
+    }
+    goto done;
+dberr:
+    storage__errf(err, errlen, "%s: %s", db_path, sqlite3_errmsg(db));
+done:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    for (size_t i = 0; i < a.n; i++) {
+        free(a.b[i].name);
+        free(a.b[i].latency.v);
+        free(a.b[i].ttfb.v);
+    }
+    free(a.b);
+    for (size_t i = 0; i < n_recent; i++) {
+        free(recent[i].request_id);
+        free(recent[i].backend);
+        free(recent[i].error_kind);
+    }
+    return out;
+}

@@ -1,0 +1,525 @@
+/* test_read.c - tests feedback, stats, export and retention (storage/{storage,stats,export}.c). */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "storage.h"
+
+#define NOW INT64_C(1700000000000)
+
+struct fixture {
+    char dir[64];
+    char path[128];
+};
+
+static int
+setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    strcpy(f->dir, "/tmp/triage-storage-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof(f->path), "%s/t.db", f->dir);
+    *state = f;
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    struct fixture *f = *state;
+    char p[200];
+    const char *sfx[] = {"", "-wal", "-shm", "-journal", ".jsonl"};
+
+    for (size_t i = 0; i < 5; i++) {
+        snprintf(p, sizeof(p), "%s%s", f->path, sfx[i]);
+        unlink(p);
+    }
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static int64_t
+query_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t v = -1;
+
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static double
+query_real(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    double v = NAN;
+
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_double(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static struct storage_record *
+rec(const char *id, const char *backend, int64_t t, double latency, double ttfb, int64_t tin,
+    int64_t tout, double cost, double score)
+{
+    struct storage_record *r = storage_record_new();
+    r->request_id = strdup(id);
+    r->backend = backend ? strdup(backend) : NULL;
+    r->started_ms = t;
+    r->finished_ms = t + (int64_t)latency;
+    r->status = 200;
+    r->latency_ms = latency;
+    r->ttfb_ms = ttfb;
+    r->tokens_in = tin;
+    r->tokens_out = tout;
+    r->cost_usd = cost;
+    r->score = score;
+    r->finish_reason = strdup("stop");
+    return r;
+}
+
+/* ---- feedback ---- */
+
+static void
+test_feedback(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    struct storage_options opt = {.flush_interval_ms = 10};
+
+    struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+    assert_int_equal(storage_submit(s, rec("r1", "fast", NOW, 10, 5, 1, 1, 0, 0.2)), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+
+    assert_int_equal(storage_feedback(s, "nope", 0.5, NULL, NULL, err, sizeof(err)), -ENOENT);
+    assert_int_equal(storage_feedback(s, "r1", 1.5, NULL, NULL, err, sizeof(err)), -EINVAL);
+    assert_int_equal(storage_feedback(s, "r1", -0.1, NULL, NULL, err, sizeof(err)), -EINVAL);
+    assert_int_equal(storage_feedback(s, "r1", NAN, NULL, NULL, err, sizeof(err)), -EINVAL);
+    assert_int_equal(storage_feedback(s, "r1", NAN, "meh", NULL, err, sizeof(err)), -EINVAL);
+    assert_int_equal(storage_feedback(s, "r1", 1.0, "good", NULL, err, sizeof(err)), -EINVAL);
+    assert_int_equal(storage_feedback(s, "", 0.5, NULL, NULL, err, sizeof(err)), -EINVAL);
+    assert_int_equal(storage_feedback(s, NULL, 0.5, NULL, NULL, err, sizeof(err)), -EINVAL);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM feedback"), 0);
+
+    /* New, then a repeat from the same source overwrites (returns 1), another source adds. */
+    assert_int_equal(storage_feedback(s, "r1", 0.25, NULL, NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "r1", NAN, "bad", "client", err, sizeof(err)), 1);
+    assert_int_equal(storage_feedback(s, "r1", NAN, "good", "grader", err, sizeof(err)), 0);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM feedback WHERE request_id='r1'"), 2);
+    assert_true(query_real(f->path, "SELECT score FROM feedback WHERE source='client'") == 0.0);
+    assert_int_equal(
+        query_int(f->path, "SELECT count(*) FROM feedback WHERE source='client' AND label='bad'"),
+        1);
+    assert_true(query_real(f->path, "SELECT score FROM feedback WHERE source='grader'") == 1.0);
+
+    storage_close(s);
+}
+
+/* Feedback right after the response: the row is still queued (long flush interval). */
+static void
+test_feedback_pending(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    struct storage_options opt = {.flush_interval_ms = 60000, .batch_size = 1000};
+
+    struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+    assert_int_equal(storage_submit(s, rec("queued-1", "fast", NOW, 10, 5, 1, 1, 0, 0.2)), 0);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests"), 0);
+    assert_int_equal(storage_feedback(s, "queued-1", 0.75, NULL, "grader", err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "queued-2", 0.75, NULL, "grader", err, sizeof(err)),
+                     -ENOENT);
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests r JOIN feedback f"
+                                        " USING (request_id) WHERE f.score = 0.75"),
+                     1);
+}
+
+/* ---- stats ---- */
+
+/* A known log over the hour before NOW (see the comments for the expected figures). */
+static void
+write_synthetic_log(const char *path)
+{
+    char err[256] = "";
+    char id[32];
+    struct storage *s = storage_open(path, NULL, err, sizeof(err));
+    assert_non_null(s);
+
+    /* fast: 5 successes at NOW-30min (bucket 30), latency 10..50, ttfb 5..9,
+     * 100 in / 200 out tokens, cost 0.00035 each; scores 0.1 0.12 0.31 0.31 0.49. */
+    const double fast_scores[] = {0.1, 0.12, 0.31, 0.31, 0.49};
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof(id), "f%d", i);
+        assert_int_equal(storage_submit(s, rec(id, "fast", NOW - 1800000 + i * 1000,
+                                               10.0 * (i + 1), 5.0 + i, 100, 200, 0.00035,
+                                               fast_scores[i])),
+                         0);
+    }
+    /* fast: one error (502, no tokens, no byte back, latency 60, not routed). */
+    struct storage_record *e = rec("f-err", "fast", NOW - 1800000 + 9000, 60, NAN, -1, -1, 0, NAN);
+    e->status = 502;
+    e->error_kind = strdup("upstream_5xx");
+    free(e->finish_reason);
+    e->finish_reason = NULL;
+    assert_int_equal(storage_submit(s, e), 0);
+    /* strong: 4 at NOW-5min (bucket 55), latency 100..400, ttfb 50..80, 1000 in / 500 out,
+     * cost 0.025 each; scores 0.7 0.9 0.96 1.0. */
+    const double strong_scores[] = {0.7, 0.9, 0.96, 1.0};
+    for (int i = 0; i < 4; i++) {
+        snprintf(id, sizeof(id), "s%d", i);
+        assert_int_equal(storage_submit(s, rec(id, "strong", NOW - 300000 + i * 1000,
+                                               100.0 * (i + 1), 50.0 + 10 * i, 1000, 500, 0.025,
+                                               strong_scores[i])),
+                         0);
+    }
+    /* Outside the window: before it and after NOW. */
+    assert_int_equal(storage_submit(s, rec("old", "fast", NOW - 7200000, 1, 1, 1, 1, 1.0, 0.5)), 0);
+    assert_int_equal(storage_submit(s, rec("future", "strong", NOW + 1, 1, 1, 1, 1, 1.0, 0.5)), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+
+    /* Feedback: strong mean (1 + 0.5 + 0) / 3 = 0.5, fast 0; overall 0.375 over 4. */
+    assert_int_equal(storage_feedback(s, "s0", NAN, "good", NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "s1", 0.5, NULL, "grader", err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "s1", 0.0, NULL, "client", err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "f0", NAN, "bad", NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "old", NAN, "good", NULL, err, sizeof(err)), 0);
+    storage_close(s);
+}
+
+static double
+num(json_t *root, const char *p1, const char *p2, const char *p3)
+{
+    json_t *j = json_object_get(root, p1);
+    if (p2)
+        j = json_object_get(j, p2);
+    if (p3)
+        j = json_object_get(j, p3);
+    if (!json_is_number(j))
+        fail_msg("%s.%s.%s is not a number", p1, p2 ? p2 : "", p3 ? p3 : "");
+    return json_number_value(j);
+}
+
+#define assert_near(a, b) assert_true(fabs((a) - (b)) < 1e-9)
+
+static void
+test_stats_figures(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    const struct storage_price prices[] = {
+        {"fast", 0.5, 1.5},
+        {"strong", 10.0, 30.0},
+    };
+
+    write_synthetic_log(f->path);
+    json_t *j = storage_stats(f->path, "1h", prices, 2, NOW, err, sizeof(err));
+    if (!j)
+        fail_msg("stats: %s", err);
+
+    assert_near(num(j, "requests", NULL, NULL), 10);
+    assert_near(num(j, "errors", NULL, NULL), 1);
+    assert_near(num(j, "tokens_in", NULL, NULL), 5 * 100 + 4 * 1000);
+    assert_near(num(j, "tokens_out", NULL, NULL), 5 * 200 + 4 * 500);
+    assert_near(num(j, "cost_usd", NULL, NULL), 5 * 0.00035 + 4 * 0.025);
+
+    json_t *b = json_object_get(j, "backends");
+    assert_int_equal(json_object_size(b), 2);
+    assert_near(num(b, "fast", "requests", NULL), 6);
+    assert_near(num(b, "fast", "share", NULL), 0.6);
+    assert_near(num(b, "fast", "errors", NULL), 1);
+    /* Nearest rank over 10 20 30 40 50 60. */
+    assert_near(num(b, "fast", "latency_ms", "p50"), 30);
+    assert_near(num(b, "fast", "latency_ms", "p95"), 60);
+    assert_near(num(b, "fast", "latency_ms", "p99"), 60);
+    /* Over 5 6 7 8 9 (the error had no first byte). */
+    assert_near(num(b, "fast", "ttfb_ms", "n"), 5);
+    assert_near(num(b, "fast", "ttfb_ms", "p50"), 7);
+    assert_near(num(b, "fast", "ttfb_ms", "p95"), 9);
+    assert_near(num(b, "fast", "tokens_in", NULL), 500);
+    assert_near(num(b, "fast", "tokens_out", NULL), 1000);
+    assert_near(num(b, "fast", "cost_usd", NULL), 0.00175);
+    assert_near(num(b, "fast", "feedback", "count"), 1);
+    assert_near(num(b, "fast", "feedback", "mean"), 0.0);
+
+    assert_near(num(b, "strong", "requests", NULL), 4);
+    assert_near(num(b, "strong", "share", NULL), 0.4);
+    assert_near(num(b, "strong", "errors", NULL), 0);
+    assert_near(num(b, "strong", "latency_ms", "p50"), 200);
+    assert_near(num(b, "strong", "latency_ms", "p95"), 400);
+    assert_near(num(b, "strong", "latency_ms", "p99"), 400);
+    assert_near(num(b, "strong", "ttfb_ms", "p50"), 60);
+    assert_near(num(b, "strong", "cost_usd", NULL), 0.1);
+    assert_near(num(b, "strong", "feedback", "count"), 3);
+    assert_near(num(b, "strong", "feedback", "mean"), 0.5);
+
+    assert_near(num(j, "feedback", "count", NULL), 4);
+    assert_near(num(j, "feedback", "mean", NULL), 0.375);
+
+    /* Baseline: the 9 rows with tokens at strong's prices: 5 * 0.007 + 4 * 0.025 = 0.135;
+     * actual 0.10175; saving 0.03325 = 24.6296...%. */
+    json_t *sv = json_object_get(j, "saving");
+    assert_string_equal(json_string_value(json_object_get(sv, "baseline_backend")), "strong");
+    assert_near(num(sv, "rows", NULL, NULL), 9);
+    assert_near(num(sv, "baseline_cost_usd", NULL, NULL), 0.135);
+    assert_near(num(sv, "cost_usd", NULL, NULL), 0.10175);
+    assert_near(num(sv, "saving_usd", NULL, NULL), 0.03325);
+    assert_near(num(sv, "saving_share", NULL, NULL), 0.03325 / 0.135);
+
+    /* Histogram: bins 2,2,6,6,9 (fast) and 14,18,19,19 (strong; 1.0 lands in the last). */
+    json_t *h = json_object_get(json_object_get(j, "score_histogram"), "counts");
+    assert_int_equal(json_array_size(h), 20);
+    const int want[20] = {[2] = 2, [6] = 2, [9] = 1, [14] = 1, [18] = 1, [19] = 2};
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(json_integer_value(json_array_get(h, (size_t)i)), want[i]);
+    assert_near(num(j, "score_histogram", "routed", NULL), 9);
+
+    /* Timeline: 60 one-minute buckets from NOW-1h. */
+    json_t *tl = json_object_get(j, "timeline");
+    assert_near(num(tl, "bucket_ms", NULL, NULL), 60000);
+    assert_near(num(tl, "start_ms", NULL, NULL), (double)(NOW - 3600000));
+    json_t *tf = json_object_get(json_object_get(json_object_get(tl, "backends"), "fast"),
+                                 "requests");
+    json_t *ts = json_object_get(json_object_get(json_object_get(tl, "backends"), "strong"),
+                                 "cost_usd");
+    assert_int_equal(json_array_size(tf), 60);
+    for (size_t i = 0; i < 60; i++) {
+        assert_int_equal(json_integer_value(json_array_get(tf, i)), i == 30 ? 6 : 0);
+        assert_near(json_real_value(json_array_get(ts, i)), i == 55 ? 0.1 : 0.0);
+    }
+
+    json_t *re = json_object_get(j, "recent_errors");
+    assert_int_equal(json_array_size(re), 1);
+    json_t *r0 = json_array_get(re, 0);
+    assert_string_equal(json_string_value(json_object_get(r0, "request_id")), "f-err");
+    assert_string_equal(json_string_value(json_object_get(r0, "backend")), "fast");
+    assert_string_equal(json_string_value(json_object_get(r0, "error_kind")), "upstream_5xx");
+    assert_int_equal(json_integer_value(json_object_get(r0, "status")), 502);
+    assert_int_equal(json_integer_value(json_object_get(r0, "time_ms")), NOW - 1800000 + 9000);
+    json_decref(j);
+
+    /* Without prices the saving is null; the 24h window also sees "old". */
+    j = storage_stats(f->path, "24h", NULL, 0, NOW, err, sizeof(err));
+    assert_non_null(j);
+    assert_true(json_is_null(json_object_get(j, "saving")));
+    assert_near(num(j, "requests", NULL, NULL), 11);
+    json_decref(j);
+}
+
+static void
+test_stats_rejects(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    int64_t ms = 0;
+
+    assert_int_equal(storage_window_parse("15m", &ms), 0);
+    assert_int_equal(ms, 900000);
+    assert_int_equal(storage_window_parse("7d", &ms), 0);
+    assert_int_equal(ms, 7 * 86400000LL);
+    assert_int_equal(storage_window_parse("2h", &ms), -EINVAL);
+    assert_int_equal(storage_window_parse(NULL, &ms), -EINVAL);
+    assert_null(storage_stats(f->path, "30m", NULL, 0, NOW, err, sizeof(err)));
+    assert_non_null(strstr(err, "window"));
+    /* A missing database is an error, not an empty result (and is not created). */
+    assert_null(storage_stats(f->path, "1h", NULL, 0, NOW, err, sizeof(err)));
+    assert_int_equal(access(f->path, F_OK), -1);
+}
+
+/* ---- export ---- */
+
+static const char P1[] = "[{\"role\":\"user\",\"content\":\"2+2?\"}]";
+static const char P2[] = "[{\"role\":\"user\",\"content\":\"unlabelled\"}]";
+static const char P3[] = "{\"model\":\"triage\",\"messages\":[{\"role\":\"user\",\"content\":"
+                         "\"prove it\"}]}";
+
+static struct storage_record *
+prompt_rec(const char *id, const char *backend, const char *prompt)
+{
+    struct storage_record *r = rec(id, backend, NOW, 10, 5, 1, 1, 0, 0.5);
+    r->prompt = prompt ? strdup(prompt) : NULL;
+    r->prompt_hash = strdup("h");
+    return r;
+}
+
+static int
+collect(json_t *ex, void *arg)
+{
+    json_array_append(arg, ex);
+    return 0;
+}
+
+static void
+test_export(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    struct storage_export_counts c;
+
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    assert_int_equal(storage_submit(s, prompt_rec("r1", "fast", P1)), 0);
+    assert_int_equal(storage_submit(s, prompt_rec("r2", "strong", P1)), 0);
+    assert_int_equal(storage_submit(s, prompt_rec("r3", "fast", P2)), 0);
+    assert_int_equal(storage_submit(s, prompt_rec("r4", "fast", NULL)), 0);
+    assert_int_equal(storage_submit(s, prompt_rec("r5", "strong", P3)), 0);
+    assert_int_equal(storage_submit(s, prompt_rec("r6", "fast", "not json")), 0);
+    assert_int_equal(storage_submit(s, prompt_rec("r7", "fast", P1)), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+    assert_int_equal(storage_feedback(s, "r1", NAN, "good", NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "r7", 0.5, NULL, NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "r2", 0.5, NULL, "client", err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "r2", 0.0, NULL, "grader", err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "r4", 1.0, NULL, NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "r5", NAN, "bad", NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "r6", 1.0, NULL, NULL, err, sizeof(err)), 0);
+    storage_close(s);
+
+    json_t *lines = json_array();
+    assert_int_equal(storage_export_training(f->path, collect, lines, &c, err, sizeof(err)), 0);
+    assert_int_equal(c.rows, 7);
+    assert_int_equal(c.no_prompt, 1);
+    assert_int_equal(c.no_outcome, 1);
+    assert_int_equal(c.bad_prompt, 1);
+    assert_int_equal(c.lines, 2);
+    assert_int_equal(json_array_size(lines), 2);
+
+    /* P1: fast = mean(1, 0.5) over r1 and r7, strong = mean(0.5, 0) from r2's two sources. */
+    json_t *want1 = json_pack("{s:[{s:s, s:s}], s:{s:f, s:f}}", "messages", "role", "user",
+                              "content", "2+2?", "outcomes", "fast", 0.75, "strong", 0.25);
+    /* P3 was a whole request body: only its messages are exported. */
+    json_t *want3 = json_pack("{s:[{s:s, s:s}], s:{s:f}}", "messages", "role", "user", "content",
+                              "prove it", "outcomes", "strong", 0.0);
+    int seen1 = 0, seen3 = 0;
+    for (size_t i = 0; i < 2; i++) {
+        json_t *l = json_array_get(lines, i);
+        seen1 += json_equal(l, want1);
+        seen3 += json_equal(l, want3);
+    }
+    assert_int_equal(seen1, 1);
+    assert_int_equal(seen3, 1);
+    json_decref(want1);
+    json_decref(want3);
+    json_decref(lines);
+
+    /* The JSONL writer: two lines, each a compact object that parses back. */
+    char out[200];
+    snprintf(out, sizeof(out), "%s.jsonl", f->path);
+    FILE *fp = fopen(out, "w");
+    assert_non_null(fp);
+    assert_int_equal(storage_export_jsonl(f->path, fp, &c, err, sizeof(err)), 0);
+    fclose(fp);
+    fp = fopen(out, "r");
+    assert_non_null(fp);
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof(line), fp)) {
+        json_error_t je;
+        json_t *l = json_loads(line, 0, &je);
+        assert_non_null(l);
+        assert_true(json_is_array(json_object_get(l, "messages")));
+        assert_true(json_is_object(json_object_get(l, "outcomes")));
+        assert_int_equal(line[strlen(line) - 1], '\n');
+        assert_ptr_equal(strchr(line, '\n'), line + strlen(line) - 1);
+        json_decref(l);
+        n++;
+    }
+    fclose(fp);
+    assert_int_equal(n, 2);
+}
+
+/* ---- retention ---- */
+
+static void
+test_retention(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    char id[32];
+    int64_t now = (int64_t)time(NULL) * 1000;
+
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    for (int i = 0; i < 30; i++) {
+        snprintf(id, sizeof(id), "old-%d", i);
+        assert_int_equal(storage_submit(s, rec(id, "fast", now - 3 * 86400000LL + i, 1, 1, 1, 1,
+                                               0, 0.5)),
+                         0);
+    }
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof(id), "new-%d", i);
+        assert_int_equal(storage_submit(s, rec(id, "fast", now - 3600000 + i, 1, 1, 1, 1, 0,
+                                               0.5)),
+                         0);
+    }
+    /* Just inside 1 day: kept. */
+    assert_int_equal(storage_submit(s, rec("edge", "fast", now - 86400000LL + 600000, 1, 1, 1, 1,
+                                           0, 0.5)),
+                     0);
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests"), 41);
+
+    /* Batches of 7 rows, a pass every 20 ms. */
+    struct storage_options opt = {.retention_days = 1, .retention_interval_ms = 20,
+                                  .retention_batch = 7};
+    s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+    struct storage_counters c = {0};
+    for (int i = 0; i < 1000; i++) { /* generous: up to 10 s */
+        storage_get_counters(s, &c);
+        if (c.retention_deleted >= 30)
+            break;
+        usleep(10000);
+    }
+    storage_close(s);
+    assert_int_equal(c.retention_deleted, 30);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id LIKE"
+                                        " 'old-%'"),
+                     0);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id LIKE"
+                                        " 'new-%'"),
+                     10);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='edge'"),
+                     1);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_feedback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_feedback_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_figures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_rejects, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
