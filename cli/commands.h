@@ -6,7 +6,8 @@
 
 /* X(name, function, summary): one line per subcommand, in --help order. */
 #define CLI_COMMANDS(X)                                                                           \
-    X("version", cli_version, "print the version and exit")
+    X("version", cli_version, "print the version and exit")                                      \
+    X("replay", cli_replay, "serve recorded model answers as an offline OpenAI backend")
 
 #define CLI_DECLARE(name, fn, summary) cli_command_fn fn;
 CLI_COMMANDS(CLI_DECLARE)

@@ -101,6 +101,12 @@ router_model_version(const struct router_model *m)
     return m->version;
 }
 
+unsigned
+router_model_bits(const struct router_model *m)
+{
+    return m->n_bits;
+}
+
 size_t
 router_model_n_heads(const struct router_model *m)
 {

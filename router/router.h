@@ -30,6 +30,9 @@ void router_model_unref(struct router_model *m);
 /* Returns the model's version string (content digest), owned by the model. */
 const char *router_model_version(const struct router_model *m);
 
+/* Returns the model's hash space: features are hashed into 2^bits buckets. */
+unsigned router_model_bits(const struct router_model *m);
+
 /* Returns the number of heads (backends the model predicts success for). */
 size_t router_model_n_heads(const struct router_model *m);
 
@@ -173,5 +176,36 @@ struct router_model *router_train(const struct router_dataset *d, const size_t *
 struct features_vec;
 int router_score_features(const struct router_model *m, const struct features_vec *fv,
                           struct router_scores *out);
+
+/* ---- evaluation ----------------------------------------------------------------- */
+
+/* Routing quality of a score on a labelled set (RouteLLM's metrics). */
+struct router_eval {
+    size_t n;
+    double perf_weak, perf_strong; /* mean outcome when everything goes to one side */
+    double pgr[11];  /* PGR with the top 0%, 10%, ..., 100% by score sent to strong */
+    double apgr;     /* trapezoid mean of pgr[] */
+    double cpt50;    /* smallest share of strong calls (any k/n) reaching PGR 0.5 */
+    double cpt80;    /* ... reaching PGR 0.8 */
+    double auc;      /* ROC AUC of score for "strong does better than weak" */
+};
+
+/* Evaluates score[i] (higher = send to strong) against outcomes q_weak[i] and
+ * q_strong[i] (all borrowed, n entries). Prompts are ranked by score descending,
+ * ties by index. Returns 0, -EINVAL for n = 0, -EDOM when both sides perform the
+ * same (PGR undefined; perf_* are still set). */
+int router_eval_routing(const double *score, const double *q_weak, const double *q_strong, size_t n,
+                        struct router_eval *out);
+
+/* Returns Spearman's rank correlation of x and y (ties get average ranks), or NAN
+ * for fewer than two points or a constant input. */
+double router_eval_spearman(const double *x, const double *y, size_t n);
+
+/* Returns the q-th percentile (q in [0,100]) of x, interpolated as numpy does. */
+double router_eval_percentile(const double *x, size_t n, double q);
+
+/* Returns raw dense feature j of example i (see features_dense_name), NAN when out
+ * of range. */
+double router_dataset_dense(const struct router_dataset *d, size_t i, size_t j);
 
 #endif

@@ -185,6 +185,14 @@ router_dataset_add(struct router_dataset *d, const json_t *example)
     return 0;
 }
 
+double
+router_dataset_dense(const struct router_dataset *d, size_t i, size_t j)
+{
+    if (i >= d->n || j >= FEATURES_N_DENSE)
+        return NAN;
+    return d->ex[i].dense[j];
+}
+
 static void
 example_vec(const struct router_dataset *d, size_t i, struct features_vec *fv)
 {

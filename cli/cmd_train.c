@@ -1,0 +1,135 @@
+/* cmd_train.c - `triage train`: learn a model from labelled JSONL files. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "jsonl.h"
+#include "router.h"
+
+#define MAX_DATA 64
+
+static void
+usage(FILE *f)
+{
+    fprintf(f,
+            "usage: triage train --data F.jsonl[.gz] [--data G ...] --out MODEL [options]\n"
+            "\n"
+            "Each input line: {\"prompt\": \"...\" | \"messages\": [...], \"outcomes\": {\"<backend>\": q}}\n"
+            "with q in [0,1] = how well that backend answered; one head per backend name.\n"
+            "The score learns how much a prompt needs --strong over --weak.\n"
+            "\n"
+            "  --data F          training file (JSONL, optionally gzip); repeatable\n"
+            "  --out M           model file to write\n"
+            "  --strong NAME     outcome name of the strong backend (default strong)\n"
+            "  --weak NAME       outcome name of the weak backend (default weak)\n" JSONL_TRAIN_USAGE
+            "  -h, --help        this text\n");
+}
+
+static void
+on_progress(void *arg, unsigned long done, unsigned long total)
+{
+    struct cli_progress *bar = arg;
+
+    bar->total = total ? total : 1;
+    cli_progress_update(bar, done);
+}
+
+int
+cli_train(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"data", required_argument, NULL, 'd'}, {"out", required_argument, NULL, 'o'},
+        {"strong", required_argument, NULL, 's'}, {"weak", required_argument, NULL, 'w'},
+        {"help", no_argument, NULL, 'h'}, JSONL_TRAIN_LONGOPTS, {NULL, 0, NULL, 0}};
+    const char *data[MAX_DATA], *out = NULL;
+    size_t n_data = 0;
+    struct router_train_opts o;
+    unsigned n_bits = 18;
+    int c, rc;
+    char err[256];
+
+    router_train_opts_default(&o);
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            if (n_data == MAX_DATA) {
+                cli_errorf("train", "at most %d --data files", MAX_DATA);
+                return 2;
+            }
+            data[n_data++] = optarg;
+            break;
+        case 'o':
+            out = optarg;
+            break;
+        case 's':
+            o.strong = optarg;
+            break;
+        case 'w':
+            o.weak = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            rc = jsonl_train_opt("train", c, optarg, &o, &n_bits);
+            if (rc == 1)
+                break;
+            if (rc == 0)
+                usage(stderr);
+            return 2;
+        }
+    }
+    if (n_data == 0 || !out || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    struct timespec t0, t1, t2;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct router_dataset *d = router_dataset_new(n_bits);
+    for (size_t i = 0; i < n_data; i++)
+        if (jsonl_load_dataset("train", d, data[i], NULL) < 0) {
+            router_dataset_destroy(d);
+            return 1;
+        }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+
+    struct cli_progress bar;
+    cli_progress_start(&bar, "training", 1);
+    o.progress = on_progress;
+    o.progress_arg = &bar;
+    struct router_model *m = router_train(d, NULL, 0, &o, err, sizeof(err));
+    cli_progress_end(&bar);
+    if (!m) {
+        cli_errorf("train", "%s", err);
+        router_dataset_destroy(d);
+        return 1;
+    }
+    rc = router_model_save(m, out);
+    clock_gettime(CLOCK_MONOTONIC, &t2);
+    if (rc < 0) {
+        cli_errorf("train", "%s: %s", out, strerror(-rc));
+    } else {
+        struct stat st;
+        long size = stat(out, &st) == 0 ? (long)st.st_size : -1;
+        fprintf(stderr,
+                "triage train: %zu examples, %zu heads, loaded in %.1fs, trained in %.1fs; "
+                "wrote %s (%ld bytes, version %s)\n",
+                router_dataset_size(d), router_model_n_heads(m),
+                (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
+                (double)(t2.tv_sec - t1.tv_sec) + (t2.tv_nsec - t1.tv_nsec) / 1e9, out, size,
+                router_model_version(m));
+        if (router_model_head_find(m, o.strong) < 0 || router_model_head_find(m, o.weak) < 0)
+            fprintf(stderr, "triage train: no outcomes named '%s' and '%s': the score is 1 - "
+                            "mean predicted success\n", o.strong, o.weak);
+    }
+    router_model_unref(m);
+    router_dataset_destroy(d);
+    return rc < 0 ? 1 : 0;
+}
