@@ -7,7 +7,9 @@
 /* X(name, function, summary): one line per subcommand, in --help order. */
 #define CLI_COMMANDS(X)                                                                           \
     X("version", cli_version, "print the version and exit")                                      \
-    X("replay", cli_replay, "serve recorded model answers as an offline OpenAI backend")
+    X("replay", cli_replay, "serve recorded model answers as an offline OpenAI backend")           \
+    X("stats", cli_stats, "routing statistics from the outcome log")                             \
+    X("export", cli_export, "the outcome log's labelled prompts as training JSONL")
 
 #define CLI_DECLARE(name, fn, summary) cli_command_fn fn;
 CLI_COMMANDS(CLI_DECLARE)

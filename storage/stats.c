@@ -68,7 +68,7 @@ struct backend_acc {
 };
 
 struct recent {
-    int64_t t;
+    int64_t t, rowid;
     char *request_id, *backend, *error_kind;
     int status;
 };
@@ -98,31 +98,65 @@ acc_backend(struct acc *a, const char *name)
     return b;
 }
 
-static int
-cmp_double(const void *a, const void *b)
+/* Rearranges v[lo..hi] so v[k] holds the value it would have sorted, smaller ones
+ * before it and larger after (quickselect, median of three): O(n), no full sort. */
+static void
+select_kth(double *v, size_t lo, size_t hi, size_t k)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        double a = v[lo], b = v[mid], c = v[hi];
+        double pivot = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+        size_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] < pivot)
+                i++;
+            while (v[j] > pivot)
+                j--;
+            if (i <= j) {
+                double t = v[i];
+                v[i] = v[j];
+                v[j] = t;
+                i++;
+                if (j == 0)
+                    break;
+                j--;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            return;
+    }
 }
 
-/* Nearest-rank percentile of a sorted vector: the value at rank ceil(p/100 * n). */
+/* Nearest-rank percentile: the value at rank ceil(p/100 * n) of the sorted values.
+ * Percentiles are taken in decreasing p, each selecting within the part below the
+ * last, so three of them cost about two passes. */
 static json_t *
-percentile(const struct vec *v, int p)
+percentile(struct vec *v, int p, size_t *limit)
 {
     if (!v->n)
         return json_null();
     size_t rank = ((size_t)p * v->n + 99) / 100;
     if (rank < 1)
         rank = 1;
+    select_kth(v->v, 0, *limit, rank - 1);
+    *limit = rank - 1;
     return json_real(v->v[rank - 1]);
 }
 
 static json_t *
 percentiles(struct vec *v)
 {
-    qsort(v->v, v->n, sizeof(*v->v), cmp_double);
-    return json_pack("{s:o, s:o, s:o, s:I}", "p50", percentile(v, 50), "p95", percentile(v, 95),
-                     "p99", percentile(v, 99), "n", (json_int_t)v->n);
+    size_t limit = v->n ? v->n - 1 : 0;
+    json_t *p99 = percentile(v, 99, &limit);
+    json_t *p95 = percentile(v, 95, &limit);
+    json_t *p50 = percentile(v, 50, &limit);
+    return json_pack("{s:o, s:o, s:o, s:I}", "p50", p50, "p95", p95, "p99", p99, "n",
+                     (json_int_t)v->n);
 }
 
 static void
@@ -138,18 +172,36 @@ recent_add(struct recent *r, size_t *n, int64_t t, sqlite3_stmt *st)
                 min = i;
         if (r[min].t >= t)
             return;
-        free(r[min].request_id);
-        free(r[min].backend);
-        free(r[min].error_kind);
         at = min;
     } else {
         (*n)++;
     }
-    r[at].t = t;
-    r[at].request_id = storage__strdup((const char *)sqlite3_column_text(st, 9));
-    r[at].backend = storage__strdup((const char *)sqlite3_column_text(st, 0));
-    r[at].error_kind = storage__strdup((const char *)sqlite3_column_text(st, 10));
-    r[at].status = sqlite3_column_int(st, 1);
+    /* Only the row id now: the scan reads the covering index, the rest is fetched
+     * for the final few. */
+    r[at] = (struct recent){.t = t, .rowid = sqlite3_column_int64(st, 9)};
+}
+
+/* Fills in the recent errors' details by row id. */
+static int
+recent_fetch(sqlite3 *db, struct recent *r, size_t n)
+{
+    sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(db, "SELECT request_id, backend, status, error_kind FROM requests"
+                               " WHERE id = ?", -1, &st, NULL) != SQLITE_OK)
+        return -EIO;
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_bind_int64(st, 1, r[i].rowid);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            r[i].request_id = storage__strdup((const char *)sqlite3_column_text(st, 0));
+            r[i].backend = storage__strdup((const char *)sqlite3_column_text(st, 1));
+            r[i].status = sqlite3_column_int(st, 2);
+            r[i].error_kind = storage__strdup((const char *)sqlite3_column_text(st, 3));
+        }
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    return 0;
 }
 
 static int
@@ -205,7 +257,7 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     /* One scan of the window; everything else is computed in C. */
     if (sqlite3_prepare_v2(db,
                            "SELECT backend, status, error_kind IS NOT NULL, latency_ms, ttfb_ms,"
-                           " tokens_in, tokens_out, cost_usd, score, request_id, error_kind,"
+                           " tokens_in, tokens_out, cost_usd, score, id, error_kind,"
                            " started_ms FROM requests WHERE started_ms >= ? AND started_ms <= ?",
                            -1, &st, NULL) != SQLITE_OK)
         goto dberr;
@@ -271,18 +323,24 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
         goto dberr;
     sqlite3_finalize(st);
     st = NULL;
+    if (recent_fetch(db, recent, n_recent) < 0)
+        goto dberr;
 
     /* Feedback on the window's requests, per backend. */
     uint64_t fb_total = 0;
     double fb_sum = 0;
     if (sqlite3_prepare_v2(db,
-                           "SELECT r.backend, count(*), avg(f.score) FROM requests r"
-                           " JOIN feedback f ON f.request_id = r.request_id"
-                           " WHERE r.started_ms >= ? AND r.started_ms <= ? GROUP BY r.backend",
+                           /* Feedback comes after its request, so created_ms >= from
+                            * narrows the feedback side; CROSS JOIN keeps it outer. */
+                           "SELECT r.backend, count(*), avg(f.score) FROM feedback f"
+                           " CROSS JOIN requests r ON r.request_id = f.request_id"
+                           " WHERE f.created_ms >= ? AND r.started_ms >= ? AND r.started_ms <= ?"
+                           " GROUP BY r.backend",
                            -1, &st, NULL) != SQLITE_OK)
         goto dberr;
     sqlite3_bind_int64(st, 1, from);
-    sqlite3_bind_int64(st, 2, now_ms);
+    sqlite3_bind_int64(st, 2, from);
+    sqlite3_bind_int64(st, 3, now_ms);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *name = (const char *)sqlite3_column_text(st, 0);
         struct backend_acc *b = acc_backend(&a, name ? name : "(none)");

@@ -333,6 +333,54 @@ test_stats_figures(void **state)
     json_decref(j);
 }
 
+static int
+cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Percentiles of random latencies (with many ties) match a full sort's nearest rank. */
+static void
+test_stats_percentiles_random(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "", id[32];
+    enum { N = 997 };
+    double lat[N];
+    uint64_t x = 88172645463325252ULL;
+
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    for (int i = 0; i < N; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        lat[i] = (double)(x % 300); /* ties galore */
+        snprintf(id, sizeof(id), "p%d", i);
+        assert_int_equal(storage_submit(s, rec(id, "fast", NOW - 1000 - i, lat[i], NAN, 1, 1, 0,
+                                               NAN)),
+                         0);
+    }
+    storage_close(s);
+    qsort(lat, N, sizeof(lat[0]), cmp_double);
+    json_t *j = storage_stats(f->path, "15m", NULL, 0, NOW, err, sizeof(err));
+    assert_non_null(j);
+    json_t *l = json_object_get(json_object_get(json_object_get(j, "backends"), "fast"),
+                                "latency_ms");
+    const int ps[] = {50, 95, 99};
+    const char *names[] = {"p50", "p95", "p99"};
+    for (int i = 0; i < 3; i++) {
+        size_t rank = ((size_t)ps[i] * N + 99) / 100; /* ceil(p * N / 100) */
+        assert_near(json_real_value(json_object_get(l, names[i])), lat[rank - 1]);
+    }
+    assert_true(json_is_null(json_object_get(json_object_get(json_object_get(
+                                                 json_object_get(j, "backends"), "fast"),
+                                             "ttfb_ms"),
+                                             "p50")));
+    json_decref(j);
+}
+
 static void
 test_stats_rejects(void **state)
 {
@@ -517,6 +565,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_feedback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_feedback_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_figures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_percentiles_random, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_rejects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),

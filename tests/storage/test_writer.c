@@ -118,7 +118,7 @@ test_create_schema(void **state)
     assert_string_equal(mode, "wal");
     free(mode);
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name IN"
-                                        " ('requests','feedback','requests_started',"
+                                        " ('requests','feedback','requests_window',"
                                         "'requests_request_id')"),
                      4);
     /* Reopening a current database is a no-op. */
@@ -157,9 +157,11 @@ test_migrate_from_v1(void **state)
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='old-1'"),
                      1);
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM feedback"), 1);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name IN"
+                                        " ('requests_request_id', 'requests_window')"),
+                     2);
     assert_int_equal(
-        query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name='requests_request_id'"),
-        1);
+        query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name='requests_started'"), 0);
 }
 
 static void

@@ -1,0 +1,94 @@
+/* cmd_export.c - `triage export`: the outcome log's labelled prompts as training JSONL. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "storage.h"
+
+static void
+export_usage(FILE *f)
+{
+    fprintf(f, "usage: triage export --db FILE [--out FILE.jsonl]\n"
+               "  Writes {\"messages\": [...], \"outcomes\": {\"<backend>\": q}} per distinct prompt,\n"
+               "  q = mean feedback score of that prompt on that backend. Needs prompts stored\n"
+               "  with store_prompts = full; requests without feedback carry no label and are\n"
+               "  skipped. Without --out, writes to stdout.\n");
+}
+
+int
+cli_export(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"db", required_argument, NULL, 'd'},
+        {"out", required_argument, NULL, 'o'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *db = NULL, *out = NULL;
+    char tmp[4096], err[4608] = "";
+    struct storage_export_counts c;
+    FILE *f = stdout;
+    int ch;
+
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "d:o:h", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'd': db = optarg; break;
+        case 'o': out = optarg; break;
+        case 'h': export_usage(stdout); return 0;
+        default: export_usage(stderr); return 2;
+        }
+    }
+    if (optind != argc || !db) {
+        export_usage(stderr);
+        return 2;
+    }
+    if (out && strcmp(out, "-")) {
+        /* Write beside the target and rename, so a failed export leaves no half file. */
+        if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", out) >= sizeof(tmp)) {
+            cli_errorf("export", "--out path too long");
+            return 2;
+        }
+        f = fopen(tmp, "w");
+        if (!f) {
+            cli_errorf("export", "%s: %s", tmp, strerror(errno));
+            return 1;
+        }
+    } else {
+        out = NULL;
+    }
+
+    int rc = storage_export_jsonl(db, f, &c, err, sizeof(err));
+    if (out) {
+        if (fclose(f) != 0 && rc == 0) {
+            snprintf(err, sizeof(err), "%s: %s", tmp, strerror(errno));
+            rc = -EIO;
+        }
+        if (rc == 0 && rename(tmp, out) != 0) {
+            snprintf(err, sizeof(err), "%s: %s", out, strerror(errno));
+            rc = -EIO;
+        }
+        if (rc != 0)
+            unlink(tmp);
+    } else if (fflush(stdout) != 0 && rc == 0) {
+        snprintf(err, sizeof(err), "writing stdout: %s", strerror(errno));
+        rc = -EIO;
+    }
+    if (rc != 0) {
+        cli_errorf("export", "%s", err);
+        return 1;
+    }
+    fprintf(stderr,
+            "triage export: %llu examples from %llu requests%s%s\n"
+            "  skipped %llu requests without prompt text (store_prompts must be full to export)\n"
+            "  skipped %llu requests without feedback (no label)\n"
+            "  skipped %llu requests whose stored prompt is not a messages array\n",
+            (unsigned long long)c.lines, (unsigned long long)c.rows, out ? " to " : "",
+            out ? out : "", (unsigned long long)c.no_prompt, (unsigned long long)c.no_outcome,
+            (unsigned long long)c.bad_prompt);
+    return 0;
+}
