@@ -1,0 +1,23 @@
+/* dashboard.h - the web dashboard's static files (daemon/dashboard/), built into the binary.
+ *
+ * The page (GET /dashboard) draws its charts in the browser from GET /v1/stats; this
+ * module only finds the embedded files. Nothing is read from disk at run time. */
+#ifndef TRIAGE_DASHBOARD_H
+#define TRIAGE_DASHBOARD_H
+
+#include <stddef.h>
+
+/* One embedded file; everything is static and lives as long as the program. */
+struct dashboard_asset {
+    const char *path;          /* URL path, e.g. "/dashboard/app.js" */
+    const char *content_type;  /* e.g. "text/javascript; charset=utf-8" */
+    const unsigned char *data; /* NUL-terminated (the NUL is not counted in len) */
+    size_t len;
+    const char *etag;          /* quoted content hash for ETag / If-None-Match */
+};
+
+/* Returns the asset served at the URL path (no query string), or NULL. "/dashboard"
+ * and "/dashboard/" are the page itself (index.html). */
+const struct dashboard_asset *dashboard_find(const char *path);
+
+#endif

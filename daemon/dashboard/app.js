@@ -1,0 +1,538 @@
+/* app.js - fetches GET /v1/stats every few seconds and draws the dashboard's SVG charts. */
+'use strict';
+
+(function () {
+  const REFRESH_MS = 5000;
+  const MAX_ERRORS = 10; /* rows in the recent errors table */
+  const WINDOWS = ['15m', '1h', '24h', '7d'];
+  const PALETTE = ['#4e8df5', '#f08a3e', '#2bb673', '#9b59b6', '#e05d5d', '#16a0a0'];
+  const SVGNS = 'http://www.w3.org/2000/svg';
+
+  const params = new URLSearchParams(location.search);
+  let win = WINDOWS.includes(params.get('window')) ? params.get('window') : '1h';
+  const key = (location.hash.match(/key=([^&]+)/) || [])[1];
+  let last = null;
+
+  const $ = (id) => document.getElementById(id);
+
+  /* ---- formatting ------------------------------------------------------ */
+  const fmtInt = (n) => (n == null ? '–' : Math.round(n).toLocaleString('en-US'));
+  const fmtPct = (x, d = 1) => (x == null || !isFinite(x) ? '–' : (100 * x).toFixed(d) + '%');
+  function fmtUSD(x) {
+    if (x == null || !isFinite(x)) return '–';
+    const a = Math.abs(x);
+    const d = a >= 100 ? 0 : a >= 1 ? 2 : a >= 0.01 ? 3 : 4;
+    return (x < 0 ? '-$' : '$') + a.toFixed(d);
+  }
+  /* Axis labels: as few decimals as the tick step needs. */
+  function fmtUSDAxis(step) {
+    const d = step >= 1 ? 0 : step >= 0.1 ? 1 : step >= 0.01 ? 2 : step >= 0.001 ? 3 : 4;
+    return (v) => (v === 0 ? '$0' : '$' + v.toFixed(d));
+  }
+  function fmtMs(ms) {
+    if (ms == null || !isFinite(ms)) return '–';
+    if (ms >= 10000) return (ms / 1000).toFixed(1) + ' s';
+    if (ms >= 1000) return (ms / 1000).toFixed(2) + ' s';
+    return Math.round(ms) + ' ms';
+  }
+  function fmtCompact(n) {
+    if (n == null) return '–';
+    if (n >= 1e9) return (n / 1e9).toFixed(2) + 'G';
+    if (n >= 1e6) return (n / 1e6).toFixed(2) + 'M';
+    if (n >= 1e4) return (n / 1e3).toFixed(0) + 'k';
+    if (n >= 1e3) return (n / 1e3).toFixed(1) + 'k';
+    return String(n);
+  }
+  const pad2 = (n) => String(n).padStart(2, '0');
+  function fmtClock(ms, withDate) {
+    const d = new Date(ms);
+    const t = pad2(d.getHours()) + ':' + pad2(d.getMinutes());
+    return withDate ? d.getMonth() + 1 + '/' + d.getDate() + ' ' + t : t;
+  }
+  function fmtSpan(ms) {
+    if (ms >= 86400000) return (ms / 86400000).toFixed(ms % 86400000 ? 1 : 0) + ' d';
+    if (ms >= 3600000) return (ms / 3600000).toFixed(ms % 3600000 ? 1 : 0) + ' h';
+    if (ms >= 60000) return (ms / 60000).toFixed(ms % 60000 ? 1 : 0) + ' min';
+    return Math.round(ms / 1000) + ' s';
+  }
+
+  /* ---- SVG helpers ----------------------------------------------------- */
+  function el(tag, attrs, text) {
+    const e = document.createElementNS(SVGNS, tag);
+    for (const k in attrs || {}) e.setAttribute(k, attrs[k]);
+    if (text != null) e.textContent = text;
+    return e;
+  }
+  function add(parent, tag, attrs, text) {
+    const e = el(tag, attrs, text);
+    parent.appendChild(e);
+    return e;
+  }
+  function tip(e, text) {
+    add(e, 'title', {}, text);
+    return e;
+  }
+
+  /* Sets up an SVG for drawing: viewBox from its size, returns the plot frame. */
+  function frame(svg, m) {
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    const r = svg.getBoundingClientRect();
+    const W = Math.max(240, Math.round(r.width || 600));
+    const H = Math.max(80, Math.round(r.height || 220));
+    svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+    return { W, H, x0: m.left, x1: W - m.right, y0: H - m.bottom, y1: m.top };
+  }
+
+  /* A "nice" axis from 0 to at least max with about n ticks. */
+  function niceScale(max, n = 4) {
+    if (!(max > 0)) max = 1;
+    const raw = max / n;
+    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const f = raw / mag;
+    const step = (f <= 1 ? 1 : f <= 2 ? 2 : f <= 2.5 ? 2.5 : f <= 5 ? 5 : 10) * mag;
+    return { max: Math.ceil(max / step - 1e-9) * step, step };
+  }
+
+  function yAxis(svg, f, scale, fmt, title) {
+    const g = add(svg, 'g', { class: 'axis y' });
+    for (let v = 0; v <= scale.max + scale.step / 2; v += scale.step) {
+      const y = f.y0 - (v / scale.max) * (f.y0 - f.y1);
+      add(g, 'line', { class: 'gridline', x1: f.x0, x2: f.x1, y1: y, y2: y });
+      add(g, 'text', { x: f.x0 - 6, y: y + 4, 'text-anchor': 'end' }, fmt(v));
+    }
+    add(g, 'line', { x1: f.x0, x2: f.x1, y1: f.y0, y2: f.y0 });
+    if (title) {
+      const cy = (f.y0 + f.y1) / 2;
+      add(g, 'text', { class: 'axis-title', x: 12, y: cy, transform: `rotate(-90 12 ${cy})`,
+                       'text-anchor': 'middle' }, title);
+    }
+    return (v) => f.y0 - (v / scale.max) * (f.y0 - f.y1);
+  }
+
+  function xTitle(svg, f, title) {
+    add(svg, 'text', { class: 'axis-title', x: (f.x0 + f.x1) / 2, y: f.H - 4, 'text-anchor': 'middle' },
+        title);
+  }
+
+  /* Time labels under a bucketed x axis. */
+  function timeAxis(svg, f, tl, xOf) {
+    const g = add(svg, 'g', { class: 'axis x' });
+    const n = tl.buckets;
+    /* at most one label per ~64 px, at a step that divides the buckets evenly */
+    const fit = Math.max(2, Math.floor((f.x1 - f.x0) / 64));
+    let every = n;
+    for (const e of [1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60]) {
+      if (n % e === 0 && n / e <= fit) { every = e; break; }
+    }
+    const withDate = tl.bucket_ms * n > 86400000;
+    for (let k = 0; k <= n; k += every) {
+      const x = xOf(k);
+      add(g, 'line', { x1: x, x2: x, y1: f.y0, y2: f.y0 + 4 });
+      add(g, 'text', { x, y: f.y0 + 16, 'text-anchor': k === 0 ? 'start' : k + every > n ? 'end' : 'middle' },
+          fmtClock(tl.start_ms + k * tl.bucket_ms, withDate));
+    }
+  }
+
+  function empty(svg, f, text) {
+    add(svg, 'text', { class: 'empty', x: (f.x0 + f.x1) / 2, y: (f.y0 + f.y1) / 2,
+                       'text-anchor': 'middle' }, text);
+  }
+
+  function legend(div, items) {
+    div.textContent = '';
+    for (const it of items) {
+      const s = document.createElement('span');
+      const sw = document.createElement('span');
+      sw.className = 'sw' + (it.kind ? ' ' + it.kind : '');
+      sw.style.background = it.color;
+      sw.style.borderColor = it.color;
+      s.appendChild(sw);
+      s.appendChild(document.createTextNode(it.label));
+      div.appendChild(s);
+    }
+  }
+
+  /* ---- model ----------------------------------------------------------- */
+
+  /* Backends cheapest per request first, so two-tier setups read fast, strong. */
+  function backendOrder(d) {
+    const names = Object.keys(d.backends || {});
+    const cpr = (n) => {
+      const b = d.backends[n];
+      return b.requests ? b.cost_usd / b.requests : Infinity;
+    };
+    names.sort((a, b) => cpr(a) - cpr(b) || a.localeCompare(b));
+    return names;
+  }
+  function strongName(d, names) {
+    if (d.saving && d.saving.baseline_backend) return d.saving.baseline_backend;
+    return names[names.length - 1];
+  }
+
+  /* ---- charts ---------------------------------------------------------- */
+
+  function drawShare(d, names, colors) {
+    const svg = $('chart-share');
+    const f = frame(svg, { left: 52, right: 12, top: 10, bottom: 36 });
+    const tl = d.timeline;
+    const n = tl ? tl.buckets : 0;
+    $('share-hint').textContent = tl ? `requests per ${fmtSpan(tl.bucket_ms)}, stacked by backend` : '';
+    legend($('share-legend'), names.map((b) => ({
+      color: colors[b], label: `${b} ${fmtPct(d.backends[b].share)}` })));
+    if (!tl || !d.requests) {
+      yAxis(svg, f, niceScale(1), fmtInt, 'requests');
+      empty(svg, f, 'no requests in this window');
+      return;
+    }
+    const totals = new Array(n).fill(0);
+    for (const b of names) {
+      const s = tl.backends[b];
+      if (s) s.requests.forEach((v, k) => { totals[k] += v; });
+    }
+    const y = yAxis(svg, f, niceScale(Math.max(...totals)), fmtInt, 'requests');
+    const xOf = (k) => f.x0 + (k / n) * (f.x1 - f.x0);
+    const bw = ((f.x1 - f.x0) / n) * 0.78;
+    const base = new Array(n).fill(0);
+    const bars = add(svg, 'g', { class: 'bars' });
+    for (const b of names) {
+      const s = tl.backends[b];
+      if (!s) continue;
+      s.requests.forEach((v, k) => {
+        if (!v) return;
+        const top = y(base[k] + v);
+        const r = add(bars, 'rect', { class: 'bar', 'data-backend': b, x: xOf(k) + bw * 0.14,
+                                      y: top, width: bw, height: y(base[k]) - top,
+                                      fill: colors[b] });
+        tip(r, `${fmtClock(tl.start_ms + k * tl.bucket_ms, n * tl.bucket_ms > 86400000)}  ${b}: ${v} of ${totals[k]}`);
+        base[k] += v;
+      });
+    }
+    timeAxis(svg, f, tl, xOf);
+  }
+
+  function drawCost(d, names, colors) {
+    const svg = $('chart-cost');
+    const f = frame(svg, { left: 56, right: 14, top: 14, bottom: 36 });
+    const tl = d.timeline;
+    const sv = d.saving;
+    const strong = strongName(d, names);
+    const actualColor = '#3867d6';
+    const baseColor = colors[strong] || '#f08a3e';
+    if (!tl || !d.requests) {
+      legend($('cost-legend'), []);
+      yAxis(svg, f, niceScale(1), fmtUSDAxis(0.25), 'USD');
+      empty(svg, f, 'no requests in this window');
+      return;
+    }
+    const n = tl.buckets;
+    const cost = new Array(n).fill(0), reqs = new Array(n).fill(0);
+    for (const b of names) {
+      const s = tl.backends[b];
+      if (!s) continue;
+      s.cost_usd.forEach((v, k) => { cost[k] += v; });
+      s.requests.forEach((v, k) => { reqs[k] += v; });
+    }
+    const cum = (a) => { let s = 0; return a.map((v) => (s += v)); };
+    const actual = cum(cost);
+    /* The all-strong line: exact when storage gives it per bucket, else the window's
+     * baseline spread over time in proportion to requests (marked as an estimate). */
+    let baseline = null, estimated = false;
+    if (Array.isArray(tl.baseline_cost_usd)) {
+      baseline = cum(tl.baseline_cost_usd);
+    } else if (sv && sv.baseline_cost_usd != null) {
+      const rc = cum(reqs), tot = rc[n - 1] || 1;
+      baseline = rc.map((v) => (sv.baseline_cost_usd * v) / tot);
+      estimated = true;
+    }
+    const max = Math.max(actual[n - 1], baseline ? baseline[n - 1] : 0);
+    const sc = niceScale(max);
+    const y = yAxis(svg, f, sc, fmtUSDAxis(sc.step), 'cumulative USD');
+    const xOf = (k) => f.x0 + (k / n) * (f.x1 - f.x0);
+    const path = (a) => 'M' + xOf(0) + ',' + y(0) + a.map((v, k) => ` L${xOf(k + 1).toFixed(1)},${y(v).toFixed(1)}`).join('');
+    if (baseline) {
+      add(svg, 'path', { class: 'line baseline', d: path(baseline), fill: 'none', stroke: baseColor,
+                         'stroke-width': 2, 'stroke-dasharray': '6 4' });
+      add(svg, 'text', { class: 'value-label', x: f.x1 - 4, y: y(baseline[n - 1]) - 6,
+                         'text-anchor': 'end' }, fmtUSD(baseline[n - 1]));
+    }
+    const area = path(actual) + ` L${xOf(n)},${y(0)} Z`;
+    add(svg, 'path', { d: area, fill: actualColor, opacity: 0.12 });
+    add(svg, 'path', { class: 'line actual', d: path(actual), fill: 'none', stroke: actualColor,
+                       'stroke-width': 2.2 });
+    add(svg, 'text', { class: 'value-label', x: f.x1 - 4, y: y(actual[n - 1]) - 6,
+                       'text-anchor': 'end' }, fmtUSD(actual[n - 1]));
+    timeAxis(svg, f, tl, xOf);
+    legend($('cost-legend'), [
+      { color: actualColor, label: 'routed (actual)', kind: 'line' },
+      ...(baseline ? [{ color: baseColor, label: `all to ${strong}` + (estimated ? ' (est.)' : ''), kind: 'dash' }] : []),
+    ]);
+    $('cost-hint').textContent = sv && sv.saving_share != null
+      ? `saved ${fmtUSD(sv.saving_usd)} (${fmtPct(sv.saving_share)})` : '';
+  }
+
+  function drawLatency(d, names, colors) {
+    const svg = $('chart-latency');
+    const f = frame(svg, { left: 56, right: 10, top: 18, bottom: 36 });
+    const P = ['p50', 'p95', 'p99'];
+    const OPACITY = [1, 0.62, 0.34];
+    legend($('latency-legend'), P.map((p, i) => ({ color: `rgba(90,100,120,${OPACITY[i]})`, label: p })));
+    const rows = names.filter((b) => d.backends[b].latency_ms && d.backends[b].latency_ms.n);
+    if (!rows.length) {
+      yAxis(svg, f, niceScale(1000), fmtMs, 'latency');
+      empty(svg, f, 'no latency samples');
+      return;
+    }
+    const max = Math.max(...rows.map((b) => d.backends[b].latency_ms.p99 || 0));
+    const y = yAxis(svg, f, niceScale(max), fmtMs, 'latency');
+    const gw = (f.x1 - f.x0) / rows.length;
+    const bw = Math.min(44, (gw * 0.7) / P.length);
+    rows.forEach((b, i) => {
+      const L = d.backends[b].latency_ms;
+      const cx = f.x0 + gw * (i + 0.5);
+      P.forEach((p, j) => {
+        const v = L[p];
+        if (v == null) return;
+        const x = cx + (j - P.length / 2) * bw;
+        const r = add(svg, 'rect', { class: 'bar', 'data-backend': b, 'data-p': p, x: x + 1,
+                                     y: y(v), width: bw - 2, height: f.y0 - y(v),
+                                     fill: colors[b], 'fill-opacity': OPACITY[j] });
+        tip(r, `${b} ${p}: ${fmtMs(v)} (${L.n} requests)`);
+        add(svg, 'text', { class: 'value-label', x: x + bw / 2, y: y(v) - 4, 'text-anchor': 'middle' },
+            fmtMs(v));
+      });
+      add(svg, 'text', { x: cx, y: f.y0 + 16, 'text-anchor': 'middle' }, b);
+    });
+    xTitle(svg, f, 'backend');
+  }
+
+  function drawScore(d) {
+    const svg = $('chart-score');
+    const f = frame(svg, { left: 48, right: 10, top: 10, bottom: 36 });
+    const h = d.score_histogram;
+    const names = backendOrder(d);
+    const cheap = PALETTE[0], dear = PALETTE[Math.max(1, names.length - 1) % PALETTE.length];
+    const thr = d.threshold != null && isFinite(d.threshold) ? d.threshold : null;
+    legend($('score-legend'), thr == null
+      ? [{ color: '#6f8fd8', label: 'routed requests by score (0 easy, 1 hard)' }]
+      : [{ color: cheap, label: `below threshold ${thr}` }, { color: dear, label: 'at or above' }]);
+    if (!h || !h.routed) {
+      $('score-hint').textContent = '';
+      yAxis(svg, f, niceScale(1), fmtInt, 'requests');
+      empty(svg, f, 'no routed requests');
+      return;
+    }
+    $('score-hint').textContent = `${fmtInt(h.routed)} routed requests`;
+    const y = yAxis(svg, f, niceScale(Math.max(...h.counts)), fmtInt, 'requests');
+    const span = h.hi - h.lo;
+    const xOf = (v) => f.x0 + ((v - h.lo) / span) * (f.x1 - f.x0);
+    const bw = (f.x1 - f.x0) / h.bins;
+    h.counts.forEach((c, i) => {
+      if (!c) return;
+      const lo = h.lo + (i * span) / h.bins;
+      const r = add(svg, 'rect', { class: 'bar', x: xOf(lo) + 1, y: y(c), width: bw - 2,
+                                   height: f.y0 - y(c),
+                                   fill: thr == null ? '#6f8fd8' : lo + 1e-9 >= thr ? dear : cheap });
+      tip(r, `score ${lo.toFixed(2)}–${(lo + span / h.bins).toFixed(2)}: ${c}`);
+    });
+    const g = add(svg, 'g', { class: 'axis x' });
+    for (let v = 0; v <= 4; v++) {
+      const t = h.lo + (v * span) / 4;
+      add(g, 'line', { x1: xOf(t), x2: xOf(t), y1: f.y0, y2: f.y0 + 4 });
+      add(g, 'text', { x: xOf(t), y: f.y0 + 16, 'text-anchor': v === 0 ? 'start' : v === 4 ? 'end' : 'middle' },
+          t.toFixed(2));
+    }
+    if (thr != null)
+      add(svg, 'line', { x1: xOf(thr), x2: xOf(thr), y1: f.y1, y2: f.y0,
+                         stroke: '#1d2430', 'stroke-dasharray': '4 3' });
+    xTitle(svg, f, 'difficulty score');
+  }
+
+  /* Two 100% bars: each backend's share of the requests and of the spend. */
+  function drawMix(d, names, colors) {
+    const svg = $('chart-mix');
+    const f = frame(svg, { left: 70, right: 10, top: 8, bottom: 22 });
+    if (!d.requests) return empty(svg, f, 'no requests in this window');
+    const rows = [
+      ['requests', (b) => d.backends[b].requests, d.requests],
+      ['spend', (b) => d.backends[b].cost_usd, names.reduce((s, b) => s + d.backends[b].cost_usd, 0)],
+    ];
+    const bh = Math.min(28, (f.y0 - f.y1) / rows.length - 12);
+    const xOf = (v) => f.x0 + v * (f.x1 - f.x0);
+    rows.forEach(([label, val, tot], i) => {
+      const y = f.y1 + i * ((f.y0 - f.y1) / rows.length) + 6;
+      add(svg, 'text', { x: f.x0 - 8, y: y + bh / 2 + 4, 'text-anchor': 'end' }, label);
+      let at = 0;
+      for (const b of names) {
+        const share = tot > 0 ? val(b) / tot : 0;
+        if (share <= 0) continue;
+        const r = add(svg, 'rect', { class: 'mix', 'data-backend': b, x: xOf(at), y,
+                                     width: Math.max(0, xOf(at + share) - xOf(at) - 1), height: bh,
+                                     fill: colors[b] });
+        tip(r, `${b}: ${fmtPct(share)} of ${label}`);
+        if (xOf(at + share) - xOf(at) > 44)
+          add(svg, 'text', { class: 'mix-label', x: (xOf(at) + xOf(at + share)) / 2, y: y + bh / 2 + 4,
+                             'text-anchor': 'middle' }, fmtPct(share, 0));
+        at += share;
+      }
+    });
+    const g = add(svg, 'g', { class: 'axis x' });
+    for (let v = 0; v <= 4; v++) {
+      add(g, 'text', { x: xOf(v / 4), y: f.y0 + 14,
+                       'text-anchor': v === 0 ? 'start' : v === 4 ? 'end' : 'middle' }, v * 25 + '%');
+    }
+  }
+
+  /* ---- tables and totals ---------------------------------------------- */
+
+  function cell(tr, text, cls) {
+    const td = document.createElement('td');
+    if (cls) td.className = cls;
+    if (text instanceof Node) td.appendChild(text);
+    else td.textContent = text;
+    tr.appendChild(td);
+    return td;
+  }
+  function emptyRow(tbody, cols, text) {
+    const tr = document.createElement('tr');
+    const td = cell(tr, text, 'muted');
+    td.colSpan = cols;
+    tbody.appendChild(tr);
+  }
+
+  function drawBackends(d, names, colors) {
+    const tbody = $('table-backends').tBodies[0];
+    tbody.textContent = '';
+    $('backends-hint').textContent = `${names.length} backend${names.length === 1 ? '' : 's'}`;
+    if (!names.length) return emptyRow(tbody, 6, 'no requests in this window');
+    for (const b of names) {
+      const s = d.backends[b];
+      const tr = document.createElement('tr');
+      const name = document.createElement('span');
+      const sw = document.createElement('span');
+      sw.className = 'sw';
+      sw.style.cssText = `display:inline-block;width:9px;height:9px;border-radius:2px;margin-right:6px;background:${colors[b]}`;
+      name.appendChild(sw);
+      name.appendChild(document.createTextNode(b));
+      cell(tr, name);
+      cell(tr, fmtInt(s.requests), 'num');
+      cell(tr, fmtInt(s.errors), 'num');
+      cell(tr, fmtMs(s.ttfb_ms && s.ttfb_ms.p50), 'num');
+      cell(tr, fmtUSD(s.cost_usd), 'num');
+      cell(tr, s.feedback && s.feedback.mean != null
+        ? `${s.feedback.mean.toFixed(2)} (${s.feedback.count})` : '–', 'num');
+      tbody.appendChild(tr);
+    }
+  }
+
+  function drawErrors(d) {
+    const tbody = $('table-errors').tBodies[0];
+    tbody.textContent = '';
+    const list = (d.recent_errors || []).slice(0, MAX_ERRORS);
+    $('errors-hint').textContent = list.length ? `latest ${list.length} of ${fmtInt(d.errors)}` : '';
+    if (!list.length) return emptyRow(tbody, 5, 'no errors in this window');
+    for (const e of list) {
+      const tr = document.createElement('tr');
+      const dt = new Date(e.time_ms);
+      cell(tr, `${fmtClock(e.time_ms, d.window_ms > 86400000)}:${pad2(dt.getSeconds())}`);
+      cell(tr, e.backend || '–');
+      const pill = document.createElement('span');
+      pill.className = 'pill' + (e.status === 429 ? ' warn' : '');
+      pill.textContent = e.status || '–';
+      cell(tr, pill, 'num');
+      cell(tr, e.error_kind || '–');
+      cell(tr, e.request_id || '–', 'id');
+      tbody.appendChild(tr);
+    }
+  }
+
+  function drawKpis(d, names) {
+    const strong = strongName(d, names);
+    const mins = d.window_ms / 60000;
+    $('kpi-requests').textContent = fmtInt(d.requests);
+    $('kpi-rate').textContent = `${(d.requests / mins).toFixed(1)} / min over ${d.window}`;
+    const sb = d.backends[strong];
+    $('kpi-share').textContent = sb ? fmtPct(sb.share) : '–';
+    $('kpi-share-note').textContent = sb ? `${fmtInt(sb.requests)} to ${strong}` : '';
+    $('kpi-cost').textContent = fmtUSD(d.cost_usd);
+    $('kpi-tokens').textContent = `${fmtCompact(d.tokens_in)} in · ${fmtCompact(d.tokens_out)} out tokens`;
+    const sv = d.saving;
+    $('kpi-saving').textContent = sv ? fmtUSD(sv.saving_usd) : '–';
+    $('kpi-saving-note').textContent = sv
+      ? `${fmtPct(sv.saving_share)} below ${fmtUSD(sv.baseline_cost_usd)}` : 'no backend prices';
+    $('kpi-errors').textContent = fmtInt(d.errors);
+    $('kpi-error-rate').textContent = d.requests ? `${fmtPct(d.errors / d.requests, 2)} of requests` : '';
+    const fb = d.feedback;
+    $('kpi-feedback').textContent = fb && fb.mean != null ? fb.mean.toFixed(2) : '–';
+    $('kpi-feedback-note').textContent = fb ? `${fmtInt(fb.count)} ratings` : '';
+  }
+
+  function render(d) {
+    const names = backendOrder(d);
+    const colors = {};
+    names.forEach((b, i) => { colors[b] = PALETTE[i % PALETTE.length]; });
+    drawKpis(d, names);
+    drawShare(d, names, colors);
+    drawCost(d, names, colors);
+    drawLatency(d, names, colors);
+    drawScore(d);
+    drawBackends(d, names, colors);
+    drawMix(d, names, colors);
+    drawErrors(d);
+    document.body.dataset.requests = d.requests;
+    document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
+  }
+
+  /* ---- fetching -------------------------------------------------------- */
+
+  function setStatus(ok, text) {
+    $('status-dot').className = 'dot ' + (ok ? 'ok' : 'err');
+    $('status').textContent = text;
+  }
+
+  async function refresh() {
+    const url = `/v1/stats?window=${encodeURIComponent(win)}`;
+    $('source').textContent = url;
+    try {
+      const r = await fetch(url, { cache: 'no-store',
+                                   headers: key ? { Authorization: `Bearer ${key}` } : {} });
+      if (!r.ok) throw new Error(`${r.status} ${r.statusText}`.trim());
+      last = await r.json();
+      render(last);
+      $('banner').hidden = true;
+      const t = new Date();
+      setStatus(true, `updated ${pad2(t.getHours())}:${pad2(t.getMinutes())}:${pad2(t.getSeconds())}`);
+    } catch (err) {
+      setStatus(false, 'stats unavailable');
+      $('banner').hidden = false;
+      $('banner').textContent = `Could not load ${url}: ${err.message}` +
+        (last ? ' (showing the last good data)' : '');
+    }
+  }
+
+  function windows() {
+    const nav = $('windows');
+    for (const w of WINDOWS) {
+      const b = document.createElement('button');
+      b.textContent = w;
+      b.className = w === win ? 'on' : '';
+      b.addEventListener('click', () => {
+        win = w;
+        for (const x of nav.children) x.className = x.textContent === w ? 'on' : '';
+        const u = new URL(location.href);
+        u.searchParams.set('window', w);
+        history.replaceState(null, '', u);
+        refresh();
+      });
+      nav.appendChild(b);
+    }
+  }
+
+  windows();
+  refresh();
+  setInterval(refresh, REFRESH_MS);
+  let t = null;
+  window.addEventListener('resize', () => {
+    clearTimeout(t);
+    t = setTimeout(() => last && render(last), 150);
+  });
+})();

@@ -1,0 +1,130 @@
+#!/bin/sh
+# test_dashboard.sh - loads the dashboard in headless Chromium from dashboard_server (the
+# embedded page + tests/ops/fixtures/stats.json as /v1/stats), checks the rendered DOM
+# (totals, chart bars, labels, tables) and saves a screenshot.
+#
+# Usage: test_dashboard.sh SERVER STATS.json OUTDIR. Exits 77 (skip) without chromium.
+# The expected figures below come from the committed fixture (make_stats.py).
+set -u
+server=$1
+fixture=$2
+outdir=$3
+
+browser=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
+if [ -z "$browser" ]; then
+    echo "chromium not found: skipping (Debian package chromium)"
+    exit 77
+fi
+tmp=$(mktemp -d)
+spid=
+cleanup() {
+    [ -n "$spid" ] && kill "$spid" 2>/dev/null && wait "$spid" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+"$server" "$fixture" 0 >"$tmp/port" &
+spid=$!
+for _ in $(seq 50); do
+    grep -q '^port ' "$tmp/port" 2>/dev/null && break
+    sleep 0.1
+done
+port=$(sed -n 's/^port //p' "$tmp/port")
+[ -n "$port" ] || { echo "server did not start"; exit 1; }
+url="http://127.0.0.1:$port/dashboard"
+echo "serving $url"
+
+# run_chromium ARGS...: one headless run with a fresh profile, no network but loopback.
+run_chromium() {
+    rm -rf "$tmp/profile"
+    "$browser" --headless --no-sandbox --disable-gpu --disable-background-networking \
+        --disable-component-update --disable-sync --no-first-run --disable-extensions \
+        --disable-dev-shm-usage --hide-scrollbars --user-data-dir="$tmp/profile" \
+        --virtual-time-budget=4000 "$@" 2>>"$tmp/chromium.log"
+}
+
+run_chromium --window-size=1280,900 --dump-dom "$url" >"$tmp/dom.html"
+if ! grep -q 'data-rendered=' "$tmp/dom.html"; then
+    echo "FAIL: the page did not render (no data-rendered on <body>)"
+    tail -n 20 "$tmp/chromium.log"
+    exit 1
+fi
+
+fail=0
+# expect NAME PATTERN: the DOM must contain the fixed string PATTERN.
+expect() {
+    if grep -qF -- "$2" "$tmp/dom.html"; then
+        echo "ok   $1"
+    else
+        echo "FAIL $1: no '$2' in the DOM"
+        fail=1
+    fi
+}
+# count NAME PATTERN N: PATTERN occurs exactly N times.
+count() {
+    n=$(grep -oF -- "$2" "$tmp/dom.html" | wc -l)
+    if [ "$n" -eq "$3" ]; then
+        echo "ok   $1 ($n)"
+    else
+        echo "FAIL $1: $n times '$2', want $3"
+        fail=1
+    fi
+}
+# the <svg id=...> element's markup, for per-chart counts
+chart() {
+    sed -n "s/.*\(<svg id=\"$1\".*\)/\1/p" "$tmp/dom.html" | sed 's#</svg>.*#</svg>#'
+}
+count_in() {
+    n=$(chart "$2" | grep -oF -- "$3" | wc -l)
+    if [ "$n" -eq "$4" ]; then
+        echo "ok   $1 ($n)"
+    else
+        echo "FAIL $1: $n times '$3' in #$2, want $4"
+        fail=1
+    fi
+}
+
+expect "total requests"        'id="kpi-requests">2,427<'
+expect "strong share"          'id="kpi-share">27.1%<'
+expect "spent"                 'id="kpi-cost">$9.68<'
+expect "saved vs all-strong"   'id="kpi-saving">$18.41<'
+expect "saving share"          '65.5% below $28.09'
+expect "errors"                'id="kpi-errors">15<'
+expect "feedback"              'id="kpi-feedback">0.86<'
+# routing share: one bar per non-empty (backend, minute): 60 minutes x 2 backends
+count_in "share bars"          chart-share 'class="bar"' 120
+count_in "share bars fast"     chart-share 'data-backend="fast"' 60
+expect "share legend"          'fast 72.9%'
+# cost: the routed line and the all-strong line, with their end values
+count_in "cost lines"          chart-cost 'class="line ' 2
+expect "cost baseline label"   '>$28.09<'
+# latency: p50/p95/p99 per backend, labelled
+count_in "latency bars"        chart-latency 'class="bar"' 6
+expect "fast p50 label"        '>844 ms<'
+expect "strong p50 label"      '>4.26 s<'
+expect "strong p99 label"      '>13.3 s<'
+# score histogram: 20 non-empty bins, axis 0..1
+count_in "score bars"          chart-score 'class="bar"' 20
+expect "score axis"            '>0.50<'
+expect "axis titles"           '>difficulty score<'
+# tables
+# 2 backends x 5 numeric columns + 10 error statuses (the table shows the latest 10)
+count "numeric cells"          '<td class="num">' 20
+count "error rows"             '<td class="id">' 10
+expect "errors hint"           'latest 10 of 15'
+expect "newest error first"    '<td>07:56:54</td><td>strong</td>'
+expect "backend row"           '>1,770</td><td class="num">5</td><td class="num">180 ms</td><td class="num">$0.654</td><td class="num">0.83 (41)</td>'
+
+expect "error kind"            '>timeout<'
+# share of requests vs spend: two 100% bars of two backends each
+count_in "mix bars"            chart-mix 'class="mix"' 4
+expect "spend share label"     '>93%<'
+
+run_chromium --window-size=1280,1180 --screenshot="$outdir/dashboard.png" "$url" >/dev/null
+if [ -s "$outdir/dashboard.png" ]; then
+    echo "screenshot: $outdir/dashboard.png"
+else
+    echo "FAIL: no screenshot"
+    fail=1
+fi
+exit $fail
