@@ -8,6 +8,7 @@
 #define CLI_COMMANDS(X)                                                                           \
     X("version", cli_version, "print the version and exit")                                      \
     X("replay", cli_replay, "serve recorded model answers as an offline OpenAI backend")           \
+    X("demo", cli_demo, "GSM8K through triaged: accuracy and cost per policy, SVG curve")     \
     X("stats", cli_stats, "routing statistics from the outcome log")                             \
     X("export", cli_export, "the outcome log's labelled prompts as training JSONL")
 

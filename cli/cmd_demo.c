@@ -1,0 +1,685 @@
+/* cmd_demo.c - `triage demo`: sends the GSM8K test prompts through a running triaged as
+ * always-fast, always-strong and routed at a few thresholds, grades every answer, and
+ * prints accuracy, cost and strong-call share, plus the cost-quality curve as SVG. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <zlib.h>
+
+#include "config.h"
+#include "cli.h"
+#include "commands.h"
+#include "conf.h"
+
+#define DEFAULT_DATA TRIAGE_SOURCE_ROOT "/data/replay/gsm8k.jsonl.gz"
+#define DEFAULT_CONF TRIAGE_SOURCE_ROOT "/conf/triage.conf"
+#define MAX_RUNS 16
+
+struct item {
+    char *prompt;
+    double reference;
+};
+
+struct run {
+    char label[64];              /* for the table */
+    char model[96];              /* sent as "model" */
+    double threshold;            /* routed runs; NAN for the fixed ones */
+    int fixed_backend;           /* index for the fixed runs, -1 for routed */
+    unsigned long n, correct, errors, strong;
+    unsigned long unknown;       /* answers whose backend (hence cost) is unknown */
+    double cost;                 /* USD */
+    double latency;              /* s, summed */
+};
+
+struct job {
+    CURL *h;
+    struct curl_slist *hdrs;
+    size_t run, item;
+    char *body;                  /* request */
+    char *resp;                  /* response body */
+    size_t len, cap;
+    char backend[64];            /* x-triage-backend */
+};
+
+struct demo {
+    struct conf *conf;
+    struct item *items;
+    size_t n_items;
+    struct run runs[MAX_RUNS];
+    size_t n_runs;
+    int strong;                  /* backend index of the strong (last) tier */
+    const char *url;
+    char auth[512];
+    long timeout_ms;
+};
+
+/* ---- grading ------------------------------------------------------------------------- */
+
+static int
+is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* Parses the number starting at the first digit at or after p (a '-' right before it
+ * counts, if it is inside text): digits with thousands commas, an optional fraction.
+ * Returns the end of the number, or NULL if there is no digit. */
+static const char *
+number_at(const char *text, const char *p, double *out)
+{
+    char buf[64];
+    size_t n = 0;
+
+    while (*p && !is_digit(*p))
+        p++;
+    if (!*p)
+        return NULL;
+    if (p > text && p[-1] == '-')
+        buf[n++] = '-';
+    for (; is_digit(*p) || *p == ','; p++)
+        if (*p != ',' && n < sizeof(buf) - 2)
+            buf[n++] = *p;
+    if (*p == '.' && is_digit(p[1])) {
+        if (n < sizeof(buf) - 2)
+            buf[n++] = '.';
+        for (p++; is_digit(*p); p++)
+            if (n < sizeof(buf) - 1)
+                buf[n++] = *p;
+    }
+    buf[n] = '\0';
+    *out = strtod(buf, NULL);
+    return p;
+}
+
+/* Extracts the final answer of a GSM8K solution: the number after the last "####", else in
+ * the last \boxed{}, else the last number in the text. Returns 0 or -1 (no number). */
+static int
+final_number(const char *text, double *out)
+{
+    const char *p = NULL, *q;
+
+    for (q = text; (q = strstr(q, "####")) != NULL; q += 4)
+        p = q;
+    if (p && number_at(text, p, out))
+        return 0;
+    p = NULL;
+    for (q = text; (q = strstr(q, "\\boxed{")) != NULL; q += 7)
+        p = q;
+    if (p && number_at(text, p, out))
+        return 0;
+    int found = 0;
+    for (q = text; (q = number_at(text, q, out)) != NULL;)
+        found = 1; /* the last one wins */
+    return found ? 0 : -1;
+}
+
+/* ---- data ---------------------------------------------------------------------------- */
+
+/* Reads one line of any length into *line (growing it); returns its length or -1 at the end. */
+static long
+gz_line(gzFile f, char **line, size_t *cap)
+{
+    size_t len = 0;
+
+    for (;;) {
+        if (*cap - len < 2) {
+            *cap = *cap ? *cap * 2 : 65536;
+            *line = realloc(*line, *cap);
+            if (!*line)
+                abort(); /* out of memory */
+        }
+        if (!gzgets(f, *line + len, (int)(*cap - len)))
+            return len ? (long)len : -1;
+        len += strlen(*line + len);
+        if (len && (*line)[len - 1] == '\n')
+            return (long)len;
+    }
+}
+
+static int
+load_items(struct demo *d, const char *path, size_t limit)
+{
+    gzFile f = gzopen(path, "rb"); /* plain files are read as they are */
+    char *line = NULL;
+    size_t cap = 0, items_cap = 0;
+    unsigned long lineno = 0;
+    long len;
+    int rc = -1;
+
+    if (!f) {
+        cli_errorf("demo", "%s: %s", path, strerror(errno ? errno : ENOENT));
+        return -1;
+    }
+    while ((!limit || d->n_items < limit) && (len = gz_line(f, &line, &cap)) >= 0) {
+        lineno++;
+        if (len <= 1)
+            continue;
+        json_t *j = json_loadb(line, (size_t)len, 0, NULL);
+        const char *prompt = json_string_value(json_object_get(j, "prompt"));
+        const char *ref = json_string_value(json_object_get(j, "reference"));
+        if (!prompt || !ref) {
+            cli_errorf("demo", "%s:%lu: needs \"prompt\" and \"reference\"", path, lineno);
+            json_decref(j);
+            goto fail;
+        }
+        if (d->n_items == items_cap) {
+            items_cap = items_cap ? items_cap * 2 : 1024;
+            d->items = realloc(d->items, items_cap * sizeof(*d->items));
+            if (!d->items)
+                abort();
+        }
+        d->items[d->n_items].prompt = strdup(prompt);
+        if (!d->items[d->n_items].prompt)
+            abort();
+        d->items[d->n_items].reference = strtod(ref, NULL);
+        d->n_items++;
+        json_decref(j);
+    }
+    if (d->n_items == 0) {
+        cli_errorf("demo", "%s: no prompts", path);
+        goto fail;
+    }
+    rc = 0;
+fail:
+    free(line);
+    gzclose(f);
+    return rc;
+}
+
+/* ---- requests ------------------------------------------------------------------------ */
+
+static size_t
+on_body(char *p, size_t sz, size_t n, void *arg)
+{
+    struct job *j = arg;
+    size_t add = sz * n;
+
+    if (j->len + add + 1 > j->cap) {
+        j->cap = (j->len + add + 1) * 2;
+        j->resp = realloc(j->resp, j->cap);
+        if (!j->resp)
+            abort();
+    }
+    memcpy(j->resp + j->len, p, add);
+    j->len += add;
+    j->resp[j->len] = '\0';
+    return add;
+}
+
+static size_t
+on_header(char *p, size_t sz, size_t n, void *arg)
+{
+    struct job *j = arg;
+    size_t len = sz * n;
+    static const char name[] = "x-triage-backend:";
+
+    if (len > sizeof(name) && strncasecmp(p, name, sizeof(name) - 1) == 0) {
+        const char *v = p + sizeof(name) - 1;
+        size_t vl = len - (sizeof(name) - 1);
+        while (vl && (*v == ' ' || *v == '\t'))
+            v++, vl--;
+        while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+            vl--;
+        snprintf(j->backend, sizeof(j->backend), "%.*s", (int)vl, v);
+    }
+    return len;
+}
+
+static void
+job_start(struct demo *d, CURLM *m, struct job *j, size_t run, size_t item)
+{
+    char url[1024];
+    json_t *body = json_pack("{s:s,s:[{s:s,s:s}]}", "model", d->runs[run].model, "messages",
+                             "role", "user", "content", d->items[item].prompt);
+
+    j->run = run;
+    j->item = item;
+    j->len = 0;
+    j->backend[0] = '\0';
+    free(j->body);
+    j->body = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (!j->h) {
+        j->h = curl_easy_init();
+        j->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+        if (d->auth[0])
+            j->hdrs = curl_slist_append(j->hdrs, d->auth);
+    }
+    snprintf(url, sizeof(url), "%s/v1/chat/completions", d->url);
+    curl_easy_setopt(j->h, CURLOPT_URL, url);
+    curl_easy_setopt(j->h, CURLOPT_HTTPHEADER, j->hdrs);
+    curl_easy_setopt(j->h, CURLOPT_POSTFIELDS, j->body);
+    curl_easy_setopt(j->h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(j->h, CURLOPT_WRITEDATA, j);
+    curl_easy_setopt(j->h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(j->h, CURLOPT_HEADERDATA, j);
+    curl_easy_setopt(j->h, CURLOPT_TIMEOUT_MS, d->timeout_ms);
+    curl_easy_setopt(j->h, CURLOPT_PRIVATE, j);
+    curl_multi_add_handle(m, j->h);
+}
+
+/* Which backend answered: the daemon's header, else the fixed run's, else by upstream model. */
+static int
+answering_backend(const struct demo *d, const struct job *j, json_t *resp)
+{
+    int b = j->backend[0] ? conf_backend_find(d->conf, j->backend) : -1;
+
+    if (b >= 0)
+        return b;
+    if (d->runs[j->run].fixed_backend >= 0)
+        return d->runs[j->run].fixed_backend;
+    const char *model = json_string_value(json_object_get(resp, "model"));
+    for (size_t i = 0; model && i < d->conf->n_backends; i++)
+        if (d->conf->backends[i].model && strcmp(d->conf->backends[i].model, model) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void
+job_done(struct demo *d, struct job *j, CURLcode rc)
+{
+    struct run *r = &d->runs[j->run];
+    long status = 0;
+    double secs = 0;
+
+    curl_easy_getinfo(j->h, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(j->h, CURLINFO_TOTAL_TIME, &secs);
+    r->n++;
+    r->latency += secs;
+    json_t *resp = rc == CURLE_OK && status == 200 ? json_loadb(j->resp, j->len, 0, NULL) : NULL;
+    const char *content = json_string_value(json_object_get(
+        json_object_get(json_array_get(json_object_get(resp, "choices"), 0), "message"), "content"));
+    if (!content) {
+        r->errors++;
+        json_decref(resp);
+        return;
+    }
+    double got;
+    if (final_number(content, &got) == 0 && fabs(got - d->items[j->item].reference) < 1e-6)
+        r->correct++;
+    int b = answering_backend(d, j, resp);
+    if (b == d->strong)
+        r->strong++;
+    if (b < 0)
+        r->unknown++;
+    if (b >= 0) {
+        json_t *u = json_object_get(resp, "usage");
+        double in = (double)json_integer_value(json_object_get(u, "prompt_tokens"));
+        double out = (double)json_integer_value(json_object_get(u, "completion_tokens"));
+        r->cost += (in * d->conf->backends[b].price_input + out * d->conf->backends[b].price_output) / 1e6;
+    }
+    json_decref(resp);
+}
+
+/* Sends every prompt once per run, concurrency at a time. Returns 0 or -1. */
+static int
+run_all(struct demo *d, unsigned concurrency)
+{
+    CURLM *m = curl_multi_init();
+    struct job *jobs = calloc(concurrency, sizeof(*jobs));
+    struct job **idle = calloc(concurrency, sizeof(*idle));
+    size_t n_idle = concurrency, next = 0, total = d->n_items * d->n_runs, done = 0;
+    struct cli_progress bar;
+
+    if (!jobs || !idle)
+        abort();
+    for (unsigned i = 0; i < concurrency; i++)
+        idle[i] = &jobs[i];
+    curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)concurrency);
+    cli_progress_start(&bar, "demo", total);
+    while (done < total) {
+        while (n_idle && next < total) {
+            job_start(d, m, idle[--n_idle], next / d->n_items, next % d->n_items);
+            next++;
+        }
+        int running;
+        curl_multi_perform(m, &running);
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(m, &left)) != NULL) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            struct job *j;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&j);
+            CURLcode rc = msg->data.result;
+            curl_multi_remove_handle(m, j->h);
+            job_done(d, j, rc);
+            idle[n_idle++] = j;
+            cli_progress_update(&bar, ++done);
+        }
+        if (done < total)
+            curl_multi_poll(m, NULL, 0, 100, NULL);
+    }
+    cli_progress_end(&bar);
+    for (unsigned i = 0; i < concurrency; i++) {
+        if (jobs[i].h)
+            curl_easy_cleanup(jobs[i].h);
+        curl_slist_free_all(jobs[i].hdrs);
+        free(jobs[i].body);
+        free(jobs[i].resp);
+    }
+    free(jobs);
+    free(idle);
+    curl_multi_cleanup(m);
+    return 0;
+}
+
+/* ---- output -------------------------------------------------------------------------- */
+
+static double
+accuracy(const struct run *r)
+{
+    return r->n ? (double)r->correct / (double)r->n : 0;
+}
+
+static void
+print_table(const struct demo *d)
+{
+    const struct run *fast = &d->runs[0], *strong = &d->runs[1];
+
+    printf("| policy | accuracy | cost (USD) | USD per 1k prompts | strong calls | mean latency | errors |\n");
+    printf("|---|---:|---:|---:|---:|---:|---:|\n");
+    for (size_t i = 0; i < d->n_runs; i++) {
+        const struct run *r = &d->runs[i];
+        printf("| %s | %.1f%% | %.4f | %.3f | %.1f%% | %.2f s | %lu |\n", r->label, 100 * accuracy(r),
+               r->cost, r->n ? r->cost * 1000 / (double)r->n : 0,
+               r->n ? 100.0 * (double)r->strong / (double)r->n : 0, r->n ? r->latency / (double)r->n : 0,
+               r->errors);
+    }
+    printf("\n%zu prompts per policy, graded by the final number of each answer.\n", d->n_items);
+    for (size_t i = 0; i < d->n_runs; i++)
+        if (d->runs[i].unknown)
+            printf("Note: %lu answers of %s came without an x-triage-backend header naming a "
+                   "configured backend; their cost is not counted.\n", d->runs[i].unknown,
+                   d->runs[i].label);
+    double gap = accuracy(strong) - accuracy(fast);
+    for (size_t i = 2; i < d->n_runs; i++) {
+        const struct run *r = &d->runs[i];
+        printf("- %s: %.0f%% of always-strong's accuracy", r->label,
+               accuracy(strong) > 0 ? 100 * accuracy(r) / accuracy(strong) : 0);
+        if (gap > 0)
+            printf(" (%.0f%% of the gap between fast and strong recovered)",
+                   100 * (accuracy(r) - accuracy(fast)) / gap);
+        printf(" at %.0f%% of its cost.\n", strong->cost > 0 ? 100 * r->cost / strong->cost : 0);
+    }
+}
+
+static void
+svg_text(FILE *f, double x, double y, const char *anchor, const char *style, const char *text)
+{
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\" %s>%s</text>\n", x, y, anchor,
+            style ? style : "", text);
+}
+
+/* Writes accuracy against cost per 1k prompts: the two fixed policies and the routed curve. */
+static int
+write_svg(const struct demo *d, const char *path)
+{
+    const double W = 720, H = 460, L = 70, R = 30, T = 50, B = 60;
+    double xmax = 0, ymin = 1, ymax = 0;
+    FILE *f = fopen(path, "w");
+
+    if (!f) {
+        cli_errorf("demo", "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    for (size_t i = 0; i < d->n_runs; i++) {
+        const struct run *r = &d->runs[i];
+        double c = r->n ? r->cost * 1000 / (double)r->n : 0;
+        xmax = fmax(xmax, c);
+        ymin = fmin(ymin, accuracy(r));
+        ymax = fmax(ymax, accuracy(r));
+    }
+    xmax = xmax > 0 ? xmax * 1.1 : 1;
+    ymin = fmax(0, floor(ymin * 20 - 1) / 20);
+    ymax = fmin(1, ceil(ymax * 20 + 0.5) / 20);
+    if (ymax <= ymin)
+        ymax = ymin + 0.05;
+#define PX(c) (L + (c) / xmax * (W - L - R))
+#define PY(a) (H - B - ((a) - ymin) / (ymax - ymin) * (H - T - B))
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+               "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\" font-size=\"12\">\n",
+            W, H, W, H);
+    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    char title[160];
+    snprintf(title, sizeof(title), "triage demo: accuracy vs cost on %zu GSM8K prompts", d->n_items);
+    svg_text(f, W / 2, 28, "middle", "font-size=\"16\"", title);
+    /* axes, grid and ticks */
+    for (int i = 0; i <= 5; i++) {
+        double c = xmax * i / 5, a = ymin + (ymax - ymin) * i / 5;
+        char lab[32];
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", PX(c), PY(ymin),
+                PX(c), PY(ymax));
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", PX(0), PY(a),
+                PX(xmax), PY(a));
+        snprintf(lab, sizeof(lab), "%.3g", c);
+        svg_text(f, PX(c), H - B + 18, "middle", NULL, lab);
+        snprintf(lab, sizeof(lab), "%.0f%%", a * 100);
+        svg_text(f, L - 8, PY(a) + 4, "end", NULL, lab);
+    }
+    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n",
+            L, T, W - L - R, H - T - B);
+    svg_text(f, (L + W - R) / 2, H - 18, "middle", NULL, "cost, USD per 1,000 prompts");
+    fprintf(f, "<text transform=\"translate(18 %.1f) rotate(-90)\" text-anchor=\"middle\">accuracy</text>\n",
+            (T + H - B) / 2);
+    /* the routed curve, in order of cost, from always-fast to always-strong */
+    size_t order[MAX_RUNS], n = 0;
+    for (size_t i = 0; i < d->n_runs; i++)
+        order[n++] = i;
+    for (size_t i = 1; i < n; i++)
+        for (size_t k = i; k > 0 && d->runs[order[k]].cost < d->runs[order[k - 1]].cost; k--) {
+            size_t t = order[k];
+            order[k] = order[k - 1];
+            order[k - 1] = t;
+        }
+    fprintf(f, "<polyline fill=\"none\" stroke=\"#2a9d8f\" stroke-width=\"2\" points=\"");
+    for (size_t i = 0; i < n; i++) {
+        const struct run *r = &d->runs[order[i]];
+        fprintf(f, "%.1f,%.1f ", PX(r->n ? r->cost * 1000 / (double)r->n : 0), PY(accuracy(r)));
+    }
+    fprintf(f, "\"/>\n");
+    for (size_t i = 0; i < d->n_runs; i++) {
+        const struct run *r = &d->runs[i];
+        double x = PX(r->n ? r->cost * 1000 / (double)r->n : 0), y = PY(accuracy(r));
+        const char *color = i == 0 ? "#457b9d" : i == 1 ? "#e63946" : "#2a9d8f";
+        char lab[96];
+        fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"5\" fill=\"%s\"/>\n", x, y, color);
+        if (i < 2)
+            snprintf(lab, sizeof(lab), "%s", r->label);
+        else
+            snprintf(lab, sizeof(lab), "t=%g (%.0f%% strong)", r->threshold,
+                     r->n ? 100.0 * (double)r->strong / (double)r->n : 0);
+        svg_text(f, x + (x > W - 200 ? -8 : 8), y + (i % 2 ? 16 : -8), x > W - 200 ? "end" : "start",
+                 NULL, lab);
+    }
+#undef PX
+#undef PY
+    fprintf(f, "</svg>\n");
+    if (fclose(f) != 0) {
+        cli_errorf("demo", "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- main ---------------------------------------------------------------------------- */
+
+static void
+usage(FILE *f)
+{
+    fprintf(f,
+            "usage: triage demo [--url URL] [--config FILE] [--data FILE] [--limit N]\n"
+            "                   [--thresholds T,T,...] [--concurrency N] [--svg FILE]\n"
+            "                   [--api-key KEY] [--timeout-ms N]\n"
+            "\n"
+            "Sends the GSM8K test prompts through a running triaged, once per policy: always\n"
+            "the fast backend, always the strong one, and routed (\"<alias>:<t>\") at each\n"
+            "threshold; grades each answer by its final number against the reference and\n"
+            "prints a markdown table of accuracy, cost (usage tokens x the config's prices)\n"
+            "and strong-call share, and writes the cost-quality curve as SVG.\n"
+            "\n"
+            "  --url URL            triaged's base URL (default http://127.0.0.1:8080)\n"
+            "  --config FILE        for tiers, prices, alias (default %s)\n"
+            "  --data FILE          prompts with references (default %s)\n"
+            "  --limit N            only the first N prompts\n"
+            "  --thresholds LIST    routed thresholds (default 0.3,0.4,0.5,0.6,0.7)\n"
+            "  --concurrency N      requests in flight (default 64)\n"
+            "  --svg FILE           where to write the curve (default triage-demo.svg)\n"
+            "  --api-key KEY        client key, if triaged needs one (or $TRIAGE_API_KEY)\n"
+            "  --timeout-ms N       per request (default 600000)\n"
+            "\n"
+            "Offline, with the example config:\n"
+            "  triage replay --answers mixtral-8x7b-instruct --port 9001 --ms-per-token 2 &\n"
+            "  triage replay --answers gpt-4-1106-preview --port 9002 --ms-per-token 10 &\n"
+            "  triaged -c conf/triage.conf &\n"
+            "  triage demo --limit 300\n",
+            DEFAULT_CONF, DEFAULT_DATA);
+}
+
+static int
+parse_ulong(const char *s, unsigned long lo, unsigned long hi, unsigned long *out)
+{
+    char *end;
+
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || *s == '-' || v < lo || v > hi) {
+        cli_errorf("demo", "bad number %s (expected %lu..%lu)", s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static void
+demo_free(struct demo *d)
+{
+    for (size_t i = 0; i < d->n_items; i++)
+        free(d->items[i].prompt);
+    free(d->items);
+    conf_destroy(d->conf);
+}
+
+static int
+add_fixed(struct demo *d, size_t tier, const char *what)
+{
+    struct run *r = &d->runs[d->n_runs++];
+    int b = (int)d->conf->tiers[tier].backend;
+
+    snprintf(r->label, sizeof(r->label), "always %s (%s)", what, d->conf->backends[b].name);
+    snprintf(r->model, sizeof(r->model), "%s", d->conf->backends[b].name);
+    r->threshold = NAN;
+    r->fixed_backend = b;
+    return b;
+}
+
+int
+cli_demo(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"url", required_argument, NULL, 'u'},
+        {"config", required_argument, NULL, 'c'},
+        {"data", required_argument, NULL, 'd'},
+        {"limit", required_argument, NULL, 'n'},
+        {"thresholds", required_argument, NULL, 't'},
+        {"concurrency", required_argument, NULL, 'j'},
+        {"svg", required_argument, NULL, 's'},
+        {"api-key", required_argument, NULL, 'k'},
+        {"timeout-ms", required_argument, NULL, 'T'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct demo d = {.url = "http://127.0.0.1:8080", .timeout_ms = 600000};
+    const char *conf_path = DEFAULT_CONF, *data = DEFAULT_DATA, *svg = "triage-demo.svg";
+    const char *thresholds = "0.3,0.4,0.5,0.6,0.7", *key = getenv("TRIAGE_API_KEY");
+    unsigned long limit = 0, conc = 64, timeout = 600000;
+    char err[512];
+    int ch, rc = 1;
+
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'u': d.url = optarg; break;
+        case 'c': conf_path = optarg; break;
+        case 'd': data = optarg; break;
+        case 't': thresholds = optarg; break;
+        case 's': svg = optarg; break;
+        case 'k': key = optarg; break;
+        case 'n':
+            if (parse_ulong(optarg, 1, 1000000000ul, &limit) < 0)
+                return 2;
+            break;
+        case 'j':
+            if (parse_ulong(optarg, 1, 4096, &conc) < 0)
+                return 2;
+            break;
+        case 'T':
+            if (parse_ulong(optarg, 1, 100000000ul, &timeout) < 0)
+                return 2;
+            break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc) {
+        cli_errorf("demo", "unexpected argument %s", argv[optind]);
+        return 2;
+    }
+    d.timeout_ms = (long)timeout;
+    if (key && *key)
+        snprintf(d.auth, sizeof(d.auth), "Authorization: Bearer %s", key);
+    d.conf = conf_load(conf_path, err, sizeof(err));
+    if (!d.conf) {
+        cli_errorf("demo", "%s", err);
+        return 1;
+    }
+    if (d.conf->n_tiers < 2 || d.conf->n_aliases < 1) {
+        cli_errorf("demo", "%s: needs two tiers and a routed alias", conf_path);
+        goto out;
+    }
+    add_fixed(&d, 0, "fast");
+    d.strong = add_fixed(&d, d.conf->n_tiers - 1, "strong");
+    for (const char *p = thresholds; *p && d.n_runs < MAX_RUNS;) {
+        char *end;
+        double t = strtod(p, &end);
+        if (end == p || t < 0 || t > 1 || (*end && *end != ',')) {
+            cli_errorf("demo", "bad --thresholds %s (numbers in [0,1], comma-separated)", thresholds);
+            rc = 2;
+            goto out;
+        }
+        struct run *r = &d.runs[d.n_runs++];
+        snprintf(r->model, sizeof(r->model), "%s:%g", d.conf->aliases[0], t);
+        snprintf(r->label, sizeof(r->label), "triage (%s:%g)", d.conf->aliases[0], t);
+        r->threshold = t;
+        r->fixed_backend = -1;
+        p = *end ? end + 1 : end;
+    }
+    if (load_items(&d, data, (size_t)limit) < 0)
+        goto out;
+    fprintf(stderr, "triage demo: %zu prompts x %zu policies through %s\n", d.n_items, d.n_runs, d.url);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    run_all(&d, (unsigned)conc);
+    curl_global_cleanup();
+    print_table(&d);
+    if (write_svg(&d, svg) < 0)
+        goto out;
+    printf("\nCost-quality curve: %s\n", svg);
+    unsigned long errors = 0;
+    for (size_t i = 0; i < d.n_runs; i++)
+        errors += d.runs[i].errors;
+    if (errors == d.n_items * d.n_runs) {
+        cli_errorf("demo", "every request failed: is triaged running at %s?", d.url);
+        goto out;
+    }
+    rc = 0;
+out:
+    demo_free(&d);
+    return rc;
+}
