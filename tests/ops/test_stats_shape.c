@@ -1,0 +1,159 @@
+/* test_stats_shape.c - the dashboard's fixture (tests/ops/fixtures/stats.json) has the shape
+ * storage_stats() really produces: every field the fixture has, the live answer has too,
+ * with the same JSON type. Catches drift between the page and the storage code. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "storage.h"
+
+#define NOW INT64_C(1764057600000)
+
+static char *
+xstrdup(const char *s)
+{
+    char *p = strdup(s);
+    assert_non_null(p);
+    return p;
+}
+
+/* One finished request i minutes before NOW on backend b. */
+static struct storage_record *
+rec(int i, const char *b, int status)
+{
+    char id[32];
+    struct storage_record *r = storage_record_new();
+    snprintf(id, sizeof(id), "req-%d", i);
+    r->request_id = xstrdup(id);
+    r->started_ms = NOW - (int64_t)(i % 50) * 60000 - 1000;
+    r->finished_ms = r->started_ms + 900;
+    r->requested_model = xstrdup("triage");
+    r->backend = xstrdup(b);
+    r->route_reason = xstrdup("threshold");
+    r->score = (i % 10) / 10.0;
+    r->threshold = 0.5;
+    r->status = status;
+    r->latency_ms = 100.0 + i;
+    r->ttfb_ms = 20.0 + i;
+    r->tokens_in = 100;
+    r->tokens_out = 50;
+    r->cost_usd = 0.001;
+    if (status >= 400) {
+        r->error_kind = xstrdup("timeout");
+        r->ttfb_ms = NAN;
+    }
+    return r;
+}
+
+/* Walks want (the fixture) and checks that got has each key with the same type. A
+ * null in got stands for any number (e.g. a mean with no samples). */
+static int
+same_shape(const json_t *want, const json_t *got, const char *path)
+{
+    int bad = 0;
+    char sub[512];
+    if (json_is_number(want) && (json_is_number(got) || json_is_null(got)))
+        return 0;
+    if (json_typeof(want) != json_typeof(got)) {
+        fprintf(stderr, "%s: fixture has type %d, storage_stats has type %d\n", path,
+                (int)json_typeof(want), got ? (int)json_typeof(got) : -1);
+        return 1;
+    }
+    if (json_is_object(want)) {
+        const char *k;
+        json_t *v;
+        /* Backend names are data, not fields: compare every live backend with the
+         * fixture's first one. */
+        int by_name = !strcmp(path, ".backends") || !strcmp(path, ".timeline.backends");
+        json_t *proto = NULL;
+        if (by_name) {
+            void *it = json_object_iter((json_t *)want);
+            proto = it ? json_object_iter_value(it) : NULL;
+            json_object_foreach((json_t *)got, k, v) {
+                snprintf(sub, sizeof(sub), "%s.%s", path, k);
+                if (proto)
+                    bad |= same_shape(proto, v, sub);
+            }
+            return bad;
+        }
+        json_object_foreach((json_t *)want, k, v) {
+            snprintf(sub, sizeof(sub), "%s.%s", path, k);
+            json_t *g = json_object_get(got, k);
+            if (!g) {
+                fprintf(stderr, "%s: in the fixture, missing from storage_stats\n", sub);
+                bad = 1;
+                continue;
+            }
+            bad |= same_shape(v, g, sub);
+        }
+        json_object_foreach((json_t *)got, k, v) {
+            if (!json_object_get(want, k))
+                printf("note: %s.%s is new in storage_stats (the page ignores it)\n", path, k);
+        }
+    } else if (json_is_array(want) && json_array_size(want) && json_array_size(got)) {
+        snprintf(sub, sizeof(sub), "%s[0]", path);
+        bad |= same_shape(json_array_get(want, 0), json_array_get(got, 0), sub);
+    }
+    return bad;
+}
+
+static void
+test_fixture_matches_storage(void **state)
+{
+    char dir[] = "/tmp/triage-ops-stats-XXXXXX", path[128], err[256] = "";
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/t.db", dir);
+
+    struct storage *s = storage_open(path, NULL, err, sizeof(err));
+    if (!s)
+        fail_msg("storage_open: %s", err);
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(storage_submit(s, rec(i, i % 3 ? "fast" : "strong", i % 13 ? 200 : 504)),
+                         0);
+    assert_int_equal(storage_flush(s, 0), 0);
+    assert_true(storage_feedback(s, "req-1", 1.0, NULL, NULL, err, sizeof(err)) >= 0);
+    storage_close(s);
+
+    const struct storage_price prices[] = {{"fast", 0.6, 0.6}, {"strong", 10, 30}};
+    json_t *live = storage_stats(path, "1h", prices, 2, NOW, err, sizeof(err));
+    if (!live)
+        fail_msg("storage_stats: %s", err);
+
+    const char *root = getenv("TRIAGE_SOURCE_ROOT");
+    assert_non_null(root);
+    snprintf(path, sizeof(path), "%s/tests/ops/fixtures/stats.json", root);
+    json_error_t jerr;
+    json_t *fixture = json_load_file(path, 0, &jerr);
+    if (!fixture)
+        fail_msg("%s:%d: %s", path, jerr.line, jerr.text);
+
+    int bad = same_shape(fixture, live, "");
+    json_decref(fixture);
+    json_decref(live);
+
+    const char *sfx[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/t.db%s", dir, sfx[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+    assert_int_equal(bad, 0);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fixture_matches_storage),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
