@@ -388,7 +388,7 @@ print_table(const struct demo *d)
     printf("|---|---:|---:|---:|---:|---:|---:|\n");
     for (size_t i = 0; i < d->n_runs; i++) {
         const struct run *r = &d->runs[i];
-        printf("| %s | %.1f%% | %.4g | %.4g | %.1f%% | %.2f s | %lu |\n", r->label, 100 * accuracy(r),
+        printf("| %s | %.1f%% | %.4f | %.3f | %.1f%% | %.2f s | %lu |\n", r->label, 100 * accuracy(r),
                r->cost, r->n ? r->cost * 1000 / (double)r->n : 0,
                r->n ? 100.0 * (double)r->strong / (double)r->n : 0, r->n ? r->latency / (double)r->n : 0,
                r->errors);

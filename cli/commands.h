@@ -10,7 +10,8 @@
     X("replay", cli_replay, "serve recorded model answers as an offline OpenAI backend")           \
     X("demo", cli_demo, "GSM8K through triaged: accuracy and cost per policy, SVG curve")     \
     X("stats", cli_stats, "routing statistics from the outcome log")                             \
-    X("export", cli_export, "the outcome log's labelled prompts as training JSONL")
+    X("export", cli_export, "the outcome log's labelled prompts as training JSONL")              \
+    X("key", cli_key, "add, list, hash and remove client/admin API keys")
 
 #define CLI_DECLARE(name, fn, summary) cli_command_fn fn;
 CLI_COMMANDS(CLI_DECLARE)

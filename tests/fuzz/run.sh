@@ -18,8 +18,9 @@ if [ ! -f "$dir/build.ninja" ]; then
     # fuzzer-no-link gives every library coverage instrumentation; the targets
     # themselves are linked with -fsanitize=fuzzer by tests/fuzz/meson.build.
     CC=clang meson setup "$dir" -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false \
-        -Dc_args=-fsanitize=fuzzer-no-link -Dbuildtype=debugoptimized >"$dir.setup.log" 2>&1 \
-        || { cat "$dir.setup.log"; echo "fuzz: meson setup failed"; exit 1; }
+        -Dc_args=-fsanitize=fuzzer-no-link -Dbuildtype=debugoptimized >"$dir-setup.log" 2>&1 \
+        || { cat "$dir-setup.log"; rm -f "$dir-setup.log"; echo "fuzz: meson setup failed"; exit 1; }
+    mv "$dir-setup.log" "$dir/fuzz-setup.log"
 fi
 if [ $# -eq 0 ]; then
     set -- $(sed -n "s/^  '\([a-z_]*\)' : .*/\1/p" tests/fuzz/meson.build)
@@ -29,8 +30,8 @@ if [ $# -eq 0 ]; then
 fi
 targets=()
 for t in "$@"; do targets+=("tests/fuzz/fuzz_$t"); done
-ninja -C "$dir" "${targets[@]}" >"$dir.build.log" 2>&1 \
-    || { tail -n 40 "$dir.build.log"; echo "fuzz: build failed"; exit 1; }
+ninja -C "$dir" "${targets[@]}" >"$dir/fuzz-build.log" 2>&1 \
+    || { tail -n 40 "$dir/fuzz-build.log"; echo "fuzz: build failed"; exit 1; }
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
