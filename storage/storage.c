@@ -787,6 +787,7 @@ storage_feedback(struct storage *s, const char *request_id, double score, const 
             goto fail;
         }
         sqlite3_busy_timeout(s->fb_db, STORAGE__BUSY_TIMEOUT_MS);
+        exec(s->fb_db, "PRAGMA synchronous=NORMAL", NULL, 0);
     }
     if (!known) {
         int r = query_exists(s->fb_db, "SELECT 1 FROM requests WHERE request_id = ? LIMIT 1",

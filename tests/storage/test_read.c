@@ -1,6 +1,7 @@
 /* test_read.c - tests feedback, stats, export and retention (storage/{storage,stats,export}.c). */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -159,6 +160,77 @@ test_feedback_pending(void **state)
     storage_close(s);
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests r JOIN feedback f"
                                         " USING (request_id) WHERE f.score = 0.75"),
+                     1);
+}
+
+/* Feedback posted right after each submit, while the writer is moving records from
+ * the queue to a batch to the database: never reported unknown. */
+static void
+test_feedback_race(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "", id[32];
+    struct storage_options opt = {.flush_interval_ms = 1, .batch_size = 4};
+
+    struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+    for (int i = 0; i < 1000; i++) {
+        snprintf(id, sizeof(id), "race-%d", i);
+        assert_int_equal(storage_submit(s, rec(id, "fast", NOW, 1, 1, 1, 1, 0, 0.5)), 0);
+        int rc = storage_feedback(s, id, 0.5, NULL, NULL, err, sizeof(err));
+        if (rc != 0)
+            fail_msg("feedback %s: %d %s", id, rc, err);
+    }
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests r JOIN feedback f"
+                                        " USING (request_id)"),
+                     1000);
+}
+
+struct unblock {
+    sqlite3 *db;
+};
+
+static void *
+unblock_later(void *arg)
+{
+    struct unblock *u = arg;
+    usleep(300000);
+    sqlite3_exec(u->db, "ROLLBACK", NULL, NULL, NULL);
+    return NULL;
+}
+
+/* Deterministic middle state: the writer has taken the record into its batch but
+ * cannot commit (another connection holds the write lock). Feedback must still
+ * find it. */
+static void
+test_feedback_in_batch(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    struct storage_options opt = {.flush_interval_ms = 1, .batch_size = 1};
+    struct unblock u = {0};
+    pthread_t th;
+
+    struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+    assert_int_equal(sqlite3_open(f->path, &u.db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(u.db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(storage_submit(s, rec("inflight", "fast", NOW, 1, 1, 1, 1, 0, 0.5)), 0);
+    usleep(100000); /* the writer wakes at batch_size 1, takes it, waits on the lock */
+    struct storage_counters c;
+    storage_get_counters(s, &c);
+    assert_int_equal(c.depth, 1);
+    assert_int_equal(c.written, 0);
+    assert_int_equal(pthread_create(&th, NULL, unblock_later, &u), 0);
+    int rc = storage_feedback(s, "inflight", 1.0, NULL, NULL, err, sizeof(err));
+    pthread_join(th, NULL);
+    sqlite3_close(u.db);
+    if (rc != 0)
+        fail_msg("feedback for a record in the writer's batch: %d %s", rc, err);
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM feedback WHERE"
+                                        " request_id='inflight'"),
                      1);
 }
 
@@ -564,6 +636,8 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_feedback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_feedback_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_feedback_race, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_feedback_in_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_figures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_percentiles_random, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_rejects, setup, teardown),

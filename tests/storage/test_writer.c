@@ -464,6 +464,65 @@ test_disk_full_counts_and_recovers(void **state)
                      10);
 }
 
+/* kill -9 mid-traffic: every row committed before the kill is there and the
+ * database is intact. */
+static void
+test_kill9_keeps_committed(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    int pfd[2];
+
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct storage_options opt = {.flush_interval_ms = 5, .batch_size = 64};
+        char id[32];
+        close(pfd[0]);
+        struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+        if (!s)
+            _exit(10);
+        for (int i = 0; i < 1000; i++) {
+            snprintf(id, sizeof(id), "k-%d", i);
+            storage_submit(s, make_record(id, 1700000000000));
+        }
+        storage_flush(s, 0);
+        if (write(pfd[1], "x", 1) != 1)
+            _exit(11);
+        for (long i = 1000;; i++) { /* keep the writer busy until killed */
+            snprintf(id, sizeof(id), "k-%ld", i);
+            if (storage_submit(s, make_record(id, 1700000000000)) != 0)
+                usleep(100);
+        }
+    }
+    close(pfd[1]);
+    char c;
+    assert_int_equal(read(pfd[0], &c, 1), 1);
+    close(pfd[0]);
+    usleep(50000);
+    kill(pid, SIGKILL);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    storage_close(s);
+    assert_true(query_int(f->path, "SELECT count(*) FROM requests") >= 1000);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE"
+                                        " CAST(substr(request_id, 3) AS INTEGER) < 1000"),
+                     1000);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "ok");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
 int
 main(void)
 {
@@ -478,6 +537,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_read_only_uri_counts_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_only_file_counts_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disk_full_counts_and_recovers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill9_keeps_committed, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
