@@ -15,7 +15,8 @@
  *   header (32 bytes): magic "TRIAGEM\0", u32 format version, u32 features
  *   version, u64 payload length, u32 CRC-32 of the payload, u32 zero.
  *   payload:
- *     u32 n_bits, dim, n_heads, n_dense, n_ref; i32 score_strong, score_weak; u32 0
+ *     u32 n_bits, dim, n_heads, n_dense, n_ref; i32 score_strong, score_weak;
+ *     u32 score_mix (weight of the head difference in the score, per mille)
  *     n_heads names of ROUTER__NAME_MAX bytes, NUL-padded
  *     f32 dense_mean[n_dense], dense_scale[n_dense]
  *     f32 bias[n_out], w_dense[n_dense][n_out], h_bias[dim], h_dense[n_dense][dim],
@@ -210,6 +211,11 @@ router__scores_from_logits(const struct router_model *m, const float *logits,
     for (uint32_t i = 0; i < m->n_heads; i++)
         out->p[i] = sigmoid(logits[i]);
     out->score = sigmoid(logits[m->n_heads]);
+    if (m->score_mix > 0) {
+        double diff = 0.5 * (1.0 + out->p[m->score_strong] - out->p[m->score_weak]);
+        double w = m->score_mix / 1000.0;
+        out->score = w * diff + (1.0 - w) * out->score;
+    }
 }
 
 /* Per-thread feature scratch, freed when the thread exits. */
@@ -473,7 +479,7 @@ payload_write(const struct router_model *m, struct wbuf *b)
     wb_u32(b, m->n_ref);
     wb_u32(b, (uint32_t)m->score_strong);
     wb_u32(b, (uint32_t)m->score_weak);
-    wb_u32(b, 0);
+    wb_u32(b, m->score_mix);
     for (uint32_t i = 0; i < m->n_heads; i++)
         wb_put(b, m->names[i], ROUTER__NAME_MAX);
     wb_f32s(b, m->dense_mean, FEATURES_N_DENSE);
@@ -638,6 +644,7 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
     struct router_model *m = NULL;
     uint32_t n_bits, dim, n_heads, n_dense, n_ref, rows;
     int32_t strong, weak;
+    uint32_t mix;
 
     n_bits = rb_u32(&b);
     dim = rb_u32(&b);
@@ -646,17 +653,18 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
     n_ref = rb_u32(&b);
     strong = (int32_t)rb_u32(&b);
     weak = (int32_t)rb_u32(&b);
-    rb_u32(&b);
+    mix = rb_u32(&b);
     if (b.bad || n_bits < FEATURES_MIN_BITS || n_bits > FEATURES_MAX_BITS || dim > 256 ||
         n_heads < 1 || n_heads > ROUTER_MAX_HEADS || n_dense != FEATURES_N_DENSE ||
         n_ref > ROUTER__MAX_REF || strong < -1 || strong >= (int32_t)n_heads || weak < -1 ||
-        weak >= (int32_t)n_heads) {
+        weak >= (int32_t)n_heads || mix > 1000 || (mix > 0 && (strong < 0 || weak < 0))) {
         set_err(err, errlen, "bad model shape");
         return NULL;
     }
     m = router__model_alloc(n_bits, dim, n_heads);
     m->score_strong = strong;
     m->score_weak = weak;
+    m->score_mix = mix;
     for (uint32_t i = 0; i < n_heads; i++) {
         const unsigned char *name = rb_take(&b, ROUTER__NAME_MAX);
         if (!name || name[ROUTER__NAME_MAX - 1] != '\0' || name[0] == '\0') {

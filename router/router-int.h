@@ -22,6 +22,8 @@ struct router_model {
     char version[17];             /* 16 hex digits of the payload's FNV-1a digest */
     uint32_t n_bits, dim, n_heads, n_out, n_ref;
     int32_t score_strong, score_weak; /* heads the score contrasts, -1 if none */
+    uint32_t score_mix; /* weight in [0,1000] of the head difference (1 + p_strong - p_weak)/2
+                         * in the score, the rest from the score output */
     char names[ROUTER_MAX_HEADS][ROUTER__NAME_MAX];
     float dense_mean[FEATURES_N_DENSE];
     float dense_scale[FEATURES_N_DENSE]; /* 1 / standard deviation */

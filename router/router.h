@@ -158,6 +158,8 @@ struct router_train_opts {
     double l2;           /* L2 penalty per update */
     double head_weight;  /* loss weight of the per-backend heads vs the score (0: 1) */
     enum router_score_kind score;
+    double score_mix;    /* in [0,1]: weight of (1 + p_strong - p_weak)/2 in the score,
+                          * the rest is the learned score output */
     const char *strong;  /* head names the score contrasts (borrowed); when either is */
     const char *weak;    /* missing the score is 1 - mean success over known heads */
     void (*progress)(void *arg, unsigned long done, unsigned long total);

@@ -314,6 +314,8 @@ router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
     memcpy(m->names, d->names, sizeof(m->names));
     m->score_strong = o->strong ? router_dataset_head_find(d, o->strong) : -1;
     m->score_weak = o->weak ? router_dataset_head_find(d, o->weak) : -1;
+    if (m->score_strong >= 0 && m->score_weak >= 0 && o->score_mix > 0)
+        m->score_mix = (uint32_t)(o->score_mix * 1000 + 0.5);
 
     size_t *order = xrealloc(NULL, n * sizeof(size_t));
     for (size_t i = 0; i < n; i++)
