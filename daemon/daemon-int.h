@@ -1,0 +1,178 @@
+/* daemon-int.h - triaged's internals shared by its own files: snapshots, workers, requests.
+ *
+ * Not for other modules: they use hooks.h. Functions here carry the daemon__ prefix. */
+#ifndef TRIAGE_DAEMON_INT_H
+#define TRIAGE_DAEMON_INT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <uv.h>
+
+#include "conf.h"
+#include "hooks.h"
+#include "router.h"
+#include "upstream.h"
+
+struct storage;
+
+/* The configuration and model a request runs with. Immutable once published;
+ * reference-counted so a reload never pulls it from under a request. */
+struct daemon_snapshot {
+    atomic_int refs;
+    struct conf *conf;
+    struct router_model *model;
+    struct router_tier *tiers; /* conf->tiers mapped to model heads */
+    size_t n_tiers;
+    double threshold;          /* conf threshold, or derived from strong_share */
+    uint64_t generation;
+};
+
+/* Growable byte buffer. */
+struct daemon_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+    size_t off; /* read position, for queues */
+};
+
+void daemon__buf_append(struct daemon_buf *b, const void *p, size_t n);
+void daemon__buf_free(struct daemon_buf *b);
+
+struct daemon_worker {
+    unsigned idx;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    struct MHD_Daemon *mhd;
+    uv_poll_t mhd_poll;
+    uv_timer_t mhd_timer;
+    uv_async_t wake;       /* stop requests from the main thread */
+    uv_timer_t drain;      /* shutdown deadline checks */
+    struct upstream *up;
+    struct daemon_request *requests; /* every live request */
+    size_t n_requests;
+    int need_run;          /* a connection was resumed: MHD_run before sleeping */
+    int in_mhd;            /* inside MHD_run */
+    int stopping;          /* draining: no new requests */
+    int tearing_down;      /* closing every connection now */
+    uint64_t stop_deadline;  /* loop ms */
+    uint64_t rng;
+    uv_timer_t heartbeat;  /* proves to the watchdog that the loop turns */
+    atomic_uint_fast64_t beat_ms;
+    atomic_uint_fast64_t beat_ns;
+    atomic_int done;       /* the thread's loop has ended */
+    int listen_fd;         /* bound before MHD takes it; -1 once MHD owns it */
+    int loop_ready;
+};
+
+enum daemon_phase {
+    PHASE_BODY = 0,  /* receiving the request body */
+    PHASE_WAIT,      /* waiting for the backend */
+    PHASE_REPLIED,   /* a response is queued */
+};
+
+/* One HTTP request (MHD's per-request context). Freed when MHD says it ended. */
+struct daemon_request {
+    struct daemon_worker *w;
+    struct MHD_Connection *conn;
+    struct daemon_snapshot *snap;
+    struct daemon_request *prev, *next;
+    char id[40];
+    const char *method;      /* MHD's, valid for the request */
+    const char *path;
+    uint64_t t_start_ns;     /* monotonic */
+    int64_t started_unix_ms;
+    enum daemon_phase phase;
+
+    struct daemon_buf body;
+    int too_large;
+    const struct daemon_route *route;   /* a built-in endpoint, or */
+    const struct handler *handler_;     /* a registered one (hooks.h) */
+
+    /* the response */
+    struct MHD_Response *response; /* ready to queue */
+    int status;
+    int suspended;
+    int streaming;           /* an SSE response is being relayed */
+    int stream_failed;
+    int client_aborted;
+    const char *error_kind;
+
+    /* chat completions */
+    char *requested_model;
+    int backend;             /* index in snap->conf->backends, -1 */
+    const char *route_reason;
+    double score;
+    double threshold;
+    int stream;              /* the client asked for SSE */
+    int strip_usage;         /* we added include_usage: hide the usage-only chunk */
+    struct upstream_call *call;
+    int up_done;
+    int up_paused;
+    long up_status;
+    char *up_content_type;
+    struct daemon_buf up_headers; /* "name\0value\0" pairs to relay */
+    struct daemon_buf up_body;    /* buffered (non-stream) response */
+    struct daemon_buf sse;        /* stream bytes not yet cut into events */
+    struct daemon_buf out;        /* stream bytes waiting for the client */
+    double ttfb_ms;
+    int64_t tokens_in;
+    int64_t tokens_out;
+    char finish_reason[32];
+    char *prompt_hash;
+    char *prompt_json;
+
+    /* deferred work (reload, feedback, stats) */
+    int work_pending; /* a thread-pool job points at this request */
+    int orphaned;     /* MHD is done with it; free when the job ends */
+};
+
+typedef void daemon_route_fn(struct daemon_request *rq);
+
+/* Runs MHD for w until no resumed connection is pending and rearms its timer.
+ * Call after anything that may have woken a connection outside MHD and curl. */
+void daemon__mhd_run(struct daemon_worker *w);
+
+/* A request whose thread-pool job ended after MHD let go of it: frees it. */
+void daemon__request_orphan_done(struct daemon_request *rq);
+
+/* Backend calls running, all workers (for gauges). */
+extern atomic_uint_fast64_t daemon__n_upstream_inflight;
+/* Unix time the server started (the "created" of /v1/models entries). */
+extern int64_t daemon__start_unix;
+
+/* Global server state that workers read; defined in server.c. */
+struct daemon_snapshot *daemon__snapshot_get(void);     /* returns a new reference */
+void daemon__snapshot_put(struct daemon_snapshot *s);   /* drops one; NULL is fine */
+struct storage *daemon__storage(void);                  /* NULL without [storage] path */
+void daemon__request_reload(void);                      /* asks the main thread to reload */
+
+/* Replies: take body (malloc'd); add the request id header; wake the connection. */
+void daemon__reply(struct daemon_request *rq, int status, const char *ctype, char *body,
+                   size_t len);
+void daemon__reply_json(struct daemon_request *rq, int status, json_t *doc); /* steals doc */
+/* The OpenAI error body {"error":{"message","type","param","code"}}. */
+void daemon__reply_error(struct daemon_request *rq, int status, const char *type,
+                         const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* Sets the response of rq (takes resp) and resumes the connection if suspended. */
+void daemon__set_response(struct daemon_request *rq, int status, struct MHD_Response *resp);
+/* Resumes rq's connection if it is suspended. */
+void daemon__wake(struct daemon_request *rq);
+/* Adds the x-triage-* routing headers for rq to resp. */
+void daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *resp);
+
+/* proxy.c */
+void daemon__chat_completions(struct daemon_request *rq);
+void daemon__models(struct daemon_request *rq);
+/* Called when the request ends, before it is freed: cancels the backend call. */
+void daemon__proxy_release(struct daemon_request *rq);
+
+/* Milliseconds between two monotonic ns stamps. */
+double daemon__ms_since(uint64_t t0_ns);
+uint64_t daemon__now_ns(void);
+
+#endif

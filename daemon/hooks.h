@@ -1,0 +1,114 @@
+/* hooks.h - how other daemon modules plug into triaged's HTTP server: endpoints and request events.
+ *
+ * Two kinds of hook, both registered once at start (from main.c, before the
+ * server runs; registration is not thread-safe and there is no unregistering):
+ *
+ *  - Simple endpoints (e.g. GET /metrics, GET /dashboard): a handler gets the
+ *    request and fills a reply (status, content type, body). It runs on a worker
+ *    loop thread, so it must not block and must be thread-safe when
+ *    conf.workers > 1. The body is taken by the server and freed after sending.
+ *
+ *  - Request events: when a request ends (response sent or client gone) each
+ *    subscriber gets a summary (backend, status, latency, ttfb, score, tokens,
+ *    cost, route reason). Called on the worker thread that served the request,
+ *    possibly from several workers at once: keep it short and thread-safe
+ *    (atomics or a mutex). Strings are borrowed for the call only.
+ *
+ * Ask the daemon engineer to call your registration function from main.c. */
+#ifndef TRIAGE_DAEMON_HOOKS_H
+#define TRIAGE_DAEMON_HOOKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The request as a handler sees it; everything is borrowed for the call. */
+struct daemon_http_request {
+    const char *method;     /* "GET", "POST", ... */
+    const char *path;       /* without the query string */
+    const char *request_id; /* also sent back as x-triage-request-id */
+    const char *body;       /* request body (NUL-terminated) or NULL */
+    size_t body_len;
+    void *priv;             /* the server's; use the accessors below */
+};
+
+/* Returns the value of request header name (case-insensitive), or NULL. Borrowed. */
+const char *daemon_request_header(const struct daemon_http_request *r, const char *name);
+
+/* Returns the value of query argument name, or NULL. Borrowed. */
+const char *daemon_request_arg(const struct daemon_http_request *r, const char *name);
+
+/* Returns the client's address as text ("127.0.0.1", "::1"), or "-". Borrowed. */
+const char *daemon_request_client(const struct daemon_http_request *r);
+
+#define DAEMON_REPLY_MAX_HEADERS 4
+
+/* What a handler fills. status defaults to 200 and content_type to
+ * "application/json"; body (malloc'd) is taken by the server. */
+struct daemon_http_reply {
+    int status;
+    const char *content_type; /* static string */
+    char *body;
+    size_t len;
+    struct {
+        const char *name;  /* static strings */
+        const char *value; /* copied by the server */
+    } headers[DAEMON_REPLY_MAX_HEADERS];
+};
+
+typedef void daemon_handler_fn(void *ctx, const struct daemon_http_request *req,
+                               struct daemon_http_reply *reply);
+
+enum {
+    DAEMON_HANDLER_PREFIX = 1 << 0, /* path matches as a prefix ("/dashboard" serves /dashboard/x) */
+    DAEMON_HANDLER_ADMIN = 1 << 1,  /* an admin request (admin key or loopback, per [auth]) */
+    DAEMON_HANDLER_STATS = 1 << 2,  /* admin only when [auth] stats_need_admin */
+};
+
+/* Serves method (e.g. "GET") on path with fn(ctx, ...). Borrows the strings (use
+ * literals). A HEAD request is served by a GET handler. Returns 0, or -EEXIST if
+ * the path and method are taken, -ENOSPC when the table is full. */
+int daemon_handler_register(const char *method, const char *path, unsigned flags,
+                            daemon_handler_fn *fn, void *ctx);
+
+/* One finished request. Unknowns: strings NULL, doubles NaN, integers -1. */
+struct daemon_request_event {
+    const char *request_id;
+    const char *method;
+    const char *path;
+    const char *requested_model; /* the "model" the client sent (chat completions only) */
+    const char *backend;         /* backend that answered, NULL if none was reached */
+    const char *route_reason;    /* "passthrough", "threshold", "tiers", or NULL */
+    const char *error_kind;      /* NULL on success; "timeout", "unreachable", "bad_request", ... */
+    const char *finish_reason;
+    const char *key_id;          /* client key name when auth is on */
+    int status;                  /* HTTP status sent to the client (0: client left first) */
+    int stream;                  /* 1 for SSE responses */
+    int client_aborted;          /* 1 when the client went away before the end */
+    unsigned worker;             /* index of the worker thread */
+    double latency_ms;           /* request received -> response finished */
+    double ttfb_ms;              /* request received -> first backend body byte */
+    double score;                /* predictor score when routed */
+    double threshold;            /* threshold used when routed */
+    int64_t tokens_in;
+    int64_t tokens_out;
+    double cost_usd;             /* from the backend's prices; 0 when unknown */
+};
+
+typedef void daemon_event_fn(void *ctx, const struct daemon_request_event *ev);
+
+/* Calls fn(ctx, ev) at the end of every request. Returns 0 or -ENOSPC. */
+int daemon_event_subscribe(daemon_event_fn *fn, void *ctx);
+
+/* Live figures for gauges. Thread-safe. */
+struct daemon_gauges {
+    uint64_t inflight;          /* requests being served now, all workers */
+    uint64_t upstream_inflight; /* backend calls running now */
+    uint64_t reloads;           /* successful config/model reloads since start */
+    double uptime_s;
+    char model_version[80];     /* of the current snapshot's predictor model */
+};
+
+/* Fills g. Returns 0, or -ENOENT before the server runs. */
+int daemon_gauges_get(struct daemon_gauges *g);
+
+#endif

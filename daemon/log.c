@@ -1,0 +1,218 @@
+/* log.c - formats and writes triaged's log lines (logfmt or JSON) to stderr. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+volatile int log__level = LOG_LEVEL_INFO;
+static volatile int log_json;
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+#define LINE_MAX_BYTES 4096
+
+struct line {
+    char buf[LINE_MAX_BYTES];
+    size_t len;
+};
+
+void
+log_set_level(int level)
+{
+    if (level < LOG_LEVEL_ERROR)
+        level = LOG_LEVEL_ERROR;
+    if (level > LOG_LEVEL_DEBUG)
+        level = LOG_LEVEL_DEBUG;
+    log__level = level;
+}
+
+void
+log_set_json(int json)
+{
+    log_json = json;
+}
+
+static void
+put(struct line *l, const char *s, size_t n)
+{
+    if (n > sizeof(l->buf) - 2 - l->len)
+        n = sizeof(l->buf) - 2 - l->len; /* keep room for the newline */
+    memcpy(l->buf + l->len, s, n);
+    l->len += n;
+}
+
+static void
+puts_(struct line *l, const char *s)
+{
+    put(l, s, strlen(s));
+}
+
+static void
+putf(struct line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+putf(struct line *l, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        put(l, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+/* Appends s as a JSON string, or as a logfmt value (quoted when it needs to be). */
+static void
+put_value(struct line *l, const char *s)
+{
+    int quote = log_json || *s == '\0';
+
+    for (const char *p = s; !quote && *p; p++)
+        if (*p == ' ' || *p == '"' || *p == '=' || (unsigned char)*p < 0x20 || *p == '\\')
+            quote = 1;
+    if (!quote) {
+        puts_(l, s);
+        return;
+    }
+    put(l, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            char esc[2] = {'\\', (char)*p};
+            put(l, esc, 2);
+        } else if (*p == '\n') {
+            put(l, "\\n", 2);
+        } else if (*p < 0x20) {
+            putf(l, "\\u%04x", *p);
+        } else {
+            put(l, (const char *)p, 1);
+        }
+    }
+    put(l, "\"", 1);
+}
+
+static void
+put_key(struct line *l, const char *key, int first)
+{
+    if (log_json) {
+        puts_(l, first ? "\"" : ",\"");
+        puts_(l, key);
+        puts_(l, "\":");
+    } else {
+        if (!first)
+            put(l, " ", 1);
+        puts_(l, key);
+        put(l, "=", 1);
+    }
+}
+
+static void
+begin(struct line *l, int level)
+{
+    struct timespec ts;
+    struct tm tm;
+    char when[64];
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    l->len = 0;
+    if (log_json)
+        put(l, "{", 1);
+    put_key(l, "ts", 1);
+    put_value(l, when);
+    put_key(l, "level", 0);
+    put_value(l, level_names[level]);
+}
+
+static void
+finish(struct line *l)
+{
+    if (log_json)
+        put(l, "}", 1);
+    l->buf[l->len++] = '\n';
+    /* One write per line so lines from several threads never interleave. */
+    ssize_t rc = write(STDERR_FILENO, l->buf, l->len);
+    (void)rc;
+}
+
+static void
+vemit(int level, int with_errno, int saved, const char *fmt, va_list ap)
+{
+    struct line l;
+    char msg[1024];
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    if (with_errno) {
+        size_t n = strlen(msg);
+        snprintf(msg + n, sizeof(msg) - n, ": %s", strerror(saved));
+    }
+    begin(&l, level);
+    put_key(&l, "msg", 0);
+    put_value(&l, msg);
+    finish(&l);
+}
+
+void
+log__emit(int level, int with_errno, const char *fmt, ...)
+{
+    int saved = errno;
+    va_list ap;
+
+    va_start(ap, fmt);
+    vemit(level, with_errno, saved, fmt, ap);
+    va_end(ap);
+    errno = saved;
+}
+
+void
+fatal(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vemit(LOG_LEVEL_ERROR, 0, 0, fmt, ap);
+    va_end(ap);
+    exit(1);
+}
+
+void
+log_fields(int level, const char *msg, const struct log_field *f, int n)
+{
+    struct line l;
+
+    if (log__level < level)
+        return;
+    begin(&l, level);
+    put_key(&l, "msg", 0);
+    put_value(&l, msg);
+    for (int i = 0; i < n; i++) {
+        switch (f[i].type) {
+        case LOG_STR:
+            if (!f[i].s)
+                continue;
+            put_key(&l, f[i].key, 0);
+            put_value(&l, f[i].s);
+            break;
+        case LOG_INT:
+            put_key(&l, f[i].key, 0);
+            putf(&l, "%lld", (long long)f[i].i);
+            break;
+        case LOG_DBL:
+            if (isnan(f[i].d) || isinf(f[i].d))
+                continue;
+            put_key(&l, f[i].key, 0);
+            putf(&l, "%.3f", f[i].d);
+            break;
+        }
+    }
+    finish(&l);
+}

@@ -1,0 +1,593 @@
+/* proxy.c - POST /v1/chat/completions and GET /v1/models: pick a backend, rewrite, relay JSON or SSE.
+ *
+ * A request names a backend (passed through, upstream model substituted) or a
+ * routed alias (scored by the predictor, a policy picks the tier). The body is
+ * rewritten only where it must be (model, overrides, stream_options) and the
+ * client's Authorization is replaced by the backend's key. Non-streaming answers
+ * are relayed whole with the backend's status; SSE streams are cut into events
+ * and relayed as each event arrives, never buffered whole. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/evp.h>
+
+#include "config.h"
+#include "daemon-int.h"
+#include "log.h"
+#include "storage.h"
+
+#define STREAM_HIGH_WATER (1u << 20) /* bytes queued for a slow client before the backend is paused */
+#define STREAM_LOW_WATER (256u << 10)
+#define STREAM_BLOCK 16384
+
+/* Response headers never relayed from the backend: hop-by-hop, framing, or ours. */
+static int
+header_relayed(const char *name, size_t n)
+{
+    static const char *const skip[] = {
+        "connection",          "keep-alive", "transfer-encoding", "content-length",
+        "content-type",        "date",       "server",            "te",
+        "trailer",             "upgrade",    "proxy-connection",  "proxy-authenticate",
+        "content-encoding",    NULL,
+    };
+
+    for (int i = 0; skip[i]; i++)
+        if (strlen(skip[i]) == n && !strncasecmp(skip[i], name, n))
+            return 0;
+    return !(n >= 9 && !strncasecmp(name, "x-triage-", 9));
+}
+
+static void
+add_relayed_headers(struct daemon_request *rq, struct MHD_Response *resp)
+{
+    const char *p = rq->up_headers.data;
+    const char *end = p + rq->up_headers.len;
+
+    while (p && p < end) {
+        const char *name = p;
+        const char *value = name + strlen(name) + 1;
+        MHD_add_response_header(resp, name, value);
+        p = value + strlen(value) + 1;
+    }
+    daemon__add_route_headers(rq, resp);
+}
+
+/* ---- usage, finish_reason ------------------------------------------------------ */
+
+static void
+note_completion(struct daemon_request *rq, json_t *obj)
+{
+    json_t *usage = json_object_get(obj, "usage");
+    json_t *choices = json_object_get(obj, "choices");
+
+    if (json_is_object(usage)) {
+        json_t *pt = json_object_get(usage, "prompt_tokens");
+        json_t *ct = json_object_get(usage, "completion_tokens");
+        if (json_is_integer(pt))
+            rq->tokens_in = json_integer_value(pt);
+        if (json_is_integer(ct))
+            rq->tokens_out = json_integer_value(ct);
+    }
+    if (json_is_array(choices) && json_array_size(choices) > 0) {
+        const char *fr =
+            json_string_value(json_object_get(json_array_get(choices, 0), "finish_reason"));
+        if (fr)
+            snprintf(rq->finish_reason, sizeof(rq->finish_reason), "%s", fr);
+    }
+}
+
+/* ---- SSE relay ------------------------------------------------------------------ */
+
+/* One whole event (ending in its blank line): note usage, drop the usage-only
+ * chunk when we asked for it ourselves, queue the rest for the client verbatim. */
+static void
+sse_event(struct daemon_request *rq, const char *ev, size_t n)
+{
+    int drop = 0;
+    const char *p = ev, *end = ev + n;
+
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *lend = nl ? nl : end;
+        size_t l = (size_t)(lend - p);
+        if (l > 0 && p[l - 1] == '\r')
+            l--;
+        if (l >= 5 && !memcmp(p, "data:", 5)) {
+            const char *d = p + 5;
+            size_t dl = l - 5;
+            if (dl && *d == ' ') {
+                d++;
+                dl--;
+            }
+            if (dl && *d == '{') {
+                json_t *obj = json_loadb(d, dl, 0, NULL);
+                if (obj) {
+                    note_completion(rq, obj);
+                    json_t *choices = json_object_get(obj, "choices");
+                    if (rq->strip_usage && json_is_object(json_object_get(obj, "usage")) &&
+                        json_is_array(choices) && json_array_size(choices) == 0)
+                        drop = 1;
+                    json_decref(obj);
+                }
+            }
+            break; /* OpenAI events carry one data line */
+        }
+        p = nl ? nl + 1 : end;
+    }
+    if (!drop)
+        daemon__buf_append(&rq->out, ev, n);
+}
+
+/* Cuts buffered stream bytes into events; keeps an unfinished one for later. */
+static void
+sse_feed(struct daemon_request *rq, const char *buf, size_t len)
+{
+    struct daemon_buf *b = &rq->sse;
+    size_t start = 0, ls = b->off; /* b->off: where the unscanned lines begin */
+
+    daemon__buf_append(b, buf, len);
+    for (;;) {
+        char *nl = memchr(b->data + ls, '\n', b->len - ls);
+        if (!nl)
+            break;
+        size_t lend = (size_t)(nl - b->data);
+        size_t l = lend - ls;
+        if (l > 0 && b->data[lend - 1] == '\r')
+            l--;
+        if (l == 0) {
+            sse_event(rq, b->data + start, lend + 1 - start);
+            start = lend + 1;
+        }
+        ls = lend + 1;
+    }
+    memmove(b->data, b->data + start, b->len - start);
+    b->len -= start;
+    b->off = ls - start;
+}
+
+static ssize_t
+stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct daemon_request *rq = cls;
+    struct daemon_buf *o = &rq->out;
+
+    if (rq->up_paused && rq->call && o->len - o->off < STREAM_LOW_WATER) {
+        rq->up_paused = 0;
+        upstream_unpause(rq->call); /* may deliver data right here */
+    }
+    size_t avail = o->len - o->off;
+    if (avail) {
+        size_t n = avail < max ? avail : max;
+        memcpy(buf, o->data + o->off, n);
+        o->off += n;
+        if (o->off == o->len) {
+            o->off = o->len = 0;
+        } else if (o->off > STREAM_LOW_WATER) {
+            memmove(o->data, o->data + o->off, o->len - o->off);
+            o->len -= o->off;
+            o->off = 0;
+        }
+        return (ssize_t)n;
+    }
+    if (rq->up_done || rq->w->tearing_down)
+        return rq->stream_failed ? MHD_CONTENT_READER_END_WITH_ERROR
+                                 : MHD_CONTENT_READER_END_OF_STREAM;
+    rq->suspended = 1;
+    MHD_suspend_connection(rq->conn);
+    return 0;
+}
+
+/* ---- upstream callbacks ----------------------------------------------------------- */
+
+static void
+up_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    struct daemon_request *rq = ctx;
+
+    if (nlen == 12 && !strncasecmp(name, "content-type", 12)) {
+        free(rq->up_content_type);
+        rq->up_content_type = strndup(value, vlen);
+        if (!rq->up_content_type)
+            abort();
+        return;
+    }
+    if (!header_relayed(name, nlen))
+        return;
+    daemon__buf_append(&rq->up_headers, name, nlen);
+    daemon__buf_append(&rq->up_headers, "", 1);
+    daemon__buf_append(&rq->up_headers, value, vlen);
+    daemon__buf_append(&rq->up_headers, "", 1);
+}
+
+static void
+up_headers_done(void *ctx, long status)
+{
+    struct daemon_request *rq = ctx;
+
+    rq->up_status = status;
+    if (!rq->stream || status < 200 || status >= 300 || !rq->up_content_type ||
+        !strstr(rq->up_content_type, "text/event-stream"))
+        return; /* relayed whole when it ends */
+    rq->streaming = 1;
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_reader, rq, NULL);
+    if (!r)
+        abort();
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, rq->up_content_type);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    add_relayed_headers(rq, r);
+    daemon__set_response(rq, (int)status, r);
+}
+
+static int
+up_data(void *ctx, const char *buf, size_t len)
+{
+    struct daemon_request *rq = ctx;
+
+    if (isnan(rq->ttfb_ms))
+        rq->ttfb_ms = daemon__ms_since(rq->t_start_ns);
+    if (!rq->streaming) {
+        daemon__buf_append(&rq->up_body, buf, len);
+        return 0;
+    }
+    if (rq->out.len - rq->out.off > STREAM_HIGH_WATER) {
+        rq->up_paused = 1; /* the client reads slower than the backend writes */
+        return 1;
+    }
+    sse_feed(rq, buf, len);
+    daemon__wake(rq);
+    return 0;
+}
+
+static void
+up_done(void *ctx, enum upstream_error err, const char *detail)
+{
+    struct daemon_request *rq = ctx;
+    const struct conf_backend *b = &rq->snap->conf->backends[rq->backend];
+
+    rq->call = NULL;
+    rq->up_done = 1;
+    atomic_fetch_sub(&daemon__n_upstream_inflight, 1);
+    if (err)
+        log_warnx("request %s: backend %s: %s%s%s", rq->id, b->name, upstream_error_message(err),
+                  detail ? ": " : "", detail ? detail : "");
+    if (rq->streaming) {
+        if (rq->sse.len)
+            sse_event(rq, rq->sse.data, rq->sse.len); /* a last event without its blank line */
+        rq->sse.len = rq->sse.off = 0;
+        if (err) {
+            char ev[512];
+            rq->stream_failed = 1;
+            rq->error_kind = upstream_error_name(err);
+            int n = snprintf(ev, sizeof(ev),
+                             "data: {\"error\":{\"message\":\"backend %s: %s\",\"type\":"
+                             "\"server_error\",\"param\":null,\"code\":\"backend_%s\"}}\n\n",
+                             b->name, upstream_error_message(err), upstream_error_name(err));
+            daemon__buf_append(&rq->out, ev, (size_t)n);
+        }
+        daemon__wake(rq);
+        return;
+    }
+    if (err) {
+        int status = upstream_error_status(err);
+        char code[48];
+        snprintf(code, sizeof(code), "backend_%s", upstream_error_name(err));
+        rq->error_kind = upstream_error_name(err);
+        daemon__reply_error(rq, status, "server_error", code, "backend %s: %s", b->name,
+                            upstream_error_message(err));
+        return;
+    }
+    if (rq->up_status >= 200 && rq->up_status < 300) {
+        json_t *obj = json_loadb(rq->up_body.data ? rq->up_body.data : "", rq->up_body.len, 0, NULL);
+        if (obj) {
+            note_completion(rq, obj);
+            json_decref(obj);
+        }
+    } else {
+        rq->error_kind = "backend_status";
+    }
+    char *body = rq->up_body.data;
+    size_t len = rq->up_body.len;
+    memset(&rq->up_body, 0, sizeof(rq->up_body));
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer_with_free_callback(len, body ? body : strdup(""), free);
+    if (!r)
+        abort();
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                            rq->up_content_type ? rq->up_content_type : "application/json");
+    add_relayed_headers(rq, r);
+    daemon__set_response(rq, (int)rq->up_status, r);
+}
+
+void
+daemon__proxy_release(struct daemon_request *rq)
+{
+    if (rq->call) {
+        upstream_cancel(rq->call);
+        rq->call = NULL;
+        atomic_fetch_sub(&daemon__n_upstream_inflight, 1);
+    }
+}
+
+/* ---- the request ----------------------------------------------------------------- */
+
+static void
+hash_prompt(struct daemon_request *rq, json_t *messages, enum conf_store_prompts mode)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    char *text;
+
+    if (mode == CONF_STORE_PROMPTS_NONE)
+        return;
+    text = json_dumps(messages, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!text)
+        abort();
+    if (EVP_Digest(text, strlen(text), md, &mdlen, EVP_sha256(), NULL) == 1) {
+        rq->prompt_hash = malloc(2 * mdlen + 1);
+        if (!rq->prompt_hash)
+            abort();
+        for (unsigned i = 0; i < mdlen; i++)
+            snprintf(rq->prompt_hash + 2 * i, 3, "%02x", md[i]);
+    }
+    if (mode == CONF_STORE_PROMPTS_FULL)
+        rq->prompt_json = text;
+    else
+        free(text);
+}
+
+/* Parses "0.35" as a threshold in [0,1]. Returns 0 or -1. */
+static int
+parse_unit(const char *s, double *out)
+{
+    char *end;
+    double v;
+
+    if (!s || !*s)
+        return -1;
+    errno = 0;
+    v = strtod(s, &end);
+    if (errno || *end || !(v >= 0 && v <= 1))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* "triage" or "triage:0.35" for a configured alias. Returns 1 routed (*thr set
+ * or NaN), 0 not an alias, -1 an alias with a bad threshold suffix. */
+static int
+parse_alias(const struct conf *c, const char *model, double *thr)
+{
+    *thr = NAN;
+    if (conf_is_alias(c, model))
+        return 1;
+    const char *colon = strrchr(model, ':');
+    if (!colon)
+        return 0;
+    char prefix[128];
+    size_t n = (size_t)(colon - model);
+    if (n >= sizeof(prefix))
+        return 0;
+    memcpy(prefix, model, n);
+    prefix[n] = '\0';
+    if (!conf_is_alias(c, prefix))
+        return 0;
+    return parse_unit(colon + 1, thr) == 0 ? 1 : -1;
+}
+
+static void
+list_models(const struct conf *c, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    for (size_t i = 0; i < c->n_aliases; i++)
+        snprintf(out + strlen(out), outlen - strlen(out), "%s%s", out[0] ? ", " : "",
+                 c->aliases[i]);
+    for (size_t i = 0; i < c->n_backends; i++)
+        snprintf(out + strlen(out), outlen - strlen(out), "%s%s", out[0] ? ", " : "",
+                 c->backends[i].name);
+}
+
+/* Decides the backend for a routed alias. Returns 0, or -1 after replying. */
+static int
+route(struct daemon_request *rq, json_t *root, double thr_override)
+{
+    const struct daemon_snapshot *s = rq->snap;
+    const struct conf *c = s->conf;
+    struct router_scores sc;
+    double thr = s->threshold;
+    const char *h;
+
+    if (!isnan(thr_override)) {
+        thr = thr_override;
+    } else if ((h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "x-triage-threshold"))) {
+        if (parse_unit(h, &thr) < 0) {
+            daemon__reply_error(rq, 400, "invalid_request_error", "invalid_threshold",
+                                "x-triage-threshold must be a number in [0,1]");
+            return -1;
+        }
+    } else if ((h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
+                                                "x-triage-strong-share"))) {
+        double share;
+        if (parse_unit(h, &share) < 0) {
+            daemon__reply_error(rq, 400, "invalid_request_error", "invalid_strong_share",
+                                "x-triage-strong-share must be a number in [0,1]");
+            return -1;
+        }
+        thr = router_model_threshold_for_share(s->model, share);
+    }
+    if (router_score_request(s->model, root, &sc) < 0) {
+        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_messages",
+                            "'messages' has no text the router can score");
+        return -1;
+    }
+    enum router_policy_kind kind =
+        c->policy == CONF_POLICY_TIERS ? ROUTER_POLICY_TIERS : ROUTER_POLICY_THRESHOLD;
+    size_t tier = router_policy_pick(kind, s->tiers, s->n_tiers, thr, &sc);
+    if (tier >= c->n_tiers)
+        tier = c->n_tiers - 1;
+    rq->backend = (int)c->tiers[tier].backend;
+    rq->score = sc.score;
+    rq->threshold = kind == ROUTER_POLICY_THRESHOLD ? thr : NAN;
+    rq->route_reason = kind == ROUTER_POLICY_TIERS ? "tiers" : "threshold";
+    return 0;
+}
+
+void
+daemon__chat_completions(struct daemon_request *rq)
+{
+    const struct conf *c = rq->snap->conf;
+    json_error_t jerr;
+    json_t *root = NULL;
+    char names[512];
+    double thr = NAN;
+
+    root = json_loadb(rq->body.data ? rq->body.data : "", rq->body.len, 0, &jerr);
+    if (!root) {
+        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_json",
+                            "The request body is not valid JSON: %s (line %d, column %d)",
+                            jerr.text, jerr.line, jerr.column);
+        return;
+    }
+    if (!json_is_object(root)) {
+        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_json",
+                            "The request body must be a JSON object");
+        goto out;
+    }
+    const char *model = json_string_value(json_object_get(root, "model"));
+    if (!model || !*model) {
+        daemon__reply_error(rq, 400, "invalid_request_error", "missing_model",
+                            "'model' is required (a string)");
+        goto out;
+    }
+    rq->requested_model = strdup(model);
+    if (!rq->requested_model)
+        abort();
+    json_t *messages = json_object_get(root, "messages");
+    if (!json_is_array(messages) || json_array_size(messages) == 0) {
+        daemon__reply_error(rq, 400, "invalid_request_error", "missing_messages",
+                            "'messages' must be a non-empty array");
+        goto out;
+    }
+    json_t *stream = json_object_get(root, "stream");
+    rq->stream = json_is_true(stream);
+
+    int b = conf_backend_find(c, model);
+    int routed = 0;
+    if (b >= 0) {
+        rq->backend = b;
+        rq->route_reason = "passthrough";
+    } else {
+        int a = parse_alias(c, model, &thr);
+        if (a < 0) {
+            daemon__reply_error(rq, 400, "invalid_request_error", "invalid_threshold",
+                                "'%s': the threshold after ':' must be a number in [0,1]", model);
+            goto out;
+        }
+        if (a == 0) {
+            list_models(c, names, sizeof(names));
+            daemon__reply_error(rq, 404, "invalid_request_error", "model_not_found",
+                                "The model '%s' does not exist here; use one of: %s", model,
+                                names);
+            goto out;
+        }
+        if (route(rq, root, thr) < 0)
+            goto out;
+        routed = 1;
+    }
+    const struct conf_backend *be = &c->backends[rq->backend];
+
+    if (log__level >= LOG_LEVEL_DEBUG && c->log_prompts) {
+        char *text = json_dumps(messages, JSON_COMPACT);
+        log_debug("request %s prompt: %s", rq->id, text ? text : "?");
+        free(text);
+    }
+    if (daemon__storage())
+        hash_prompt(rq, messages, c->store_prompts);
+
+    /* rewrite: the upstream model name, routed overrides, usage for streams */
+    json_object_set_new(root, "model", json_string(be->model));
+    if (routed && be->overrides) {
+        json_t *o = json_loads(be->overrides, 0, NULL);
+        if (json_is_object(o))
+            json_object_update(root, o);
+        json_decref(o);
+    }
+    if (rq->stream && daemon__storage()) {
+        json_t *so = json_object_get(root, "stream_options");
+        if (!json_is_true(json_object_get(so, "include_usage"))) {
+            if (!json_is_object(so)) {
+                so = json_object();
+                json_object_set_new(root, "stream_options", so);
+            }
+            json_object_set_new(so, "include_usage", json_true());
+            rq->strip_usage = 1;
+        }
+    }
+    char *body = json_dumps(root, JSON_COMPACT);
+    if (!body)
+        abort();
+
+    struct curl_slist *h = NULL;
+    char line[1024];
+    h = curl_slist_append(h, "Content-Type: application/json");
+    h = curl_slist_append(h, rq->stream ? "Accept: text/event-stream" : "Accept: application/json");
+    h = curl_slist_append(h, "Expect:"); /* no 100-continue round trip */
+    h = curl_slist_append(h, "User-Agent: triaged/" TRIAGE_VERSION);
+    snprintf(line, sizeof(line), "X-Request-Id: %s", rq->id);
+    h = curl_slist_append(h, line);
+    if (be->api_key) {
+        /* the client's Authorization is never forwarded; the backend's key is */
+        size_t n = strlen(be->api_key) + 32;
+        char *auth = malloc(n);
+        if (!auth)
+            abort();
+        snprintf(auth, n, "Authorization: Bearer %s", be->api_key);
+        h = curl_slist_append(h, auth);
+        explicit_bzero(auth, n);
+        free(auth);
+    }
+    snprintf(line, sizeof(line), "%s/chat/completions", be->url);
+    struct upstream_request ur = {
+        .url = line,
+        .headers = h,
+        .body = body,
+        .body_len = strlen(body),
+        .connect_timeout_ms = be->connect_timeout_ms,
+        .first_byte_timeout_ms = be->first_byte_timeout_ms,
+        .idle_timeout_ms = be->idle_timeout_ms,
+        .timeout_ms = be->timeout_ms,
+        .cb = {up_header, up_headers_done, up_data, up_done},
+        .ctx = rq,
+    };
+    rq->call = upstream_start(rq->w->up, &ur);
+    if (!rq->call) {
+        daemon__reply_error(rq, 500, "server_error", "internal",
+                            "cannot start the call to backend %s", be->name);
+        goto out;
+    }
+    atomic_fetch_add(&daemon__n_upstream_inflight, 1);
+out:
+    json_decref(root);
+}
+
+void
+daemon__models(struct daemon_request *rq)
+{
+    const struct conf *c = rq->snap->conf;
+    json_t *data = json_array();
+
+    for (size_t i = 0; i < c->n_aliases; i++)
+        json_array_append_new(data, json_pack("{s:s,s:s,s:I,s:s}", "id", c->aliases[i], "object",
+                                              "model", "created", (json_int_t)daemon__start_unix,
+                                              "owned_by", "triage"));
+    for (size_t i = 0; i < c->n_backends; i++)
+        json_array_append_new(data, json_pack("{s:s,s:s,s:I,s:s}", "id", c->backends[i].name,
+                                              "object", "model", "created",
+                                              (json_int_t)daemon__start_unix, "owned_by",
+                                              "triage"));
+    daemon__reply_json(rq, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
+}

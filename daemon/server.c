@@ -1,0 +1,1451 @@
+/* server.c - triaged's HTTP front end and lifecycle: MHD inside libuv loops, one per worker thread.
+ *
+ * Each worker owns a uv loop, an MHD daemon in external-epoll mode (its epoll fd
+ * watched by a uv_poll, its timeout by a uv_timer) and an upstream client (curl
+ * multi on the same loop). A request waiting for its backend suspends its MHD
+ * connection; backend data resumes it. So no thread ever blocks on a backend, and
+ * N workers share the port through SO_REUSEPORT. The main thread only handles
+ * signals, reloads and the systemd watchdog. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "daemon-int.h"
+#include "log.h"
+#include "notify.h"
+#include "server.h"
+#include "storage.h"
+
+#define MAX_HANDLERS 32
+#define MAX_SUBSCRIBERS 8
+
+/* ---- hooks registry (filled before the workers start, read-only after) ---- */
+
+struct handler {
+    const char *method;
+    const char *path;
+    unsigned flags;
+    daemon_handler_fn *fn;
+    void *ctx;
+};
+
+static struct handler handlers[MAX_HANDLERS];
+static size_t n_handlers;
+
+static struct {
+    daemon_event_fn *fn;
+    void *ctx;
+} subscribers[MAX_SUBSCRIBERS];
+static size_t n_subscribers;
+
+int
+daemon_handler_register(const char *method, const char *path, unsigned flags,
+                        daemon_handler_fn *fn, void *ctx)
+{
+    for (size_t i = 0; i < n_handlers; i++)
+        if (!strcmp(handlers[i].method, method) && !strcmp(handlers[i].path, path))
+            return -EEXIST;
+    if (n_handlers == MAX_HANDLERS)
+        return -ENOSPC;
+    handlers[n_handlers++] = (struct handler){method, path, flags, fn, ctx};
+    return 0;
+}
+
+int
+daemon_event_subscribe(daemon_event_fn *fn, void *ctx)
+{
+    if (n_subscribers == MAX_SUBSCRIBERS)
+        return -ENOSPC;
+    subscribers[n_subscribers].fn = fn;
+    subscribers[n_subscribers].ctx = ctx;
+    n_subscribers++;
+    return 0;
+}
+
+/* ---- the server ------------------------------------------------------------ */
+
+struct daemon_server {
+    char *conf_path;
+    uv_loop_t loop; /* main thread: signals, reload, watchdog */
+    int loop_ready;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_async_t reload_async;
+    uv_timer_t watchdog;
+    uv_timer_t stop_check;
+    uint64_t watchdog_usec;
+    int curl_ready;
+    struct daemon_worker *workers;
+    unsigned n_workers;
+    unsigned n_started;
+    struct storage *storage;
+    int exit_code;
+    int stopping;
+};
+
+/* The one server (signals and hooks are process-wide anyway). */
+static struct daemon_server *the_server;
+static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t reload_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct daemon_snapshot *current_snap;
+static uint64_t snap_generation;
+static atomic_uint_fast64_t n_reloads;
+static atomic_uint_fast64_t n_inflight;
+atomic_uint_fast64_t daemon__n_upstream_inflight;
+static uint64_t start_ns;
+int64_t daemon__start_unix;
+
+uint64_t
+daemon__now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+double
+daemon__ms_since(uint64_t t0_ns)
+{
+    return (double)(daemon__now_ns() - t0_ns) / 1e6;
+}
+
+void
+daemon__buf_append(struct daemon_buf *b, const void *p, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        b->data = realloc(b->data, cap);
+        if (!b->data)
+            abort();
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0'; /* always a C string too */
+}
+
+void
+daemon__buf_free(struct daemon_buf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+/* ---- snapshots -------------------------------------------------------------- */
+
+static void
+snapshot_free(struct daemon_snapshot *s)
+{
+    if (!s)
+        return;
+    router_model_unref(s->model);
+    conf_destroy(s->conf);
+    free(s->tiers);
+    free(s);
+}
+
+/* Loads config and model into a new snapshot (one reference), or NULL with err. */
+static struct daemon_snapshot *
+snapshot_load(const char *path, char *err, size_t errlen)
+{
+    struct daemon_snapshot *s = calloc(1, sizeof(*s));
+    char why[512];
+
+    if (!s)
+        abort();
+    atomic_init(&s->refs, 1);
+    s->conf = conf_load(path, err, errlen);
+    if (!s->conf)
+        goto fail;
+    s->model = router_model_load(s->conf->model_path, why, sizeof(why));
+    if (!s->model) {
+        snprintf(err, errlen, "%s: cannot load the predictor model %s: %s", path,
+                 s->conf->model_path, why);
+        goto fail;
+    }
+    s->n_tiers = s->conf->n_tiers;
+    s->tiers = calloc(s->n_tiers ? s->n_tiers : 1, sizeof(*s->tiers));
+    if (!s->tiers)
+        abort();
+    for (size_t i = 0; i < s->n_tiers; i++) {
+        const struct conf_backend *b = &s->conf->backends[s->conf->tiers[i].backend];
+        const char *head = b->head ? b->head : b->name;
+        s->tiers[i].head = router_model_head_find(s->model, head);
+        s->tiers[i].bar = s->conf->tiers[i].bar;
+        if (s->tiers[i].head < 0 && s->conf->policy == CONF_POLICY_TIERS &&
+            i + 1 < s->n_tiers) {
+            snprintf(err, errlen, "%s: tier '%s': the model %s has no head '%s'", path, b->name,
+                     s->conf->model_path, head);
+            goto fail;
+        }
+    }
+    s->threshold = s->conf->threshold;
+    if (s->conf->strong_share >= 0)
+        s->threshold = router_model_threshold_for_share(s->model, s->conf->strong_share);
+    return s;
+fail:
+    snapshot_free(s);
+    return NULL;
+}
+
+struct daemon_snapshot *
+daemon__snapshot_get(void)
+{
+    struct daemon_snapshot *s;
+
+    pthread_mutex_lock(&snap_lock);
+    s = current_snap;
+    if (s)
+        atomic_fetch_add(&s->refs, 1);
+    pthread_mutex_unlock(&snap_lock);
+    return s;
+}
+
+void
+daemon__snapshot_put(struct daemon_snapshot *s)
+{
+    if (s && atomic_fetch_sub(&s->refs, 1) == 1)
+        snapshot_free(s);
+}
+
+/* Publishes s (takes its reference) and drops the old one. */
+static void
+snapshot_publish(struct daemon_snapshot *s)
+{
+    struct daemon_snapshot *old;
+
+    pthread_mutex_lock(&snap_lock);
+    old = current_snap;
+    s->generation = ++snap_generation;
+    current_snap = s;
+    pthread_mutex_unlock(&snap_lock);
+    log_set_level((int)s->conf->log_level);
+    log_set_json(s->conf->log_format == CONF_LOG_FORMAT_JSON);
+    daemon__snapshot_put(old);
+}
+
+struct storage *
+daemon__storage(void)
+{
+    return the_server ? the_server->storage : NULL;
+}
+
+/* Reloads config and model from the server's config path. Thread-safe; keeps the
+ * old snapshot on failure. Returns 0 or -1 with err. */
+static int
+reload(char *err, size_t errlen)
+{
+    struct daemon_snapshot *s, *old;
+    int rc = -1;
+
+    pthread_mutex_lock(&reload_lock);
+    notify_send("RELOADING=1");
+    s = snapshot_load(the_server->conf_path, err, errlen);
+    if (!s) {
+        log_warnx("reload failed, keeping the running config: %s", err);
+        goto out;
+    }
+    old = daemon__snapshot_get();
+    if (old && (old->conf->port != s->conf->port || strcmp(old->conf->listen, s->conf->listen) ||
+                old->conf->workers != s->conf->workers))
+        log_warnx("reload: listen, port and workers changes need a restart; ignored");
+    if (old && ((old->conf->db_path == NULL) != (s->conf->db_path == NULL) ||
+                (old->conf->db_path && strcmp(old->conf->db_path, s->conf->db_path))))
+        log_warnx("reload: a [storage] path change needs a restart; ignored");
+    daemon__snapshot_put(old);
+    snapshot_publish(s);
+    atomic_fetch_add(&n_reloads, 1);
+    log_info("reloaded %s (generation %llu, model %s)", the_server->conf_path,
+             (unsigned long long)s->generation, router_model_version(s->model));
+    rc = 0;
+out:
+    notify_send("READY=1");
+    pthread_mutex_unlock(&reload_lock);
+    return rc;
+}
+
+int
+daemon_gauges_get(struct daemon_gauges *g)
+{
+    struct daemon_snapshot *s = daemon__snapshot_get();
+
+    memset(g, 0, sizeof(*g));
+    if (!s)
+        return -ENOENT;
+    g->inflight = atomic_load(&n_inflight);
+    g->upstream_inflight = atomic_load(&daemon__n_upstream_inflight);
+    g->reloads = atomic_load(&n_reloads);
+    g->uptime_s = (double)(daemon__now_ns() - start_ns) / 1e9;
+    snprintf(g->model_version, sizeof(g->model_version), "%s", router_model_version(s->model));
+    daemon__snapshot_put(s);
+    return 0;
+}
+
+/* ---- replies ---------------------------------------------------------------- */
+
+static void
+add_header(struct MHD_Response *r, const char *name, const char *value)
+{
+    if (MHD_add_response_header(r, name, value) != MHD_YES)
+        log_debug("cannot add response header %s", name);
+}
+
+void
+daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *resp)
+{
+    char num[32];
+
+    add_header(resp, "x-triage-request-id", rq->id);
+    if (rq->backend >= 0)
+        add_header(resp, "x-triage-backend", rq->snap->conf->backends[rq->backend].name);
+    if (rq->route_reason)
+        add_header(resp, "x-triage-route", rq->route_reason);
+    if (!isnan(rq->score)) {
+        snprintf(num, sizeof(num), "%.4f", rq->score);
+        add_header(resp, "x-triage-score", num);
+    }
+    if (!isnan(rq->threshold)) {
+        snprintf(num, sizeof(num), "%.4f", rq->threshold);
+        add_header(resp, "x-triage-threshold", num);
+    }
+}
+
+void
+daemon__wake(struct daemon_request *rq)
+{
+    if (rq->suspended) {
+        rq->suspended = 0;
+        MHD_resume_connection(rq->conn);
+        rq->w->need_run = 1;
+    }
+}
+
+void
+daemon__set_response(struct daemon_request *rq, int status, struct MHD_Response *resp)
+{
+    if (rq->response)
+        MHD_destroy_response(rq->response);
+    rq->response = resp;
+    rq->status = status;
+    daemon__wake(rq);
+}
+
+void
+daemon__reply(struct daemon_request *rq, int status, const char *ctype, char *body, size_t len)
+{
+    struct MHD_Response *r;
+
+    if (!body) {
+        body = strdup("");
+        if (!body)
+            abort();
+        len = 0;
+    }
+    r = MHD_create_response_from_buffer_with_free_callback(len, body, free);
+    if (!r)
+        abort();
+    if (ctype)
+        add_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    daemon__add_route_headers(rq, r);
+    daemon__set_response(rq, status, r);
+}
+
+void
+daemon__reply_json(struct daemon_request *rq, int status, json_t *doc)
+{
+    char *text = json_dumps(doc, JSON_COMPACT);
+
+    json_decref(doc);
+    if (!text)
+        abort();
+    size_t len = strlen(text);
+    text[len] = '\0';
+    /* a trailing newline makes curl-from-a-shell output readable */
+    char *withnl = realloc(text, len + 2);
+    if (!withnl)
+        abort();
+    withnl[len] = '\n';
+    withnl[len + 1] = '\0';
+    daemon__reply(rq, status, "application/json", withnl, len + 1);
+}
+
+void
+daemon__reply_error(struct daemon_request *rq, int status, const char *type, const char *code,
+                    const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (!rq->error_kind)
+        rq->error_kind = code;
+    json_t *doc = json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", msg, "type", type,
+                            "param", "code", code);
+    if (!doc)
+        abort();
+    daemon__reply_json(rq, status, doc);
+}
+
+/* ---- simple endpoints ---------------------------------------------------------- */
+
+static void
+ep_healthz(struct daemon_request *rq)
+{
+    daemon__reply_json(rq, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+static void
+ep_readyz(struct daemon_request *rq)
+{
+    const struct conf *c = rq->snap->conf;
+
+    if (rq->w->stopping) {
+        daemon__reply_json(rq, 503, json_pack("{s:s}", "status", "stopping"));
+        return;
+    }
+    json_t *backends = json_array();
+    for (size_t i = 0; i < c->n_backends; i++)
+        json_array_append_new(backends, json_string(c->backends[i].name));
+    daemon__reply_json(rq, 200,
+                       json_pack("{s:s,s:s,s:I,s:o,s:b}", "status", "ready", "model",
+                                 router_model_version(rq->snap->model), "generation",
+                                 (json_int_t)rq->snap->generation, "backends", backends,
+                                 "storage", daemon__storage() != NULL));
+}
+
+struct reload_job {
+    uv_work_t work;
+    struct daemon_request *rq;
+    int rc;
+    char err[512];
+};
+
+static void
+reload_work(uv_work_t *req)
+{
+    struct reload_job *j = req->data;
+
+    j->rc = reload(j->err, sizeof(j->err));
+}
+
+static void request_finish(struct daemon_request *rq);
+
+void
+daemon__request_orphan_done(struct daemon_request *rq)
+{
+    rq->work_pending = 0;
+    request_finish(rq);
+}
+
+static void
+reload_after(uv_work_t *req, int status)
+{
+    struct reload_job *j = req->data;
+    struct daemon_request *rq = j->rq;
+
+    rq->work_pending = 0;
+    if (rq->orphaned) {
+        free(j);
+        request_finish(rq);
+        return;
+    }
+    if (j->rc == 0) {
+        struct daemon_snapshot *s = daemon__snapshot_get();
+        daemon__reply_json(rq, 200,
+                           json_pack("{s:s,s:I,s:s}", "status", "reloaded", "generation",
+                                     (json_int_t)s->generation, "model",
+                                     router_model_version(s->model)));
+        daemon__snapshot_put(s);
+    } else {
+        daemon__reply_error(rq, 500, "server_error", "reload_failed",
+                            "reload failed, the running config is kept: %s", j->err);
+    }
+    free(j);
+    daemon__mhd_run(rq->w);
+}
+
+static int
+is_loopback(struct daemon_request *rq)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+
+    if (!ci || !ci->client_addr)
+        return 0;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            return 1;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+            return in6->sin6_addr.s6_addr[12] == 127;
+    }
+    return 0;
+}
+
+/* Admin endpoints: loopback clients only until admin keys are wired in. */
+static int
+admin_allowed(struct daemon_request *rq)
+{
+    if (is_loopback(rq))
+        return 1;
+    daemon__reply_error(rq, 403, "permission_error", "forbidden",
+                        "admin endpoints answer only on loopback");
+    return 0;
+}
+
+static void
+ep_admin_reload(struct daemon_request *rq)
+{
+    if (!admin_allowed(rq))
+        return;
+    struct reload_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        abort();
+    j->rq = rq;
+    j->work.data = j;
+    rq->work_pending = 1;
+    if (uv_queue_work(&rq->w->loop, &j->work, reload_work, reload_after) < 0) {
+        rq->work_pending = 0;
+        free(j);
+        daemon__reply_error(rq, 500, "server_error", "internal", "cannot queue the reload");
+    }
+}
+
+/* A registered handler (hooks.h). */
+static void
+run_handler(struct daemon_request *rq, const struct handler *h)
+{
+    struct daemon_http_request req = {
+        .method = rq->method,
+        .path = rq->path,
+        .request_id = rq->id,
+        .body = rq->body.data,
+        .body_len = rq->body.len,
+        .priv = rq,
+    };
+    struct daemon_http_reply reply = {.status = 200};
+
+    if ((h->flags & DAEMON_HANDLER_ADMIN) ||
+        ((h->flags & DAEMON_HANDLER_STATS) && rq->snap->conf->stats_need_admin))
+        if (!admin_allowed(rq))
+            return;
+    h->fn(h->ctx, &req, &reply);
+    struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback(
+        reply.len, reply.body ? reply.body : strdup(""), free);
+    if (!r)
+        abort();
+    add_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+               reply.content_type ? reply.content_type : "application/json");
+    for (int i = 0; i < DAEMON_REPLY_MAX_HEADERS; i++)
+        if (reply.headers[i].name && reply.headers[i].value)
+            add_header(r, reply.headers[i].name, reply.headers[i].value);
+    daemon__add_route_headers(rq, r);
+    daemon__set_response(rq, reply.status ? reply.status : 200, r);
+}
+
+const char *
+daemon_request_header(const struct daemon_http_request *r, const char *name)
+{
+    struct daemon_request *rq = r->priv;
+
+    return MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, name);
+}
+
+const char *
+daemon_request_arg(const struct daemon_http_request *r, const char *name)
+{
+    struct daemon_request *rq = r->priv;
+
+    return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *
+daemon_request_client(const struct daemon_http_request *r)
+{
+    static __thread char text[INET6_ADDRSTRLEN];
+    struct daemon_request *rq = r->priv;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+
+    if (!ci || !ci->client_addr)
+        return "-";
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, text,
+                  sizeof(text));
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, text,
+                  sizeof(text));
+    else
+        return "-";
+    return text;
+}
+
+/* ---- routing table ------------------------------------------------------------ */
+
+struct daemon_route {
+    const char *method;
+    const char *path;
+    daemon_route_fn *fn;
+    int has_body;
+};
+
+static const struct daemon_route routes[] = {
+    {"POST", "/v1/chat/completions", daemon__chat_completions, 1},
+    {"GET", "/v1/models", daemon__models, 0},
+    {"GET", "/healthz", ep_healthz, 0},
+    {"GET", "/readyz", ep_readyz, 0},
+    {"POST", "/admin/reload", ep_admin_reload, 1},
+};
+
+#define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
+
+/* Finds the route or handler for rq. Returns 1 found (one of *route, *handler
+ * set), 0 path known but not for this method (allow filled), -1 unknown path. */
+static int
+find_route(const char *method, const char *path, const struct daemon_route **route,
+           const struct handler **handler, char *allow, size_t allowlen)
+{
+    int path_known = 0;
+    const char *m = !strcmp(method, "HEAD") ? "GET" : method;
+
+    allow[0] = '\0';
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        if (strcmp(routes[i].path, path))
+            continue;
+        if (!strcmp(routes[i].method, m)) {
+            *route = &routes[i];
+            return 1;
+        }
+        path_known = 1;
+        snprintf(allow + strlen(allow), allowlen - strlen(allow), "%s%s", allow[0] ? ", " : "",
+                 routes[i].method);
+    }
+    for (size_t i = 0; i < n_handlers; i++) {
+        const struct handler *h = &handlers[i];
+        size_t plen = strlen(h->path);
+        int match = (h->flags & DAEMON_HANDLER_PREFIX)
+                        ? !strncmp(h->path, path, plen) && (path[plen] == '\0' ||
+                                                             path[plen] == '/' ||
+                                                             h->path[plen - 1] == '/')
+                        : !strcmp(h->path, path);
+        if (!match)
+            continue;
+        if (!strcmp(h->method, m)) {
+            *handler = h;
+            return 1;
+        }
+        path_known = 1;
+        snprintf(allow + strlen(allow), allowlen - strlen(allow), "%s%s", allow[0] ? ", " : "",
+                 h->method);
+    }
+    return path_known ? 0 : -1;
+}
+
+/* ---- requests ------------------------------------------------------------------ */
+
+static void
+make_id(struct daemon_worker *w, char *out, size_t outlen)
+{
+    uint64_t a, b;
+
+    /* xorshift64*: request ids need to be unique, not secret */
+    w->rng ^= w->rng >> 12;
+    w->rng ^= w->rng << 25;
+    w->rng ^= w->rng >> 27;
+    a = w->rng * 2685821657736338717ull;
+    w->rng ^= w->rng >> 12;
+    w->rng ^= w->rng << 25;
+    w->rng ^= w->rng >> 27;
+    b = w->rng * 2685821657736338717ull;
+    snprintf(out, outlen, "req_%016llx%08llx", (unsigned long long)a,
+             (unsigned long long)(b >> 32));
+}
+
+static struct daemon_request *
+request_new(struct daemon_worker *w, struct MHD_Connection *conn, const char *url,
+            const char *method)
+{
+    struct daemon_request *rq = calloc(1, sizeof(*rq));
+    struct timespec ts;
+
+    if (!rq)
+        abort();
+    rq->w = w;
+    rq->conn = conn;
+    rq->method = method;
+    rq->path = url;
+    rq->backend = -1;
+    rq->score = NAN;
+    rq->threshold = NAN;
+    rq->ttfb_ms = NAN;
+    rq->tokens_in = -1;
+    rq->tokens_out = -1;
+    rq->t_start_ns = daemon__now_ns();
+    clock_gettime(CLOCK_REALTIME, &ts);
+    rq->started_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    rq->snap = daemon__snapshot_get();
+    make_id(w, rq->id, sizeof(rq->id));
+    rq->next = w->requests;
+    if (w->requests)
+        w->requests->prev = rq;
+    w->requests = rq;
+    w->n_requests++;
+    atomic_fetch_add(&n_inflight, 1);
+    return rq;
+}
+
+static void
+emit_event(struct daemon_request *rq, double latency_ms, double cost)
+{
+    const struct conf *c = rq->snap->conf;
+    struct daemon_request_event ev = {
+        .request_id = rq->id,
+        .method = rq->method,
+        .path = rq->path,
+        .requested_model = rq->requested_model,
+        .backend = rq->backend >= 0 ? c->backends[rq->backend].name : NULL,
+        .route_reason = rq->route_reason,
+        .error_kind = rq->error_kind,
+        .finish_reason = rq->finish_reason[0] ? rq->finish_reason : NULL,
+        .status = rq->status,
+        .stream = rq->streaming,
+        .client_aborted = rq->client_aborted,
+        .worker = rq->w->idx,
+        .latency_ms = latency_ms,
+        .ttfb_ms = rq->ttfb_ms,
+        .score = rq->score,
+        .threshold = rq->threshold,
+        .tokens_in = rq->tokens_in,
+        .tokens_out = rq->tokens_out,
+        .cost_usd = cost,
+    };
+
+    for (size_t i = 0; i < n_subscribers; i++)
+        subscribers[i].fn(subscribers[i].ctx, &ev);
+}
+
+static char *
+xstrdup_or_null(const char *s)
+{
+    char *d;
+
+    if (!s)
+        return NULL;
+    d = strdup(s);
+    if (!d)
+        abort();
+    return d;
+}
+
+static void
+store_record(struct daemon_request *rq, double latency_ms, double cost)
+{
+    struct storage *st = daemon__storage();
+    const struct conf *c = rq->snap->conf;
+
+    if (!st || !rq->requested_model)
+        return; /* only chat completions are outcomes */
+    struct storage_record *r = storage_record_new();
+    r->request_id = xstrdup_or_null(rq->id);
+    r->started_ms = rq->started_unix_ms;
+    r->finished_ms = rq->started_unix_ms + (int64_t)latency_ms;
+    r->requested_model = xstrdup_or_null(rq->requested_model);
+    r->backend = xstrdup_or_null(rq->backend >= 0 ? c->backends[rq->backend].name : NULL);
+    r->route_reason = xstrdup_or_null(rq->route_reason);
+    r->score = rq->score;
+    r->threshold = rq->threshold;
+    if (!isnan(rq->score))
+        r->model_version = xstrdup_or_null(router_model_version(rq->snap->model));
+    r->prompt_hash = rq->prompt_hash;
+    rq->prompt_hash = NULL;
+    r->prompt = rq->prompt_json;
+    rq->prompt_json = NULL;
+    r->status = rq->status;
+    r->error_kind = xstrdup_or_null(rq->client_aborted && !rq->error_kind ? "client_aborted"
+                                                                          : rq->error_kind);
+    r->latency_ms = latency_ms;
+    r->ttfb_ms = rq->ttfb_ms;
+    r->tokens_in = rq->tokens_in;
+    r->tokens_out = rq->tokens_out;
+    r->finish_reason = xstrdup_or_null(rq->finish_reason[0] ? rq->finish_reason : NULL);
+    r->cost_usd = cost;
+    r->stream = rq->streaming;
+    if (storage_submit(st, r) < 0)
+        log_debug("outcome log queue full: record %s dropped", rq->id);
+}
+
+/* The end of a request: log, tell subscribers, record the outcome, free. */
+static void
+request_finish(struct daemon_request *rq)
+{
+    struct daemon_worker *w = rq->w;
+    double latency = daemon__ms_since(rq->t_start_ns);
+    double cost = 0;
+    const struct conf *c = rq->snap ? rq->snap->conf : NULL;
+
+    daemon__proxy_release(rq);
+    if (c && rq->backend >= 0) {
+        const struct conf_backend *b = &c->backends[rq->backend];
+        if (rq->tokens_in > 0)
+            cost += (double)rq->tokens_in * b->price_input / 1e6;
+        if (rq->tokens_out > 0)
+            cost += (double)rq->tokens_out * b->price_output / 1e6;
+    }
+    if (c) {
+        struct log_field f[] = {
+            LOG_F_STR("request_id", rq->id),
+            LOG_F_STR("method", rq->method),
+            LOG_F_STR("path", rq->path),
+            LOG_F_INT("status", rq->status),
+            LOG_F_STR("model", rq->requested_model),
+            LOG_F_STR("backend", rq->backend >= 0 ? c->backends[rq->backend].name : NULL),
+            LOG_F_STR("route", rq->route_reason),
+            LOG_F_DBL("score", rq->score),
+            LOG_F_DBL("latency_ms", latency),
+            LOG_F_DBL("ttfb_ms", rq->ttfb_ms),
+            LOG_F_INT("stream", rq->streaming),
+            LOG_F_INT("tokens_in", rq->tokens_in),
+            LOG_F_INT("tokens_out", rq->tokens_out),
+            LOG_F_STR("error", rq->error_kind),
+            LOG_F_STR("aborted", rq->client_aborted ? "client" : NULL),
+        };
+        log_fields(LOG_LEVEL_INFO, "request", f, (int)(sizeof(f) / sizeof(f[0])));
+        emit_event(rq, latency, cost);
+        store_record(rq, latency, cost);
+    }
+    if (rq->response)
+        MHD_destroy_response(rq->response);
+    if (rq->prev)
+        rq->prev->next = rq->next;
+    else
+        w->requests = rq->next;
+    if (rq->next)
+        rq->next->prev = rq->prev;
+    w->n_requests--;
+    atomic_fetch_sub(&n_inflight, 1);
+    daemon__buf_free(&rq->body);
+    daemon__buf_free(&rq->up_headers);
+    daemon__buf_free(&rq->up_body);
+    daemon__buf_free(&rq->sse);
+    daemon__buf_free(&rq->out);
+    free(rq->up_content_type);
+    free(rq->requested_model);
+    free(rq->prompt_hash);
+    free(rq->prompt_json);
+    daemon__snapshot_put(rq->snap);
+    free(rq);
+}
+
+static enum MHD_Result
+queue_response(struct daemon_request *rq)
+{
+    enum MHD_Result ret = MHD_queue_response(rq->conn, (unsigned)rq->status, rq->response);
+
+    MHD_destroy_response(rq->response);
+    rq->response = NULL;
+    rq->phase = PHASE_REPLIED;
+    return ret;
+}
+
+static enum MHD_Result
+on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+          const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
+{
+    struct daemon_worker *w = cls;
+    struct daemon_request *rq = *con_cls;
+
+    if (!rq) {
+        const struct daemon_route *route = NULL;
+        const struct handler *handler = NULL;
+        char allow[128];
+
+        rq = request_new(w, conn, url, method);
+        *con_cls = rq;
+        if (!rq->snap) {
+            /* cannot happen once started; refuse rather than crash */
+            return MHD_NO;
+        }
+        int found = find_route(method, url, &route, &handler, allow, sizeof(allow));
+        if (w->stopping) {
+            daemon__reply_error(rq, 503, "server_error", "shutting_down",
+                                "the server is shutting down");
+        } else if (found < 0) {
+            daemon__reply_error(rq, 404, "invalid_request_error", "not_found",
+                                "Unknown path %s %s", method, url);
+        } else if (found == 0) {
+            daemon__reply_error(rq, 405, "invalid_request_error", "method_not_allowed",
+                                "%s is not allowed on %s (allowed: %s)", method, url, allow);
+            add_header(rq->response, MHD_HTTP_HEADER_ALLOW, allow);
+        } else {
+            const char *cl =
+                MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+            if (cl && strtoull(cl, NULL, 10) > rq->snap->conf->max_body) {
+                daemon__reply_error(rq, 413, "invalid_request_error", "body_too_large",
+                                    "The request body (%s bytes) is over the limit of %zu bytes",
+                                    cl, rq->snap->conf->max_body);
+            }
+            rq->route = route;
+            rq->handler_ = handler;
+        }
+        if (rq->response)
+            return queue_response(rq);
+        return MHD_YES;
+    }
+
+    if (*upload_data_size) {
+        if (!rq->too_large) {
+            if (rq->body.len + *upload_data_size > rq->snap->conf->max_body) {
+                rq->too_large = 1;
+                daemon__buf_free(&rq->body);
+            } else {
+                daemon__buf_append(&rq->body, upload_data, *upload_data_size);
+            }
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+
+    if (rq->phase == PHASE_BODY) {
+        rq->phase = PHASE_WAIT;
+        if (rq->too_large)
+            daemon__reply_error(rq, 413, "invalid_request_error", "body_too_large",
+                                "The request body is over the limit of %zu bytes",
+                                rq->snap->conf->max_body);
+        else if (rq->route)
+            rq->route->fn(rq);
+        else if (rq->handler_)
+            run_handler(rq, rq->handler_);
+    }
+    if (rq->response)
+        return queue_response(rq);
+    if (w->tearing_down)
+        return MHD_NO;
+    rq->suspended = 1;
+    MHD_suspend_connection(conn);
+    return MHD_YES;
+}
+
+static void
+on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+             enum MHD_RequestTerminationCode toe)
+{
+    struct daemon_request *rq = *con_cls;
+
+    if (!rq)
+        return;
+    *con_cls = NULL;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        rq->client_aborted = 1;
+    if (rq->phase != PHASE_REPLIED)
+        rq->status = 0; /* nothing was sent */
+    if (rq->work_pending) {
+        /* A thread-pool job still points at rq; it is freed when the job ends. */
+        rq->conn = NULL;
+        rq->orphaned = 1;
+        return;
+    }
+    request_finish(rq);
+}
+
+static void mhd_logger(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
+static void
+mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    log_debug("http: %s", msg);
+}
+
+/* ---- the worker loop -------------------------------------------------------------- */
+
+static void on_mhd_timer(uv_timer_t *t);
+
+void
+daemon__mhd_run(struct daemon_worker *w)
+{
+    MHD_UNSIGNED_LONG_LONG to;
+    int rounds = 0;
+
+    if (!w->mhd)
+        return;
+    if (w->in_mhd) {
+        w->need_run = 1; /* the outer call loops */
+        return;
+    }
+    do {
+        w->need_run = 0;
+        w->in_mhd = 1;
+        MHD_run(w->mhd);
+        w->in_mhd = 0;
+    } while (w->need_run && ++rounds < 8);
+    if (MHD_get_timeout(w->mhd, &to) == MHD_YES)
+        uv_timer_start(&w->mhd_timer, on_mhd_timer, (uint64_t)to, 0);
+    else
+        uv_timer_stop(&w->mhd_timer);
+}
+
+static void
+on_mhd_timer(uv_timer_t *t)
+{
+    daemon__mhd_run(t->data);
+}
+
+static void
+on_mhd_poll(uv_poll_t *p, int status, int events)
+{
+    daemon__mhd_run(p->data);
+}
+
+/* After curl activity: connections woken by backend data get served now. */
+static void
+on_upstream_after(void *ctx)
+{
+    struct daemon_worker *w = ctx;
+
+    if (w->need_run)
+        daemon__mhd_run(w);
+}
+
+static void
+on_heartbeat(uv_timer_t *t)
+{
+    struct daemon_worker *w = t->data;
+
+    atomic_store(&w->beat_ms, uv_now(&w->loop));
+    atomic_store(&w->beat_ns, daemon__now_ns());
+}
+
+static void
+close_if_open(uv_handle_t *h)
+{
+    if (h->loop && !uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* Cuts off whatever is left, stops MHD and curl, closes the loop's handles. */
+static void
+worker_teardown(struct daemon_worker *w)
+{
+    w->tearing_down = 1;
+    for (struct daemon_request *rq = w->requests; rq; rq = rq->next) {
+        daemon__proxy_release(rq);
+        if (rq->streaming && !rq->up_done) {
+            rq->up_done = 1;
+            rq->stream_failed = 1;
+        }
+        daemon__wake(rq);
+    }
+    daemon__mhd_run(w);
+    if (w->mhd) {
+        uv_poll_stop(&w->mhd_poll);
+        MHD_stop_daemon(w->mhd); /* ends every connection: on_completed frees requests */
+        w->mhd = NULL;
+    }
+    if (w->up) {
+        upstream_destroy(w->up, NULL, NULL);
+        w->up = NULL;
+    }
+    close_if_open((uv_handle_t *)&w->mhd_poll);
+    close_if_open((uv_handle_t *)&w->mhd_timer);
+    close_if_open((uv_handle_t *)&w->wake);
+    close_if_open((uv_handle_t *)&w->drain);
+    close_if_open((uv_handle_t *)&w->heartbeat);
+}
+
+static void
+on_drain(uv_timer_t *t)
+{
+    struct daemon_worker *w = t->data;
+
+    if (w->n_requests > 0 && uv_now(&w->loop) < w->stop_deadline)
+        return;
+    uv_timer_stop(&w->drain);
+    if (w->n_requests)
+        log_warnx("worker %u: %zu requests still running at the shutdown deadline; cutting them off",
+                  w->idx, w->n_requests);
+    worker_teardown(w);
+}
+
+/* From the main thread: stop accepting, then drain. */
+static void
+on_wake(uv_async_t *a)
+{
+    struct daemon_worker *w = a->data;
+    struct daemon_snapshot *s;
+
+    if (w->stopping)
+        return;
+    w->stopping = 1;
+    MHD_socket fd = MHD_quiesce_daemon(w->mhd);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    s = daemon__snapshot_get();
+    w->stop_deadline = uv_now(&w->loop) + (s ? s->conf->shutdown_timeout_ms : 0);
+    daemon__snapshot_put(s);
+    uv_timer_start(&w->drain, on_drain, 0, 20);
+}
+
+static void
+worker_main(void *arg)
+{
+    struct daemon_worker *w = arg;
+
+    on_heartbeat(&w->heartbeat);
+    daemon__mhd_run(w);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    router_thread_cleanup();
+    atomic_store(&w->done, 1);
+}
+
+/* Binds a listening socket for c's address and port. Returns the fd or -1 with err. */
+static int
+bind_listener(const struct conf *c, int reuseport, int *v6, char *err, size_t errlen)
+{
+    struct addrinfo hints = {0}, *ai = NULL;
+    char port[8];
+    int fd = -1, one = 1, zero = 0;
+
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(port, sizeof(port), "%u", (unsigned)c->port);
+    int rc = getaddrinfo(c->listen, port, &hints, &ai);
+    if (rc != 0) {
+        snprintf(err, errlen, "listen address %s: %s", c->listen, gai_strerror(rc));
+        return -1;
+    }
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0)
+        goto fail;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+        goto fail;
+    *v6 = ai->ai_family == AF_INET6;
+    if (*v6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 4096) < 0)
+        goto fail;
+    freeaddrinfo(ai);
+    return fd;
+fail:
+    snprintf(err, errlen, "cannot listen on %s port %u: %s", c->listen, (unsigned)c->port,
+             strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    return -1;
+}
+
+static int
+worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *err,
+            size_t errlen)
+{
+    int v6 = 0;
+
+    w->idx = idx;
+    w->listen_fd = -1;
+    if (uv_loop_init(&w->loop) < 0) {
+        snprintf(err, errlen, "cannot create an event loop");
+        return -1;
+    }
+    w->loop_ready = 1;
+    if (getrandom(&w->rng, sizeof(w->rng), 0) != sizeof(w->rng) || w->rng == 0)
+        w->rng = daemon__now_ns() ^ ((uint64_t)idx << 32) ^ 0x9e3779b97f4a7c15ull;
+    uv_timer_init(&w->loop, &w->mhd_timer);
+    uv_timer_init(&w->loop, &w->drain);
+    uv_timer_init(&w->loop, &w->heartbeat);
+    uv_async_init(&w->loop, &w->wake, on_wake);
+    w->mhd_timer.data = w->drain.data = w->heartbeat.data = w->wake.data = w;
+    uv_timer_start(&w->heartbeat, on_heartbeat, 1000, 1000);
+
+    w->listen_fd = bind_listener(c, c->workers > 1, &v6, err, errlen);
+    if (w->listen_fd < 0)
+        return -1;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (v6)
+        flags |= MHD_USE_IPv6;
+    w->mhd = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_access, w, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)w->listen_fd,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, w, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)c->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)((c->idle_timeout_ms + 999) / 1000), MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(c->max_header + 16 * 1024), MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
+        MHD_OPTION_END);
+    if (!w->mhd) {
+        snprintf(err, errlen, "cannot start the HTTP server on %s port %u", c->listen,
+                 (unsigned)c->port);
+        return -1;
+    }
+    w->listen_fd = -1; /* MHD's now */
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(w->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di || uv_poll_init(&w->loop, &w->mhd_poll, di->epoll_fd) < 0) {
+        snprintf(err, errlen, "cannot watch the HTTP server's epoll descriptor");
+        return -1;
+    }
+    w->mhd_poll.data = w;
+    uv_poll_start(&w->mhd_poll, UV_READABLE, on_mhd_poll);
+    w->up = upstream_create(&w->loop, on_upstream_after, w);
+    if (!w->up) {
+        snprintf(err, errlen, "cannot create the upstream client");
+        return -1;
+    }
+    return 0;
+}
+
+/* Frees what worker_init built, whether or not the thread ran. */
+static void
+worker_cleanup(struct daemon_worker *w)
+{
+    if (!w->loop_ready)
+        return;
+    if (!w->done)
+        worker_teardown(w);
+    uv_run(&w->loop, UV_RUN_DEFAULT); /* let close callbacks run */
+    if (uv_loop_close(&w->loop) < 0)
+        log_warnx("worker %u: event loop still has open handles at exit", w->idx);
+    if (w->listen_fd >= 0)
+        close(w->listen_fd);
+    w->loop_ready = 0;
+}
+
+/* ---- the main thread: signals, reload, watchdog ------------------------------------ */
+
+static void
+on_stopped_check(uv_timer_t *t)
+{
+    struct daemon_server *srv = t->data;
+
+    for (unsigned i = 0; i < srv->n_started; i++)
+        if (!atomic_load(&srv->workers[i].done))
+            return;
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)&srv->sig_term, NULL);
+    uv_close((uv_handle_t *)&srv->sig_int, NULL);
+    uv_close((uv_handle_t *)&srv->sig_hup, NULL);
+    uv_close((uv_handle_t *)&srv->watchdog, NULL);
+    uv_close((uv_handle_t *)&srv->stop_check, NULL);
+}
+
+static void
+on_signal(uv_signal_t *h, int signum)
+{
+    struct daemon_server *srv = h->data;
+
+    if (signum == SIGHUP) {
+        char err[512];
+        log_info("SIGHUP: reloading %s", srv->conf_path);
+        reload(err, sizeof(err));
+        return;
+    }
+    if (srv->stopping) {
+        log_warnx("second %s: exiting now", strsignal(signum));
+        _exit(1);
+    }
+    srv->stopping = 1;
+    notify_send("STOPPING=1");
+    log_info("%s: stopping; in-flight requests may finish", strsignal(signum));
+    for (unsigned i = 0; i < srv->n_started; i++)
+        uv_async_send(&srv->workers[i].wake);
+    uv_timer_start(&srv->stop_check, on_stopped_check, 0, 20);
+}
+
+/* Pings the systemd watchdog while every worker loop is turning. */
+static void
+on_watchdog(uv_timer_t *t)
+{
+    struct daemon_server *srv = t->data;
+    uint64_t now = daemon__now_ns();
+
+    for (unsigned i = 0; i < srv->n_started; i++) {
+        uint64_t beat = atomic_load(&srv->workers[i].beat_ns);
+        if (!atomic_load(&srv->workers[i].done) && now - beat > srv->watchdog_usec * 1000u) {
+            log_warnx("worker %u has not turned its loop for %.1f s; not pinging the watchdog",
+                      i, (double)(now - beat) / 1e9);
+            return;
+        }
+    }
+    notify_send("WATCHDOG=1");
+}
+
+static void
+raise_fd_limit(void)
+{
+    struct rlimit rl;
+
+    /* each slow stream holds a client socket and a backend socket */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            log_warn("cannot raise the open-files limit");
+    }
+}
+
+struct daemon_server *
+daemon_server_create(const char *conf_path, char *err, size_t errlen)
+{
+    struct daemon_server *srv;
+    struct daemon_snapshot *snap;
+
+    if (the_server) {
+        snprintf(err, errlen, "one server per process");
+        return NULL;
+    }
+    srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        abort();
+    the_server = srv;
+    start_ns = daemon__now_ns();
+    daemon__start_unix = (int64_t)time(NULL);
+    srv->conf_path = strdup(conf_path);
+    if (!srv->conf_path)
+        abort();
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    srv->curl_ready = 1;
+    signal(SIGPIPE, SIG_IGN);
+
+    snap = snapshot_load(conf_path, err, errlen);
+    if (!snap)
+        goto fail;
+    snapshot_publish(snap);
+    const struct conf *c = snap->conf;
+    raise_fd_limit();
+
+    if (c->db_path) {
+        struct storage_options so = {
+            .queue_size = c->queue_size,
+            .batch_size = c->batch_size,
+            .flush_interval_ms = c->flush_interval_ms,
+            .retention_days = c->retention_days,
+        };
+        char why[512];
+        srv->storage = storage_open(c->db_path, &so, why, sizeof(why));
+        if (!srv->storage) {
+            snprintf(err, errlen, "outcome log %s: %s", c->db_path, why);
+            goto fail;
+        }
+    }
+
+    srv->n_workers = c->workers ? c->workers : 1;
+    srv->workers = calloc(srv->n_workers, sizeof(*srv->workers));
+    if (!srv->workers)
+        abort();
+    for (unsigned i = 0; i < srv->n_workers; i++)
+        if (worker_init(&srv->workers[i], i, c, err, errlen) < 0)
+            goto fail;
+
+    if (uv_loop_init(&srv->loop) < 0) {
+        snprintf(err, errlen, "cannot create the main event loop");
+        goto fail;
+    }
+    srv->loop_ready = 1;
+    uv_signal_init(&srv->loop, &srv->sig_term);
+    uv_signal_init(&srv->loop, &srv->sig_int);
+    uv_signal_init(&srv->loop, &srv->sig_hup);
+    uv_timer_init(&srv->loop, &srv->watchdog);
+    uv_timer_init(&srv->loop, &srv->stop_check);
+    srv->sig_term.data = srv->sig_int.data = srv->sig_hup.data = srv;
+    srv->watchdog.data = srv->stop_check.data = srv;
+    return srv;
+fail:
+    daemon_server_destroy(srv);
+    return NULL;
+}
+
+int
+daemon_server_run(struct daemon_server *srv)
+{
+    struct daemon_snapshot *s = daemon__snapshot_get();
+
+    uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&srv->sig_int, on_signal, SIGINT);
+    uv_signal_start(&srv->sig_hup, on_signal, SIGHUP);
+    for (unsigned i = 0; i < srv->n_workers; i++) {
+        if (uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]) < 0) {
+            log_error("cannot start worker thread %u", i);
+            srv->exit_code = 1;
+            uv_signal_stop(&srv->sig_term);
+            on_signal(&srv->sig_term, SIGTERM);
+            break;
+        }
+        srv->n_started++;
+    }
+    srv->watchdog_usec = notify_watchdog_usec();
+    if (srv->watchdog_usec)
+        uv_timer_start(&srv->watchdog, on_watchdog, 0, srv->watchdog_usec / 2000 + 1);
+    log_info("triaged %s listening on %s port %u (%u workers, model %s, %zu backends%s)",
+             TRIAGE_VERSION, s->conf->listen, (unsigned)s->conf->port, srv->n_workers,
+             router_model_version(s->model), s->conf->n_backends,
+             srv->storage ? ", outcome log on" : "");
+    daemon__snapshot_put(s);
+    notify_send("READY=1");
+    uv_run(&srv->loop, UV_RUN_DEFAULT);
+    for (unsigned i = 0; i < srv->n_started; i++)
+        uv_thread_join(&srv->workers[i].thread);
+    if (srv->storage) {
+        storage_close(srv->storage); /* drains the queue */
+        srv->storage = NULL;
+    }
+    log_info("stopped");
+    return srv->exit_code;
+}
+
+void
+daemon_server_destroy(struct daemon_server *srv)
+{
+    if (!srv)
+        return;
+    for (unsigned i = 0; srv->workers && i < srv->n_workers; i++)
+        worker_cleanup(&srv->workers[i]);
+    free(srv->workers);
+    if (srv->loop_ready) {
+        close_if_open((uv_handle_t *)&srv->sig_term);
+        close_if_open((uv_handle_t *)&srv->sig_int);
+        close_if_open((uv_handle_t *)&srv->sig_hup);
+        close_if_open((uv_handle_t *)&srv->watchdog);
+        close_if_open((uv_handle_t *)&srv->stop_check);
+        uv_run(&srv->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&srv->loop);
+    }
+    storage_close(srv->storage);
+    pthread_mutex_lock(&snap_lock);
+    struct daemon_snapshot *s = current_snap;
+    current_snap = NULL;
+    pthread_mutex_unlock(&snap_lock);
+    daemon__snapshot_put(s);
+    router_thread_cleanup();
+    if (srv->curl_ready)
+        curl_global_cleanup();
+    free(srv->conf_path);
+    free(srv);
+    the_server = NULL;
+}

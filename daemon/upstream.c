@@ -1,0 +1,514 @@
+/* upstream.c - runs backend HTTP calls on a curl multi handle driven by a libuv loop. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "upstream.h"
+
+#define SWEEP_MS 50 /* resolution of the first-byte and idle deadlines */
+#define MAX_CACHED_CONNECTIONS 512
+
+struct upstream_sock {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    struct upstream *u;
+    struct upstream_sock *prev, *next;
+};
+
+struct upstream_call {
+    struct upstream *u;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    struct upstream_callbacks cb;
+    void *ctx;
+    uint64_t first_byte_deadline; /* loop ms */
+    uint64_t last_data;           /* loop ms */
+    uint32_t idle_timeout_ms;
+    int got_headers;
+    int paused;
+    enum upstream_error forced; /* set when we abort the transfer ourselves */
+    char errbuf[CURL_ERROR_SIZE];
+    struct upstream_call *prev, *next;
+};
+
+struct upstream {
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t timer; /* curl's timeout */
+    uv_timer_t sweep; /* our deadlines */
+    struct upstream_call *calls;
+    size_t n_calls;
+    struct upstream_sock *socks;
+    void (*after)(void *);
+    void *after_ctx;
+    int open_handles; /* uv handles not yet closed */
+    int destroying;
+    void (*on_closed)(void *);
+    void *closed_ctx;
+};
+
+static const struct {
+    int status;
+    const char *name;
+    const char *message;
+} error_table[UPSTREAM_ERR__COUNT] = {
+    [UPSTREAM_OK] = {200, "ok", "ok"},
+    [UPSTREAM_ERR_CONNECT] = {502, "unreachable", "the backend refused or could not be reached"},
+    [UPSTREAM_ERR_TLS] = {502, "tls", "the TLS handshake with the backend failed"},
+    [UPSTREAM_ERR_CLOSED] = {502, "closed", "the backend closed the connection before answering"},
+    [UPSTREAM_ERR_PROTOCOL] = {502, "bad_response", "the backend sent an invalid HTTP response"},
+    [UPSTREAM_ERR_TIMEOUT] = {504, "timeout", "the backend did not answer in time"},
+    [UPSTREAM_ERR_OVERLOADED] = {503, "overloaded", "the backend is at capacity or unavailable"},
+    [UPSTREAM_ERR_INTERNAL] = {500, "internal", "the proxy failed to relay the request"},
+};
+
+int
+upstream_error_status(enum upstream_error kind)
+{
+    if ((unsigned)kind >= UPSTREAM_ERR__COUNT)
+        return 500;
+    return error_table[kind].status;
+}
+
+const char *
+upstream_error_name(enum upstream_error kind)
+{
+    if ((unsigned)kind >= UPSTREAM_ERR__COUNT)
+        return "internal";
+    return error_table[kind].name;
+}
+
+const char *
+upstream_error_message(enum upstream_error kind)
+{
+    if ((unsigned)kind >= UPSTREAM_ERR__COUNT)
+        return error_table[UPSTREAM_ERR_INTERNAL].message;
+    return error_table[kind].message;
+}
+
+/* curl's result codes folded into our few kinds. */
+static enum upstream_error
+error_from_curl(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_OK:
+        return UPSTREAM_OK;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_SEND_ERROR:
+        return UPSTREAM_ERR_CONNECT;
+    case CURLE_OPERATION_TIMEDOUT:
+        return UPSTREAM_ERR_TIMEOUT;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+        return UPSTREAM_ERR_TLS;
+    case CURLE_GOT_NOTHING:
+    case CURLE_RECV_ERROR:
+    case CURLE_PARTIAL_FILE:
+        return UPSTREAM_ERR_CLOSED;
+    case CURLE_OUT_OF_MEMORY:
+    case CURLE_WRITE_ERROR:
+    case CURLE_ABORTED_BY_CALLBACK:
+        return UPSTREAM_ERR_INTERNAL;
+    default:
+        return UPSTREAM_ERR_PROTOCOL;
+    }
+}
+
+static void after_activity(struct upstream *u);
+
+/* Unlinks and frees a call that is no longer in the multi handle. */
+static void
+call_free(struct upstream_call *c)
+{
+    struct upstream *u = c->u;
+
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        u->calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    u->n_calls--;
+    if (u->n_calls == 0)
+        uv_timer_stop(&u->sweep);
+    curl_easy_cleanup(c->easy);
+    curl_slist_free_all(c->headers);
+    free(c->body);
+    free(c);
+}
+
+/* Ends c with err: removes it from curl, reports, frees. Outside curl callbacks only. */
+static void
+call_finish(struct upstream_call *c, enum upstream_error err, const char *detail)
+{
+    struct upstream_callbacks cb = c->cb;
+    void *ctx = c->ctx;
+    char buf[CURL_ERROR_SIZE];
+
+    snprintf(buf, sizeof(buf), "%s", detail ? detail : "");
+    curl_multi_remove_handle(c->u->multi, c->easy);
+    call_free(c);
+    cb.on_done(ctx, err, buf[0] ? buf : NULL);
+}
+
+static void
+check_done(struct upstream *u)
+{
+    CURLMsg *msg;
+    int pending;
+
+    while ((msg = curl_multi_info_read(u->multi, &pending))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        CURL *easy = msg->easy_handle;
+        CURLcode rc = msg->data.result;
+        struct upstream_call *c = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&c);
+        enum upstream_error err = c->forced ? c->forced : error_from_curl(rc);
+        if (rc == CURLE_OK && !c->got_headers)
+            err = UPSTREAM_ERR_PROTOCOL;
+        call_finish(c, err, rc != CURLE_OK ? (c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc))
+                                           : NULL);
+    }
+}
+
+static void
+after_activity(struct upstream *u)
+{
+    check_done(u);
+    if (u->after)
+        u->after(u->after_ctx);
+}
+
+static void
+on_handle_closed(uv_handle_t *h)
+{
+    struct upstream *u;
+
+    if (h->type == UV_POLL) {
+        struct upstream_sock *s = h->data;
+        u = s->u;
+        free(s);
+    } else {
+        u = h->data;
+    }
+    if (--u->open_handles == 0 && u->destroying) {
+        void (*cb)(void *) = u->on_closed;
+        void *ctx = u->closed_ctx;
+        free(u);
+        if (cb)
+            cb(ctx);
+    }
+}
+
+static void
+on_poll(uv_poll_t *p, int status, int events)
+{
+    struct upstream_sock *s = p->data;
+    struct upstream *u = s->u;
+    int flags = 0;
+    int running;
+
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    if (events & UV_READABLE)
+        flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE)
+        flags |= CURL_CSELECT_OUT;
+    curl_multi_socket_action(u->multi, s->fd, flags, &running);
+    after_activity(u);
+}
+
+static void
+on_curl_timer(uv_timer_t *t)
+{
+    struct upstream *u = t->data;
+    int running;
+
+    curl_multi_socket_action(u->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    after_activity(u);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: watch s as curl asks. */
+static int
+curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    struct upstream *u = userp;
+    struct upstream_sock *s = socketp;
+
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            uv_poll_stop(&s->poll);
+            if (s->prev)
+                s->prev->next = s->next;
+            else
+                u->socks = s->next;
+            if (s->next)
+                s->next->prev = s->prev;
+            curl_multi_assign(u->multi, fd, NULL);
+            uv_close((uv_handle_t *)&s->poll, on_handle_closed);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = calloc(1, sizeof(*s));
+        if (!s)
+            abort();
+        s->fd = fd;
+        s->u = u;
+        if (uv_poll_init_socket(u->loop, &s->poll, fd) < 0) {
+            free(s);
+            return -1;
+        }
+        s->poll.data = s;
+        u->open_handles++;
+        s->next = u->socks;
+        if (u->socks)
+            u->socks->prev = s;
+        u->socks = s;
+        curl_multi_assign(u->multi, fd, s);
+    }
+    int events = 0;
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+        events |= UV_READABLE;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+        events |= UV_WRITABLE;
+    uv_poll_start(&s->poll, events, on_poll);
+    return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: one timer; curl_multi_socket_action runs from its callback. */
+static int
+curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct upstream *u = userp;
+
+    if (timeout_ms < 0)
+        uv_timer_stop(&u->timer);
+    else
+        uv_timer_start(&u->timer, on_curl_timer, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+static void
+on_sweep(uv_timer_t *t)
+{
+    struct upstream *u = t->data;
+    uint64_t now = uv_now(u->loop);
+    struct upstream_call *c, *next;
+
+    for (c = u->calls; c; c = next) {
+        next = c->next;
+        if (c->paused)
+            continue;
+        if (!c->got_headers && c->first_byte_deadline && now >= c->first_byte_deadline)
+            call_finish(c, UPSTREAM_ERR_TIMEOUT, "no response headers within first_byte_timeout");
+        else if (c->got_headers && c->idle_timeout_ms && now >= c->last_data + c->idle_timeout_ms)
+            call_finish(c, UPSTREAM_ERR_TIMEOUT, "no data within idle_timeout");
+    }
+    if (u->after)
+        u->after(u->after_ctx);
+}
+
+static int
+is_space(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
+}
+
+static size_t
+header_cb(char *buf, size_t size, size_t n, void *userp)
+{
+    struct upstream_call *c = userp;
+    size_t len = size * n;
+    size_t end = len;
+
+    while (end > 0 && is_space(buf[end - 1]))
+        end--;
+    if (end == 0) {
+        long status = 0;
+        curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && !c->got_headers) {
+            c->got_headers = 1;
+            c->last_data = uv_now(c->u->loop);
+            c->cb.on_headers_done(c->ctx, status);
+        }
+        return len;
+    }
+    if (end >= 5 && !memcmp(buf, "HTTP/", 5))
+        return len; /* a status line: the status comes from CURLINFO_RESPONSE_CODE */
+    const char *colon = memchr(buf, ':', end);
+    if (!colon || c->got_headers)
+        return len; /* trailers and folded lines are not relayed */
+    size_t nlen = (size_t)(colon - buf);
+    const char *v = colon + 1;
+    while (v < buf + end && is_space(*v))
+        v++;
+    if (c->cb.on_header)
+        c->cb.on_header(c->ctx, buf, nlen, v, (size_t)(buf + end - v));
+    return len;
+}
+
+static size_t
+write_cb(char *buf, size_t size, size_t n, void *userp)
+{
+    struct upstream_call *c = userp;
+    size_t len = size * n;
+
+    c->last_data = uv_now(c->u->loop);
+    if (!c->got_headers) {
+        /* Body without a header block (should not happen over HTTP/1.x). */
+        c->forced = UPSTREAM_ERR_PROTOCOL;
+        return CURL_WRITEFUNC_ERROR;
+    }
+    if (c->cb.on_data(c->ctx, buf, len)) {
+        c->paused = 1;
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    return len;
+}
+
+struct upstream *
+upstream_create(uv_loop_t *loop, void (*after)(void *), void *after_ctx)
+{
+    struct upstream *u = calloc(1, sizeof(*u));
+
+    if (!u)
+        abort();
+    u->loop = loop;
+    u->after = after;
+    u->after_ctx = after_ctx;
+    u->multi = curl_multi_init();
+    if (!u->multi) {
+        free(u);
+        return NULL;
+    }
+    uv_timer_init(loop, &u->timer);
+    uv_timer_init(loop, &u->sweep);
+    u->timer.data = u;
+    u->sweep.data = u;
+    u->open_handles = 2;
+    curl_multi_setopt(u->multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
+    curl_multi_setopt(u->multi, CURLMOPT_SOCKETDATA, u);
+    curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
+    curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u);
+    curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, (long)MAX_CACHED_CONNECTIONS);
+    return u;
+}
+
+void
+upstream_destroy(struct upstream *u, void (*on_closed)(void *), void *ctx)
+{
+    if (!u)
+        return;
+    while (u->calls) {
+        curl_multi_remove_handle(u->multi, u->calls->easy);
+        call_free(u->calls);
+    }
+    u->destroying = 1;
+    u->on_closed = on_closed;
+    u->closed_ctx = ctx;
+    /* Cleanup may still call curl_socket_cb to drop cached connections' sockets. */
+    curl_multi_cleanup(u->multi);
+    u->multi = NULL;
+    while (u->socks) {
+        struct upstream_sock *s = u->socks;
+        u->socks = s->next;
+        uv_poll_stop(&s->poll);
+        uv_close((uv_handle_t *)&s->poll, on_handle_closed);
+    }
+    uv_close((uv_handle_t *)&u->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&u->sweep, on_handle_closed);
+}
+
+struct upstream_call *
+upstream_start(struct upstream *u, struct upstream_request *r)
+{
+    struct upstream_call *c = calloc(1, sizeof(*c));
+
+    if (!c)
+        abort();
+    c->u = u;
+    c->headers = r->headers;
+    c->body = r->body;
+    c->cb = r->cb;
+    c->ctx = r->ctx;
+    c->idle_timeout_ms = r->idle_timeout_ms;
+    r->headers = NULL;
+    r->body = NULL;
+    c->easy = curl_easy_init();
+    if (!c->easy)
+        goto fail;
+
+    CURL *e = c->easy;
+    curl_easy_setopt(e, CURLOPT_URL, r->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, c);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)r->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)r->timeout_ms);
+    if (curl_multi_add_handle(u->multi, e) != CURLM_OK)
+        goto fail;
+
+    uint64_t now = uv_now(u->loop);
+    if (r->first_byte_timeout_ms)
+        c->first_byte_deadline = now + r->connect_timeout_ms + r->first_byte_timeout_ms;
+    c->last_data = now;
+    c->next = u->calls;
+    if (u->calls)
+        u->calls->prev = c;
+    u->calls = c;
+    if (u->n_calls++ == 0)
+        uv_timer_start(&u->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+    return c;
+fail:
+    if (c->easy)
+        curl_easy_cleanup(c->easy);
+    curl_slist_free_all(c->headers);
+    free(c->body);
+    free(c);
+    return NULL;
+}
+
+void
+upstream_cancel(struct upstream_call *c)
+{
+    if (!c)
+        return;
+    curl_multi_remove_handle(c->u->multi, c->easy);
+    call_free(c);
+}
+
+void
+upstream_unpause(struct upstream_call *c)
+{
+    if (!c->paused)
+        return;
+    c->paused = 0;
+    c->last_data = uv_now(c->u->loop);
+    curl_easy_pause(c->easy, CURLPAUSE_CONT);
+}
+
+size_t
+upstream_active(const struct upstream *u)
+{
+    return u->n_calls;
+}

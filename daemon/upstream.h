@@ -1,0 +1,94 @@
+/* upstream.h - the upstream HTTP client: one curl multi handle per worker, driven by its libuv loop.
+ *
+ * No thread ever waits on a backend: curl's socket API tells us which sockets to
+ * watch (uv_poll) and when to wake (uv_timer); calls report back through the
+ * callbacks below, always from the loop thread and never from inside another
+ * curl call, so a callback may start or cancel other calls. Connections to a
+ * backend are kept alive and reused across calls (curl's connection cache). */
+#ifndef TRIAGE_UPSTREAM_H
+#define TRIAGE_UPSTREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <curl/curl.h>
+#include <uv.h>
+
+/* Why a backend call failed. upstream_error_status() is the one place these
+ * become HTTP statuses. */
+enum upstream_error {
+    UPSTREAM_OK = 0,
+    UPSTREAM_ERR_CONNECT,    /* refused, unreachable, DNS: 502 */
+    UPSTREAM_ERR_TLS,        /* handshake or certificate: 502 */
+    UPSTREAM_ERR_CLOSED,     /* connection dropped before the response ended: 502 */
+    UPSTREAM_ERR_PROTOCOL,   /* not a valid HTTP response: 502 */
+    UPSTREAM_ERR_TIMEOUT,    /* connect, first byte, idle or total deadline passed: 504 */
+    UPSTREAM_ERR_OVERLOADED, /* refused locally: the backend is at max_concurrent or open: 503 */
+    UPSTREAM_ERR_INTERNAL,   /* our side failed (out of resources, aborted write): 500 */
+    UPSTREAM_ERR__COUNT
+};
+
+/* Returns the HTTP status a client gets for kind (the one mapping). */
+int upstream_error_status(enum upstream_error kind);
+
+/* Returns a stable short name for kind ("connect", "timeout", ...), for logs and
+ * the error body's "code" ("backend_" prefix added there). */
+const char *upstream_error_name(enum upstream_error kind);
+
+/* Returns a one-line human message for kind. */
+const char *upstream_error_message(enum upstream_error kind);
+
+struct upstream;      /* one per worker loop */
+struct upstream_call; /* one backend exchange */
+
+struct upstream_callbacks {
+    /* One response header (name and value trimmed, not NUL-terminated). */
+    void (*on_header)(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen);
+    /* The header block is complete; status is the HTTP status. */
+    void (*on_headers_done)(void *ctx, long status);
+    /* Body bytes (borrowed). Return 0 when consumed, 1 to pause the call: the
+     * same bytes come again after upstream_unpause(). */
+    int (*on_data)(void *ctx, const char *buf, size_t len);
+    /* The exchange ended: err is UPSTREAM_OK after a whole response (any status).
+     * The call is freed when this returns; do not touch it afterwards. */
+    void (*on_done)(void *ctx, enum upstream_error err, const char *detail);
+};
+
+struct upstream_request {
+    const char *url;             /* borrowed, copied by curl */
+    struct curl_slist *headers;  /* taken: freed with the call */
+    char *body;                  /* taken: freed with the call */
+    size_t body_len;
+    uint32_t connect_timeout_ms;
+    uint32_t first_byte_timeout_ms; /* request sent -> response headers */
+    uint32_t idle_timeout_ms;       /* longest gap between body bytes */
+    uint32_t timeout_ms;            /* the whole exchange */
+    struct upstream_callbacks cb;
+    void *ctx;
+};
+
+/* Creates the client on loop (borrowed; the loop must outlive it). after(ctx) is
+ * called once after each batch of curl activity, from the loop (e.g. to flush
+ * HTTP connections woken by data). Returns NULL on failure. */
+struct upstream *upstream_create(uv_loop_t *loop, void (*after)(void *), void *after_ctx);
+
+/* Cancels every call still running (no callbacks), and closes the client. The
+ * loop must run afterwards for its handles to close; on_closed(ctx) (optional)
+ * fires when they have and the client is freed. NULL is fine. */
+void upstream_destroy(struct upstream *u, void (*on_closed)(void *), void *ctx);
+
+/* Starts a call. Takes r->headers and r->body in every case. Returns the call, or
+ * NULL if curl refused it (nothing is called back then). */
+struct upstream_call *upstream_start(struct upstream *u, struct upstream_request *r);
+
+/* Stops a running call and frees it; no callback fires. Not from inside its own
+ * on_data/on_header callbacks (return an error/pause there instead). */
+void upstream_cancel(struct upstream_call *c);
+
+/* Resumes a call paused by on_data returning 1. Not from inside its callbacks. */
+void upstream_unpause(struct upstream_call *c);
+
+/* Returns the number of calls running on u. */
+size_t upstream_active(const struct upstream *u);
+
+#endif
