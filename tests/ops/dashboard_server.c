@@ -32,8 +32,11 @@ reply(struct MHD_Connection *c, unsigned status, const char *type, const void *d
         MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_PERSISTENT);
     MHD_add_response_header(r, "Content-Type", type);
     MHD_add_response_header(r, "Cache-Control", "no-cache");
-    if (etag)
+    if (etag) { /* the dashboard's headers, as dashboard_attach() sends them */
         MHD_add_response_header(r, "ETag", etag);
+        MHD_add_response_header(r, "Content-Security-Policy", DASHBOARD_CSP);
+        MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    }
     enum MHD_Result ret = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return ret;
