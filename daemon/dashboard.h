@@ -16,8 +16,19 @@ struct dashboard_asset {
     const char *etag;          /* quoted content hash for ETag / If-None-Match */
 };
 
+/* Content-Security-Policy for the page: only its own files and same-origin fetches. */
+#define DASHBOARD_CSP                                                                      \
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "     \
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
 /* Returns the asset served at the URL path (no query string), or NULL. "/dashboard"
  * and "/dashboard/" are the page itself (index.html). */
 const struct dashboard_asset *dashboard_find(const char *path);
+
+/* Serves GET /dashboard and /dashboard/<file> through the HTTP server (hooks.h), with
+ * ETag / If-None-Match and the CSP above. The page is public: it holds no data, and
+ * /v1/stats, which it reads, has its own access rule. Call once from main.c before
+ * the server runs. Returns 0 or -errno. */
+int dashboard_attach(void);
 
 #endif
