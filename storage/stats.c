@@ -178,7 +178,7 @@ recent_add(struct recent *r, size_t *n, int64_t t, sqlite3_stmt *st)
     }
     /* Only the row id now: the scan reads the covering index, the rest is fetched
      * for the final few. */
-    r[at] = (struct recent){.t = t, .rowid = sqlite3_column_int64(st, 9)};
+    r[at] = (struct recent){.t = t, .rowid = sqlite3_column_int64(st, 9)}; /* id */
 }
 
 /* Fills in the recent errors' details by row id. */
@@ -254,13 +254,19 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) /* one snapshot for all reads */
         goto dberr;
 
-    /* One scan of the window; everything else is computed in C. */
+    /* One scan of the window (the covering index alone); everything else is computed
+     * in C. NULLs come back as sentinels so each column is one API call: -1 tokens
+     * (never stored), NO_VALUE for latencies and the score. */
+#define NO_VALUE "-1e308"
     if (sqlite3_prepare_v2(db,
-                           "SELECT backend, status, error_kind IS NOT NULL, latency_ms, ttfb_ms,"
-                           " tokens_in, tokens_out, cost_usd, score, id, error_kind,"
-                           " started_ms FROM requests WHERE started_ms >= ? AND started_ms <= ?",
+                           "SELECT backend, status >= 400 OR error_kind IS NOT NULL,"
+                           " ifnull(latency_ms, " NO_VALUE "), ifnull(ttfb_ms, " NO_VALUE "),"
+                           " ifnull(tokens_in, -1), ifnull(tokens_out, -1), cost_usd,"
+                           " ifnull(score, " NO_VALUE "), started_ms, id"
+                           " FROM requests WHERE started_ms >= ? AND started_ms <= ?",
                            -1, &st, NULL) != SQLITE_OK)
         goto dberr;
+#undef NO_VALUE
     sqlite3_bind_int64(st, 1, from);
     sqlite3_bind_int64(st, 2, now_ms);
     int rc;
@@ -271,38 +277,39 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
             name = "(none)";
         struct backend_acc *b = last && !strcmp(last->name, name) ? last : acc_backend(&a, name);
         last = b;
-        int status = sqlite3_column_int(st, 1);
-        int is_error = status >= 400 || sqlite3_column_int(st, 2);
-        int64_t t = sqlite3_column_int64(st, 11);
+        int64_t t = sqlite3_column_int64(st, 8);
 
         total++;
         b->requests++;
-        if (is_error) {
+        if (sqlite3_column_int(st, 1)) {
             b->errors++;
             errors++;
             recent_add(recent, &n_recent, t, st);
         }
-        if (sqlite3_column_type(st, 3) != SQLITE_NULL)
-            vec_push(&b->latency, sqlite3_column_double(st, 3));
-        if (sqlite3_column_type(st, 4) != SQLITE_NULL)
-            vec_push(&b->ttfb, sqlite3_column_double(st, 4));
-        int has_tin = sqlite3_column_type(st, 5) != SQLITE_NULL;
-        int has_tout = sqlite3_column_type(st, 6) != SQLITE_NULL;
-        int64_t tin = sqlite3_column_int64(st, 5), tout = sqlite3_column_int64(st, 6);
-        double cost = sqlite3_column_double(st, 7);
-        b->tokens_in += tin;
-        b->tokens_out += tout;
+        double lat = sqlite3_column_double(st, 2), ttfb = sqlite3_column_double(st, 3);
+        if (lat > -1e307)
+            vec_push(&b->latency, lat);
+        if (ttfb > -1e307)
+            vec_push(&b->ttfb, ttfb);
+        int64_t tin = sqlite3_column_int64(st, 4), tout = sqlite3_column_int64(st, 5);
+        double cost = sqlite3_column_double(st, 6);
         b->cost += cost;
-        tin_total += tin;
-        tout_total += tout;
         cost_total += cost;
-        if (top && has_tin && has_tout) {
+        if (tin >= 0) {
+            b->tokens_in += tin;
+            tin_total += tin;
+        }
+        if (tout >= 0) {
+            b->tokens_out += tout;
+            tout_total += tout;
+        }
+        if (top && tin >= 0 && tout >= 0) {
             costed++;
             costed_actual += cost;
             baseline += ((double)tin * top->price_input + (double)tout * top->price_output) / 1e6;
         }
-        if (sqlite3_column_type(st, 8) != SQLITE_NULL) {
-            double sc = sqlite3_column_double(st, 8);
+        double sc = sqlite3_column_double(st, 7);
+        if (sc > -1e307) {
             int bin = (int)floor(sc * STATS_BINS);
             if (bin < 0)
                 bin = 0;

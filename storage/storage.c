@@ -207,11 +207,16 @@ storage__open_read(const char *path, char *err, size_t errlen)
     sqlite3 *db = NULL;
     int version;
 
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL) != SQLITE_OK) {
+    /* NOMUTEX: a read connection lives on one thread; the per-call mutex cost ~15% of
+     * a stats scan. */
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
         storage__errf(err, errlen, "%s: %s", path, db ? sqlite3_errmsg(db) : "cannot open");
         goto fail;
     }
     sqlite3_busy_timeout(db, STORAGE__BUSY_TIMEOUT_MS);
+    /* Scans read pages through the map instead of copying them with read(). */
+    sqlite3_exec(db, "PRAGMA mmap_size=268435456", NULL, NULL, NULL);
     if (user_version(db, &version, err, errlen) < 0)
         goto fail;
     if (version == 0) {
