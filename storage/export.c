@@ -108,21 +108,26 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
     if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
         goto dberr;
     if (sqlite3_prepare_v2(db,
-                           "SELECT count(*), count(prompt) FROM requests", -1, &st, NULL) !=
-            SQLITE_OK ||
+                           "SELECT count(*), count(prompt), (SELECT count(*) FROM requests r"
+                           " WHERE r.prompt IS NOT NULL AND NOT EXISTS (SELECT 1 FROM feedback f"
+                           " WHERE f.request_id = r.request_id)) FROM requests",
+                           -1, &st, NULL) != SQLITE_OK ||
         sqlite3_step(st) != SQLITE_ROW)
         goto dberr;
     c.rows = (uint64_t)sqlite3_column_int64(st, 0);
     c.no_prompt = c.rows - (uint64_t)sqlite3_column_int64(st, 1);
+    c.no_outcome = (uint64_t)sqlite3_column_int64(st, 2);
     sqlite3_finalize(st);
     st = NULL;
 
-    /* One row per request with prompt text: its backend and the mean of its feedback
-     * (NULL without any). Sorted by prompt so identical prompts (retries, the same
-     * question sent to several backends) become one example with several outcomes. */
+    /* One row per request with prompt text and feedback: its backend and the mean of
+     * its feedback over sources. Sorted by prompt so identical prompts (retries, the
+     * same question sent to several backends) become one example with several
+     * outcomes. */
     if (sqlite3_prepare_v2(db,
-                           "SELECT r.prompt, r.backend, (SELECT avg(f.score) FROM feedback f"
-                           " WHERE f.request_id = r.request_id) FROM requests r"
+                           "SELECT r.prompt, r.backend, f.q FROM requests r"
+                           " JOIN (SELECT request_id, avg(score) AS q FROM feedback"
+                           " GROUP BY request_id) f ON f.request_id = r.request_id"
                            " WHERE r.prompt IS NOT NULL ORDER BY r.prompt",
                            -1, &st, NULL) != SQLITE_OK)
         goto dberr;
