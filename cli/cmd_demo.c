@@ -384,14 +384,17 @@ print_table(const struct demo *d)
 {
     const struct run *fast = &d->runs[0], *strong = &d->runs[1];
 
-    printf("| policy | accuracy | cost (USD) | USD per 1k prompts | strong calls | mean latency | errors |\n");
-    printf("|---|---:|---:|---:|---:|---:|---:|\n");
+    printf("| policy | accuracy | random routing, same share | cost (USD) | USD per 1k prompts "
+           "| strong calls | mean latency | errors |\n");
+    printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (size_t i = 0; i < d->n_runs; i++) {
         const struct run *r = &d->runs[i];
-        printf("| %s | %.1f%% | %.4f | %.3f | %.1f%% | %.2f s | %lu |\n", r->label, 100 * accuracy(r),
-               r->cost, r->n ? r->cost * 1000 / (double)r->n : 0,
-               r->n ? 100.0 * (double)r->strong / (double)r->n : 0, r->n ? r->latency / (double)r->n : 0,
-               r->errors);
+        double share = r->n ? (double)r->strong / (double)r->n : 0;
+        /* what sending the same share to strong at random would score: the bar to beat */
+        double rnd = accuracy(fast) + share * (accuracy(strong) - accuracy(fast));
+        printf("| %s | %.1f%% | %.1f%% | %.4g | %.4g | %.1f%% | %.2f s | %lu |\n", r->label,
+               100 * accuracy(r), 100 * rnd, r->cost, r->n ? r->cost * 1000 / (double)r->n : 0,
+               100 * share, r->n ? r->latency / (double)r->n : 0, r->errors);
     }
     printf("\n%zu prompts per policy, graded by the final number of each answer.\n", d->n_items);
     for (size_t i = 0; i < d->n_runs; i++)
@@ -418,6 +421,15 @@ svg_text(FILE *f, double x, double y, const char *anchor, const char *style, con
             style ? style : "", text);
 }
 
+/* Returns 1, 2 or 5 times a power of ten, at least x. */
+static double
+nice_step(double x)
+{
+    double p = pow(10, floor(log10(x)));
+
+    return x <= p ? p : x <= 2 * p ? 2 * p : x <= 5 * p ? 5 * p : 10 * p;
+}
+
 /* Writes accuracy against cost per 1k prompts: the two fixed policies and the routed curve. */
 static int
 write_svg(const struct demo *d, const char *path)
@@ -437,7 +449,7 @@ write_svg(const struct demo *d, const char *path)
         ymin = fmin(ymin, accuracy(r));
         ymax = fmax(ymax, accuracy(r));
     }
-    xmax = xmax > 0 ? xmax * 1.1 : 1;
+    xmax = nice_step(xmax > 0 ? xmax * 1.1 / 5 : 0.2) * 5;
     ymin = fmax(0, floor(ymin * 20 - 1) / 20);
     ymax = fmin(1, ceil(ymax * 20 + 0.5) / 20);
     if (ymax <= ymin)
@@ -469,6 +481,20 @@ write_svg(const struct demo *d, const char *path)
     svg_text(f, (L + W - R) / 2, H - 18, "middle", NULL, "cost, USD per 1,000 prompts");
     fprintf(f, "<text transform=\"translate(18 %.1f) rotate(-90)\" text-anchor=\"middle\">accuracy</text>\n",
             (T + H - B) / 2);
+    /* random routing: the straight line between the two fixed policies */
+    {
+        const struct run *f0 = &d->runs[0], *f1 = &d->runs[1];
+        double x0 = PX(f0->n ? f0->cost * 1000 / (double)f0->n : 0), y0 = PY(accuracy(f0));
+        double x1 = PX(f1->n ? f1->cost * 1000 / (double)f1->n : 0), y1 = PY(accuracy(f1));
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#999\" "
+                   "stroke-dasharray=\"6 4\"/>\n", x0, y0, x1, y1);
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#999\" "
+                   "stroke-dasharray=\"6 4\"/>\n", L + 12, T + 16, L + 42, T + 16);
+        svg_text(f, L + 48, T + 20, "start", NULL, "random routing");
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#2a9d8f\" "
+                   "stroke-width=\"2\"/>\n", L + 12, T + 34, L + 42, T + 34);
+        svg_text(f, L + 48, T + 38, "start", NULL, "triage at thresholds t");
+    }
     /* the routed curve, in order of cost, from always-fast to always-strong */
     size_t order[MAX_RUNS], n = 0;
     for (size_t i = 0; i < d->n_runs; i++)
@@ -496,8 +522,9 @@ write_svg(const struct demo *d, const char *path)
         else
             snprintf(lab, sizeof(lab), "t=%g (%.0f%% strong)", r->threshold,
                      r->n ? 100.0 * (double)r->strong / (double)r->n : 0);
-        svg_text(f, x + (x > W - 200 ? -8 : 8), y + (i % 2 ? 16 : -8), x > W - 200 ? "end" : "start",
-                 NULL, lab);
+        /* the curve rises to the right: below-right of a point is usually free */
+        int left = i == 1 || x > W - 200;
+        svg_text(f, x + (left ? -10 : 10), y + (i == 1 ? -8 : 16), left ? "end" : "start", NULL, lab);
     }
 #undef PX
 #undef PY
