@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "hooks.h"
 #include "metrics.h"
 
 #define SHARDS 8      /* threads beyond this share shards (still atomic, just contended) */
@@ -59,6 +60,7 @@ struct metrics {
 
     metrics_gauges_fn gauges_fn;
     void *gauges_ud;
+    int attached; /* metrics_attach ran: the server's own gauges come first */
 };
 
 static atomic_uint next_shard;
@@ -313,6 +315,8 @@ metrics_set_gauges(struct metrics *m, metrics_gauges_fn fn, void *ud)
     m->gauges_ud = ud;
 }
 
+static void server_gauges(struct metrics_gauges *g);
+
 /* ---- rendering ------------------------------------------------------------ */
 
 struct buf {
@@ -565,6 +569,8 @@ metrics_render(struct metrics *m, size_t *len)
     g.n_backends = m->n;
     g.inflight = g.log_queue_depth = g.log_written = g.log_dropped = g.log_failed = -1;
     g.model_loaded_time = g.threshold = NAN;
+    if (m->attached)
+        server_gauges(&g);
     if (m->gauges_fn)
         m->gauges_fn(m->gauges_ud, &g);
     g.model_version[sizeof(g.model_version) - 1] = '\0';
@@ -634,4 +640,55 @@ metrics_render(struct metrics *m, size_t *len)
     if (len)
         *len = b.len;
     return b.p;
+}
+
+/* ---- wiring into the HTTP server ----------------------------------------- */
+
+static void
+on_request_event(void *ctx, const struct daemon_request_event *ev)
+{
+    struct metrics *m = ctx;
+    int b = ev->backend ? metrics_backend_index(m, ev->backend) : -1;
+    struct metrics_request r = {
+        .backend = b,
+        .reason = ev->route_reason,
+        .status = ev->status,
+        .latency_s = ev->latency_ms / 1000.0, /* NaN stays NaN */
+        .ttfb_s = ev->ttfb_ms / 1000.0,
+        .score = ev->score,
+        .tokens_in = ev->tokens_in,
+        .tokens_out = ev->tokens_out,
+        .cost_usd = ev->cost_usd,
+        .overhead_s = NAN,
+    };
+    metrics_record_request(m, &r);
+}
+
+static void
+on_metrics(void *ctx, const struct daemon_http_request *req, struct daemon_http_reply *reply)
+{
+    (void)req;
+    reply->status = 200;
+    reply->content_type = METRICS_CONTENT_TYPE;
+    reply->body = metrics_render(ctx, &reply->len);
+}
+
+static void
+server_gauges(struct metrics_gauges *g)
+{
+    struct daemon_gauges dg;
+    if (daemon_gauges_get(&dg) < 0)
+        return;
+    g->inflight = (int64_t)dg.inflight;
+    snprintf(g->model_version, sizeof(g->model_version), "%s", dg.model_version);
+}
+
+int
+metrics_attach(struct metrics *m)
+{
+    int rc = daemon_handler_register("GET", "/metrics", DAEMON_HANDLER_STATS, on_metrics, m);
+    if (rc < 0)
+        return rc;
+    m->attached = 1;
+    return daemon_event_subscribe(on_request_event, m);
 }
