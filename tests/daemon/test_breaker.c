@@ -1,4 +1,5 @@
 /* test_breaker.c - circuit breaker transitions with injected time. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -173,6 +174,50 @@ test_state_names(void **state)
     assert_string_equal(breaker_state_name(BREAKER_HALF_OPEN), "half_open");
 }
 
+/* Many threads ask a half-open breaker at once: exactly one gets the probe. */
+struct race {
+    struct breaker *b;
+    int probes, passes;
+};
+
+static void *
+race_thread(void *arg)
+{
+    struct race *r = arg;
+    for (int i = 0; i < 2000; i++) {
+        enum breaker_verdict v = breaker_allow(r->b, 10000);
+        r->probes += v == BREAKER_PROBE;
+        r->passes += v == BREAKER_PASS;
+    }
+    return NULL;
+}
+
+static void
+test_threads_one_probe(void **state)
+{
+    struct breaker *b = breaker_create(1, 1000, 5000, 60000);
+    struct race races[4];
+    pthread_t th[4];
+
+    fail_n(b, 1, 0);
+    for (int i = 0; i < 4; i++) {
+        races[i] = (struct race){b, 0, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, race_thread, &races[i]), 0);
+    }
+    int probes = 0, passes = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        probes += races[i].probes;
+        passes += races[i].passes;
+    }
+    assert_int_equal(probes, 1);
+    assert_int_equal(passes, 0);
+    struct breaker_stats st;
+    breaker_get_stats(b, 10000, &st);
+    assert_int_equal(st.rejects, 4 * 2000 - 1);
+    breaker_destroy(b);
+}
+
 int
 main(void)
 {
@@ -185,6 +230,7 @@ main(void)
         cmocka_unit_test(test_late_outcomes_while_open),
         cmocka_unit_test(test_disabled),
         cmocka_unit_test(test_state_names),
+        cmocka_unit_test(test_threads_one_probe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

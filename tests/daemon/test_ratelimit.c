@@ -1,5 +1,6 @@
 /* test_ratelimit.c - token-bucket refill math at its boundaries, debt, isolation, eviction. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -242,6 +243,43 @@ test_large_rates(void **state)
     ratelimit_destroy(rl);
 }
 
+/* Several threads share one limiter (as the daemon's workers do): with the clock held
+ * still, exactly the bucket's contents are admitted, no more and no fewer. */
+struct race {
+    struct ratelimit *rl;
+    int admitted;
+};
+
+static void *
+race_thread(void *arg)
+{
+    struct race *r = arg;
+    for (int i = 0; i < 5000; i++)
+        if (ratelimit_take(r->rl, i % 2 ? "a" : "b", 1000, 3, NULL) == 0)
+            r->admitted++;
+    return NULL;
+}
+
+static void
+test_threads(void **state)
+{
+    struct ratelimit *rl = ratelimit_create(1000, 0, 0);
+    struct race races[4];
+    pthread_t th[4];
+
+    for (int i = 0; i < 4; i++) {
+        races[i] = (struct race){rl, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, race_thread, &races[i]), 0);
+    }
+    int total = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        total += races[i].admitted;
+    }
+    assert_int_equal(total, 2000); /* 1000 for "a" and 1000 for "b" */
+    ratelimit_destroy(rl);
+}
+
 int
 main(void)
 {
@@ -257,6 +295,7 @@ main(void)
         cmocka_unit_test(test_bounded_keys),
         cmocka_unit_test(test_clock_steps_back),
         cmocka_unit_test(test_large_rates),
+        cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
