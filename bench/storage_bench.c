@@ -51,8 +51,7 @@ produce(void *arg)
     for (int i = 0; i < p->n; i++) {
         struct storage_record *r = storage_record_new();
         int strong = rnd(&x) % 10 < 3;
-        snprintf(buf, sizeof(buf), "req-%d-%08d-%016llx", p->id, i,
-                 (unsigned long long)rnd(&x));
+        snprintf(buf, sizeof(buf), "req-%d-%08d-%016llx", p->id, i, (unsigned long long)rnd(&x));
         r->request_id = strdup(buf);
         /* Arrivals in time order over the last 24 h, finishing out of order by up
          * to a few seconds, like a real log (-r: uniformly random instead). */
@@ -106,15 +105,31 @@ main(int argc, char **argv)
 
     while ((ch = getopt(argc, argv, "n:t:d:kp:w:r")) != -1) {
         switch (ch) {
-        case 'n': n = atoi(optarg); break;
-        case 't': threads = atoi(optarg); break;
-        case 'd': db = optarg; break;
-        case 'k': keep = 1; break;
-        case 'p': prompt_bytes = atoi(optarg); break;
-        case 'w': window = optarg; break;
-        case 'r': random_times = 1; break;
+        case 'n':
+            n = atoi(optarg);
+            break;
+        case 't':
+            threads = atoi(optarg);
+            break;
+        case 'd':
+            db = optarg;
+            break;
+        case 'k':
+            keep = 1;
+            break;
+        case 'p':
+            prompt_bytes = atoi(optarg);
+            break;
+        case 'w':
+            window = optarg;
+            break;
+        case 'r':
+            random_times = 1;
+            break;
         default:
-            fprintf(stderr, "usage: storage_bench [-n N] [-t THREADS] [-d DB] [-k] [-p BYTES] [-w W] [-r]\n");
+            fprintf(
+                stderr,
+                "usage: storage_bench [-n N] [-t THREADS] [-d DB] [-k] [-p BYTES] [-w W] [-r]\n");
             return 2;
         }
     }
@@ -129,8 +144,8 @@ main(int argc, char **argv)
     }
 
     /* A queue as large as the run: measures the writer's throughput, not drops. */
-    struct storage_options opt = {.queue_size = (uint32_t)n, .batch_size = 512,
-                                  .flush_interval_ms = 200};
+    struct storage_options opt = {
+        .queue_size = (uint32_t)n, .batch_size = 512, .flush_interval_ms = 200};
     struct storage *s = storage_open(db, &opt, err, sizeof(err));
     if (!s) {
         fprintf(stderr, "storage_bench: %s\n", err);
@@ -144,8 +159,12 @@ main(int argc, char **argv)
 
     double t0 = now_s();
     for (int i = 0; i < threads; i++) {
-        pr[i] = (struct producer){.s = s, .id = i, .n = n / threads, .now_ms = now_ms,
-                                  .prompt_bytes = prompt_bytes, .random_times = random_times};
+        pr[i] = (struct producer){.s = s,
+                                  .id = i,
+                                  .n = n / threads,
+                                  .now_ms = now_ms,
+                                  .prompt_bytes = prompt_bytes,
+                                  .random_times = random_times};
         pthread_create(&th[i], NULL, produce, &pr[i]);
     }
     long refused = 0;

@@ -12,11 +12,12 @@
 static void
 export_usage(FILE *f)
 {
-    fprintf(f, "usage: triage export --db FILE [--out FILE.jsonl]\n"
-               "  Writes {\"messages\": [...], \"outcomes\": {\"<backend>\": q}} per distinct prompt,\n"
-               "  q = mean feedback score of that prompt on that backend. Needs prompts stored\n"
-               "  with store_prompts = full; requests without feedback carry no label and are\n"
-               "  skipped. Without --out, writes to stdout.\n");
+    fprintf(
+        f, "usage: triage export --db FILE [--out FILE.jsonl]\n"
+           "  Writes {\"messages\": [...], \"outcomes\": {\"<backend>\": q}} per distinct prompt,\n"
+           "  q = mean feedback score of that prompt on that backend. Needs prompts stored\n"
+           "  with store_prompts = full; requests without feedback carry no label and are\n"
+           "  skipped. Without --out, writes to stdout.\n");
 }
 
 int
@@ -37,10 +38,18 @@ cli_export(int argc, char **argv)
     optind = 1;
     while ((ch = getopt_long(argc, argv, "d:o:h", longopts, NULL)) != -1) {
         switch (ch) {
-        case 'd': db = optarg; break;
-        case 'o': out = optarg; break;
-        case 'h': export_usage(stdout); return 0;
-        default: export_usage(stderr); return 2;
+        case 'd':
+            db = optarg;
+            break;
+        case 'o':
+            out = optarg;
+            break;
+        case 'h':
+            export_usage(stdout);
+            return 0;
+        default:
+            export_usage(stderr);
+            return 2;
         }
     }
     if (optind != argc || !db) {

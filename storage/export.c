@@ -82,8 +82,7 @@ group_emit(struct group *g, storage_export_fn *fn, void *arg)
     }
     json_t *outcomes = json_object();
     for (size_t i = 0; i < g->n; i++)
-        json_object_set_new(outcomes, g->o[i].backend,
-                            json_real(g->o[i].sum / (double)g->o[i].n));
+        json_object_set_new(outcomes, g->o[i].backend, json_real(g->o[i].sum / (double)g->o[i].n));
     json_t *ex = json_pack("{s:O, s:o}", "messages", messages, "outcomes", outcomes);
     if (fn(ex, arg) != 0)
         rc = -ECANCELED;

@@ -11,9 +11,9 @@
 #include "storage.h"
 #include "storage-int.h"
 
-#define STATS_BINS 20      /* score histogram bins over [0,1] */
-#define STATS_BUCKETS 60   /* timeline buckets over the window */
-#define STATS_RECENT 20    /* recent errors listed */
+#define STATS_BINS 20    /* score histogram bins over [0,1] */
+#define STATS_BUCKETS 60 /* timeline buckets over the window */
+#define STATS_RECENT 20  /* recent errors listed */
 
 int
 storage_window_parse(const char *window, int64_t *ms)
@@ -187,8 +187,10 @@ recent_fetch(sqlite3 *db, struct recent *r, size_t n)
 {
     sqlite3_stmt *st = NULL;
 
-    if (sqlite3_prepare_v2(db, "SELECT request_id, backend, status, error_kind FROM requests"
-                               " WHERE id = ?", -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db,
+                           "SELECT request_id, backend, status, error_kind FROM requests"
+                           " WHERE id = ?",
+                           -1, &st, NULL) != SQLITE_OK)
         return -EIO;
     for (size_t i = 0; i < n; i++) {
         sqlite3_bind_int64(st, 1, r[i].rowid);
@@ -244,8 +246,8 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     int64_t bucket_ms = window_ms / STATS_BUCKETS;
 
     for (size_t i = 0; prices && i < n_prices; i++)
-        if (!top || prices[i].price_input + prices[i].price_output >
-                        top->price_input + top->price_output)
+        if (!top ||
+            prices[i].price_input + prices[i].price_output > top->price_input + top->price_output)
             top = &prices[i];
 
     db = storage__open_read(db_path, err, errlen);
@@ -254,9 +256,9 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) /* one snapshot for all reads */
         goto dberr;
 
-    /* One scan of the window (the covering index alone); everything else is computed
-     * in C. NULLs come back as sentinels so each column is one API call: -1 tokens
-     * (never stored), NO_VALUE for latencies and the score. */
+        /* One scan of the window (the covering index alone); everything else is computed
+         * in C. NULLs come back as sentinels so each column is one API call: -1 tokens
+         * (never stored), NO_VALUE for latencies and the score. */
 #define NO_VALUE "-1e308"
     if (sqlite3_prepare_v2(db,
                            "SELECT backend, status >= 400 OR error_kind IS NOT NULL,"
@@ -374,27 +376,27 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
         }
         json_object_set_new(timeline_b, b->name,
                             json_pack("{s:o, s:o}", "requests", req, "cost_usd", cost));
-        json_object_set_new(
-            backends, b->name,
-            json_pack("{s:I, s:f, s:I, s:o, s:o, s:I, s:I, s:f, s:{s:I, s:o}}", "requests",
-                      (json_int_t)b->requests, "share",
-                      total ? (double)b->requests / (double)total : 0.0, "errors",
-                      (json_int_t)b->errors, "latency_ms", percentiles(&b->latency), "ttfb_ms",
-                      percentiles(&b->ttfb), "tokens_in", (json_int_t)b->tokens_in, "tokens_out",
-                      (json_int_t)b->tokens_out, "cost_usd", b->cost, "feedback", "count",
-                      (json_int_t)b->feedback_n, "mean",
-                      b->feedback_n ? json_real(b->feedback_mean) : json_null()));
+        json_object_set_new(backends, b->name,
+                            json_pack("{s:I, s:f, s:I, s:o, s:o, s:I, s:I, s:f, s:{s:I, s:o}}",
+                                      "requests", (json_int_t)b->requests, "share",
+                                      total ? (double)b->requests / (double)total : 0.0, "errors",
+                                      (json_int_t)b->errors, "latency_ms", percentiles(&b->latency),
+                                      "ttfb_ms", percentiles(&b->ttfb), "tokens_in",
+                                      (json_int_t)b->tokens_in, "tokens_out",
+                                      (json_int_t)b->tokens_out, "cost_usd", b->cost, "feedback",
+                                      "count", (json_int_t)b->feedback_n, "mean",
+                                      b->feedback_n ? json_real(b->feedback_mean) : json_null()));
     }
 
     json_t *saving = json_null();
     if (top) {
         json_decref(saving);
-        saving = json_pack("{s:s, s:f, s:f, s:f, s:o, s:I}", "baseline_backend", top->name,
-                           "baseline_cost_usd", baseline, "cost_usd", costed_actual,
-                           "saving_usd", baseline - costed_actual, "saving_share",
-                           baseline > 0 ? json_real((baseline - costed_actual) / baseline)
-                                        : json_null(),
-                           "rows", (json_int_t)costed);
+        saving =
+            json_pack("{s:s, s:f, s:f, s:f, s:o, s:I}", "baseline_backend", top->name,
+                      "baseline_cost_usd", baseline, "cost_usd", costed_actual, "saving_usd",
+                      baseline - costed_actual, "saving_share",
+                      baseline > 0 ? json_real((baseline - costed_actual) / baseline) : json_null(),
+                      "rows", (json_int_t)costed);
     }
 
     json_t *counts = json_array();
@@ -404,12 +406,11 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     qsort(recent, n_recent, sizeof(*recent), cmp_recent);
     json_t *rec = json_array();
     for (size_t i = 0; i < n_recent; i++)
-        json_array_append_new(rec, json_pack("{s:I, s:o, s:o, s:i, s:o}", "time_ms",
-                                             (json_int_t)recent[i].t, "request_id",
-                                             str_or_null(recent[i].request_id), "backend",
-                                             str_or_null(recent[i].backend), "status",
-                                             recent[i].status, "error_kind",
-                                             str_or_null(recent[i].error_kind)));
+        json_array_append_new(
+            rec,
+            json_pack("{s:I, s:o, s:o, s:i, s:o}", "time_ms", (json_int_t)recent[i].t, "request_id",
+                      str_or_null(recent[i].request_id), "backend", str_or_null(recent[i].backend),
+                      "status", recent[i].status, "error_kind", str_or_null(recent[i].error_kind)));
 
     out = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:o, s:o,"
                     " s:{s:I, s:o},"
@@ -418,16 +419,14 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
                     " s:o}",
                     "window", window, "window_ms", (json_int_t)window_ms, "from_ms",
                     (json_int_t)from, "to_ms", (json_int_t)now_ms, "requests", (json_int_t)total,
-                    "errors", (json_int_t)errors, "tokens_in", (json_int_t)tin_total,
-                    "tokens_out", (json_int_t)tout_total, "cost_usd", cost_total, "backends",
-                    backends, "saving", saving,
-                    "feedback", "count", (json_int_t)fb_total, "mean",
+                    "errors", (json_int_t)errors, "tokens_in", (json_int_t)tin_total, "tokens_out",
+                    (json_int_t)tout_total, "cost_usd", cost_total, "backends", backends, "saving",
+                    saving, "feedback", "count", (json_int_t)fb_total, "mean",
                     fb_total ? json_real(fb_sum / (double)fb_total) : json_null(),
                     "score_histogram", "bins", STATS_BINS, "lo", 0.0, "hi", 1.0, "routed",
-                    (json_int_t)routed, "counts", counts,
-                    "timeline", "start_ms", (json_int_t)from, "bucket_ms", (json_int_t)bucket_ms,
-                    "buckets", STATS_BUCKETS, "backends", timeline_b,
-                    "recent_errors", rec);
+                    (json_int_t)routed, "counts", counts, "timeline", "start_ms", (json_int_t)from,
+                    "bucket_ms", (json_int_t)bucket_ms, "buckets", STATS_BUCKETS, "backends",
+                    timeline_b, "recent_errors", rec);
     if (!out) {
         fputs("triage: out of memory\n", stderr);
         abort();

@@ -228,7 +228,8 @@ storage__open_read(const char *path, char *err, size_t errlen)
     if (version < STORAGE_SCHEMA_VERSION) {
         storage__errf(err, errlen,
                       "%s: schema version %d is older than %d; open it once with the daemon "
-                      "(or `triage stats`) to migrate", path, version, STORAGE_SCHEMA_VERSION);
+                      "(or `triage stats`) to migrate",
+                      path, version, STORAGE_SCHEMA_VERSION);
         goto fail;
     }
     return db;
@@ -242,7 +243,7 @@ fail:
 struct storage {
     char *path;
     struct storage_options opt;
-    sqlite3 *db;          /* the writer thread's connection */
+    sqlite3 *db; /* the writer thread's connection */
     sqlite3_stmt *insert;
     sqlite3_stmt *retain_requests;
     sqlite3_stmt *retain_feedback;
@@ -257,7 +258,7 @@ struct storage {
     struct storage_record **batch; /* being written; still visible to storage_feedback */
     uint32_t batch_n;
     int stop;
-    int flushers;          /* threads waiting in storage_flush */
+    int flushers; /* threads waiting in storage_flush */
     struct storage_counters c;
 
     pthread_mutex_t fb_lock; /* serialises storage_feedback on fb_db */
@@ -474,9 +475,9 @@ writer_main(void *arg)
                 s->c.degraded = 1;
             }
             /* A full batch means more old rows: continue after the next write. */
-            next_retention = mono_ms() + (n == (int)s->opt.retention_batch
-                                              ? 0
-                                              : (int64_t)s->opt.retention_interval_ms);
+            next_retention =
+                mono_ms() +
+                (n == (int)s->opt.retention_batch ? 0 : (int64_t)s->opt.retention_interval_ms);
         }
     }
     pthread_cond_broadcast(&s->done);
@@ -549,8 +550,8 @@ storage_open(const char *path, const struct storage_options *opt, char *err, siz
             check_version(path, version, err, errlen) < 0)
             goto fail;
         if (version < STORAGE_SCHEMA_VERSION) {
-            storage__errf(err, errlen, "%s: read-only and schema version %d needs migrating",
-                          path, version);
+            storage__errf(err, errlen, "%s: read-only and schema version %d needs migrating", path,
+                          version);
             goto fail;
         }
     }
@@ -807,9 +808,8 @@ storage_feedback(struct storage *s, const char *request_id, double score, const 
             goto fail;
         }
     }
-    int existed = query_exists(s->fb_db,
-                               "SELECT 1 FROM feedback WHERE request_id = ? AND source = ?",
-                               request_id, source);
+    int existed = query_exists(
+        s->fb_db, "SELECT 1 FROM feedback WHERE request_id = ? AND source = ?", request_id, source);
     if (existed < 0) {
         storage__errf(err, errlen, "feedback: %s", sqlite3_errmsg(s->fb_db));
         goto fail;

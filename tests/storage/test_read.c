@@ -250,9 +250,8 @@ write_synthetic_log(const char *path)
     const double fast_scores[] = {0.1, 0.12, 0.31, 0.31, 0.49};
     for (int i = 0; i < 5; i++) {
         snprintf(id, sizeof(id), "f%d", i);
-        assert_int_equal(storage_submit(s, rec(id, "fast", NOW - 1800000 + i * 1000,
-                                               10.0 * (i + 1), 5.0 + i, 100, 200, 0.00035,
-                                               fast_scores[i])),
+        assert_int_equal(storage_submit(s, rec(id, "fast", NOW - 1800000 + i * 1000, 10.0 * (i + 1),
+                                               5.0 + i, 100, 200, 0.00035, fast_scores[i])),
                          0);
     }
     /* fast: one error (502, no tokens, no byte back, latency 60, not routed). */
@@ -267,10 +266,10 @@ write_synthetic_log(const char *path)
     const double strong_scores[] = {0.7, 0.9, 0.96, 1.0};
     for (int i = 0; i < 4; i++) {
         snprintf(id, sizeof(id), "s%d", i);
-        assert_int_equal(storage_submit(s, rec(id, "strong", NOW - 300000 + i * 1000,
-                                               100.0 * (i + 1), 50.0 + 10 * i, 1000, 500, 0.025,
-                                               strong_scores[i])),
-                         0);
+        assert_int_equal(
+            storage_submit(s, rec(id, "strong", NOW - 300000 + i * 1000, 100.0 * (i + 1),
+                                  50.0 + 10 * i, 1000, 500, 0.025, strong_scores[i])),
+            0);
     }
     /* Outside the window: before it and after NOW. */
     assert_int_equal(storage_submit(s, rec("old", "fast", NOW - 7200000, 1, 1, 1, 1, 1.0, 0.5)), 0);
@@ -377,10 +376,10 @@ test_stats_figures(void **state)
     json_t *tl = json_object_get(j, "timeline");
     assert_near(num(tl, "bucket_ms", NULL, NULL), 60000);
     assert_near(num(tl, "start_ms", NULL, NULL), (double)(NOW - 3600000));
-    json_t *tf = json_object_get(json_object_get(json_object_get(tl, "backends"), "fast"),
-                                 "requests");
-    json_t *ts = json_object_get(json_object_get(json_object_get(tl, "backends"), "strong"),
-                                 "cost_usd");
+    json_t *tf =
+        json_object_get(json_object_get(json_object_get(tl, "backends"), "fast"), "requests");
+    json_t *ts =
+        json_object_get(json_object_get(json_object_get(tl, "backends"), "strong"), "cost_usd");
     assert_int_equal(json_array_size(tf), 60);
     for (size_t i = 0; i < 60; i++) {
         assert_int_equal(json_integer_value(json_array_get(tf, i)), i == 30 ? 6 : 0);
@@ -430,26 +429,24 @@ test_stats_percentiles_random(void **state)
         x ^= x << 17;
         lat[i] = (double)(x % 300); /* ties galore */
         snprintf(id, sizeof(id), "p%d", i);
-        assert_int_equal(storage_submit(s, rec(id, "fast", NOW - 1000 - i, lat[i], NAN, 1, 1, 0,
-                                               NAN)),
-                         0);
+        assert_int_equal(
+            storage_submit(s, rec(id, "fast", NOW - 1000 - i, lat[i], NAN, 1, 1, 0, NAN)), 0);
     }
     storage_close(s);
     qsort(lat, N, sizeof(lat[0]), cmp_double);
     json_t *j = storage_stats(f->path, "15m", NULL, 0, NOW, err, sizeof(err));
     assert_non_null(j);
-    json_t *l = json_object_get(json_object_get(json_object_get(j, "backends"), "fast"),
-                                "latency_ms");
+    json_t *l =
+        json_object_get(json_object_get(json_object_get(j, "backends"), "fast"), "latency_ms");
     const int ps[] = {50, 95, 99};
     const char *names[] = {"p50", "p95", "p99"};
     for (int i = 0; i < 3; i++) {
         size_t rank = ((size_t)ps[i] * N + 99) / 100; /* ceil(p * N / 100) */
         assert_near(json_real_value(json_object_get(l, names[i])), lat[rank - 1]);
     }
-    assert_true(json_is_null(json_object_get(json_object_get(json_object_get(
-                                                 json_object_get(j, "backends"), "fast"),
-                                             "ttfb_ms"),
-                                             "p50")));
+    assert_true(json_is_null(json_object_get(
+        json_object_get(json_object_get(json_object_get(j, "backends"), "fast"), "ttfb_ms"),
+        "p50")));
     json_decref(j);
 }
 
@@ -589,26 +586,23 @@ test_retention(void **state)
     assert_non_null(s);
     for (int i = 0; i < 30; i++) {
         snprintf(id, sizeof(id), "old-%d", i);
-        assert_int_equal(storage_submit(s, rec(id, "fast", now - 3 * 86400000LL + i, 1, 1, 1, 1,
-                                               0, 0.5)),
-                         0);
+        assert_int_equal(
+            storage_submit(s, rec(id, "fast", now - 3 * 86400000LL + i, 1, 1, 1, 1, 0, 0.5)), 0);
     }
     for (int i = 0; i < 10; i++) {
         snprintf(id, sizeof(id), "new-%d", i);
-        assert_int_equal(storage_submit(s, rec(id, "fast", now - 3600000 + i, 1, 1, 1, 1, 0,
-                                               0.5)),
+        assert_int_equal(storage_submit(s, rec(id, "fast", now - 3600000 + i, 1, 1, 1, 1, 0, 0.5)),
                          0);
     }
     /* Just inside 1 day: kept. */
-    assert_int_equal(storage_submit(s, rec("edge", "fast", now - 86400000LL + 600000, 1, 1, 1, 1,
-                                           0, 0.5)),
-                     0);
+    assert_int_equal(
+        storage_submit(s, rec("edge", "fast", now - 86400000LL + 600000, 1, 1, 1, 1, 0, 0.5)), 0);
     storage_close(s);
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests"), 41);
 
     /* Batches of 7 rows, a pass every 20 ms. */
-    struct storage_options opt = {.retention_days = 1, .retention_interval_ms = 20,
-                                  .retention_batch = 7};
+    struct storage_options opt = {
+        .retention_days = 1, .retention_interval_ms = 20, .retention_batch = 7};
     s = storage_open(f->path, &opt, err, sizeof(err));
     assert_non_null(s);
     struct storage_counters c = {0};

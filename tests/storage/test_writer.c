@@ -1,4 +1,5 @@
-/* test_writer.c - tests storage/storage.c: schema, migrations, the batched writer, loss counting. */
+/* test_writer.c - tests storage/storage.c: schema, migrations, the batched writer, loss counting.
+ */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -256,8 +257,8 @@ test_concurrent_writes(void **state)
 {
     struct fixture *f = *state;
     char err[256] = "";
-    struct storage_options opt = {.queue_size = 1 << 16, .batch_size = 256,
-                                  .flush_interval_ms = 20};
+    struct storage_options opt = {
+        .queue_size = 1 << 16, .batch_size = 256, .flush_interval_ms = 20};
     enum { THREADS = 4, PER = 5000 };
     pthread_t th[THREADS];
     struct producer p[THREADS];
@@ -294,8 +295,8 @@ test_close_drains(void **state)
     struct fixture *f = *state;
     char err[256] = "";
     /* A long flush interval: without the drain nothing would be written yet. */
-    struct storage_options opt = {.queue_size = 10000, .batch_size = 10000,
-                                  .flush_interval_ms = 60000};
+    struct storage_options opt = {
+        .queue_size = 10000, .batch_size = 10000, .flush_interval_ms = 60000};
     char id[32];
 
     struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
@@ -317,8 +318,7 @@ test_queue_full_drops_newest(void **state)
     char err[256] = "";
     /* Another connection holds the write lock, so the writer, woken at batch_size,
      * takes one batch and then waits on the lock while the queue fills up. */
-    struct storage_options opt = {.queue_size = 100, .batch_size = 10,
-                                  .flush_interval_ms = 60000};
+    struct storage_options opt = {.queue_size = 100, .batch_size = 10, .flush_interval_ms = 60000};
     char id[32];
     sqlite3 *blocker = NULL;
 
