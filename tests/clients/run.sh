@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# run.sh - the 'clients' suite: starts two mockllm backends and triaged on a generated
+# config, then drives triaged with the official openai npm client (openai-sdk.test.mjs).
+# Exits 77 (skipped) when node or tests/clients/node_modules is missing (`npm ci` there).
+# Usage: run.sh MOCKLLM TRIAGED TRIAGE
+set -uo pipefail
+mockllm=$1 triaged=$2 triage=$3
+here=$(cd "$(dirname "$0")" && pwd)
+
+command -v node >/dev/null || { echo "node not found: skipped"; exit 77; }
+[ -f "$here/node_modules/openai/package.json" ] \
+    || { echo "no tests/clients/node_modules (run npm ci there): skipped"; exit 77; }
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+start_mock() { # start_mock NAME: sets port_NAME
+    "$mockllm" --port 0 >"$tmp/$1.port" 2>"$tmp/$1.log" &
+    pids+=($!)
+    for _ in $(seq 100); do [ -s "$tmp/$1.port" ] && break; sleep 0.05; done
+    local p
+    p=$(awk '{print $3}' "$tmp/$1.port")
+    [ -n "$p" ] || { echo "mockllm $1 did not start"; cat "$tmp/$1.log"; exit 1; }
+    eval "port_$1=$p"
+}
+start_mock fast
+start_mock strong
+
+# a tiny predictor model: this suite tests the wire protocol, not routing quality
+cat >"$tmp/train.jsonl" <<'JSONL'
+{"prompt": "What is 2+2?", "outcomes": {"weak": 1, "strong": 1}}
+{"prompt": "Prove that there are infinitely many twin primes.", "outcomes": {"weak": 0, "strong": 1}}
+{"prompt": "Say hello.", "outcomes": {"weak": 1, "strong": 1}}
+{"prompt": "Integrate x^2 e^x sin(x) dx and justify each step.", "outcomes": {"weak": 0, "strong": 1}}
+JSONL
+"$triage" train --data "$tmp/train.jsonl" --out "$tmp/model.tmod" --bits 10 --dim 0 --epochs 2 \
+    >"$tmp/train.log" 2>&1 || { echo "triage train failed"; cat "$tmp/train.log"; exit 1; }
+
+# a free port for triaged: nothing answers on it
+for _ in $(seq 50); do
+    port=$((20000 + RANDOM % 20000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+done
+cat >"$tmp/triage.conf" <<CONF
+[server]
+listen = 127.0.0.1
+port = $port
+log_level = warn
+[router]
+model = $tmp/model.tmod
+aliases = triage
+policy = threshold
+threshold = 0.5
+tiers = fast, strong
+fallback = strong, fast
+[backend fast]
+url = http://127.0.0.1:$port_fast/v1
+model = mock-fast
+price_input = 0.6
+price_output = 0.6
+max_retries = 0
+[backend strong]
+url = http://127.0.0.1:$port_strong/v1
+model = mock-strong
+price_input = 10
+price_output = 30
+max_retries = 0
+CONF
+"$triaged" -c "$tmp/triage.conf" >"$tmp/triaged.log" 2>&1 &
+pids+=($!)
+up=
+for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then up=1; break; fi
+    sleep 0.05
+done
+[ -n "$up" ] || { echo "triaged did not start"; cat "$tmp/triaged.log"; exit 1; }
+
+cd "$here" && TRIAGE_URL="http://127.0.0.1:$port" node openai-sdk.test.mjs
+rc=$?
+[ $rc -eq 0 ] || { echo "--- triaged log"; cat "$tmp/triaged.log"; }
+exit $rc
