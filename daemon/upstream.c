@@ -98,7 +98,6 @@ error_from_curl(CURLcode rc)
     case CURLE_COULDNT_CONNECT:
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
-    case CURLE_SEND_ERROR:
         return UPSTREAM_ERR_CONNECT;
     case CURLE_OPERATION_TIMEDOUT:
         return UPSTREAM_ERR_TIMEOUT;
@@ -109,6 +108,7 @@ error_from_curl(CURLcode rc)
     case CURLE_SSL_CACERT_BADFILE:
         return UPSTREAM_ERR_TLS;
     case CURLE_GOT_NOTHING:
+    case CURLE_SEND_ERROR: /* connected, then the peer hung up (curl retried reused ones) */
     case CURLE_RECV_ERROR:
     case CURLE_PARTIAL_FILE:
         return UPSTREAM_ERR_CLOSED;

@@ -1,0 +1,344 @@
+/* harness.c - process and HTTP helpers for triaged's integration tests (see harness.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "harness.h"
+
+int h_failures;
+
+double
+h_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+struct sink {
+    struct h_resp *r;
+    double t0;
+    int is_body;
+};
+
+struct h_ctx {
+    struct sink body, head;
+};
+
+static size_t
+on_data(char *p, size_t sz, size_t n, void *arg)
+{
+    struct sink *s = arg;
+    struct h_resp *r = s->r;
+    size_t add = sz * n;
+    char **buf = s->is_body ? &r->body : &r->head;
+    size_t *len = s->is_body ? &r->len : &r->hlen;
+
+    if (s->is_body && r->first_byte_ms < 0 && add > 0)
+        r->first_byte_ms = h_now_ms() - s->t0;
+    *buf = realloc(*buf, *len + add + 1);
+    if (!*buf)
+        abort();
+    memcpy(*buf + *len, p, add);
+    *len += add;
+    (*buf)[*len] = '\0';
+    return add;
+}
+
+CURL *
+h_easy(unsigned port, const struct h_req *req, struct h_resp *r, struct curl_slist **hl)
+{
+    CURL *h = curl_easy_init();
+    char url[512];
+    struct h_ctx *ctx = calloc(1, sizeof(*ctx));
+
+    if (!h || !ctx)
+        abort();
+    memset(r, 0, sizeof(*r));
+    r->body = calloc(1, 1);
+    r->head = calloc(1, 1);
+    r->first_byte_ms = -1;
+    ctx->body = (struct sink){r, h_now_ms(), 1};
+    ctx->head = (struct sink){r, h_now_ms(), 0};
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u%s", port, req->path);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_PRIVATE, ctx);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &ctx->body);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_data);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &ctx->head);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, req->timeout_ms ? req->timeout_ms : 15000L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    *hl = NULL;
+    if (req->body) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body);
+        *hl = curl_slist_append(*hl, "Content-Type: application/json");
+        *hl = curl_slist_append(*hl, "Expect:");
+    }
+    if (req->method)
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, req->method);
+    for (const char *const *p = req->headers; p && *p; p++)
+        *hl = curl_slist_append(*hl, *p);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, *hl);
+    return h;
+}
+
+/* Frees the handle's context after the transfer; fills the timing fields. */
+static void
+easy_done(CURL *h, struct h_resp *r, struct curl_slist *hl)
+{
+    struct h_ctx *ctx = NULL;
+
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **)&ctx);
+    r->total_ms = h_now_ms() - ctx->body.t0;
+    free(ctx);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(h);
+}
+
+void
+h_do(unsigned port, const struct h_req *req, struct h_resp *r)
+{
+    struct curl_slist *hl;
+    CURL *h = h_easy(port, req, r, &hl);
+
+    r->rc = curl_easy_perform(h);
+    easy_done(h, r, hl);
+}
+
+void
+h_get(unsigned port, const char *path, struct h_resp *r)
+{
+    struct h_req req = {.path = path};
+
+    h_do(port, &req, r);
+}
+
+void
+h_chat(unsigned port, const char *body, struct h_resp *r)
+{
+    struct h_req req = {.path = "/v1/chat/completions", .body = body};
+
+    h_do(port, &req, r);
+}
+
+void
+h_resp_free(struct h_resp *r)
+{
+    free(r->body);
+    free(r->head);
+    memset(r, 0, sizeof(*r));
+}
+
+const char *
+h_header(const struct h_resp *r, const char *name)
+{
+    static char val[1024];
+    size_t nl = strlen(name);
+
+    for (const char *p = r->head; p && *p;) {
+        const char *e = strstr(p, "\r\n");
+        if (!e)
+            break;
+        if ((size_t)(e - p) > nl && !strncasecmp(p, name, nl) && p[nl] == ':') {
+            const char *v = p + nl + 1;
+            while (*v == ' ')
+                v++;
+            snprintf(val, sizeof(val), "%.*s", (int)(e - v), v);
+            return val;
+        }
+        p = e + 2;
+    }
+    return NULL;
+}
+
+const char *
+h_error_code(const struct h_resp *r)
+{
+    static char code[128];
+    json_t *j = json_loadb(r->body, r->len, 0, NULL);
+    const char *c = json_string_value(json_object_get(json_object_get(j, "error"), "code"));
+
+    snprintf(code, sizeof(code), "%s", c ? c : "");
+    json_decref(j);
+    return code;
+}
+
+void
+h_parse_sse(const char *body, struct h_sse *s)
+{
+    memset(s, 0, sizeof(*s));
+    for (const char *p = body; (p = strstr(p, "data: ")) != NULL;) {
+        p += 6;
+        const char *e = strstr(p, "\n\n");
+        if (!e)
+            break;
+        if (s->done)
+            s->after_done++;
+        if (!strncmp(p, "[DONE]", 6)) {
+            s->done = 1;
+            p = e;
+            continue;
+        }
+        json_t *j = json_loadb(p, (size_t)(e - p), 0, NULL);
+        if (!j) {
+            s->bad++;
+        } else if (json_object_get(j, "error")) {
+            s->error_events++;
+        } else {
+            json_t *choices = json_object_get(j, "choices");
+            const char *m = json_string_value(json_object_get(j, "model"));
+            s->chunks++;
+            snprintf(s->model, sizeof(s->model), "%s", m ? m : "");
+            if (json_array_size(choices) == 0 && json_is_object(json_object_get(j, "usage")))
+                s->usage_chunks++;
+            const char *d = json_string_value(
+                json_object_get(json_object_get(json_array_get(choices, 0), "delta"), "content"));
+            if (d)
+                strncat(s->content, d, sizeof(s->content) - strlen(s->content) - 1);
+        }
+        json_decref(j);
+        p = e;
+    }
+}
+
+int
+h_spawn_mock(char *const argv[], pid_t *pid, unsigned *port)
+{
+    int out[2];
+    char line[256] = {0};
+
+    if (pipe(out) < 0)
+        return -1;
+    *pid = fork();
+    if (*pid < 0)
+        return -1;
+    if (*pid == 0) {
+        dup2(out[1], STDOUT_FILENO);
+        close(out[0]);
+        close(out[1]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(out[1]);
+    FILE *f = fdopen(out[0], "r");
+    if (!fgets(line, sizeof(line), f) || sscanf(line, "listening on %u", port) != 1) {
+        fclose(f);
+        kill(*pid, SIGKILL);
+        waitpid(*pid, NULL, 0);
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+
+int
+h_spawn_daemon(char *const argv[], unsigned port, const char *errfile, pid_t *pid)
+{
+    *pid = fork();
+    if (*pid < 0)
+        return -1;
+    if (*pid == 0) {
+        if (errfile) {
+            int fd = open(errfile, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd >= 0) {
+                dup2(fd, STDERR_FILENO);
+                close(fd);
+            }
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    for (int i = 0; i < 250; i++) {
+        struct h_resp r;
+        int st;
+        if (waitpid(*pid, &st, WNOHANG) == *pid)
+            return -1;
+        struct h_req req = {.path = "/healthz", .timeout_ms = 1000};
+        h_do(port, &req, &r);
+        long status = r.status;
+        h_resp_free(&r);
+        if (status == 200)
+            return 0;
+        usleep(20000);
+    }
+    kill(*pid, SIGKILL);
+    waitpid(*pid, NULL, 0);
+    return -1;
+}
+
+int
+h_stop(pid_t pid, int sig)
+{
+    int st = 0;
+
+    kill(pid, sig);
+    waitpid(pid, &st, 0);
+    return st;
+}
+
+unsigned
+h_free_port(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    unsigned port = 0;
+
+    if (fd < 0)
+        return 0;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
+}
+
+int
+h_run(char *const argv[], char *out, size_t outlen)
+{
+    int p[2], st = 0;
+    pid_t pid;
+    size_t n = 0;
+
+    if (pipe(p) < 0)
+        return -1;
+    pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        dup2(p[1], STDOUT_FILENO);
+        dup2(p[1], STDERR_FILENO);
+        close(p[0]);
+        close(p[1]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(p[1]);
+    for (;;) {
+        ssize_t k = read(p[0], out + n, outlen - 1 - n);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+        if (n == outlen - 1)
+            break;
+    }
+    out[n] = '\0';
+    close(p[0]);
+    if (waitpid(pid, &st, 0) < 0)
+        return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

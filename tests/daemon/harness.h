@@ -1,0 +1,92 @@
+/* harness.h - what triaged's integration tests share: start mockllm and triaged, HTTP with libcurl. */
+#ifndef TRIAGE_TESTS_DAEMON_HARNESS_H
+#define TRIAGE_TESTS_DAEMON_HARNESS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <curl/curl.h>
+
+extern int h_failures;
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, __func__, #cond); \
+            h_failures++;                                                                          \
+        }                                                                                          \
+    } while (0)
+
+/* A finished exchange. Body and header block are NUL-terminated. */
+struct h_resp {
+    CURLcode rc;
+    long status;
+    char *body;
+    size_t len;
+    char *head;
+    size_t hlen;
+    double first_byte_ms; /* from the start to the first body byte, -1 when none */
+    double total_ms;
+};
+
+/* A request: method NULL = GET, or POST when body is set. headers: NULL-terminated
+ * array of "Name: value" lines, or NULL. */
+struct h_req {
+    const char *method;
+    const char *path;
+    const char *body;
+    const char *const *headers;
+    long timeout_ms; /* 0 = 15 s */
+};
+
+/* Prepares an easy handle for req against 127.0.0.1:port, filling r as it runs. */
+CURL *h_easy(unsigned port, const struct h_req *req, struct h_resp *r, struct curl_slist **hl);
+
+/* Runs req to the end. */
+void h_do(unsigned port, const struct h_req *req, struct h_resp *r);
+
+/* Shorthands: GET path; POST body to /v1/chat/completions. */
+void h_get(unsigned port, const char *path, struct h_resp *r);
+void h_chat(unsigned port, const char *body, struct h_resp *r);
+
+void h_resp_free(struct h_resp *r);
+
+/* Returns header name's value from r (static copy, case-insensitive), or NULL. */
+const char *h_header(const struct h_resp *r, const char *name);
+
+/* Returns error.code of an OpenAI error body (static copy) or "". */
+const char *h_error_code(const struct h_resp *r);
+
+/* An SSE completion stream taken apart. */
+struct h_sse {
+    char content[8192];
+    int chunks;       /* chat.completion.chunk events */
+    int usage_chunks; /* chunks with empty choices and a usage object */
+    int error_events; /* {"error": ...} events */
+    int done;         /* saw data: [DONE] */
+    int after_done;   /* events after [DONE] */
+    int bad;          /* events that are not JSON */
+    char model[64];
+};
+void h_parse_sse(const char *body, struct h_sse *s);
+
+/* Starts argv with stdout piped; waits for "listening on PORT". Returns 0 or -1. */
+int h_spawn_mock(char *const argv[], pid_t *pid, unsigned *port);
+
+/* Starts argv; waits until GET /healthz on port answers 200 (5 s). stderr goes
+ * to errfile when set. Returns 0 or -1 (the child is reaped). */
+int h_spawn_daemon(char *const argv[], unsigned port, const char *errfile, pid_t *pid);
+
+/* Sends sig and waits; returns the wait status. */
+int h_stop(pid_t pid, int sig);
+
+/* Returns a TCP port on 127.0.0.1 that was free a moment ago. */
+unsigned h_free_port(void);
+
+/* Monotonic milliseconds. */
+double h_now_ms(void);
+
+/* Runs a command line, returns its exit status (-1 on failure), output in out. */
+int h_run(char *const argv[], char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,788 @@
+/* test_proxy.c - integration tests: the real triaged in front of mockllm, driven by a libcurl client.
+ *
+ * usage: test_proxy TRIAGED MOCKLLM
+ * Builds a small predictor model in a temporary folder, starts mockllm and triaged
+ * on free loopback ports with a generated config, and checks relaying, routing,
+ * errors, concurrency, the outcome log, reload and shutdown. */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "harness.h"
+#include "router.h"
+
+static char *triaged_bin;
+static char *mock_bin;
+static char dir[256];
+static unsigned mock_port;
+static pid_t mock_pid;
+static unsigned port; /* the main daemon */
+static pid_t daemon_pid;
+
+#define MSGS "\"messages\":[{\"role\":\"user\",\"content\":\"what is two plus two\"}]"
+
+/* ---- setup ------------------------------------------------------------------------- */
+
+static int
+write_model(const char *path)
+{
+    struct router_dataset *d = router_dataset_new(12);
+    struct router_train_opts o;
+    char err[256];
+    int rc = -1;
+
+    for (int i = 0; i < 40; i++) {
+        char easy[128], hard[160];
+        snprintf(easy, sizeof(easy), "what is %d plus %d", i, i + 1);
+        snprintf(hard, sizeof(hard), "prove that the integral of the eigenvalue series %d converges",
+                 i);
+        json_t *e = json_pack("{s:s,s:{s:f,s:f}}", "prompt", easy, "outcomes", "fast", 1.0,
+                              "strong", 1.0);
+        json_t *h = json_pack("{s:s,s:{s:f,s:f}}", "prompt", hard, "outcomes", "fast", 0.0,
+                              "strong", 1.0);
+        router_dataset_add(d, e);
+        router_dataset_add(d, h);
+        json_decref(e);
+        json_decref(h);
+    }
+    router_train_opts_default(&o);
+    o.epochs = 2;
+    o.strong = "strong";
+    o.weak = "fast";
+    struct router_model *m = router_train(d, NULL, 0, &o, err, sizeof(err));
+    if (m && router_model_save(m, path) == 0)
+        rc = 0;
+    else
+        fprintf(stderr, "cannot build the test model: %s\n", m ? "save failed" : err);
+    router_model_unref(m);
+    router_dataset_destroy(d);
+    router_thread_cleanup();
+    return rc;
+}
+
+/* Writes dir/name with the test backends; extra goes into [server]. */
+static void
+write_conf(const char *name, unsigned p, const char *server_extra, const char *aliases,
+           int with_db)
+{
+    char path[512];
+    unsigned dead = h_free_port();
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    f = fopen(path, "w");
+    if (!f)
+        abort();
+    fprintf(f,
+            "[server]\nlisten = 127.0.0.1\nport = %u\nmax_body = 8k\nshutdown_timeout_ms = 5000\n"
+            "%s\n"
+            "[router]\nmodel = m.tmod\naliases = %s\ntiers = fast, strong\n"
+            "%s\n"
+            "[backend fast]\nurl = http://127.0.0.1:%u/v1/\nmodel = mixtral-test\n"
+            "api_key_env = TRIAGE_TEST_FAST_KEY\nprice_input = 1\nprice_output = 2\n"
+            "[backend strong]\nurl = http://127.0.0.1:%u/v1\nmodel = gpt4-test\n"
+            "overrides = {\"reasoning_effort\": \"high\"}\n"
+            "[backend dead]\nurl = http://127.0.0.1:%u/v1\nconnect_timeout_ms = 1000\n"
+            "[backend slow]\nurl = http://127.0.0.1:%u/v1\nconnect_timeout_ms = 200\n"
+            "first_byte_timeout_ms = 300\nidle_timeout_ms = 400\n",
+            p, server_extra ? server_extra : "", aliases,
+            with_db ? "[storage]\npath = out.db\nstore_prompts = hash\nflush_interval_ms = 10\n"
+                    : "",
+            mock_port, mock_port, dead, mock_port);
+    fclose(f);
+}
+
+static int
+start_daemon(const char *conf_name, unsigned p, const char *log_name, pid_t *pid)
+{
+    char conf[512], log[512];
+
+    snprintf(conf, sizeof(conf), "%s/%s", dir, conf_name);
+    snprintf(log, sizeof(log), "%s/%s", dir, log_name);
+    char *argv[] = {triaged_bin, "--config", conf, NULL};
+    return h_spawn_daemon(argv, p, log, pid);
+}
+
+static json_t *
+mock_last_request(void)
+{
+    struct h_resp r;
+
+    h_get(mock_port, "/_mock/stats", &r);
+    json_t *j = json_loadb(r.body, r.len, 0, NULL);
+    h_resp_free(&r);
+    json_t *last = json_incref(json_object_get(j, "last_request"));
+    json_decref(j);
+    return last;
+}
+
+static long
+mock_stat(const char *key)
+{
+    struct h_resp r;
+
+    h_get(mock_port, "/_mock/stats", &r);
+    json_t *j = json_loadb(r.body, r.len, 0, NULL);
+    long v = (long)json_integer_value(json_object_get(j, key));
+    json_decref(j);
+    h_resp_free(&r);
+    return v;
+}
+
+/* ---- tests ---------------------------------------------------------------------------- */
+
+static void
+test_passthrough(void)
+{
+    const char *hdrs[] = {"Authorization: Bearer client-key", NULL};
+    struct h_req req = {.path = "/v1/chat/completions",
+                        .body = "{\"model\":\"fast\"," MSGS ",\"user\":\"u1\"}",
+                        .headers = hdrs};
+    struct h_resp r;
+
+    h_do(port, &req, &r);
+    CHECK(r.status == 200);
+    CHECK(h_header(&r, "x-mock-model") && !strcmp(h_header(&r, "x-mock-model"), "mixtral-test"));
+    /* the backend's key replaces the client's */
+    CHECK(h_header(&r, "x-mock-auth") &&
+          !strcmp(h_header(&r, "x-mock-auth"), "Bearer fast-secret"));
+    CHECK(h_header(&r, "x-triage-backend") && !strcmp(h_header(&r, "x-triage-backend"), "fast"));
+    CHECK(h_header(&r, "x-triage-request-id") &&
+          strlen(h_header(&r, "x-triage-request-id")) > 8);
+    CHECK(h_header(&r, "x-triage-score") == NULL);
+    CHECK(h_header(&r, "content-type") && strstr(h_header(&r, "content-type"), "application/json"));
+    json_t *j = json_loadb(r.body, r.len, 0, NULL);
+    CHECK(j && !strcmp(json_string_value(json_object_get(j, "object")), "chat.completion"));
+    CHECK(j && !strcmp(json_string_value(json_object_get(j, "model")), "mixtral-test"));
+    CHECK(json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")) >
+          0);
+    json_decref(j);
+    h_resp_free(&r);
+
+    /* unknown fields pass through untouched; nothing is merged into pass-through */
+    json_t *last = mock_last_request();
+    CHECK(!strcmp(json_string_value(json_object_get(last, "user")), "u1"));
+    CHECK(json_object_get(last, "reasoning_effort") == NULL);
+    json_decref(last);
+
+    /* a backend without a key gets no Authorization at all */
+    struct h_req req2 = {.path = "/v1/chat/completions",
+                         .body = "{\"model\":\"strong\"," MSGS "}",
+                         .headers = hdrs};
+    h_do(port, &req2, &r);
+    CHECK(r.status == 200);
+    CHECK(h_header(&r, "x-mock-auth") == NULL);
+    CHECK(h_header(&r, "x-mock-model") && !strcmp(h_header(&r, "x-mock-model"), "gpt4-test"));
+    h_resp_free(&r);
+}
+
+static void
+test_stream(void)
+{
+    struct h_resp r;
+    struct h_sse s;
+
+    h_chat(port, "{\"model\":\"fast\",\"stream\":true," MSGS ",\"mock\":{\"chunks\":6}}", &r);
+    CHECK(r.status == 200);
+    CHECK(r.rc == CURLE_OK);
+    CHECK(h_header(&r, "content-type") &&
+          strstr(h_header(&r, "content-type"), "text/event-stream"));
+    CHECK(h_header(&r, "x-triage-backend") && !strcmp(h_header(&r, "x-triage-backend"), "fast"));
+    h_parse_sse(r.body, &s);
+    CHECK(s.done == 1 && s.after_done == 0 && s.bad == 0);
+    CHECK(s.chunks >= 6);
+    CHECK(!strcmp(s.model, "mixtral-test"));
+    /* the outcome log asked for usage upstream; the client did not, so it sees none */
+    CHECK(s.usage_chunks == 0);
+    CHECK(strlen(s.content) > 0);
+    h_resp_free(&r);
+    json_t *last = mock_last_request();
+    CHECK(json_is_true(json_object_get(json_object_get(last, "stream_options"), "include_usage")));
+    json_decref(last);
+
+    /* a client that asks for usage gets it */
+    h_chat(port,
+           "{\"model\":\"fast\",\"stream\":true,\"stream_options\":{\"include_usage\":true}," MSGS
+           "}",
+           &r);
+    h_parse_sse(r.body, &s);
+    CHECK(r.status == 200 && s.done == 1);
+    CHECK(s.usage_chunks == 1);
+    h_resp_free(&r);
+}
+
+static void
+test_stream_incremental(void)
+{
+    struct h_resp r;
+    struct h_sse s;
+
+    h_chat(port,
+           "{\"model\":\"fast\",\"stream\":true," MSGS
+           ",\"mock\":{\"chunks\":4,\"chunk_delay_ms\":500}}",
+           &r);
+    h_parse_sse(r.body, &s);
+    CHECK(r.status == 200 && s.done == 1);
+    CHECK(r.total_ms >= 1400);
+    /* the first chunk reached us long before the backend finished */
+    CHECK(r.first_byte_ms >= 0 && r.first_byte_ms + 900 < r.total_ms);
+    if (r.first_byte_ms < 0 || r.first_byte_ms + 900 >= r.total_ms)
+        fprintf(stderr, "first byte %.0f ms, total %.0f ms\n", r.first_byte_ms, r.total_ms);
+    h_resp_free(&r);
+}
+
+static void
+test_concurrent_streams(void)
+{
+    enum { N = 200 };
+    CURLM *m = curl_multi_init();
+    CURL *easy[N];
+    struct h_resp *r = calloc(N, sizeof(*r));
+    struct curl_slist *hl[N];
+    struct h_req req = {
+        .path = "/v1/chat/completions",
+        .body = "{\"model\":\"fast\",\"stream\":true," MSGS
+                ",\"mock\":{\"chunks\":8,\"chunk_delay_ms\":150}}",
+        .timeout_ms = 60000,
+    };
+    int running = 0;
+
+    curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
+    for (int i = 0; i < N; i++) {
+        easy[i] = h_easy(port, &req, &r[i], &hl[i]);
+        curl_multi_add_handle(m, easy[i]);
+    }
+    double t0 = h_now_ms();
+    do {
+        curl_multi_perform(m, &running);
+        if (running)
+            curl_multi_poll(m, NULL, 0, 100, NULL);
+    } while (running);
+    double took = h_now_ms() - t0;
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(m, &left)))
+        for (int i = 0; i < N; i++)
+            if (msg->easy_handle == easy[i])
+                r[i].rc = msg->data.result;
+    int ok = 0;
+    char first[8192] = "";
+    for (int i = 0; i < N; i++) {
+        struct h_sse s;
+        long status = 0;
+        curl_easy_getinfo(easy[i], CURLINFO_RESPONSE_CODE, &status);
+        h_parse_sse(r[i].body, &s);
+        if (i == 0)
+            snprintf(first, sizeof(first), "%s", s.content);
+        if (r[i].rc == CURLE_OK && status == 200 && s.done && !s.bad && s.after_done == 0 &&
+            s.chunks >= 8 && !strcmp(s.content, first))
+            ok++;
+        curl_multi_remove_handle(m, easy[i]);
+        curl_slist_free_all(hl[i]);
+        struct h_resp tmp = r[i];
+        void *ctx;
+        curl_easy_getinfo(easy[i], CURLINFO_PRIVATE, (char **)&ctx);
+        free(ctx);
+        curl_easy_cleanup(easy[i]);
+        h_resp_free(&tmp);
+    }
+    CHECK(ok == N);
+    if (ok != N)
+        fprintf(stderr, "%d of %d streams intact\n", ok, N);
+    /* 8 chunks x 150 ms each: all 200 ran at once, not one after another */
+    CHECK(took < 20000);
+    fprintf(stderr, "# %d concurrent streams: %.0f ms\n", N, took);
+    free(r);
+    curl_multi_cleanup(m);
+}
+
+static void
+test_die_mid_stream(void)
+{
+    struct h_resp r;
+    struct h_sse s;
+
+    h_chat(port,
+           "{\"model\":\"fast\",\"stream\":true," MSGS
+           ",\"mock\":{\"chunks\":6,\"fail\":\"die_mid_stream\",\"die_after\":2}}",
+           &r);
+    h_parse_sse(r.body, &s);
+    CHECK(r.status == 200);
+    CHECK(s.done == 0);            /* never a fake [DONE] */
+    CHECK(s.chunks >= 1 && s.chunks <= 3);
+    CHECK(s.error_events == 1);    /* the client is told why */
+    CHECK(r.rc != CURLE_OK);       /* and the chunked body ends abnormally */
+    h_resp_free(&r);
+
+    /* still serving */
+    h_get(port, "/healthz", &r);
+    CHECK(r.status == 200);
+    h_resp_free(&r);
+    h_chat(port, "{\"model\":\"fast\"," MSGS "}", &r);
+    CHECK(r.status == 200);
+    h_resp_free(&r);
+}
+
+static void
+expect_error(const char *method, const char *path, const char *body, long status,
+             const char *code)
+{
+    struct h_req req = {.method = method, .path = path, .body = body};
+    struct h_resp r;
+
+    h_do(port, &req, &r);
+    CHECK(r.status == status);
+    CHECK(!strcmp(h_error_code(&r), code));
+    json_t *j = json_loadb(r.body, r.len, 0, NULL);
+    json_t *e = json_object_get(j, "error");
+    CHECK(json_is_string(json_object_get(e, "message")));
+    CHECK(json_is_string(json_object_get(e, "type")));
+    json_decref(j);
+    CHECK(h_header(&r, "x-triage-request-id") != NULL);
+    if (r.status != status || strcmp(h_error_code(&r), code))
+        fprintf(stderr, "  %s %s -> %ld %s (wanted %ld %s)\n", method ? method : "GET", path,
+                r.status, r.body, status, code);
+    h_resp_free(&r);
+}
+
+static void
+test_bad_input(void)
+{
+    char big[10000];
+
+    expect_error(NULL, "/v1/chat/completions", "{not json", 400, "invalid_json");
+    expect_error(NULL, "/v1/chat/completions", "[1,2]", 400, "invalid_json");
+    expect_error(NULL, "/v1/chat/completions", "{\"model\":\"fast\"}", 400, "missing_messages");
+    expect_error(NULL, "/v1/chat/completions", "{\"model\":\"fast\",\"messages\":[]}", 400,
+                 "missing_messages");
+    expect_error(NULL, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\"}]}", 400,
+                 "missing_model");
+    expect_error(NULL, "/v1/chat/completions", "{\"model\":\"gpt-5\"," MSGS "}", 404,
+                 "model_not_found");
+    expect_error(NULL, "/v1/chat/completions", "{\"model\":\"triage:7\"," MSGS "}", 400,
+                 "invalid_threshold");
+    snprintf(big, sizeof(big), "{\"model\":\"fast\",\"messages\":[{\"role\":\"user\",\"content\":\"");
+    size_t n = strlen(big);
+    memset(big + n, 'a', sizeof(big) - n - 10);
+    snprintf(big + sizeof(big) - 10, 10, "\"}]}");
+    expect_error(NULL, "/v1/chat/completions", big, 413, "body_too_large");
+    expect_error("GET", "/v1/chat/completions", NULL, 405, "method_not_allowed");
+    expect_error("PUT", "/v1/models", NULL, 405, "method_not_allowed");
+    expect_error(NULL, "/v2/nothing", NULL, 404, "not_found");
+    /* backend failures: one mapping, named codes */
+    expect_error(NULL, "/v1/chat/completions", "{\"model\":\"dead\"," MSGS "}", 502,
+                 "backend_unreachable");
+    expect_error(NULL, "/v1/chat/completions",
+                 "{\"model\":\"fast\"," MSGS ",\"mock\":{\"fail\":\"close\"}}", 502,
+                 "backend_closed");
+    double t0 = h_now_ms();
+    expect_error(NULL, "/v1/chat/completions",
+                 "{\"model\":\"slow\"," MSGS ",\"mock\":{\"fail\":\"hang\"}}", 504,
+                 "backend_timeout");
+    CHECK(h_now_ms() - t0 < 5000);
+
+    /* backend error statuses are relayed as they are */
+    struct h_resp r;
+    h_chat(port, "{\"model\":\"fast\"," MSGS ",\"mock\":{\"status\":429,\"retry_after\":7}}", &r);
+    CHECK(r.status == 429);
+    CHECK(h_header(&r, "retry-after") && !strcmp(h_header(&r, "retry-after"), "7"));
+    CHECK(h_header(&r, "x-triage-backend") && !strcmp(h_header(&r, "x-triage-backend"), "fast"));
+    json_t *j = json_loadb(r.body, r.len, 0, NULL);
+    CHECK(json_is_object(json_object_get(j, "error")));
+    json_decref(j);
+    h_resp_free(&r);
+    h_chat(port, "{\"model\":\"fast\",\"stream\":true," MSGS ",\"mock\":{\"status\":500}}", &r);
+    CHECK(r.status == 500);
+    h_resp_free(&r);
+
+    /* and after all that, still serving */
+    h_chat(port, "{\"model\":\"fast\"," MSGS "}", &r);
+    CHECK(r.status == 200);
+    h_resp_free(&r);
+}
+
+static double
+header_num(const struct h_resp *r, const char *name)
+{
+    const char *v = h_header(r, name);
+
+    return v ? strtod(v, NULL) : NAN;
+}
+
+static void
+test_routing(void)
+{
+    struct h_resp r;
+
+    h_chat(port, "{\"model\":\"triage\"," MSGS "}", &r);
+    CHECK(r.status == 200);
+    const char *b = h_header(&r, "x-triage-backend");
+    CHECK(b && (!strcmp(b, "fast") || !strcmp(b, "strong")));
+    double score = header_num(&r, "x-triage-score");
+    CHECK(score >= 0 && score <= 1);
+    CHECK(header_num(&r, "x-triage-threshold") >= 0);
+    h_resp_free(&r);
+
+    /* threshold 0 sends everything to the strong tier, with its overrides merged */
+    h_chat(port, "{\"model\":\"triage:0\"," MSGS "}", &r);
+    CHECK(r.status == 200);
+    CHECK(h_header(&r, "x-triage-backend") && !strcmp(h_header(&r, "x-triage-backend"), "strong"));
+    CHECK(header_num(&r, "x-triage-threshold") == 0);
+    CHECK(h_header(&r, "x-mock-model") && !strcmp(h_header(&r, "x-mock-model"), "gpt4-test"));
+    h_resp_free(&r);
+    json_t *last = mock_last_request();
+    CHECK(!strcmp(json_string_value(json_object_get(last, "reasoning_effort")), "high"));
+    CHECK(!strcmp(json_string_value(json_object_get(last, "model")), "gpt4-test"));
+    json_decref(last);
+
+    /* the header override */
+    const char *hdrs[] = {"x-triage-threshold: 0", NULL};
+    struct h_req req = {.path = "/v1/chat/completions",
+                        .body = "{\"model\":\"triage\"," MSGS "}",
+                        .headers = hdrs};
+    h_do(port, &req, &r);
+    CHECK(h_header(&r, "x-triage-backend") && !strcmp(h_header(&r, "x-triage-backend"), "strong"));
+    h_resp_free(&r);
+    const char *bad[] = {"x-triage-threshold: lots", NULL};
+    req.headers = bad;
+    h_do(port, &req, &r);
+    CHECK(r.status == 400);
+    h_resp_free(&r);
+
+    /* routed streams carry the headers too */
+    h_chat(port, "{\"model\":\"triage:1\",\"stream\":true," MSGS "}", &r);
+    CHECK(r.status == 200);
+    CHECK(h_header(&r, "x-triage-score") != NULL);
+    CHECK(h_header(&r, "x-triage-backend") != NULL);
+    h_resp_free(&r);
+}
+
+static void
+test_models_health(void)
+{
+    struct h_resp r;
+
+    h_get(port, "/v1/models", &r);
+    CHECK(r.status == 200);
+    json_t *j = json_loadb(r.body, r.len, 0, NULL);
+    CHECK(!strcmp(json_string_value(json_object_get(j, "object")), "list"));
+    json_t *data = json_object_get(j, "data");
+    int seen_triage = 0, seen_fast = 0, seen_strong = 0;
+    for (size_t i = 0; i < json_array_size(data); i++) {
+        json_t *e = json_array_get(data, i);
+        const char *id = json_string_value(json_object_get(e, "id"));
+        CHECK(!strcmp(json_string_value(json_object_get(e, "object")), "model"));
+        seen_triage += id && !strcmp(id, "triage");
+        seen_fast += id && !strcmp(id, "fast");
+        seen_strong += id && !strcmp(id, "strong");
+    }
+    CHECK(seen_triage == 1 && seen_fast == 1 && seen_strong == 1);
+    CHECK(json_array_size(data) == 5); /* triage + 4 backends */
+    json_decref(j);
+    h_resp_free(&r);
+
+    h_get(port, "/healthz", &r);
+    CHECK(r.status == 200);
+    h_resp_free(&r);
+    h_get(port, "/readyz", &r);
+    CHECK(r.status == 200);
+    j = json_loadb(r.body, r.len, 0, NULL);
+    CHECK(!strcmp(json_string_value(json_object_get(j, "status")), "ready"));
+    CHECK(json_array_size(json_object_get(j, "backends")) == 4);
+    json_decref(j);
+    h_resp_free(&r);
+}
+
+static void
+test_client_abort(void)
+{
+    struct h_resp r;
+    struct h_req req = {
+        .path = "/v1/chat/completions",
+        .body = "{\"model\":\"fast\",\"stream\":true," MSGS
+                ",\"mock\":{\"chunks\":40,\"chunk_delay_ms\":100}}",
+        .timeout_ms = 500,
+    };
+    long before = mock_stat("cancelled");
+
+    h_do(port, &req, &r);
+    CHECK(r.rc == CURLE_OPERATION_TIMEDOUT);
+    h_resp_free(&r);
+    /* the daemon notices at the next chunk and hangs up on the backend */
+    long after = before;
+    for (int i = 0; i < 50 && after == before; i++) {
+        usleep(50000);
+        after = mock_stat("cancelled");
+    }
+    CHECK(after == before + 1);
+}
+
+static void
+test_check_config(void)
+{
+    char out[4096], path[512];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/main.conf", dir);
+    char *good[] = {triaged_bin, "--check-config", path, NULL};
+    CHECK(h_run(good, out, sizeof(out)) == 0);
+    CHECK(strstr(out, "OK") != NULL);
+
+    snprintf(path, sizeof(path), "%s/bad.conf", dir);
+    f = fopen(path, "w");
+    fprintf(f, "[server]\nlisten = 127.0.0.1\nport = lots\n");
+    fclose(f);
+    char *bad[] = {triaged_bin, "--check-config", path, NULL};
+    CHECK(h_run(bad, out, sizeof(out)) == 1);
+    char want[600];
+    snprintf(want, sizeof(want), "%s:3:", path);
+    CHECK(strstr(out, want) != NULL);
+
+    char *ver[] = {triaged_bin, "--version", NULL};
+    CHECK(h_run(ver, out, sizeof(out)) == 0 && strstr(out, "triaged ") == out);
+    char *help[] = {triaged_bin, "--help", NULL};
+    CHECK(h_run(help, out, sizeof(out)) == 0 && strstr(out, "--check-config"));
+    char *junk[] = {triaged_bin, "--frobnicate", NULL};
+    CHECK(h_run(junk, out, sizeof(out)) == 2);
+
+    /* a config whose model cannot load refuses to start, saying why */
+    snprintf(path, sizeof(path), "%s/nomodel.conf", dir);
+    f = fopen(path, "w");
+    fprintf(f, "[server]\nport = %u\n[router]\nmodel = missing.tmod\n[backend a]\nurl = "
+               "http://127.0.0.1:1/v1\n[backend b]\nurl = http://127.0.0.1:1/v1\n",
+            h_free_port());
+    fclose(f);
+    char *nomodel[] = {triaged_bin, "--config", path, NULL};
+    CHECK(h_run(nomodel, out, sizeof(out)) == 1);
+    CHECK(strstr(out, "missing.tmod") != NULL);
+}
+
+static void
+test_outcome_log(void)
+{
+    char path[512];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    struct h_resp r;
+    char id[128] = "";
+
+    h_chat(port, "{\"model\":\"fast\",\"stream\":true," MSGS ",\"mock\":{\"chunks\":5}}", &r);
+    CHECK(r.status == 200);
+    if (h_header(&r, "x-triage-request-id"))
+        snprintf(id, sizeof(id), "%s", h_header(&r, "x-triage-request-id"));
+    h_resp_free(&r);
+    /* the writer flushes every 10 ms; give it time */
+    snprintf(path, sizeof(path), "%s/out.db", dir);
+    int found = 0;
+    for (int i = 0; i < 100 && !found; i++) {
+        usleep(50000);
+        if (!db && sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+            continue;
+        if (sqlite3_prepare_v2(db,
+                               "SELECT backend, status, tokens_out, stream, cost_usd, "
+                               "prompt_hash, route_reason FROM requests WHERE request_id = ?",
+                               -1, &st, NULL) != SQLITE_OK)
+            continue;
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            found = 1;
+            CHECK(!strcmp((const char *)sqlite3_column_text(st, 0), "fast"));
+            CHECK(sqlite3_column_int(st, 1) == 200);
+            CHECK(sqlite3_column_int(st, 2) > 0); /* usage came from the stripped chunk */
+            CHECK(sqlite3_column_int(st, 3) == 1);
+            CHECK(sqlite3_column_double(st, 4) > 0);
+            CHECK(sqlite3_column_text(st, 5) && strlen((const char *)sqlite3_column_text(st, 5)) == 64);
+            CHECK(!strcmp((const char *)sqlite3_column_text(st, 6), "passthrough"));
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+    CHECK(found);
+    sqlite3_close(db);
+}
+
+static void
+test_reload(void)
+{
+    struct h_resp r;
+    char path[512];
+
+    write_conf("main.conf", port, NULL, "triage, auto", 1);
+    kill(daemon_pid, SIGHUP);
+    int seen = 0;
+    for (int i = 0; i < 50 && !seen; i++) {
+        usleep(50000);
+        h_get(port, "/v1/models", &r);
+        seen = strstr(r.body, "\"auto\"") != NULL;
+        h_resp_free(&r);
+    }
+    CHECK(seen);
+    h_chat(port, "{\"model\":\"auto:0\"," MSGS "}", &r);
+    CHECK(r.status == 200);
+    h_resp_free(&r);
+
+    /* a broken config is refused and the running one kept */
+    snprintf(path, sizeof(path), "%s/main.conf", dir);
+    FILE *f = fopen(path, "a");
+    fprintf(f, "[backend broken]\n");
+    fclose(f);
+    struct h_req req = {.path = "/admin/reload", .body = "{}"};
+    h_do(port, &req, &r);
+    CHECK(r.status == 500);
+    CHECK(!strcmp(h_error_code(&r), "reload_failed"));
+    h_resp_free(&r);
+    h_get(port, "/v1/models", &r);
+    CHECK(strstr(r.body, "\"auto\"") != NULL);
+    h_resp_free(&r);
+    write_conf("main.conf", port, NULL, "triage", 1);
+    h_do(port, &req, &r);
+    CHECK(r.status == 200);
+    h_resp_free(&r);
+    h_get(port, "/v1/models", &r);
+    CHECK(strstr(r.body, "\"auto\"") == NULL);
+    h_resp_free(&r);
+}
+
+/* SIGTERM while a stream runs: the stream finishes, then the daemon exits 0. Two
+ * workers, so SO_REUSEPORT listening is exercised too. */
+static void
+test_graceful_shutdown(void)
+{
+    unsigned p2 = h_free_port();
+    pid_t pid;
+    struct h_resp r;
+    struct curl_slist *hl;
+    struct h_req req = {
+        .path = "/v1/chat/completions",
+        .body = "{\"model\":\"fast\",\"stream\":true," MSGS
+                ",\"mock\":{\"chunks\":8,\"chunk_delay_ms\":150}}",
+    };
+    int running = 1, sent = 0;
+
+    write_conf("two.conf", p2, "workers = 2", "triage", 0);
+    if (start_daemon("two.conf", p2, "two.log", &pid) < 0) {
+        CHECK(!"second daemon started");
+        return;
+    }
+    for (int i = 0; i < 6; i++) { /* both workers answer */
+        h_get(p2, "/healthz", &r);
+        CHECK(r.status == 200);
+        h_resp_free(&r);
+    }
+    CURLM *m = curl_multi_init();
+    CURL *e = h_easy(p2, &req, &r, &hl);
+    curl_multi_add_handle(m, e);
+    while (running) {
+        curl_multi_perform(m, &running);
+        if (!sent && r.first_byte_ms >= 0) {
+            kill(pid, SIGTERM);
+            sent = 1;
+        }
+        if (running)
+            curl_multi_poll(m, NULL, 0, 50, NULL);
+    }
+    CURLMsg *msg = curl_multi_info_read(m, &running);
+    CHECK(msg && msg->data.result == CURLE_OK);
+    struct h_sse s;
+    h_parse_sse(r.body, &s);
+    CHECK(sent && s.done == 1 && s.chunks >= 8);
+    curl_multi_remove_handle(m, e);
+    void *ctx;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&ctx);
+    free(ctx);
+    curl_easy_cleanup(e);
+    curl_slist_free_all(hl);
+    curl_multi_cleanup(m);
+    h_resp_free(&r);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+int
+main(int argc, char **argv)
+{
+    char path[512];
+
+    if (argc != 3) {
+        fprintf(stderr, "usage: test_proxy TRIAGED MOCKLLM\n");
+        return 2;
+    }
+    triaged_bin = argv[1];
+    mock_bin = argv[2];
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    snprintf(dir, sizeof(dir), "/tmp/triaged-test-XXXXXX");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    snprintf(path, sizeof(path), "%s/m.tmod", dir);
+    if (write_model(path) < 0)
+        return 1;
+    char *margv[] = {mock_bin, "--port", "0", NULL};
+    if (h_spawn_mock(margv, &mock_pid, &mock_port) < 0) {
+        fprintf(stderr, "cannot start %s\n", mock_bin);
+        return 1;
+    }
+    setenv("TRIAGE_TEST_FAST_KEY", "fast-secret", 1);
+    port = h_free_port();
+    write_conf("main.conf", port, NULL, "triage", 1);
+    if (start_daemon("main.conf", port, "main.log", &daemon_pid) < 0) {
+        fprintf(stderr, "cannot start triaged; see %s/main.log\n", dir);
+        h_stop(mock_pid, SIGTERM);
+        return 1;
+    }
+
+    struct {
+        const char *name;
+        void (*fn)(void);
+    } tests[] = {
+        {"passthrough", test_passthrough},
+        {"stream", test_stream},
+        {"stream_incremental", test_stream_incremental},
+        {"concurrent_streams", test_concurrent_streams},
+        {"die_mid_stream", test_die_mid_stream},
+        {"bad_input", test_bad_input},
+        {"routing", test_routing},
+        {"models_health", test_models_health},
+        {"client_abort", test_client_abort},
+        {"check_config", test_check_config},
+        {"outcome_log", test_outcome_log},
+        {"reload", test_reload},
+        {"graceful_shutdown", test_graceful_shutdown},
+    };
+    const char *only = getenv("TEST_ONLY");
+    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+        if (only && strcmp(only, tests[i].name))
+            continue;
+        int before = h_failures;
+        double t0 = h_now_ms();
+        tests[i].fn();
+        fprintf(stderr, "%s %s (%.0f ms)\n", h_failures == before ? "ok  " : "FAIL",
+                tests[i].name, h_now_ms() - t0);
+    }
+
+    int st = h_stop(daemon_pid, SIGTERM);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    h_stop(mock_pid, SIGTERM);
+    if (h_failures) {
+        fprintf(stderr, "%d checks failed; daemon log in %s/main.log\n", h_failures, dir);
+    } else {
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "cannot remove %s\n", dir);
+    }
+    curl_global_cleanup();
+    return h_failures ? 1 : 0;
+}
