@@ -227,8 +227,8 @@ storage__open_read(const char *path, char *err, size_t errlen)
         goto fail;
     if (version < STORAGE_SCHEMA_VERSION) {
         storage__errf(err, errlen,
-                      "%s: schema version %d is older than %d; open it once with the daemon "
-                      "(or `triage stats`) to migrate",
+                      "%s: schema version %d is older than %d; start triaged on it once "
+                      "(it migrates at start)",
                       path, version, STORAGE_SCHEMA_VERSION);
         goto fail;
     }
