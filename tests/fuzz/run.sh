@@ -43,9 +43,12 @@ for t in "$@"; do
     mkdir -p "$work" "$art"
     seeds=()
     [ -d "tests/fuzz/corpus/$t" ] && seeds=("tests/fuzz/corpus/$t")
+    dict=()
+    [ -f "tests/fuzz/$t.dict" ] && dict=("-dict=tests/fuzz/$t.dict")
     log="$dir/fuzz-$t.log"
     "$exe" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
-        -print_final_stats=1 -artifact_prefix="$art" "$work" "${seeds[@]}" >"$log" 2>&1
+        -print_final_stats=1 -artifact_prefix="$art" "${dict[@]}" "$work" "${seeds[@]}" \
+        >"$log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1)
