@@ -648,6 +648,9 @@ static void
 on_request_event(void *ctx, const struct daemon_request_event *ev)
 {
     struct metrics *m = ctx;
+    /* Only model traffic: health checks, scrapes and the dashboard would drown it. */
+    if (ev->path && strcmp(ev->path, "/v1/chat/completions"))
+        return;
     int b = ev->backend ? metrics_backend_index(m, ev->backend) : -1;
     struct metrics_request r = {
         .backend = b,

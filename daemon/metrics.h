@@ -96,8 +96,8 @@ void metrics_set_gauges(struct metrics *m, metrics_gauges_fn fn, void *ud);
 char *metrics_render(struct metrics *m, size_t *len);
 
 /* Wires m into the HTTP server (hooks.h): serves GET /metrics (admin-only when
- * [auth] stats_need_admin), records every finished request from the server's
- * request events, and takes the in-flight count and model version from
+ * [auth] stats_need_admin), records every finished POST /v1/chat/completions
+ * from the server's request events (not health checks or scrapes), and takes the in-flight count and model version from
  * daemon_gauges_get() at each scrape (a metrics_set_gauges() callback runs after
  * that and may add or override). Call once before the server runs; m must
  * outlive the server. Returns 0 or -errno. */
