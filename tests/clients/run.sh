@@ -2,9 +2,9 @@
 # run.sh - the 'clients' suite: starts two mockllm backends and triaged on a generated
 # config, then drives triaged with the official openai npm client (openai-sdk.test.mjs).
 # Exits 77 (skipped) when node or tests/clients/node_modules is missing (`npm ci` there).
-# Usage: run.sh MOCKLLM TRIAGED TRIAGE
+# Usage: run.sh MOCKLLM TRIAGED MAKE_MODEL
 set -uo pipefail
-mockllm=$1 triaged=$2 triage=$3
+mockllm=$1 triaged=$2 make_model=$3
 here=$(cd "$(dirname "$0")" && pwd)
 
 command -v node >/dev/null || { echo "node not found: skipped"; exit 77; }
@@ -33,14 +33,7 @@ start_mock fast
 start_mock strong
 
 # a tiny predictor model: this suite tests the wire protocol, not routing quality
-cat >"$tmp/train.jsonl" <<'JSONL'
-{"prompt": "What is 2+2?", "outcomes": {"weak": 1, "strong": 1}}
-{"prompt": "Prove that there are infinitely many twin primes.", "outcomes": {"weak": 0, "strong": 1}}
-{"prompt": "Say hello.", "outcomes": {"weak": 1, "strong": 1}}
-{"prompt": "Integrate x^2 e^x sin(x) dx and justify each step.", "outcomes": {"weak": 0, "strong": 1}}
-JSONL
-"$triage" train --data "$tmp/train.jsonl" --out "$tmp/model.tmod" --bits 10 --dim 0 --epochs 2 \
-    >"$tmp/train.log" 2>&1 || { echo "triage train failed"; cat "$tmp/train.log"; exit 1; }
+"$make_model" "$tmp/model.tmod" || { echo "make_model failed"; exit 1; }
 
 # a free port for triaged: nothing answers on it
 for _ in $(seq 50); do
