@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 
 #include <curl/curl.h>
@@ -18,8 +19,11 @@
 #include "commands.h"
 #include "conf.h"
 
+/* a source tree's copy first, then the installed one */
 #define DEFAULT_DATA TRIAGE_SOURCE_ROOT "/data/replay/gsm8k.jsonl.gz"
+#define INSTALLED_DATA TRIAGE_DATADIR "/replay/gsm8k.jsonl.gz"
 #define DEFAULT_CONF TRIAGE_SOURCE_ROOT "/conf/triage.conf"
+#define INSTALLED_CONF TRIAGE_SYSCONFDIR "/triage.conf"
 #define MAX_RUNS 16
 
 struct item {
@@ -624,7 +628,9 @@ cli_demo(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct demo d = {.url = "http://127.0.0.1:8080", .timeout_ms = 600000};
-    const char *conf_path = DEFAULT_CONF, *data = DEFAULT_DATA, *svg = "triage-demo.svg";
+    const char *conf_path = access(DEFAULT_CONF, R_OK) == 0 ? DEFAULT_CONF : INSTALLED_CONF;
+    const char *data = access(DEFAULT_DATA, R_OK) == 0 ? DEFAULT_DATA : INSTALLED_DATA;
+    const char *svg = "triage-demo.svg";
     const char *thresholds = "0.3,0.4,0.5,0.6,0.7", *key = getenv("TRIAGE_API_KEY");
     unsigned long limit = 0, conc = 64, timeout = 600000;
     char err[512];

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <zlib.h>
@@ -15,7 +16,9 @@
 #include "commands.h"
 #include "fakeai.h"
 
+/* a source tree's copy first, then the installed one */
 #define DEFAULT_DATA TRIAGE_SOURCE_ROOT "/data/replay/gsm8k.jsonl.gz"
+#define INSTALLED_DATA TRIAGE_DATADIR "/replay/gsm8k.jsonl.gz"
 
 struct replay_entry {
     char *key;                  /* the whitespace-normalised prompt; NULL = empty slot */
@@ -393,7 +396,7 @@ cli_replay(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct replay r = {.data = DEFAULT_DATA};
+    struct replay r = {.data = access(DEFAULT_DATA, R_OK) == 0 ? DEFAULT_DATA : INSTALLED_DATA};
     uint32_t port = 9001, threads = 1;
     const char *listen = "127.0.0.1";
     char err[256];
