@@ -108,6 +108,7 @@ struct parse {
     const char *path;
     char *err;
     size_t errlen;
+    unsigned flags; /* CONF_LOAD_* */
     int failed;
     /* List-valued keys are kept as text until every backend is known. */
     char *aliases;
@@ -515,7 +516,7 @@ check_backend(struct parse *p, struct conf_backend *b)
             return -1;
         }
     }
-    return resolve_key(p, b);
+    return (p->flags & CONF_LOAD_SKIP_KEYS) ? 0 : resolve_key(p, b);
 }
 
 /* Resolves tiers ("name:bar, name:bar, name") into indices and bars. */
@@ -657,7 +658,13 @@ resolve_path(const char *conf_path, char **field)
 struct conf *
 conf_load(const char *path, char *err, size_t errlen)
 {
-    struct parse p = {.path = path, .err = err, .errlen = errlen};
+    return conf_load_flags(path, 0, err, errlen);
+}
+
+struct conf *
+conf_load_flags(const char *path, unsigned flags, char *err, size_t errlen)
+{
+    struct parse p = {.path = path, .err = err, .errlen = errlen, .flags = flags};
     FILE *f;
 
     if (errlen)

@@ -112,6 +112,13 @@ struct conf {
  * Returns NULL on failure with a "file:line: message" (or "file: message") in err. */
 struct conf *conf_load(const char *path, char *err, size_t errlen);
 
+enum {
+    CONF_LOAD_SKIP_KEYS = 1 << 0, /* leave api_key NULL: for tools that never call a backend */
+};
+
+/* conf_load with flags (CONF_LOAD_*). */
+struct conf *conf_load_flags(const char *path, unsigned flags, char *err, size_t errlen);
+
 /* Frees a snapshot; NULL is fine. Wipes the resolved keys before freeing them. */
 void conf_destroy(struct conf *c);
 

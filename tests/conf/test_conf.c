@@ -173,6 +173,15 @@ test_keys_from_env_and_file(void **state)
     assert_non_null(strstr(err, "TRIAGE_TEST_KEY is not set"));
     /* the error names the variable, never a key value */
     assert_null(strstr(err, "sk-"));
+
+    /* tools that never call a backend can read the file without its secrets */
+    const char *path = write_conf("[router]\nmodel = /m\n[backend a]\nurl = http://x\n"
+                                  "api_key_env = TRIAGE_TEST_KEY\n");
+    c = conf_load_flags(path, CONF_LOAD_SKIP_KEYS, err, sizeof(err));
+    unlink(path);
+    assert_non_null(c);
+    assert_null(c->backends[0].api_key);
+    conf_destroy(c);
 }
 
 /* Each bad file must fail with an error that names the line (where there is one). */
