@@ -239,7 +239,7 @@ cli_stats(int argc, char **argv)
     }
     n_prices = n_price_args;
     if (config) {
-        cf = conf_load(config, err, sizeof(err));
+        cf = conf_load_flags(config, CONF_LOAD_SKIP_KEYS, err, sizeof(err));
         if (!cf) {
             cli_errorf("stats", "%s", err);
             goto done;
