@@ -21,12 +21,15 @@
   function fmtUSD(x) {
     if (x == null || !isFinite(x)) return '–';
     const a = Math.abs(x);
-    const d = a >= 100 ? 0 : a >= 1 ? 2 : a >= 0.01 ? 3 : 4;
-    return (x < 0 ? '-$' : '$') + a.toFixed(d);
+    if (a === 0) return '$0';
+    /* cents and up: fixed decimals; below a cent: two significant digits */
+    const t = a >= 100 ? a.toFixed(0) : a >= 1 ? a.toFixed(2) : a >= 0.01 ? a.toFixed(3)
+      : String(Number(a.toPrecision(2)));
+    return (x < 0 ? '-$' : '$') + t;
   }
   /* Axis labels: as few decimals as the tick step needs. */
   function fmtUSDAxis(step) {
-    const d = step >= 1 ? 0 : step >= 0.1 ? 1 : step >= 0.01 ? 2 : step >= 0.001 ? 3 : 4;
+    const d = step >= 1 ? (Number.isInteger(step) ? 0 : 1) : Math.min(8, Math.ceil(-Math.log10(step) - 1e-9) + (String(step).includes('25') ? 1 : 0));
     return (v) => (v === 0 ? '$0' : '$' + v.toFixed(d));
   }
   function fmtMs(ms) {
@@ -83,18 +86,25 @@
     return { W, H, x0: m.left, x1: W - m.right, y0: H - m.bottom, y1: m.top };
   }
 
-  /* A "nice" axis from 0 to at least max with about n ticks. */
-  function niceScale(max, n = 4) {
+  /* A "nice" axis from 0 to at least max with about n ticks; counts step by whole numbers. */
+  function niceScale(max, n = 4, integer = false) {
     if (!(max > 0)) max = 1;
     const raw = max / n;
     const mag = Math.pow(10, Math.floor(Math.log10(raw)));
     const f = raw / mag;
-    const step = (f <= 1 ? 1 : f <= 2 ? 2 : f <= 2.5 ? 2.5 : f <= 5 ? 5 : 10) * mag;
+    let step = (f <= 1 ? 1 : f <= 2 ? 2 : f <= 2.5 ? 2.5 : f <= 5 ? 5 : 10) * mag;
+    if (integer) step = Math.max(1, Math.ceil(step));
     return { max: Math.ceil(max / step - 1e-9) * step, step };
   }
+  const countScale = (max) => niceScale(max, 4, true);
 
   function yAxis(svg, f, scale, fmt, title) {
     const g = add(svg, 'g', { class: 'axis y' });
+    /* room for the widest tick label (about 6.5 px a character) and the title */
+    let widest = 0;
+    for (let v = 0; v <= scale.max + scale.step / 2; v += scale.step)
+      widest = Math.max(widest, String(fmt(v)).length);
+    f.x0 = Math.max(f.x0, Math.ceil(widest * 6.5) + (title ? 28 : 10));
     for (let v = 0; v <= scale.max + scale.step / 2; v += scale.step) {
       const y = f.y0 - (v / scale.max) * (f.y0 - f.y1);
       add(g, 'line', { class: 'gridline', x1: f.x0, x2: f.x1, y1: y, y2: y });
@@ -189,7 +199,7 @@
       const s = tl.backends[b];
       if (s) s.requests.forEach((v, k) => { totals[k] += v; });
     }
-    const y = yAxis(svg, f, niceScale(Math.max(...totals)), fmtInt, 'requests');
+    const y = yAxis(svg, f, countScale(Math.max(...totals)), fmtInt, 'requests');
     const xOf = (k) => f.x0 + (k / n) * (f.x1 - f.x0);
     const bw = ((f.x1 - f.x0) / n) * 0.78;
     const base = new Array(n).fill(0);
@@ -297,8 +307,10 @@
                                      y: y(v), width: bw - 2, height: f.y0 - y(v),
                                      fill: colors[b], 'fill-opacity': OPACITY[j] });
         tip(r, `${b} ${p}: ${fmtMs(v)} (${L.n} requests)`);
-        add(svg, 'text', { class: 'value-label', x: x + bw / 2, y: y(v) - 4, 'text-anchor': 'middle' },
-            fmtMs(v));
+        /* narrow bars: label p50 and p99 only, so neighbouring labels do not touch */
+        if (bw >= 6.5 * fmtMs(v).length + 4 || p !== 'p95')
+          add(svg, 'text', { class: 'value-label', x: x + bw / 2, y: y(v) - 4, 'text-anchor': 'middle' },
+              fmtMs(v));
       });
       add(svg, 'text', { x: cx, y: f.y0 + 16, 'text-anchor': 'middle' }, b);
     });
@@ -322,7 +334,7 @@
       return;
     }
     $('score-hint').textContent = `${fmtInt(h.routed)} routed requests`;
-    const y = yAxis(svg, f, niceScale(Math.max(...h.counts)), fmtInt, 'requests');
+    const y = yAxis(svg, f, countScale(Math.max(...h.counts)), fmtInt, 'requests');
     const span = h.hi - h.lo;
     const xOf = (v) => f.x0 + ((v - h.lo) / span) * (f.x1 - f.x0);
     const bw = (f.x1 - f.x0) / h.bins;
