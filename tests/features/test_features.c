@@ -1,0 +1,284 @@
+/* test_features.c - unit tests for features/: exact ids and values, folding, dense signals, request shapes, big inputs. */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "features-int.h"
+#include "prompt_features.h"
+
+#define BITS 16
+
+/* Returns the value of bucket id in v, or -1 when absent. */
+static double
+value_of(const struct features_vec *v, uint32_t id)
+{
+    for (size_t i = 0; i < v->n; i++)
+        if (v->ids[i] == id)
+            return v->vals[i];
+    return -1;
+}
+
+static uint32_t
+word_id(enum features_family fam, const char *w)
+{
+    return features_bucket(BITS, fam, features_hash_token(w, strlen(w)));
+}
+
+static size_t
+dense_index(const char *name)
+{
+    for (size_t i = 0; i < FEATURES_N_DENSE; i++)
+        if (strcmp(features_dense_name(i), name) == 0)
+            return i;
+    fail_msg("no dense feature %s", name);
+    return 0;
+}
+
+static uint32_t
+char4_id(const char *g)
+{
+    uint32_t cp[4] = {(unsigned char)g[0], (unsigned char)g[1], (unsigned char)g[2],
+                      (unsigned char)g[3]};
+    return features_bucket(BITS, FEATURES_FAM_CHAR, features__char4_key(cp));
+}
+
+static void
+test_exact_ids_and_values(void **state)
+{
+    struct features_scratch *s = features_scratch_new(BITS);
+    struct features_vec v;
+
+    assert_int_equal(features_extract_text(s, "Hello world", 11, &v), 0);
+    /* 2 words, 1 bigram, 8 char 4-grams, 24 dense bins (no collisions at 2^16 here) */
+    assert_int_equal(v.n, 2 + 1 + 8 + FEATURES_N_DENSE);
+    /* each family is L2-normalised log term frequency: two words of count 1 */
+    assert_float_equal(value_of(&v, word_id(FEATURES_FAM_WORD, "hello")), 1 / sqrt(2), 1e-6);
+    assert_float_equal(value_of(&v, word_id(FEATURES_FAM_WORD, "world")), 1 / sqrt(2), 1e-6);
+    uint64_t bigram = features__bigram_key(features_hash_token("hello", 5),
+                                           features_hash_token("world", 5));
+    assert_float_equal(value_of(&v, features_bucket(BITS, FEATURES_FAM_BIGRAM, bigram)), 1.0,
+                       1e-6);
+    const char *grams[] = {"hell", "ello", "llo ", "lo w", "o wo", " wor", "worl", "orld"};
+    for (size_t i = 0; i < 8; i++)
+        assert_float_equal(value_of(&v, char4_id(grams[i])), 1 / sqrt(8), 1e-6);
+    /* first-seen order: "hell" is complete before the word "hello" ends */
+    assert_int_equal(v.ids[0], char4_id("hell"));
+    assert_int_equal(v.ids[2], word_id(FEATURES_FAM_WORD, "hello"));
+    assert_float_equal(v.dense[dense_index("log_chars_last")], log1p(11), 1e-6);
+    assert_float_equal(v.dense[dense_index("log_words_last")], log1p(2), 1e-6);
+    assert_float_equal(v.dense[dense_index("upper_frac")], 0.1, 1e-6);
+    features_scratch_destroy(s);
+}
+
+static void
+test_repeats_use_log_tf(void **state)
+{
+    struct features_scratch *s = features_scratch_new(BITS);
+    struct features_vec v;
+
+    assert_int_equal(features_extract_text(s, "cat cat cat dog", 15, &v), 0);
+    double a = 1 + log(3), b = 1;
+    double norm = sqrt(a * a + b * b);
+    assert_float_equal(value_of(&v, word_id(FEATURES_FAM_WORD, "cat")), a / norm, 1e-5);
+    assert_float_equal(value_of(&v, word_id(FEATURES_FAM_WORD, "dog")), b / norm, 1e-5);
+    features_scratch_destroy(s);
+}
+
+static void
+test_folding_and_numbers(void **state)
+{
+    struct features_scratch *s = features_scratch_new(BITS);
+    struct features_vec v;
+
+    /* ASCII and Latin-1 capitals fold; numbers become their digit count */
+    const char *t = "HELLO \xc3\x84rger 17";
+    assert_int_equal(features_extract_text(s, t, strlen(t), &v), 0);
+    assert_true(value_of(&v, word_id(FEATURES_FAM_WORD, "hello")) > 0);
+    assert_true(value_of(&v, word_id(FEATURES_FAM_WORD, "\xc3\xa4rger")) > 0);
+    uint32_t num2 = features_bucket(BITS, FEATURES_FAM_WORD, features__num_key(2));
+    assert_true(value_of(&v, num2) > 0);
+    assert_true(value_of(&v, word_id(FEATURES_FAM_WORD, "17")) < 0);
+    assert_int_equal(features__fold('Q'), 'q');
+    assert_int_equal(features__fold(0x391), 0x3b1); /* Greek Alpha */
+    assert_int_equal(features__fold(0x416), 0x436); /* Cyrillic Zhe */
+    assert_int_equal(features__fold(0xd7), 0xd7);   /* the multiplication sign stays */
+
+    /* "42" and "17" share a feature */
+    struct features_vec w;
+    assert_int_equal(features_extract_text(s, "42", 2, &w), 0);
+    assert_true(value_of(&w, num2) > 0);
+    features_scratch_destroy(s);
+}
+
+static void
+test_invalid_utf8(void **state)
+{
+    struct features_scratch *s = features_scratch_new(BITS);
+    struct features_vec v;
+    const char bad[] = "ab\xff\xfe"
+                       "cd\xc3"; /* invalid bytes and a truncated sequence */
+
+    assert_int_equal(features_extract_text(s, bad, sizeof(bad) - 1, &v), 0);
+    /* invalid bytes separate words: "ab" and "cd" */
+    assert_true(value_of(&v, word_id(FEATURES_FAM_WORD, "ab")) > 0);
+    assert_true(value_of(&v, word_id(FEATURES_FAM_WORD, "cd")) > 0);
+    features_scratch_destroy(s);
+}
+
+static void
+test_dense_signals(void **state)
+{
+    struct features_scratch *s = features_scratch_new(BITS);
+    struct features_vec v;
+    const char *t = "Which is right? Solve $x^2 = 4$.\nA. 1\nB) 2\n(C) 3\nD: 4\nAnswer:";
+
+    assert_int_equal(features_extract_text(s, t, strlen(t), &v), 0);
+    assert_float_equal(v.dense[dense_index("log_mc_options")], log1p(4), 1e-6);
+    assert_float_equal(v.dense[dense_index("log_questions")], log1p(1), 1e-6);
+    assert_float_equal(v.dense[dense_index("log_latex")], log1p(2), 1e-6);
+    assert_float_equal(v.dense[dense_index("log_operators")], log1p(2), 1e-6); /* ^ = */
+    assert_float_equal(v.dense[dense_index("log_newlines")], log1p(5), 1e-6);
+    assert_float_equal(v.dense[dense_index("log_turns")], log1p(1), 1e-6);
+    assert_float_equal(v.dense[dense_index("has_system")], 0, 1e-6);
+    features_scratch_destroy(s);
+}
+
+static void
+test_messages(void **state)
+{
+    struct features_scratch *s = features_scratch_new(BITS);
+    struct features_vec v;
+    json_error_t err;
+    json_t *req = json_loads(
+        "{\"model\":\"triage\",\"max_tokens\":100,\"tools\":[{},{}],\"messages\":["
+        "{\"role\":\"system\",\"content\":\"Be terse\"},"
+        "{\"role\":\"user\",\"content\":\"first question\"},"
+        "{\"role\":\"assistant\",\"content\":null},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Final ask\"},"
+        "{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\"}}]}]}",
+        0, &err);
+    assert_non_null(req);
+    assert_int_equal(features_extract(s, req, &v), 0);
+    /* the last user turn is the main stream; the rest goes to the context family */
+    assert_true(value_of(&v, word_id(FEATURES_FAM_WORD, "final")) > 0);
+    assert_true(value_of(&v, word_id(FEATURES_FAM_WORD, "first")) < 0);
+    assert_true(value_of(&v, word_id(FEATURES_FAM_CONTEXT, "first")) > 0);
+    assert_true(value_of(&v, word_id(FEATURES_FAM_CONTEXT, "terse")) > 0);
+    assert_float_equal(v.dense[dense_index("log_turns")], log1p(4), 1e-6);
+    assert_float_equal(v.dense[dense_index("log_user_turns")], log1p(2), 1e-6);
+    assert_float_equal(v.dense[dense_index("has_system")], 1, 1e-6);
+    assert_float_equal(v.dense[dense_index("log_system_chars")], log1p(8), 1e-6);
+    assert_float_equal(v.dense[dense_index("log_max_tokens")], log1p(100), 1e-6);
+    assert_float_equal(v.dense[dense_index("has_tools")], 1, 1e-6);
+    assert_float_equal(v.dense[dense_index("log_tools")], log1p(2), 1e-6);
+    assert_float_equal(v.dense[dense_index("log_images")], log1p(1), 1e-6);
+    assert_float_equal(v.dense[dense_index("log_chars_last")], log1p(9), 1e-6);
+    json_decref(req);
+
+    /* a legacy prompt string is the user turn, same as features_extract_text */
+    struct features_vec a;
+    req = json_pack("{s:s}", "prompt", "Hello world");
+    assert_int_equal(features_extract(s, req, &a), 0);
+    size_t n = a.n;
+    uint32_t *ids = malloc(n * sizeof(uint32_t));
+    float *vals = malloc(n * sizeof(float)), dense[FEATURES_N_DENSE];
+    memcpy(ids, a.ids, n * sizeof(uint32_t));
+    memcpy(vals, a.vals, n * sizeof(float));
+    memcpy(dense, a.dense, sizeof(dense));
+    assert_int_equal(features_extract_text(s, "Hello world", 11, &a), 0);
+    assert_int_equal(a.n, n);
+    assert_memory_equal(a.ids, ids, n * sizeof(uint32_t));
+    assert_memory_equal(a.vals, vals, n * sizeof(float));
+    assert_memory_equal(a.dense, dense, sizeof(dense));
+    free(ids);
+    free(vals);
+    json_decref(req);
+    features_scratch_destroy(s);
+}
+
+static void
+test_rejects(void **state)
+{
+    struct features_scratch *s = features_scratch_new(BITS);
+    struct features_vec v;
+    json_t *req;
+
+    assert_null(features_scratch_new(FEATURES_MIN_BITS - 1));
+    assert_null(features_scratch_new(FEATURES_MAX_BITS + 1));
+    req = json_pack("{s:[]}", "messages");
+    assert_int_equal(features_extract(s, req, &v), -EINVAL);
+    json_decref(req);
+    req = json_pack("{s:i}", "prompt", 3);
+    assert_int_equal(features_extract(s, req, &v), -EINVAL);
+    json_decref(req);
+    req = json_pack("[s]", "x");
+    assert_int_equal(features_extract(s, req, &v), -EINVAL);
+    json_decref(req);
+    assert_int_equal(features_extract_text(s, "", 0, &v), -EINVAL);
+    /* junk inside messages is skipped, not fatal */
+    req = json_loads("{\"messages\":[1,{\"role\":7,\"content\":{}},{\"content\":\"ok\"}]}", 0, NULL);
+    assert_int_equal(features_extract(s, req, &v), 0);
+    assert_true(value_of(&v, word_id(FEATURES_FAM_WORD, "ok")) > 0);
+    json_decref(req);
+    features_scratch_destroy(s);
+}
+
+static void
+test_big_prompt_is_bounded(void **state)
+{
+    struct features_scratch *s = features_scratch_new(12);
+    struct features_vec v;
+    size_t len = 1 << 20;
+    char *big = malloc(len);
+
+    /* pseudo-random words: far more distinct features than buckets */
+    uint32_t x = 12345;
+    for (size_t i = 0; i < len; i++) {
+        x = x * 1103515245 + 12345;
+        big[i] = (x >> 16) % 7 == 0 ? ' ' : (char)('a' + (x >> 8) % 26);
+    }
+    assert_int_equal(features_extract_text(s, big, len, &v), 0);
+    assert_true(v.n <= (1u << 12));
+    assert_float_equal(v.dense[dense_index("log_chars_last")], log1p((double)len), 1e-3);
+    double sum = 0;
+    for (size_t i = 0; i < v.n; i++) {
+        assert_true(isfinite(v.vals[i]) && v.vals[i] > 0);
+        sum += v.vals[i];
+    }
+    assert_true(sum > 0);
+    /* the scratch is clean afterwards: a small prompt gives the small answer */
+    struct features_scratch *fresh = features_scratch_new(12);
+    struct features_vec a, b;
+    assert_int_equal(features_extract_text(s, "tiny prompt", 11, &a), 0);
+    assert_int_equal(features_extract_text(fresh, "tiny prompt", 11, &b), 0);
+    assert_int_equal(a.n, b.n);
+    assert_memory_equal(a.ids, b.ids, a.n * sizeof(uint32_t));
+    assert_memory_equal(a.vals, b.vals, a.n * sizeof(float));
+    features_scratch_destroy(fresh);
+    free(big);
+    features_scratch_destroy(s);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exact_ids_and_values),
+        cmocka_unit_test(test_repeats_use_log_tf),
+        cmocka_unit_test(test_folding_and_numbers),
+        cmocka_unit_test(test_invalid_utf8),
+        cmocka_unit_test(test_dense_signals),
+        cmocka_unit_test(test_messages),
+        cmocka_unit_test(test_rejects),
+        cmocka_unit_test(test_big_prompt_is_bounded),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
