@@ -1,0 +1,66 @@
+/* fuzz_model.c - fuzz target for model files: router_model_load_buffer on arbitrary bytes, then scoring with what loads.
+ *
+ * Most random inputs fail the checksum, so when the first byte is odd the input
+ * after it becomes the payload of a file with a correct header: that reaches the
+ * payload parser's bounds checks. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "fuzz.h"
+#include "prompt_features.h"
+#include "router.h"
+
+static void
+put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char err[256];
+    unsigned char *buf = NULL;
+    const void *file = data;
+    size_t len = size;
+
+    if (size > 0 && (data[0] & 1)) {
+        len = 32 + size - 1;
+        buf = malloc(len);
+        if (!buf)
+            abort();
+        memcpy(buf, "TRIAGEM", 8);
+        put_u32(buf + 8, 1);
+        put_u32(buf + 12, FEATURES_VERSION);
+        put_u32(buf + 16, (uint32_t)(size - 1));
+        put_u32(buf + 20, 0);
+        put_u32(buf + 24, router_crc32(data + 1, size - 1));
+        put_u32(buf + 28, 0);
+        memcpy(buf + 32, data + 1, size - 1);
+        file = buf;
+    }
+    err[0] = '\0';
+    struct router_model *m = router_model_load_buffer(file, len, err, sizeof(err));
+    if (!m && !err[0])
+        abort(); /* a rejection always says why */
+    if (m) {
+        struct router_scores s;
+        json_t *req = json_pack("{s:[{s:s,s:s}],s:i}", "messages", "role", "user", "content",
+                                "Prove that 2 + 2 = 4. A. yes B. no", "max_tokens", 64);
+        if (router_score_request(m, req, &s) != 0 || s.n_heads != router_model_n_heads(m))
+            abort();
+        json_decref(req);
+        for (size_t i = 0; i < router_model_n_heads(m); i++)
+            if (router_model_head_find(m, router_model_head_name(m, i)) < 0)
+                abort();
+        double t = router_model_threshold_for_share(m, 0.5);
+        (void)t;
+        router_model_unref(m);
+        router_thread_cleanup();
+    }
+    free(buf);
+    return 0;
+}
