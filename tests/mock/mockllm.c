@@ -1,16 +1,23 @@
 /* mockllm.c - a fast scriptable OpenAI-compatible backend for triaged's tests and benchmarks.
  *
  * mockllm --port 0 [--listen ADDR] [--latency-ms N] [--chunks N] [--chunk-delay-ms N]
- *         [--content TEXT] [--threads N]
+ *         [--content TEXT] [--threads N] [--stamp]
  * prints "listening on <port>" once ready. A request may override the defaults with a
  * top-level "mock" object: latency_ms, chunks, chunk_delay_ms, content, status,
- * retry_after, fail ("close" | "hang" | "die_mid_stream"), die_after. */
+ * retry_after, fail ("close" | "hang" | "die_mid_stream"), die_after, stamp.
+ *
+ * stamp (for bench/streams): every content piece is " mockts:" and 19 digits, the mock's
+ * CLOCK_MONOTONIC time in ns taken just before the piece is written to the socket. */
+#include <dlfcn.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
+#include <uv.h>
 
 #include "fakeai.h"
 
@@ -19,7 +26,91 @@ struct mock_defaults {
     unsigned chunks;       /* 0 = content by words */
     uint32_t chunk_delay_ms;
     const char *content;   /* NULL = generated from chunks */
+    int stamp;             /* 1: stamped pieces (see the top of the file) */
 };
+
+/* ---- send-time stamps ------------------------------------------------------------------
+ * fakeai.c builds each SSE event when its timer fires and hands it to uv_try_write (or
+ * uv_write when the socket is full). This executable defines both, so fakeai.c's calls land
+ * here first: a placeholder piece in the outgoing bytes gets the clock, then libuv's own
+ * function (found with RTLD_NEXT) sends them. Nothing is scanned until a stamp is asked. */
+#define STAMP_MARK " mockts:"
+#define STAMP_DIGITS 19
+static atomic_int stamping;
+static int (*real_try_write)(uv_stream_t *, const uv_buf_t[], unsigned int);
+static int (*real_write)(uv_write_t *, uv_stream_t *, const uv_buf_t[], unsigned int,
+                         uv_write_cb);
+
+static void
+stamp_init(void)
+{
+    void *p = dlsym(RTLD_NEXT, "uv_try_write"), *q = dlsym(RTLD_NEXT, "uv_write");
+
+    if (!p || !q)
+        abort();
+    memcpy(&real_try_write, &p, sizeof(p)); /* ISO C has no object-to-function cast */
+    memcpy(&real_write, &q, sizeof(q));
+}
+
+/* Returns new content of n placeholder pieces, each STAMP_MARK and STAMP_DIGITS '#'. */
+static char *
+stamp_content(unsigned n)
+{
+    size_t ml = strlen(STAMP_MARK), pl = ml + STAMP_DIGITS;
+    char *s = malloc((size_t)n * pl + 1);
+
+    if (!s)
+        abort();
+    for (unsigned i = 0; i < n; i++) {
+        memcpy(s + (size_t)i * pl, STAMP_MARK, ml);
+        memset(s + (size_t)i * pl + ml, '#', STAMP_DIGITS);
+    }
+    s[(size_t)n * pl] = '\0';
+    return s;
+}
+
+static void
+stamp_bufs(const uv_buf_t bufs[], unsigned int n)
+{
+    static const char hole[] = STAMP_MARK "#";
+    struct timespec ts;
+    char digits[STAMP_DIGITS + 1];
+    int have = 0;
+
+    for (unsigned int i = 0; i < n; i++) {
+        char *p = bufs[i].base, *end = p + bufs[i].len;
+        while ((p = memmem(p, (size_t)(end - p), hole, sizeof(hole) - 1)) != NULL) {
+            p += sizeof(hole) - 2;
+            if ((size_t)(end - p) < STAMP_DIGITS)
+                break;
+            if (!have) {
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                snprintf(digits, sizeof(digits), "%019lld",
+                         (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+                have = 1;
+            }
+            memcpy(p, digits, STAMP_DIGITS); /* fakeai's own heap copy of the event */
+            p += STAMP_DIGITS;
+        }
+    }
+}
+
+int
+uv_try_write(uv_stream_t *handle, const uv_buf_t bufs[], unsigned int nbufs)
+{
+    if (atomic_load_explicit(&stamping, memory_order_relaxed))
+        stamp_bufs(bufs, nbufs);
+    return real_try_write(handle, bufs, nbufs);
+}
+
+int
+uv_write(uv_write_t *req, uv_stream_t *handle, const uv_buf_t bufs[], unsigned int nbufs,
+         uv_write_cb cb)
+{
+    if (atomic_load_explicit(&stamping, memory_order_relaxed))
+        stamp_bufs(bufs, nbufs);
+    return real_write(req, handle, bufs, nbufs, cb);
+}
 
 static const char *const words[] = {
     " The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", " again",
@@ -125,7 +216,12 @@ handle_chat(struct fakeai_req *req, const struct mock_defaults *d)
     c.prompt_tokens = pb ? (long)((pb + 3) / 4) : 1;
 
     json_t *content = json_object_get(mock, "content");
-    if (json_is_string(content))
+    json_t *stamp = json_object_get(mock, "stamp");
+    if (json_is_boolean(stamp) ? json_is_true(stamp) : d->stamp) {
+        atomic_store(&stamping, 1);
+        c.content = gen = stamp_content(c.chunks ? c.chunks : 8);
+        c.chunks = 0; /* one piece per placeholder: each starts with the mark's space */
+    } else if (json_is_string(content))
         c.content = json_string_value(content);
     else if (d->content)
         c.content = d->content;
@@ -186,7 +282,7 @@ static void
 usage(FILE *f)
 {
     fprintf(f, "usage: mockllm [--port N] [--listen ADDR] [--latency-ms N] [--chunks N]\n"
-               "               [--chunk-delay-ms N] [--content TEXT] [--threads N]\n"
+               "               [--chunk-delay-ms N] [--content TEXT] [--threads N] [--stamp]\n"
                "A scriptable OpenAI-compatible backend: prints \"listening on PORT\" when ready.\n");
 }
 
@@ -216,6 +312,10 @@ main(int argc, char **argv)
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
+        }
+        if (strcmp(a, "--stamp") == 0) {
+            d.stamp = 1;
+            continue;
         }
         if (i + 1 >= argc) {
             usage(stderr);
@@ -250,6 +350,7 @@ main(int argc, char **argv)
         }
     }
 
+    stamp_init();
     struct fakeai_server *s = fakeai_server_new(&cfg, err, sizeof(err));
     if (!s) {
         fprintf(stderr, "mockllm: %s\n", err);
