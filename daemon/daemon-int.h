@@ -12,12 +12,16 @@
 #include <microhttpd.h>
 #include <uv.h>
 
+#include "backoff.h"
 #include "conf.h"
 #include "hooks.h"
 #include "router.h"
 #include "upstream.h"
 
 struct storage;
+struct auth_keys;
+struct breaker;
+struct ratelimit;
 
 /* The configuration and model a request runs with. Immutable once published;
  * reference-counted so a reload never pulls it from under a request. */
@@ -29,6 +33,11 @@ struct daemon_snapshot {
     size_t n_tiers;
     double threshold;          /* conf threshold, or derived from strong_share */
     uint64_t generation;
+    double loaded_unix;        /* when it was loaded (s) */
+    struct auth_keys *keys;       /* client keys; NULL = no client auth */
+    struct auth_keys *admin_keys; /* NULL = admin endpoints on loopback only */
+    struct breaker **breakers;    /* one per backend (reset by a reload) */
+    struct ratelimit *ratelimit;  /* NULL when unlimited (reset by a reload) */
 };
 
 /* Growable byte buffer. */
@@ -60,6 +69,7 @@ struct daemon_worker {
     int tearing_down;      /* closing every connection now */
     uint64_t stop_deadline;  /* loop ms */
     uint64_t rng;
+    struct backoff_rng brng; /* retry delays */
     uv_timer_t heartbeat;  /* proves to the watchdog that the loop turns */
     atomic_uint_fast64_t beat_ms;
     atomic_uint_fast64_t beat_ns;
@@ -102,6 +112,9 @@ struct daemon_request {
     const char *error_kind;
 
     /* chat completions */
+    const char *key_id;      /* client key name (borrowed from snap->keys) */
+    uint32_t rl_estimate;    /* tokens taken from the rate limit up front */
+    int rl_taken;
     char *requested_model;
     int backend;             /* index in snap->conf->backends, -1 */
     const char *route_reason;
@@ -110,6 +123,15 @@ struct daemon_request {
     int stream;              /* the client asked for SSE */
     int strip_usage;         /* we added include_usage: hide the usage-only chunk */
     struct upstream_call *call;
+    json_t *up_json;         /* the rewritten request, kept for retries and fallbacks */
+    int first_backend;       /* the backend chosen first */
+    int attempt;             /* attempts on the current backend so far */
+    int retries;             /* attempts beyond the first, all backends */
+    size_t fallback_pos;     /* next entry of conf->fallback to try */
+    int routed;
+    int breaker_open_call;   /* breaker_allow let this call through: record its outcome */
+    struct daemon_retry *retry_timer; /* a retry waiting for its backoff */
+    double overhead_ms;
     int up_done;
     int up_paused;
     long up_status;
@@ -168,6 +190,9 @@ void daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *r
 /* proxy.c */
 void daemon__chat_completions(struct daemon_request *rq);
 void daemon__models(struct daemon_request *rq);
+/* outcomes.c: run on the thread pool, reply from the loop */
+void daemon__feedback(struct daemon_request *rq);
+void daemon__stats(struct daemon_request *rq);
 /* Called when the request ends, before it is freed: cancels the backend call. */
 void daemon__proxy_release(struct daemon_request *rq);
 

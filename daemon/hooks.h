@@ -92,6 +92,9 @@ struct daemon_request_event {
     int64_t tokens_in;
     int64_t tokens_out;
     double cost_usd;             /* from the backend's prices; 0 when unknown */
+    double overhead_ms;          /* triaged's own time before the backend call: parse, score, rewrite */
+    int retries;                 /* attempts beyond the first (retries and fallbacks) */
+    const char *first_backend;   /* the backend chosen first, when a fallback answered */
 };
 
 typedef void daemon_event_fn(void *ctx, const struct daemon_request_event *ev);
@@ -100,12 +103,23 @@ typedef void daemon_event_fn(void *ctx, const struct daemon_request_event *ev);
 int daemon_event_subscribe(daemon_event_fn *fn, void *ctx);
 
 /* Live figures for gauges. Thread-safe. */
+#define DAEMON_GAUGES_MAX_BACKENDS 64
+
 struct daemon_gauges {
     uint64_t inflight;          /* requests being served now, all workers */
     uint64_t upstream_inflight; /* backend calls running now */
     uint64_t reloads;           /* successful config/model reloads since start */
     double uptime_s;
     char model_version[80];     /* of the current snapshot's predictor model */
+    double model_loaded_unix;   /* when that snapshot was loaded (Unix s) */
+    double threshold;           /* the threshold policy's cut; NaN with the tiers policy */
+    int64_t log_queue_depth;    /* outcome log; all -1 without [storage] path */
+    int64_t log_written;
+    int64_t log_dropped;
+    int64_t log_failed;
+    size_t n_backends;          /* of the current config, at most DAEMON_GAUGES_MAX_BACKENDS */
+    int circuit[DAEMON_GAUGES_MAX_BACKENDS]; /* per backend in config order: 0 closed,
+                                              * 1 half-open, 2 open */
 };
 
 /* Fills g. Returns 0, or -ENOENT before the server runs. */

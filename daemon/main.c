@@ -6,7 +6,10 @@
 
 #include "config.h"
 #include "conf.h"
+#include "dashboard.h"
+#include "hooks.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 static void
@@ -42,6 +45,50 @@ check_config(const char *path)
     conf_destroy(c);
     printf("%s: OK\n", path);
     return 0;
+}
+
+/* metrics_set_gauges callback: the values the server owns. */
+static void
+fill_gauges(void *ud, struct metrics_gauges *g)
+{
+    static _Thread_local int circuit[DAEMON_GAUGES_MAX_BACKENDS];
+    struct daemon_gauges dg;
+
+    if (daemon_gauges_get(&dg) < 0)
+        return;
+    g->inflight = (int64_t)dg.inflight;
+    snprintf(g->model_version, sizeof(g->model_version), "%s", dg.model_version);
+    g->model_loaded_time = dg.model_loaded_unix;
+    g->threshold = dg.threshold;
+    g->log_queue_depth = dg.log_queue_depth;
+    g->log_written = dg.log_written;
+    g->log_dropped = dg.log_dropped;
+    g->log_failed = dg.log_failed;
+    for (size_t i = 0; i < dg.n_backends; i++)
+        circuit[i] = dg.circuit[i] == 2   ? METRICS_CIRCUIT_OPEN
+                     : dg.circuit[i] == 1 ? METRICS_CIRCUIT_HALF_OPEN
+                                          : METRICS_CIRCUIT_CLOSED;
+    g->circuit = circuit;
+    g->n_backends = dg.n_backends;
+}
+
+/* The other modules' endpoints and event subscribers (hooks.h). */
+static struct metrics *
+attach_modules(const struct conf *c)
+{
+    const char **names = calloc(c->n_backends ? c->n_backends : 1, sizeof(*names));
+    struct metrics *m;
+
+    if (!names)
+        abort();
+    for (size_t i = 0; i < c->n_backends; i++)
+        names[i] = c->backends[i].name;
+    m = metrics_create(names, c->n_backends);
+    free(names);
+    metrics_set_gauges(m, fill_gauges, NULL);
+    if (metrics_attach(m) < 0 || dashboard_attach() < 0)
+        fatal("cannot register the /metrics and /dashboard endpoints");
+    return m;
 }
 
 int
@@ -86,7 +133,9 @@ main(int argc, char **argv)
         log_error("cannot start: %s", err);
         return 1;
     }
+    struct metrics *m = attach_modules(daemon_server_conf(s));
     int rc = daemon_server_run(s);
     daemon_server_destroy(s);
+    metrics_destroy(m);
     return rc;
 }

@@ -12,12 +12,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 
+#include "backoff.h"
+#include "breaker.h"
 #include "config.h"
 #include "daemon-int.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "storage.h"
 
 #define STREAM_HIGH_WATER (1u << 20) /* bytes queued for a slow client before the backend is paused */
@@ -243,19 +247,151 @@ up_data(void *ctx, const char *buf, size_t len)
     return 0;
 }
 
+static void start_attempt(struct daemon_request *rq);
+
+#define RETRY_BASE_MS 100
+#define RETRY_CAP_MS 2000 /* a Retry-After longer than this is relayed, not waited out */
+
+static uint64_t
+now_ms(void)
+{
+    return daemon__now_ns() / 1000000u;
+}
+
+struct daemon_retry {
+    uv_timer_t timer;
+    struct daemon_request *rq; /* NULL once the request ended */
+};
+
+static void
+retry_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void
+on_retry(uv_timer_t *t)
+{
+    struct daemon_retry *r = t->data;
+    struct daemon_request *rq = r->rq;
+
+    uv_close((uv_handle_t *)t, retry_closed);
+    if (!rq)
+        return;
+    struct daemon_worker *w = rq->w;
+    rq->retry_timer = NULL;
+    start_attempt(rq);
+    daemon__mhd_run(w); /* start_attempt may have replied */
+}
+
+static void
+schedule_retry(struct daemon_request *rq, uint32_t delay_ms)
+{
+    struct daemon_retry *r = calloc(1, sizeof(*r));
+
+    if (!r)
+        abort();
+    r->rq = rq;
+    uv_timer_init(&rq->w->loop, &r->timer);
+    r->timer.data = r;
+    rq->retry_timer = r;
+    uv_timer_start(&r->timer, on_retry, delay_ms, 0);
+}
+
+/* Moves a routed request to the next fallback backend it has not tried. Returns 1
+ * when there is one. */
+static int
+next_fallback(struct daemon_request *rq)
+{
+    const struct conf *c = rq->snap->conf;
+
+    if (!rq->routed)
+        return 0; /* a client that names a backend gets that backend or its error */
+    while (rq->fallback_pos < c->n_fallback) {
+        size_t cand = c->fallback[rq->fallback_pos++];
+        if ((int)cand == rq->backend || (int)cand == rq->first_backend)
+            continue;
+        rq->backend = (int)cand;
+        rq->attempt = 0;
+        rq->route_reason = "fallback";
+        return 1;
+    }
+    return 0;
+}
+
+/* Looks up a relayed response header by name (case-insensitive). */
+static const char *
+relayed_header(struct daemon_request *rq, const char *want)
+{
+    const char *p = rq->up_headers.data;
+    const char *end = p + rq->up_headers.len;
+
+    while (p && p < end) {
+        const char *value = p + strlen(p) + 1;
+        if (!strcasecmp(p, want))
+            return value;
+        p = value + strlen(value) + 1;
+    }
+    return NULL;
+}
+
+/* After a failed attempt that sent nothing to the client yet: retries the same
+ * backend (with backoff, or the backend's Retry-After when short), then moves to
+ * fallbacks. Returns 1 when another attempt is under way. */
+static int
+try_again(struct daemon_request *rq, long status)
+{
+    const struct conf_backend *b = &rq->snap->conf->backends[rq->backend];
+    uint32_t delay = 0;
+
+    if (rq->w->stopping)
+        return 0;
+    if (rq->attempt < (int)b->max_retries) {
+        const char *ra = status ? relayed_header(rq, "retry-after") : NULL;
+        if (ra) {
+            if (backoff_retry_after(ra, time(NULL), UINT32_MAX, &delay) < 0 ||
+                delay > RETRY_CAP_MS)
+                return 0; /* the backend asks for a long wait: let the client decide */
+        } else {
+            delay = backoff_delay_ms(&rq->w->brng, (uint32_t)rq->attempt, RETRY_BASE_MS,
+                                     RETRY_CAP_MS);
+        }
+        rq->attempt++;
+    } else if (!next_fallback(rq)) {
+        return 0;
+    }
+    rq->retries++;
+    log_info("request %s: retrying on backend %s in %u ms", rq->id,
+             rq->snap->conf->backends[rq->backend].name, delay);
+    schedule_retry(rq, delay);
+    return 1;
+}
+
+static int
+status_retryable(long status)
+{
+    return status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
+}
+
 static void
 up_done(void *ctx, enum upstream_error err, const char *detail)
 {
     struct daemon_request *rq = ctx;
     const struct conf_backend *b = &rq->snap->conf->backends[rq->backend];
+    int failed = (err && err != UPSTREAM_ERR_INTERNAL) || rq->up_status >= 500;
 
     rq->call = NULL;
-    rq->up_done = 1;
     atomic_fetch_sub(&daemon__n_upstream_inflight, 1);
+    if (rq->breaker_open_call) {
+        breaker_record(rq->snap->breakers[rq->backend],
+                       failed ? BREAKER_FAILURE : BREAKER_SUCCESS, now_ms());
+        rq->breaker_open_call = 0;
+    }
     if (err)
         log_warnx("request %s: backend %s: %s%s%s", rq->id, b->name, upstream_error_message(err),
                   detail ? ": " : "", detail ? detail : "");
     if (rq->streaming) {
+        rq->up_done = 1;
         if (rq->sse.len)
             sse_event(rq, rq->sse.data, rq->sse.len); /* a last event without its blank line */
         rq->sse.len = rq->sse.off = 0;
@@ -272,6 +408,11 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
         daemon__wake(rq);
         return;
     }
+    /* nothing has reached the client yet: a failed attempt may be retried */
+    if (((err && err != UPSTREAM_ERR_INTERNAL) || (!err && status_retryable(rq->up_status))) &&
+        try_again(rq, err ? 0 : rq->up_status))
+        return;
+    rq->up_done = 1;
     if (err) {
         int status = upstream_error_status(err);
         char code[48];
@@ -311,6 +452,28 @@ daemon__proxy_release(struct daemon_request *rq)
         rq->call = NULL;
         atomic_fetch_sub(&daemon__n_upstream_inflight, 1);
     }
+    if (rq->breaker_open_call) {
+        breaker_record(rq->snap->breakers[rq->backend], BREAKER_CANCEL, now_ms());
+        rq->breaker_open_call = 0;
+    }
+    if (rq->retry_timer) {
+        rq->retry_timer->rq = NULL;
+        uv_timer_stop(&rq->retry_timer->timer);
+        uv_close((uv_handle_t *)&rq->retry_timer->timer, retry_closed);
+        rq->retry_timer = NULL;
+    }
+    if (rq->rl_taken) {
+        uint32_t actual = 0;
+        if (rq->tokens_in >= 0 || rq->tokens_out >= 0)
+            actual = (uint32_t)((rq->tokens_in > 0 ? rq->tokens_in : 0) +
+                                (rq->tokens_out > 0 ? rq->tokens_out : 0));
+        else if (rq->up_status)
+            actual = rq->rl_estimate; /* answered, usage unknown: keep the estimate */
+        ratelimit_settle(rq->snap->ratelimit, rq->key_id, now_ms(), rq->rl_estimate, actual);
+        rq->rl_taken = 0;
+    }
+    json_decref(rq->up_json);
+    rq->up_json = NULL;
 }
 
 /* ---- the request ----------------------------------------------------------------- */
@@ -498,7 +661,6 @@ daemon__chat_completions(struct daemon_request *rq)
             goto out;
         routed = 1;
     }
-    const struct conf_backend *be = &c->backends[rq->backend];
 
     if (log__level >= LOG_LEVEL_DEBUG && c->log_prompts) {
         char *text = json_dumps(messages, JSON_COMPACT);
@@ -508,26 +670,83 @@ daemon__chat_completions(struct daemon_request *rq)
     if (daemon__storage())
         hash_prompt(rq, messages, c->store_prompts);
 
-    /* rewrite: the upstream model name, routed overrides, usage for streams */
-    json_object_set_new(root, "model", json_string(be->model));
-    if (routed && be->overrides) {
+    if (rq->snap->ratelimit) {
+        json_t *mt = json_object_get(root, "max_completion_tokens");
+        if (!json_is_integer(mt))
+            mt = json_object_get(root, "max_tokens");
+        json_int_t expect = json_is_integer(mt) ? json_integer_value(mt) : 256;
+        uint64_t est = rq->body.len / 4 + (uint64_t)(expect > 0 ? expect : 0);
+        uint32_t retry_s = 1;
+        rq->rl_estimate = est > UINT32_MAX ? UINT32_MAX : (uint32_t)est;
+        if (ratelimit_take(rq->snap->ratelimit, rq->key_id, now_ms(), rq->rl_estimate,
+                           &retry_s) < 0) {
+            char ra[16];
+            snprintf(ra, sizeof(ra), "%u", retry_s);
+            daemon__reply_error(rq, 429, "rate_limit_error", "rate_limit_exceeded",
+                                "Rate limit reached for %s; retry in %u s",
+                                rq->key_id ? rq->key_id : "this client", retry_s);
+            MHD_add_response_header(rq->response, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+            goto out;
+        }
+        rq->rl_taken = 1;
+    }
+    rq->routed = routed;
+    rq->first_backend = rq->backend;
+    rq->up_json = json_incref(root);
+    rq->overhead_ms = daemon__ms_since(rq->t_start_ns);
+    start_attempt(rq);
+out:
+    json_decref(root);
+}
+
+/* Sends rq->up_json to rq->backend, rewritten for it: the upstream model name,
+ * routed overrides, usage for streams; the backend's key replaces the client's. */
+static void
+start_attempt(struct daemon_request *rq)
+{
+    const struct conf *c = rq->snap->conf;
+    const struct conf_backend *be;
+
+    for (;;) {
+        be = &c->backends[rq->backend];
+        if (breaker_allow(rq->snap->breakers[rq->backend], now_ms()) != BREAKER_REJECT)
+            break;
+        if (!next_fallback(rq)) {
+            rq->error_kind = "circuit_open";
+            daemon__reply_error(rq, 503, "server_error", "backend_unavailable",
+                                "backend %s is failing; its circuit is open", be->name);
+            return;
+        }
+        rq->retries++;
+    }
+    rq->breaker_open_call = 1;
+    /* a fresh attempt: forget what the last one got */
+    rq->up_status = 0;
+    free(rq->up_content_type);
+    rq->up_content_type = NULL;
+    rq->up_headers.len = 0;
+    rq->up_body.len = 0;
+
+    json_t *req = json_copy(rq->up_json); /* shallow: nested values are shared, never changed */
+    json_object_set_new(req, "model", json_string(be->model));
+    if (rq->routed && be->overrides) {
         json_t *o = json_loads(be->overrides, 0, NULL);
         if (json_is_object(o))
-            json_object_update(root, o);
+            json_object_update(req, o);
         json_decref(o);
     }
+    rq->strip_usage = 0;
     if (rq->stream && daemon__storage()) {
-        json_t *so = json_object_get(root, "stream_options");
+        json_t *so = json_object_get(req, "stream_options");
         if (!json_is_true(json_object_get(so, "include_usage"))) {
-            if (!json_is_object(so)) {
-                so = json_object();
-                json_object_set_new(root, "stream_options", so);
-            }
-            json_object_set_new(so, "include_usage", json_true());
+            json_t *nso = json_is_object(so) ? json_copy(so) : json_object();
+            json_object_set_new(nso, "include_usage", json_true());
+            json_object_set_new(req, "stream_options", nso);
             rq->strip_usage = 1;
         }
     }
-    char *body = json_dumps(root, JSON_COMPACT);
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
     if (!body)
         abort();
 
@@ -565,13 +784,13 @@ daemon__chat_completions(struct daemon_request *rq)
     };
     rq->call = upstream_start(rq->w->up, &ur);
     if (!rq->call) {
+        breaker_record(rq->snap->breakers[rq->backend], BREAKER_CANCEL, now_ms());
+        rq->breaker_open_call = 0;
         daemon__reply_error(rq, 500, "server_error", "internal",
                             "cannot start the call to backend %s", be->name);
-        goto out;
+        return;
     }
     atomic_fetch_add(&daemon__n_upstream_inflight, 1);
-out:
-    json_decref(root);
 }
 
 void

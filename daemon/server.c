@@ -24,10 +24,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
+#include "breaker.h"
 #include "config.h"
 #include "daemon-int.h"
 #include "log.h"
 #include "notify.h"
+#include "ratelimit.h"
 #include "server.h"
 #include "storage.h"
 
@@ -93,6 +96,7 @@ struct daemon_server {
     unsigned n_workers;
     unsigned n_started;
     struct storage *storage;
+    struct daemon_snapshot *initial; /* the snapshot at start, for daemon_server_conf */
     int exit_code;
     int stopping;
 };
@@ -155,6 +159,12 @@ snapshot_free(struct daemon_snapshot *s)
 {
     if (!s)
         return;
+    for (size_t i = 0; s->breakers && i < s->conf->n_backends; i++)
+        breaker_destroy(s->breakers[i]);
+    free(s->breakers);
+    ratelimit_destroy(s->ratelimit);
+    auth_keys_unref(s->keys);
+    auth_keys_unref(s->admin_keys);
     router_model_unref(s->model);
     conf_destroy(s->conf);
     free(s->tiers);
@@ -199,6 +209,26 @@ snapshot_load(const char *path, char *err, size_t errlen)
     s->threshold = s->conf->threshold;
     if (s->conf->strong_share >= 0)
         s->threshold = router_model_threshold_for_share(s->model, s->conf->strong_share);
+    if (s->conf->keys_file && !(s->keys = auth_keys_load(s->conf->keys_file, why, sizeof(why)))) {
+        snprintf(err, errlen, "%s: client keys: %s", path, why);
+        goto fail;
+    }
+    if (s->conf->admin_keys_file &&
+        !(s->admin_keys = auth_keys_load(s->conf->admin_keys_file, why, sizeof(why)))) {
+        snprintf(err, errlen, "%s: admin keys: %s", path, why);
+        goto fail;
+    }
+    s->breakers = calloc(s->conf->n_backends, sizeof(*s->breakers));
+    if (!s->breakers)
+        abort();
+    for (size_t i = 0; i < s->conf->n_backends; i++) {
+        const struct conf_backend *b = &s->conf->backends[i];
+        s->breakers[i] = breaker_create(b->breaker_failures, b->breaker_window_ms,
+                                        b->breaker_cooldown_ms, b->timeout_ms);
+    }
+    if (s->conf->rate_limit_rpm || s->conf->rate_limit_tpm)
+        s->ratelimit = ratelimit_create(s->conf->rate_limit_rpm, s->conf->rate_limit_tpm, 0);
+    s->loaded_unix = (double)time(NULL);
     return s;
 fail:
     snapshot_free(s);
@@ -294,6 +324,26 @@ daemon_gauges_get(struct daemon_gauges *g)
     g->reloads = atomic_load(&n_reloads);
     g->uptime_s = (double)(daemon__now_ns() - start_ns) / 1e9;
     snprintf(g->model_version, sizeof(g->model_version), "%s", router_model_version(s->model));
+    g->model_loaded_unix = s->loaded_unix;
+    g->threshold = s->conf->policy == CONF_POLICY_THRESHOLD ? s->threshold : NAN;
+    g->log_queue_depth = g->log_written = g->log_dropped = g->log_failed = -1;
+    struct storage *st = daemon__storage();
+    if (st) {
+        struct storage_counters sc;
+        storage_get_counters(st, &sc);
+        g->log_queue_depth = (int64_t)sc.depth;
+        g->log_written = (int64_t)sc.written;
+        g->log_dropped = (int64_t)sc.dropped;
+        g->log_failed = (int64_t)sc.failed;
+    }
+    uint64_t now = daemon__now_ns() / 1000000u;
+    g->n_backends = s->conf->n_backends;
+    if (g->n_backends > DAEMON_GAUGES_MAX_BACKENDS)
+        g->n_backends = DAEMON_GAUGES_MAX_BACKENDS;
+    for (size_t i = 0; i < g->n_backends; i++) {
+        enum breaker_state bs = breaker_state(s->breakers[i], now);
+        g->circuit[i] = bs == BREAKER_OPEN ? 2 : bs == BREAKER_HALF_OPEN ? 1 : 0;
+    }
     daemon__snapshot_put(s);
     return 0;
 }
@@ -506,22 +556,52 @@ is_loopback(struct daemon_request *rq)
     return 0;
 }
 
-/* Admin endpoints: loopback clients only until admin keys are wired in. */
+enum access { ACCESS_PUBLIC = 0, ACCESS_CLIENT, ACCESS_ADMIN, ACCESS_STATS };
+
+/* Checks rq against the access rule; replies 401/403 and returns -1 when refused.
+ * Client endpoints need a key from keys_file when there is one; admin endpoints
+ * need a key from admin_keys_file, or without one come from loopback. */
 static int
-admin_allowed(struct daemon_request *rq)
+check_access(struct daemon_request *rq, enum access a)
 {
-    if (is_loopback(rq))
-        return 1;
-    daemon__reply_error(rq, 403, "permission_error", "forbidden",
-                        "admin endpoints answer only on loopback");
-    return 0;
+    const struct daemon_snapshot *s = rq->snap;
+    const char *authz = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *name = NULL;
+    const struct auth_keys *keys;
+
+    if (a == ACCESS_STATS)
+        a = s->conf->stats_need_admin ? ACCESS_ADMIN : ACCESS_CLIENT;
+    if (a == ACCESS_PUBLIC)
+        return 0;
+    if (a == ACCESS_ADMIN && !s->admin_keys) {
+        if (is_loopback(rq))
+            return 0;
+        daemon__reply_error(rq, 403, "permission_error", "forbidden",
+                            "admin endpoints answer only on loopback (no admin_keys_file)");
+        return -1;
+    }
+    keys = a == ACCESS_ADMIN ? s->admin_keys : s->keys;
+    if (!keys)
+        return 0; /* no client keys configured: open */
+    int rc = auth_check(keys, authz, &name);
+    if (rc == 0) {
+        rq->key_id = name;
+        return 0;
+    }
+    if (rc == -ENOENT)
+        daemon__reply_error(rq, 401, "invalid_request_error", "missing_api_key",
+                            "This endpoint needs an API key: Authorization: Bearer <key>");
+    else
+        daemon__reply_error(rq, 401, "invalid_request_error", "invalid_api_key",
+                            "The API key is not valid%s", a == ACCESS_ADMIN ? " for admin" : "");
+    MHD_add_response_header(rq->response, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    return -1;
 }
 
 static void
 ep_admin_reload(struct daemon_request *rq)
 {
-    if (!admin_allowed(rq))
-        return;
     struct reload_job *j = calloc(1, sizeof(*j));
     if (!j)
         abort();
@@ -549,10 +629,6 @@ run_handler(struct daemon_request *rq, const struct handler *h)
     };
     struct daemon_http_reply reply = {.status = 200};
 
-    if ((h->flags & DAEMON_HANDLER_ADMIN) ||
-        ((h->flags & DAEMON_HANDLER_STATS) && rq->snap->conf->stats_need_admin))
-        if (!admin_allowed(rq))
-            return;
     h->fn(h->ctx, &req, &reply);
     struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback(
         reply.len, reply.body ? reply.body : strdup(""), free);
@@ -611,16 +687,28 @@ struct daemon_route {
     const char *method;
     const char *path;
     daemon_route_fn *fn;
-    int has_body;
+    enum access access;
 };
 
 static const struct daemon_route routes[] = {
-    {"POST", "/v1/chat/completions", daemon__chat_completions, 1},
-    {"GET", "/v1/models", daemon__models, 0},
-    {"GET", "/healthz", ep_healthz, 0},
-    {"GET", "/readyz", ep_readyz, 0},
-    {"POST", "/admin/reload", ep_admin_reload, 1},
+    {"POST", "/v1/chat/completions", daemon__chat_completions, ACCESS_CLIENT},
+    {"GET", "/v1/models", daemon__models, ACCESS_CLIENT},
+    {"POST", "/v1/feedback", daemon__feedback, ACCESS_CLIENT},
+    {"GET", "/v1/stats", daemon__stats, ACCESS_STATS},
+    {"GET", "/healthz", ep_healthz, ACCESS_PUBLIC},
+    {"GET", "/readyz", ep_readyz, ACCESS_PUBLIC},
+    {"POST", "/admin/reload", ep_admin_reload, ACCESS_ADMIN},
 };
+
+static enum access
+handler_access(const struct handler *h)
+{
+    if (h->flags & DAEMON_HANDLER_ADMIN)
+        return ACCESS_ADMIN;
+    if (h->flags & DAEMON_HANDLER_STATS)
+        return ACCESS_STATS;
+    return ACCESS_PUBLIC;
+}
 
 #define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
 
@@ -700,6 +788,8 @@ request_new(struct daemon_worker *w, struct MHD_Connection *conn, const char *ur
     rq->method = method;
     rq->path = url;
     rq->backend = -1;
+    rq->first_backend = -1;
+    rq->overhead_ms = NAN;
     rq->score = NAN;
     rq->threshold = NAN;
     rq->ttfb_ms = NAN;
@@ -743,6 +833,11 @@ emit_event(struct daemon_request *rq, double latency_ms, double cost)
         .tokens_in = rq->tokens_in,
         .tokens_out = rq->tokens_out,
         .cost_usd = cost,
+        .overhead_ms = rq->requested_model && rq->first_backend >= 0 ? rq->overhead_ms : NAN,
+        .retries = rq->retries,
+        .first_backend = rq->first_backend >= 0 && rq->first_backend != rq->backend
+                             ? c->backends[rq->first_backend].name
+                             : NULL,
     };
 
     for (size_t i = 0; i < n_subscribers; i++)
@@ -775,6 +870,7 @@ store_record(struct daemon_request *rq, double latency_ms, double cost)
     r->started_ms = rq->started_unix_ms;
     r->finished_ms = rq->started_unix_ms + (int64_t)latency_ms;
     r->requested_model = xstrdup_or_null(rq->requested_model);
+    r->key_id = xstrdup_or_null(rq->key_id);
     r->backend = xstrdup_or_null(rq->backend >= 0 ? c->backends[rq->backend].name : NULL);
     r->route_reason = xstrdup_or_null(rq->route_reason);
     r->score = rq->score;
@@ -832,6 +928,8 @@ request_finish(struct daemon_request *rq)
             LOG_F_INT("tokens_in", rq->tokens_in),
             LOG_F_INT("tokens_out", rq->tokens_out),
             LOG_F_STR("error", rq->error_kind),
+            LOG_F_STR("key", rq->key_id),
+            LOG_F_INT("retries", rq->retries),
             LOG_F_STR("aborted", rq->client_aborted ? "client" : NULL),
         };
         log_fields(LOG_LEVEL_INFO, "request", f, (int)(sizeof(f) / sizeof(f[0])));
@@ -901,7 +999,7 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
             daemon__reply_error(rq, 405, "invalid_request_error", "method_not_allowed",
                                 "%s is not allowed on %s (allowed: %s)", method, url, allow);
             add_header(rq->response, MHD_HTTP_HEADER_ALLOW, allow);
-        } else {
+        } else if (check_access(rq, route ? route->access : handler_access(handler)) == 0) {
             const char *cl =
                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
             if (cl && strtoull(cl, NULL, 10) > rq->snap->conf->max_body) {
@@ -1181,6 +1279,7 @@ worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *e
     w->loop_ready = 1;
     if (getrandom(&w->rng, sizeof(w->rng), 0) != sizeof(w->rng) || w->rng == 0)
         w->rng = daemon__now_ns() ^ ((uint64_t)idx << 32) ^ 0x9e3779b97f4a7c15ull;
+    backoff_seed(&w->brng, w->rng);
     uv_timer_init(&w->loop, &w->mhd_timer);
     uv_timer_init(&w->loop, &w->drain);
     uv_timer_init(&w->loop, &w->heartbeat);
@@ -1336,6 +1435,8 @@ daemon_server_create(const char *conf_path, char *err, size_t errlen)
     snap = snapshot_load(conf_path, err, errlen);
     if (!snap)
         goto fail;
+    atomic_fetch_add(&snap->refs, 1);
+    srv->initial = snap;
     snapshot_publish(snap);
     const struct conf *c = snap->conf;
     raise_fd_limit();
@@ -1379,6 +1480,12 @@ daemon_server_create(const char *conf_path, char *err, size_t errlen)
 fail:
     daemon_server_destroy(srv);
     return NULL;
+}
+
+const struct conf *
+daemon_server_conf(const struct daemon_server *s)
+{
+    return s->initial->conf;
 }
 
 int
@@ -1442,6 +1549,7 @@ daemon_server_destroy(struct daemon_server *srv)
     current_snap = NULL;
     pthread_mutex_unlock(&snap_lock);
     daemon__snapshot_put(s);
+    daemon__snapshot_put(srv->initial);
     router_thread_cleanup();
     if (srv->curl_ready)
         curl_global_cleanup();

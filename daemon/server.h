@@ -7,12 +7,18 @@
 
 #include <stddef.h>
 
+struct conf;
+
 struct daemon_server;
 
 /* Loads the config at conf_path (borrowed) and its model, opens the outcome log,
  * binds the listening sockets and builds the workers. Returns NULL with a one-line
  * reason in err. One server per process. */
 struct daemon_server *daemon_server_create(const char *conf_path, char *err, size_t errlen);
+
+/* Returns the config the server was created with (borrowed, lives as long as s),
+ * for wiring other modules at start; reloads do not change it. */
+const struct conf *daemon_server_conf(const struct daemon_server *s);
 
 /* Serves until SIGTERM or SIGINT, then stops accepting, lets in-flight requests
  * finish (up to shutdown_timeout_ms) and closes the outcome log. SIGHUP reloads.

@@ -86,18 +86,22 @@ write_conf(const char *name, unsigned p, const char *server_extra, const char *a
             "[server]\nlisten = 127.0.0.1\nport = %u\nmax_body = 8k\nshutdown_timeout_ms = 5000\n"
             "%s\n"
             "[router]\nmodel = m.tmod\naliases = %s\ntiers = fast, strong\n"
+            "fallback = strong, fast\n"
             "%s\n"
             "[backend fast]\nurl = http://127.0.0.1:%u/v1/\nmodel = mixtral-test\n"
             "api_key_env = TRIAGE_TEST_FAST_KEY\nprice_input = 1\nprice_output = 2\n"
+            "breaker_failures = 1000\n"
             "[backend strong]\nurl = http://127.0.0.1:%u/v1\nmodel = gpt4-test\n"
-            "overrides = {\"reasoning_effort\": \"high\"}\n"
+            "overrides = {\"reasoning_effort\": \"high\"}\nbreaker_failures = 1000\n"
             "[backend dead]\nurl = http://127.0.0.1:%u/v1\nconnect_timeout_ms = 1000\n"
             "[backend slow]\nurl = http://127.0.0.1:%u/v1\nconnect_timeout_ms = 200\n"
-            "first_byte_timeout_ms = 300\nidle_timeout_ms = 400\n",
+            "first_byte_timeout_ms = 300\nidle_timeout_ms = 400\nbreaker_failures = 1000\n"
+            "[backend flaky]\nurl = http://127.0.0.1:%u/v1\nmax_retries = 0\n"
+            "breaker_failures = 2\nbreaker_cooldown_ms = 60000\n",
             p, server_extra ? server_extra : "", aliases,
             with_db ? "[storage]\npath = out.db\nstore_prompts = hash\nflush_interval_ms = 10\n"
                     : "",
-            mock_port, mock_port, dead, mock_port);
+            mock_port, mock_port, dead, mock_port, mock_port);
     fclose(f);
 }
 
@@ -486,7 +490,7 @@ test_models_health(void)
         seen_strong += id && !strcmp(id, "strong");
     }
     CHECK(seen_triage == 1 && seen_fast == 1 && seen_strong == 1);
-    CHECK(json_array_size(data) == 5); /* triage + 4 backends */
+    CHECK(json_array_size(data) == 6); /* triage + 5 backends */
     json_decref(j);
     h_resp_free(&r);
 
@@ -497,8 +501,45 @@ test_models_health(void)
     CHECK(r.status == 200);
     j = json_loadb(r.body, r.len, 0, NULL);
     CHECK(!strcmp(json_string_value(json_object_get(j, "status")), "ready"));
-    CHECK(json_array_size(json_object_get(j, "backends")) == 4);
+    CHECK(json_array_size(json_object_get(j, "backends")) == 5);
     json_decref(j);
+    h_resp_free(&r);
+}
+
+/* Retries, fallbacks and the circuit breaker. */
+static void
+test_retry_fallback_breaker(void)
+{
+    struct h_resp r;
+    long before;
+
+    /* a retryable status is retried once (max_retries = 1), then relayed */
+    before = mock_stat("requests");
+    h_chat(port, "{\"model\":\"fast\"," MSGS ",\"mock\":{\"status\":503}}", &r);
+    CHECK(r.status == 503);
+    CHECK(mock_stat("requests") == before + 2); /* two attempts (/_mock/ calls are not counted) */
+    h_resp_free(&r);
+
+    /* a routed request falls back: strong twice, then fast twice */
+    before = mock_stat("requests");
+    h_chat(port, "{\"model\":\"triage:0\"," MSGS ",\"mock\":{\"status\":502}}", &r);
+    CHECK(r.status == 502);
+    CHECK(h_header(&r, "x-triage-backend") && !strcmp(h_header(&r, "x-triage-backend"), "fast"));
+    CHECK(h_header(&r, "x-triage-route") && !strcmp(h_header(&r, "x-triage-route"), "fallback"));
+    CHECK(mock_stat("requests") == before + 4);
+    h_resp_free(&r);
+
+    /* two failures open flaky's circuit; then it is not even tried */
+    for (int i = 0; i < 2; i++) {
+        h_chat(port, "{\"model\":\"flaky\"," MSGS ",\"mock\":{\"status\":500}}", &r);
+        CHECK(r.status == 500);
+        h_resp_free(&r);
+    }
+    before = mock_stat("requests");
+    h_chat(port, "{\"model\":\"flaky\"," MSGS "}", &r);
+    CHECK(r.status == 503);
+    CHECK(!strcmp(h_error_code(&r), "backend_unavailable"));
+    CHECK(mock_stat("requests") == before);
     h_resp_free(&r);
 }
 
@@ -755,6 +796,7 @@ main(int argc, char **argv)
         {"bad_input", test_bad_input},
         {"routing", test_routing},
         {"models_health", test_models_health},
+        {"retry_fallback_breaker", test_retry_fallback_breaker},
         {"client_abort", test_client_abort},
         {"check_config", test_check_config},
         {"outcome_log", test_outcome_log},

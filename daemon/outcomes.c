@@ -1,0 +1,227 @@
+/* outcomes.c - POST /v1/feedback and GET /v1/stats: outcome-log queries run on libuv's thread pool.
+ *
+ * SQLite reads and the feedback write may touch the disk, so they never run on a
+ * worker loop: each request queues a job (uv_queue_work) and replies from the
+ * after-work callback, back on its loop. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon-int.h"
+#include "log.h"
+#include "storage.h"
+
+struct outcome_job {
+    uv_work_t work;
+    struct daemon_request *rq;
+    /* feedback */
+    char *request_id;
+    char *label;
+    char *source;
+    double score;
+    int rc;
+    /* stats */
+    char window[16];
+    struct storage_price *prices;
+    size_t n_prices;
+    json_t *result;
+    char err[512];
+};
+
+static void
+job_free(struct outcome_job *j)
+{
+    free(j->request_id);
+    free(j->label);
+    free(j->source);
+    free(j->prices);
+    json_decref(j->result);
+    free(j);
+}
+
+/* Returns 1 and frees j when rq was abandoned by MHD while the job ran. */
+static int
+job_orphaned(struct outcome_job *j)
+{
+    struct daemon_request *rq = j->rq;
+
+    if (!rq->orphaned) {
+        rq->work_pending = 0;
+        return 0;
+    }
+    job_free(j);
+    daemon__request_orphan_done(rq);
+    return 1;
+}
+
+static int
+queue_job(struct daemon_request *rq, struct outcome_job *j, uv_work_cb work, uv_after_work_cb after)
+{
+    j->rq = rq;
+    j->work.data = j;
+    rq->work_pending = 1;
+    if (uv_queue_work(&rq->w->loop, &j->work, work, after) < 0) {
+        rq->work_pending = 0;
+        job_free(j);
+        daemon__reply_error(rq, 500, "server_error", "internal", "cannot queue the query");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+need_storage(struct daemon_request *rq)
+{
+    if (daemon__storage())
+        return 0;
+    daemon__reply_error(rq, 404, "invalid_request_error", "storage_disabled",
+                        "This server keeps no outcome log ([storage] path is not set)");
+    return -1;
+}
+
+static char *
+dup_or_null(const char *s)
+{
+    char *d;
+
+    if (!s)
+        return NULL;
+    if (!(d = strdup(s)))
+        abort();
+    return d;
+}
+
+/* ---- feedback ---- */
+
+static void
+feedback_work(uv_work_t *w)
+{
+    struct outcome_job *j = w->data;
+
+    j->rc = storage_feedback(daemon__storage(), j->request_id, j->score, j->label, j->source,
+                             j->err, sizeof(j->err));
+}
+
+static void
+feedback_after(uv_work_t *w, int status)
+{
+    struct outcome_job *j = w->data;
+    struct daemon_request *rq = j->rq;
+
+    if (job_orphaned(j))
+        return;
+    if (j->rc >= 0)
+        daemon__reply_json(rq, 200,
+                           json_pack("{s:s,s:s,s:b}", "status", "stored", "request_id",
+                                     j->request_id, "replaced", j->rc == 1));
+    else if (j->rc == -EINVAL)
+        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_feedback", "%s", j->err);
+    else if (j->rc == -ENOENT)
+        daemon__reply_error(rq, 404, "invalid_request_error", "unknown_request_id", "%s",
+                            j->err[0] ? j->err : "no such request id");
+    else
+        daemon__reply_error(rq, 500, "server_error", "storage_error", "%s",
+                            j->err[0] ? j->err : "the outcome log failed");
+    job_free(j);
+    daemon__mhd_run(rq->w);
+}
+
+void
+daemon__feedback(struct daemon_request *rq)
+{
+    json_error_t jerr;
+    json_t *root;
+
+    if (need_storage(rq) < 0)
+        return;
+    root = json_loadb(rq->body.data ? rq->body.data : "", rq->body.len, 0, &jerr);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_json",
+                            "The body must be a JSON object: {\"request_id\", \"score\" | "
+                            "\"label\", \"source\"}");
+        return;
+    }
+    const char *id = json_string_value(json_object_get(root, "request_id"));
+    json_t *score = json_object_get(root, "score");
+    const char *label = json_string_value(json_object_get(root, "label"));
+    if (!id || !*id || (!json_is_number(score) && !label) || (json_is_number(score) && label)) {
+        json_decref(root);
+        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_feedback",
+                            "Give \"request_id\" and exactly one of \"score\" (0..1) or "
+                            "\"label\" (\"good\" | \"bad\")");
+        return;
+    }
+    struct outcome_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        abort();
+    j->request_id = dup_or_null(id);
+    j->label = dup_or_null(label);
+    j->source = dup_or_null(json_string_value(json_object_get(root, "source")));
+    j->score = json_is_number(score) ? json_number_value(score) : NAN;
+    json_decref(root);
+    queue_job(rq, j, feedback_work, feedback_after);
+}
+
+/* ---- stats ---- */
+
+static void
+stats_work(uv_work_t *w)
+{
+    struct outcome_job *j = w->data;
+
+    j->result = storage_stats(storage_path(daemon__storage()), j->window, j->prices, j->n_prices,
+                              0, j->err, sizeof(j->err));
+}
+
+static void
+stats_after(uv_work_t *w, int status)
+{
+    struct outcome_job *j = w->data;
+    struct daemon_request *rq = j->rq;
+
+    if (job_orphaned(j))
+        return;
+    if (j->result) {
+        daemon__reply_json(rq, 200, j->result);
+        j->result = NULL;
+    } else {
+        daemon__reply_error(rq, 500, "server_error", "storage_error", "%s", j->err);
+    }
+    job_free(j);
+    daemon__mhd_run(rq->w);
+}
+
+void
+daemon__stats(struct daemon_request *rq)
+{
+    const struct conf *c = rq->snap->conf;
+    const char *window = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "window");
+    int64_t ms;
+
+    if (need_storage(rq) < 0)
+        return;
+    if (!window)
+        window = "24h";
+    if (strlen(window) >= sizeof(((struct outcome_job *)0)->window) ||
+        storage_window_parse(window, &ms) < 0) {
+        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_window",
+                            "window must be one of 15m, 1h, 24h, 7d");
+        return;
+    }
+    struct outcome_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        abort();
+    snprintf(j->window, sizeof(j->window), "%s", window);
+    j->n_prices = c->n_backends;
+    j->prices = calloc(c->n_backends ? c->n_backends : 1, sizeof(*j->prices));
+    if (!j->prices)
+        abort();
+    /* names are borrowed from the snapshot, which rq holds until the job ends */
+    for (size_t i = 0; i < c->n_backends; i++)
+        j->prices[i] = (struct storage_price){c->backends[i].name, c->backends[i].price_input,
+                                              c->backends[i].price_output};
+    queue_job(rq, j, stats_work, stats_after);
+}
