@@ -144,4 +144,12 @@ if [ "$stats" = 200 ] && [ -n "$browser" ]; then
 else
     echo "note: /v1/stats answers $stats; the live page check needs it and chromium"
 fi
+
+# A clean stop: exit 0 and no sanitizer report (ASan builds) on triaged's stderr.
+kill -TERM "$dpid"
+wait "$dpid"
+rc=$?
+check "triaged stops cleanly on SIGTERM (exit $rc)" [ "$rc" -eq 0 ]
+check "no sanitizer report" sh -c "! grep -q 'Sanitizer' '$tmp/triaged.err'"
+grep -A20 'Sanitizer' "$tmp/triaged.err" | head -40
 exit $fail
