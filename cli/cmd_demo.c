@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,7 @@ struct job {
     char *resp;                  /* response body */
     size_t len, cap;
     char backend[64];            /* x-triage-backend */
+    double score;                /* x-triage-score, or NAN */
 };
 
 struct demo {
@@ -59,6 +61,8 @@ struct demo {
     struct run runs[MAX_RUNS];
     size_t n_runs;
     int strong;                  /* backend index of the strong (last) tier */
+    size_t score_run;            /* the run whose x-triage-score is kept in scores, or SIZE_MAX */
+    double *scores;              /* [n_items] */
     const char *url;
     char auth[512];
     long timeout_ms;
@@ -222,16 +226,23 @@ on_header(char *p, size_t sz, size_t n, void *arg)
 {
     struct job *j = arg;
     size_t len = sz * n;
-    static const char name[] = "x-triage-backend:";
+    static const char bname[] = "x-triage-backend:", sname[] = "x-triage-score:";
 
-    if (len > sizeof(name) && strncasecmp(p, name, sizeof(name) - 1) == 0) {
-        const char *v = p + sizeof(name) - 1;
-        size_t vl = len - (sizeof(name) - 1);
+    if (len > sizeof(bname) && strncasecmp(p, bname, sizeof(bname) - 1) == 0) {
+        const char *v = p + sizeof(bname) - 1;
+        size_t vl = len - (sizeof(bname) - 1);
         while (vl && (*v == ' ' || *v == '\t'))
             v++, vl--;
         while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
             vl--;
         snprintf(j->backend, sizeof(j->backend), "%.*s", (int)vl, v);
+    } else if (len > sizeof(sname) && strncasecmp(p, sname, sizeof(sname) - 1) == 0) {
+        char v[32];
+        snprintf(v, sizeof(v), "%.*s", (int)(len - (sizeof(sname) - 1)), p + sizeof(sname) - 1);
+        char *end;
+        double x = strtod(v, &end);
+        if (end != v)
+            j->score = x;
     }
     return len;
 }
@@ -247,6 +258,7 @@ job_start(struct demo *d, CURLM *m, struct job *j, size_t run, size_t item)
     j->item = item;
     j->len = 0;
     j->backend[0] = '\0';
+    j->score = NAN;
     free(j->body);
     j->body = json_dumps(body, JSON_COMPACT);
     json_decref(body);
@@ -297,6 +309,8 @@ job_done(struct demo *d, struct job *j, CURLcode rc)
     curl_easy_getinfo(j->h, CURLINFO_TOTAL_TIME, &secs);
     r->n++;
     r->latency += secs;
+    if (j->run == d->score_run)
+        d->scores[j->item] = j->score;
     json_t *resp = rc == CURLE_OK && status == 200 ? json_loadb(j->resp, j->len, 0, NULL) : NULL;
     const char *content = json_string_value(json_object_get(
         json_object_get(json_array_get(json_object_get(resp, "choices"), 0), "message"), "content"));
@@ -322,14 +336,14 @@ job_done(struct demo *d, struct job *j, CURLcode rc)
     json_decref(resp);
 }
 
-/* Sends every prompt once per run, concurrency at a time. Returns 0 or -1. */
-static int
-run_all(struct demo *d, unsigned concurrency)
+/* Sends every prompt once for each run from first on, concurrency at a time. */
+static void
+run_all(struct demo *d, size_t first, const char *label, unsigned concurrency)
 {
     CURLM *m = curl_multi_init();
     struct job *jobs = calloc(concurrency, sizeof(*jobs));
     struct job **idle = calloc(concurrency, sizeof(*idle));
-    size_t n_idle = concurrency, next = 0, total = d->n_items * d->n_runs, done = 0;
+    size_t n_idle = concurrency, next = 0, total = d->n_items * (d->n_runs - first), done = 0;
     struct cli_progress bar;
 
     if (!jobs || !idle)
@@ -337,10 +351,10 @@ run_all(struct demo *d, unsigned concurrency)
     for (unsigned i = 0; i < concurrency; i++)
         idle[i] = &jobs[i];
     curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)concurrency);
-    cli_progress_start(&bar, "demo", total);
+    cli_progress_start(&bar, label, total);
     while (done < total) {
         while (n_idle && next < total) {
-            job_start(d, m, idle[--n_idle], next / d->n_items, next % d->n_items);
+            job_start(d, m, idle[--n_idle], first + next / d->n_items, next % d->n_items);
             next++;
         }
         int running;
@@ -372,7 +386,50 @@ run_all(struct demo *d, unsigned concurrency)
     free(jobs);
     free(idle);
     curl_multi_cleanup(m);
-    return 0;
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* Adds routed runs at the thresholds that would have sent about 10, 25, 50, 75 and 90% of
+ * the prompts to strong, by the scores the configured run reported. Returns how many. */
+static size_t
+add_auto_runs(struct demo *d)
+{
+    static const double shares[] = {0.10, 0.25, 0.50, 0.75, 0.90};
+    double *sorted = malloc(d->n_items * sizeof(double));
+    size_t n = 0, added = 0;
+    double prev = NAN;
+
+    if (!sorted)
+        abort();
+    for (size_t i = 0; i < d->n_items; i++)
+        if (!isnan(d->scores[i]))
+            sorted[n++] = d->scores[i];
+    qsort(sorted, n, sizeof(double), cmp_double);
+    for (size_t k = 0; n && k < sizeof(shares) / sizeof(shares[0]) && d->n_runs < MAX_RUNS; k++) {
+        /* score >= t goes to strong: t is the smallest score of the top share */
+        size_t top = (size_t)ceil(shares[k] * (double)n);
+        double t = sorted[n - (top ? top : 1)];
+        if (t == prev)
+            continue;
+        prev = t;
+        /* the header rounds scores to 4 decimals: half a unit lower keeps that prompt strong */
+        t = fmax(0, t - 0.00005);
+        struct run *r = &d->runs[d->n_runs++];
+        snprintf(r->model, sizeof(r->model), "%s:%.5f", d->conf->aliases[0], t);
+        snprintf(r->label, sizeof(r->label), "triage (%s:%.5f)", d->conf->aliases[0], t);
+        r->threshold = t;
+        r->fixed_backend = -1;
+        added++;
+    }
+    free(sorted);
+    return added;
 }
 
 /* ---- output -------------------------------------------------------------------------- */
@@ -418,6 +475,16 @@ print_table(const struct demo *d)
     }
 }
 
+struct box {
+    double x0, y0, x1, y1;
+};
+
+static int
+boxes_overlap(const struct box *a, const struct box *b)
+{
+    return a->x0 < b->x1 && b->x0 < a->x1 && a->y0 < b->y1 && b->y0 < a->y1;
+}
+
 static void
 svg_text(FILE *f, double x, double y, const char *anchor, const char *style, const char *text)
 {
@@ -454,10 +521,11 @@ write_svg(const struct demo *d, const char *path)
         ymax = fmax(ymax, accuracy(r));
     }
     xmax = nice_step(xmax > 0 ? xmax * 1.1 / 5 : 0.2) * 5;
-    ymin = fmax(0, floor(ymin * 20 - 1) / 20);
-    ymax = fmin(1, ceil(ymax * 20 + 0.5) / 20);
+    double ystep = ymax - ymin <= 0.25 ? 0.05 : 0.1;
+    ymin = fmax(0, floor((ymin - 0.02) / ystep) * ystep);
+    ymax = fmin(1, ceil((ymax + 0.02) / ystep) * ystep);
     if (ymax <= ymin)
-        ymax = ymin + 0.05;
+        ymax = ymin + ystep;
 #define PX(c) (L + (c) / xmax * (W - L - R))
 #define PY(a) (H - B - ((a) - ymin) / (ymax - ymin) * (H - T - B))
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
@@ -469,14 +537,17 @@ write_svg(const struct demo *d, const char *path)
     svg_text(f, W / 2, 28, "middle", "font-size=\"16\"", title);
     /* axes, grid and ticks */
     for (int i = 0; i <= 5; i++) {
-        double c = xmax * i / 5, a = ymin + (ymax - ymin) * i / 5;
+        double c = xmax * i / 5;
         char lab[32];
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", PX(c), PY(ymin),
                 PX(c), PY(ymax));
-        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", PX(0), PY(a),
-                PX(xmax), PY(a));
         snprintf(lab, sizeof(lab), "%.3g", c);
         svg_text(f, PX(c), H - B + 18, "middle", NULL, lab);
+    }
+    for (double a = ymin; a <= ymax + 1e-9; a += ystep) {
+        char lab[32];
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", PX(0), PY(a),
+                PX(xmax), PY(a));
         snprintf(lab, sizeof(lab), "%.0f%%", a * 100);
         svg_text(f, L - 8, PY(a) + 4, "end", NULL, lab);
     }
@@ -515,20 +586,60 @@ write_svg(const struct demo *d, const char *path)
         fprintf(f, "%.1f,%.1f ", PX(r->n ? r->cost * 1000 / (double)r->n : 0), PY(accuracy(r)));
     }
     fprintf(f, "\"/>\n");
+    /* the points, the two fixed policies on top */
+    for (size_t i = d->n_runs; i-- > 0;) {
+        const struct run *r = &d->runs[i];
+        fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"5\" fill=\"%s\"/>\n",
+                PX(r->n ? r->cost * 1000 / (double)r->n : 0), PY(accuracy(r)),
+                i == 0 ? "#457b9d" : i == 1 ? "#e63946" : "#2a9d8f");
+    }
+    /* labels go where they overlap no other label, point or the legend */
+    struct box used[3 * MAX_RUNS + 1];
+    size_t n_used = 0;
+    used[n_used++] = (struct box){L, T, L + 200, T + 44};
     for (size_t i = 0; i < d->n_runs; i++) {
         const struct run *r = &d->runs[i];
         double x = PX(r->n ? r->cost * 1000 / (double)r->n : 0), y = PY(accuracy(r));
-        const char *color = i == 0 ? "#457b9d" : i == 1 ? "#e63946" : "#2a9d8f";
+        used[n_used++] = (struct box){x - 6, y - 6, x + 6, y + 6};
+    }
+    for (size_t i = 0; i < d->n_runs; i++) {
+        const struct run *r = &d->runs[i];
+        double x = PX(r->n ? r->cost * 1000 / (double)r->n : 0), y = PY(accuracy(r));
         char lab[96];
-        fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"5\" fill=\"%s\"/>\n", x, y, color);
         if (i < 2)
             snprintf(lab, sizeof(lab), "%s", r->label);
-        else
-            snprintf(lab, sizeof(lab), "t=%g (%.0f%% strong)", r->threshold,
+        else if (isnan(r->threshold))
+            snprintf(lab, sizeof(lab), "configured (%.0f%% strong)",
                      r->n ? 100.0 * (double)r->strong / (double)r->n : 0);
-        /* the curve rises to the right: below-right of a point is usually free */
-        int left = i == 1 || x > W - 200;
-        svg_text(f, x + (left ? -10 : 10), y + (i == 1 ? -8 : 16), left ? "end" : "start", NULL, lab);
+        else
+            snprintf(lab, sizeof(lab), "t=%.4g (%.0f%% strong)", r->threshold,
+                     r->n ? 100.0 * (double)r->strong / (double)r->n : 0);
+        /* candidates: below-right first (the curve rises to the right), then around */
+        static const struct { double dx, dy; int end; } cand[] = {
+            {10, 16, 0}, {10, -8, 0}, {-10, -8, 1}, {-10, 16, 1}, {10, 30, 0}, {-10, 30, 1},
+            {10, -22, 0}, {-10, -22, 1}, {10, 44, 0}, {-10, 44, 1}, {10, -36, 0}, {-10, -36, 1},
+        };
+        double w = 6.6 * (double)strlen(lab);
+        struct box pick = {0, 0, 0, 0};
+        int found = 0, end = 0;
+        for (size_t k = 0; k < sizeof(cand) / sizeof(cand[0]) && !found; k++) {
+            double bx = x + cand[k].dx - (cand[k].end ? w : 0), by = y + cand[k].dy;
+            struct box b = {bx, by - 11, bx + w, by + 3};
+            if (b.x0 < L || b.x1 > W - R || b.y0 < T || b.y1 > H - B)
+                continue;
+            int clear = 1;
+            for (size_t u = 0; u < n_used && clear; u++)
+                clear = !boxes_overlap(&b, &used[u]);
+            if (clear || pick.x1 == 0) { /* else the first that fits */
+                pick = b;
+                end = cand[k].end;
+                found = clear;
+            }
+        }
+        if (pick.x1 == 0) /* nothing fits inside the plot: left of the point */
+            pick = (struct box){x - 10 - w, y - 19, x - 10, y - 5}, end = 1;
+        used[n_used++] = pick;
+        svg_text(f, end ? pick.x1 : pick.x0, pick.y1 - 3, end ? "end" : "start", NULL, lab);
     }
 #undef PX
 #undef PY
@@ -560,7 +671,10 @@ usage(FILE *f)
             "  --config FILE        for tiers, prices, alias (default %s)\n"
             "  --data FILE          prompts with references (default %s)\n"
             "  --limit N            only the first N prompts\n"
-            "  --thresholds LIST    routed thresholds (default 0.3,0.4,0.5,0.6,0.7)\n"
+            "  --thresholds LIST    routed thresholds, or auto (default): first route as\n"
+            "                       configured, then at the thresholds that send about\n"
+            "                       10, 25, 50, 75 and 90%% of the prompts to strong by the\n"
+            "                       scores triaged reported (x-triage-score)\n"
             "  --concurrency N      requests in flight (default 64)\n"
             "  --svg FILE           where to write the curve (default triage-demo.svg)\n"
             "  --api-key KEY        client key, if triaged needs one (or $TRIAGE_API_KEY)\n"
@@ -595,6 +709,7 @@ demo_free(struct demo *d)
     for (size_t i = 0; i < d->n_items; i++)
         free(d->items[i].prompt);
     free(d->items);
+    free(d->scores);
     conf_destroy(d->conf);
 }
 
@@ -627,11 +742,11 @@ cli_demo(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct demo d = {.url = "http://127.0.0.1:8080", .timeout_ms = 600000};
+    struct demo d = {.url = "http://127.0.0.1:8080", .timeout_ms = 600000, .score_run = SIZE_MAX};
     const char *conf_path = access(DEFAULT_CONF, R_OK) == 0 ? DEFAULT_CONF : INSTALLED_CONF;
     const char *data = access(DEFAULT_DATA, R_OK) == 0 ? DEFAULT_DATA : INSTALLED_DATA;
     const char *svg = "triage-demo.svg";
-    const char *thresholds = "0.3,0.4,0.5,0.6,0.7", *key = getenv("TRIAGE_API_KEY");
+    const char *thresholds = "auto", *key = getenv("TRIAGE_API_KEY");
     unsigned long limit = 0, conc = 64, timeout = 600000;
     char err[512];
     int ch, rc = 1;
@@ -679,7 +794,17 @@ cli_demo(int argc, char **argv)
     }
     add_fixed(&d, 0, "fast");
     d.strong = add_fixed(&d, d.conf->n_tiers - 1, "strong");
-    for (const char *p = thresholds; *p && d.n_runs < MAX_RUNS;) {
+    int automatic = strcmp(thresholds, "auto") == 0;
+    if (automatic) {
+        /* routed as configured; its scores place the thresholds of the runs after it */
+        struct run *r = &d.runs[d.n_runs];
+        d.score_run = d.n_runs++;
+        snprintf(r->model, sizeof(r->model), "%s", d.conf->aliases[0]);
+        snprintf(r->label, sizeof(r->label), "triage (%s, as configured)", d.conf->aliases[0]);
+        r->threshold = NAN;
+        r->fixed_backend = -1;
+    }
+    for (const char *p = automatic ? "" : thresholds; *p && d.n_runs < MAX_RUNS;) {
         char *end;
         double t = strtod(p, &end);
         if (end == p || t < 0 || t > 1 || (*end && *end != ',')) {
@@ -696,9 +821,22 @@ cli_demo(int argc, char **argv)
     }
     if (load_items(&d, data, (size_t)limit) < 0)
         goto out;
-    fprintf(stderr, "triage demo: %zu prompts x %zu policies through %s\n", d.n_items, d.n_runs, d.url);
+    d.scores = malloc(d.n_items * sizeof(double));
+    if (!d.scores)
+        abort();
+    for (size_t i = 0; i < d.n_items; i++)
+        d.scores[i] = NAN;
+    fprintf(stderr, "triage demo: %zu prompts x %zu policies%s through %s\n", d.n_items, d.n_runs,
+            automatic ? " (+5 at thresholds from the scores)" : "", d.url);
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    run_all(&d, (unsigned)conc);
+    run_all(&d, 0, automatic ? "pass 1/2" : "demo", (unsigned)conc);
+    if (automatic) {
+        size_t first = d.n_runs;
+        if (add_auto_runs(&d) == 0)
+            fprintf(stderr, "triage demo: no x-triage-score in the answers: no threshold runs\n");
+        else
+            run_all(&d, first, "pass 2/2", (unsigned)conc);
+    }
     curl_global_cleanup();
     print_table(&d);
     if (write_svg(&d, svg) < 0)

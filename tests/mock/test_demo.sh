@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # test_demo.sh - `triage demo` against a `triage replay` backend: grading by the final number
 # (after ####, in \boxed{}, else the last one; commas, signs, decimals), the table, the
-# prices from the config and the SVG. Usage: test_demo.sh PATH-TO-TRIAGE
+# prices from the config and the SVG; then end to end through the real triaged in front of
+# two replays, with thresholds placed from the scores it reports.
+# Usage: test_demo.sh TRIAGE TRIAGED MAKE_MODEL
 set -uo pipefail
-triage=$1
+triage=$1 triaged=$2 make_model=$3
 tmp=$(mktemp -d)
 pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+pids=()
+trap 'for p in $pid "${pids[@]}"; do kill $p 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; [ -f "$tmp/out" ] && cat "$tmp/out"; exit 1; }
 
 # 7 prompts; the recorded answers get 5 right
 cat >"$tmp/data.jsonl" <<'JSONL'
-{"prompt": "p1", "reference": "1234", "answers": {"m": "So 1,000 + 234 = 1,234\n#### 1,234"}}
-{"prompt": "p2", "reference": "-5", "answers": {"m": "Hence $x = \\boxed{-5}$."}}
-{"prompt": "p3", "reference": "7", "answers": {"m": "3 apples and 4 pears make 7."}}
-{"prompt": "p4", "reference": "12.5", "answers": {"m": "It costs 12.50 dollars"}}
-{"prompt": "p5", "reference": "8", "answers": {"m": "#### 8\nor maybe 9"}}
-{"prompt": "p6", "reference": "11", "answers": {"m": "It is 10."}}
-{"prompt": "p7", "reference": "3", "answers": {"m": "No idea."}}
+{"prompt": "p1", "reference": "1234", "answers": {"m": "So 1,000 + 234 = 1,234\n#### 1,234", "w": "#### 1,235"}}
+{"prompt": "p2", "reference": "-5", "answers": {"m": "Hence $x = \\boxed{-5}$.", "w": "x = 5"}}
+{"prompt": "p3", "reference": "7", "answers": {"m": "3 apples and 4 pears make 7.", "w": "3 apples and 4 pears make 7."}}
+{"prompt": "p4", "reference": "12.5", "answers": {"m": "It costs 12.50 dollars", "w": "It costs 12.50 dollars"}}
+{"prompt": "p5", "reference": "8", "answers": {"m": "#### 8\nor maybe 9", "w": "#### 8\nor maybe 9"}}
+{"prompt": "p6", "reference": "11", "answers": {"m": "It is 10.", "w": "It is 10."}}
+{"prompt": "p7", "reference": "3", "answers": {"m": "No idea.", "w": "No idea."}}
 JSONL
 cat >"$tmp/triage.conf" <<'CONF'
 [router]
@@ -59,6 +62,13 @@ grep -q 'Note: 7 answers of triage (triage:0.5)' "$tmp/out" || fail "unknown-bac
 grep -q '<svg' "$tmp/curve.svg" && grep -q '</svg>' "$tmp/curve.svg" || fail "svg"
 [ "$(grep -c '<circle' "$tmp/curve.svg")" = 3 ] || fail "svg points"
 
+# default thresholds (auto): a routed run as configured; without x-triage-score (a bare
+# replay) no threshold runs follow
+"$triage" demo --url "http://127.0.0.1:$port" --config "$tmp/triage.conf" --data "$tmp/data.jsonl" \
+    --svg "$tmp/c1.svg" >"$tmp/out" 2>&1 || fail "demo auto"
+grep -q '^| triage (triage, as configured) | 71.4% |' "$tmp/out" || fail "auto: configured row"
+grep -q 'no x-triage-score' "$tmp/out" || fail "auto: no scores message"
+
 # --limit, and a clear failure when nothing answers
 "$triage" demo --url "http://127.0.0.1:$port" --config "$tmp/triage.conf" --data "$tmp/data.jsonl" \
     --thresholds 0.5 --limit 2 --svg "$tmp/c2.svg" >"$tmp/out" 2>&1 || fail "demo --limit"
@@ -66,4 +76,57 @@ grep -q '^2 prompts per policy' "$tmp/out" || fail "--limit 2"
 "$triage" demo --url "http://127.0.0.1:1" --config "$tmp/triage.conf" --data "$tmp/data.jsonl" \
     --svg "$tmp/c3.svg" >"$tmp/out" 2>&1 && fail "demo with no daemon should fail"
 grep -q 'every request failed' "$tmp/out" || fail "no-daemon message"
+# end to end: triaged routes between a weak replay (fast) and a strong one
+start_replay() { # start_replay ANSWERS: prints the port
+    "$triage" replay --data "$tmp/data.jsonl" --answers "$1" --port 0 >"$tmp/$1.port" 2>/dev/null &
+    pids+=($!)
+    for _ in $(seq 100); do [ -s "$tmp/$1.port" ] && break; sleep 0.05; done
+}
+start_replay w
+start_replay m
+"$make_model" "$tmp/model.tmod" || fail "make_model"
+for _ in $(seq 50); do
+    dport=$((20000 + RANDOM % 20000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$dport") 2>/dev/null || break
+done
+cat >"$tmp/e2e.conf" <<CONF
+[server]
+listen = 127.0.0.1
+port = $dport
+log_level = warn
+[router]
+model = $tmp/model.tmod
+aliases = triage
+tiers = fast, strong
+[backend fast]
+url = http://127.0.0.1:$(awk '{print $3}' "$tmp/w.port")/v1
+model = w
+price_input = 1000
+price_output = 1000
+[backend strong]
+url = http://127.0.0.1:$(awk '{print $3}' "$tmp/m.port")/v1
+model = m
+price_input = 10000
+price_output = 10000
+CONF
+"$triaged" -c "$tmp/e2e.conf" >"$tmp/triaged.log" 2>&1 &
+pids+=($!)
+up=
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$dport") 2>/dev/null && { up=1; break; }
+    sleep 0.05
+done
+[ -n "$up" ] || fail "triaged did not start: $(cat "$tmp/triaged.log")"
+"$triage" demo --url "http://127.0.0.1:$dport" --config "$tmp/e2e.conf" --data "$tmp/data.jsonl" \
+    --svg "$tmp/e2e.svg" >"$tmp/out" 2>&1 || fail "demo through triaged"
+grep -q '^| always fast (fast) | 42.9% |' "$tmp/out" || fail "e2e fast row"
+grep -q '^| always strong (strong) | 71.4% |' "$tmp/out" || fail "e2e strong row"
+grep -q '^| triage (triage, as configured) |' "$tmp/out" || fail "e2e configured row"
+grep -q '^| triage (triage:0\.[0-9]*) |' "$tmp/out" || fail "e2e: no threshold rows from the scores"
+# the 10% threshold sends the top-scored prompt (1 of 7) to strong despite rounded scores
+grep -q '^| triage (triage:0\.[0-9]*) | [0-9.]*% | [0-9.]*% | [0-9.e-]* | [0-9.e-]* | 14\.3% |' "$tmp/out" \
+    || fail "e2e: top-share threshold"
+grep -q 'Note:' "$tmp/out" && fail "e2e: triaged named no backend"
+awk -F'|' '/^\| (always|triage)/ { if ($9 + 0 != 0) bad = 1 } END { exit bad }' "$tmp/out" \
+    || fail "e2e: errors"
 echo ok

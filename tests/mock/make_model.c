@@ -1,5 +1,5 @@
-/* make_model.c - writes a tiny predictor model for the clients suite to argv[1]: the suite
- * tests the wire protocol through the SDK, not routing quality. */
+/* make_model.c - writes a tiny predictor model (heads fast and strong) to argv[1], for tests
+ * that run the real triaged (demo, clients) and check the wire protocol, not routing quality. */
 #include <stdio.h>
 
 #include <jansson.h>
