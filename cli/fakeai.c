@@ -589,7 +589,14 @@ send_piece(struct fakeai_req *c, unsigned i)
     chunk_head(&b, &len, &cap, ch);
     buf_printf(&b, &len, &cap, "\"choices\":[{\"index\":0,\"delta\":{%s\"content\":",
                i == 0 ? "\"role\":\"assistant\"," : "");
-    fakeai_json_str(&b, &len, &cap, ch->c.content + ch->offs[i], ch->offs[i + 1] - ch->offs[i]);
+    if (ch->c.stamp) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        buf_printf(&b, &len, &cap, "\" mockts:%019lld\"",
+                   (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+    } else {
+        fakeai_json_str(&b, &len, &cap, ch->c.content + ch->offs[i], ch->offs[i + 1] - ch->offs[i]);
+    }
     ADD_LIT(&b, &len, &cap, "},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
     send_event(c, b, len);
     free(b);

@@ -88,6 +88,8 @@ struct fakeai_chat {
     enum fakeai_fail fail;
     unsigned die_after;         /* FAKEAI_FAIL_DIE_MID_STREAM: content chunks sent first */
     const char *extra_headers;  /* NULL or header lines ending in "\r\n"; copied */
+    int stamp;                  /* stream: each piece's text becomes " mockts:" and the send
+                                 * time (CLOCK_MONOTONIC ns, 19 digits), for latency benches */
 };
 
 /* Answers with a chat completion, after the delays in c; copies everything it needs. */

@@ -211,6 +211,7 @@ handle_chat(struct fakeai_req *req, const struct mock_defaults *d)
         .status = (int)get_int(mock, "status", 0),
         .retry_after = get_int(mock, "retry_after", 0),
         .die_after = (unsigned)get_int(mock, "die_after", 0),
+        .stamp = json_is_true(json_object_get(mock, "stamp")),
     };
     size_t pb = prompt_bytes(json_object_get(root, "messages"));
     c.prompt_tokens = pb ? (long)((pb + 3) / 4) : 1;

@@ -114,6 +114,32 @@ test_stream(void)
     CHECK(strstr(r.body, "\"content\":\"cd\"") != NULL);
     resp_free(&r);
 
+    /* stamp: every piece carries its send time on the monotonic clock */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    request(NULL, "/v1/chat/completions",
+            "{\"model\":\"m\",\"stream\":true,\"messages\":[],"
+            "\"mock\":{\"stamp\":true,\"chunks\":3,\"chunk_delay_ms\":2}}",
+            NULL, 0, &r);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    parse_sse(r.body, &s);
+    CHECK(s.content_chunks == 3);
+    long long first = 0, prev = 0;
+    int stamps = 0;
+    for (const char *p = s.content; (p = strstr(p, " mockts:")) != NULL; p += 8) {
+        long long v = strtoll(p + 8, NULL, 10);
+        CHECK(strspn(p + 8, "0123456789") >= 19);
+        CHECK(v >= prev);
+        if (!stamps)
+            first = v;
+        prev = v;
+        stamps++;
+    }
+    CHECK(stamps == 3);
+    CHECK(first >= (long long)t0.tv_sec * 1000000000LL + t0.tv_nsec);
+    CHECK(prev <= (long long)t1.tv_sec * 1000000000LL + t1.tv_nsec);
+    resp_free(&r);
+
     /* chunks without content: that many generated words */
     request(NULL, "/v1/chat/completions",
             "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true},"
