@@ -563,9 +563,10 @@ metrics_render(struct metrics *m, size_t *len)
     /* Gauges owned by other modules. */
     struct metrics_gauges g;
     memset(&g, 0, sizeof(g));
-    g.circuit = xmalloc(m->n * sizeof(int));
+    int *circuit = xmalloc(m->n * sizeof(int)); /* ours, even if a callback repoints g.circuit */
     for (size_t i = 0; i < m->n; i++)
-        g.circuit[i] = METRICS_CIRCUIT_UNKNOWN;
+        circuit[i] = METRICS_CIRCUIT_UNKNOWN;
+    g.circuit = circuit;
     g.n_backends = m->n;
     g.inflight = g.log_queue_depth = g.log_written = g.log_dropped = g.log_failed = -1;
     g.model_loaded_time = g.threshold = NAN;
@@ -575,13 +576,15 @@ metrics_render(struct metrics *m, size_t *len)
         m->gauges_fn(m->gauges_ud, &g);
     g.model_version[sizeof(g.model_version) - 1] = '\0';
 
+    /* Backends beyond the ones named at create time (added by a reload) are not shown. */
+    size_t nc = g.circuit ? (g.n_backends < m->n ? g.n_backends : m->n) : 0;
     int any = 0;
-    for (size_t i = 0; i < m->n; i++)
+    for (size_t i = 0; i < nc; i++)
         any |= g.circuit[i] != METRICS_CIRCUIT_UNKNOWN;
     if (any) {
         put_family(&b, "triage_circuit_state", "gauge",
                    "Circuit breaker state per backend: 0 closed, 1 half-open, 2 open.");
-        for (size_t i = 0; i < m->n; i++) {
+        for (size_t i = 0; i < nc; i++) {
             if (g.circuit[i] == METRICS_CIRCUIT_UNKNOWN)
                 continue;
             put(&b, "triage_circuit_state{backend=\"");
@@ -589,7 +592,7 @@ metrics_render(struct metrics *m, size_t *len)
             put(&b, "\"} %d\n", g.circuit[i]);
         }
     }
-    free(g.circuit);
+    free(circuit);
 
     if (g.inflight >= 0) {
         put_family(&b, "triage_inflight_requests", "gauge", "Requests being served now.");
@@ -652,6 +655,8 @@ on_request_event(void *ctx, const struct daemon_request_event *ev)
     if (ev->path && strcmp(ev->path, "/v1/chat/completions"))
         return;
     int b = ev->backend ? metrics_backend_index(m, ev->backend) : -1;
+    int first = ev->first_backend ? metrics_backend_index(m, ev->first_backend) : b;
+    int fell_back = ev->first_backend && ev->backend && strcmp(ev->first_backend, ev->backend);
     struct metrics_request r = {
         .backend = b,
         .reason = ev->route_reason,
@@ -662,9 +667,20 @@ on_request_event(void *ctx, const struct daemon_request_event *ev)
         .tokens_in = ev->tokens_in,
         .tokens_out = ev->tokens_out,
         .cost_usd = ev->cost_usd,
-        .overhead_s = NAN,
+        .overhead_s = ev->overhead_ms / 1000.0,
     };
     metrics_record_request(m, &r);
+
+    /* The event sums retries and fallbacks; the retries happened on the backend
+     * chosen first, before any fallback. */
+    if (fell_back)
+        metrics_record_fallback(m, first, b);
+    for (int i = ev->retries - fell_back; i > 0; i--)
+        metrics_record_retry(m, first);
+    /* A request that reached a backend and still failed is that backend's error;
+     * errors before a backend was reached (bad request, auth, rate limit) are not. */
+    if (ev->error_kind && ev->backend && !ev->client_aborted)
+        metrics_record_backend_error(m, b, ev->error_kind);
 }
 
 static void

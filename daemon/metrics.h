@@ -47,7 +47,9 @@ struct metrics_request {
  * metrics_set_gauges. The metrics module pre-fills every field with "unknown"
  * (-1, NaN, empty string); the callback sets the ones it knows. */
 struct metrics_gauges {
-    int *circuit;              /* n_backends entries of enum metrics_circuit */
+    int *circuit;              /* n_backends entries of enum metrics_circuit; a callback may
+                                * fill them or point this at its own array (borrowed for
+                                * the render) and set n_backends */
     size_t n_backends;
     int64_t inflight;          /* requests being served now */
     int64_t log_queue_depth;   /* outcome rows waiting for the writer */

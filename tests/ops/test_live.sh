@@ -109,6 +109,10 @@ check "one bad request, backend none" grep -q '^triage_requests_total{backend="n
 check "one passthrough to strong" grep -q '^triage_requests_total{backend="strong",reason="passthrough",status="200"} 1$' "$tmp/metrics.txt"
 check "four routed (score histogram)" grep -q '^triage_routing_score_count 4$' "$tmp/metrics.txt"
 check "tokens counted" grep -qE '^triage_tokens_total\{backend="(fast|strong)",direction="output"\} [1-9]' "$tmp/metrics.txt"
+check "routing overhead observed" awk '/^triage_routing_overhead_seconds_count/ { ok = $NF >= 4 } END { exit !ok }' "$tmp/metrics.txt"
+check "circuits closed" grep -q '^triage_circuit_state{backend="strong"} 0$' "$tmp/metrics.txt"
+check "outcome log gauges" grep -q '^triage_log_queue_depth [0-9]' "$tmp/metrics.txt"
+check "threshold gauge" grep -q '^triage_routing_threshold 0.5$' "$tmp/metrics.txt"
 check "model info" grep -qE '^triage_model_info\{version="[0-9a-f]+"\} 1$' "$tmp/metrics.txt"
 check "content type" sh -c "curl -sI '$base/metrics' | grep -qi '^content-type: text/plain; version=0.0.4'"
 if command -v promtool >/dev/null 2>&1; then

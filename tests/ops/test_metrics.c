@@ -373,6 +373,33 @@ test_gauges(void **state)
     metrics_destroy(m);
 }
 
+/* A callback may point circuit at its own array (as daemon/main.c does); the render
+ * must read it, bounded by the backends it knows, and must not free it. */
+static void
+own_array_gauges(void *ud, struct metrics_gauges *g)
+{
+    static int mine[3] = {METRICS_CIRCUIT_HALF_OPEN, METRICS_CIRCUIT_CLOSED, METRICS_CIRCUIT_OPEN};
+    (void)ud;
+    g->circuit = mine;
+    g->n_backends = 3; /* one more than the registry knows: ignored */
+}
+
+static void
+test_gauges_own_array(void **state)
+{
+    struct metrics *m = metrics_create(two, 2);
+    metrics_set_gauges(m, own_array_gauges, NULL);
+    for (int k = 0; k < 2; k++) {
+        char *t = metrics_render(m, NULL);
+        assert_line(t, "triage_circuit_state{backend=\"fast\"} 1");
+        assert_line(t, "triage_circuit_state{backend=\"strong\"} 0");
+        assert_null(strstr(t, "} 2\ntriage_inflight"));
+        assert_null(strstr(t, "triage_inflight_requests")); /* left unknown */
+        free(t);
+    }
+    metrics_destroy(m);
+}
+
 struct worker {
     struct metrics *m;
     int id;
@@ -538,7 +565,8 @@ main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exact_output),   cmocka_unit_test(test_bucket_math),
         cmocka_unit_test(test_labels_and_unknowns), cmocka_unit_test(test_overflow_to_other),
-        cmocka_unit_test(test_gauges),         cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_gauges),         cmocka_unit_test(test_gauges_own_array),
+        cmocka_unit_test(test_concurrent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
