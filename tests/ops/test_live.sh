@@ -39,8 +39,12 @@ start_mock() {
 start_mock 20; fast_port=$mport
 start_mock 80; strong_port=$mport
 
-# triaged needs its port in the config: try a few random ones.
-for attempt in 1 2 3 4 5; do
+# start_triaged FAST_URL: starts triaged with the fast backend at FAST_URL (and the
+# strong mock), on a random port (a few tries); sets $dpid and $base.
+start_triaged() {
+  local fast_url=$1
+  dpid=
+  for attempt in 1 2 3 4 5; do
     port=$((20000 + RANDOM % 30000))
     cat >"$tmp/triage.conf" <<CONF
 [server]
@@ -58,7 +62,7 @@ fallback = strong, fast
 path = $tmp/triage.db
 flush_interval_ms = 50
 [backend fast]
-url = http://127.0.0.1:$fast_port/v1
+url = $fast_url
 model = small
 head = weak
 price_input = 0.6
@@ -79,11 +83,23 @@ CONF
     done
     kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
     dpid=
-done
-[ -n "${dpid:-}" ] || { echo "triaged did not start"; cat "$tmp/triaged.err"; exit 1; }
-pids+=($dpid)
-base="http://127.0.0.1:$port"
-echo "triaged on $base"
+  done
+  [ -n "${dpid:-}" ] || { echo "triaged did not start"; cat "$tmp/triaged.err"; exit 1; }
+  pids+=($dpid)
+  base="http://127.0.0.1:$port"
+  echo "triaged on $base (fast backend $fast_url)"
+}
+# stop_triaged: SIGTERM; a clean stop exits 0 with no sanitizer report on stderr.
+stop_triaged() {
+    kill -TERM "$dpid"
+    wait "$dpid"
+    local rc=$?
+    check "triaged stops cleanly on SIGTERM (exit $rc)" [ "$rc" -eq 0 ]
+    check "no sanitizer report" sh -c "! grep -q 'Sanitizer' '$tmp/triaged.err'"
+    grep -A20 'Sanitizer' "$tmp/triaged.err" | head -40
+}
+
+start_triaged "http://127.0.0.1:$fast_port/v1"
 
 code=$(curl -s -o /dev/null -w '%{http_code}' "$base/metrics")
 if [ "$code" = 404 ]; then
@@ -149,11 +165,22 @@ else
     echo "note: /v1/stats answers $stats; the live page check needs it and chromium"
 fi
 
-# A clean stop: exit 0 and no sanitizer report (ASan builds) on triaged's stderr.
-kill -TERM "$dpid"
-wait "$dpid"
-rc=$?
-check "triaged stops cleanly on SIGTERM (exit $rc)" [ "$rc" -eq 0 ]
-check "no sanitizer report" sh -c "! grep -q 'Sanitizer' '$tmp/triaged.err'"
-grep -A20 'Sanitizer' "$tmp/triaged.err" | head -40
+stop_triaged
+
+# A dead fast backend (nothing listens on port 1): an easy prompt is retried there,
+# then falls back to strong and succeeds.
+rm -f "$tmp/triage.db"*
+start_triaged "http://127.0.0.1:1/v1"
+echo "fallback chat status: $(chat triage "hi")"
+curl -s "$base/metrics" >"$tmp/metrics2.txt"
+check "answered by strong after a fallback" grep -q '^triage_requests_total{backend="strong",reason="fallback",status="200"} 1$' "$tmp/metrics2.txt"
+check "fallback fast -> strong counted" grep -q '^triage_fallbacks_total{from="fast",to="strong"} 1$' "$tmp/metrics2.txt"
+retries=$(sed -n 's/^triage_retries_total{backend="fast"} //p' "$tmp/metrics2.txt")
+check "retries on fast counted: $retries" [ "${retries:-0}" -ge 1 ]
+check "nothing counted against strong" grep -q '^triage_retries_total{backend="strong"} 0$' "$tmp/metrics2.txt"
+if command -v promtool >/dev/null 2>&1; then
+    out=$(promtool check metrics <"$tmp/metrics2.txt" 2>&1)
+    check "promtool on the fallback scrape${out:+: $out}" [ -z "$out" ]
+fi
+stop_triaged
 exit $fail
