@@ -7,7 +7,11 @@
 /* X(name, function, summary): one line per subcommand, in --help order. */
 #define CLI_COMMANDS(X)                                                                           \
     X("version", cli_version, "print the version and exit")                                      \
-    X("replay", cli_replay, "serve recorded model answers as an offline OpenAI backend")           \
+    X("train", cli_train, "train a model from labelled JSONL")                                   \
+    X("score", cli_score, "score JSONL prompts from stdin")                                      \
+    X("eval", cli_eval, "routing quality of a model: APGR, CPT, AUC")                            \
+    X("calibrate", cli_calibrate, "threshold for a target share of strong calls")                \
+    X("replay", cli_replay, "serve recorded model answers as an offline OpenAI backend")       \
     X("demo", cli_demo, "GSM8K through triaged: accuracy and cost per policy, SVG curve")     \
     X("stats", cli_stats, "routing statistics from the outcome log")                             \
     X("export", cli_export, "the outcome log's labelled prompts as training JSONL")              \
