@@ -783,7 +783,7 @@ cli_demo(int argc, char **argv)
     d.timeout_ms = (long)timeout;
     if (key && *key)
         snprintf(d.auth, sizeof(d.auth), "Authorization: Bearer %s", key);
-    d.conf = conf_load(conf_path, err, sizeof(err));
+    d.conf = conf_load_flags(conf_path, CONF_LOAD_SKIP_KEYS, err, sizeof(err));
     if (!d.conf) {
         cli_errorf("demo", "%s", err);
         return 1;
