@@ -85,7 +85,7 @@ void metrics_record_retry(struct metrics *m, int backend);
 void metrics_record_fallback(struct metrics *m, int from, int to);
 
 /* Counts one failed upstream attempt; kind is the error kind, e.g. "timeout",
- * "connect", "status_5xx" (borrowed; NULL: "other"). */
+ * "unreachable", "backend_status" (borrowed; NULL: "other"). */
 void metrics_record_backend_error(struct metrics *m, int backend, const char *kind);
 
 /* Installs the callback sampling gauges owned elsewhere (NULL removes it). Call
