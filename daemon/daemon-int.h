@@ -38,6 +38,7 @@ struct daemon_snapshot {
     struct auth_keys *admin_keys; /* NULL = admin endpoints on loopback only */
     struct breaker **breakers;    /* one per backend (reset by a reload) */
     struct ratelimit *ratelimit;  /* NULL when unlimited (reset by a reload) */
+    atomic_uint *inflight;        /* backend calls per backend, for max_concurrent */
 };
 
 /* Growable byte buffer. */
@@ -130,6 +131,7 @@ struct daemon_request {
     size_t fallback_pos;     /* next entry of conf->fallback to try */
     int routed;
     int breaker_open_call;   /* breaker_allow let this call through: record its outcome */
+    int slot;                /* backend whose max_concurrent slot this call holds, or -1 */
     struct daemon_retry *retry_timer; /* a retry waiting for its backoff */
     double overhead_ms;
     int up_done;

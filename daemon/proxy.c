@@ -374,6 +374,15 @@ status_retryable(long status)
 }
 
 static void
+release_slot(struct daemon_request *rq)
+{
+    if (rq->slot >= 0) {
+        atomic_fetch_sub(&rq->snap->inflight[rq->slot], 1);
+        rq->slot = -1;
+    }
+}
+
+static void
 up_done(void *ctx, enum upstream_error err, const char *detail)
 {
     struct daemon_request *rq = ctx;
@@ -381,6 +390,7 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
     int failed = (err && err != UPSTREAM_ERR_INTERNAL) || rq->up_status >= 500;
 
     rq->call = NULL;
+    release_slot(rq);
     atomic_fetch_sub(&daemon__n_upstream_inflight, 1);
     if (rq->breaker_open_call) {
         breaker_record(rq->snap->breakers[rq->backend],
@@ -452,6 +462,7 @@ daemon__proxy_release(struct daemon_request *rq)
         rq->call = NULL;
         atomic_fetch_sub(&daemon__n_upstream_inflight, 1);
     }
+    release_slot(rq);
     if (rq->breaker_open_call) {
         breaker_record(rq->snap->breakers[rq->backend], BREAKER_CANCEL, now_ms());
         rq->breaker_open_call = 0;
@@ -709,12 +720,27 @@ start_attempt(struct daemon_request *rq)
 
     for (;;) {
         be = &c->backends[rq->backend];
-        if (breaker_allow(rq->snap->breakers[rq->backend], now_ms()) != BREAKER_REJECT)
+        int full = 0;
+        if (be->max_concurrent) {
+            atomic_uint *n = &rq->snap->inflight[rq->backend];
+            if (atomic_fetch_add(n, 1) >= be->max_concurrent) {
+                atomic_fetch_sub(n, 1);
+                full = 1;
+            } else {
+                rq->slot = rq->backend;
+            }
+        }
+        if (!full && breaker_allow(rq->snap->breakers[rq->backend], now_ms()) != BREAKER_REJECT)
             break;
+        release_slot(rq);
         if (!next_fallback(rq)) {
-            rq->error_kind = "circuit_open";
-            daemon__reply_error(rq, 503, "server_error", "backend_unavailable",
-                                "backend %s is failing; its circuit is open", be->name);
+            rq->error_kind = full ? "overloaded" : "circuit_open";
+            if (full)
+                daemon__reply_error(rq, 503, "server_error", "backend_overloaded",
+                                    "backend %s is at its max_concurrent limit", be->name);
+            else
+                daemon__reply_error(rq, 503, "server_error", "backend_unavailable",
+                                    "backend %s is failing; its circuit is open", be->name);
             return;
         }
         rq->retries++;
@@ -786,6 +812,7 @@ start_attempt(struct daemon_request *rq)
     if (!rq->call) {
         breaker_record(rq->snap->breakers[rq->backend], BREAKER_CANCEL, now_ms());
         rq->breaker_open_call = 0;
+        release_slot(rq);
         daemon__reply_error(rq, 500, "server_error", "internal",
                             "cannot start the call to backend %s", be->name);
         return;

@@ -162,6 +162,7 @@ snapshot_free(struct daemon_snapshot *s)
     for (size_t i = 0; s->breakers && i < s->conf->n_backends; i++)
         breaker_destroy(s->breakers[i]);
     free(s->breakers);
+    free(s->inflight);
     ratelimit_destroy(s->ratelimit);
     auth_keys_unref(s->keys);
     auth_keys_unref(s->admin_keys);
@@ -226,6 +227,11 @@ snapshot_load(const char *path, char *err, size_t errlen)
         s->breakers[i] = breaker_create(b->breaker_failures, b->breaker_window_ms,
                                         b->breaker_cooldown_ms, b->timeout_ms);
     }
+    s->inflight = calloc(s->conf->n_backends ? s->conf->n_backends : 1, sizeof(*s->inflight));
+    if (!s->inflight)
+        abort();
+    for (size_t i = 0; i < s->conf->n_backends; i++)
+        atomic_init(&s->inflight[i], 0);
     if (s->conf->rate_limit_rpm || s->conf->rate_limit_tpm)
         s->ratelimit = ratelimit_create(s->conf->rate_limit_rpm, s->conf->rate_limit_tpm, 0);
     s->loaded_unix = (double)time(NULL);
@@ -789,6 +795,7 @@ request_new(struct daemon_worker *w, struct MHD_Connection *conn, const char *ur
     rq->path = url;
     rq->backend = -1;
     rq->first_backend = -1;
+    rq->slot = -1;
     rq->overhead_ms = NAN;
     rq->score = NAN;
     rq->threshold = NAN;
@@ -924,12 +931,13 @@ request_finish(struct daemon_request *rq)
             LOG_F_DBL("score", rq->score),
             LOG_F_DBL("latency_ms", latency),
             LOG_F_DBL("ttfb_ms", rq->ttfb_ms),
-            LOG_F_INT("stream", rq->streaming),
-            LOG_F_INT("tokens_in", rq->tokens_in),
-            LOG_F_INT("tokens_out", rq->tokens_out),
+            rq->streaming ? LOG_F_INT("stream", 1) : LOG_F_STR("stream", NULL),
+            rq->tokens_in >= 0 ? LOG_F_INT("tokens_in", rq->tokens_in) : LOG_F_STR("tokens_in", NULL),
+            rq->tokens_out >= 0 ? LOG_F_INT("tokens_out", rq->tokens_out)
+                                : LOG_F_STR("tokens_out", NULL),
             LOG_F_STR("error", rq->error_kind),
             LOG_F_STR("key", rq->key_id),
-            LOG_F_INT("retries", rq->retries),
+            rq->retries ? LOG_F_INT("retries", rq->retries) : LOG_F_STR("retries", NULL),
             LOG_F_STR("aborted", rq->client_aborted ? "client" : NULL),
         };
         log_fields(LOG_LEVEL_INFO, "request", f, (int)(sizeof(f) / sizeof(f[0])));

@@ -98,11 +98,12 @@ write_conf(const char *name, unsigned p, const char *server_extra, const char *a
             "[backend slow]\nurl = http://127.0.0.1:%u/v1\nconnect_timeout_ms = 200\n"
             "first_byte_timeout_ms = 300\nidle_timeout_ms = 400\nbreaker_failures = 1000\n"
             "[backend flaky]\nurl = http://127.0.0.1:%u/v1\nmax_retries = 0\n"
-            "breaker_failures = 2\nbreaker_cooldown_ms = 60000\n",
+            "breaker_failures = 2\nbreaker_cooldown_ms = 60000\n"
+            "[backend solo]\nurl = http://127.0.0.1:%u/v1\nmax_concurrent = 1\n",
             p, server_extra ? server_extra : "", aliases,
             with_db ? "[storage]\npath = out.db\nstore_prompts = hash\nflush_interval_ms = 10\n"
                     : "",
-            mock_port, mock_port, dead, mock_port, mock_port);
+            mock_port, mock_port, dead, mock_port, mock_port, mock_port);
     fclose(f);
 }
 
@@ -491,7 +492,7 @@ test_models_health(void)
         seen_strong += id && !strcmp(id, "strong");
     }
     CHECK(seen_triage == 1 && seen_fast == 1 && seen_strong == 1);
-    CHECK(json_array_size(data) == 6); /* triage + 5 backends */
+    CHECK(json_array_size(data) == 7); /* triage + 6 backends */
     json_decref(j);
     h_resp_free(&r);
 
@@ -502,7 +503,7 @@ test_models_health(void)
     CHECK(r.status == 200);
     j = json_loadb(r.body, r.len, 0, NULL);
     CHECK(!strcmp(json_string_value(json_object_get(j, "status")), "ready"));
-    CHECK(json_array_size(json_object_get(j, "backends")) == 5);
+    CHECK(json_array_size(json_object_get(j, "backends")) == 6);
     json_decref(j);
     h_resp_free(&r);
 }
@@ -541,6 +542,50 @@ test_retry_fallback_breaker(void)
     CHECK(r.status == 503);
     CHECK(!strcmp(h_error_code(&r), "backend_unavailable"));
     CHECK(mock_stat("requests") == before);
+    h_resp_free(&r);
+}
+
+/* max_concurrent: a second call while the first runs is refused locally. */
+static void
+test_max_concurrent(void)
+{
+    struct h_resp slow, r;
+    struct curl_slist *hl;
+    struct h_req req = {.path = "/v1/chat/completions",
+                        .body = "{\"model\":\"solo\"," MSGS ",\"mock\":{\"latency_ms\":800}}"};
+    CURLM *m = curl_multi_init();
+    CURL *e = h_easy(port, &req, &slow, &hl);
+    int running = 1;
+
+    curl_multi_add_handle(m, e);
+    double t0 = h_now_ms();
+    while (running && h_now_ms() - t0 < 300) { /* let it reach the backend */
+        curl_multi_perform(m, &running);
+        curl_multi_poll(m, NULL, 0, 20, NULL);
+    }
+    h_chat(port, "{\"model\":\"solo\"," MSGS "}", &r);
+    CHECK(r.status == 503);
+    CHECK(!strcmp(h_error_code(&r), "backend_overloaded"));
+    h_resp_free(&r);
+    while (running) {
+        curl_multi_perform(m, &running);
+        if (running)
+            curl_multi_poll(m, NULL, 0, 50, NULL);
+    }
+    long st = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
+    CHECK(st == 200);
+    curl_multi_remove_handle(m, e);
+    void *ctx;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&ctx);
+    free(ctx);
+    curl_easy_cleanup(e);
+    curl_slist_free_all(hl);
+    curl_multi_cleanup(m);
+    h_resp_free(&slow);
+    /* the slot is free again */
+    h_chat(port, "{\"model\":\"solo\"," MSGS "}", &r);
+    CHECK(r.status == 200);
     h_resp_free(&r);
 }
 
@@ -935,6 +980,7 @@ main(int argc, char **argv)
         {"routing", test_routing},
         {"models_health", test_models_health},
         {"retry_fallback_breaker", test_retry_fallback_breaker},
+        {"max_concurrent", test_max_concurrent},
         {"client_abort", test_client_abort},
         {"check_config", test_check_config},
         {"outcome_log", test_outcome_log},
