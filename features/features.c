@@ -78,13 +78,21 @@ struct counts {
     uint32_t prev_cp;
 };
 
+/* Dedup table slot: bucket id + 1 (0 = empty) and its entry index. */
+struct slot {
+    uint32_t key;
+    uint32_t idx;
+};
+
 struct features_scratch {
     unsigned n_bits;
-    float *count;       /* [2^n_bits], zero between extractions */
-    uint8_t *fam;       /* [2^n_bits], family of the first feature in a bucket */
-    uint32_t *ids;      /* touched buckets, first-seen order */
-    float *vals;
+    uint32_t *ids;      /* distinct buckets, first-seen order */
+    float *vals;        /* counts, then values */
+    uint8_t *fam;       /* family of each entry (the first feature seen in its bucket) */
+    uint32_t *pos;      /* slot of each entry, to clear the table afterwards */
     size_t n, cap;
+    struct slot *slots; /* open addressing, at most half full */
+    size_t mask;
     struct tok tok[2];
     struct counts c;
 };
@@ -109,13 +117,14 @@ features_scratch_new(unsigned n_bits)
     s = xrealloc(NULL, sizeof(*s));
     memset(s, 0, sizeof(*s));
     s->n_bits = n_bits;
-    size_t nb = (size_t)1 << n_bits;
-    s->count = xrealloc(NULL, nb * sizeof(float));
-    memset(s->count, 0, nb * sizeof(float));
-    s->fam = xrealloc(NULL, nb);
     s->cap = 1024;
     s->ids = xrealloc(NULL, s->cap * sizeof(uint32_t));
     s->vals = xrealloc(NULL, s->cap * sizeof(float));
+    s->fam = xrealloc(NULL, s->cap);
+    s->pos = xrealloc(NULL, s->cap * sizeof(uint32_t));
+    s->mask = 2 * s->cap - 1;
+    s->slots = xrealloc(NULL, (s->mask + 1) * sizeof(struct slot));
+    memset(s->slots, 0, (s->mask + 1) * sizeof(struct slot));
     return s;
 }
 
@@ -124,10 +133,11 @@ features_scratch_destroy(struct features_scratch *s)
 {
     if (!s)
         return;
-    free(s->count);
-    free(s->fam);
     free(s->ids);
     free(s->vals);
+    free(s->fam);
+    free(s->pos);
+    free(s->slots);
     free(s);
 }
 
@@ -213,21 +223,60 @@ features__char4_key(const uint32_t cp[4])
 
 /* ---- accumulation ---------------------------------------------------------- */
 
+static size_t
+slot_find(const struct features_scratch *s, uint32_t key)
+{
+    size_t h = (key * 0x9e3779b1u) & s->mask;
+
+    while (s->slots[h].key != 0 && s->slots[h].key != key)
+        h = (h + 1) & s->mask;
+    return h;
+}
+
+/* Doubles the entry arrays and the table (entries stay; slots are rebuilt). */
+static void
+grow(struct features_scratch *s)
+{
+    s->cap *= 2;
+    s->ids = xrealloc(s->ids, s->cap * sizeof(uint32_t));
+    s->vals = xrealloc(s->vals, s->cap * sizeof(float));
+    s->fam = xrealloc(s->fam, s->cap);
+    s->pos = xrealloc(s->pos, s->cap * sizeof(uint32_t));
+    s->mask = 2 * s->cap - 1;
+    free(s->slots);
+    s->slots = xrealloc(NULL, (s->mask + 1) * sizeof(struct slot));
+    memset(s->slots, 0, (s->mask + 1) * sizeof(struct slot));
+    for (size_t i = 0; i < s->n; i++) {
+        size_t h = slot_find(s, s->ids[i] + 1);
+        s->slots[h].key = s->ids[i] + 1;
+        s->slots[h].idx = (uint32_t)i;
+        s->pos[i] = (uint32_t)h;
+    }
+}
+
+/* Counts one occurrence of a feature. Memory stays bounded by the number of
+ * distinct buckets (at most 2^n_bits), however long the text. */
 static void
 emit(struct features_scratch *s, enum features_family fam, uint64_t key)
 {
     uint32_t b = features_bucket(s->n_bits, fam, key);
+    size_t h = slot_find(s, b + 1);
 
-    if (s->count[b] == 0.0f) {
-        if (s->n == s->cap) {
-            s->cap *= 2;
-            s->ids = xrealloc(s->ids, s->cap * sizeof(uint32_t));
-            s->vals = xrealloc(s->vals, s->cap * sizeof(float));
-        }
-        s->ids[s->n++] = b;
-        s->fam[b] = (uint8_t)fam;
+    if (s->slots[h].key != 0) {
+        s->vals[s->slots[h].idx] += 1.0f;
+        return;
     }
-    s->count[b] += 1.0f;
+    if (s->n == s->cap) {
+        grow(s);
+        h = slot_find(s, b + 1);
+    }
+    s->slots[h].key = b + 1;
+    s->slots[h].idx = (uint32_t)s->n;
+    s->ids[s->n] = b;
+    s->vals[s->n] = 1.0f;
+    s->fam[s->n] = (uint8_t)fam;
+    s->pos[s->n] = (uint32_t)h;
+    s->n++;
 }
 
 /* ---- UTF-8 and case folding ------------------------------------------------ */
@@ -342,12 +391,6 @@ features__is_word(uint32_t c)
 }
 
 static bool
-is_digit(uint32_t c)
-{
-    return c >= '0' && c <= '9';
-}
-
-static bool
 is_operator(uint32_t c)
 {
     return c == '+' || c == '-' || c == '*' || c == '/' || c == '=' || c == '^' || c == '<' ||
@@ -454,6 +497,42 @@ mc_step(struct counts *c, uint32_t f)
     }
 }
 
+/* Character classes of ASCII, for the fast path. */
+enum {
+    K_WORD = 1, K_DIGIT = 2, K_UPPER = 4, K_SPACE = 8, K_OP = 16, K_LATEX = 32, K_CODE = 64,
+    K_SENT = 128,
+};
+
+static const uint8_t ascii_class[128] = {
+      0,   0,   0,   0,   0,   0,   0,   0,   0,   8,   8,   8,   8,   8,   0,   0,
+      0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+      8, 128,   0,   0,  32,  16,   0,   0,   0,   0,  16,  16,   0,  16, 128,  16,
+      3,   3,   3,   3,   3,   3,   3,   3,   3,   3,   0,  64,  16,  16,  16, 128,
+      0,   5,   5,   5,   5,   5,   5,   5,   5,   5,   5,   5,   5,   5,   5,   5,
+      5,   5,   5,   5,   5,   5,   5,   5,   5,   5,   5,   0,  32,   0,  16,   0,
+     64,   1,   1,   1,   1,   1,   1,   1,   1,   1,   1,   1,   1,   1,   1,   1,
+      1,   1,   1,   1,   1,   1,   1,   1,   1,   1,   1,  64,   0,  64,   0,   0,
+};
+
+static unsigned
+char_class(uint32_t cp)
+{
+    unsigned k = 0;
+
+    if (cp < 0x80)
+        return ascii_class[cp];
+    if (features__is_word(cp)) {
+        k |= K_WORD;
+        if (is_upper(cp))
+            k |= K_UPPER;
+    }
+    if (is_space(cp))
+        k |= K_SPACE;
+    if (is_operator(cp))
+        k |= K_OP;
+    return k;
+}
+
 /* Feeds one fragment of text (a message's content or a content part). */
 static void
 feed(struct features_scratch *s, enum stream st, const char *text, size_t len)
@@ -461,66 +540,76 @@ feed(struct features_scratch *s, enum stream st, const char *text, size_t len)
     const unsigned char *p = (const unsigned char *)text;
     struct tok *t = &s->tok[st];
     struct counts *c = &s->c;
+    const bool last = st == STREAM_LAST;
     size_t i = 0;
 
     tok_reset(t);
     c->mc_state = 0;
     c->prev_cp = ' ';
     while (i < len) {
-        uint32_t cp;
-        size_t n = utf8_decode(p + i, len - i, &cp);
-        i += n;
+        uint32_t cp, f;
+        if (p[i] < 0x80) {
+            cp = p[i++];
+            f = (cp >= 'A' && cp <= 'Z') ? cp + 32 : cp;
+        } else {
+            i += utf8_decode(p + i, len - i, &cp);
+            f = features__fold(cp);
+        }
+        unsigned k = char_class(cp);
         c->chars_all++;
-        uint32_t f = features__fold(cp);
-        bool word = features__is_word(cp);
 
-        if (st == STREAM_LAST) {
+        if (last) {
             c->chars_last++;
             if (cp >= 0x80)
                 c->nonascii++;
-            if (word && !is_digit(cp)) {
+            if ((k & (K_WORD | K_DIGIT)) == K_WORD) {
                 c->letters++;
-                if (is_upper(cp))
+                if (k & K_UPPER)
                     c->upper++;
             }
-            if (is_digit(cp))
+            if (k & K_DIGIT)
                 c->digits++;
-            if (is_operator(cp))
+            if (k & K_OP)
                 c->operators++;
-            if (cp == '\\' || cp == '$')
+            if (k & K_LATEX)
                 c->latex++;
-            if (cp == '`' || cp == '{' || cp == '}' || cp == ';')
+            if (k & K_CODE)
                 c->code++;
             if (cp == '?')
                 c->questions++;
             if (cp == '\n')
                 c->newlines++;
-            if (is_space(cp) && (c->prev_cp == '.' || c->prev_cp == '!' || c->prev_cp == '?'))
+            if ((k & K_SPACE) && (c->prev_cp == '.' || c->prev_cp == '!' || c->prev_cp == '?'))
                 c->sentences++;
             mc_step(c, f == '\r' ? '\n' : f);
             c->prev_cp = cp;
         }
 
-        if (word) {
-            unsigned char buf[4];
-            size_t bl = utf8_encode(f, buf);
-            for (size_t k = 0; k < bl; k++) {
-                t->word_key ^= buf[k];
+        if (k & K_WORD) {
+            if (f < 0x80) {
+                t->word_key ^= f;
                 t->word_key *= FNV_PRIME;
+            } else {
+                unsigned char buf[4];
+                size_t bl = utf8_encode(f, buf);
+                for (size_t b = 0; b < bl; b++) {
+                    t->word_key ^= buf[b];
+                    t->word_key *= FNV_PRIME;
+                }
             }
             t->word_cps++;
-            if (!is_digit(cp))
+            if (!(k & K_DIGIT))
                 t->word_num = false;
         } else {
             word_end(s, st);
-            if (!is_space(cp)) {
+            if (!(k & K_SPACE)) {
                 unsigned char buf[4];
                 size_t bl = utf8_encode(f, buf);
                 emit_token(s, st, features_hash_token((const char *)buf, bl));
             }
         }
-        if (st == STREAM_LAST) {
-            if (is_space(cp)) {
+        if (last) {
+            if (k & K_SPACE) {
                 if (!t->last_space)
                     char_gram(s, ' ');
                 t->last_space = true;
@@ -531,8 +620,7 @@ feed(struct features_scratch *s, enum stream st, const char *text, size_t len)
         }
     }
     word_end(s, st);
-    if (st == STREAM_LAST && c->prev_cp != ' ' &&
-        (c->prev_cp == '.' || c->prev_cp == '!' || c->prev_cp == '?'))
+    if (last && (c->prev_cp == '.' || c->prev_cp == '!' || c->prev_cp == '?'))
         c->sentences++;
 }
 
@@ -598,15 +686,13 @@ finish(struct features_scratch *s, struct features_vec *out)
 
     /* log term frequency, L2-normalised per family */
     for (size_t i = 0; i < s->n; i++) {
-        uint32_t b = s->ids[i];
-        float v = 1.0f + logf(s->count[b]);
+        float v = 1.0f + logf(s->vals[i]);
         s->vals[i] = v;
-        norm[s->fam[b]] += (double)v * v;
+        norm[s->fam[i]] += (double)v * v;
     }
     for (size_t i = 0; i < s->n; i++) {
-        uint32_t b = s->ids[i];
-        s->vals[i] = (float)(s->vals[i] / sqrt(norm[s->fam[b]]));
-        s->count[b] = 0.0f;
+        s->vals[i] = (float)(s->vals[i] / sqrt(norm[s->fam[i]]));
+        s->slots[s->pos[i]].key = 0; /* leave the table empty for the next text */
     }
     out->n = s->n;
     out->ids = s->ids;

@@ -1,0 +1,124 @@
+/* quality_speed.c - the predictor's speed: model load time, and median time to parse + featurise + score 1 KB and 16 KB request bodies. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "router.h"
+
+static double
+now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static const char *words[] = {
+    "the", "integral", "of", "a", "function", "over", "interval", "prove", "that", "every",
+    "group", "order", "is", "Janet", "sells", "eggs", "market", "for", "$2", "each", "how",
+    "many", "dollars", "does", "she", "make", "17", "x^2", "+", "3x", "=", "0", "Which", "of",
+    "following", "statements", "true?", "A.", "B.", "C.", "D.", "Answer:", "\\frac{1}{2}",
+    "photosynthesis", "enzyme", "court", "ruled", "contract", "velocity", "electron", "in",
+    "and", "with", "Explain", "why", "code", "def", "return", "{", "}", "list", "sorted",
+};
+
+/* Builds a chat request whose body is about `size` bytes. */
+static char *
+make_body(size_t size, unsigned seed)
+{
+    size_t cap = size + 256, n = 0;
+    char *text = malloc(cap);
+    unsigned x = seed;
+
+    while (n + 32 < size - 120) {
+        x = x * 1103515245 + 12345;
+        const char *w = words[(x >> 16) % (sizeof(words) / sizeof(words[0]))];
+        n += (size_t)snprintf(text + n, cap - n, "%s%s", w, (x >> 8) % 13 == 0 ? ".\n" : " ");
+    }
+    json_t *req = json_pack("{s:s,s:[{s:s,s:s},{s:s,s:s}],s:i}", "model", "triage", "messages",
+                            "role", "system", "content", "You are a helpful assistant.", "role",
+                            "user", "content", text, "max_tokens", 512);
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    free(text);
+    return body;
+}
+
+/* Median microseconds per parse + score of body over iters runs. */
+static double
+time_body(const struct router_model *m, const char *body, int iters, double *p99)
+{
+    double *t = malloc(iters * sizeof(double));
+    size_t len = strlen(body);
+    volatile double sink = 0;
+
+    for (int i = -iters / 10; i < iters; i++) { /* the first tenth warms up */
+        double t0 = now_us();
+        json_t *req = json_loadb(body, len, 0, NULL);
+        struct router_scores s;
+        if (!req || router_score_request(m, req, &s) != 0) {
+            fprintf(stderr, "scoring failed\n");
+            exit(1);
+        }
+        sink += s.score;
+        json_decref(req);
+        if (i >= 0)
+            t[i] = now_us() - t0;
+    }
+    qsort(t, iters, sizeof(double), cmp_double);
+    double med = t[iters / 2];
+    *p99 = t[(int)(iters * 0.99)];
+    free(t);
+    (void)sink;
+    return med;
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *path = argc > 1 ? argv[1] : "models/default.tmod";
+    char err[256];
+    double loads[7];
+    struct stat st;
+    struct router_model *m = NULL;
+
+    for (int i = 0; i < 7; i++) {
+        double t0 = now_us();
+        struct router_model *l = router_model_load(path, err, sizeof(err));
+        loads[i] = (now_us() - t0) / 1000;
+        if (!l) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        router_model_unref(m);
+        m = l;
+    }
+    qsort(loads, 7, sizeof(double), cmp_double);
+    stat(path, &st);
+    printf("model %s: %.2f MB, version %s, %u-bit hash\n", path, st.st_size / 1048576.0,
+           router_model_version(m), router_model_bits(m));
+    printf("load: median %.1f ms\n", loads[3]);
+    size_t sizes[] = {1024, 4096, 16384, 1 << 20};
+    int iters[] = {20000, 5000, 2000, 20};
+    for (size_t k = 0; k < 4; k++) {
+        char *body = make_body(sizes[k], 7 + (unsigned)k);
+        double p99, med = time_body(m, body, iters[k], &p99);
+        printf("score %7zu-byte body (parse + features + model): median %8.1f us, p99 %8.1f us\n",
+               strlen(body), med, p99);
+        free(body);
+    }
+    router_model_unref(m);
+    router_thread_cleanup();
+    return 0;
+}
