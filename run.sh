@@ -31,12 +31,14 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 data=data/replay/gsm8k.jsonl.gz
+# Prompts outside the recorded set get a fallback answer instead of an error.
+unknown="(offline replay) No recorded answer for this prompt: the demo backends know the GSM8K test questions. Configure real backends in conf/triage.conf to get real answers."
 # Output-token latencies mimic a fast small model and a slower large one.
 build/cli/triage replay --data "$data" --answers mixtral-8x7b-instruct \
-    --port 9001 --ms-per-token 2 &
+    --port 9001 --ms-per-token 2 --fallback-answer "$unknown" &
 pids+=($!)
 build/cli/triage replay --data "$data" --answers gpt-4-1106-preview \
-    --port 9002 --ms-per-token 8 &
+    --port 9002 --ms-per-token 8 --fallback-answer "$unknown" &
 pids+=($!)
 
 build/daemon/triaged --config conf/triage.conf &
