@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# bench/streams/run.sh - SSE relay benchmarks with send-stamped chunks (mockllm --stamp):
+#  1. forwarding delay: the same streams against the mock directly, through nginx and
+#     through triaged, interleaved; per run the median/p99 of (receipt - mock send stamp)
+#     for the first chunk and for all chunks, then the medians over runs and the delay each
+#     proxy adds over direct;
+#  2. slow streams held open through triaged (default 1,000 and 10,000 streams of 10 chunks
+#     500 ms apart): streams intact (all chunks and one [DONE]), peak RSS / VmHWM of triaged.
+#
+#   bench/streams/run.sh [--reps N] [--slow "1000 10000"] [--no-latency] [--no-slow]
+#                        [--workers N] [--ramp N] [--quick] [--build DIR]
+#
+# --ramp: new client connections per millisecond in the slow test (default 5); each slow
+# count also runs against the mock directly first, as the baseline.
+#
+# triaged needs 2 fds per open stream (client + upstream socket) plus ~40: the script
+# raises ulimit -n to the hard limit and warns when it is too low for a stream count.
+# Needs: nginx (for the nginx column; skipped if missing), a release build (build-bench).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+
+reps=5
+slow="1000 10000"
+workers=1
+ramp=5
+latency=1
+build="$root/build-bench"
+lat_args=(--concurrency 20 --requests 200 --chunks 20 --delay-ms 20 --ramp 1)
+while [ $# -gt 0 ]; do
+    case $1 in
+    --reps) reps=$2; shift 2 ;;
+    --slow) slow=$2; shift 2 ;;
+    --no-latency) latency=0; shift ;;
+    --no-slow) slow=""; shift ;;
+    --quick) reps=2; slow="1000"; lat_args=(--concurrency 10 --requests 50 --chunks 10 --delay-ms 20 --ramp 1); shift ;;
+    --build) build=$2; shift 2 ;;
+    --workers) workers=$2; shift 2 ;;
+    --ramp) ramp=$2; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "streams/run.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+if [ ! -d "$build" ]; then
+    meson setup "$build" "$root" --buildtype=release -Dtests=enabled >/dev/null
+fi
+ninja -C "$build" daemon/triaged tests/mock/mockllm >/dev/null
+client="$build/bench/sse_stamps"
+mkdir -p "$build/bench"
+cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -pedantic "$here/sse_stamps.c" -o "$client" \
+    $(pkg-config --cflags --libs libuv)
+
+ulimit -n "$(ulimit -Hn)"
+fdlim=$(ulimit -n)
+ncpu=$(nproc)
+core_test=0
+core_load=$((ncpu > 1 ? 1 : 0))
+dir=$(mktemp -d /tmp/triage-streams.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+        || echo $((20000 + RANDOM % 20000))
+}
+wait_port() { # PORT: until something accepts on it (5 s at most)
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "streams/run.sh: nothing listening on port $1" >&2
+    return 1
+}
+
+mock_port=$(free_port)
+taskset -c "$core_load" "$build/tests/mock/mockllm" --port "$mock_port" --stamp \
+    >"$dir/mock.log" 2>&1 &
+pids+=($!)
+wait_port "$mock_port"
+
+t_port=$(free_port)
+cat >"$dir/triage.conf" <<EOF
+[server]
+listen = 127.0.0.1
+port = $t_port
+workers = $workers
+max_connections = 100000
+log_level = warn
+[router]
+model = $root/models/default.tmod
+aliases = triage
+threshold = 0.5
+tiers = fast, strong
+[storage]
+path = $dir/triage.db
+[backend fast]
+url = http://127.0.0.1:$mock_port/v1
+head = weak
+[backend strong]
+url = http://127.0.0.1:$mock_port/v1
+head = strong
+EOF
+tcores=$core_test
+[ "$workers" -gt 1 ] && tcores="0-$((ncpu - 1))"
+taskset -c "$tcores" "$build/daemon/triaged" --config "$dir/triage.conf" 2>"$dir/triaged.log" &
+tpid=$!
+pids+=($tpid)
+wait_port "$t_port"
+
+n_port=""
+if command -v nginx >/dev/null; then
+    n_port=$(free_port)
+    mkdir -p "$dir/nginx"
+    sed -e "s|@DIR@|$dir/nginx|g" -e "s|@PORT@|$n_port|g" -e "s|@UPSTREAM@|$mock_port|g" \
+        -e "s|worker_connections 16384|worker_connections 40000|" \
+        "$root/bench/proxy/nginx.conf.in" >"$dir/nginx/nginx.conf"
+    taskset -c "$core_test" nginx -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log" \
+        2>>"$dir/nginx/stderr.log" &
+    pids+=($!)
+    wait_port "$n_port"
+fi
+
+declare -A url
+url[direct]="http://127.0.0.1:$mock_port/v1/chat/completions"
+url[triaged]="http://127.0.0.1:$t_port/v1/chat/completions"
+[ -n "$n_port" ] && url[nginx]="http://127.0.0.1:$n_port/v1/chat/completions"
+targets=(direct)
+[ -n "$n_port" ] && targets+=(nginx)
+targets+=(triaged)
+
+echo "triage SSE stream benchmark - $(date -u '+%Y-%m-%d %H:%M UTC'), $ncpu cores, fd limit $fdlim"
+echo "nginx on core $core_test, triaged ($workers worker(s)) on cores $tcores; mock and client on core $core_load"
+status=0
+
+if [ "$latency" = 1 ]; then
+    echo
+    echo "== forwarding delay: ${lat_args[*]}, $reps interleaved reps =="
+    res="$dir/latency.tsv"
+    : >"$res"
+    for rep in $(seq "$reps"); do
+        for t in "${targets[@]}"; do
+            out=$(taskset -c "$core_load" "$client" --url "${url[$t]}" "${lat_args[@]}" --label "$t rep $rep") || status=1
+            echo "$out" | sed 's/^/  /'
+            # target, first median, first p99, all median, all p99
+            awk -v t="$t" '
+                $1 == "first" { for (i = 1; i <= NF; i++) { if ($i == "median") fm = $(i+1); if ($i == "p99") fp = $(i+1) } }
+                $1 == "all"   { for (i = 1; i <= NF; i++) { if ($i == "median") am = $(i+1); if ($i == "p99") ap = $(i+1) } }
+                END { printf "%s\t%s\t%s\t%s\t%s\n", t, fm, fp, am, ap }' <<<"$out" >>"$res"
+        done
+    done
+    echo
+    awk -F'\t' '
+    function median(k, c,   n, i, j, t, a) {
+        n = split(v[k, c], a, " ")
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    { if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 } for (c = 2; c <= 5; c++) v[$1, c] = v[$1, c] " " $c }
+    END {
+        print "| target | first chunk median us | first chunk p99 us | all chunks median us | all chunks p99 us | added first median | added first p99 | added all median | added all p99 |"
+        print "|---|---|---|---|---|---|---|---|---|"
+        for (i = 1; i <= n; i++) {
+            t = order[i]
+            printf "| %s | %.1f | %.1f | %.1f | %.1f |", t, median(t, 2), median(t, 3), median(t, 4), median(t, 5)
+            if (t == "direct") print " - | - | - | - |"
+            else printf " %.1f | %.1f | %.1f | %.1f |\n", median(t, 2) - median("direct", 2), median(t, 3) - median("direct", 3), median(t, 4) - median("direct", 4), median(t, 5) - median("direct", 5)
+        }
+        print ""
+        print "(medians over reps of each run'"'"'s median / p99; added = target - direct; target: first chunk within 100 us)"
+    }' "$res"
+fi
+
+for n in $slow; do
+    echo
+    echo "== $n slow streams through triaged (10 chunks 500 ms apart) =="
+    need=$((2 * n + 40))
+    if [ "$fdlim" -lt "$need" ]; then
+        echo "  warning: fd limit $fdlim < $need that triaged needs for $n streams (2 per stream + ~40);"
+        echo "  raise the hard limit (ulimit -Hn, LimitNOFILE=) to run it intact"
+    fi
+    fds_idle=$(ls /proc/$tpid/fd | wc -l)
+    out=$(taskset -c "$core_load" "$client" --url "${url[direct]}" --concurrency "$n" --chunks 10 \
+        --delay-ms 500 --ramp "$ramp" --timeout-s 90 --label "slow $n direct (baseline)") || true
+    echo "$out" | sed 's/^/  /'
+    out=$(taskset -c "$core_load" "$client" --url "${url[triaged]}" --concurrency "$n" --chunks 10 \
+        --delay-ms 500 --ramp "$ramp" --timeout-s 90 --rss-pid "$tpid" --label "slow $n") || status=1
+    echo "$out" | sed 's/^/  /'
+    echo "  triaged fds idle: $fds_idle; after: $(ls /proc/$tpid/fd | wc -l)"
+done
+exit $status
