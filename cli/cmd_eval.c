@@ -36,10 +36,13 @@ usage(FILE *f)
             "  --weak A          outcome name of the weak backend\n"
             "  --strong B        outcome name of the strong backend\n"
             "  --baselines       also print random (mean of 10 seeds) and prompt length rows,\n"
-            "                    and with --cv a logistic regression (--dim 0) row\n"
+            "                    and with --cv a logistic regression row (--dim 0, score\n"
+            "                    learned directly: --score-mix 0)\n"
             "  --spearman FIELD  print Spearman's rho between the score and a numeric field\n"
             "  --markdown        print rows as a markdown table\n"
             "  --label TEXT      first column of the markdown rows (default: the data file)\n"
+            "  --train-extra F   with --cv: more labelled JSONL added to every fold's training\n"
+            "                    set, never evaluated; repeatable\n"
             "  -h, --help        this text\n"
             "training options (--cv):\n" JSONL_TRAIN_USAGE);
 }
@@ -122,12 +125,13 @@ cli_eval(int argc, char **argv)
         {"strong", required_argument, NULL, 's'}, {"baselines", no_argument, NULL, 'b'},
         {"spearman", required_argument, NULL, 'r'}, {"markdown", no_argument, NULL, 'M'},
         {"label", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
+        {"train-extra", required_argument, NULL, 'x'},
         JSONL_TRAIN_LONGOPTS, {NULL, 0, NULL, 0}};
-    const char *data[MAX_DATA], *model_path = NULL, *weak = NULL, *strong = NULL;
+    const char *data[MAX_DATA], *extra_data[MAX_DATA], *model_path = NULL, *weak = NULL, *strong = NULL;
     struct jsonl_extra extra = {0};
     struct eval_ctx ctx = {0};
     struct router_train_opts o;
-    size_t n_data = 0;
+    size_t n_data = 0, n_extra = 0;
     unsigned n_bits = 18, folds = 0;
     int c, rc, baselines = 0, ret = 1;
     double v;
@@ -151,6 +155,13 @@ cli_eval(int argc, char **argv)
                 return 2;
             }
             data[n_data++] = optarg;
+            break;
+        case 'x':
+            if (n_extra == MAX_DATA) {
+                cli_errorf("eval", "at most %d --train-extra files", MAX_DATA);
+                return 2;
+            }
+            extra_data[n_extra++] = optarg;
             break;
         case 'w':
             weak = optarg;
@@ -182,7 +193,7 @@ cli_eval(int argc, char **argv)
             return 2;
         }
     }
-    if (n_data == 0 || optind != argc || (!model_path) == (folds == 0) ||
+    if (n_data == 0 || optind != argc || (!model_path) == (folds == 0) || (n_extra && !folds) ||
         (!weak != !strong) || (!weak && !extra.field) || (folds && !weak)) {
         usage(stderr);
         return 2;
@@ -204,6 +215,11 @@ cli_eval(int argc, char **argv)
         if (jsonl_load_dataset("eval", d, data[i], &extra) < 0)
             goto out;
     size_t n = router_dataset_size(d);
+    /* --train-extra examples come after the evaluated ones: always trained on */
+    for (size_t i = 0; i < n_extra; i++)
+        if (jsonl_load_dataset("eval", d, extra_data[i], NULL) < 0)
+            goto out;
+    size_t n_all = router_dataset_size(d);
     int hw = weak ? router_dataset_head_find(d, weak) : -1;
     int hs = strong ? router_dataset_head_find(d, strong) : -1;
     if (weak && (hw < 0 || hs < 0)) {
@@ -265,11 +281,15 @@ cli_eval(int argc, char **argv)
             continue;
         }
         struct router_train_opts fo = o;
-        if (row == 1)
+        if (row == 1) {
+            /* the baseline: logistic regression on the same features, one linear
+             * output per head and the score learned directly */
             fo.dim = 0;
+            fo.score_mix = 0;
+        }
         fo.strong = strong;
         fo.weak = weak;
-        size_t *train = calloc(m, sizeof(size_t));
+        size_t *train = calloc(m + (n_all - n) + 1, sizeof(size_t));
         if (!train)
             abort();
         for (unsigned f = 0; f < folds; f++) {
@@ -277,6 +297,8 @@ cli_eval(int argc, char **argv)
             for (size_t k = 0; k < m; k++)
                 if (fold[idx[k]] != f)
                     train[nt++] = idx[k];
+            for (size_t i = n; i < n_all; i++)
+                train[nt++] = i;
             struct router_model *fm = router_train(d, train, nt, &fo, err, sizeof(err));
             if (!fm) {
                 cli_errorf("eval", "fold %u: %s", f, err);
@@ -311,13 +333,22 @@ cli_eval(int argc, char **argv)
                 level[nl++] = extra.values[idx[k]];
             }
         rho = router_eval_spearman(x, level, nl);
-        free(x);
         if (!weak) {
             printf("spearman(score, %s) %.4f over %zu examples\n", extra.field, rho, nl);
+            if (baselines) {
+                nl = 0;
+                for (size_t k = 0; k < m; k++)
+                    if (idx[k] < extra.n && !isnan(extra.values[idx[k]]))
+                        x[nl++] = router_dataset_dense(d, idx[k], 0);
+                printf("spearman(length, %s) %.4f over %zu examples\n", extra.field,
+                       router_eval_spearman(x, level, nl), nl);
+            }
+            free(x);
             free(fold);
             ret = 0;
             goto out_free;
         }
+        free(x);
     }
 
     /* routing metrics per scorer; under CV the mean over folds */
