@@ -59,6 +59,8 @@ struct daemon_worker {
     struct MHD_Daemon *mhd;
     uv_poll_t mhd_poll;
     uv_timer_t mhd_timer;
+    uv_check_t check;      /* after each poll phase: one MHD_run for all woken connections */
+    uv_idle_t idle;        /* keeps the poll phase from blocking while a run is pending */
     uv_async_t wake;       /* stop requests from the main thread */
     uv_timer_t drain;      /* shutdown deadline checks */
     struct upstream *up;
