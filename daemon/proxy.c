@@ -86,6 +86,25 @@ note_completion(struct daemon_request *rq, json_t *obj)
 
 /* ---- SSE relay ------------------------------------------------------------------ */
 
+/* Returns 1 if key occurs in d followed (after ':' and blanks) by the byte first. */
+static int
+has_value(const char *d, size_t n, const char *key, char first)
+{
+    size_t kl = strlen(key);
+    const char *end = d + n;
+
+    for (const char *p = memmem(d, n, key, kl); p; p = memmem(p + 1, (size_t)(end - p - 1), key, kl)) {
+        const char *v = p + kl;
+        while (v < end && (*v == ' ' || *v == ':'))
+            v++;
+        if (v < end && *v == first)
+            return 1;
+        if (end - p <= 1)
+            break;
+    }
+    return 0;
+}
+
 /* One whole event (ending in its blank line): note usage, drop the usage-only
  * chunk when we asked for it ourselves, queue the rest for the client verbatim. */
 static void
@@ -107,7 +126,9 @@ sse_event(struct daemon_request *rq, const char *ev, size_t n)
                 d++;
                 dl--;
             }
-            if (dl && *d == '{') {
+            /* most chunks carry neither usage nor a finish_reason: skip parsing them */
+            if (dl && *d == '{' && (has_value(d, dl, "\"usage\"", '{') ||
+                                    has_value(d, dl, "\"finish_reason\"", '"'))) {
                 json_t *obj = json_loadb(d, dl, 0, NULL);
                 if (obj) {
                     note_completion(rq, obj);
