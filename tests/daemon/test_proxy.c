@@ -191,6 +191,47 @@ test_passthrough(void)
     h_resp_free(&r);
 }
 
+/* Counts TCP connections to or from port in TIME_WAIT: each closed connection
+ * leaves one behind for a minute, so reuse shows as no new ones. */
+static int
+count_time_wait(unsigned p)
+{
+    FILE *f = fopen("/proc/net/tcp", "r");
+    char line[512];
+    int n = 0;
+
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned lport, rport, st;
+        if (sscanf(line, " %*d: %*x:%x %*x:%x %x", &lport, &rport, &st) == 3 && st == 0x06 &&
+            (lport == p || rport == p))
+            n++;
+    }
+    fclose(f);
+    return n;
+}
+
+/* Sequential requests reuse one kept-alive backend connection. */
+static void
+test_keepalive_reuse(void)
+{
+    struct h_resp r;
+
+    h_chat(port, "{\"model\":\"fast\"," MSGS "}", &r);
+    h_resp_free(&r);
+    int before = count_time_wait(mock_port);
+    for (int i = 0; i < 20; i++) {
+        h_chat(port, "{\"model\":\"fast\"," MSGS "}", &r);
+        CHECK(r.status == 200);
+        h_resp_free(&r);
+    }
+    int after = count_time_wait(mock_port);
+    CHECK(before >= 0 && after - before <= 2);
+    if (after - before > 2)
+        fprintf(stderr, "TIME_WAIT to the backend before %d after %d\n", before, after);
+}
+
 static void
 test_stream(void)
 {
@@ -972,6 +1013,7 @@ main(int argc, char **argv)
         void (*fn)(void);
     } tests[] = {
         {"passthrough", test_passthrough},
+        {"keepalive_reuse", test_keepalive_reuse},
         {"stream", test_stream},
         {"stream_incremental", test_stream_incremental},
         {"concurrent_streams", test_concurrent_streams},
