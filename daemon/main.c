@@ -24,7 +24,8 @@ usage(FILE *out)
             "difficulty. Default config: %s/triage.conf\n"
             "\n"
             "  -c, --config FILE        run with this config\n"
-            "  -t, --check-config FILE  check FILE, print OK or the first error, exit 0/1\n"
+            "  -t, --check-config FILE  check FILE and the model and key files it names;\n"
+            "                           print OK or the first error, exit 0/1\n"
             "  -V, --version            print the version\n"
             "  -h, --help               print this help\n"
             "\n"
@@ -32,17 +33,16 @@ usage(FILE *out)
             TRIAGE_SYSCONFDIR);
 }
 
+/* httpd -n style: OK or the first error; also loads what the config names. */
 static int
 check_config(const char *path)
 {
     char err[1024];
-    struct conf *c = conf_load(path, err, sizeof(err));
 
-    if (!c) {
+    if (daemon_server_check(path, err, sizeof(err)) < 0) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    conf_destroy(c);
     printf("%s: OK\n", path);
     return 0;
 }

@@ -1519,6 +1519,18 @@ fail:
     return NULL;
 }
 
+int
+daemon_server_check(const char *conf_path, char *err, size_t errlen)
+{
+    struct daemon_snapshot *s = snapshot_load(conf_path, err, errlen);
+
+    if (!s)
+        return -1;
+    snapshot_free(s);
+    router_thread_cleanup();
+    return 0;
+}
+
 const struct conf *
 daemon_server_conf(const struct daemon_server *s)
 {

@@ -16,6 +16,11 @@ struct daemon_server;
  * reason in err. One server per process. */
 struct daemon_server *daemon_server_create(const char *conf_path, char *err, size_t errlen);
 
+/* Checks that the config at conf_path loads and that everything it names loads
+ * too (model, key files): what the server would refuse to start without. Returns
+ * 0, or -1 with "file:line: message" or a one-line reason in err. */
+int daemon_server_check(const char *conf_path, char *err, size_t errlen);
+
 /* Returns the config the server was created with (borrowed, lives as long as s),
  * for wiring other modules at start; reloads do not change it. */
 const struct conf *daemon_server_conf(const struct daemon_server *s);

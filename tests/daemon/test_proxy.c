@@ -692,6 +692,9 @@ test_check_config(void)
     char *nomodel[] = {triaged_bin, "--config", path, NULL};
     CHECK(h_run(nomodel, out, sizeof(out)) == 1);
     CHECK(strstr(out, "missing.tmod") != NULL);
+    char *checkmodel[] = {triaged_bin, "--check-config", path, NULL};
+    CHECK(h_run(checkmodel, out, sizeof(out)) == 1);
+    CHECK(strstr(out, "missing.tmod") != NULL);
 }
 
 static void
