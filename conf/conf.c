@@ -117,6 +117,9 @@ struct parse {
     int tiers_line, fallback_line;
 };
 
+static void set_err(struct parse *p, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 static void
 set_err(struct parse *p, int line, const char *fmt, ...)
 {
