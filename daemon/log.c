@@ -144,6 +144,9 @@ finish(struct line *l)
     (void)rc;
 }
 
+static void vemit(int level, int with_errno, int saved, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+
 static void
 vemit(int level, int with_errno, int saved, const char *fmt, va_list ap)
 {
