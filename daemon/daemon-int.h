@@ -194,6 +194,7 @@ void daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *r
 /* proxy.c */
 void daemon__chat_completions(struct daemon_request *rq);
 void daemon__models(struct daemon_request *rq);
+void daemon__model_get(struct daemon_request *rq); /* GET /v1/models/{id} */
 /* outcomes.c: run on the thread pool, reply from the loop */
 void daemon__feedback(struct daemon_request *rq);
 void daemon__stats(struct daemon_request *rq);

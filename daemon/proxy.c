@@ -841,6 +841,28 @@ start_attempt(struct daemon_request *rq)
     atomic_fetch_add(&daemon__n_upstream_inflight, 1);
 }
 
+static json_t *
+model_entry(const char *id)
+{
+    return json_pack("{s:s,s:s,s:I,s:s}", "id", id, "object", "model", "created",
+                     (json_int_t)daemon__start_unix, "owned_by", "triage");
+}
+
+void
+daemon__model_get(struct daemon_request *rq)
+{
+    const struct conf *c = rq->snap->conf;
+    const char *id = rq->path + strlen("/v1/models/");
+    double thr;
+
+    if (conf_backend_find(c, id) >= 0 || parse_alias(c, id, &thr) == 1) {
+        daemon__reply_json(rq, 200, model_entry(id));
+        return;
+    }
+    daemon__reply_error(rq, 404, "invalid_request_error", "model_not_found",
+                        "The model '%s' does not exist here", id);
+}
+
 void
 daemon__models(struct daemon_request *rq)
 {
@@ -848,13 +870,8 @@ daemon__models(struct daemon_request *rq)
     json_t *data = json_array();
 
     for (size_t i = 0; i < c->n_aliases; i++)
-        json_array_append_new(data, json_pack("{s:s,s:s,s:I,s:s}", "id", c->aliases[i], "object",
-                                              "model", "created", (json_int_t)daemon__start_unix,
-                                              "owned_by", "triage"));
+        json_array_append_new(data, model_entry(c->aliases[i]));
     for (size_t i = 0; i < c->n_backends; i++)
-        json_array_append_new(data, json_pack("{s:s,s:s,s:I,s:s}", "id", c->backends[i].name,
-                                              "object", "model", "created",
-                                              (json_int_t)daemon__start_unix, "owned_by",
-                                              "triage"));
+        json_array_append_new(data, model_entry(c->backends[i].name));
     daemon__reply_json(rq, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
 }

@@ -702,6 +702,7 @@ struct daemon_route {
 static const struct daemon_route routes[] = {
     {"POST", "/v1/chat/completions", daemon__chat_completions, ACCESS_CLIENT},
     {"GET", "/v1/models", daemon__models, ACCESS_CLIENT},
+    {"GET", "/v1/models/", daemon__model_get, ACCESS_CLIENT}, /* prefix: /v1/models/{id} */
     {"POST", "/v1/feedback", daemon__feedback, ACCESS_CLIENT},
     {"GET", "/v1/stats", daemon__stats, ACCESS_STATS},
     {"GET", "/healthz", ep_healthz, ACCESS_PUBLIC},
@@ -732,7 +733,10 @@ find_route(const char *method, const char *path, const struct daemon_route **rou
 
     allow[0] = '\0';
     for (size_t i = 0; i < N_ROUTES; i++) {
-        if (strcmp(routes[i].path, path))
+        size_t plen = strlen(routes[i].path);
+        int prefix = routes[i].path[plen - 1] == '/';
+        if (prefix ? strncmp(routes[i].path, path, plen) || !path[plen]
+                   : strcmp(routes[i].path, path))
             continue;
         if (!strcmp(routes[i].method, m)) {
             *route = &routes[i];

@@ -537,6 +537,16 @@ test_models_health(void)
     json_decref(j);
     h_resp_free(&r);
 
+    h_get(port, "/v1/models/triage", &r);
+    CHECK(r.status == 200 && strstr(r.body, "\"id\":\"triage\""));
+    h_resp_free(&r);
+    h_get(port, "/v1/models/strong", &r);
+    CHECK(r.status == 200 && strstr(r.body, "\"object\":\"model\""));
+    h_resp_free(&r);
+    h_get(port, "/v1/models/gpt-9", &r);
+    CHECK(r.status == 404 && !strcmp(h_error_code(&r), "model_not_found"));
+    h_resp_free(&r);
+
     h_get(port, "/healthz", &r);
     CHECK(r.status == 200);
     h_resp_free(&r);
