@@ -12,14 +12,17 @@ shift || true
 [ -x "$build/cli/triage" ] || build=$root/$build
 T=$build/cli/triage
 D=$root/data
-MODEL_OPTS=(--dim 16 --lr 0.01 --lr-hidden 0.003 --score-mix 1 --epochs 6 --seed 1)
+MODEL_OPTS=(--dim 0 --lr 0.01 --score-mix 1 --epochs 6 --seed 1)
+BAG_OPTS=(--dim 16 --lr 0.01 --lr-hidden 0.003 --score-mix 1 --epochs 6 --seed 1)
 [ $# -gt 0 ] && MODEL_OPTS=("$@")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "## 5-fold cross-validation (weak = Mixtral-8x7B-Instruct, strong = GPT-4-1106 / gemini-1.5-pro-002)"
 echo
-echo "model options: ${MODEL_OPTS[*]}; lr-cv: the same features and trainer, --dim 0 --score-mix 0"
+echo "model-cv: ${MODEL_OPTS[*]} (the default model's options); lr-cv: logistic regression on the"
+echo "same features and trainer (--dim 0 --score-mix 0); bag16-cv: ${BAG_OPTS[*]}."
+echo "Figures are means over the 5 held-out folds; random is the mean of 10 seeds."
 echo
 first=1
 for s in routellm_mmlu:"RouteLLM MMLU" routellm_gsm8k:"RouteLLM GSM8K" mmlu_pro:"MMLU-Pro"; do
@@ -27,6 +30,10 @@ for s in routellm_mmlu:"RouteLLM MMLU" routellm_gsm8k:"RouteLLM GSM8K" mmlu_pro:
     label=${s#*:}
     "$T" eval --cv 5 --data "$D/$file.jsonl.gz" --weak weak --strong strong --baselines \
         --markdown --label "$label" "${MODEL_OPTS[@]}" 2>/dev/null >"$tmp/rows"
+    # the fastText-style embedding bag (16 hidden units) on the same folds
+    "$T" eval --cv 5 --data "$D/$file.jsonl.gz" --weak weak --strong strong --markdown \
+        --label "$label" "${BAG_OPTS[@]}" 2>/dev/null | tail -n 1 | sed 's/| model-cv |/| bag16-cv |/' \
+        >>"$tmp/rows"
     if [ $first = 1 ]; then cat "$tmp/rows"; first=0; else tail -n +3 "$tmp/rows"; fi
 done
 

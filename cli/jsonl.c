@@ -248,6 +248,9 @@ jsonl_train_opt(const char *cmd, int opt, const char *arg, struct router_train_o
         return jsonl_parse_double(cmd, "l2", arg, 0, 1, &o->l2) < 0 ? -1 : 1;
     case 1007:
         return jsonl_parse_double(cmd, "head-weight", arg, 0, 100, &o->head_weight) < 0 ? -1 : 1;
+    case 1010:
+        o->set_bias = 1;
+        return 1;
     case 1009:
         return jsonl_parse_double(cmd, "score-mix", arg, 0, 1, &o->score_mix) < 0 ? -1 : 1;
     case 1008:

@@ -45,21 +45,24 @@ int jsonl_load_dataset(const char *cmd, struct router_dataset *d, const char *pa
         {"dim", required_argument, NULL, 1002}, {"epochs", required_argument, NULL, 1003},         \
         {"lr", required_argument, NULL, 1004}, {"lr-hidden", required_argument, NULL, 1005},       \
         {"l2", required_argument, NULL, 1006}, {"head-weight", required_argument, NULL, 1007},     \
-        {"score", required_argument, NULL, 1008}, {"score-mix", required_argument, NULL, 1009}
+        {"score", required_argument, NULL, 1008}, {"score-mix", required_argument, NULL, 1009},       \
+        {"set-bias", no_argument, NULL, 1010}
 
 #define JSONL_TRAIN_USAGE                                                                         \
     "  --seed N          random seed (default 1); same data and seed, same model\n"               \
     "  --bits N          hash buckets 2^N (default 18)\n"                                         \
-    "  --dim N           hidden units of the embedding bag, 0 = logistic regression (default 16)\n" \
+    "  --dim N           hidden units of the embedding bag, 0 = linear model (default 0)\n" \
     "  --epochs N        passes over the data (default 6)\n"                                      \
-    "  --lr X            AdaGrad step of the linear weights (default 0.1)\n"                      \
-    "  --lr-hidden X     AdaGrad step of the hidden layer (default 0.05)\n"                       \
+    "  --lr X            AdaGrad step of the linear weights (default 0.01)\n"                      \
+    "  --lr-hidden X     AdaGrad step of the hidden layer (default 0.003)\n"                       \
     "  --l2 X            L2 penalty per update (default 1e-6)\n"                                  \
     "  --head-weight X   loss weight of per-backend heads vs the score (default 1)\n"             \
     "  --score KIND      what the score learns: advantage = (1 + q_strong - q_weak)/2\n"          \
     "                    (default), weak-fails = 1 - q_weak\n"                                    \
     "  --score-mix X     weight in [0,1] of the head difference (1 + p_strong - p_weak)/2\n"      \
-    "                    in the score (default 0: the learned score alone)\n"
+    "                    in the score (default 1; 0: the learned score alone)\n"                    \
+    "  --set-bias        learn a per-\"set\" offset while training, left out of the model:\n"  \
+    "                    the weights learn what makes a prompt harder than others of its set\n"
 
 /* Handles one of JSONL_TRAIN_LONGOPTS (opt is getopt's value). Returns 1 when
  * handled, 0 when opt is not a training option, -1 after reporting a bad value. */

@@ -120,7 +120,8 @@ struct router_dataset *router_dataset_new(unsigned n_bits);
 void router_dataset_destroy(struct router_dataset *d);
 
 /* Adds one example (borrowed): a training line {"prompt": "..." | "messages": [...],
- * "outcomes": {"<head>": q in [0,1], ...}}; other fields are ignored, and a missing
+ * "outcomes": {"<head>": q in [0,1], ...}, "set": "..."}; "set" (optional) names the
+ * data set it comes from (see set_bias); other fields are ignored, and a missing
  * "outcomes" adds an unlabelled example (for scoring). Heads are created in order
  * of first appearance. Returns 0, -EINVAL (no text, bad outcome), or -E2BIG (more
  * than ROUTER_MAX_HEADS heads); on error d is unchanged. */
@@ -160,6 +161,8 @@ struct router_train_opts {
     enum router_score_kind score;
     double score_mix;    /* in [0,1]: weight of (1 + p_strong - p_weak)/2 in the score,
                           * the rest is the learned score output */
+    int set_bias;        /* learn a per-"set" offset while training (dropped from the
+                          * model): the weights then learn differences within each set */
     const char *strong;  /* head names the score contrasts (borrowed); when either is */
     const char *weak;    /* missing the score is 1 - mean success over known heads */
     void (*progress)(void *arg, unsigned long done, unsigned long total);

@@ -13,6 +13,7 @@ struct example {
     uint32_t n;                    /* number of sparse features */
     float dense[FEATURES_N_DENSE]; /* raw dense signals */
     float q[ROUTER_MAX_HEADS];     /* outcome per head, NAN when missing */
+    int set;                       /* index of its "set", -1 without one */
 };
 
 struct router_dataset {
@@ -25,7 +26,27 @@ struct router_dataset {
     size_t n, cap;
     uint32_t n_heads;
     char names[ROUTER_MAX_HEADS][ROUTER__NAME_MAX];
+    uint32_t n_sets;
+    char sets[ROUTER__MAX_SETS][ROUTER__NAME_MAX];
 };
+
+/* Returns the index of the example's "set" (added when new), or -1. */
+static int
+set_index(struct router_dataset *d, const json_t *example)
+{
+    const json_t *v = json_object_get(example, "set");
+
+    if (!json_is_string(v))
+        return -1;
+    const char *name = json_string_value(v);
+    for (uint32_t i = 0; i < d->n_sets; i++)
+        if (strncmp(d->sets[i], name, ROUTER__NAME_MAX - 1) == 0)
+            return (int)i;
+    if (d->n_sets == ROUTER__MAX_SETS)
+        return -1;
+    snprintf(d->sets[d->n_sets], ROUTER__NAME_MAX, "%s", name);
+    return (int)d->n_sets++;
+}
 
 static void *
 xrealloc(void *p, size_t n)
@@ -172,6 +193,7 @@ router_dataset_add(struct router_dataset *d, const json_t *example)
         d->vals = xrealloc(d->vals, d->capf * sizeof(float));
     }
     struct example *e = &d->ex[d->n++];
+    e->set = set_index(d, example);
     e->off = d->nf;
     e->n = (uint32_t)fv.n;
     memcpy(d->ids + d->nf, fv.ids, fv.n * sizeof(uint32_t));
@@ -222,12 +244,14 @@ void
 router_train_opts_default(struct router_train_opts *o)
 {
     memset(o, 0, sizeof(*o));
+    /* tuned by 5-fold CV on RouteLLM MMLU and GSM8K (bench/quality.sh) */
     o->seed = 1;
-    o->dim = 16;
+    o->dim = 0;
     o->epochs = 6;
-    o->lr = 0.1;
-    o->lr_hidden = 0.05;
+    o->lr = 0.01;
+    o->lr_hidden = 0.003;
     o->l2 = 1e-6;
+    o->score_mix = 1.0;
     o->score = ROUTER_SCORE_ADVANTAGE;
     o->strong = "strong";
     o->weak = "weak";
@@ -370,6 +394,15 @@ router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
     memset(a_hs, 0, (nb * dim + 1) * sizeof(float));
     memset(a_ho, 0, ((size_t)dim * no + 1) * sizeof(float));
 
+    /* Per-set output offsets, used only while training: they soak up how hard
+     * each data set is on the whole, so the shared weights learn what makes a
+     * prompt harder than its neighbours. Not saved: unseen prompts get none. */
+    size_t n_sets = o->set_bias ? d->n_sets : 0;
+    float *set_b = xrealloc(NULL, (n_sets * no + 1) * sizeof(float));
+    float *a_set = xrealloc(NULL, (n_sets * no + 1) * sizeof(float));
+    memset(set_b, 0, (n_sets * no + 1) * sizeof(float));
+    memset(a_set, 0, (n_sets * no + 1) * sizeof(float));
+
     float lr = (float)o->lr, lrh = (float)o->lr_hidden, l2 = (float)o->l2;
     float hw = (float)(o->head_weight > 0 ? o->head_weight : 1.0);
     unsigned long total = (unsigned long)o->epochs * n, done = 0;
@@ -391,6 +424,10 @@ router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
             example_vec(d, order[ii], &fv);
             router__dense_norm(m, fv.dense, dz);
             router__forward(m, &fv, dz, hidden, logits);
+            float *sb = n_sets && e->set >= 0 ? set_b + (size_t)e->set * no : NULL;
+            if (sb)
+                for (uint32_t out = 0; out < no; out++)
+                    logits[out] += sb[out];
             for (uint32_t out = 0; out < no; out++) {
                 float t = out < m->n_heads ? e->q[out] : score_target(m, o, e);
                 if (isnan(t)) {
@@ -416,6 +453,10 @@ router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
                 for (uint32_t out = 0; out < no; out++)
                     if (g[out] != 0.0f)
                         step(&m->bias[out], &a_bias[out], g[out], lr);
+                if (sb)
+                    for (uint32_t out = 0; out < no; out++)
+                        if (g[out] != 0.0f)
+                            step(&sb[out], &a_set[(size_t)e->set * no + out], g[out], lr);
                 for (size_t j = 0; j < FEATURES_N_DENSE; j++) {
                     if (dz[j] == 0.0f)
                         continue;
@@ -450,6 +491,8 @@ router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
     }
     if (o->progress)
         o->progress(o->progress_arg, total, total);
+    free(set_b);
+    free(a_set);
     free(a_bias);
     free(a_wd);
     free(a_ws);
