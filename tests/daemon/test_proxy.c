@@ -872,7 +872,7 @@ test_auth_ratelimit(void)
     auth_key_hash_hex("sk-triage-admin", 15, hex);
     fprintf(f, "ops %s\n", hex);
     fclose(f);
-    write_conf("auth.conf", p3, "", "triage", 0);
+    write_conf("auth.conf", p3, "log_format = json", "triage", 0);
     snprintf(path, sizeof(path), "%s/auth.conf", dir);
     f = fopen(path, "a");
     fprintf(f, "[auth]\nkeys_file = keys\nadmin_keys_file = admin-keys\nrate_limit_rpm = 3\n");
@@ -928,6 +928,60 @@ test_auth_ratelimit(void)
     CHECK(statuses[3] == 429);
     int st = h_stop(pid, SIGTERM);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+    /* log_format = json: every line is a JSON object; request lines name the key, never it */
+    snprintf(path, sizeof(path), "%s/auth.log", dir);
+    f = fopen(path, "r");
+    char line[4096];
+    int lines = 0, requests = 0;
+    while (f && fgets(line, sizeof(line), f)) {
+        json_t *j = json_loads(line, 0, NULL);
+        lines++;
+        CHECK(j != NULL);
+        CHECK(strstr(line, "sk-triage-") == NULL);
+        if (j && !strcmp(json_string_value(json_object_get(j, "msg")), "request")) {
+            requests++;
+            CHECK(json_is_string(json_object_get(j, "request_id")));
+            CHECK(json_is_integer(json_object_get(j, "status")));
+            CHECK(json_is_number(json_object_get(j, "latency_ms")));
+            if (!strcmp(json_string_value(json_object_get(j, "path")), "/v1/chat/completions") &&
+                json_integer_value(json_object_get(j, "status")) == 200)
+                CHECK(!strcmp(json_string_value(json_object_get(j, "key")), "ci"));
+        }
+        json_decref(j);
+    }
+    if (f)
+        fclose(f);
+    CHECK(lines > 0 && requests >= 10);
+}
+
+/* The main daemon's log: one logfmt line per request, no keys, no prompt text. */
+static void
+test_log_lines(void)
+{
+    char path[512], line[4096];
+    int requests = 0;
+
+    snprintf(path, sizeof(path), "%s/main.log", dir);
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL);
+    while (f && fgets(line, sizeof(line), f)) {
+        CHECK(strstr(line, "fast-secret") == NULL);
+        CHECK(strstr(line, "client-key") == NULL);
+        CHECK(strstr(line, "two plus two") == NULL);
+        CHECK(strchr(line, '\n') == line + strlen(line) - 1);
+        if (strstr(line, " msg=request ")) {
+            requests++;
+            CHECK(strstr(line, " request_id=req_") != NULL);
+            CHECK(strstr(line, " status=") != NULL);
+            CHECK(strstr(line, " latency_ms=") != NULL);
+            if (strstr(line, "path=/v1/chat/completions status=200 model=fast"))
+                CHECK(strstr(line, " backend=fast") != NULL);
+        }
+    }
+    if (f)
+        fclose(f);
+    CHECK(requests >= 1);
 }
 
 /* SIGTERM while a stream runs: the stream finishes, then the daemon exits 0. Two
@@ -1043,6 +1097,7 @@ main(int argc, char **argv)
         {"metrics_dashboard", test_metrics_dashboard},
         {"auth_ratelimit", test_auth_ratelimit},
         {"reload", test_reload},
+        {"log_lines", test_log_lines},
         {"graceful_shutdown", test_graceful_shutdown},
     };
     const char *only = getenv("TEST_ONLY");
