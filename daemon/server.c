@@ -1332,12 +1332,16 @@ worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *e
     if (w->listen_fd < 0)
         return -1;
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    /* max_connections is for the whole server; each worker takes its share */
+    unsigned per_worker_limit = c->max_connections / (c->workers ? c->workers : 1);
+    if (per_worker_limit == 0)
+        per_worker_limit = 1;
     if (v6)
         flags |= MHD_USE_IPv6;
     w->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, on_access, w, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)w->listen_fd,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, w, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)c->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        per_worker_limit, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)((c->idle_timeout_ms + 999) / 1000), MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)(c->max_header + 16 * 1024), MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
         MHD_OPTION_END);
