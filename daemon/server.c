@@ -1031,6 +1031,11 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
     }
 
     if (*upload_data_size) {
+        if (daemon__ms_since(rq->t_start_ns) > rq->snap->conf->read_timeout_ms) {
+            /* a body trickling in slower than read_timeout_ms: hang up */
+            rq->error_kind = "read_timeout";
+            return MHD_NO;
+        }
         if (!rq->too_large) {
             if (rq->body.len + *upload_data_size > rq->snap->conf->max_body) {
                 rq->too_large = 1;
