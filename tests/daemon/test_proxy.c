@@ -603,17 +603,20 @@ test_max_concurrent(void)
     struct h_resp slow, r;
     struct curl_slist *hl;
     struct h_req req = {.path = "/v1/chat/completions",
-                        .body = "{\"model\":\"solo\"," MSGS ",\"mock\":{\"latency_ms\":800}}"};
+                        .body = "{\"model\":\"solo\"," MSGS ",\"mock\":{\"latency_ms\":1500}}"};
     CURLM *m = curl_multi_init();
     CURL *e = h_easy(port, &req, &slow, &hl);
     int running = 1;
 
     curl_multi_add_handle(m, e);
     double t0 = h_now_ms();
-    while (running && h_now_ms() - t0 < 300) { /* let it reach the backend */
+    long active = 0;
+    while (running && active < 1 && h_now_ms() - t0 < 5000) { /* until it reaches the backend */
         curl_multi_perform(m, &running);
         curl_multi_poll(m, NULL, 0, 20, NULL);
+        active = mock_stat("active");
     }
+    CHECK(active == 1);
     h_chat(port, "{\"model\":\"solo\"," MSGS "}", &r);
     CHECK(r.status == 503);
     CHECK(!strcmp(h_error_code(&r), "backend_overloaded"));
