@@ -137,7 +137,7 @@ cli_eval(int argc, char **argv)
     double v;
     char err[256];
 
-    router_train_opts_default(&o);
+    router_train_opts_tuned(&o);
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {

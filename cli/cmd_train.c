@@ -53,7 +53,7 @@ cli_train(int argc, char **argv)
     int c, rc;
     char err[256];
 
-    router_train_opts_default(&o);
+    router_train_opts_tuned(&o);
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {

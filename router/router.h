@@ -169,8 +169,14 @@ struct router_train_opts {
     void *progress_arg;
 };
 
-/* Fills o with the defaults. */
+/* Fills o with the defaults: fast-learning settings for small training sets
+ * (16 hidden units, step 0.1, learned score). */
 void router_train_opts_default(struct router_train_opts *o);
+
+/* Fills o with the settings tuned by cross-validation for sets of thousands of
+ * prompts (what `triage train` uses): linear, step 0.01, score mixing in the head
+ * difference. */
+void router_train_opts_tuned(struct router_train_opts *o);
 
 /* Trains a model on d's examples idx[0..n_idx) (idx NULL: all). Returns a new
  * model with one reference, or NULL with a reason in err. */
