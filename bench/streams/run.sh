@@ -8,10 +8,13 @@
 #     500 ms apart): streams intact (all chunks and one [DONE]), peak RSS / VmHWM of triaged.
 #
 #   bench/streams/run.sh [--reps N] [--slow "1000 10000"] [--no-latency] [--no-slow]
-#                        [--workers N] [--ramp N] [--quick] [--build DIR]
+#                        [--workers N] [--ramp N] [--slow-chunks K] [--slow-delay-ms D]
+#                        [--quick] [--build DIR]
 #
 # --ramp: new client connections per millisecond in the slow test (default 5); each slow
-# count also runs against the mock directly first, as the baseline.
+# count also runs against the mock directly first, as the baseline. Slow streams are K=10
+# chunks D=500 ms apart; a longer D keeps all N open at once even when triaged is slow to
+# set them up (the client prints the peak number open).
 #
 # triaged needs 2 fds per open stream (client + upstream socket) plus ~40: the script
 # raises ulimit -n to the hard limit and warns when it is too low for a stream count.
@@ -24,6 +27,8 @@ reps=5
 slow="1000 10000"
 workers=1
 ramp=5
+slow_chunks=10
+slow_delay=500
 latency=1
 build="$root/build-bench"
 lat_args=(--concurrency 20 --requests 200 --chunks 20 --delay-ms 20 --ramp 1)
@@ -37,7 +42,9 @@ while [ $# -gt 0 ]; do
     --build) build=$2; shift 2 ;;
     --workers) workers=$2; shift 2 ;;
     --ramp) ramp=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --slow-chunks) slow_chunks=$2; shift 2 ;;
+    --slow-delay-ms) slow_delay=$2; shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "streams/run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -178,18 +185,19 @@ fi
 
 for n in $slow; do
     echo
-    echo "== $n slow streams through triaged (10 chunks 500 ms apart) =="
+    echo "== $n slow streams through triaged ($slow_chunks chunks $slow_delay ms apart) =="
     need=$((2 * n + 40))
     if [ "$fdlim" -lt "$need" ]; then
         echo "  warning: fd limit $fdlim < $need that triaged needs for $n streams (2 per stream + ~40);"
         echo "  raise the hard limit (ulimit -Hn, LimitNOFILE=) to run it intact"
     fi
     fds_idle=$(ls /proc/$tpid/fd | wc -l)
-    out=$(taskset -c "$core_load" "$client" --url "${url[direct]}" --concurrency "$n" --chunks 10 \
-        --delay-ms 500 --ramp "$ramp" --timeout-s 90 --label "slow $n direct (baseline)") || true
+    out=$(taskset -c "$core_load" "$client" --url "${url[direct]}" --concurrency "$n" \
+        --chunks "$slow_chunks" --delay-ms "$slow_delay" --ramp "$ramp" --timeout-s 120 \
+        --label "slow $n direct (baseline)") || true
     echo "$out" | sed 's/^/  /'
-    out=$(taskset -c "$core_load" "$client" --url "${url[triaged]}" --concurrency "$n" --chunks 10 \
-        --delay-ms 500 --ramp "$ramp" --timeout-s 90 --rss-pid "$tpid" --label "slow $n") || status=1
+    out=$(taskset -c "$core_load" "$client" --url "${url[triaged]}" --concurrency "$n" \
+        --chunks "$slow_chunks" --delay-ms "$slow_delay" --ramp "$ramp" --timeout-s 120 --rss-pid "$tpid" --label "slow $n") || status=1
     echo "$out" | sed 's/^/  /'
     echo "  triaged fds idle: $fds_idle; after: $(ls /proc/$tpid/fd | wc -l)"
 done
