@@ -50,8 +50,8 @@ all=(--data "$D/routellm_mmlu.jsonl.gz" --data "$D/routellm_gsm8k.jsonl.gz"
 for m in nomath:"routellm + mmlu_pro + llmrouter (no MATH)" all:"the same + MATH train levels"; do
     "$T" eval --model "$tmp/${m%%:*}.tmod" --data "$D/math_test.jsonl.gz" --spearman level \
         --baselines 2>/dev/null >"$tmp/rho"
-    printf '| %s | %s | %s | %s |\n' "${m%%:*}" "${m#*:}" "$(awk 'NR==1{print $2}' "$tmp/rho")" \
-        "$(awk 'NR==2{print $2}' "$tmp/rho")"
+    printf '| %s | %s | %s | %s |\n' "${m%%:*}" "${m#*:}" "$(awk 'NR==1{print $3}' "$tmp/rho")" \
+        "$(awk 'NR==2{print $3}' "$tmp/rho")"
 done
 
 echo

@@ -50,6 +50,7 @@ usage(FILE *f)
 struct eval_ctx {
     const char *label;
     int markdown;
+    int spearman; /* a Spearman column (with --spearman) */
     int header_done;
 };
 
@@ -58,16 +59,23 @@ print_row(struct eval_ctx *ctx, const char *scorer, const struct router_eval *e,
 {
     if (ctx->markdown) {
         if (!ctx->header_done)
-            printf("| data | scorer | n | APGR | CPT(50%%) | CPT(80%%) | AUC | Spearman |\n"
-                   "|---|---|---|---|---|---|---|---|\n");
-        printf("| %s | %s | %zu | %.4f | %.1f%% | %.1f%% | %.4f | %s%.4f |\n", ctx->label, scorer,
-               e->n, e->apgr, 100 * e->cpt50, 100 * e->cpt80, e->auc, "", spearman);
+            printf("| data | scorer | n | APGR | CPT(50%%) | CPT(80%%) | AUC |%s\n"
+                   "|---|---|---|---|---|---|---|%s\n",
+                   ctx->spearman ? " Spearman |" : "", ctx->spearman ? "---|" : "");
+        printf("| %s | %s | %zu | %.4f | %.1f%% | %.1f%% | %.4f |", ctx->label, scorer, e->n,
+               e->apgr, 100 * e->cpt50, 100 * e->cpt80, e->auc);
+        if (ctx->spearman)
+            printf(" %.4f |", spearman);
+        printf("\n");
     } else {
         if (!ctx->header_done)
-            printf("%-8s %7s %8s %9s %9s %8s %9s\n", "scorer", "n", "APGR", "CPT(50%)",
-                   "CPT(80%)", "AUC", "Spearman");
-        printf("%-8s %7zu %8.4f %8.1f%% %8.1f%% %8.4f %9.4f\n", scorer, e->n, e->apgr,
-               100 * e->cpt50, 100 * e->cpt80, e->auc, spearman);
+            printf("%-8s %7s %8s %9s %9s %8s%s\n", "scorer", "n", "APGR", "CPT(50%)", "CPT(80%)",
+                   "AUC", ctx->spearman ? "  Spearman" : "");
+        printf("%-8s %7zu %8.4f %8.1f%% %8.1f%% %8.4f", scorer, e->n, e->apgr, 100 * e->cpt50,
+               100 * e->cpt80, e->auc);
+        if (ctx->spearman)
+            printf(" %9.4f", spearman);
+        printf("\n");
     }
     ctx->header_done = 1;
 }
@@ -200,6 +208,7 @@ cli_eval(int argc, char **argv)
     }
     if (!ctx.label)
         ctx.label = data[0];
+    ctx.spearman = extra.field != NULL;
 
     struct router_model *model = NULL;
     if (model_path) {

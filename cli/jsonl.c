@@ -248,6 +248,11 @@ jsonl_train_opt(const char *cmd, int opt, const char *arg, struct router_train_o
         return jsonl_parse_double(cmd, "l2", arg, 0, 1, &o->l2) < 0 ? -1 : 1;
     case 1007:
         return jsonl_parse_double(cmd, "head-weight", arg, 0, 100, &o->head_weight) < 0 ? -1 : 1;
+    case 1011:
+        if (jsonl_parse_double(cmd, "bags", arg, 1, 64, &v) < 0)
+            return -1;
+        o->bags = (unsigned)v;
+        return 1;
     case 1010:
         o->set_bias = 1;
         return 1;

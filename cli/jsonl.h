@@ -46,7 +46,7 @@ int jsonl_load_dataset(const char *cmd, struct router_dataset *d, const char *pa
         {"lr", required_argument, NULL, 1004}, {"lr-hidden", required_argument, NULL, 1005},       \
         {"l2", required_argument, NULL, 1006}, {"head-weight", required_argument, NULL, 1007},     \
         {"score", required_argument, NULL, 1008}, {"score-mix", required_argument, NULL, 1009},       \
-        {"set-bias", no_argument, NULL, 1010}
+        {"set-bias", no_argument, NULL, 1010}, {"bags", required_argument, NULL, 1011}
 
 #define JSONL_TRAIN_USAGE                                                                         \
     "  --seed N          random seed (default 1); same data and seed, same model\n"               \
@@ -62,7 +62,8 @@ int jsonl_load_dataset(const char *cmd, struct router_dataset *d, const char *pa
     "  --score-mix X     weight in [0,1] of the head difference (1 + p_strong - p_weak)/2\n"      \
     "                    in the score (default 1; 0: the learned score alone)\n"                    \
     "  --set-bias        learn a per-\"set\" offset while training, left out of the model:\n"  \
-    "                    the weights learn what makes a prompt harder than others of its set\n"
+    "                    the weights learn what makes a prompt harder than others of its set\n" \
+    "  --bags N          average N linear models trained on different shuffles (dim 0)\n"
 
 /* Handles one of JSONL_TRAIN_LONGOPTS (opt is getopt's value). Returns 1 when
  * handled, 0 when opt is not a training option, -1 after reporting a bad value. */

@@ -684,14 +684,17 @@ finish(struct features_scratch *s, struct features_vec *out)
         emit(s, FEATURES_FAM_DENSE_BIN, ((uint64_t)j << 8) | (uint64_t)bin);
     }
 
-    /* log term frequency, L2-normalised per family */
+    /* log term frequency, L2-normalised per family (most counts are 1: no log) */
     for (size_t i = 0; i < s->n; i++) {
-        float v = 1.0f + logf(s->vals[i]);
+        float v = s->vals[i] == 1.0f ? 1.0f : 1.0f + logf(s->vals[i]);
         s->vals[i] = v;
         norm[s->fam[i]] += (double)v * v;
     }
+    float inv[FEATURES_N_FAMILIES];
+    for (int f = 0; f < FEATURES_N_FAMILIES; f++)
+        inv[f] = norm[f] > 0 ? (float)(1.0 / sqrt(norm[f])) : 0.0f;
     for (size_t i = 0; i < s->n; i++) {
-        s->vals[i] = (float)(s->vals[i] / sqrt(norm[s->fam[i]]));
+        s->vals[i] *= inv[s->fam[i]];
         s->slots[s->pos[i]].key = 0; /* leave the table empty for the next text */
     }
     out->n = s->n;

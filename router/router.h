@@ -161,6 +161,8 @@ struct router_train_opts {
     enum router_score_kind score;
     double score_mix;    /* in [0,1]: weight of (1 + p_strong - p_weak)/2 in the score,
                           * the rest is the learned score output */
+    unsigned bags;       /* > 1: average that many linear models trained on different
+                          * shuffles (seed, seed + 1000003, ...); needs dim 0 */
     int set_bias;        /* learn a per-"set" offset while training (dropped from the
                           * model): the weights then learn differences within each set */
     const char *strong;  /* head names the score contrasts (borrowed); when either is */

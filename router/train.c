@@ -330,13 +330,15 @@ cmp_float(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-struct router_model *
-router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
-             const struct router_train_opts *o, char *err, size_t errlen)
+/* One training run with the given seed: returns the model before rounding and
+ * reference scores (router_train finishes it). */
+static struct router_model *
+fit(const struct router_dataset *d, const size_t *idx, size_t n_idx,
+    const struct router_train_opts *o, uint64_t seed, char *err, size_t errlen)
 {
     struct router_model *m;
     size_t n = idx ? n_idx : d->n;
-    uint64_t rng = o->seed * 0x2545f4914f6cdd1dULL + 1;
+    uint64_t rng = seed * 0x2545f4914f6cdd1dULL + 1;
 
     if (n == 0 || d->n_heads == 0) {
         set_err(err, errlen, "no training examples with outcomes");
@@ -512,6 +514,71 @@ router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
     free(a_hd);
     free(a_hs);
     free(a_ho);
+    free(order);
+    return m;
+}
+
+/* Adds w times b's weights to a's (same shape). */
+static void
+add_weights(struct router_model *a, const struct router_model *b, float w)
+{
+    size_t nb = (size_t)1 << a->n_bits, no = a->n_out, dim = a->dim;
+
+    for (size_t k = 0; k < no; k++)
+        a->bias[k] += w * b->bias[k];
+    for (size_t k = 0; k < FEATURES_N_DENSE * no; k++)
+        a->w_dense[k] += w * b->w_dense[k];
+    for (size_t k = 0; k < nb * no; k++)
+        a->w_sparse[k] += w * b->w_sparse[k];
+    for (size_t k = 0; k < dim; k++)
+        a->h_bias[k] += w * b->h_bias[k];
+    for (size_t k = 0; k < FEATURES_N_DENSE * dim; k++)
+        a->h_dense[k] += w * b->h_dense[k];
+    for (size_t k = 0; k < nb * dim; k++)
+        a->h_sparse[k] += w * b->h_sparse[k];
+    for (size_t k = 0; k < dim * no; k++)
+        a->h_out[k] += w * b->h_out[k];
+}
+
+/* Multiplies a's linear weights by w (bagging is for linear models only). */
+static void
+scale_weights(struct router_model *a, float w)
+{
+    size_t nb = (size_t)1 << a->n_bits, no = a->n_out;
+
+    for (size_t k = 0; k < no; k++)
+        a->bias[k] *= w;
+    for (size_t k = 0; k < FEATURES_N_DENSE * no; k++)
+        a->w_dense[k] *= w;
+    for (size_t k = 0; k < nb * no; k++)
+        a->w_sparse[k] *= w;
+}
+
+struct router_model *
+router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
+             const struct router_train_opts *o, char *err, size_t errlen)
+{
+    unsigned bags = o->bags > 1 ? o->bags : 1;
+    size_t n = idx ? n_idx : d->n;
+
+    if (bags > 1 && o->dim > 0) {
+        /* hidden units of separate runs do not line up: only linear models average */
+        set_err(err, errlen, "bags > 1 needs a linear model (dim 0)");
+        return NULL;
+    }
+    struct router_model *m = fit(d, idx, n_idx, o, o->seed, err, errlen);
+    if (!m)
+        return NULL;
+    /* bagging over shuffles: the mean of linear models trained on different
+     * example orders, which evens out SGD's order noise */
+    for (unsigned b = 1; b < bags; b++) {
+        struct router_model *x = fit(d, idx, n_idx, o, o->seed + 1000003ull * b, err, errlen);
+        add_weights(m, x, 1.0f);
+        router_model_unref(x);
+    }
+    if (bags > 1)
+        scale_weights(m, 1.0f / (float)bags);
+    size_t nb = (size_t)1 << m->n_bits, no = m->n_out, dim = m->dim;
 
     /* sparse weights are stored as half floats: round now, so the model in
      * memory scores exactly like the one loaded back from its file */
@@ -525,7 +592,7 @@ router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
     for (size_t i = 0; i < n; i++) {
         struct router_scores sc;
         struct features_vec fv;
-        example_vec(d, order[i], &fv);
+        example_vec(d, idx ? idx[i] : i, &fv);
         router_score_features(m, &fv, &sc);
         scores[i] = (float)sc.score;
     }
@@ -537,7 +604,6 @@ router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
         m->ref[i] = scores[k];
     }
     free(scores);
-    free(order);
     router__model_finish(m);
     return m;
 }
