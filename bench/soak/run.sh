@@ -143,8 +143,12 @@ while [ "$done_reqs" -lt "$total" ]; do
     [ -n "$n" ] || { echo "soak/run.sh: wrk failed: $out" >&2; exit 1; }
     done_reqs=$((done_reqs + n))
     errors=$((errors + e))
+    if [ "$e" -gt 0 ]; then
+        echo "  segment with errors: $(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ' | tr '\n' ';')" >&2
+    fi
     rate=${r:-0}
     if [ "$done_reqs" -ge "$next" ] || [ "$done_reqs" -ge "$total" ]; then
+        sleep 1 # let the closed connections and the writer's batch settle
         rss=$(kb VmRSS)
         printf '%10d %8d %9s %9s %6d %8d %8s\n' "$done_reqs" "$errors" "$(mb "$rss")" \
             "$(mb "$(kb VmHWM)")" "$(ls /proc/$tpid/fd | wc -l)" "$rate" \
@@ -165,3 +169,7 @@ if [ -n "$rss_first" ]; then
 fi
 echo "errors (non-2xx + socket):  $errors"
 echo "VmHWM:                      $(mb "$(kb VmHWM)") MB"
+if [ "$errors" -gt 0 ]; then
+    echo "last lines of triaged's log:"
+    tail -5 "$dir/triaged.log" | sed 's/^/  /'
+fi
