@@ -61,7 +61,7 @@ struct tok {
     bool word_num;       /* every code point so far is a digit */
     uint64_t prev_key;   /* previous token's key, for bigrams */
     bool has_prev;
-    uint32_t win[3];     /* last three code points, for 4-grams */
+    uint64_t win;        /* last code points, 16 bits each, for 4-grams */
     uint32_t win_n;
     bool last_space;     /* collapse runs of whitespace */
 };
@@ -87,7 +87,8 @@ struct slot {
 struct features_scratch {
     unsigned n_bits;
     uint32_t *ids;      /* distinct buckets, first-seen order */
-    float *vals;        /* counts, then values */
+    float *vals;        /* values */
+    uint32_t *cnt;      /* occurrences of each entry */
     uint8_t *fam;       /* family of each entry (the first feature seen in its bucket) */
     uint32_t *pos;      /* slot of each entry, to clear the table afterwards */
     size_t n, cap;
@@ -120,6 +121,7 @@ features_scratch_new(unsigned n_bits)
     s->cap = 1024;
     s->ids = xrealloc(NULL, s->cap * sizeof(uint32_t));
     s->vals = xrealloc(NULL, s->cap * sizeof(float));
+    s->cnt = xrealloc(NULL, s->cap * sizeof(uint32_t));
     s->fam = xrealloc(NULL, s->cap);
     s->pos = xrealloc(NULL, s->cap * sizeof(uint32_t));
     s->mask = 2 * s->cap - 1;
@@ -135,6 +137,7 @@ features_scratch_destroy(struct features_scratch *s)
         return;
     free(s->ids);
     free(s->vals);
+    free(s->cnt);
     free(s->fam);
     free(s->pos);
     free(s->slots);
@@ -185,8 +188,12 @@ features_hash_token(const char *bytes, size_t len)
 uint32_t
 features_bucket(unsigned n_bits, enum features_family fam, uint64_t key)
 {
-    uint64_t h = mix64(key ^ ((uint64_t)(fam + 1) * 0x9e3779b97f4a7c15ULL));
+    /* one multiply (Fibonacci hashing): the top bits of the product depend on
+     * every bit of the key, and the family salts keep families apart */
+    uint64_t h = key ^ ((uint64_t)(fam + 1) * 0xd6e8feb86659fd93ULL);
 
+    h ^= h >> 32;
+    h *= 0x9e3779b97f4a7c15ULL;
     return (uint32_t)(h >> (64 - n_bits));
 }
 
@@ -212,13 +219,18 @@ features__bigram_key(uint64_t a, uint64_t b)
 uint64_t
 features__char4_key(const uint32_t cp[4])
 {
-    uint64_t h = FNV_OFFSET;
+    uint64_t k = 0;
 
-    for (int i = 0; i < 4; i++) {
-        h ^= cp[i];
-        h *= FNV_PRIME;
-    }
-    return h;
+    for (int i = 0; i < 4; i++)
+        k = (k << 16) | features__cp16(cp[i]);
+    return k;
+}
+
+uint32_t
+features__cp16(uint32_t c)
+{
+    /* code points above U+FFFF share 16 bits with others: rare, and harmless */
+    return c < 0x10000 ? c : (c & 0xffff) ^ (c >> 16) ^ 0x8000;
 }
 
 /* ---- accumulation ---------------------------------------------------------- */
@@ -226,7 +238,7 @@ features__char4_key(const uint32_t cp[4])
 static size_t
 slot_find(const struct features_scratch *s, uint32_t key)
 {
-    size_t h = (key * 0x9e3779b1u) & s->mask;
+    size_t h = key & s->mask; /* bucket ids are hashes already */
 
     while (s->slots[h].key != 0 && s->slots[h].key != key)
         h = (h + 1) & s->mask;
@@ -240,6 +252,7 @@ grow(struct features_scratch *s)
     s->cap *= 2;
     s->ids = xrealloc(s->ids, s->cap * sizeof(uint32_t));
     s->vals = xrealloc(s->vals, s->cap * sizeof(float));
+    s->cnt = xrealloc(s->cnt, s->cap * sizeof(uint32_t));
     s->fam = xrealloc(s->fam, s->cap);
     s->pos = xrealloc(s->pos, s->cap * sizeof(uint32_t));
     s->mask = 2 * s->cap - 1;
@@ -263,7 +276,7 @@ emit(struct features_scratch *s, enum features_family fam, uint64_t key)
     size_t h = slot_find(s, b + 1);
 
     if (s->slots[h].key != 0) {
-        s->vals[s->slots[h].idx] += 1.0f;
+        s->cnt[s->slots[h].idx]++;
         return;
     }
     if (s->n == s->cap) {
@@ -273,7 +286,7 @@ emit(struct features_scratch *s, enum features_family fam, uint64_t key)
     s->slots[h].key = b + 1;
     s->slots[h].idx = (uint32_t)s->n;
     s->ids[s->n] = b;
-    s->vals[s->n] = 1.0f;
+    s->cnt[s->n] = 1;
     s->fam[s->n] = (uint8_t)fam;
     s->pos[s->n] = (uint32_t)h;
     s->n++;
@@ -455,15 +468,11 @@ char_gram(struct features_scratch *s, uint32_t c)
 {
     struct tok *t = &s->tok[STREAM_LAST];
 
-    if (t->win_n == 3) {
-        uint32_t g[4] = {t->win[0], t->win[1], t->win[2], c};
-        emit(s, FEATURES_FAM_CHAR, features__char4_key(g));
-        t->win[0] = t->win[1];
-        t->win[1] = t->win[2];
-        t->win[2] = c;
-    } else {
-        t->win[t->win_n++] = c;
-    }
+    t->win = (t->win << 16) | features__cp16(c);
+    if (t->win_n == 3)
+        emit(s, FEATURES_FAM_CHAR, t->win);
+    else
+        t->win_n++;
 }
 
 /* Multiple-choice options: a line starting with "A." "A)" "(A)" "A:" (A..J). */
@@ -686,7 +695,7 @@ finish(struct features_scratch *s, struct features_vec *out)
 
     /* log term frequency, L2-normalised per family (most counts are 1: no log) */
     for (size_t i = 0; i < s->n; i++) {
-        float v = s->vals[i] == 1.0f ? 1.0f : 1.0f + logf(s->vals[i]);
+        float v = s->cnt[i] == 1 ? 1.0f : 1.0f + logf((float)s->cnt[i]);
         s->vals[i] = v;
         norm[s->fam[i]] += (double)v * v;
     }

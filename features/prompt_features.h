@@ -24,7 +24,7 @@
 
 /* Bump whenever the mapping from text to features changes: model files record it
  * and refuse to load against a different one. */
-#define FEATURES_VERSION 1
+#define FEATURES_VERSION 2
 
 #define FEATURES_N_DENSE 24
 #define FEATURES_MIN_BITS 10
