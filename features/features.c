@@ -78,17 +78,16 @@ struct counts {
     uint32_t prev_cp;
 };
 
-/* Dedup table slot: bucket id + 1 (0 = empty) and its entry index. */
+/* Dedup table slot: bucket id + 1 (0 = empty) and its occurrences so far. */
 struct slot {
     uint32_t key;
-    uint32_t idx;
+    uint32_t cnt;
 };
 
 struct features_scratch {
     unsigned n_bits;
     uint32_t *ids;      /* distinct buckets, first-seen order */
     float *vals;        /* values */
-    uint32_t *cnt;      /* occurrences of each entry */
     uint8_t *fam;       /* family of each entry (the first feature seen in its bucket) */
     uint32_t *pos;      /* slot of each entry, to clear the table afterwards */
     size_t n, cap;
@@ -121,7 +120,6 @@ features_scratch_new(unsigned n_bits)
     s->cap = 1024;
     s->ids = xrealloc(NULL, s->cap * sizeof(uint32_t));
     s->vals = xrealloc(NULL, s->cap * sizeof(float));
-    s->cnt = xrealloc(NULL, s->cap * sizeof(uint32_t));
     s->fam = xrealloc(NULL, s->cap);
     s->pos = xrealloc(NULL, s->cap * sizeof(uint32_t));
     s->mask = 2 * s->cap - 1;
@@ -137,7 +135,6 @@ features_scratch_destroy(struct features_scratch *s)
         return;
     free(s->ids);
     free(s->vals);
-    free(s->cnt);
     free(s->fam);
     free(s->pos);
     free(s->slots);
@@ -245,26 +242,26 @@ slot_find(const struct features_scratch *s, uint32_t key)
     return h;
 }
 
-/* Doubles the entry arrays and the table (entries stay; slots are rebuilt). */
+/* Doubles the entry arrays and the table (entries and counts move over). */
 static void
 grow(struct features_scratch *s)
 {
+    struct slot *old = s->slots;
+
     s->cap *= 2;
     s->ids = xrealloc(s->ids, s->cap * sizeof(uint32_t));
     s->vals = xrealloc(s->vals, s->cap * sizeof(float));
-    s->cnt = xrealloc(s->cnt, s->cap * sizeof(uint32_t));
     s->fam = xrealloc(s->fam, s->cap);
     s->pos = xrealloc(s->pos, s->cap * sizeof(uint32_t));
     s->mask = 2 * s->cap - 1;
-    free(s->slots);
     s->slots = xrealloc(NULL, (s->mask + 1) * sizeof(struct slot));
     memset(s->slots, 0, (s->mask + 1) * sizeof(struct slot));
     for (size_t i = 0; i < s->n; i++) {
         size_t h = slot_find(s, s->ids[i] + 1);
-        s->slots[h].key = s->ids[i] + 1;
-        s->slots[h].idx = (uint32_t)i;
+        s->slots[h] = old[s->pos[i]];
         s->pos[i] = (uint32_t)h;
     }
+    free(old);
 }
 
 /* Counts one occurrence of a feature. Memory stays bounded by the number of
@@ -276,7 +273,7 @@ emit(struct features_scratch *s, enum features_family fam, uint64_t key)
     size_t h = slot_find(s, b + 1);
 
     if (s->slots[h].key != 0) {
-        s->cnt[s->slots[h].idx]++;
+        s->slots[h].cnt++;
         return;
     }
     if (s->n == s->cap) {
@@ -284,9 +281,8 @@ emit(struct features_scratch *s, enum features_family fam, uint64_t key)
         h = slot_find(s, b + 1);
     }
     s->slots[h].key = b + 1;
-    s->slots[h].idx = (uint32_t)s->n;
+    s->slots[h].cnt = 1;
     s->ids[s->n] = b;
-    s->cnt[s->n] = 1;
     s->fam[s->n] = (uint8_t)fam;
     s->pos[s->n] = (uint32_t)h;
     s->n++;
@@ -542,9 +538,10 @@ char_class(uint32_t cp)
     return k;
 }
 
-/* Feeds one fragment of text (a message's content or a content part). */
-static void
-feed(struct features_scratch *s, enum stream st, const char *text, size_t len)
+/* Feeds one fragment of text (a message's content or a content part). Inlined
+ * into one copy per stream, so the per-character tests on `last` fold away. */
+static inline __attribute__((always_inline)) void
+feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t len)
 {
     const unsigned char *p = (const unsigned char *)text;
     struct tok *t = &s->tok[st];
@@ -590,7 +587,8 @@ feed(struct features_scratch *s, enum stream st, const char *text, size_t len)
                 c->newlines++;
             if ((k & K_SPACE) && (c->prev_cp == '.' || c->prev_cp == '!' || c->prev_cp == '?'))
                 c->sentences++;
-            mc_step(c, f == '\r' ? '\n' : f);
+            if (c->mc_state != 3 || f == '\n' || f == '\r')
+                mc_step(c, f == '\r' ? '\n' : f);
             c->prev_cp = cp;
         }
 
@@ -631,6 +629,27 @@ feed(struct features_scratch *s, enum stream st, const char *text, size_t len)
     word_end(s, st);
     if (last && (c->prev_cp == '.' || c->prev_cp == '!' || c->prev_cp == '?'))
         c->sentences++;
+}
+
+static void
+feed_last(struct features_scratch *s, const char *text, size_t len)
+{
+    feed_stream(s, STREAM_LAST, text, len);
+}
+
+static void
+feed_context(struct features_scratch *s, const char *text, size_t len)
+{
+    feed_stream(s, STREAM_CONTEXT, text, len);
+}
+
+static void
+feed(struct features_scratch *s, enum stream st, const char *text, size_t len)
+{
+    if (st == STREAM_LAST)
+        feed_last(s, text, len);
+    else
+        feed_context(s, text, len);
 }
 
 /* ---- putting it together ----------------------------------------------------- */
@@ -695,7 +714,8 @@ finish(struct features_scratch *s, struct features_vec *out)
 
     /* log term frequency, L2-normalised per family (most counts are 1: no log) */
     for (size_t i = 0; i < s->n; i++) {
-        float v = s->cnt[i] == 1 ? 1.0f : 1.0f + logf((float)s->cnt[i]);
+        uint32_t k = s->slots[s->pos[i]].cnt;
+        float v = k == 1 ? 1.0f : 1.0f + logf((float)k);
         s->vals[i] = v;
         norm[s->fam[i]] += (double)v * v;
     }
