@@ -301,6 +301,8 @@ cli_eval(int argc, char **argv)
         size_t *train = calloc(m + (n_all - n) + 1, sizeof(size_t));
         if (!train)
             abort();
+        struct cli_progress bar;
+        cli_progress_start(&bar, row ? "lr folds" : "folds", folds);
         for (unsigned f = 0; f < folds; f++) {
             size_t nt = 0;
             for (size_t k = 0; k < m; k++)
@@ -310,6 +312,7 @@ cli_eval(int argc, char **argv)
                 train[nt++] = i;
             struct router_model *fm = router_train(d, train, nt, &fo, err, sizeof(err));
             if (!fm) {
+                cli_progress_end(&bar);
                 cli_errorf("eval", "fold %u: %s", f, err);
                 free(train);
                 free(fold);
@@ -322,10 +325,9 @@ cli_eval(int argc, char **argv)
                     dst[idx[k]] = sc.score;
                 }
             router_model_unref(fm);
-            fprintf(stderr, "\rtriage eval: %s fold %u/%u done", row ? "lr" : "model", f + 1,
-                    folds);
+            cli_progress_update(&bar, f + 1);
         }
-        fprintf(stderr, "\n");
+        cli_progress_end(&bar);
         free(train);
     }
 
