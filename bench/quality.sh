@@ -12,7 +12,7 @@ shift || true
 [ -x "$build/cli/triage" ] || build=$root/$build
 T=$build/cli/triage
 D=$root/data
-MODEL_OPTS=(--dim 0 --lr 0.01 --score-mix 1 --epochs 6 --seed 1)
+MODEL_OPTS=(--dim 0 --lr 0.01 --score-mix 0.75 --epochs 6 --seed 1)
 BAG_OPTS=(--dim 16 --lr 0.01 --lr-hidden 0.003 --score-mix 1 --epochs 6 --seed 1)
 [ $# -gt 0 ] && MODEL_OPTS=("$@")
 tmp=$(mktemp -d)

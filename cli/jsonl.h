@@ -60,7 +60,7 @@ int jsonl_load_dataset(const char *cmd, struct router_dataset *d, const char *pa
     "  --score KIND      what the score learns: advantage = (1 + q_strong - q_weak)/2\n"          \
     "                    (default), weak-fails = 1 - q_weak\n"                                    \
     "  --score-mix X     weight in [0,1] of the head difference (1 + p_strong - p_weak)/2\n"      \
-    "                    in the score (default 1; 0: the learned score alone)\n"                    \
+    "                    in the score (default 0.75; 0: the learned score alone)\n"                    \
     "  --set-bias        learn a per-\"set\" offset while training, left out of the model:\n"  \
     "                    the weights learn what makes a prompt harder than others of its set\n" \
     "  --bags N          average N linear models trained on different shuffles (dim 0)\n"

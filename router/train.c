@@ -266,7 +266,7 @@ router_train_opts_tuned(struct router_train_opts *o)
     o->dim = 0;
     o->lr = 0.01;
     o->lr_hidden = 0.003;
-    o->score_mix = 1.0;
+    o->score_mix = 0.75;
 }
 
 static uint64_t

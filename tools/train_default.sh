@@ -14,5 +14,5 @@ exec "$build/cli/triage" train \
     --data data/llmrouter_train.jsonl.gz \
     --data data/math_train.jsonl.gz \
     --strong strong --weak weak \
-    --dim 0 --lr 0.01 --score-mix 1 --epochs 6 --seed 1 \
+    --dim 0 --lr 0.01 --score-mix 0.75 --epochs 6 --seed 1 \
     --out models/default.tmod
