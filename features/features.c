@@ -811,6 +811,16 @@ features_extract(struct features_scratch *s, const json_t *request, struct featu
         s->c.turns = 1;
         s->c.user_turns = 1;
         feed(s, STREAM_LAST, json_string_value(prompt), json_string_length(prompt));
+    } else if (json_is_array(prompt) && json_array_size(prompt) > 0) {
+        /* legacy completions: a batch of prompts, read as one text */
+        size_t i;
+        const json_t *part;
+        s->c.turns = 1;
+        s->c.user_turns = 1;
+        json_array_foreach(prompt, i, part) {
+            if (json_is_string(part))
+                feed(s, STREAM_LAST, json_string_value(part), json_string_length(part));
+        }
     } else {
         return -EINVAL;
     }

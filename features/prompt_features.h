@@ -63,7 +63,8 @@ struct features_vec {
 };
 
 /* Extracts features from a chat request (borrowed): "messages" (string content or
- * arrays of content parts), or a legacy "prompt" string taken as one user turn;
+ * arrays of content parts), or a legacy "prompt" (a string, or an array of strings)
+ * taken as one user turn;
  * plus max_tokens / max_completion_tokens and tools. Returns 0, or -EINVAL when
  * the request has no text at all. */
 int features_extract(struct features_scratch *s, const json_t *request, struct features_vec *out);

@@ -223,6 +223,13 @@ test_rejects(void **state)
     assert_int_equal(features_extract(s, req, &v), -EINVAL);
     json_decref(req);
     assert_int_equal(features_extract_text(s, "", 0, &v), -EINVAL);
+    req = json_pack("{s:[s,i]}", "prompt", "legacy batch", 3);
+    assert_int_equal(features_extract(s, req, &v), 0);
+    assert_true(value_of(&v, word_id(FEATURES_FAM_WORD, "legacy")) > 0);
+    json_decref(req);
+    req = json_pack("{s:[]}", "prompt");
+    assert_int_equal(features_extract(s, req, &v), -EINVAL);
+    json_decref(req);
     /* junk inside messages is skipped, not fatal */
     req = json_loads("{\"messages\":[1,{\"role\":7,\"content\":{}},{\"content\":\"ok\"}]}", 0, NULL);
     assert_int_equal(features_extract(s, req, &v), 0);
