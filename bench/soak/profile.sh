@@ -6,9 +6,11 @@
 # (JSON), features_*, router_* (model), storage_* / SQLite (writer thread), log_*, libuv
 # loop, triaged's own code; libc and kernel frames are charged to their caller (the kernel
 # share is shown on its own too). Prints a table of % of triaged's CPU and µs per request.
+# --streams N instead profiles N slow SSE streams held open by bench/streams/sse_stamps
+# (20 chunks 500 ms apart; "per request" is then per stream started in the window).
 #
-#   bench/soak/profile.sh [--duration S] [--conns C] [--stream] [--freq HZ] [--keep DIR]
-#                         [--build DIR]
+#   bench/soak/profile.sh [--duration S] [--conns C] [--stream] [--streams N] [--freq HZ]
+#                         [--keep DIR] [--build DIR]
 #
 # Hardware counters are not needed (cpu-clock is a software event). --keep DIR keeps
 # perf.data for `perf report -i DIR/perf.data`. Needs perf, wrk, a release build.
@@ -19,6 +21,7 @@ root=$(cd "$here/../.." && pwd)
 duration=10
 conns=50
 stream=0
+streams=0
 freq=999
 keep=""
 build="$root/build-bench"
@@ -27,10 +30,11 @@ while [ $# -gt 0 ]; do
     --duration) duration=$2; shift 2 ;;
     --conns) conns=$2; shift 2 ;;
     --stream) stream=1; shift ;;
+    --streams) streams=$2; shift 2 ;;
     --freq) freq=$2; shift 2 ;;
     --keep) keep=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "profile.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -102,24 +106,45 @@ tpid=$!
 pids+=($tpid)
 wait_port "$port"
 
-# warm up (connections, SQLite file), then profile a steady run
-STREAM=$stream taskset -c "$core_load" wrk -t1 -c"$conns" -d1s -s "$root/bench/proxy/post.lua" \
-    "http://127.0.0.1:$port/v1/chat/completions" >/dev/null 2>&1
-t0=$(awk '{print $14 + $15}' "/proc/$tpid/stat")
-perf record -q -e cpu-clock -F "$freq" --call-graph dwarf,8192 -p "$tpid" -o "$dir/perf.data" \
-    -- sleep "$duration" 2>"$dir/perf.log" &
-perfpid=$!
-out=$(STREAM=$stream taskset -c "$core_load" wrk -t1 -c"$conns" -d"${duration}s" -s \
-    "$root/bench/proxy/post.lua" "http://127.0.0.1:$port/v1/chat/completions" 2>&1)
-wait "$perfpid" || true
-t1=$(awk '{print $14 + $15}' "/proc/$tpid/stat")
-reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
 hz=$(getconf CLK_TCK)
-us_per_req=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
-
-echo "triaged profile - $(date -u '+%Y-%m-%d %H:%M UTC'): wrk -t1 -c$conns -d${duration}s $( [ "$stream" = 1 ] && echo SSE || echo JSON ), $reqs requests, $rps req/s"
-echo "triaged CPU: $us_per_req us per request (utime+stime from /proc/$tpid/stat)"
+if [ "$streams" -gt 0 ]; then
+    ulimit -n "$(ulimit -Hn)"
+    client="$build/bench/sse_stamps"
+    mkdir -p "$build/bench"
+    cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -pedantic "$root/bench/streams/sse_stamps.c" \
+        -o "$client" $(pkg-config --cflags --libs libuv)
+    taskset -c "$core_load" "$client" --url "http://127.0.0.1:$port/v1/chat/completions" \
+        --concurrency "$streams" --chunks 20 --delay-ms 500 --ramp 5 --timeout-s 120 \
+        >"$dir/client.out" 2>&1 &
+    cpid=$!
+    sleep 2
+    t0=$(awk '{print $14 + $15}' "/proc/$tpid/stat")
+    perf record -q -e cpu-clock -F "$freq" --call-graph dwarf,8192 -p "$tpid" -o "$dir/perf.data" \
+        -- sleep "$duration" 2>"$dir/perf.log" || true
+    t1=$(awk '{print $14 + $15}' "/proc/$tpid/stat")
+    wait "$cpid" || true
+    reqs=$streams
+    us_per_req=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
+    echo "triaged profile - $(date -u '+%Y-%m-%d %H:%M UTC'): $streams slow SSE streams (sse_stamps, 20 chunks 500 ms apart), ${duration}s window from 2 s after the start"
+    sed 's/^/  /' "$dir/client.out"
+else
+    # warm up (connections, SQLite file), then profile a steady run
+    STREAM=$stream taskset -c "$core_load" wrk -t1 -c"$conns" -d1s -s "$root/bench/proxy/post.lua" \
+        "http://127.0.0.1:$port/v1/chat/completions" >/dev/null 2>&1
+    t0=$(awk '{print $14 + $15}' "/proc/$tpid/stat")
+    perf record -q -e cpu-clock -F "$freq" --call-graph dwarf,8192 -p "$tpid" -o "$dir/perf.data" \
+        -- sleep "$duration" 2>"$dir/perf.log" &
+    perfpid=$!
+    out=$(STREAM=$stream taskset -c "$core_load" wrk -t1 -c"$conns" -d"${duration}s" -s \
+        "$root/bench/proxy/post.lua" "http://127.0.0.1:$port/v1/chat/completions" 2>&1)
+    wait "$perfpid" || true
+    t1=$(awk '{print $14 + $15}' "/proc/$tpid/stat")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    us_per_req=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
+    echo "triaged profile - $(date -u '+%Y-%m-%d %H:%M UTC'): wrk -t1 -c$conns -d${duration}s $( [ "$stream" = 1 ] && echo SSE || echo JSON ), $reqs requests, $rps req/s"
+fi
+echo "triaged CPU: $us_per_req us per $( [ "$streams" -gt 0 ] && echo "stream (CPU in the window / streams)" || echo request) (utime+stime from /proc/$tpid/stat)"
 echo "command: perf record -e cpu-clock -F $freq --call-graph dwarf,8192 -p <triaged> -- sleep $duration"
 echo
 
