@@ -8,26 +8,17 @@ trap 'rm -rf "$dir"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # a labelled set: proofs need the strong backend, greetings do not
-python3 - "$dir" <<'PY'
-import gzip, json, sys
-d = sys.argv[1]
-rows = []
-for i in range(400):
-    hard = i % 3 == 0
-    p = (f"Prove theorem {i} about integrals $\\int x^{i % 7} dx$" if hard
-         else f"Say hello to friend {i}")
-    rows.append({"prompt": p, "outcomes": {"weak": float(i % 2) if hard else 1.0, "strong": 1.0},
-                 "set": "synthetic", "level": 5 if hard else 1})
-rows.append({"messages": [{"role": "system", "content": "be brief"},
-                          {"role": "user", "content": [{"type": "text", "text": "Say hello"}]}],
-             "outcomes": {"weak": 1, "strong": 1}})
-with open(f"{d}/train.jsonl", "w") as f:
-    for r in rows:
-        f.write(json.dumps(r) + "\n")
-with gzip.open(f"{d}/train.jsonl.gz", "wt") as f:
-    for r in rows:
-        f.write(json.dumps(r) + "\n")
-PY
+for i in $(seq 0 399); do
+    if [ $((i % 3)) -eq 0 ]; then
+        printf '{"prompt": "Prove theorem %d about integrals $\\\\int x^%d dx$", "outcomes": {"weak": %d.0, "strong": 1.0}, "set": "synthetic", "level": 5}\n' \
+            "$i" $((i % 7)) $((i % 2))
+    else
+        printf '{"prompt": "Say hello to friend %d", "outcomes": {"weak": 1.0, "strong": 1.0}, "set": "synthetic", "level": 1}\n' "$i"
+    fi
+done >"$dir/train.jsonl"
+printf '%s\n' '{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "Say hello"}]}], "outcomes": {"weak": 1, "strong": 1}}' \
+    >>"$dir/train.jsonl"
+gzip -c "$dir/train.jsonl" >"$dir/train.jsonl.gz"
 
 # --help on every command, exit 0 and a usage line
 for c in train score eval calibrate; do
@@ -65,18 +56,15 @@ set +e
 set -e
 [ $rc -eq 1 ] || fail "score with bad lines should exit 1"
 [ "$(wc -l <"$dir/out.jsonl")" -eq 4 ] || fail "score should print 4 lines"
-python3 - "$dir/out.jsonl" <<'PY' || fail "score output format"
-import json, sys
-lines = [json.loads(l) for l in open(sys.argv[1])]
-a, bad, b, empty = lines
-for o in (a, b):
-    assert set(o) == {"score", "p"}, o
-    assert list(o["p"]) == ["weak", "strong"], o
-    assert 0 <= o["score"] <= 1 and all(0 <= v <= 1 for v in o["p"].values()), o
-assert "error" in bad and "line 2" in bad["error"], bad
-assert "error" in empty and "line 4" in empty["error"], empty
-assert b["score"] > a["score"], (a, b)
-PY
+num='(0|1)\.[0-9]{6}'
+ok="^\\{\"score\": $num, \"p\": \\{\"weak\": $num, \"strong\": $num\\}\\}\$"
+sed -n 1p "$dir/out.jsonl" | grep -Eq "$ok" || fail "score line 1: $(sed -n 1p "$dir/out.jsonl")"
+sed -n 3p "$dir/out.jsonl" | grep -Eq "$ok" || fail "score line 3: $(sed -n 3p "$dir/out.jsonl")"
+sed -n 2p "$dir/out.jsonl" | grep -q '^{"error": "line 2: ' || fail "score line 2 should be an error"
+sed -n 4p "$dir/out.jsonl" | grep -q '^{"error": "line 4: ' || fail "score line 4 should be an error"
+a=$(sed -n 1p "$dir/out.jsonl" | sed 's/^{"score": \([0-9.]*\),.*/\1/')
+b=$(sed -n 3p "$dir/out.jsonl" | sed 's/^{"score": \([0-9.]*\),.*/\1/')
+awk -v a="$a" -v b="$b" 'BEGIN { exit !(b > a) }' || fail "the proof should score above the greeting ($b <= $a)"
 "$T" score --model "$dir/a.tmod" <"$dir/train.jsonl" | wc -l | grep -qx 401 || fail "score line count"
 set +e
 "$T" score --model "$dir/nonexistent.tmod" </dev/null 2>"$dir/err"; rc=$?
@@ -93,7 +81,7 @@ set -e
 grep -q "APGR" "$dir/eval" && grep -q "CPT(50%)" "$dir/eval" && grep -q "CPT(80%)" "$dir/eval" &&
     grep -q "AUC" "$dir/eval" || fail "eval header: $(cat "$dir/eval")"
 apgr=$(awk '$1 == "model" {print $3}' "$dir/eval")
-python3 -c "import sys; a = float('$apgr'); sys.exit(0 if 0.8 < a <= 1.0 else 1)" ||
+awk -v a="$apgr" 'BEGIN { exit !(a > 0.8 && a <= 1.0) }' ||
     fail "APGR on the training set should be high, got $apgr"
 "$T" eval --cv 3 --data "$dir/train.jsonl" --weak weak --strong strong --baselines --bits 14 \
     --dim 4 --markdown --label synth >"$dir/cv" 2>/dev/null
@@ -111,19 +99,11 @@ set -e
 t30=$("$T" calibrate --model "$dir/a.tmod" --data "$dir/train.jsonl" --strong-share 0.3 2>/dev/null)
 t70=$("$T" calibrate --model "$dir/a.tmod" --data "$dir/train.jsonl" --strong-share 0.7 2>/dev/null)
 tref=$("$T" calibrate --model "$dir/a.tmod" --strong-share 0.3)
-python3 - "$t30" "$t70" "$tref" <<'PY' || fail "calibrate: $t30 $t70 $tref"
-import sys
-t30, t70, tref = map(float, sys.argv[1:4])
-assert t70 < t30, (t30, t70)
-assert abs(tref - t30) < 0.05, (tref, t30)  # the model's reference set is the training set
-PY
-# about 30% of the data scores at or above t30
+awk -v a="$t30" -v b="$t70" -v r="$tref" 'BEGIN { d = r - a; if (d < 0) d = -d; exit !(b < a && d < 0.05) }' ||
+    fail "calibrate: share 0.3 -> $t30, 0.7 -> $t70, reference 0.3 -> $tref"
+# about 30% of the data scores at or above t30 (ties make it approximate)
 "$T" score --model "$dir/a.tmod" <"$dir/train.jsonl" >"$dir/scores"
-python3 - "$dir/scores" "$t30" <<'PY' || fail "calibrated share"
-import json, sys
-s = [json.loads(l)["score"] for l in open(sys.argv[1])]
-t = float(sys.argv[2])
-share = sum(x >= t - 5e-7 for x in s) / len(s)
-assert 0.25 <= share <= 0.40, share  # ties make it approximate
-PY
+share=$(sed 's/^{"score": \([0-9.]*\),.*/\1/' "$dir/scores" |
+    awk -v t="$t30" '$1 >= t - 5e-7 { k++ } END { print k / NR }')
+awk -v s="$share" 'BEGIN { exit !(s >= 0.25 && s <= 0.40) }' || fail "calibrated share $share"
 echo "ok"
