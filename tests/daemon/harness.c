@@ -95,9 +95,8 @@ h_easy(unsigned port, const struct h_req *req, struct h_resp *r, struct curl_sli
     return h;
 }
 
-/* Frees the handle's context after the transfer; fills the timing fields. */
-static void
-easy_done(CURL *h, struct h_resp *r, struct curl_slist *hl)
+void
+h_easy_done(CURL *h, struct h_resp *r, struct curl_slist *hl)
 {
     struct h_ctx *ctx = NULL;
 
@@ -116,7 +115,7 @@ h_do(unsigned port, const struct h_req *req, struct h_resp *r)
     CURL *h = h_easy(port, req, r, &hl);
 
     r->rc = curl_easy_perform(h);
-    easy_done(h, r, hl);
+    h_easy_done(h, r, hl);
 }
 
 void

@@ -42,6 +42,10 @@ struct h_req {
 /* Prepares an easy handle for req against 127.0.0.1:port, filling r as it runs. */
 CURL *h_easy(unsigned port, const struct h_req *req, struct h_resp *r, struct curl_slist **hl);
 
+/* After an h_easy transfer (detached from any multi handle): fills r's status and
+ * total time, frees the handle, its context and hl. */
+void h_easy_done(CURL *h, struct h_resp *r, struct curl_slist *hl);
+
 /* Runs req to the end. */
 void h_do(unsigned port, const struct h_req *req, struct h_resp *r);
 
