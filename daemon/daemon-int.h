@@ -126,7 +126,11 @@ struct daemon_request {
     int stream;              /* the client asked for SSE */
     int strip_usage;         /* we added include_usage: hide the usage-only chunk */
     struct upstream_call *call;
-    json_t *up_json;         /* the rewritten request, kept for retries and fallbacks */
+    json_t *up_json;         /* the parsed request, kept for retries and fallbacks */
+    int splice_ok;           /* the body can be rewritten by splicing bytes (below) */
+    int has_stream_options;  /* the body has a top-level "stream_options" */
+    size_t model_off, model_end; /* the top-level "model" value's bytes in body */
+    size_t obj_close;        /* offset of the top-level object's closing '}' */
     int first_backend;       /* the backend chosen first */
     int attempt;             /* attempts on the current backend so far */
     int retries;             /* attempts beyond the first, all backends */

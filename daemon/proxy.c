@@ -60,28 +60,325 @@ add_relayed_headers(struct daemon_request *rq, struct MHD_Response *resp)
     daemon__add_route_headers(rq, resp);
 }
 
+/* ---- JSON without a tree ---------------------------------------------------------
+ *
+ * The hot paths need one or two members of a document (the request's "model", the
+ * response's "usage"), so they walk its bytes instead of building a jansson tree
+ * (which costs a malloc per value). The walkers check structure only as far as they
+ * need it and give up (NULL, -1) on anything else. */
+
+static const char *
+js_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* p at a '"': returns just past the closing quote, or NULL. */
+static const char *
+js_string_end(const char *p, const char *end)
+{
+    for (p++; p < end; p++) {
+        if (*p == '\\')
+            p++;
+        else if (*p == '"')
+            return p + 1;
+    }
+    return NULL;
+}
+
+/* p at the first byte of a value: returns just past the value, or NULL. */
+static const char *
+js_value_end(const char *p, const char *end)
+{
+    const char *s = p;
+
+    if (p >= end)
+        return NULL;
+    if (*p == '"')
+        return js_string_end(p, end);
+    if (*p == '{' || *p == '[') {
+        size_t depth = 0;
+        for (; p < end; p++) {
+            if (*p == '"') {
+                if (!(p = js_string_end(p, end)))
+                    return NULL;
+                p--;
+            } else if (*p == '{' || *p == '[') {
+                depth++;
+            } else if ((*p == '}' || *p == ']') && --depth == 0) {
+                return p + 1;
+            }
+        }
+        return NULL;
+    }
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\t' &&
+           *p != '\n' && *p != '\r')
+        p++; /* a number, true, false or null */
+    return p > s ? p : NULL;
+}
+
+struct js_member {
+    const char *key; /* raw bytes between the quotes */
+    size_t klen;
+    const char *val; /* the value's first byte */
+    const char *vend; /* just past the value */
+};
+
+/* Returns just past the '{' opening the object at p, or NULL. */
+static const char *
+js_object_open(const char *p, const char *end)
+{
+    p = js_ws(p, end);
+    return p < end && *p == '{' ? p + 1 : NULL;
+}
+
+/* *pp: just past the '{' or the previous member. Returns 1 with m filled, 0 at the
+ * closing '}' (*pp just past it), -1 if malformed. */
+static int
+js_next_member(const char **pp, const char *end, struct js_member *m)
+{
+    const char *p = js_ws(*pp, end);
+
+    if (p < end && *p == ',')
+        p = js_ws(p + 1, end);
+    if (p < end && *p == '}') {
+        *pp = p + 1;
+        return 0;
+    }
+    if (p >= end || *p != '"')
+        return -1;
+    const char *ke = js_string_end(p, end);
+    if (!ke)
+        return -1;
+    m->key = p + 1;
+    m->klen = (size_t)(ke - 1 - m->key);
+    p = js_ws(ke, end);
+    if (p >= end || *p != ':')
+        return -1;
+    m->val = js_ws(p + 1, end);
+    m->vend = js_value_end(m->val, end);
+    if (!m->vend)
+        return -1;
+    *pp = m->vend;
+    return 1;
+}
+
+static int
+js_key_is(const struct js_member *m, const char *key)
+{
+    size_t n = strlen(key);
+
+    return m->klen == n && !memcmp(m->key, key, n);
+}
+
+/* A JSON integer (what json_is_integer accepts) between p and end into *out. */
+static int
+js_integer(const char *p, const char *end, int64_t *out)
+{
+    char tmp[32], *e;
+    size_t n = (size_t)(end - p);
+
+    if (n == 0 || n >= sizeof(tmp) || memchr(p, '.', n) || memchr(p, 'e', n) || memchr(p, 'E', n))
+        return -1;
+    memcpy(tmp, p, n);
+    tmp[n] = '\0';
+    errno = 0;
+    long long v = strtoll(tmp, &e, 10);
+    if (errno || *e)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Appends s (n bytes of UTF-8) as a JSON string, escaped exactly as jansson's dump does. */
+static void
+put_json_string(struct daemon_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t run = 0;
+
+    daemon__buf_append(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch != '"' && ch != '\\')
+            continue;
+        daemon__buf_append(b, s + run, i - run);
+        run = i + 1;
+        char esc[6] = {'\\', 0};
+        size_t el = 2;
+        switch (ch) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[ch >> 4];
+            esc[5] = hex[ch & 15];
+            el = 6;
+        }
+        daemon__buf_append(b, esc, el);
+    }
+    daemon__buf_append(b, s + run, n - run);
+    daemon__buf_append(b, "\"", 1);
+}
+
+struct canon_key {
+    const char *key;
+    size_t len;
+    json_t *value;
+};
+
+static int
+canon_key_cmp(const void *a, const void *b)
+{
+    const struct canon_key *x = a, *y = b;
+    int r = memcmp(x->key, y->key, x->len < y->len ? x->len : y->len);
+
+    return r ? r : (x->len > y->len) - (x->len < y->len);
+}
+
+/* Appends v exactly as json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS) writes it (the
+ * prompt digest's canonical form), without jansson's per-byte callbacks. */
+static void
+canon_dump(struct daemon_buf *b, json_t *v)
+{
+    char num[32];
+
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        size_t n = json_object_size(v), i = 0;
+        struct canon_key small[8], *keys = n <= 8 ? small : malloc(n * sizeof(*keys));
+        const char *k;
+        json_t *val;
+        if (!keys)
+            abort();
+        json_object_foreach(v, k, val) {
+            keys[i].key = k;
+            keys[i].len = json_object_iter_key_len(json_object_key_to_iter(k));
+            keys[i].value = val;
+            i++;
+        }
+        qsort(keys, n, sizeof(*keys), canon_key_cmp);
+        daemon__buf_append(b, "{", 1);
+        for (i = 0; i < n; i++) {
+            if (i)
+                daemon__buf_append(b, ",", 1);
+            put_json_string(b, keys[i].key, keys[i].len);
+            daemon__buf_append(b, ":", 1);
+            canon_dump(b, keys[i].value);
+        }
+        daemon__buf_append(b, "}", 1);
+        if (keys != small)
+            free(keys);
+        break;
+    }
+    case JSON_ARRAY:
+        daemon__buf_append(b, "[", 1);
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            if (i)
+                daemon__buf_append(b, ",", 1);
+            canon_dump(b, json_array_get(v, i));
+        }
+        daemon__buf_append(b, "]", 1);
+        break;
+    case JSON_STRING:
+        put_json_string(b, json_string_value(v), json_string_length(v));
+        break;
+    case JSON_INTEGER: {
+        int n = snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        daemon__buf_append(b, num, (size_t)n);
+        break;
+    }
+    case JSON_TRUE:
+        daemon__buf_append(b, "true", 4);
+        break;
+    case JSON_FALSE:
+        daemon__buf_append(b, "false", 5);
+        break;
+    case JSON_NULL:
+        daemon__buf_append(b, "null", 4);
+        break;
+    default: { /* reals: rare in messages, and jansson's format has its own rules */
+        char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!t)
+            abort();
+        daemon__buf_append(b, t, strlen(t));
+        free(t);
+    }
+    }
+}
+
 /* ---- usage, finish_reason ------------------------------------------------------ */
 
-static void
-note_completion(struct daemon_request *rq, json_t *obj)
-{
-    json_t *usage = json_object_get(obj, "usage");
-    json_t *choices = json_object_get(obj, "choices");
+#define SCAN_USAGE 1     /* a "usage" object */
+#define SCAN_NO_CHOICES 2 /* "choices" is an empty array */
 
-    if (json_is_object(usage)) {
-        json_t *pt = json_object_get(usage, "prompt_tokens");
-        json_t *ct = json_object_get(usage, "completion_tokens");
-        if (json_is_integer(pt))
-            rq->tokens_in = json_integer_value(pt);
-        if (json_is_integer(ct))
-            rq->tokens_out = json_integer_value(ct);
+/* Notes usage and the first choice's finish_reason of a chat completion (or of one
+ * stream chunk), if d is one JSON object. Returns SCAN_* bits. */
+static int
+scan_completion(struct daemon_request *rq, const char *d, size_t n)
+{
+    const char *end = d + n, *p = js_object_open(d, end);
+    const char *fr = NULL, *fr_end = NULL;
+    int64_t tin = 0, tout = 0;
+    int seen = 0, r, have_in = 0, have_out = 0;
+    struct js_member m, u;
+
+    if (!p)
+        return 0;
+    while ((r = js_next_member(&p, end, &m)) == 1) {
+        if (js_key_is(&m, "usage") && *m.val == '{') {
+            const char *q = m.val + 1;
+            seen |= SCAN_USAGE;
+            have_in = have_out = 0; /* a later duplicate replaces an earlier one */
+            while (js_next_member(&q, m.vend, &u) == 1) {
+                if (js_key_is(&u, "prompt_tokens"))
+                    have_in = js_integer(u.val, u.vend, &tin) == 0;
+                else if (js_key_is(&u, "completion_tokens"))
+                    have_out = js_integer(u.val, u.vend, &tout) == 0;
+            }
+        } else if (js_key_is(&m, "usage")) {
+            seen &= ~SCAN_USAGE;
+            have_in = have_out = 0;
+        } else if (js_key_is(&m, "choices")) {
+            const char *q = *m.val == '[' ? js_ws(m.val + 1, m.vend) : NULL;
+            seen &= ~SCAN_NO_CHOICES;
+            fr = fr_end = NULL;
+            if (q && *q == ']')
+                seen |= SCAN_NO_CHOICES;
+            else if (q && (q = js_object_open(q, m.vend)))
+                while (js_next_member(&q, m.vend, &u) == 1)
+                    if (js_key_is(&u, "finish_reason"))
+                        fr = u.val, fr_end = u.vend;
+        }
     }
-    if (json_is_array(choices) && json_array_size(choices) > 0) {
-        const char *fr =
-            json_string_value(json_object_get(json_array_get(choices, 0), "finish_reason"));
-        if (fr)
-            snprintf(rq->finish_reason, sizeof(rq->finish_reason), "%s", fr);
+    if (r < 0 || js_ws(p, end) != end)
+        return 0; /* not one JSON object: note nothing, as a parser would */
+    if (have_in)
+        rq->tokens_in = tin;
+    if (have_out)
+        rq->tokens_out = tout;
+    if (fr && *fr == '"') {
+        if (!memchr(fr, '\\', (size_t)(fr_end - fr))) {
+            size_t l = (size_t)(fr_end - fr) - 2;
+            if (l >= sizeof(rq->finish_reason))
+                l = sizeof(rq->finish_reason) - 1;
+            memcpy(rq->finish_reason, fr + 1, l);
+            rq->finish_reason[l] = '\0';
+        } else {
+            json_t *s = json_loadb(fr, (size_t)(fr_end - fr), JSON_DECODE_ANY, NULL);
+            if (json_is_string(s))
+                snprintf(rq->finish_reason, sizeof(rq->finish_reason), "%s", json_string_value(s));
+            json_decref(s);
+        }
     }
+    return seen;
 }
 
 /* ---- SSE relay ------------------------------------------------------------------ */
@@ -129,15 +426,9 @@ sse_event(struct daemon_request *rq, const char *ev, size_t n)
             /* most chunks carry neither usage nor a finish_reason: skip parsing them */
             if (dl && *d == '{' && (has_value(d, dl, "\"usage\"", '{') ||
                                     has_value(d, dl, "\"finish_reason\"", '"'))) {
-                json_t *obj = json_loadb(d, dl, 0, NULL);
-                if (obj) {
-                    note_completion(rq, obj);
-                    json_t *choices = json_object_get(obj, "choices");
-                    if (rq->strip_usage && json_is_object(json_object_get(obj, "usage")) &&
-                        json_is_array(choices) && json_array_size(choices) == 0)
-                        drop = 1;
-                    json_decref(obj);
-                }
+                int seen = scan_completion(rq, d, dl);
+                if (rq->strip_usage && seen == (SCAN_USAGE | SCAN_NO_CHOICES))
+                    drop = 1;
             }
             break; /* OpenAI events carry one data line */
         }
@@ -454,11 +745,8 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
         return;
     }
     if (rq->up_status >= 200 && rq->up_status < 300) {
-        json_t *obj = json_loadb(rq->up_body.data ? rq->up_body.data : "", rq->up_body.len, 0, NULL);
-        if (obj) {
-            note_completion(rq, obj);
-            json_decref(obj);
-        }
+        if (rq->up_body.data)
+            scan_completion(rq, rq->up_body.data, rq->up_body.len);
     } else {
         rq->error_kind = "backend_status";
     }
@@ -513,26 +801,29 @@ daemon__proxy_release(struct daemon_request *rq)
 static void
 hash_prompt(struct daemon_request *rq, json_t *messages, enum conf_store_prompts mode)
 {
+    static const char hex[] = "0123456789abcdef";
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
-    char *text;
+    struct daemon_buf text = {0};
 
     if (mode == CONF_STORE_PROMPTS_NONE)
         return;
-    text = json_dumps(messages, JSON_COMPACT | JSON_SORT_KEYS);
-    if (!text)
-        abort();
-    if (EVP_Digest(text, strlen(text), md, &mdlen, EVP_sha256(), NULL) == 1) {
+    /* the digest of json_dumps(messages, JSON_COMPACT | JSON_SORT_KEYS), written faster */
+    canon_dump(&text, messages);
+    if (EVP_Digest(text.data, text.len, md, &mdlen, EVP_sha256(), NULL) == 1) {
         rq->prompt_hash = malloc(2 * mdlen + 1);
         if (!rq->prompt_hash)
             abort();
-        for (unsigned i = 0; i < mdlen; i++)
-            snprintf(rq->prompt_hash + 2 * i, 3, "%02x", md[i]);
+        for (unsigned i = 0; i < mdlen; i++) {
+            rq->prompt_hash[2 * i] = hex[md[i] >> 4];
+            rq->prompt_hash[2 * i + 1] = hex[md[i] & 15];
+        }
+        rq->prompt_hash[2 * mdlen] = '\0';
     }
     if (mode == CONF_STORE_PROMPTS_FULL)
-        rq->prompt_json = text;
+        rq->prompt_json = text.data; /* daemon_buf keeps it NUL-terminated */
     else
-        free(text);
+        daemon__buf_free(&text);
 }
 
 /* Parses "0.35" as a threshold in [0,1]. Returns 0 or -1. */
@@ -631,6 +922,36 @@ route(struct daemon_request *rq, json_t *root, double thr_override)
     return 0;
 }
 
+/* Finds the bytes start_attempt splices: the top-level "model" value and the closing
+ * brace. Leaves splice_ok at 0 (jansson rewrites) for a body with a key written with
+ * escapes or "model" twice, whose meaning the bytes alone do not settle. */
+static void
+find_splice(struct daemon_request *rq)
+{
+    const char *d = rq->body.data, *end = d + rq->body.len;
+    const char *p = js_object_open(d, end);
+    struct js_member m;
+    int r, n_model = 0;
+
+    if (!p)
+        return;
+    while ((r = js_next_member(&p, end, &m)) == 1) {
+        if (memchr(m.key, '\\', m.klen))
+            return;
+        if (js_key_is(&m, "model")) {
+            n_model++;
+            rq->model_off = (size_t)(m.val - d);
+            rq->model_end = (size_t)(m.vend - d);
+        } else if (js_key_is(&m, "stream_options")) {
+            rq->has_stream_options = 1;
+        }
+    }
+    if (r < 0 || n_model != 1 || d[rq->model_off] != '"')
+        return;
+    rq->obj_close = (size_t)(p - 1 - d);
+    rq->splice_ok = 1;
+}
+
 void
 daemon__chat_completions(struct daemon_request *rq)
 {
@@ -725,6 +1046,7 @@ daemon__chat_completions(struct daemon_request *rq)
     rq->routed = routed;
     rq->first_backend = rq->backend;
     rq->up_json = json_incref(root);
+    find_splice(rq);
     rq->overhead_ms = daemon__ms_since(rq->t_start_ns);
     start_attempt(rq);
 out:
@@ -774,28 +1096,55 @@ start_attempt(struct daemon_request *rq)
     rq->up_headers.len = 0;
     rq->up_body.len = 0;
 
-    json_t *req = json_copy(rq->up_json); /* shallow: nested values are shared, never changed */
-    json_object_set_new(req, "model", json_string(be->model));
-    if (rq->routed && be->overrides) {
-        json_t *o = json_loads(be->overrides, 0, NULL);
-        if (json_is_object(o))
-            json_object_update(req, o);
-        json_decref(o);
-    }
+    int want_usage = rq->stream && daemon__storage();
+    char *body;
+    size_t body_len;
     rq->strip_usage = 0;
-    if (rq->stream && daemon__storage()) {
-        json_t *so = json_object_get(req, "stream_options");
-        if (!json_is_true(json_object_get(so, "include_usage"))) {
-            json_t *nso = json_is_object(so) ? json_copy(so) : json_object();
-            json_object_set_new(nso, "include_usage", json_true());
-            json_object_set_new(req, "stream_options", nso);
+    if (rq->splice_ok && !(rq->routed && be->overrides) && !(want_usage && rq->has_stream_options)) {
+        /* the common case: the client's bytes with another model name (and usage asked
+         * for), not a re-serialised tree */
+        static const char so[] = ",\"stream_options\":{\"include_usage\":true}";
+        const char *d = rq->body.data;
+        struct daemon_buf nb = {0};
+        size_t ml = strlen(be->model);
+        nb.cap = rq->body.len + ml + sizeof(so) + 16;
+        nb.data = malloc(nb.cap);
+        if (!nb.data)
+            abort();
+        daemon__buf_append(&nb, d, rq->model_off);
+        put_json_string(&nb, be->model, ml);
+        daemon__buf_append(&nb, d + rq->model_end, rq->obj_close - rq->model_end);
+        if (want_usage) {
+            daemon__buf_append(&nb, so, sizeof(so) - 1);
             rq->strip_usage = 1;
         }
+        daemon__buf_append(&nb, d + rq->obj_close, rq->body.len - rq->obj_close);
+        body = nb.data;
+        body_len = nb.len;
+    } else {
+        json_t *req = json_copy(rq->up_json); /* shallow: nested values are shared, never changed */
+        json_object_set_new(req, "model", json_string(be->model));
+        if (rq->routed && be->overrides) {
+            json_t *o = json_loads(be->overrides, 0, NULL);
+            if (json_is_object(o))
+                json_object_update(req, o);
+            json_decref(o);
+        }
+        if (want_usage) {
+            json_t *so = json_object_get(req, "stream_options");
+            if (!json_is_true(json_object_get(so, "include_usage"))) {
+                json_t *nso = json_is_object(so) ? json_copy(so) : json_object();
+                json_object_set_new(nso, "include_usage", json_true());
+                json_object_set_new(req, "stream_options", nso);
+                rq->strip_usage = 1;
+            }
+        }
+        body = json_dumps(req, JSON_COMPACT);
+        json_decref(req);
+        if (!body)
+            abort();
+        body_len = strlen(body);
     }
-    char *body = json_dumps(req, JSON_COMPACT);
-    json_decref(req);
-    if (!body)
-        abort();
 
     struct curl_slist *h = NULL;
     char line[1024];
@@ -821,7 +1170,7 @@ start_attempt(struct daemon_request *rq)
         .url = line,
         .headers = h,
         .body = body,
-        .body_len = strlen(body),
+        .body_len = body_len,
         .connect_timeout_ms = be->connect_timeout_ms,
         .first_byte_timeout_ms = be->first_byte_timeout_ms,
         .idle_timeout_ms = be->idle_timeout_ms,

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <sqlite3.h>
 
 #include "auth.h"
@@ -189,6 +190,59 @@ test_passthrough(void)
     CHECK(h_header(&r, "x-mock-auth") == NULL);
     CHECK(h_header(&r, "x-mock-model") && !strcmp(h_header(&r, "x-mock-model"), "gpt4-test"));
     h_resp_free(&r);
+}
+
+/* The forwarded body is the client's with the model replaced, however it is written:
+ * spliced when the bytes allow, re-serialised when they do not. */
+static void
+test_body_rewrite(void)
+{
+    static const struct {
+        const char *body;
+        int stream_options; /* 1: the backend must see include_usage true */
+    } cases[] = {
+        /* blanks everywhere, model last, escapes in values */
+        {" \n{ " MSGS " ,\"user\" : \"a \\\"q\\\" \\u00e9\" , \"model\" :\t\"fast\" } \n", 0},
+        /* a model written with escapes */
+        {"{\"model\":\"f\\u0061st\"," MSGS ",\"n\":[1,2.5,{\"a\":null}]}", 0},
+        /* a key written with escapes, "model" twice: the parser's reading wins */
+        {"{\"model\":\"nope\",\"m\\u006fdel\":\"fast\"," MSGS ",\"user\":\"a\"}", 0},
+        /* streams get include_usage added, or set inside the client's stream_options */
+        {"{\"model\":\"fast\",\"stream\":true," MSGS ",\"user\":\"a\"}", 1},
+        {"{\"model\":\"fast\",\"stream\":true,\"stream_options\":{\"include_usage\":false,"
+         "\"x\":1}," MSGS ",\"user\":\"a\"}", 1},
+    };
+    struct h_resp r;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *sent = json_loads(cases[i].body, 0, NULL);
+        CHECK(sent != NULL);
+        h_chat(port, cases[i].body, &r);
+        CHECK(r.status == 200);
+        h_resp_free(&r);
+        json_t *last = mock_last_request();
+        CHECK(json_is_object(last));
+        CHECK(!strcmp(json_string_value(json_object_get(last, "model")), "mixtral-test"));
+        /* every other member arrives as the client sent it */
+        const char *k;
+        json_t *v;
+        json_object_foreach(sent, k, v) {
+            if (!strcmp(k, "model") || !strcmp(k, "stream_options"))
+                continue;
+            CHECK(json_equal(v, json_object_get(last, k)));
+        }
+        json_t *so = json_object_get(last, "stream_options");
+        if (cases[i].stream_options)
+            CHECK(json_is_true(json_object_get(so, "include_usage")));
+        else
+            CHECK(so == NULL);
+        if (json_object_get(sent, "stream_options"))
+            CHECK(json_integer_value(json_object_get(so, "x")) == 1);
+        CHECK(json_object_size(last) == json_object_size(sent) + (cases[i].stream_options &&
+                                                                  !json_object_get(sent, "stream_options")));
+        json_decref(last);
+        json_decref(sent);
+    }
 }
 
 /* Counts TCP connections to or from port in TIME_WAIT: each closed connection
@@ -754,6 +808,74 @@ test_outcome_log(void)
     sqlite3_close(db);
 }
 
+/* The hex SHA-256 of json_dumps(messages, JSON_COMPACT | JSON_SORT_KEYS) of body. */
+static void
+digest_messages(const char *body, char out[65])
+{
+    json_t *root = json_loads(body, 0, NULL);
+    char *text = json_dumps(json_object_get(root, "messages"), JSON_COMPACT | JSON_SORT_KEYS);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+
+    out[0] = '\0';
+    if (text && EVP_Digest(text, strlen(text), md, &n, EVP_sha256(), NULL) == 1)
+        for (unsigned i = 0; i < n && i < 32; i++)
+            snprintf(out + 2 * i, 3, "%02x", md[i]);
+    free(text);
+    json_decref(root);
+}
+
+/* The stored prompt digest is that of the canonical dump (sorted keys, compact), so
+ * the same conversation however it is written gets the same digest. */
+static void
+test_prompt_digest(void)
+{
+    static const char *const bodies[] = {
+        "{\"model\":\"fast\",\"messages\":[{\"role\":\"system\",\"content\":\"be \\\"brief\\\"\\n\\t"
+        "\\u0001\\u001f \\u00e9\\u4e2d / \\\\\"},{\"content\":[{\"type\":\"text\",\"text\":\"hi\"},"
+        "{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\",\"detail\":\"low\"}}],"
+        "\"role\":\"user\",\"name\":\"n\",\"zz\":[1,-2,0.5,1e300,true,false,null,{}],"
+        "\"b\":\"\",\"a\":{\"ab\":1,\"a\":2,\"aa\":3,\"b\":4,\"c\":5,\"d\":6,\"e\":7,"
+        "\"f\":8,\"g\":9,\"h\":10}}]}",
+        "{\"model\":\"fast\"," MSGS "}",
+    };
+    char path[512];
+
+    snprintf(path, sizeof(path), "%s/out.db", dir);
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        struct h_resp r;
+        char id[128] = "", want[65];
+        sqlite3 *db = NULL;
+        int found = 0;
+
+        digest_messages(bodies[i], want);
+        CHECK(strlen(want) == 64);
+        h_chat(port, bodies[i], &r);
+        CHECK(r.status == 200);
+        if (h_header(&r, "x-triage-request-id"))
+            snprintf(id, sizeof(id), "%s", h_header(&r, "x-triage-request-id"));
+        h_resp_free(&r);
+        for (int t = 0; t < 100 && !found; t++) {
+            sqlite3_stmt *st = NULL;
+            usleep(50000);
+            if (!db && sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+                continue;
+            if (sqlite3_prepare_v2(db, "SELECT prompt_hash FROM requests WHERE request_id = ?",
+                                   -1, &st, NULL) != SQLITE_OK)
+                continue;
+            sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+            if (sqlite3_step(st) == SQLITE_ROW) {
+                found = 1;
+                const char *got = (const char *)sqlite3_column_text(st, 0);
+                CHECK(got && !strcmp(got, want));
+            }
+            sqlite3_finalize(st);
+        }
+        CHECK(found);
+        sqlite3_close(db);
+    }
+}
+
 static void
 test_reload(void)
 {
@@ -1089,6 +1211,7 @@ main(int argc, char **argv)
         {"concurrent_streams", test_concurrent_streams},
         {"die_mid_stream", test_die_mid_stream},
         {"bad_input", test_bad_input},
+        {"body_rewrite", test_body_rewrite},
         {"routing", test_routing},
         {"models_health", test_models_health},
         {"retry_fallback_breaker", test_retry_fallback_breaker},
@@ -1096,6 +1219,7 @@ main(int argc, char **argv)
         {"client_abort", test_client_abort},
         {"check_config", test_check_config},
         {"outcome_log", test_outcome_log},
+        {"prompt_digest", test_prompt_digest},
         {"feedback_stats", test_feedback_stats},
         {"metrics_dashboard", test_metrics_dashboard},
         {"auth_ratelimit", test_auth_ratelimit},
