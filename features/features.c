@@ -72,6 +72,7 @@ struct counts {
     double mc_options, turns, user_turns, has_system, system_chars, max_tokens, tools;
     double has_tools, questions, sentences, word_cps, letters, upper, nonascii, newlines;
     double images, long_words;
+    uint32_t char_grams; /* character 4-grams emitted so far (capped) */
     /* multiple-choice line-start detector: 0 line start, 1 saw '(', 2 saw a
      * letter, 3 rest of line */
     int mc_state;
@@ -465,10 +466,12 @@ char_gram(struct features_scratch *s, uint32_t c)
     struct tok *t = &s->tok[STREAM_LAST];
 
     t->win = (t->win << 16) | features__cp16(c);
-    if (t->win_n == 3)
-        emit(s, FEATURES_FAM_CHAR, t->win);
-    else
+    if (t->win_n < 3) {
         t->win_n++;
+    } else if (s->c.char_grams < FEATURES_MAX_CHAR_GRAMS) {
+        emit(s, FEATURES_FAM_CHAR, t->win);
+        s->c.char_grams++;
+    }
 }
 
 /* Multiple-choice options: a line starting with "A." "A)" "(A)" "A:" (A..J). */
@@ -615,7 +618,7 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
                 emit_token(s, st, features_hash_token((const char *)buf, bl));
             }
         }
-        if (last) {
+        if (last && c->char_grams < FEATURES_MAX_CHAR_GRAMS) {
             if (k & K_SPACE) {
                 if (!t->last_space)
                     char_gram(s, ' ');

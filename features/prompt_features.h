@@ -8,7 +8,8 @@
  * Sparse features (hashed into [0, 2^n_bits)):
  *   - word unigrams and bigrams of the last user turn (numbers folded to their
  *     digit count, so "17" and "42" share a feature),
- *   - character 4-grams of the last user turn (whitespace collapsed),
+ *   - character 4-grams of the last user turn (whitespace collapsed), the first
+ *     FEATURES_MAX_CHAR_GRAMS of them: past a few KB they add time, not signal,
  *   - word unigrams of the rest of the conversation (system, earlier turns),
  *   - the dense signals below, binned.
  * Each family's values are log term frequencies, L2-normalised per family.
@@ -24,9 +25,10 @@
 
 /* Bump whenever the mapping from text to features changes: model files record it
  * and refuse to load against a different one. */
-#define FEATURES_VERSION 2
+#define FEATURES_VERSION 3
 
 #define FEATURES_N_DENSE 24
+#define FEATURES_MAX_CHAR_GRAMS 4096
 #define FEATURES_MIN_BITS 10
 #define FEATURES_MAX_BITS 24
 
