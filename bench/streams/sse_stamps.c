@@ -66,6 +66,7 @@ struct bench {
     size_t request_len;
     unsigned started, finished, active, open_streams, peak_open;
     unsigned intact, bad_status, short_streams, conn_errors, extra_events;
+    unsigned status_count[600]; /* streams ended with each HTTP status */
     struct samples first, all, ttfb;
     long rss_peak_kb, hwm_kb, rss_at_peak_kb, rss_start_kb;
     int64_t t0, t_end;
@@ -170,6 +171,8 @@ conn_end(struct conn *c, int complete)
         b->intact++;
     else if (c->status != 0 && c->status != 200)
         b->bad_status++;
+    if (c->status > 0 && c->status < 600)
+        b->status_count[c->status]++;
     else if (c->status == 200)
         b->short_streams++;
     else
@@ -642,6 +645,13 @@ main(int argc, char **argv)
            "%.2f s\n",
            o->requests, o->concurrency, o->chunks, o->delay_ms, b->intact, b->short_streams,
            b->bad_status, b->conn_errors, unfinished, b->peak_open, (double)(b->t_end - b->t0) / 1e9);
+    if (b->bad_status) {
+        printf("statuses    ");
+        for (int i = 100; i < 600; i++)
+            if (b->status_count[i])
+                printf(" %d: %u", i, b->status_count[i]);
+        printf("\n");
+    }
     samples_print("first chunk", &b->first);
     samples_print("all chunks", &b->all);
     samples_print("ttfb", &b->ttfb);
