@@ -68,10 +68,11 @@ struct tok {
 
 /* Counters behind the dense signals. */
 struct counts {
-    double chars_all, chars_last, words_last, numbers, digits, operators, latex, code;
-    double mc_options, turns, user_turns, has_system, system_chars, max_tokens, tools;
-    double has_tools, questions, sentences, word_cps, letters, upper, nonascii, newlines;
-    double images, long_words;
+    /* integers: a per-character floating-point add would chain 4-cycle latencies */
+    uint64_t chars_all, chars_last, words_last, numbers, digits, operators, latex, code;
+    uint64_t mc_options, questions, sentences, word_cps, letters, upper, nonascii, newlines;
+    uint64_t long_words;
+    double turns, user_turns, has_system, system_chars, max_tokens, tools, has_tools, images;
     uint32_t char_grams; /* character 4-grams emitted so far (capped) */
     /* multiple-choice line-start detector: 0 line start, 1 saw '(', 2 saw a
      * letter, 3 rest of line */
@@ -672,6 +673,12 @@ lg(double x)
     return (float)log1p(x);
 }
 
+static float
+frac(uint64_t a, uint64_t b)
+{
+    return b ? (float)((double)a / (double)b) : 0.0f;
+}
+
 static void
 finish(struct features_scratch *s, struct features_vec *out)
 {
@@ -683,7 +690,7 @@ finish(struct features_scratch *s, struct features_vec *out)
     d[D_CHARS_LAST] = lg(c->chars_last);
     d[D_WORDS_LAST] = lg(c->words_last);
     d[D_NUMBERS] = lg(c->numbers);
-    d[D_DIGIT_FRAC] = c->chars_last > 0 ? (float)(c->digits / c->chars_last) : 0.0f;
+    d[D_DIGIT_FRAC] = frac(c->digits, c->chars_last);
     d[D_OPERATORS] = lg(c->operators);
     d[D_LATEX] = lg(c->latex);
     d[D_CODE] = lg(c->code);
@@ -697,14 +704,14 @@ finish(struct features_scratch *s, struct features_vec *out)
     d[D_TOOLS] = lg(c->tools);
     d[D_QUESTIONS] = lg(c->questions);
     d[D_SENTENCES] = lg(c->sentences);
-    d[D_AVG_WORD] = c->words_last > 0 ? (float)(c->word_cps / c->words_last) : 0.0f;
+    d[D_AVG_WORD] = frac(c->word_cps, c->words_last);
     if (d[D_AVG_WORD] > 15.0f)
         d[D_AVG_WORD] = 15.0f;
-    d[D_UPPER_FRAC] = c->letters > 0 ? (float)(c->upper / c->letters) : 0.0f;
-    d[D_NONASCII_FRAC] = c->chars_last > 0 ? (float)(c->nonascii / c->chars_last) : 0.0f;
+    d[D_UPPER_FRAC] = frac(c->upper, c->letters);
+    d[D_NONASCII_FRAC] = frac(c->nonascii, c->chars_last);
     d[D_NEWLINES] = lg(c->newlines);
     d[D_IMAGES] = lg(c->images);
-    d[D_LONG_WORD_FRAC] = c->words_last > 0 ? (float)(c->long_words / c->words_last) : 0.0f;
+    d[D_LONG_WORD_FRAC] = frac(c->long_words, c->words_last);
 
     for (uint32_t j = 0; j < FEATURES_N_DENSE; j++) {
         int bin = (int)floorf(d[j] * dense_bin_scale[j]);
