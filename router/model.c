@@ -661,6 +661,26 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
         set_err(err, errlen, "bad model shape");
         return NULL;
     }
+    /* check the declared shape against the bytes and a memory budget before
+     * allocating anything: a lying header must not cost gigabytes */
+    uint64_t nb = (uint64_t)1 << n_bits, no = n_heads + 1ull;
+    if ((no + dim) * nb * sizeof(float) > ROUTER__MAX_MODEL_BYTES) {
+        set_err(err, errlen, "model too large (%u-bit hash, %u hidden units)", n_bits, dim);
+        return NULL;
+    }
+    uint64_t rows_off = 32 + (uint64_t)n_heads * ROUTER__NAME_MAX +
+                        4 * (2ull * FEATURES_N_DENSE + no + FEATURES_N_DENSE * no + dim +
+                             (uint64_t)FEATURES_N_DENSE * dim + dim * no);
+    if (rows_off + 4 + nb / 8 + 4ull * n_ref > len) {
+        set_err(err, errlen, "truncated model");
+        return NULL;
+    }
+    uint32_t declared_rows = get_u32(data + rows_off);
+    if (declared_rows > nb ||
+        rows_off + 4 + nb / 8 + (uint64_t)declared_rows * (no + dim) * 2 + 4ull * n_ref != len) {
+        set_err(err, errlen, "model size does not match its shape");
+        return NULL;
+    }
     m = router__model_alloc(n_bits, dim, n_heads);
     m->score_strong = strong;
     m->score_weak = weak;
@@ -681,7 +701,7 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
     rb_f32s(&b, m->h_dense, (size_t)FEATURES_N_DENSE * dim);
     rb_f32s(&b, m->h_out, (size_t)dim * m->n_out);
     rows = rb_u32(&b);
-    size_t nb = (size_t)1 << n_bits, per = m->n_out + dim;
+    size_t per = m->n_out + dim;
     const unsigned char *bitmap = rb_take(&b, nb / 8);
     if (b.bad || rows > nb) {
         set_err(err, errlen, "truncated model");

@@ -14,7 +14,8 @@
 #define ROUTER__NAME_MAX 32u   /* bytes per head name in the file, NUL included */
 #define ROUTER__MAX_REF 4096u  /* reference scores kept for calibration */
 #define ROUTER__DENSE_CLIP 5.0f
-#define ROUTER__MAX_SETS 256u  /* distinct "set" values a training set tracks */
+#define ROUTER__MAX_SETS 256u
+#define ROUTER__MAX_MODEL_BYTES (1ull << 30) /* dense weights in memory, at most */  /* distinct "set" values a training set tracks */
 
 /* A loaded or freshly trained model. Immutable once shared. n_out = n_heads + 1:
  * outputs 0..n_heads-1 are the heads, output n_heads is the routing score. */
