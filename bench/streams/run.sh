@@ -9,14 +9,19 @@
 #
 #   bench/streams/run.sh [--reps N] [--slow "1000 10000"] [--no-latency] [--no-slow]
 #                        [--workers N] [--ramp N] [--slow-chunks K] [--slow-delay-ms D]
-#                        [--quick] [--build DIR]
+#                        [--same-core] [--quick] [--build DIR]
 #
+# By default the proxies run on core 0 and the mock and client on core 1, so a proxied
+# chunk crosses cores twice while a direct one does not (nginx pays the same, so compare
+# with it); --same-core puts everything on one core instead (no cross-core wake-ups, but
+# the proxy competes with the mock and client for it).
 # --ramp: new client connections per millisecond in the slow test (default 5); each slow
 # count also runs against the mock directly first, as the baseline. Slow streams are K=10
 # chunks D=500 ms apart; a longer D keeps all N open at once even when triaged is slow to
 # set them up (the client prints the peak number open).
 #
-# triaged needs 2 fds per open stream (client + upstream socket) plus ~40: the script
+# triaged needs 2 fds per open stream (client + upstream socket), ~40 more, and up to 512
+# cached idle upstream connections: the script
 # raises ulimit -n to the hard limit and warns when it is too low for a stream count.
 # Needs: nginx (for the nginx column; skipped if missing), a release build (build-bench).
 set -euo pipefail
@@ -29,6 +34,7 @@ workers=1
 ramp=5
 slow_chunks=10
 slow_delay=500
+same_core=0
 latency=1
 build="$root/build-bench"
 lat_args=(--concurrency 20 --requests 200 --chunks 20 --delay-ms 20 --ramp 1)
@@ -43,8 +49,9 @@ while [ $# -gt 0 ]; do
     --workers) workers=$2; shift 2 ;;
     --ramp) ramp=$2; shift 2 ;;
     --slow-chunks) slow_chunks=$2; shift 2 ;;
+    --same-core) same_core=1; shift ;;
     --slow-delay-ms) slow_delay=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "streams/run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -63,6 +70,7 @@ fdlim=$(ulimit -n)
 ncpu=$(nproc)
 core_test=0
 core_load=$((ncpu > 1 ? 1 : 0))
+[ "$same_core" = 1 ] && core_test=$core_load
 dir=$(mktemp -d /tmp/triage-streams.XXXXXX)
 pids=()
 cleanup() {
@@ -114,7 +122,7 @@ url = http://127.0.0.1:$mock_port/v1
 head = strong
 EOF
 tcores=$core_test
-[ "$workers" -gt 1 ] && tcores="0-$((ncpu - 1))"
+[ "$workers" -gt 1 ] && [ "$same_core" = 0 ] && tcores="0-$((ncpu - 1))"
 taskset -c "$tcores" "$build/daemon/triaged" --config "$dir/triage.conf" 2>"$dir/triaged.log" &
 tpid=$!
 pids+=($tpid)
