@@ -12,15 +12,15 @@ pids=()
 trap 'for p in $pid "${pids[@]}"; do kill $p 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; [ -f "$tmp/out" ] && cat "$tmp/out"; exit 1; }
 
-# 7 prompts; the recorded answers get 5 right
+# 7 prompts in the toy model's vocabulary (one clearly hard); the recorded answers get 5 right
 cat >"$tmp/data.jsonl" <<'JSONL'
-{"prompt": "p1", "reference": "1234", "answers": {"m": "So 1,000 + 234 = 1,234\n#### 1,234", "w": "#### 1,235"}}
-{"prompt": "p2", "reference": "-5", "answers": {"m": "Hence $x = \\boxed{-5}$.", "w": "x = 5"}}
-{"prompt": "p3", "reference": "7", "answers": {"m": "3 apples and 4 pears make 7.", "w": "3 apples and 4 pears make 7."}}
-{"prompt": "p4", "reference": "12.5", "answers": {"m": "It costs 12.50 dollars", "w": "It costs 12.50 dollars"}}
-{"prompt": "p5", "reference": "8", "answers": {"m": "#### 8\nor maybe 9", "w": "#### 8\nor maybe 9"}}
-{"prompt": "p6", "reference": "11", "answers": {"m": "It is 10.", "w": "It is 10."}}
-{"prompt": "p7", "reference": "3", "answers": {"m": "No idea.", "w": "No idea."}}
+{"prompt": "prove that the series of eigenvalues converges uniformly", "reference": "1234", "answers": {"m": "So 1,000 + 234 = 1,234\n#### 1,234", "w": "#### 1,235"}}
+{"prompt": "what is 1 plus 3", "reference": "-5", "answers": {"m": "Hence $x = \\boxed{-5}$.", "w": "x = 5"}}
+{"prompt": "what is 2 plus 5", "reference": "7", "answers": {"m": "3 apples and 4 pears make 7.", "w": "3 apples and 4 pears make 7."}}
+{"prompt": "what is 4 plus 4", "reference": "12.5", "answers": {"m": "It costs 12.50 dollars", "w": "It costs 12.50 dollars"}}
+{"prompt": "what is 6 plus 2", "reference": "8", "answers": {"m": "#### 8\nor maybe 9", "w": "#### 8\nor maybe 9"}}
+{"prompt": "what is 7 plus 4", "reference": "11", "answers": {"m": "It is 10.", "w": "It is 10."}}
+{"prompt": "what is 9 plus 1", "reference": "3", "answers": {"m": "No idea.", "w": "No idea."}}
 JSONL
 cat >"$tmp/triage.conf" <<'CONF'
 [router]
