@@ -51,7 +51,7 @@ while [ $# -gt 0 ]; do
     --slow-chunks) slow_chunks=$2; shift 2 ;;
     --same-core) same_core=1; shift ;;
     --slow-delay-ms) slow_delay=$2; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "streams/run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
