@@ -42,12 +42,13 @@ echo "## MATH test: Spearman's rho of the score against the difficulty level (1-
 echo
 echo "| model | trained on | rho(score) | rho(length) |"
 echo "|---|---|---|---|"
-all=(--data "$D/routellm_mmlu.jsonl.gz" --data "$D/routellm_gsm8k.jsonl.gz"
+# The default model's data (tools/train_default.sh): GSM8K's test questions held out.
+all=(--data "$D/routellm_mmlu.jsonl.gz"
      --data "$D/mmlu_pro.jsonl.gz" --data "$D/llmrouter_train.jsonl.gz")
 "$T" train "${all[@]}" --out "$tmp/nomath.tmod" "${MODEL_OPTS[@]}" 2>/dev/null
 "$T" train "${all[@]}" --data "$D/math_train.jsonl.gz" --out "$tmp/all.tmod" "${MODEL_OPTS[@]}" \
     2>"$tmp/train.log"
-for m in nomath:"routellm + mmlu_pro + llmrouter (no MATH)" all:"the same + MATH train levels"; do
+for m in nomath:"routellm mmlu + mmlu_pro + llmrouter (no MATH)" all:"the same + MATH train levels (= the default model)"; do
     "$T" eval --model "$tmp/${m%%:*}.tmod" --data "$D/math_test.jsonl.gz" --spearman level \
         --baselines 2>/dev/null >"$tmp/rho"
     printf '| %s | %s | %s | %s |\n' "${m%%:*}" "${m#*:}" "$(awk 'NR==1{print $3}' "$tmp/rho")" \

@@ -80,17 +80,31 @@ def mmlu_pro():
     return rows
 
 
-def llmrouter(fname, setname):
+def gsm8k_test_questions():
+    """GSM8K's test questions, whitespace-folded: the demo replays them, so no
+    training file may hold them (RouteLLM's GSM8K set is the test set itself and is
+    used only for cross-validation)."""
+    with gzip.open(os.path.join(SRC, "gsm8k", "test.jsonl.gz"), "rt") as f:
+        return [" ".join(json.loads(l)["question"].split()) for l in f if l.strip()]
+
+
+def llmrouter(fname, setname, held_out):
     weak, strong = "mistral-7b-instruct-v0.3", "llama-3.1-nemotron-51b-instruct"
     with gzip.open(os.path.join(SRC, "llmrouter", fname), "rt") as f:
         data = json.load(f)
-    rows = []
+    rows, dropped = [], 0
     for d in data:
+        text = " ".join(d["question"].split())
+        if any(h in text for h in held_out):
+            dropped += 1
+            continue
         s = d["scores"]
         rows.append({"prompt": d["question"],
                      "outcomes": {"weak": round(float(s[weak]), 4), "strong": round(float(s[strong]), 4)},
                      "set": setname, "group": str(d.get("cluster_id", "")),
                      "weak_model": weak, "strong_model": strong})
+    if dropped:
+        print(f"{fname}: dropped {dropped} prompts that hold a GSM8K test question", file=sys.stderr)
     return rows
 
 
@@ -125,8 +139,9 @@ def main():
     write("routellm_gsm8k.jsonl.gz", routellm("gsm8k_responses.csv.gz",
                                               "gsm8k_contaminated_prompts.jsonl", "routellm-gsm8k", mix, gsm))
     write("mmlu_pro.jsonl.gz", mmlu_pro())
-    write("llmrouter_train.jsonl.gz", llmrouter("dcrouter_train.json.gz", "llmrouter"))
-    write("llmrouter_test.jsonl.gz", llmrouter("dcrouter_test.json.gz", "llmrouter-test"))
+    held_out = gsm8k_test_questions()
+    write("llmrouter_train.jsonl.gz", llmrouter("dcrouter_train.json.gz", "llmrouter", held_out))
+    write("llmrouter_test.jsonl.gz", llmrouter("dcrouter_test.json.gz", "llmrouter-test", []))
     write("math_train.jsonl.gz", math("math_train.jsonl.gz", "math-train", True))
     write("math_test.jsonl.gz", math("math_test.jsonl.gz", "math-test", False))
     for sub, lic in [("routellm", "LICENSE_Apache2.txt"), ("mmlu_pro", "LICENSE_Apache2.txt"),
