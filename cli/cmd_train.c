@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "jsonl.h"
 #include "router.h"
+#include "storage.h"
 
 #define MAX_DATA 64
 
@@ -17,17 +18,55 @@ static void
 usage(FILE *f)
 {
     fprintf(f,
-            "usage: triage train --data F.jsonl[.gz] [--data G ...] --out MODEL [options]\n"
+            "usage: triage train {--data F.jsonl[.gz] | --db LOG.db} [...] --out MODEL [options]\n"
             "\n"
             "Each input line: {\"prompt\": \"...\" | \"messages\": [...], \"outcomes\": {\"<backend>\": q}}\n"
             "with q in [0,1] = how well that backend answered; one head per backend name.\n"
             "The score learns how much a prompt needs --strong over --weak.\n"
             "\n"
             "  --data F          training file (JSONL, optionally gzip); repeatable\n"
+            "  --db F            triaged's outcome log: requests with stored prompt text\n"
+            "                    (store_prompts = full) and feedback, labelled per backend\n"
+            "                    (as `triage export` writes them); repeatable, mixes with --data\n"
             "  --out M           model file to write\n"
             "  --strong NAME     outcome name of the strong backend (default strong)\n"
             "  --weak NAME       outcome name of the weak backend (default weak)\n" JSONL_TRAIN_USAGE
             "  -h, --help        this text\n");
+}
+
+/* storage_export_fn: one labelled prompt from the outcome log into the training set. */
+static int
+add_logged(json_t *example, void *arg)
+{
+    struct router_dataset *d = arg;
+
+    /* an example the trainer cannot use (e.g. empty messages) is skipped, not fatal */
+    (void)router_dataset_add(d, example);
+    return 0;
+}
+
+/* Adds the labelled prompts of the outcome log at path to d. Returns 0 or -1 (reported). */
+static int
+load_db(struct router_dataset *d, const char *path)
+{
+    struct storage_export_counts n = {0};
+    char err[512];
+    size_t before = router_dataset_size(d);
+
+    if (storage_export_training(path, add_logged, d, &n, err, sizeof(err)) < 0) {
+        cli_errorf("train", "%s", err);
+        return -1;
+    }
+    fprintf(stderr,
+            "triage train: %s: %llu requests, %zu labelled prompts; skipped %llu without "
+            "prompt text, %llu without feedback\n",
+            path, (unsigned long long)n.rows, router_dataset_size(d) - before,
+            (unsigned long long)n.no_prompt, (unsigned long long)n.no_outcome);
+    if (n.no_prompt > 0)
+        fprintf(stderr, "triage train: %s: %llu requests have no prompt text: retraining from "
+                        "the log needs [storage] store_prompts = full\n",
+                path, (unsigned long long)n.no_prompt);
+    return 0;
 }
 
 static void
@@ -43,11 +82,12 @@ int
 cli_train(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"data", required_argument, NULL, 'd'}, {"out", required_argument, NULL, 'o'},
+        {"data", required_argument, NULL, 'd'}, {"db", required_argument, NULL, 'D'},
+        {"out", required_argument, NULL, 'o'},
         {"strong", required_argument, NULL, 's'}, {"weak", required_argument, NULL, 'w'},
         {"help", no_argument, NULL, 'h'}, JSONL_TRAIN_LONGOPTS, {NULL, 0, NULL, 0}};
-    const char *data[MAX_DATA], *out = NULL;
-    size_t n_data = 0;
+    const char *data[MAX_DATA], *dbs[MAX_DATA], *out = NULL;
+    size_t n_data = 0, n_dbs = 0;
     struct router_train_opts o;
     unsigned n_bits = 18;
     int c, rc;
@@ -63,6 +103,13 @@ cli_train(int argc, char **argv)
                 return 2;
             }
             data[n_data++] = optarg;
+            break;
+        case 'D':
+            if (n_dbs == MAX_DATA) {
+                cli_errorf("train", "at most %d --db files", MAX_DATA);
+                return 2;
+            }
+            dbs[n_dbs++] = optarg;
             break;
         case 'o':
             out = optarg;
@@ -85,7 +132,7 @@ cli_train(int argc, char **argv)
             return 2;
         }
     }
-    if (n_data == 0 || !out || optind != argc) {
+    if ((n_data == 0 && n_dbs == 0) || !out || optind != argc) {
         usage(stderr);
         return 2;
     }
@@ -98,6 +145,16 @@ cli_train(int argc, char **argv)
             router_dataset_destroy(d);
             return 1;
         }
+    for (size_t i = 0; i < n_dbs; i++)
+        if (load_db(d, dbs[i]) < 0) {
+            router_dataset_destroy(d);
+            return 1;
+        }
+    if (router_dataset_size(d) == 0) {
+        cli_errorf("train", "no labelled examples to learn from");
+        router_dataset_destroy(d);
+        return 1;
+    }
     clock_gettime(CLOCK_MONOTONIC, &t1);
 
     struct cli_progress bar;

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# test_retrain.sh - the learning loop end to end: traffic through triaged with
+# store_prompts = full, feedback saying the fast backend fails hard prompts, then
+# `triage train --db` on the log, a hot reload, and the retrained model must send
+# unseen hard prompts to strong and unseen easy ones to fast.
+# Usage: test_retrain.sh TRIAGE TRIAGED MOCKLLM MAKE_MODEL
+set -uo pipefail
+triage=$1 triaged=$2 mockllm=$3 make_model=$4
+tmp=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; tail -n 20 "$tmp/triaged.log" 2>/dev/null; exit 1; }
+
+"$mockllm" --port 0 >"$tmp/mock.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do grep -q listening "$tmp/mock.out" && break; sleep 0.05; done
+mport=$(awk '/listening/ {print $3}' "$tmp/mock.out")
+[ -n "$mport" ] || fail "mockllm did not start"
+
+# Any port free a moment ago will do.
+port=$(( 30000 + RANDOM % 20000 ))
+"$make_model" "$tmp/m.tmod" || fail "make_model"
+cat >"$tmp/triage.conf" <<EOF
+[server]
+listen = 127.0.0.1
+port = $port
+[router]
+model = m.tmod
+strong_share = 0.5
+tiers = fast, strong
+[storage]
+path = log.db
+store_prompts = full
+flush_interval_ms = 10
+[backend fast]
+url = http://127.0.0.1:$mport/v1
+[backend strong]
+url = http://127.0.0.1:$mport/v1
+EOF
+"$triaged" --config "$tmp/triage.conf" 2>"$tmp/triaged.log" &
+pids+=($!)
+for _ in $(seq 100); do curl -sf "localhost:$port/healthz" >/dev/null && break; sleep 0.05; done
+curl -sf "localhost:$port/healthz" >/dev/null || fail "triaged did not start"
+
+easy() { echo "what is $1 plus $2 in total"; }
+hard() { echo "derive the asymptotic eigenvalue spacing of operator $1 and prove convergence"; }
+
+# ask BACKEND TEXT -> prints the request id
+ask() {
+    curl -s -D - -o /dev/null "localhost:$port/v1/chat/completions" \
+        -H 'content-type: application/json' \
+        -d "{\"model\":\"$1\",\"messages\":[{\"role\":\"user\",\"content\":\"$2\"}]}" |
+        tr -d '\r' | awk -F': ' 'tolower($1) == "x-triage-request-id" {print $2}'
+}
+feedback() { # ID SCORE
+    local code
+    code=$(curl -s -o "$tmp/fb" -w '%{http_code}' "localhost:$port/v1/feedback" \
+        -H 'content-type: application/json' \
+        -d "{\"request_id\":\"$1\",\"score\":$2,\"source\":\"grader\"}")
+    [ "$code" = 200 ] || fail "feedback $1: HTTP $code $(cat "$tmp/fb")"
+}
+
+# The log: every prompt answered by both backends; the grader says fast fails the
+# hard ones, strong answers everything.
+for i in $(seq 1 30); do
+    e=$(easy "$i" "$((i * 7 % 13))") h=$(hard "$i")
+    feedback "$(ask fast "$e")" 1
+    feedback "$(ask strong "$e")" 1
+    feedback "$(ask fast "$h")" 0
+    feedback "$(ask strong "$h")" 1
+done
+
+"$triage" train --db "$tmp/log.db" --weak fast --strong strong --out "$tmp/new.tmod" \
+    2>"$tmp/train.log" || fail "triage train --db: $(cat "$tmp/train.log")"
+grep -q "60 labelled prompts" "$tmp/train.log" || fail "expected 60 labelled prompts: $(cat "$tmp/train.log")"
+
+# A log without prompt text says so plainly.
+sqlite3 "$tmp/log.db" "UPDATE requests SET prompt = NULL" 2>/dev/null &&
+    { "$triage" train --db "$tmp/log.db" --out "$tmp/none.tmod" 2>"$tmp/none.log";
+      grep -q "store_prompts = full" "$tmp/none.log" || fail "no hint about store_prompts: $(cat "$tmp/none.log")"; }
+
+# Swap the model in without a restart and route prompts it has never seen.
+v1=$(curl -s "localhost:$port/readyz")
+cp "$tmp/new.tmod" "$tmp/m.tmod"
+code=$(curl -s -o "$tmp/reload" -w '%{http_code}' -X POST "localhost:$port/admin/reload")
+[ "$code" = 200 ] || fail "reload: HTTP $code $(cat "$tmp/reload")"
+[ "$(curl -s "localhost:$port/readyz")" != "$v1" ] || fail "the model version did not change"
+
+route() {
+    curl -s -D - -o /dev/null "localhost:$port/v1/chat/completions" \
+        -H 'content-type: application/json' \
+        -d "{\"model\":\"triage\",\"messages\":[{\"role\":\"user\",\"content\":\"$1\"}]}" |
+        tr -d '\r' | awk -F': ' 'tolower($1) == "x-triage-backend" {print $2}'
+}
+for i in 101 102 103; do
+    [ "$(route "$(hard "$i")")" = strong ] || fail "unseen hard prompt $i not routed to strong"
+    [ "$(route "$(easy "$i" 5)")" = fast ] || fail "unseen easy prompt $i not routed to fast"
+done
+echo ok
