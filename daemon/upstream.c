@@ -3,15 +3,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "upstream.h"
 
 #define SWEEP_MS 50 /* resolution of the first-byte and idle deadlines */
 #define MAX_CACHED_CONNECTIONS 512
+#define EASY_POOL 64 /* finished easy handles kept for the next calls */
 
+/* A socket curl uses, watched by a uv_poll. libuv's uv_poll_start and uv_poll_stop
+ * each cost epoll_ctl calls, so the watcher changes only when the events do, and it
+ * is kept (parked) while its connection idles in curl's cache: a reused connection
+ * costs no syscall here. Freed when curl closes the socket
+ * (CURLOPT_CLOSESOCKETFUNCTION). */
 struct upstream_sock {
     uv_poll_t poll;
     curl_socket_t fd;
+    int events; /* UV_* the poll watches now; 0 = stopped */
+    int parked; /* curl said CURL_POLL_REMOVE: stop at the next event */
     struct upstream *u;
     struct upstream_sock *prev, *next;
 };
@@ -28,6 +37,8 @@ struct upstream_call {
     uint32_t idle_timeout_ms;
     int got_headers;
     int paused;
+    int reusable; /* ended normally, never paused: its easy handle may serve another call */
+    int ever_paused;
     enum upstream_error forced; /* set when we abort the transfer ourselves */
     char errbuf[CURL_ERROR_SIZE];
     struct upstream_call *prev, *next;
@@ -41,6 +52,10 @@ struct upstream {
     struct upstream_call *calls;
     size_t n_calls;
     struct upstream_sock *socks;
+    struct upstream_sock **by_fd; /* every sock in socks, by fd */
+    size_t n_by_fd;
+    CURL *easy_pool[EASY_POOL];
+    unsigned n_easy;
     void (*after)(void *);
     void *after_ctx;
     int open_handles; /* uv handles not yet closed */
@@ -138,7 +153,13 @@ call_free(struct upstream_call *c)
     u->n_calls--;
     if (u->n_calls == 0)
         uv_timer_stop(&u->sweep);
-    curl_easy_cleanup(c->easy);
+    /* a handle that ran to its end is reset and reused: curl_easy_init costs more */
+    if (c->reusable && !u->destroying && u->n_easy < EASY_POOL) {
+        curl_easy_reset(c->easy);
+        u->easy_pool[u->n_easy++] = c->easy;
+    } else {
+        curl_easy_cleanup(c->easy);
+    }
     curl_slist_free_all(c->headers);
     free(c->body);
     free(c);
@@ -174,6 +195,7 @@ check_done(struct upstream *u)
         enum upstream_error err = c->forced ? c->forced : error_from_curl(rc);
         if (rc == CURLE_OK && !c->got_headers)
             err = UPSTREAM_ERR_PROTOCOL;
+        c->reusable = err == UPSTREAM_OK && !c->ever_paused;
         call_finish(c, err, rc != CURLE_OK ? (c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc))
                                            : NULL);
     }
@@ -216,6 +238,13 @@ on_poll(uv_poll_t *p, int status, int events)
     int flags = 0;
     int running;
 
+    if (s->parked) {
+        /* an idle connection closed by the backend, most likely: curl finds out when
+         * it next checks the connection; until then do not spin on it */
+        uv_poll_stop(&s->poll);
+        s->events = 0;
+        return;
+    }
     if (status < 0)
         flags = CURL_CSELECT_ERR;
     if (events & UV_READABLE)
@@ -236,6 +265,28 @@ on_curl_timer(uv_timer_t *t)
     after_activity(u);
 }
 
+static struct upstream_sock *
+sock_by_fd(struct upstream *u, curl_socket_t fd)
+{
+    return fd >= 0 && (size_t)fd < u->n_by_fd ? u->by_fd[fd] : NULL;
+}
+
+/* Unlinks s and closes its watcher (freed in on_handle_closed). */
+static void
+sock_close(struct upstream *u, struct upstream_sock *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        u->socks = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    if ((size_t)s->fd < u->n_by_fd && u->by_fd[s->fd] == s)
+        u->by_fd[s->fd] = NULL;
+    uv_poll_stop(&s->poll);
+    uv_close((uv_handle_t *)&s->poll, on_handle_closed);
+}
+
 /* CURLMOPT_SOCKETFUNCTION: watch s as curl asks. */
 static int
 curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
@@ -244,20 +295,20 @@ curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socket
     struct upstream_sock *s = socketp;
 
     if (what == CURL_POLL_REMOVE) {
+        /* the connection idles in curl's cache (or is about to close): stop
+         * watching, keep the watcher for its reuse */
         if (s) {
-            uv_poll_stop(&s->poll);
-            if (s->prev)
-                s->prev->next = s->next;
-            else
-                u->socks = s->next;
-            if (s->next)
-                s->next->prev = s->prev;
+            s->parked = 1;
+            uv_unref((uv_handle_t *)&s->poll); /* an idle connection keeps no loop alive */
             curl_multi_assign(u->multi, fd, NULL);
-            uv_close((uv_handle_t *)&s->poll, on_handle_closed);
         }
         return 0;
     }
-    if (!s) {
+    if (!s && (s = sock_by_fd(u, fd)) != NULL) {
+        curl_multi_assign(u->multi, fd, s);
+    } else if (!s) {
+        if (fd < 0)
+            return -1;
         s = calloc(1, sizeof(*s));
         if (!s)
             abort();
@@ -273,6 +324,16 @@ curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socket
         if (u->socks)
             u->socks->prev = s;
         u->socks = s;
+        if ((size_t)fd >= u->n_by_fd) {
+            size_t n = ((size_t)fd + 64) & ~(size_t)63;
+            struct upstream_sock **t = realloc(u->by_fd, n * sizeof(*t));
+            if (!t)
+                abort();
+            memset(t + u->n_by_fd, 0, (n - u->n_by_fd) * sizeof(*t));
+            u->by_fd = t;
+            u->n_by_fd = n;
+        }
+        u->by_fd[fd] = s;
         curl_multi_assign(u->multi, fd, s);
     }
     int events = 0;
@@ -280,8 +341,31 @@ curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socket
         events |= UV_READABLE;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
         events |= UV_WRITABLE;
-    uv_poll_start(&s->poll, events, on_poll);
+    if (s->parked) {
+        s->parked = 0;
+        uv_ref((uv_handle_t *)&s->poll);
+    }
+    if (events != s->events) {
+        s->events = events;
+        if (events)
+            uv_poll_start(&s->poll, events, on_poll);
+        else
+            uv_poll_stop(&s->poll);
+    }
     return 0;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: the watcher goes before the fd (libuv needs that
+ * order), and the fd number may come back as another socket. */
+static int
+curl_close_cb(void *userp, curl_socket_t fd)
+{
+    struct upstream *u = userp;
+    struct upstream_sock *s = sock_by_fd(u, fd);
+
+    if (s)
+        sock_close(u, s);
+    return close(fd);
 }
 
 /* CURLMOPT_TIMERFUNCTION: one timer; curl_multi_socket_action runs from its callback. */
@@ -370,6 +454,7 @@ write_cb(char *buf, size_t size, size_t n, void *userp)
     }
     if (c->cb.on_data(c->ctx, buf, len)) {
         c->paused = 1;
+        c->ever_paused = 1;
         return CURL_WRITEFUNC_PAUSE;
     }
     return len;
@@ -408,22 +493,23 @@ upstream_destroy(struct upstream *u, void (*on_closed)(void *), void *ctx)
 {
     if (!u)
         return;
+    u->destroying = 1; /* before call_free: nothing goes back to the pool now */
     while (u->calls) {
         curl_multi_remove_handle(u->multi, u->calls->easy);
         call_free(u->calls);
     }
-    u->destroying = 1;
+    while (u->n_easy)
+        curl_easy_cleanup(u->easy_pool[--u->n_easy]);
     u->on_closed = on_closed;
     u->closed_ctx = ctx;
     /* Cleanup may still call curl_socket_cb to drop cached connections' sockets. */
     curl_multi_cleanup(u->multi);
     u->multi = NULL;
-    while (u->socks) {
-        struct upstream_sock *s = u->socks;
-        u->socks = s->next;
-        uv_poll_stop(&s->poll);
-        uv_close((uv_handle_t *)&s->poll, on_handle_closed);
-    }
+    while (u->socks)
+        sock_close(u, u->socks);
+    free(u->by_fd);
+    u->by_fd = NULL;
+    u->n_by_fd = 0;
     uv_close((uv_handle_t *)&u->timer, on_handle_closed);
     uv_close((uv_handle_t *)&u->sweep, on_handle_closed);
 }
@@ -443,7 +529,7 @@ upstream_start(struct upstream *u, struct upstream_request *r)
     c->idle_timeout_ms = r->idle_timeout_ms;
     r->headers = NULL;
     r->body = NULL;
-    c->easy = curl_easy_init();
+    c->easy = u->n_easy ? u->easy_pool[--u->n_easy] : curl_easy_init();
     if (!c->easy)
         goto fail;
 
@@ -463,6 +549,8 @@ upstream_start(struct upstream *u, struct upstream_request *r)
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, curl_close_cb);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, u);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)r->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)r->timeout_ms);
     if (curl_multi_add_handle(u->multi, e) != CURLM_OK)
