@@ -1,6 +1,6 @@
 /* test_lifecycle.c - reload and shutdown under load: no request may fail, no log row may be lost.
  *
- * usage: test_lifecycle TRIAGED MOCKLLM
+ * usage: test_lifecycle TRIAGED MOCKLLM MAKE_MODEL
  * Starts mockllm and triaged (with the outcome log) on free loopback ports, then:
  *  - reload: client threads send routed requests without pause while the model file
  *    is replaced and SIGHUP / POST /admin/reload are sent, including a bad config and
@@ -22,54 +22,31 @@
 #include <sqlite3.h>
 
 #include "harness.h"
-#include "router.h"
 
 static char *triaged_bin;
 static char *mock_bin;
+static char *make_model_bin;
 static char dir[256];
 static unsigned mock_port;
 static pid_t mock_pid;
 
 #define USER_MSG(text) "\"messages\":[{\"role\":\"user\",\"content\":\"" text "\"}]"
 
-/* Trains a small model whose heads match the config's backends and writes it to
- * path through a rename, as an operator's deploy would. seed changes its version. */
+/* Writes a small model whose heads match the config's backends to path through a
+ * rename, as an operator's deploy would. seed changes its version. */
 static int
 write_model(const char *path, unsigned seed)
 {
-    struct router_dataset *d = router_dataset_new(12);
-    struct router_train_opts o;
-    char err[256], tmp[512];
-    int rc = -1;
+    char tmp[512], seed_s[16], out[512];
 
-    for (int i = 0; i < 30; i++) {
-        char easy[96], hard[160];
-        snprintf(easy, sizeof(easy), "what is %d plus %d", i, i + 2);
-        snprintf(hard, sizeof(hard), "prove the spectral bound %d for this operator", i);
-        json_t *e = json_pack("{s:s,s:{s:f,s:f}}", "prompt", easy, "outcomes", "fast", 1.0,
-                              "strong", 1.0);
-        json_t *h = json_pack("{s:s,s:{s:f,s:f}}", "prompt", hard, "outcomes", "fast", 0.0,
-                              "strong", 1.0);
-        router_dataset_add(d, e);
-        router_dataset_add(d, h);
-        json_decref(e);
-        json_decref(h);
-    }
-    router_train_opts_default(&o);
-    o.epochs = 2;
-    o.seed = seed;
-    o.strong = "strong";
-    o.weak = "fast";
-    struct router_model *m = router_train(d, NULL, 0, &o, err, sizeof(err));
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    if (m && router_model_save(m, tmp) == 0 && rename(tmp, path) == 0)
-        rc = 0;
-    else
-        fprintf(stderr, "cannot build the test model: %s\n", m ? "save failed" : err);
-    router_model_unref(m);
-    router_dataset_destroy(d);
-    router_thread_cleanup();
-    return rc;
+    snprintf(seed_s, sizeof(seed_s), "%u", seed);
+    char *argv[] = {make_model_bin, tmp, seed_s, NULL};
+    if (h_run(argv, out, sizeof(out)) != 0 || rename(tmp, path) != 0) {
+        fprintf(stderr, "cannot build the test model: %s\n", out);
+        return -1;
+    }
+    return 0;
 }
 
 static void
@@ -371,12 +348,13 @@ main(int argc, char **argv)
 {
     char *mock_argv[] = {NULL, "--port", "0", NULL};
 
-    if (argc != 3) {
-        fprintf(stderr, "usage: test_lifecycle TRIAGED MOCKLLM\n");
+    if (argc != 4) {
+        fprintf(stderr, "usage: test_lifecycle TRIAGED MOCKLLM MAKE_MODEL\n");
         return 2;
     }
     triaged_bin = argv[1];
     mock_bin = argv[2];
+    make_model_bin = argv[3];
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     snprintf(dir, sizeof(dir), "/tmp/triage-lifecycle-XXXXXX");

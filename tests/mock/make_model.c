@@ -1,6 +1,8 @@
 /* make_model.c - writes a tiny predictor model (heads fast and strong) to argv[1], for tests
- * that run the real triaged (demo, clients) and check the wire protocol, not routing quality. */
+ * that run the real triaged (demo, clients, lifecycle) and check the wire protocol, not
+ * routing quality. An optional seed (argv[2]) gives another model version, for reloads. */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include <jansson.h>
 
@@ -13,8 +15,8 @@ main(int argc, char **argv)
     char err[256];
     int rc = 1;
 
-    if (argc != 2) {
-        fprintf(stderr, "usage: make_model OUT.tmod\n");
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: make_model OUT.tmod [SEED]\n");
         return 2;
     }
     struct router_dataset *d = router_dataset_new(10);
@@ -33,6 +35,8 @@ main(int argc, char **argv)
     o.epochs = 2;
     o.strong = "strong";
     o.weak = "fast";
+    if (argc == 3)
+        o.seed = strtoull(argv[2], NULL, 10);
     struct router_model *m = router_train(d, NULL, 0, &o, err, sizeof(err));
     if (m && router_model_save(m, argv[1]) == 0)
         rc = 0;
