@@ -8,6 +8,7 @@
  * and relayed as each event arrives, never buffered whole. */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -192,6 +193,20 @@ js_integer(const char *p, const char *end, int64_t *out)
     return 0;
 }
 
+/* 1 if one of the 8 bytes at p must be escaped in a JSON string (< 0x20, '"', '\\'):
+ * the "has a byte less than" word tricks, exact for "any". */
+static int
+escape_in8(const char *p)
+{
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t x, q, bs;
+
+    memcpy(&x, p, 8);
+    q = x ^ (ones * '"');
+    bs = x ^ (ones * '\\');
+    return (((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & high ? 1 : 0;
+}
+
 /* Appends s (n bytes of UTF-8) as a JSON string, escaped exactly as jansson's dump does. */
 static void
 put_json_string(struct daemon_buf *b, const char *s, size_t n)
@@ -201,6 +216,10 @@ put_json_string(struct daemon_buf *b, const char *s, size_t n)
 
     daemon__buf_append(b, "\"", 1);
     for (size_t i = 0; i < n; i++) {
+        while (i + 8 <= n && !escape_in8(s + i))
+            i += 8; /* prompts are mostly plain text: skip it a word at a time */
+        if (i >= n)
+            break;
         unsigned char ch = (unsigned char)s[i];
         if (ch >= 0x20 && ch != '"' && ch != '\\')
             continue;
@@ -798,6 +817,24 @@ daemon__proxy_release(struct daemon_request *rq)
 
 /* ---- the request ----------------------------------------------------------------- */
 
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void
+sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL); /* kept for the process's life */
+}
+
+/* SHA-256, fetched once: EVP_sha256() makes OpenSSL 3 look the algorithm up on every
+ * digest, which costs more than hashing a prompt. */
+static const EVP_MD *
+sha256(void)
+{
+    pthread_once(&sha256_once, sha256_fetch);
+    return sha256_md ? sha256_md : EVP_sha256();
+}
+
 static void
 hash_prompt(struct daemon_request *rq, json_t *messages, enum conf_store_prompts mode)
 {
@@ -808,9 +845,13 @@ hash_prompt(struct daemon_request *rq, json_t *messages, enum conf_store_prompts
 
     if (mode == CONF_STORE_PROMPTS_NONE)
         return;
+    text.cap = rq->body.len + 64; /* the dump is about the body's size: no regrowing */
+    text.data = malloc(text.cap);
+    if (!text.data)
+        abort();
     /* the digest of json_dumps(messages, JSON_COMPACT | JSON_SORT_KEYS), written faster */
     canon_dump(&text, messages);
-    if (EVP_Digest(text.data, text.len, md, &mdlen, EVP_sha256(), NULL) == 1) {
+    if (EVP_Digest(text.data, text.len, md, &mdlen, sha256(), NULL) == 1) {
         rq->prompt_hash = malloc(2 * mdlen + 1);
         if (!rq->prompt_hash)
             abort();
