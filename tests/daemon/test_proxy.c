@@ -19,6 +19,7 @@
 #include <sqlite3.h>
 
 #include "auth.h"
+#include "daemon-int.h"
 #include "harness.h"
 #include "router.h"
 
@@ -243,6 +244,71 @@ test_body_rewrite(void)
         json_decref(last);
         json_decref(sent);
     }
+}
+
+/* daemon__json_load either declines or builds exactly what json_loadb builds; checked
+ * on tricky documents, every truncation of them and every one-byte change. */
+static int
+parser_agrees(const char *buf, size_t len)
+{
+    json_t *fast = daemon__json_load(buf, len);
+    json_t *slow = json_loadb(buf, len, 0, NULL);
+    int ok = !fast || (slow && json_equal(fast, slow));
+
+    if (!ok)
+        fprintf(stderr, "parser disagrees on: %.*s\n", (int)len, buf);
+    json_decref(fast);
+    json_decref(slow);
+    return ok;
+}
+
+static void
+test_request_parser(void)
+{
+    static const char *const docs[] = {
+        "{\"model\":\"triage\",\"stream\":false,\"temperature\":0.2,\"max_tokens\":512,"
+        "\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},{\"role\":\"user\","
+        "\"content\":\"what is 2+2? caf\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80\"}]}",
+        " {\"a\" : [ 1 , -0 , 0.5 , -1.5e3 , 1E-2 , 2e+2 , true , false , null , { } , [ ] ] } ",
+        "{\"s\":\"q\\\"b\\\\s\\/f\\bb\\ff\\nn\\rr\\tt\\u00e9\\u4e2d\\ud83d\\ude00\\u001f\"}",
+        "{\"dup\":1,\"dup\":\"two\",\"x\":{\"dup\":[],\"dup\":{}}}",
+        "[\"\", \"\\u0041\", 9223372036854775807, -9223372036854775808, 1.7976931348623157e308]",
+        "{\"big\":9223372036854775808,\"inf\":1e400,\"tiny\":1e-400}",
+        "{\"nul\":\"a\\u0000b\",\"lone\":\"\\ud800\",\"low\":\"\\udc00x\",\"k\\u0065y\":1}",
+        "[\"\xc0\xaf\"]", "[\"\xed\xa0\x80\"]", "[\"\xf4\x90\x80\x80\"]", "[\"\xe4\xb8\"]",
+        "[\"\xe0\x9f\xbf\"]", "[\"\xf0\x8f\xbf\xbf\"]", "[\"a\xf4\x8f\xbf\xbf" "b\"]",
+        "{\"lead\":01,\"dot\":1.,\"exp\":1e,\"neg\":-,\"plus\":+1}",
+        "{\"ctl\":\"a\tb\",\"trail\":[1,],\"obj\":{\"a\":1,}}",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]"
+        "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+        "\"top\"", "42", "{} x", "{\"a\":1}}", "",
+    };
+    static const char subst[] = "\"\\{}[],:0e.-u \x01\x80\xff";
+    int agree = 1;
+
+    /* the common request shapes take the fast path */
+    for (size_t i = 0; i < 5; i++) {
+        json_t *v = daemon__json_load(docs[i], strlen(docs[i]));
+        CHECK(v != NULL);
+        json_decref(v);
+    }
+    for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++) {
+        size_t n = strlen(docs[i]);
+        char *b = malloc(n + 1);
+        if (!b)
+            abort();
+        for (size_t l = 0; l <= n; l++)
+            agree &= parser_agrees(docs[i], l);
+        for (size_t at = 0; at < n; at++) {
+            for (size_t k = 0; k < sizeof(subst) - 1; k++) {
+                memcpy(b, docs[i], n);
+                b[at] = subst[k];
+                agree &= parser_agrees(b, n);
+            }
+        }
+        free(b);
+    }
+    CHECK(agree);
 }
 
 /* Counts TCP connections to or from port in TIME_WAIT: each closed connection
@@ -1212,6 +1278,7 @@ main(int argc, char **argv)
         {"die_mid_stream", test_die_mid_stream},
         {"bad_input", test_bad_input},
         {"body_rewrite", test_body_rewrite},
+        {"request_parser", test_request_parser},
         {"routing", test_routing},
         {"models_health", test_models_health},
         {"retry_fallback_breaker", test_retry_fallback_breaker},
