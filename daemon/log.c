@@ -116,14 +116,27 @@ put_key(struct line *l, const char *key, int first)
 static void
 begin(struct line *l, int level)
 {
+    /* the date and time up to the second, formatted once a second per thread */
+    static _Thread_local time_t sec = -1;
+    static _Thread_local char when[64];
+    static _Thread_local size_t n;
     struct timespec ts;
-    struct tm tm;
-    char when[64];
 
     clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    if (ts.tv_sec != sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        n = (size_t)snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.",
+                             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                             tm.tm_min, tm.tm_sec);
+        sec = ts.tv_sec;
+    }
+    long ms = ts.tv_nsec / 1000000;
+    when[n] = (char)('0' + ms / 100);
+    when[n + 1] = (char)('0' + ms / 10 % 10);
+    when[n + 2] = (char)('0' + ms % 10);
+    when[n + 3] = 'Z';
+    when[n + 4] = '\0';
     l->len = 0;
     if (log_json)
         put(l, "{", 1);
