@@ -76,11 +76,17 @@ js_ws(const char *p, const char *end)
     return p;
 }
 
+static int escape_in8(const char *p);
+
 /* p at a '"': returns just past the closing quote, or NULL. */
 static const char *
 js_string_end(const char *p, const char *end)
 {
     for (p++; p < end; p++) {
+        while (p + 8 <= end && !escape_in8(p))
+            p += 8; /* no quote or backslash in these 8 */
+        if (p >= end)
+            break;
         if (*p == '\\')
             p++;
         else if (*p == '"')
