@@ -94,7 +94,8 @@ start_triaged() { # PORT UPSTREAM NAME WORKERS CORES
 listen = 127.0.0.1
 port = $1
 workers = $4
-log_level = warn
+# the default: one access line per request, as in production
+log_level = info
 [router]
 model = $root/models/default.tmod
 aliases = triage

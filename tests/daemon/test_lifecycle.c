@@ -7,7 +7,8 @@
  *    a corrupt model in between; every request must succeed, the bad files must be
  *    refused with the old snapshot kept, and the good ones must take effect;
  *  - drain: streams in flight when SIGTERM arrives must all finish intact, the daemon
- *    must exit 0, and every request it answered must have its row in the database. */
+ *    must exit 0, and every request it answered must have its row in the database;
+ *  - header limit: headers beyond max_header get 431 and the daemon goes on serving. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -64,18 +65,18 @@ write_file(const char *name, const char *text)
 }
 
 static void
-write_conf(unsigned port)
+write_conf(unsigned port, const char *server_extra)
 {
     char text[2048];
 
     snprintf(text, sizeof(text),
              "[server]\nlisten = 127.0.0.1\nport = %u\nworkers = 2\nshutdown_timeout_ms = 10000\n"
-             "log_level = warn\n"
+             "log_level = warn\n%s\n"
              "[router]\nmodel = m.tmod\ntiers = fast, strong\n"
              "[storage]\npath = out.db\nflush_interval_ms = 20\n"
              "[backend fast]\nurl = http://127.0.0.1:%u/v1\nbreaker_failures = 1000\n"
              "[backend strong]\nurl = http://127.0.0.1:%u/v1\nbreaker_failures = 1000\n",
-             port, mock_port, mock_port);
+             port, server_extra ? server_extra : "", mock_port, mock_port);
     write_file("triage.conf", text);
 }
 
@@ -165,7 +166,7 @@ test_reload_under_load(void)
 
     snprintf(path, sizeof(path), "%s/m.tmod", dir);
     CHECK(write_model(path, 1) == 0);
-    write_conf(port);
+    write_conf(port, NULL);
     snprintf(path, sizeof(path), "%s/triage.conf", dir);
     char log[512];
     snprintf(log, sizeof(log), "%s/reload.log", dir);
@@ -203,7 +204,7 @@ test_reload_under_load(void)
     CHECK(strstr(msg, "port") != NULL);
 
     /* A corrupt model: refused by /admin/reload with the reason; the old one stays. */
-    write_conf(port);
+    write_conf(port, NULL);
     write_file("m.tmod", "this is not a model file");
     CHECK(admin_reload(port, msg, sizeof(msg)) == 500);
     CHECK(strstr(msg, "m.tmod") != NULL);
@@ -281,7 +282,7 @@ test_sigterm_drain(void)
 
     snprintf(path, sizeof(path), "%s/m.tmod", dir);
     CHECK(write_model(path, 4) == 0);
-    write_conf(port);
+    write_conf(port, NULL);
     snprintf(path, sizeof(path), "%s/triage.conf", dir);
     snprintf(log, sizeof(log), "%s/drain.log", dir);
     char *argv[] = {triaged_bin, "--config", path, NULL};
@@ -343,6 +344,49 @@ test_sigterm_drain(void)
     CHECK(rows == N_STREAMS);
 }
 
+/* ---- header size limit ------------------------------------------------------------ */
+
+/* Headers beyond max_header are refused with 431 by the HTTP layer, and the
+ * daemon goes on serving. */
+static void
+test_header_limit(void)
+{
+    unsigned port = h_free_port();
+    char path[512], log[512];
+    static char big[24 * 1024], small[1200];
+    pid_t pid;
+    struct h_resp r;
+
+    snprintf(path, sizeof(path), "%s/m.tmod", dir);
+    CHECK(write_model(path, 5) == 0);
+    write_conf(port, "max_header = 4k");
+    snprintf(path, sizeof(path), "%s/triage.conf", dir);
+    snprintf(log, sizeof(log), "%s/header.log", dir);
+    char *argv[] = {triaged_bin, "--config", path, NULL};
+    if (h_spawn_daemon(argv, port, log, &pid) < 0) {
+        CHECK(!"triaged started");
+        return;
+    }
+    snprintf(small, sizeof(small), "X-Filler: %01000d", 0);
+    snprintf(big, sizeof(big), "X-Filler: %020000d", 0);
+    const char *const ok_headers[] = {small, NULL};
+    const char *const big_headers[] = {big, NULL};
+    struct h_req ok = {.path = "/healthz", .headers = ok_headers};
+    struct h_req too_big = {.path = "/healthz", .headers = big_headers};
+
+    h_do(port, &ok, &r);
+    CHECK(r.status == 200);
+    h_resp_free(&r);
+    h_do(port, &too_big, &r);
+    CHECK(r.status == 431);
+    h_resp_free(&r);
+    h_get(port, "/healthz", &r);
+    CHECK(r.status == 200);
+    h_resp_free(&r);
+    int status = h_stop(pid, SIGTERM);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -370,6 +414,7 @@ main(int argc, char **argv)
 
     test_reload_under_load();
     test_sigterm_drain();
+    test_header_limit();
 
     h_stop(mock_pid, SIGTERM);
     char cmd[300];

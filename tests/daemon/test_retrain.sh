@@ -17,8 +17,9 @@ for _ in $(seq 50); do grep -q listening "$tmp/mock.out" && break; sleep 0.05; d
 mport=$(awk '/listening/ {print $3}' "$tmp/mock.out")
 [ -n "$mport" ] || fail "mockllm did not start"
 
-# Any port free a moment ago will do.
-port=$(( 30000 + RANDOM % 20000 ))
+# A port below the kernel's range for outgoing connections (32768 up), so no
+# client socket of another test can be holding it.
+port=$(( 20000 + RANDOM % 12000 ))
 "$make_model" "$tmp/m.tmod" || fail "make_model"
 cat >"$tmp/triage.conf" <<EOF
 [server]
