@@ -385,6 +385,12 @@ daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *resp)
         snprintf(num, sizeof(num), "%.4f", rq->threshold);
         add_header(resp, "x-triage-threshold", num);
     }
+    /* triage's own time on the request before it went upstream: body parse,
+     * features, score, policy and forward setup (also triage_routing_overhead_seconds) */
+    if (!isnan(rq->overhead_ms)) {
+        snprintf(num, sizeof(num), "%.0f", rq->overhead_ms * 1000);
+        add_header(resp, "x-triage-overhead-us", num);
+    }
 }
 
 void

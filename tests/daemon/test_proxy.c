@@ -597,6 +597,9 @@ test_routing(void)
     double score = header_num(&r, "x-triage-score");
     CHECK(score >= 0 && score <= 1);
     CHECK(header_num(&r, "x-triage-threshold") >= 0);
+    /* triage's own time, in microseconds: more than nothing, far less than the call */
+    double overhead_us = header_num(&r, "x-triage-overhead-us");
+    CHECK(overhead_us >= 1 && overhead_us < r.total_ms * 1000);
     h_resp_free(&r);
 
     /* threshold 0 sends everything to the strong tier, with its overrides merged */
