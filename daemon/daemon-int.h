@@ -79,6 +79,8 @@ struct daemon_worker {
     atomic_int done;       /* the thread's loop has ended */
     int listen_fd;         /* bound before MHD takes it; -1 once MHD owns it */
     int loop_ready;
+    unsigned n_conns;      /* open client connections (MHD's notify callback) */
+    unsigned max_conns;    /* this worker's share of [server] max_connections */
 };
 
 enum daemon_phase {

@@ -491,11 +491,18 @@ ep_readyz(struct daemon_request *rq)
     json_t *backends = json_array();
     for (size_t i = 0; i < c->n_backends; i++)
         json_array_append_new(backends, json_string(c->backends[i].name));
+    /* A failing outcome log (disk full, read-only) degrades, it does not stop
+     * serving: still 200, with the log's state for operators and probes. */
+    struct storage_counters sc = {0};
+    if (daemon__storage())
+        storage_get_counters(daemon__storage(), &sc);
     daemon__reply_json(rq, 200,
-                       json_pack("{s:s,s:s,s:I,s:o,s:b}", "status", "ready", "model",
+                       json_pack("{s:s,s:s,s:I,s:o,s:b,s:b,s:I}", "status",
+                                 sc.degraded ? "degraded" : "ready", "model",
                                  router_model_version(rq->snap->model), "generation",
                                  (json_int_t)rq->snap->generation, "backends", backends,
-                                 "storage", daemon__storage() != NULL));
+                                 "storage", daemon__storage() != NULL, "storage_degraded",
+                                 sc.degraded != 0, "log_rows_failed", (json_int_t)sc.failed));
 }
 
 struct reload_job {
@@ -1315,6 +1322,33 @@ fail:
     freeaddrinfo(ai);
     return -1;
 }
+/* MHD_OPTION_NOTIFY_CONNECTION: counts the worker's open client connections. */
+static void
+on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+              enum MHD_ConnectionNotificationCode code)
+{
+    struct daemon_worker *w = cls;
+
+    if (code == MHD_CONNECTION_NOTIFY_STARTED)
+        w->n_conns++;
+    else if (code == MHD_CONNECTION_NOTIFY_CLOSED && w->n_conns > 0)
+        w->n_conns--;
+}
+
+/* MHD_OPTION_ACCEPT_POLICY_CALLBACK: beyond max_connections a new connection is
+ * closed at once, so a client sees a clean refusal rather than a hang, and the
+ * server keeps accepting as soon as one closes. */
+static enum MHD_Result
+on_accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    struct daemon_worker *w = cls;
+
+    if (w->n_conns < w->max_conns)
+        return MHD_YES;
+    log_debug("connection refused: %u open, max_connections reached", w->n_conns);
+    return MHD_NO;
+}
+
 
 static int
 worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *err,
@@ -1347,18 +1381,21 @@ worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *e
     w->listen_fd = bind_listener(c, c->workers > 1, &v6, err, errlen);
     if (w->listen_fd < 0)
         return -1;
+    /* max_connections is for the whole server; each worker takes its share */
+    w->max_conns = c->max_connections / (c->workers ? c->workers : 1);
+    if (w->max_conns == 0)
+        w->max_conns = 1;
     /* turbo: read, write and accept before asking epoll whether they would block */
     unsigned flags = MHD_USE_EPOLL | MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    /* max_connections is for the whole server; each worker takes its share */
-    unsigned per_worker_limit = c->max_connections / (c->workers ? c->workers : 1);
-    if (per_worker_limit == 0)
-        per_worker_limit = 1;
     if (v6)
         flags |= MHD_USE_IPv6;
     w->mhd = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_access, w, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)w->listen_fd,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, w, MHD_OPTION_CONNECTION_LIMIT,
-        per_worker_limit, MHD_OPTION_CONNECTION_TIMEOUT,
+        flags, 0, on_accept_policy, w, on_access, w, MHD_OPTION_LISTEN_SOCKET,
+        (MHD_socket)w->listen_fd,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, w,
+        /* The connection limit is ours (on_accept_policy), not MHD's: in external
+         * epoll mode MHD stops accepting at its limit and never resumes. */
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, w, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)((c->idle_timeout_ms + 999) / 1000),
         /* The request headers plus room for ours: MHD zeroes the whole pool before
          * every request on a kept-alive connection, so it costs per request. */

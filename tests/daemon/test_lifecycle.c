@@ -7,8 +7,7 @@
  *    a corrupt model in between; every request must succeed, the bad files must be
  *    refused with the old snapshot kept, and the good ones must take effect;
  *  - drain: streams in flight when SIGTERM arrives must all finish intact, the daemon
- *    must exit 0, and every request it answered must have its row in the database;
- *  - header limit: headers beyond max_header get 431 and the daemon goes on serving. */
+ *    must exit 0, and every request it answered must have its row in the database. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -344,49 +343,6 @@ test_sigterm_drain(void)
     CHECK(rows == N_STREAMS);
 }
 
-/* ---- header size limit ------------------------------------------------------------ */
-
-/* Headers beyond max_header are refused with 431 by the HTTP layer, and the
- * daemon goes on serving. */
-static void
-test_header_limit(void)
-{
-    unsigned port = h_free_port();
-    char path[512], log[512];
-    static char big[24 * 1024], small[1200];
-    pid_t pid;
-    struct h_resp r;
-
-    snprintf(path, sizeof(path), "%s/m.tmod", dir);
-    CHECK(write_model(path, 5) == 0);
-    write_conf(port, "max_header = 4k");
-    snprintf(path, sizeof(path), "%s/triage.conf", dir);
-    snprintf(log, sizeof(log), "%s/header.log", dir);
-    char *argv[] = {triaged_bin, "--config", path, NULL};
-    if (h_spawn_daemon(argv, port, log, &pid) < 0) {
-        CHECK(!"triaged started");
-        return;
-    }
-    snprintf(small, sizeof(small), "X-Filler: %01000d", 0);
-    snprintf(big, sizeof(big), "X-Filler: %020000d", 0);
-    const char *const ok_headers[] = {small, NULL};
-    const char *const big_headers[] = {big, NULL};
-    struct h_req ok = {.path = "/healthz", .headers = ok_headers};
-    struct h_req too_big = {.path = "/healthz", .headers = big_headers};
-
-    h_do(port, &ok, &r);
-    CHECK(r.status == 200);
-    h_resp_free(&r);
-    h_do(port, &too_big, &r);
-    CHECK(r.status == 431);
-    h_resp_free(&r);
-    h_get(port, "/healthz", &r);
-    CHECK(r.status == 200);
-    h_resp_free(&r);
-    int status = h_stop(pid, SIGTERM);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-}
-
 int
 main(int argc, char **argv)
 {
@@ -414,7 +370,6 @@ main(int argc, char **argv)
 
     test_reload_under_load();
     test_sigterm_drain();
-    test_header_limit();
 
     h_stop(mock_pid, SIGTERM);
     char cmd[300];
