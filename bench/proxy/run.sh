@@ -4,7 +4,7 @@
 # markdown table of medians: requests/s, p50/p99 latency, CPU µs per request of the
 # process under test (from /proc/<pid>/stat), RSS, and ratios to nginx.
 #
-#   bench/proxy/run.sh [--duration S] [--reps N] [--smoke] [--build DIR]
+#   bench/proxy/run.sh [--duration S] [--reps N] [--smoke] [--build DIR] [--no-outcome-log]
 #
 # The process under test is pinned to core 0; wrk and the mock share core 1.
 # Needs: wrk, nginx (Debian packages), a release build (made in build-bench).
@@ -15,6 +15,7 @@ root=$(cd "$here/../.." && pwd)
 duration=10
 reps=3
 smoke=0
+outcome_log=1
 build="$root/build-bench"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -22,6 +23,7 @@ while [ $# -gt 0 ]; do
     --reps) reps=$2; shift 2 ;;
     --smoke) smoke=1; duration=2; reps=1; shift ;;
     --build) build=$2; shift 2 ;;
+    --no-outcome-log) outcome_log=0; shift ;;
     -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -101,8 +103,7 @@ model = $root/models/default.tmod
 aliases = triage
 threshold = 0.5
 tiers = fast, strong
-[storage]
-path = $dir/$3/triage.db
+$([ "$outcome_log" = 1 ] && printf '[storage]\npath = %s\n' "$dir/$3/triage.db")
 [backend fast]
 url = http://127.0.0.1:$2/v1
 head = weak
