@@ -101,6 +101,25 @@ test('routing headers through the raw response', async () => {
   assert.equal(pinned.response.headers.get('x-triage-backend'), 'strong');
 });
 
+test('fields triage does not use reach the backend untouched', async () => {
+  const tools = [{ type: 'function', function: { name: 'lookup', description: 'Look a word up.',
+    parameters: { type: 'object', properties: { word: { type: 'string' } }, required: ['word'] } } }];
+  const parts = [{ role: 'user', content: [{ type: 'text', text: 'Describe this.' },
+    { type: 'image_url', image_url: { url: 'data:image/png;base64,iVBORw0KGgo=' } }] }];
+  const extra = { tools, tool_choice: 'auto', n: 2, max_completion_tokens: 77, seed: 11,
+    response_format: { type: 'json_object' }, metadata: { team: 'search' }, user: 'u-42',
+    logit_bias: { 50256: -100 }, x_vendor_option: { deep: [1, 'two', null] } };
+  for (const model of ['fast', 'triage']) {
+    await client.chat.completions.create({ model, messages: parts, ...extra });
+    const stats = await (await fetch(`${process.env.MOCK_FAST_URL}/_mock/stats`)).json();
+    const got = stats.last_request;
+    if (model === 'triage' && got.model !== 'mock-fast') continue; // routed to the other mock
+    assert.equal(got.model, 'mock-fast'); // the one field triage rewrites
+    assert.deepEqual(got.messages, parts);
+    for (const [k, v] of Object.entries(extra)) assert.deepEqual(got[k], v, k);
+  }
+});
+
 let failed = 0;
 for (const { name, fn } of tests) {
   try {

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # run.sh - the 'clients' suite: starts two mockllm backends and triaged on a generated
-# config, then drives triaged with the official openai npm client (openai-sdk.test.mjs).
-# Exits 77 (skipped) when node or tests/clients/node_modules is missing (`npm ci` there).
-# Usage: run.sh MOCKLLM TRIAGED MAKE_MODEL
+# config, then drives triaged with a real client: the official openai npm package
+# (openai-sdk.test.mjs) or curl (curl.sh), with TRIAGE_URL and MOCK_FAST_URL set.
+# The node client exits 77 (skipped) when node or tests/clients/node_modules is
+# missing (`npm ci` there).
+# Usage: run.sh MOCKLLM TRIAGED MAKE_MODEL {node|curl}
 set -uo pipefail
-mockllm=$1 triaged=$2 make_model=$3
+mockllm=$1 triaged=$2 make_model=$3 client=${4:-node}
 here=$(cd "$(dirname "$0")" && pwd)
 
-command -v node >/dev/null || { echo "node not found: skipped"; exit 77; }
-[ -f "$here/node_modules/openai/package.json" ] \
-    || { echo "no tests/clients/node_modules (run npm ci there): skipped"; exit 77; }
+if [ "$client" = node ]; then
+    command -v node >/dev/null || { echo "node not found: skipped"; exit 77; }
+    [ -f "$here/node_modules/openai/package.json" ] \
+        || { echo "no tests/clients/node_modules (run npm ci there): skipped"; exit 77; }
+fi
 
 tmp=$(mktemp -d)
 pids=()
@@ -74,7 +78,12 @@ for _ in $(seq 100); do
 done
 [ -n "$up" ] || { echo "triaged did not start"; cat "$tmp/triaged.log"; exit 1; }
 
-cd "$here" && TRIAGE_URL="http://127.0.0.1:$port" node openai-sdk.test.mjs
+export TRIAGE_URL="http://127.0.0.1:$port" MOCK_FAST_URL="http://127.0.0.1:$port_fast"
+if [ "$client" = node ]; then
+    (cd "$here" && node openai-sdk.test.mjs)
+else
+    bash "$here/curl.sh"
+fi
 rc=$?
 [ $rc -eq 0 ] || { echo "--- triaged log"; cat "$tmp/triaged.log"; }
 exit $rc
