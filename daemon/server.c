@@ -1393,9 +1393,12 @@ worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *e
         flags, 0, on_accept_policy, w, on_access, w, MHD_OPTION_LISTEN_SOCKET,
         (MHD_socket)w->listen_fd,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, w,
-        /* The connection limit is ours (on_accept_policy), not MHD's: in external
-         * epoll mode MHD stops accepting at its limit and never resumes. */
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, w, MHD_OPTION_CONNECTION_TIMEOUT,
+        /* The connection limit is ours (on_accept_policy): in external epoll mode
+         * MHD stops accepting at its own limit and never resumes. MHD's is set
+         * above ours (slack for connections it is still cleaning up) so it is never
+         * reached; left unset it would be FD_SETSIZE - 4 = 1020. */
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, w, MHD_OPTION_CONNECTION_LIMIT,
+        w->max_conns + w->max_conns / 4 + 64, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)((c->idle_timeout_ms + 999) / 1000),
         /* The request headers plus room for ours: MHD zeroes the whole pool before
          * every request on a kept-alive connection, so it costs per request. */

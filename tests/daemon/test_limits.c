@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -208,6 +209,46 @@ test_max_connections(void)
     stop(pid);
 }
 
+/* More connections than select()'s FD_SETSIZE (MHD's default limit, 1020) are held
+ * with the default max_connections, and the daemon still serves. Skipped when this
+ * process cannot open that many files. */
+static void
+test_many_connections(void)
+{
+    enum { N = 1200 };
+    static int held[N];
+    struct rlimit rl;
+    pid_t pid;
+
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < N + 200) {
+        fprintf(stderr, "many connections: skipped (open files limit %llu)\n",
+                (unsigned long long)rl.rlim_cur);
+        return;
+    }
+    unsigned port = start("many", NULL, NULL, &pid);
+    if (!port) {
+        CHECK(!"triaged started");
+        return;
+    }
+    int opened = 0;
+    for (int i = 0; i < N; i++)
+        if ((held[i] = dial(port, 200)) >= 0)
+            opened++;
+    usleep(300 * 1000);
+    struct h_resp r;
+    h_get(port, "/healthz", &r);
+    fprintf(stderr, "many connections: %d held, then /healthz answered %ld\n", opened, r.status);
+    CHECK(opened == N && r.status == 200);
+    h_resp_free(&r);
+    for (int i = 0; i < N; i++)
+        if (held[i] >= 0)
+            close(held[i]);
+    stop(pid);
+}
+
 /* Headers beyond max_header get 431 from the HTTP layer; the daemon goes on. */
 static void
 test_header_limit(void)
@@ -337,6 +378,7 @@ main(int argc, char **argv)
     test_read_timeout();
     test_idle_timeout();
     test_max_connections();
+    test_many_connections();
     test_header_limit();
     test_disk_full();
 
