@@ -199,9 +199,6 @@ void daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *r
 
 /* proxy.c */
 void daemon__chat_completions(struct daemon_request *rq);
-/* Parses an object or array as json_loadb(buf, len, 0) would, faster; NULL for
- * anything unusual, valid or not (then ask json_loadb). Returns a new reference. */
-json_t *daemon__json_load(const char *buf, size_t len);
 void daemon__models(struct daemon_request *rq);
 void daemon__model_get(struct daemon_request *rq); /* GET /v1/models/{id} */
 /* outcomes.c: run on the thread pool, reply from the loop */

@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <jansson.h>
 
@@ -85,5 +86,28 @@ uint32_t features_bucket(unsigned n_bits, enum features_family fam, uint64_t key
 
 /* Returns the 64-bit hash of a folded token's bytes (FNV-1a). */
 uint64_t features_hash_token(const char *bytes, size_t len);
+
+/* ---- request JSON ------------------------------------------------------------- */
+
+/* Parses a request body into a new jansson tree, exactly the one json_loadb would
+ * build, several times faster on the long strings requests are made of. Returns
+ * NULL when it declines: invalid JSON, or anything unusual (deep nesting, numbers out
+ * of range, "\u0000", escaped keys); call json_loadb then, which stays the authority
+ * on validity and on the error message. Borrows buf. */
+json_t *features_json_load(const char *buf, size_t len);
+
+/* 1 if one of the 8 bytes at p must be escaped in a JSON string (< 0x20, '"', '\\'):
+ * lets JSON scanners skip plain text a word at a time. Reads exactly 8 bytes. */
+static inline int
+features_json_escape_in8(const char *p)
+{
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t x, q, bs;
+
+    memcpy(&x, p, 8);
+    q = x ^ (ones * '"');
+    bs = x ^ (ones * '\\');
+    return (((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & high ? 1 : 0;
+}
 
 #endif

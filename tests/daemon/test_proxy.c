@@ -21,6 +21,7 @@
 #include "auth.h"
 #include "daemon-int.h"
 #include "harness.h"
+#include "prompt_features.h"
 #include "router.h"
 
 static char *triaged_bin;
@@ -246,12 +247,12 @@ test_body_rewrite(void)
     }
 }
 
-/* daemon__json_load either declines or builds exactly what json_loadb builds; checked
+/* features_json_load either declines or builds exactly what json_loadb builds; checked
  * on tricky documents, every truncation of them and every one-byte change. */
 static int
 parser_agrees(const char *buf, size_t len)
 {
-    json_t *fast = daemon__json_load(buf, len);
+    json_t *fast = features_json_load(buf, len);
     json_t *slow = json_loadb(buf, len, 0, NULL);
     int ok = !fast || (slow && json_equal(fast, slow));
 
@@ -288,7 +289,7 @@ test_request_parser(void)
 
     /* the common request shapes take the fast path */
     for (size_t i = 0; i < 5; i++) {
-        json_t *v = daemon__json_load(docs[i], strlen(docs[i]));
+        json_t *v = features_json_load(docs[i], strlen(docs[i]));
         CHECK(v != NULL);
         json_decref(v);
     }

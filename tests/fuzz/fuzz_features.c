@@ -1,4 +1,4 @@
-/* fuzz_features.c - fuzz target for the features path: a request body through jansson and features_extract, and the raw bytes as a prompt. */
+/* fuzz_features.c - fuzz target for the features path: a request body through the fast parser (checked against jansson's) and features_extract, and the raw bytes as a prompt. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +34,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (!s && !(s = features_scratch_new(BITS)))
         abort();
+    /* The daemon's parser must build exactly jansson's tree, or decline. */
+    json_t *fast = features_json_load((const char *)data, size);
+    json_t *slow = json_loadb((const char *)data, size, 0, &err);
+    if (fast && (!slow || !json_equal(fast, slow)))
+        abort();
+    json_decref(fast);
+    json_decref(slow);
+
     json_t *req = json_loadb((const char *)data, size, JSON_ALLOW_NUL, &err);
     if (req) {
         if (features_extract(s, req, &v) == 0)
