@@ -341,3 +341,44 @@ h_run(char *const argv[], char *out, size_t outlen)
         return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+int
+h_env_setup(struct h_env *e, const char *name, int argc, char **argv)
+{
+    char *mock_argv[] = {NULL, "--port", "0", NULL};
+
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s TRIAGED MOCKLLM MAKE_MODEL\n", argv[0]);
+        return 2;
+    }
+    e->triaged = argv[1];
+    e->mock = argv[2];
+    e->make_model = argv[3];
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    snprintf(e->dir, sizeof(e->dir), "/tmp/triage-%s-XXXXXX", name);
+    if (!mkdtemp(e->dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    mock_argv[0] = (char *)e->mock;
+    if (h_spawn_mock(mock_argv, &e->mock_pid, &e->mock_port) < 0) {
+        fprintf(stderr, "cannot start mockllm\n");
+        return 1;
+    }
+    return 0;
+}
+
+int
+h_env_finish(struct h_env *e)
+{
+    char cmd[300];
+
+    h_stop(e->mock_pid, SIGTERM);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", e->dir);
+    if (h_failures == 0 && system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", e->dir);
+    curl_global_cleanup();
+    printf("%s: %d failed checks\n", h_failures ? "FAIL" : "PASS", h_failures);
+    return h_failures ? 1 : 0;
+}

@@ -93,4 +93,22 @@ double h_now_ms(void);
 /* Runs a command line, returns its exit status (-1 on failure), output in out. */
 int h_run(char *const argv[], char *out, size_t outlen);
 
+/* What an integration test program shares: its binaries, a temporary folder and a
+ * running mockllm. */
+struct h_env {
+    const char *triaged, *mock, *make_model; /* from argv */
+    char dir[256];
+    unsigned mock_port;
+    pid_t mock_pid;
+};
+
+/* For "PROG TRIAGED MOCKLLM MAKE_MODEL": fills e, makes /tmp/triage-NAME-XXXXXX and
+ * starts mockllm on a free port. Returns 0, or the exit status to return (usage: 2,
+ * set-up failure: 1) after saying why. */
+int h_env_setup(struct h_env *e, const char *name, int argc, char **argv);
+
+/* Stops the mock, removes the folder unless a check failed (kept for reading), prints
+ * PASS or FAIL and returns the exit status. */
+int h_env_finish(struct h_env *e);
+
 #endif

@@ -23,12 +23,7 @@
 
 #include "harness.h"
 
-static char *triaged_bin;
-static char *mock_bin;
-static char *make_model_bin;
-static char dir[256];
-static unsigned mock_port;
-static pid_t mock_pid;
+static struct h_env env;
 
 #define USER_MSG(text) "\"messages\":[{\"role\":\"user\",\"content\":\"" text "\"}]"
 
@@ -41,7 +36,7 @@ write_model(const char *path, unsigned seed)
 
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     snprintf(seed_s, sizeof(seed_s), "%u", seed);
-    char *argv[] = {make_model_bin, tmp, seed_s, NULL};
+    char *argv[] = {(char *)env.make_model, tmp, seed_s, NULL};
     if (h_run(argv, out, sizeof(out)) != 0 || rename(tmp, path) != 0) {
         fprintf(stderr, "cannot build the test model: %s\n", out);
         return -1;
@@ -55,7 +50,7 @@ write_file(const char *name, const char *text)
     char path[512];
     FILE *f;
 
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    snprintf(path, sizeof(path), "%s/%s", env.dir, name);
     f = fopen(path, "w");
     if (!f)
         abort();
@@ -75,7 +70,7 @@ write_conf(unsigned port, const char *server_extra)
              "[storage]\npath = out.db\nflush_interval_ms = 20\n"
              "[backend fast]\nurl = http://127.0.0.1:%u/v1\nbreaker_failures = 1000\n"
              "[backend strong]\nurl = http://127.0.0.1:%u/v1\nbreaker_failures = 1000\n",
-             port, server_extra ? server_extra : "", mock_port, mock_port);
+             port, server_extra ? server_extra : "", env.mock_port, env.mock_port);
     write_file("triage.conf", text);
 }
 
@@ -163,13 +158,13 @@ test_reload_under_load(void)
     struct load l = {.port = port};
     struct load ls = {.port = port, .stream = 1};
 
-    snprintf(path, sizeof(path), "%s/m.tmod", dir);
+    snprintf(path, sizeof(path), "%s/m.tmod", env.dir);
     CHECK(write_model(path, 1) == 0);
     write_conf(port, NULL);
-    snprintf(path, sizeof(path), "%s/triage.conf", dir);
+    snprintf(path, sizeof(path), "%s/triage.conf", env.dir);
     char log[512];
-    snprintf(log, sizeof(log), "%s/reload.log", dir);
-    char *argv[] = {triaged_bin, "--config", path, NULL};
+    snprintf(log, sizeof(log), "%s/reload.log", env.dir);
+    char *argv[] = {(char *)env.triaged, "--config", path, NULL};
     if (h_spawn_daemon(argv, port, log, &pid) < 0) {
         CHECK(!"triaged started");
         return;
@@ -184,7 +179,7 @@ test_reload_under_load(void)
 
     /* A new model by SIGHUP: it must take effect. */
     usleep(300 * 1000);
-    snprintf(path, sizeof(path), "%s/m.tmod", dir);
+    snprintf(path, sizeof(path), "%s/m.tmod", env.dir);
     CHECK(write_model(path, 2) == 0);
     kill(pid, SIGHUP);
     char v2[128] = "";
@@ -279,12 +274,12 @@ test_sigterm_drain(void)
         .timeout_ms = 20000,
     };
 
-    snprintf(path, sizeof(path), "%s/m.tmod", dir);
+    snprintf(path, sizeof(path), "%s/m.tmod", env.dir);
     CHECK(write_model(path, 4) == 0);
     write_conf(port, NULL);
-    snprintf(path, sizeof(path), "%s/triage.conf", dir);
-    snprintf(log, sizeof(log), "%s/drain.log", dir);
-    char *argv[] = {triaged_bin, "--config", path, NULL};
+    snprintf(path, sizeof(path), "%s/triage.conf", env.dir);
+    snprintf(log, sizeof(log), "%s/drain.log", env.dir);
+    char *argv[] = {(char *)env.triaged, "--config", path, NULL};
     if (h_spawn_daemon(argv, port, log, &pid) < 0) {
         CHECK(!"triaged started");
         return;
@@ -337,7 +332,7 @@ test_sigterm_drain(void)
     CHECK(after.rc != CURLE_OK);
     h_resp_free(&after);
 
-    snprintf(path, sizeof(path), "%s/out.db", dir);
+    snprintf(path, sizeof(path), "%s/out.db", env.dir);
     int rows = count_rows(path, ids, N_STREAMS);
     fprintf(stderr, "SIGTERM drain: %d of %d rows in the outcome log\n", rows, N_STREAMS);
     CHECK(rows == N_STREAMS);
@@ -346,37 +341,11 @@ test_sigterm_drain(void)
 int
 main(int argc, char **argv)
 {
-    char *mock_argv[] = {NULL, "--port", "0", NULL};
+    int rc = h_env_setup(&env, "lifecycle", argc, argv);
 
-    if (argc != 4) {
-        fprintf(stderr, "usage: test_lifecycle TRIAGED MOCKLLM MAKE_MODEL\n");
-        return 2;
-    }
-    triaged_bin = argv[1];
-    mock_bin = argv[2];
-    make_model_bin = argv[3];
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    snprintf(dir, sizeof(dir), "/tmp/triage-lifecycle-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
-    mock_argv[0] = mock_bin;
-    if (h_spawn_mock(mock_argv, &mock_pid, &mock_port) < 0) {
-        fprintf(stderr, "cannot start mockllm\n");
-        return 1;
-    }
-
+    if (rc)
+        return rc;
     test_reload_under_load();
     test_sigterm_drain();
-
-    h_stop(mock_pid, SIGTERM);
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    if (h_failures == 0 && system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
-    curl_global_cleanup();
-    printf("%s: %d failed checks\n", h_failures ? "FAIL" : "PASS", h_failures);
-    return h_failures ? 1 : 0;
+    return h_env_finish(&env);
 }

@@ -24,12 +24,7 @@
 
 #include "harness.h"
 
-static char *triaged_bin;
-static char *mock_bin;
-static char *make_model_bin;
-static char dir[256];
-static unsigned mock_port;
-static pid_t mock_pid;
+static struct h_env env;
 
 /* Starts triaged with server_extra in [server] and storage_extra as [storage]
  * (NULL: none). Returns its port, 0 on failure. */
@@ -40,7 +35,7 @@ start(const char *name, const char *server_extra, const char *storage_extra, pid
     char path[512], log[512];
     FILE *f;
 
-    snprintf(path, sizeof(path), "%s/%s.conf", dir, name);
+    snprintf(path, sizeof(path), "%s/%s.conf", env.dir, name);
     f = fopen(path, "w");
     if (!f)
         abort();
@@ -51,10 +46,10 @@ start(const char *name, const char *server_extra, const char *storage_extra, pid
             "[backend fast]\nurl = http://127.0.0.1:%u/v1\n"
             "[backend strong]\nurl = http://127.0.0.1:%u/v1\n",
             port, server_extra ? server_extra : "", storage_extra ? "[storage]\n" : "",
-            storage_extra ? storage_extra : "", mock_port, mock_port);
+            storage_extra ? storage_extra : "", env.mock_port, env.mock_port);
     fclose(f);
-    snprintf(log, sizeof(log), "%s/%s.log", dir, name);
-    char *argv[] = {triaged_bin, "--config", path, NULL};
+    snprintf(log, sizeof(log), "%s/%s.log", env.dir, name);
+    char *argv[] = {(char *)env.triaged, "--config", path, NULL};
     if (h_spawn_daemon(argv, port, log, pid) < 0) {
         fprintf(stderr, "%s: triaged did not start (see %s)\n", name, log);
         return 0;
@@ -289,7 +284,7 @@ test_disk_full(void)
     char mnt[512], storage[700];
     pid_t pid;
 
-    snprintf(mnt, sizeof(mnt), "%s/small", dir);
+    snprintf(mnt, sizeof(mnt), "%s/small", env.dir);
     mkdir(mnt, 0700);
     if (mount("tmpfs", mnt, "tmpfs", 0, "size=256k") < 0) {
         fprintf(stderr, "disk full: skipped (cannot mount a tmpfs: %s)\n", strerror(errno));
@@ -349,45 +344,22 @@ test_disk_full(void)
 int
 main(int argc, char **argv)
 {
-    char *mock_argv[] = {NULL, "--port", "0", NULL};
     char model[512], out[512];
+    int rc = h_env_setup(&env, "limits", argc, argv);
 
-    if (argc != 4) {
-        fprintf(stderr, "usage: test_limits TRIAGED MOCKLLM MAKE_MODEL\n");
-        return 2;
-    }
-    triaged_bin = argv[1];
-    mock_bin = argv[2];
-    make_model_bin = argv[3];
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    snprintf(dir, sizeof(dir), "/tmp/triage-limits-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    if (rc)
+        return rc;
+    snprintf(model, sizeof(model), "%s/m.tmod", env.dir);
+    char *mm_argv[] = {(char *)env.make_model, model, NULL};
+    if (h_run(mm_argv, out, sizeof(out)) != 0) {
+        fprintf(stderr, "cannot build the test model: %s\n", out);
         return 1;
     }
-    snprintf(model, sizeof(model), "%s/m.tmod", dir);
-    char *mm_argv[] = {make_model_bin, model, NULL};
-    mock_argv[0] = mock_bin;
-    if (h_run(mm_argv, out, sizeof(out)) != 0 ||
-        h_spawn_mock(mock_argv, &mock_pid, &mock_port) < 0) {
-        fprintf(stderr, "cannot set up: %s\n", out);
-        return 1;
-    }
-
     test_read_timeout();
     test_idle_timeout();
     test_max_connections();
     test_many_connections();
     test_header_limit();
     test_disk_full();
-
-    h_stop(mock_pid, SIGTERM);
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    if (h_failures == 0 && system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
-    curl_global_cleanup();
-    printf("%s: %d failed checks\n", h_failures ? "FAIL" : "PASS", h_failures);
-    return h_failures ? 1 : 0;
+    return h_env_finish(&env);
 }
