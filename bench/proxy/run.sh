@@ -37,34 +37,9 @@ if [ ! -d "$build" ]; then
 fi
 ninja -C "$build" >/dev/null
 
-ncpu=$(nproc)
-core_test=0
-core_load=$((ncpu > 1 ? 1 : 0))
-dir=$(mktemp -d /tmp/triage-bench.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+. "$root/bench/lib.sh"
+bench_setup bench
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-        || echo $((20000 + RANDOM % 20000))
-}
-
-# wait_port PORT: until something accepts on 127.0.0.1:PORT (5 s at most).
-wait_port() {
-    for _ in $(seq 50); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "run.sh: nothing listening on port $1" >&2
-    return 1
-}
-
-declare -A tpid
 start_mock() { # PORT CHUNKS
     taskset -c "$core_load" "$build/tests/mock/mockllm" --port "$1" --chunks "$2" \
         >"$dir/mock-$1.log" 2>&1 &
@@ -91,30 +66,8 @@ start_nginx() { # PORT UPSTREAM NAME
 
 start_triaged() { # PORT UPSTREAM NAME WORKERS CORES
     mkdir -p "$dir/$3"
-    cat >"$dir/$3/triage.conf" <<EOF
-[server]
-listen = 127.0.0.1
-port = $1
-workers = $4
-# the default: one access line per request, as in production
-log_level = info
-[router]
-model = $root/models/default.tmod
-aliases = triage
-threshold = 0.5
-tiers = fast, strong
-$([ "$outcome_log" = 1 ] && printf '[storage]\npath = %s\n' "$dir/$3/triage.db")
-[backend fast]
-url = http://127.0.0.1:$2/v1
-head = weak
-price_input = 0.6
-price_output = 0.6
-[backend strong]
-url = http://127.0.0.1:$2/v1
-head = strong
-price_input = 10
-price_output = 30
-EOF
+    # log_level info: one access line per request, as in production
+    triaged_conf "$1" "$2" "$4" info "$([ "$outcome_log" = 1 ] && echo "$dir/$3/triage.db")" >"$dir/$3/triage.conf"
     taskset -c "$5" "$build/daemon/triaged" --config "$dir/$3/triage.conf" \
         2>"$dir/$3/stderr.log" &
     pids+=($!)

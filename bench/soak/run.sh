@@ -39,30 +39,8 @@ if [ ! -d "$build" ]; then
 fi
 ninja -C "$build" daemon/triaged tests/mock/mockllm >/dev/null
 
-ncpu=$(nproc)
-core_test=0
-core_load=$((ncpu > 1 ? 1 : 0))
-dir=$(mktemp -d /tmp/triage-soak.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-        || echo $((20000 + RANDOM % 20000))
-}
-wait_port() {
-    for _ in $(seq 50); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "soak/run.sh: nothing listening on port $1" >&2
-    return 1
-}
+. "$root/bench/lib.sh"
+bench_setup soak
 
 mock_port=$(free_port)
 taskset -c "$core_load" "$build/tests/mock/mockllm" --port "$mock_port" --chunks 16 \
@@ -71,30 +49,7 @@ pids+=($!)
 wait_port "$mock_port"
 
 port=$(free_port)
-cat >"$dir/triage.conf" <<EOF
-[server]
-listen = 127.0.0.1
-port = $port
-workers = 1
-log_level = warn
-[router]
-model = $root/models/default.tmod
-aliases = triage
-threshold = 0.5
-tiers = fast, strong
-[storage]
-path = $dir/triage.db
-[backend fast]
-url = http://127.0.0.1:$mock_port/v1
-head = weak
-price_input = 0.6
-price_output = 0.6
-[backend strong]
-url = http://127.0.0.1:$mock_port/v1
-head = strong
-price_input = 10
-price_output = 30
-EOF
+triaged_conf "$port" "$mock_port" 1 warn "$dir/triage.db" >"$dir/triage.conf"
 taskset -c "$core_test" "$build/daemon/triaged" --config "$dir/triage.conf" 2>"$dir/triaged.log" &
 tpid=$!
 pids+=($tpid)

@@ -67,31 +67,9 @@ cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -pedantic "$here/sse_stamps.c" -o
 
 ulimit -n "$(ulimit -Hn)"
 fdlim=$(ulimit -n)
-ncpu=$(nproc)
-core_test=0
-core_load=$((ncpu > 1 ? 1 : 0))
+. "$root/bench/lib.sh"
+bench_setup streams
 [ "$same_core" = 1 ] && core_test=$core_load
-dir=$(mktemp -d /tmp/triage-streams.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-        || echo $((20000 + RANDOM % 20000))
-}
-wait_port() { # PORT: until something accepts on it (5 s at most)
-    for _ in $(seq 50); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "streams/run.sh: nothing listening on port $1" >&2
-    return 1
-}
 
 mock_port=$(free_port)
 taskset -c "$core_load" "$build/tests/mock/mockllm" --port "$mock_port" --stamp \
@@ -100,27 +78,8 @@ pids+=($!)
 wait_port "$mock_port"
 
 t_port=$(free_port)
-cat >"$dir/triage.conf" <<EOF
-[server]
-listen = 127.0.0.1
-port = $t_port
-workers = $workers
-max_connections = 100000
-log_level = warn
-[router]
-model = $root/models/default.tmod
-aliases = triage
-threshold = 0.5
-tiers = fast, strong
-[storage]
-path = $dir/triage.db
-[backend fast]
-url = http://127.0.0.1:$mock_port/v1
-head = weak
-[backend strong]
-url = http://127.0.0.1:$mock_port/v1
-head = strong
-EOF
+triaged_conf "$t_port" "$mock_port" "$workers" warn "$dir/triage.db" "max_connections = 100000" \
+    >"$dir/triage.conf"
 tcores=$core_test
 [ "$workers" -gt 1 ] && [ "$same_core" = 0 ] && tcores="0-$((ncpu - 1))"
 taskset -c "$tcores" "$build/daemon/triaged" --config "$dir/triage.conf" 2>"$dir/triaged.log" &
