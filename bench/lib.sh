@@ -21,11 +21,8 @@ bench_cleanup() {
     rm -rf "$dir"
 }
 
-# free_port: a loopback port that was free a moment ago.
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-        || echo $((20000 + RANDOM % 20000))
-}
+# free_port: a loopback port below the outgoing-connection range, free a moment ago.
+. "$root/tests/lib/free_port.sh"
 
 # wait_port PORT: until something accepts on 127.0.0.1:PORT (5 s at most).
 wait_port() {

@@ -8,6 +8,7 @@
 set -uo pipefail
 mockllm=$1 triaged=$2 make_model=$3 client=${4:-node}
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/../lib/free_port.sh"
 
 if [ "$client" = node ]; then
     command -v node >/dev/null || { echo "node not found: skipped"; exit 77; }
@@ -39,11 +40,7 @@ start_mock strong
 # a tiny predictor model: this suite tests the wire protocol, not routing quality
 "$make_model" "$tmp/model.tmod" || { echo "make_model failed"; exit 1; }
 
-# a free port for triaged: nothing answers on it
-for _ in $(seq 50); do
-    port=$((20000 + RANDOM % 20000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
-done
+port=$(free_port) || exit 1
 cat >"$tmp/triage.conf" <<CONF
 [server]
 listen = 127.0.0.1

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -289,21 +290,57 @@ h_stop(pid_t pid, int sig)
     return st;
 }
 
+/* The first port of the kernel's range for outgoing connections. */
+static unsigned
+ephemeral_low(void)
+{
+    unsigned low = 32768, high = 0;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+
+    if (f) {
+        if (fscanf(f, "%u %u", &low, &high) != 2 || low <= 12000)
+            low = 32768;
+        fclose(f);
+    }
+    return low;
+}
+
+/* Picks below the outgoing-connection range: a port the kernel hands out to client
+ * sockets can be taken by any test running beside this one between the pick and the
+ * server's bind() (a CI run once failed so). Below it only a listener can collide,
+ * and bind() tells whether one holds the port now. */
 unsigned
 h_free_port(void)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    unsigned port = 0;
+    static unsigned seed, given[64];
+    static size_t n_given;
+    unsigned low = ephemeral_low();
 
-    if (fd < 0)
-        return 0;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
+    if (!seed)
+        seed = (unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL);
+    for (int tries = 0; tries < 200; tries++) {
+        seed = seed * 1103515245u + 12345u;
+        unsigned port = 10000 + (seed >> 8) % (low - 10000);
+        int taken = 0;
+        for (size_t i = 0; i < n_given && i < 64; i++)
+            taken |= given[i] == port;
+        if (taken)
+            continue;
+
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0)
+            return 0;
+        int ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+        close(fd);
+        if (ok) {
+            given[n_given++ % 64] = port;
+            return port;
+        }
+    }
+    return 0;
 }
 
 int

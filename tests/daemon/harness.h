@@ -84,7 +84,8 @@ int h_spawn_daemon(char *const argv[], unsigned port, const char *errfile, pid_t
 /* Sends sig and waits; returns the wait status. */
 int h_stop(pid_t pid, int sig);
 
-/* Returns a TCP port on 127.0.0.1 that was free a moment ago. */
+/* Returns a TCP port on 127.0.0.1 that was free a moment ago, below the range the
+ * kernel gives client sockets (so no test's outgoing connection can take it). */
 unsigned h_free_port(void);
 
 /* Monotonic milliseconds. */

@@ -6,6 +6,7 @@
 # Usage: test_retrain.sh TRIAGE TRIAGED MOCKLLM MAKE_MODEL
 set -uo pipefail
 triage=$1 triaged=$2 mockllm=$3 make_model=$4
+. "$(dirname "$0")/../lib/free_port.sh"
 tmp=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -17,9 +18,7 @@ for _ in $(seq 50); do grep -q listening "$tmp/mock.out" && break; sleep 0.05; d
 mport=$(awk '/listening/ {print $3}' "$tmp/mock.out")
 [ -n "$mport" ] || fail "mockllm did not start"
 
-# A port below the kernel's range for outgoing connections (32768 up), so no
-# client socket of another test can be holding it.
-port=$(( 20000 + RANDOM % 12000 ))
+port=$(free_port) || fail "free_port"
 "$make_model" "$tmp/m.tmod" || fail "make_model"
 cat >"$tmp/triage.conf" <<EOF
 [server]

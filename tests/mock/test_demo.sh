@@ -6,6 +6,7 @@
 # Usage: test_demo.sh TRIAGE TRIAGED MAKE_MODEL
 set -uo pipefail
 triage=$1 triaged=$2 make_model=$3
+. "$(dirname "$0")/../lib/free_port.sh"
 tmp=$(mktemp -d)
 pid=
 pids=()
@@ -85,10 +86,7 @@ start_replay() { # start_replay ANSWERS: prints the port
 start_replay w
 start_replay m
 "$make_model" "$tmp/model.tmod" || fail "make_model"
-for _ in $(seq 50); do
-    dport=$((20000 + RANDOM % 20000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$dport") 2>/dev/null || break
-done
+dport=$(free_port) || fail "free_port"
 cat >"$tmp/e2e.conf" <<CONF
 [server]
 listen = 127.0.0.1

@@ -7,6 +7,7 @@
 # Exits 77 (skip) while /metrics is not wired into triaged (main.c: metrics_attach).
 set -u
 triaged=$1 mockllm=$2 toy_model=$3 outdir=$4
+. "$(dirname "$0")/../lib/free_port.sh"
 
 tmp=$(mktemp -d)
 pids=()
@@ -45,7 +46,7 @@ start_triaged() {
   local fast_url=$1
   dpid=
   for attempt in 1 2 3 4 5; do
-    port=$((20000 + RANDOM % 30000))
+    port=$(free_port) || return 1
     cat >"$tmp/triage.conf" <<CONF
 [server]
 listen = 127.0.0.1
