@@ -68,6 +68,10 @@ struct tok {
 
 /* Counters behind the dense signals. */
 struct counts {
+    /* the last user turn's ASCII characters, one counter per byte value: one
+     * increment a character instead of a test per signal; finish() sums them by
+     * class into the fields below */
+    uint32_t ascii[128];
     /* integers: a per-character floating-point add would chain 4-cycle latencies */
     uint64_t chars_all, chars_last, words_last, numbers, digits, operators, latex, code;
     uint64_t mc_options, questions, sentences, word_cps, letters, upper, nonascii, newlines;
@@ -77,8 +81,12 @@ struct counts {
     /* multiple-choice line-start detector: 0 line start, 1 saw '(', 2 saw a
      * letter, 3 rest of line */
     int mc_state;
-    uint32_t prev_cp;
 };
+
+/* Features wait in a small queue before they are counted: computing a batch of
+ * bucket ids apart from the table probes lets the probes of one batch overlap
+ * (and be prefetched) instead of each stalling the character loop. */
+#define PENDING_MAX 256
 
 /* Dedup table slot: bucket id + 1 (0 = empty) and its occurrences so far. */
 struct slot {
@@ -95,6 +103,8 @@ struct features_scratch {
     size_t n, cap;
     struct slot *slots; /* open addressing, at most half full */
     size_t mask;
+    uint32_t pending[PENDING_MAX]; /* bucket | family << 24, not counted yet */
+    size_t n_pending;
     struct tok tok[2];
     struct counts c;
 };
@@ -266,28 +276,42 @@ grow(struct features_scratch *s)
     free(old);
 }
 
-/* Counts one occurrence of a feature. Memory stays bounded by the number of
- * distinct buckets (at most 2^n_bits), however long the text. */
+/* Counts the queued features, in order: the table and first-seen order come out
+ * as if each had been counted when it was emitted. Memory stays bounded by the
+ * number of distinct buckets (at most 2^n_bits), however long the text. */
 static void
+flush(struct features_scratch *s)
+{
+    const size_t n = s->n_pending;
+
+    while (s->n + n > s->cap) /* room for all of them, so the loop below never grows */
+        grow(s);
+    for (size_t i = 0; i < n; i++) {
+        if (i + 8 < n)
+            __builtin_prefetch(&s->slots[((s->pending[i + 8] & 0xffffff) + 1) & s->mask]);
+        uint32_t b = s->pending[i] & 0xffffff;
+        size_t h = slot_find(s, b + 1);
+        if (s->slots[h].key != 0) {
+            s->slots[h].cnt++;
+            continue;
+        }
+        s->slots[h].key = b + 1;
+        s->slots[h].cnt = 1;
+        s->ids[s->n] = b;
+        s->fam[s->n] = (uint8_t)(s->pending[i] >> 24);
+        s->pos[s->n] = (uint32_t)h;
+        s->n++;
+    }
+    s->n_pending = 0;
+}
+
+/* Counts one occurrence of a feature (queued; flush() does the counting). */
+static inline void
 emit(struct features_scratch *s, enum features_family fam, uint64_t key)
 {
-    uint32_t b = features_bucket(s->n_bits, fam, key);
-    size_t h = slot_find(s, b + 1);
-
-    if (s->slots[h].key != 0) {
-        s->slots[h].cnt++;
-        return;
-    }
-    if (s->n == s->cap) {
-        grow(s);
-        h = slot_find(s, b + 1);
-    }
-    s->slots[h].key = b + 1;
-    s->slots[h].cnt = 1;
-    s->ids[s->n] = b;
-    s->fam[s->n] = (uint8_t)fam;
-    s->pos[s->n] = (uint32_t)h;
-    s->n++;
+    s->pending[s->n_pending++] = features_bucket(s->n_bits, fam, key) | (uint32_t)fam << 24;
+    if (s->n_pending == PENDING_MAX)
+        flush(s);
 }
 
 /* ---- UTF-8 and case folding ------------------------------------------------ */
@@ -542,6 +566,21 @@ char_class(uint32_t cp)
     return k;
 }
 
+/* Counts a non-ASCII character of the last user turn (ASCII ones go to c->ascii). */
+static void
+count_nonascii(struct counts *c, unsigned k)
+{
+    c->chars_last++;
+    c->nonascii++;
+    if (k & K_WORD) {
+        c->letters++; /* K_DIGIT is ASCII only */
+        if (k & K_UPPER)
+            c->upper++;
+    }
+    if (k & K_OP)
+        c->operators++;
+}
+
 /* Feeds one fragment of text (a message's content or a content part). Inlined
  * into one copy per stream, so the per-character tests on `last` fold away. */
 static inline __attribute__((always_inline)) void
@@ -551,49 +590,36 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
     struct tok *t = &s->tok[st];
     struct counts *c = &s->c;
     const bool last = st == STREAM_LAST;
+    unsigned prev_k = K_SPACE; /* class of the previous character */
     size_t i = 0;
 
     tok_reset(t);
     c->mc_state = 0;
-    c->prev_cp = ' ';
     while (i < len) {
         uint32_t cp, f;
+        unsigned k;
         if (p[i] < 0x80) {
             cp = p[i++];
-            f = (cp >= 'A' && cp <= 'Z') ? cp + 32 : cp;
+            k = ascii_class[cp];
+            f = cp + ((k & K_UPPER) << 3); /* A-Z to a-z */
+            if (last)
+                c->ascii[cp]++;
         } else {
             i += utf8_decode(p + i, len - i, &cp);
             f = features__fold(cp);
+            k = char_class(cp);
+            if (last)
+                count_nonascii(c, k);
         }
-        unsigned k = char_class(cp);
-        c->chars_all++;
 
         if (last) {
-            c->chars_last++;
-            if (cp >= 0x80)
-                c->nonascii++;
-            if ((k & (K_WORD | K_DIGIT)) == K_WORD) {
-                c->letters++;
-                if (k & K_UPPER)
-                    c->upper++;
-            }
-            if (k & K_DIGIT)
-                c->digits++;
-            if (k & K_OP)
-                c->operators++;
-            if (k & K_LATEX)
-                c->latex++;
-            if (k & K_CODE)
-                c->code++;
-            if (cp == '?')
-                c->questions++;
-            if (cp == '\n')
-                c->newlines++;
-            if ((k & K_SPACE) && (c->prev_cp == '.' || c->prev_cp == '!' || c->prev_cp == '?'))
-                c->sentences++;
-            if (c->mc_state != 3 || f == '\n' || f == '\r')
+            /* a sentence ends where a space follows '.', '!' or '?' */
+            c->sentences += (k & K_SPACE) && (prev_k & K_SENT);
+            prev_k = k;
+            if (c->mc_state != 3 || (k & K_SPACE)) /* past a line's start, only '\n' matters */
                 mc_step(c, f == '\r' ? '\n' : f);
-            c->prev_cp = cp;
+        } else {
+            c->chars_all++;
         }
 
         if (k & K_WORD) {
@@ -631,7 +657,7 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
         }
     }
     word_end(s, st);
-    if (last && (c->prev_cp == '.' || c->prev_cp == '!' || c->prev_cp == '?'))
+    if (last && (prev_k & K_SENT))
         c->sentences++;
 }
 
@@ -662,6 +688,7 @@ static void
 begin(struct features_scratch *s)
 {
     s->n = 0;
+    s->n_pending = 0;
     memset(&s->c, 0, sizeof(s->c));
     tok_reset(&s->tok[0]);
     tok_reset(&s->tok[1]);
@@ -679,12 +706,42 @@ frac(uint64_t a, uint64_t b)
     return b ? (float)((double)a / (double)b) : 0.0f;
 }
 
+/* Adds the last user turn's ASCII byte counts into the dense counters. */
+static void
+sum_ascii(struct counts *c)
+{
+    for (unsigned b = 0; b < 128; b++) {
+        uint64_t n = c->ascii[b];
+        unsigned k = ascii_class[b];
+        if (n == 0)
+            continue;
+        c->chars_last += n;
+        if ((k & (K_WORD | K_DIGIT)) == K_WORD)
+            c->letters += n;
+        if (k & K_UPPER)
+            c->upper += n;
+        if (k & K_DIGIT)
+            c->digits += n;
+        if (k & K_OP)
+            c->operators += n;
+        if (k & K_LATEX)
+            c->latex += n;
+        if (k & K_CODE)
+            c->code += n;
+    }
+    c->questions += c->ascii['?'];
+    c->newlines += c->ascii['\n'];
+    c->chars_all += c->chars_last;
+}
+
 static void
 finish(struct features_scratch *s, struct features_vec *out)
 {
-    const struct counts *c = &s->c;
+    struct counts *c = &s->c;
     float *d = out->dense;
     double norm[FEATURES_N_FAMILIES] = {0};
+
+    sum_ascii(c);
 
     d[D_CHARS_ALL] = lg(c->chars_all);
     d[D_CHARS_LAST] = lg(c->chars_last);
@@ -721,6 +778,7 @@ finish(struct features_scratch *s, struct features_vec *out)
             bin = 31;
         emit(s, FEATURES_FAM_DENSE_BIN, ((uint64_t)j << 8) | (uint64_t)bin);
     }
+    flush(s);
 
     /* log term frequency, L2-normalised per family (most counts are 1: no log) */
     for (size_t i = 0; i < s->n; i++) {
