@@ -1,15 +1,15 @@
-/* upstream.c - runs backend HTTP calls on a curl multi handle driven by a libuv loop. */
+/* upstream.c - the upstream client's API, deadlines, and its curl transport: calls on a curl
+ * multi handle driven by a libuv loop. Plain http:// URLs go to upstream_h1.c instead. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "upstream.h"
+#include "upstream-int.h"
 
 #define SWEEP_MS 50 /* resolution of the first-byte and idle deadlines */
 #define MAX_CACHED_CONNECTIONS 512
-#define EASY_POOL 64 /* finished easy handles kept for the next calls */
 
 /* A socket curl uses, watched by a uv_poll. libuv's uv_poll_start and uv_poll_stop
  * each cost epoll_ctl calls, so the watcher changes only when the events do, and it
@@ -23,45 +23,6 @@ struct upstream_sock {
     int parked; /* curl said CURL_POLL_REMOVE: stop at the next event */
     struct upstream *u;
     struct upstream_sock *prev, *next;
-};
-
-struct upstream_call {
-    struct upstream *u;
-    CURL *easy;
-    struct curl_slist *headers;
-    char *body;
-    struct upstream_callbacks cb;
-    void *ctx;
-    uint64_t first_byte_deadline; /* loop ms */
-    uint64_t last_data;           /* loop ms */
-    uint32_t idle_timeout_ms;
-    int got_headers;
-    int paused;
-    int reusable; /* ended normally, never paused: its easy handle may serve another call */
-    int ever_paused;
-    enum upstream_error forced; /* set when we abort the transfer ourselves */
-    char errbuf[CURL_ERROR_SIZE];
-    struct upstream_call *prev, *next;
-};
-
-struct upstream {
-    uv_loop_t *loop;
-    CURLM *multi;
-    uv_timer_t timer; /* curl's timeout */
-    uv_timer_t sweep; /* our deadlines */
-    struct upstream_call *calls;
-    size_t n_calls;
-    struct upstream_sock *socks;
-    struct upstream_sock **by_fd; /* every sock in socks, by fd */
-    size_t n_by_fd;
-    CURL *easy_pool[EASY_POOL];
-    unsigned n_easy;
-    void (*after)(void *);
-    void *after_ctx;
-    int open_handles; /* uv handles not yet closed */
-    int destroying;
-    void (*on_closed)(void *);
-    void *closed_ctx;
 };
 
 static const struct {
@@ -136,11 +97,9 @@ error_from_curl(CURLcode rc)
     }
 }
 
-static void after_activity(struct upstream *u);
-
-/* Unlinks and frees a call that is no longer in the multi handle. */
+/* Takes c off u's list of running calls. */
 static void
-call_free(struct upstream_call *c)
+unlink_call(struct upstream_call *c)
 {
     struct upstream *u = c->u;
 
@@ -150,11 +109,22 @@ call_free(struct upstream_call *c)
         u->calls = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    u->n_calls--;
-    if (u->n_calls == 0)
+    c->prev = c->next = NULL;
+    if (--u->n_calls == 0)
         uv_timer_stop(&u->sweep);
+}
+
+/* Unlinks and frees a call that is off the transports. */
+static void
+call_free(struct upstream_call *c)
+{
+    struct upstream *u = c->u;
+
+    unlink_call(c);
     /* a handle that ran to its end is reset and reused: curl_easy_init costs more */
-    if (c->reusable && !u->destroying && u->n_easy < EASY_POOL) {
+    if (!c->easy) {
+        upstream__h1_detach(c);
+    } else if (c->reusable && !u->destroying && u->n_easy < UPSTREAM_EASY_POOL) {
         curl_easy_reset(c->easy);
         u->easy_pool[u->n_easy++] = c->easy;
     } else {
@@ -162,19 +132,20 @@ call_free(struct upstream_call *c)
     }
     curl_slist_free_all(c->headers);
     free(c->body);
+    free(c->head);
     free(c);
 }
 
-/* Ends c with err: removes it from curl, reports, frees. Outside curl callbacks only. */
-static void
-call_finish(struct upstream_call *c, enum upstream_error err, const char *detail)
+void
+upstream__call_finish(struct upstream_call *c, enum upstream_error err, const char *detail)
 {
     struct upstream_callbacks cb = c->cb;
     void *ctx = c->ctx;
     char buf[CURL_ERROR_SIZE];
 
     snprintf(buf, sizeof(buf), "%s", detail ? detail : "");
-    curl_multi_remove_handle(c->u->multi, c->easy);
+    if (c->easy)
+        curl_multi_remove_handle(c->u->multi, c->easy);
     call_free(c);
     cb.on_done(ctx, err, buf[0] ? buf : NULL);
 }
@@ -196,17 +167,30 @@ check_done(struct upstream *u)
         if (rc == CURLE_OK && !c->got_headers)
             err = UPSTREAM_ERR_PROTOCOL;
         c->reusable = err == UPSTREAM_OK && !c->ever_paused;
-        call_finish(c, err, rc != CURLE_OK ? (c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc))
+        upstream__call_finish(c, err, rc != CURLE_OK ? (c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc))
                                            : NULL);
     }
 }
 
-static void
-after_activity(struct upstream *u)
+void
+upstream__after_activity(struct upstream *u)
 {
     check_done(u);
     if (u->after)
         u->after(u->after_ctx);
+}
+
+void
+upstream__handle_closed(struct upstream *u)
+{
+    if (--u->open_handles == 0 && u->destroying) {
+        void (*cb)(void *) = u->on_closed;
+        void *ctx = u->closed_ctx;
+        free(u->rbuf);
+        free(u);
+        if (cb)
+            cb(ctx);
+    }
 }
 
 static void
@@ -221,13 +205,7 @@ on_handle_closed(uv_handle_t *h)
     } else {
         u = h->data;
     }
-    if (--u->open_handles == 0 && u->destroying) {
-        void (*cb)(void *) = u->on_closed;
-        void *ctx = u->closed_ctx;
-        free(u);
-        if (cb)
-            cb(ctx);
-    }
+    upstream__handle_closed(u);
 }
 
 static void
@@ -252,7 +230,7 @@ on_poll(uv_poll_t *p, int status, int events)
     if (events & UV_WRITABLE)
         flags |= CURL_CSELECT_OUT;
     curl_multi_socket_action(u->multi, s->fd, flags, &running);
-    after_activity(u);
+    upstream__after_activity(u);
 }
 
 static void
@@ -262,7 +240,7 @@ on_curl_timer(uv_timer_t *t)
     int running;
 
     curl_multi_socket_action(u->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    after_activity(u);
+    upstream__after_activity(u);
 }
 
 static struct upstream_sock *
@@ -390,12 +368,17 @@ on_sweep(uv_timer_t *t)
 
     for (c = u->calls; c; c = next) {
         next = c->next;
-        if (c->paused)
+        if (c->total_deadline && now >= c->total_deadline)
+            upstream__call_finish(c, UPSTREAM_ERR_TIMEOUT, "the exchange did not end within timeout");
+        else if (c->paused)
             continue;
-        if (!c->got_headers && c->first_byte_deadline && now >= c->first_byte_deadline)
-            call_finish(c, UPSTREAM_ERR_TIMEOUT, "no response headers within first_byte_timeout");
+        else if (c->connect_deadline && now >= c->connect_deadline)
+            upstream__call_finish(c, UPSTREAM_ERR_TIMEOUT, "no connection within connect_timeout");
+        else if (!c->got_headers && c->first_byte_deadline && now >= c->first_byte_deadline)
+            upstream__call_finish(c, UPSTREAM_ERR_TIMEOUT,
+                                  "no response headers within first_byte_timeout");
         else if (c->got_headers && c->idle_timeout_ms && now >= c->last_data + c->idle_timeout_ms)
-            call_finish(c, UPSTREAM_ERR_TIMEOUT, "no data within idle_timeout");
+            upstream__call_finish(c, UPSTREAM_ERR_TIMEOUT, "no data within idle_timeout");
     }
     if (u->after)
         u->after(u->after_ctx);
@@ -485,6 +468,7 @@ upstream_create(uv_loop_t *loop, void (*after)(void *), void *after_ctx)
     curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
     curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u);
     curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, (long)MAX_CACHED_CONNECTIONS);
+    upstream__h1_init(u);
     return u;
 }
 
@@ -495,9 +479,11 @@ upstream_destroy(struct upstream *u, void (*on_closed)(void *), void *ctx)
         return;
     u->destroying = 1; /* before call_free: nothing goes back to the pool now */
     while (u->calls) {
-        curl_multi_remove_handle(u->multi, u->calls->easy);
+        if (u->calls->easy)
+            curl_multi_remove_handle(u->multi, u->calls->easy);
         call_free(u->calls);
     }
+    upstream__h1_destroy(u);
     while (u->n_easy)
         curl_easy_cleanup(u->easy_pool[--u->n_easy]);
     u->on_closed = on_closed;
@@ -514,6 +500,21 @@ upstream_destroy(struct upstream *u, void (*on_closed)(void *), void *ctx)
     uv_close((uv_handle_t *)&u->sweep, on_handle_closed);
 }
 
+/* Puts c on u's list of running calls (the sweep runs while the list is not empty). */
+static void
+link_call(struct upstream_call *c)
+{
+    struct upstream *u = c->u;
+
+    c->prev = NULL;
+    c->next = u->calls;
+    if (u->calls)
+        u->calls->prev = c;
+    u->calls = c;
+    if (u->n_calls++ == 0)
+        uv_timer_start(&u->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+}
+
 struct upstream_call *
 upstream_start(struct upstream *u, struct upstream_request *r)
 {
@@ -524,11 +525,26 @@ upstream_start(struct upstream *u, struct upstream_request *r)
     c->u = u;
     c->headers = r->headers;
     c->body = r->body;
+    c->body_len = r->body_len;
     c->cb = r->cb;
     c->ctx = r->ctx;
     c->idle_timeout_ms = r->idle_timeout_ms;
     r->headers = NULL;
     r->body = NULL;
+
+    uint64_t now = uv_now(u->loop);
+    if (r->first_byte_timeout_ms)
+        c->first_byte_deadline = now + r->connect_timeout_ms + r->first_byte_timeout_ms;
+    c->last_data = now;
+    if (!u->destroying) {
+        c->connect_deadline = r->connect_timeout_ms ? now + r->connect_timeout_ms : 0;
+        c->total_deadline = r->timeout_ms ? now + r->timeout_ms : 0;
+        link_call(c);
+        if (upstream__h1_start(c, r->url) == 0)
+            return c;
+        unlink_call(c); /* curl's: it keeps the connect and total deadlines itself */
+        c->connect_deadline = c->total_deadline = 0;
+    }
     c->easy = u->n_easy ? u->easy_pool[--u->n_easy] : curl_easy_init();
     if (!c->easy)
         goto fail;
@@ -555,17 +571,7 @@ upstream_start(struct upstream *u, struct upstream_request *r)
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)r->timeout_ms);
     if (curl_multi_add_handle(u->multi, e) != CURLM_OK)
         goto fail;
-
-    uint64_t now = uv_now(u->loop);
-    if (r->first_byte_timeout_ms)
-        c->first_byte_deadline = now + r->connect_timeout_ms + r->first_byte_timeout_ms;
-    c->last_data = now;
-    c->next = u->calls;
-    if (u->calls)
-        u->calls->prev = c;
-    u->calls = c;
-    if (u->n_calls++ == 0)
-        uv_timer_start(&u->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+    link_call(c);
     return c;
 fail:
     if (c->easy)
@@ -581,7 +587,8 @@ upstream_cancel(struct upstream_call *c)
 {
     if (!c)
         return;
-    curl_multi_remove_handle(c->u->multi, c->easy);
+    if (c->easy)
+        curl_multi_remove_handle(c->u->multi, c->easy);
     call_free(c);
 }
 
@@ -592,7 +599,10 @@ upstream_unpause(struct upstream_call *c)
         return;
     c->paused = 0;
     c->last_data = uv_now(c->u->loop);
-    curl_easy_pause(c->easy, CURLPAUSE_CONT);
+    if (c->easy)
+        curl_easy_pause(c->easy, CURLPAUSE_CONT);
+    else
+        upstream__h1_unpause(c);
 }
 
 size_t

@@ -1,9 +1,16 @@
-/* test_upstream.c - daemon/upstream.c on its own: curl multi on a uv loop against mockllm.
+/* test_upstream.c - the upstream client on its own, on a uv loop: against mockllm, and
+ * against a scripted server for the plain-HTTP transport's framing and connection reuse.
  *
  * usage: test_upstream MOCKLLM
  * Checks the callback order for a whole response and a stream, the first-byte
  * deadline, cancelling a running call, a refused connection, and the one mapping of
- * failure kinds to HTTP statuses. */
+ * failure kinds to HTTP statuses; then, with responses written byte by byte where it
+ * matters: chunked bodies with extensions and trailers, interim 1xx responses, bodies
+ * ended by the connection, kept-alive reuse, a kept-alive connection the server
+ * dropped, malformed and oversized responses, short bodies, and pausing. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +23,8 @@
 #include "upstream.h"
 
 struct result {
+    int pause_next; /* cb_data pauses (takes nothing) once when set */
+    int pauses;
     long status;
     int headers_done;
     int header_after_done; /* a header callback after on_headers_done: wrong */
@@ -55,6 +64,11 @@ cb_data(void *ctx, const char *buf, size_t len)
 
     if (!r->headers_done)
         r->data_before_headers++;
+    if (r->pause_next) {
+        r->pause_next = 0;
+        r->pauses++;
+        return 1;
+    }
     r->data_calls++;
     if (r->bytes + len < sizeof(r->body)) {
         memcpy(r->body + r->bytes, buf, len);
@@ -189,6 +203,266 @@ test_cancel(uv_loop_t *loop, struct upstream *u)
     CHECK(r.done == 0); /* no callback after a cancel */
 }
 
+/* ---- a scripted HTTP server for the plain-HTTP transport ----------------------------- */
+
+/* What the server answers to the next requests: response bytes, written one byte at a
+ * time when trickle is set; then the connection stays open (keep) or is closed. */
+static struct {
+    pthread_mutex_t mu;
+    const char *response;
+    int trickle;
+    int keep;
+    int accepts;  /* connections accepted so far */
+    int requests; /* requests answered so far */
+    char last_head[2048];
+    char last_body[1024];
+    int fd;
+    unsigned port;
+} srv = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* Reads one request (head and Content-Length body) from fd. Returns 0, or -1 at EOF. */
+static int
+srv_read_request(int fd, char *head, size_t hcap, char *body, size_t bcap)
+{
+    size_t n = 0;
+    char *end = NULL;
+
+    while (!end) {
+        if (n + 1 >= hcap)
+            return -1;
+        ssize_t r = read(fd, head + n, hcap - 1 - n);
+        if (r <= 0)
+            return -1;
+        n += (size_t)r;
+        head[n] = 0;
+        end = strstr(head, "\r\n\r\n");
+    }
+    size_t hlen = (size_t)(end + 4 - head), have = n - hlen;
+    const char *cl = strcasestr(head, "\r\ncontent-length:");
+    size_t want = cl ? strtoul(cl + 17, NULL, 10) : 0;
+    if (want >= bcap)
+        return -1;
+    memcpy(body, head + hlen, have);
+    while (have < want) {
+        ssize_t r = read(fd, body + have, want - have);
+        if (r <= 0)
+            return -1;
+        have += (size_t)r;
+    }
+    body[want] = 0;
+    head[hlen] = 0;
+    return 0;
+}
+
+static void *
+srv_run(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int fd = accept(srv.fd, NULL, NULL);
+        if (fd < 0)
+            return NULL;
+        pthread_mutex_lock(&srv.mu);
+        srv.accepts++;
+        pthread_mutex_unlock(&srv.mu);
+        char head[2048], body[1024];
+        while (srv_read_request(fd, head, sizeof(head), body, sizeof(body)) == 0) {
+            pthread_mutex_lock(&srv.mu);
+            const char *resp = srv.response;
+            int trickle = srv.trickle, keep = srv.keep;
+            snprintf(srv.last_head, sizeof(srv.last_head), "%s", head);
+            snprintf(srv.last_body, sizeof(srv.last_body), "%s", body);
+            pthread_mutex_unlock(&srv.mu);
+            size_t len = strlen(resp);
+            for (size_t off = 0; off < len;) {
+                ssize_t w = write(fd, resp + off, trickle ? 1 : len - off);
+                if (w <= 0)
+                    break;
+                off += (size_t)w;
+                if (trickle)
+                    usleep(200);
+            }
+            pthread_mutex_lock(&srv.mu);
+            srv.requests++;
+            pthread_mutex_unlock(&srv.mu);
+            if (!keep)
+                break;
+        }
+        close(fd);
+    }
+}
+
+static void
+srv_start(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    pthread_t t;
+
+    srv.fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (srv.fd < 0 || bind(srv.fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        listen(srv.fd, 16) < 0 || getsockname(srv.fd, (struct sockaddr *)&sa, &len) < 0) {
+        perror("scripted server");
+        exit(1);
+    }
+    srv.port = ntohs(sa.sin_port);
+    pthread_create(&t, NULL, srv_run, NULL);
+    pthread_detach(t);
+}
+
+/* Sets the server's script, then runs one call to it. */
+static void
+scripted(uv_loop_t *loop, struct upstream *u, const char *response, int trickle, int keep,
+         struct result *r)
+{
+    char url[128];
+
+    pthread_mutex_lock(&srv.mu);
+    srv.response = response;
+    srv.trickle = trickle;
+    srv.keep = keep;
+    pthread_mutex_unlock(&srv.mu);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/chat/completions", srv.port);
+    run_call(loop, u, url, "{\"model\":\"m\"}", 0, r);
+}
+
+static int
+srv_accepts(void)
+{
+    pthread_mutex_lock(&srv.mu);
+    int n = srv.accepts;
+    pthread_mutex_unlock(&srv.mu);
+    return n;
+}
+
+static void
+test_framing(uv_loop_t *loop, struct upstream *u)
+{
+    struct result r;
+
+    /* the request itself: line, Host, our headers, the length, the body */
+    scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0, 1, &r);
+    CHECK(r.done == 1 && r.err == UPSTREAM_OK && r.status == 200 && !strcmp(r.body, "ok"));
+    char host[64];
+    snprintf(host, sizeof(host), "\r\nHost: 127.0.0.1:%u\r\n", srv.port);
+    CHECK(!strncmp(srv.last_head, "POST /v1/chat/completions HTTP/1.1\r\n", 36));
+    CHECK(strstr(srv.last_head, host) != NULL);
+    CHECK(strstr(srv.last_head, "\r\nContent-Type: application/json\r\n") != NULL);
+    CHECK(strstr(srv.last_head, "\r\nContent-Length: 13\r\n") != NULL);
+    CHECK(!strcmp(srv.last_body, "{\"model\":\"m\"}"));
+
+    /* kept alive: the next call goes on the same connection */
+    int before = srv_accepts();
+    scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes", 0, 1, &r);
+    CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "yes"));
+    CHECK(srv_accepts() == before);
+
+    /* chunked, one byte per read: sizes in either case, an extension, a trailer */
+    scripted(loop, u,
+             "HTTP/1.1 200 OK\r\nX-Test: a b \r\nTransfer-Encoding: chunked\r\n\r\n"
+             "5\r\nhello\r\nA;ext=1\r\n, world!!!\r\n0\r\nX-Trailer: t\r\n\r\n",
+             1, 1, &r);
+    CHECK(r.done == 1 && r.err == UPSTREAM_OK && r.status == 200);
+    CHECK(!strcmp(r.body, "hello, world!!!"));
+    CHECK(r.header_after_done == 0 && r.data_before_headers == 0);
+
+    /* an interim 100 Continue is skipped */
+    scripted(loop, u,
+             "HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
+             "HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\ndone",
+             1, 1, &r);
+    CHECK(r.err == UPSTREAM_OK && r.status == 201 && r.headers_done == 1);
+    CHECK(!strcmp(r.body, "done") && !strcmp(r.content_type, "text/plain"));
+
+    /* no length: the body ends with the connection, which is not reused */
+    before = srv_accepts();
+    scripted(loop, u, "HTTP/1.0 200 OK\r\n\r\nuntil the end", 0, 0, &r);
+    CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "until the end"));
+    scripted(loop, u, "HTTP/1.1 204 No Content\r\n\r\n", 0, 1, &r);
+    CHECK(r.err == UPSTREAM_OK && r.status == 204 && r.bytes == 0);
+    CHECK(srv_accepts() == before + 1);
+
+    /* kept alive by the headers, then dropped by the server: the next call is sent
+     * again on a new connection, or finds the old one closed first */
+    before = srv_accepts();
+    scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na", 0, 0, &r);
+    CHECK(r.err == UPSTREAM_OK);
+    scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", 0, 1, &r);
+    CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "b"));
+    CHECK(srv_accepts() == before + 1);
+}
+
+static void
+test_bad_responses(uv_loop_t *loop, struct upstream *u)
+{
+    struct result r;
+    static char huge[70 * 1024];
+
+    scripted(loop, u, "SPDY/9 200 OK\r\n\r\n", 0, 0, &r);
+    CHECK(r.done == 1 && r.err == UPSTREAM_ERR_PROTOCOL && r.headers_done == 0);
+
+    scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n", 0, 0, &r);
+    CHECK(r.err == UPSTREAM_ERR_PROTOCOL);
+
+    scripted(loop, u, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 0, 0,
+             &r);
+    CHECK(r.err == UPSTREAM_ERR_PROTOCOL && r.status == 200);
+
+    /* a header block over 64 KB */
+    int n = snprintf(huge, sizeof(huge), "HTTP/1.1 200 OK\r\nX-Big: ");
+    memset(huge + n, 'x', sizeof(huge) - (size_t)n - 8);
+    memcpy(huge + sizeof(huge) - 8, "\r\n\r\n", 5);
+    scripted(loop, u, huge, 0, 0, &r);
+    CHECK(r.err == UPSTREAM_ERR_PROTOCOL);
+
+    /* the connection ends before the body does */
+    scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", 0, 0, &r);
+    CHECK(r.err == UPSTREAM_ERR_CLOSED && r.status == 200 && !strcmp(r.body, "short"));
+
+    /* nothing at all */
+    scripted(loop, u, "", 0, 0, &r);
+    CHECK(r.err == UPSTREAM_ERR_CLOSED && r.headers_done == 0);
+}
+
+/* A call that pauses on its first data gets the same bytes again after unpausing. */
+static void
+test_pause(uv_loop_t *loop, struct upstream *u)
+{
+    struct result r = {0};
+    char url[128];
+    const char *body = "{}";
+
+    pthread_mutex_lock(&srv.mu);
+    srv.response = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   "3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n";
+    srv.trickle = 0;
+    srv.keep = 1;
+    pthread_mutex_unlock(&srv.mu);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/chat/completions", srv.port);
+    struct upstream_request req = {
+        .url = url,
+        .body = strdup(body),
+        .body_len = strlen(body),
+        .connect_timeout_ms = 1000,
+        .timeout_ms = 10000,
+        .cb = {cb_header, cb_headers_done, cb_data, cb_done},
+        .ctx = &r,
+    };
+    r.pause_next = 1;
+    struct upstream_call *c = upstream_start(u, &req);
+    CHECK(c != NULL);
+    int unpaused = 0;
+    while (c && !r.done) {
+        uv_run(loop, UV_RUN_ONCE);
+        if (r.pauses && !unpaused) {
+            unpaused = 1;
+            CHECK(r.bytes == 0);
+            upstream_unpause(c);
+        }
+    }
+    CHECK(r.pauses == 1 && r.err == UPSTREAM_OK && !strcmp(r.body, "abcdef"));
+}
+
 static void
 test_status_mapping(void)
 {
@@ -237,6 +511,10 @@ main(int argc, char **argv)
     test_whole_and_stream(&loop, u);
     test_failures(&loop, u);
     test_cancel(&loop, u);
+    srv_start();
+    test_framing(&loop, u);
+    test_bad_responses(&loop, u);
+    test_pause(&loop, u);
 
     upstream_destroy(u, on_closed, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
