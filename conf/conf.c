@@ -54,6 +54,7 @@ static const struct conf_key keys[] = {
     {"server", "max_connections", T_U32, C(max_connections), 1, 1000000, "16384", NULL},
     {"server", "read_timeout_ms", T_U32, C(read_timeout_ms), 100, 3600000, "30000", NULL},
     {"server", "idle_timeout_ms", T_U32, C(idle_timeout_ms), 100, 3600000, "60000", NULL},
+    {"server", "busy_poll_us", T_U32, C(busy_poll_us), 0, 1000000, "0", NULL},
     {"server", "shutdown_timeout_ms", T_U32, C(shutdown_timeout_ms), 0, 3600000, "30000", NULL},
     {"server", "log_level", T_ENUM, C(log_level), 0, 0, "info", log_levels},
     {"server", "log_format", T_ENUM, C(log_format), 0, 0, "logfmt", log_formats},

@@ -70,6 +70,7 @@ struct conf {
     uint32_t read_timeout_ms;  /* a request must arrive whole within this */
     uint32_t idle_timeout_ms;  /* keep-alive connections idle longer are closed */
     uint32_t shutdown_timeout_ms; /* SIGTERM: in-flight requests get this long to finish */
+    uint32_t busy_poll_us;     /* after I/O, poll without sleeping this long (0 = off) */
     enum conf_log_level log_level;
     enum conf_log_format log_format;
     int log_prompts;           /* 1: prompt text may appear in debug logs */

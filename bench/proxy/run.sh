@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/proxy/run.sh - the same wrk load against the mock backend directly, nginx as a
-# plain reverse proxy, and triaged (one worker, and all cores), interleaved, and one
+# plain reverse proxy, and triaged (one worker; one worker with busy_poll_us = 200,
+# "triaged_bp"; and all cores), interleaved, and one
 # markdown table of medians: requests/s, p50/p99 latency, CPU µs per request of the
 # process under test (from /proc/<pid>/stat), RSS, and ratios to nginx.
 #
@@ -64,10 +65,11 @@ start_nginx() { # PORT UPSTREAM NAME
     tpid[$1]="$! $(pgrep -P $! | tr '\n' ' ')"
 }
 
-start_triaged() { # PORT UPSTREAM NAME WORKERS CORES
+start_triaged() { # PORT UPSTREAM NAME WORKERS CORES [SERVER_LINE]
     mkdir -p "$dir/$3"
     # log_level info: one access line per request, as in production
-    triaged_conf "$1" "$2" "$4" info "$([ "$outcome_log" = 1 ] && echo "$dir/$3/triage.db")" >"$dir/$3/triage.conf"
+    triaged_conf "$1" "$2" "$4" info "$([ "$outcome_log" = 1 ] && echo "$dir/$3/triage.db")" \
+        ${6:+"$6"} >"$dir/$3/triage.conf"
     taskset -c "$5" "$build/daemon/triaged" --config "$dir/$3/triage.conf" \
         2>"$dir/$3/stderr.log" &
     pids+=($!)
@@ -81,6 +83,10 @@ port[nginx-json]=$(free_port); start_nginx "${port[nginx-json]}" "$mock_json" ng
 port[nginx-sse]=$(free_port); start_nginx "${port[nginx-sse]}" "$mock_sse" nginx-sse
 port[triaged-json]=$(free_port); start_triaged "${port[triaged-json]}" "$mock_json" t1-json 1 "$core_test"
 port[triaged-sse]=$(free_port); start_triaged "${port[triaged-sse]}" "$mock_sse" t1-sse 1 "$core_test"
+port[triaged_bp-json]=$(free_port)
+start_triaged "${port[triaged_bp-json]}" "$mock_json" bp-json 1 "$core_test" "busy_poll_us = 200"
+port[triaged_bp-sse]=$(free_port)
+start_triaged "${port[triaged_bp-sse]}" "$mock_sse" bp-sse 1 "$core_test" "busy_poll_us = 200"
 port[triaged_mc-json]=$(free_port)
 start_triaged "${port[triaged_mc-json]}" "$mock_json" tn-json "$ncpu" "0-$((ncpu - 1))"
 
@@ -147,7 +153,7 @@ for rep in $(seq "$reps"); do
     for sc in "${scenarios[@]}"; do
         set -- $sc
         # Interleave the targets within each repetition so drift hits all alike.
-        for target in direct nginx triaged triaged_mc; do
+        for target in direct nginx triaged triaged_bp triaged_mc; do
             [ -n "${port[$target-$1]:-}" ] || continue
             run "$target" "$1" "$2" "$rep"
         done
@@ -183,9 +189,15 @@ END {
             median(order[i], 9), median(order[i], 10) / 1024, median(order[i], 11) / 1024,
             median(order[i], 12) / 1024, r1, r2
     }
-    d = "direct" SUBSEP "json" SUBSEP "1"; t = "triaged" SUBSEP "json" SUBSEP "1"
-    if ((d in seen) && (t in seen))
-        printf "\nAdded p50 latency at c1 over direct: %.3f ms (target <= 0.15 ms)\n", median(t, 6) - median(d, 6)
+    d = "direct" SUBSEP "json" SUBSEP "1"
+    split("nginx triaged triaged_bp", names, " ")
+    printf "\nAdded p50 latency at c1 over direct (target <= 0.15 ms):"
+    for (i = 1; i <= 3; i++) {
+        t = names[i] SUBSEP "json" SUBSEP "1"
+        if ((d in seen) && (t in seen))
+            printf " %s %.3f ms;", names[i], median(t, 6) - median(d, 6)
+    }
+    print ""
 }' "$results"
 
 # A smoke run fails when any request failed or a target served nothing.

@@ -52,6 +52,7 @@ test_defaults(void **state)
     assert_string_equal(c->listen, "127.0.0.1");
     assert_int_equal(c->port, 8080);
     assert_int_equal(c->max_body, 4 * 1024 * 1024);
+    assert_int_equal(c->busy_poll_us, 0);
     assert_int_equal(c->log_level, CONF_LOG_INFO);
     assert_int_equal(c->store_prompts, CONF_STORE_PROMPTS_HASH);
     assert_int_equal(c->policy, CONF_POLICY_THRESHOLD);
@@ -89,6 +90,7 @@ test_values_and_lists(void **state)
     struct conf *c = load("# comment\n"
                           "[server]\n"
                           "port = 9000   ; trailing comment\n"
+                          "busy_poll_us = 150\n"
                           "max_body = 64k\n"
                           "log_level = DEBUG\n"
                           "log_format = json\n"
@@ -110,6 +112,7 @@ test_values_and_lists(void **state)
 
     assert_non_null(c);
     assert_int_equal(c->port, 9000);
+    assert_int_equal(c->busy_poll_us, 150);
     assert_int_equal(c->max_body, 64 * 1024);
     assert_int_equal(c->log_level, CONF_LOG_DEBUG);
     assert_int_equal(c->log_format, CONF_LOG_FORMAT_JSON);
@@ -193,6 +196,7 @@ test_errors(void **state)
         const char *expect; /* substring of the error */
     } cases[] = {
         {"[server]\nport = 0\n", ":2: port: 0 is out of range"},
+        {"[server]\nbusy_poll_us = 2000000\n", ":2: busy_poll_us: 2000000 is out of range"},
         {"[server]\nport = 80x\n", ":2: port: not a number"},
         {"[server]\nworkers = 1.5\n", ":2: workers: expected a whole number"},
         {"[server]\nlog_level = loud\n", ":2: log_level: unknown value 'loud'"},

@@ -65,7 +65,8 @@ write_conf(unsigned port, const char *server_extra)
 
     snprintf(text, sizeof(text),
              "[server]\nlisten = 127.0.0.1\nport = %u\nworkers = 2\nshutdown_timeout_ms = 10000\n"
-             "log_level = warn\n%s\n"
+             /* busy polling on: reloads and the SIGTERM drain run with it */
+             "busy_poll_us = 200\nlog_level = warn\n%s\n"
              "[router]\nmodel = m.tmod\ntiers = fast, strong\n"
              "[storage]\npath = out.db\nflush_interval_ms = 20\n"
              "[backend fast]\nurl = http://127.0.0.1:%u/v1\nbreaker_failures = 1000\n"
