@@ -4,6 +4,10 @@
 #     through triaged, interleaved; per run the median/p99 of (receipt - mock send stamp)
 #     for the first chunk and for all chunks, then the medians over runs and the delay each
 #     proxy adds over direct;
+#     with tcpdump (and root), also the delay inside each proxy, from a capture on lo: the
+#     time from the packet carrying a chunk from the mock to the proxy to the packet
+#     carrying it on to the client (what "forwarded within 0.1 ms of arriving" means; the
+#     client's own wake-up is not in it);
 #  2. slow streams held open through triaged (default 1,000 and 10,000 streams of 10 chunks
 #     500 ms apart): streams intact (all chunks and one [DONE]), peak RSS / VmHWM of triaged.
 #
@@ -112,14 +116,67 @@ echo "triage SSE stream benchmark - $(date -u '+%Y-%m-%d %H:%M UTC'), $ncpu core
 echo "nginx on core $core_test, triaged ($workers worker(s)) on cores $tcores; mock and client on core $core_load"
 status=0
 
+declare -A port
+port[triaged]=$t_port
+[ -n "$n_port" ] && port[nginx]=$n_port
+capture=0
+if command -v tcpdump >/dev/null && [ "$(id -u)" = 0 ]; then capture=1; fi
+
+# hop_delays PCAP PROXY_PORT: for every chunk seen both ways, the microseconds from the
+# packet carrying it mock -> proxy to the packet carrying it proxy -> client, then
+# "first" for each client connection's earliest chunk ("<kind> <us>" lines).
+hop_delays() {
+    tcpdump -r "$1" -n -tt -A 2>/dev/null | awk -v mock="$mock_port" -v proxy="$2" '
+        /^[0-9]+\.[0-9]+ IP / {
+            t = substr($1, 6) + 0   # seconds mod 10^5: keeps microseconds exact in a double
+            n = split($3, a, "."); sport = a[n]; n = split($5, b, "."); dport = b[n] + 0
+            dir = sport == mock ? "in" : (sport == proxy ? "out" : "")
+            next
+        }
+        dir != "" {
+            line = $0
+            while (match(line, /mockts:[0-9]+/)) {
+                st = substr(line, RSTART + 7, RLENGTH - 7)
+                if (dir == "in" && !(st in tin)) tin[st] = t
+                if (dir == "out" && !(st in tout)) { tout[st] = t; conn[st] = dport }
+                line = substr(line, RSTART + RLENGTH)
+            }
+        }
+        END {
+            for (st in tout) {
+                if (!(st in tin)) continue
+                d = (tout[st] - tin[st]) * 1e6
+                print "all", d
+                c = conn[st]
+                if (!(c in first) || st < first[c]) { first[c] = st; fd[c] = d }
+            }
+            for (c in fd) print "first", fd[c]
+        }'
+}
+
 if [ "$latency" = 1 ]; then
     echo
     echo "== forwarding delay: ${lat_args[*]}, $reps interleaved reps =="
     res="$dir/latency.tsv"
     : >"$res"
+    hops="$dir/hops.tsv"
+    : >"$hops"
     for rep in $(seq "$reps"); do
         for t in "${targets[@]}"; do
+            cap_pid=""
+            if [ "$capture" = 1 ] && [ "$t" != direct ]; then
+                tcpdump -i lo -n -s 0 -U -Z root -w "$dir/$t.pcap" \
+                    "tcp and (port $mock_port or src port ${port[$t]})" 2>"$dir/tcpdump.log" &
+                cap_pid=$!
+                for _ in $(seq 50); do grep -q listening "$dir/tcpdump.log" 2>/dev/null && break; sleep 0.1; done
+                sleep 1.5 # "listening" comes a while before packets are captured
+            fi
             out=$(taskset -c "$core_load" "$client" --url "${url[$t]}" "${lat_args[@]}" --label "$t rep $rep") || status=1
+            if [ -n "$cap_pid" ]; then
+                sleep 0.2
+                kill -INT "$cap_pid"; wait "$cap_pid" 2>/dev/null || true
+                hop_delays "$dir/$t.pcap" "${port[$t]}" | sed "s/^/$t\t/" >>"$hops"
+            fi
             echo "$out" | sed 's/^/  /'
             # target, first median, first p99, all median, all p99
             awk -v t="$t" '
@@ -148,6 +205,26 @@ if [ "$latency" = 1 ]; then
         print ""
         print "(medians over reps of each run'"'"'s median / p99; added = target - direct; target: first chunk within 100 us)"
     }' "$res"
+    if [ -s "$hops" ]; then
+        echo
+        echo "Inside the proxy (capture on lo; proxy->client packet - mock->proxy packet of the same chunk, all reps):"
+        echo
+        echo "| proxy | first chunk n | first chunk median us | first chunk p90 us | first chunk p99 us | all chunks n | all chunks median us | all chunks p99 us |"
+        echo "|---|---|---|---|---|---|---|---|"
+        for t in nginx triaged; do
+            for k in first all; do
+                awk -F'\t' -v t="$t" -v k="$k" '$1 == t { split($2, a, " "); if (a[1] == k) print a[2] }' "$hops" |
+                    sort -g | awk '{ v[NR] = $1 } END {
+                        if (!NR) { print "-|-|-|-|"; exit }
+                        i90 = int(NR * 0.9); if (i90 < 1) i90 = 1
+                        i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
+                        printf "%d|%.1f|%.1f|%.1f|\n", NR, v[int((NR + 1) / 2)], v[i90], v[i99] }' >"$dir/q.$k"
+            done
+            IFS='|' read -r fn fm f90 f99 _ <"$dir/q.first"
+            IFS='|' read -r an am _ a99 _ <"$dir/q.all"
+            [ "$fn" = - ] || echo "| $t | $fn | $fm | $f90 | $f99 | $an | $am | $a99 |"
+        done
+    fi
 fi
 
 for n in $slow; do
