@@ -64,6 +64,7 @@ struct h1_conn {
     int reused;     /* served a call before: the backend may have closed it meanwhile */
     int got_bytes;  /* any byte of the current response */
     int keep_alive; /* the response allows another request on the connection */
+    int writing;    /* a uv_write of the request is out: its buffers must stay */
 
     enum parse_state ps;
     uint64_t remaining;
@@ -71,7 +72,7 @@ struct h1_conn {
     size_t line_len;   /* bytes of the current trailer line */
     int chunked, has_length, http10, conn_close, conn_keep;
     long status;
-    char *head;        /* the header block so far */
+    char *head;        /* a header block split across reads, gathered */
     size_t head_len, head_cap;
     char *saved;       /* input a paused call has not taken */
     size_t saved_len, saved_cap;
@@ -207,6 +208,7 @@ on_write(uv_write_t *req, int status)
 {
     struct h1_conn *k = req->data;
 
+    k->writing = 0;
     if (status == 0 || status == UV_ECANCELED || k->state != C_ACTIVE || !k->call)
         return;
     conn_lost(k, status);
@@ -242,7 +244,9 @@ send_request(struct h1_conn *k)
     b[first].base += skip;
     b[first].len -= skip;
     k->write.data = k;
-    return uv_write(&k->write, (uv_stream_t *)&k->tcp, b + first, nb - first, on_write);
+    int rc = uv_write(&k->write, (uv_stream_t *)&k->tcp, b + first, nb - first, on_write);
+    k->writing = rc == 0;
+    return rc;
 }
 
 /* Puts c on connection k and sends its request; a failed send counts as a lost
@@ -412,14 +416,30 @@ last_token_is(const char *v, size_t n, const char *token)
            (n == tl || v[n - tl - 1] == ',' || v[n - tl - 1] == ' ');
 }
 
-/* Parses the header block k->head (head_len bytes, ending in an empty line).
- * Returns 0 for a final response (headers reported to the call), 1 for an interim
- * 1xx one (to be skipped), -1 when it is not HTTP/1.x. */
+/* Where the header block in buf (len bytes, searched from index from) ends: the index
+ * after its empty line ("\n\r\n" or "\n\n"), or 0 when it has not ended yet. */
+static size_t
+head_end(const char *buf, size_t len, size_t from)
+{
+    for (size_t i = from; i < len; i++) {
+        if (buf[i] != '\n')
+            continue;
+        if (i + 1 < len && buf[i + 1] == '\n')
+            return i + 2;
+        if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n')
+            return i + 3;
+    }
+    return 0;
+}
+
+/* Parses a header block (len bytes at head, ending in an empty line). Returns 0 for
+ * a final response (headers reported to the call), 1 for an interim 1xx one (to be
+ * skipped), -1 when it is not HTTP/1.x. */
 static int
-parse_head(struct h1_conn *k, const char **why)
+parse_head(struct h1_conn *k, const char *head, size_t len, const char **why)
 {
     struct upstream_call *c = k->call;
-    const char *p = k->head, *end = k->head + k->head_len;
+    const char *p = head, *end = head + len;
     const char *eol = memchr(p, '\n', (size_t)(end - p));
 
     if (!eol || eol - p < 12 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') ||
@@ -550,38 +570,40 @@ feed(struct h1_conn *k, const char *p, size_t n, size_t *rest, const char **why)
     while (p < end || (k->ps == P_LENGTH && k->remaining == 0 && k->call->got_headers)) {
         switch (k->ps) {
         case P_HEAD: {
-            size_t from = k->head_len > 3 ? k->head_len - 3 : 0;
-            size_t take = (size_t)(end - p);
-            if (k->head_len + take > MAX_HEAD)
-                take = MAX_HEAD - k->head_len;
-            if (k->head_len + take > k->head_cap) {
-                k->head_cap = k->head_len + take < 1024 ? 1024 : k->head_len + take;
-                k->head = xrealloc(k->head, k->head_cap);
-            }
-            memcpy(k->head + k->head_len, p, take);
-            k->head_len += take;
-            /* the block ends at an empty line: "\n\r\n" or "\n\n" */
-            size_t e = 0;
-            for (size_t i = from; i < k->head_len && !e; i++) {
-                if (k->head[i] != '\n')
-                    continue;
-                if (i + 1 < k->head_len && k->head[i + 1] == '\n')
-                    e = i + 2;
-                else if (i + 2 < k->head_len && k->head[i + 1] == '\r' && k->head[i + 2] == '\n')
-                    e = i + 3;
-            }
-            if (!e) {
-                if (k->head_len == MAX_HEAD) {
-                    *why = "a response header block over 64 KB";
-                    return FEED_ERROR;
+            int r;
+            size_t e;
+            if (k->head_len == 0 && (e = head_end(p, (size_t)(end - p), 0)) != 0) {
+                /* the usual case: the whole block in this read, parsed where it lies */
+                r = parse_head(k, p, e, why);
+                p += e;
+            } else {
+                /* a block split across reads: gathered in k->head */
+                size_t from = k->head_len > 3 ? k->head_len - 3 : 0;
+                size_t take = (size_t)(end - p);
+                if (k->head_len + take > MAX_HEAD)
+                    take = MAX_HEAD - k->head_len;
+                if (k->head_len + take > k->head_cap) {
+                    k->head_cap = k->head_len + take < 1024 ? 1024 : k->head_len + take;
+                    k->head = xrealloc(k->head, k->head_cap);
                 }
-                p += take;
-                break;
+                memcpy(k->head + k->head_len, p, take);
+                k->head_len += take;
+                e = head_end(k->head, k->head_len, from);
+                if (!e) {
+                    if (k->head_len == MAX_HEAD) {
+                        *why = "a response header block over 64 KB";
+                        return FEED_ERROR;
+                    }
+                    p += take;
+                    break;
+                }
+                /* bytes past the block go back to the input */
+                p += take - (k->head_len - e);
+                r = parse_head(k, k->head, e, why);
+                free(k->head); /* a stream holds no header buffer */
+                k->head = NULL;
+                k->head_cap = 0;
             }
-            /* bytes past the block go back to the input */
-            p += take - (k->head_len - e);
-            k->head_len = e;
-            int r = parse_head(k, why);
             if (r < 0)
                 return FEED_ERROR;
             k->head_len = 0;
@@ -592,6 +614,13 @@ feed(struct h1_conn *k, const char *p, size_t n, size_t *rest, const char **why)
             struct upstream_call *c = k->call;
             c->got_headers = 1;
             c->last_data = uv_now(k->u->loop);
+            if (!k->writing) {
+                /* answered: the request cannot be sent again, so its copy goes */
+                free(c->head);
+                free(c->body);
+                c->head = c->body = NULL;
+                c->head_len = c->body_len = 0;
+            }
             body_framing(k);
             c->cb.on_headers_done(c->ctx, k->status);
             break;
