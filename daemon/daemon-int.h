@@ -62,6 +62,7 @@ struct daemon_worker {
     uv_check_t check;      /* after each poll phase: one MHD_run for all woken connections */
     uv_idle_t idle;        /* keeps the poll phase from blocking while a run is pending */
     uv_idle_t spin;        /* busy polling: active for busy_poll_ns after the last I/O */
+    uv_prepare_t flush;    /* before each poll: writes the turn's batched log lines */
     uint64_t busy_poll_ns; /* 0 = the loop sleeps as soon as it has nothing to do */
     uint64_t last_io_ns;   /* uv_hrtime() of the last client or backend I/O */
     uv_async_t wake;       /* stop requests from the main thread */

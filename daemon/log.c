@@ -16,11 +16,50 @@ static volatile int log_json;
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 #define LINE_MAX_BYTES 4096
+#define BATCH_BYTES 4096 /* PIPE_BUF: one write to a pipe never interleaves with another */
 
 struct line {
     char buf[LINE_MAX_BYTES];
     size_t len;
 };
+
+/* The calling thread's batched lines (log_batch). */
+static _Thread_local struct {
+    int on;
+    size_t len;
+    char buf[BATCH_BYTES];
+} batch;
+
+static void
+write_all(const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t rc = write(STDERR_FILENO, p, n);
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc <= 0)
+            return; /* nowhere to report it */
+        p += rc;
+        n -= (size_t)rc;
+    }
+}
+
+void
+log_flush(void)
+{
+    if (batch.len) {
+        write_all(batch.buf, batch.len);
+        batch.len = 0;
+    }
+}
+
+void
+log_batch(int on)
+{
+    if (!on)
+        log_flush();
+    batch.on = on;
+}
 
 void
 log_set_level(int level)
@@ -147,14 +186,22 @@ begin(struct line *l, int level)
 }
 
 static void
-finish(struct line *l)
+finish(struct line *l, int level)
 {
     if (log_json)
         put(l, "}", 1);
     l->buf[l->len++] = '\n';
-    /* One write per line so lines from several threads never interleave. */
-    ssize_t rc = write(STDERR_FILENO, l->buf, l->len);
-    (void)rc;
+    if (batch.on && level >= LOG_LEVEL_INFO) {
+        if (batch.len + l->len > sizeof(batch.buf))
+            log_flush();
+        memcpy(batch.buf + batch.len, l->buf, l->len);
+        batch.len += l->len;
+        return;
+    }
+    /* Whole lines per write, so lines from several threads never interleave; a
+     * warning or error goes out at once, after what this thread had batched. */
+    log_flush();
+    write_all(l->buf, l->len);
 }
 
 static void vemit(int level, int with_errno, int saved, const char *fmt, va_list ap)
@@ -174,7 +221,7 @@ vemit(int level, int with_errno, int saved, const char *fmt, va_list ap)
     begin(&l, level);
     put_key(&l, "msg", 0);
     put_value(&l, msg);
-    finish(&l);
+    finish(&l, level);
 }
 
 void
@@ -230,5 +277,5 @@ log_fields(int level, const char *msg, const struct log_field *f, int n)
             break;
         }
     }
-    finish(&l);
+    finish(&l, level);
 }

@@ -3,7 +3,8 @@
  * Every line is one line (journald-friendly). The level macros test the active
  * level before evaluating their arguments, so a disabled log_debug() costs one
  * load and compare. Thread-safe: each line is formatted into a local buffer and
- * written with one write(2). Never pass secrets or prompt text here unless the
+ * written whole, alone or in a batch of whole lines (log_batch) of at most PIPE_BUF
+ * bytes, so lines of different threads never interleave. Never pass secrets or prompt text here unless the
  * config allows it (conf.log_prompts, and only at debug). */
 #ifndef TRIAGE_LOG_H
 #define TRIAGE_LOG_H
@@ -25,6 +26,16 @@ void log_set_level(int level);
 
 /* 1: JSON lines; 0: logfmt (default). */
 void log_set_json(int json);
+
+/* Batching, for event-loop threads: with on, the calling thread's lines are kept
+ * (whole lines, in order) and written together by log_flush(), or as soon as the
+ * buffer is full or a line is at warn level or worse. A loop flushes before each
+ * poll, so a line waits at most for the rest of its loop turn, and a busy worker
+ * writes its access lines with one write(2) per turn instead of one per request. */
+void log_batch(int on);
+
+/* Writes the calling thread's batched lines. */
+void log_flush(void);
 
 /* Emits one line at level; with_errno appends ": strerror(errno)" (errno as of entry). */
 void log__emit(int level, int with_errno, const char *fmt, ...)

@@ -1211,6 +1211,13 @@ on_check(uv_check_t *c)
 }
 
 static void
+on_prepare(uv_prepare_t *h)
+{
+    (void)h;
+    log_flush(); /* the lines of this loop turn, before the loop may sleep */
+}
+
+static void
 on_idle(uv_idle_t *h)
 {
     (void)h; /* only there so the loop polls without blocking; on_check does the work */
@@ -1263,6 +1270,7 @@ worker_teardown(struct daemon_worker *w)
     close_if_open((uv_handle_t *)&w->check);
     close_if_open((uv_handle_t *)&w->idle);
     close_if_open((uv_handle_t *)&w->spin);
+    close_if_open((uv_handle_t *)&w->flush);
 }
 
 static void
@@ -1303,9 +1311,11 @@ worker_main(void *arg)
 {
     struct daemon_worker *w = arg;
 
+    log_batch(1);
     on_heartbeat(&w->heartbeat);
     daemon__mhd_run(w);
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    log_batch(0);
     router_thread_cleanup();
     atomic_store(&w->done, 1);
 }
@@ -1400,6 +1410,9 @@ worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *e
     uv_idle_init(&w->loop, &w->idle);
     uv_idle_init(&w->loop, &w->spin);
     uv_unref((uv_handle_t *)&w->spin);
+    uv_prepare_init(&w->loop, &w->flush);
+    uv_prepare_start(&w->flush, on_prepare);
+    uv_unref((uv_handle_t *)&w->flush);
     w->busy_poll_ns = (uint64_t)c->busy_poll_us * 1000;
     w->mhd_timer.data = w->drain.data = w->heartbeat.data = w->wake.data = w;
     w->check.data = w->idle.data = w->spin.data = w;

@@ -1,5 +1,7 @@
-/* test_log.c - unit tests for daemon/log.c: levels, lazy arguments, logfmt and JSON quoting. */
+/* test_log.c - unit tests for daemon/log.c: levels, lazy arguments, logfmt and JSON quoting,
+ * batching. */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -131,6 +133,46 @@ test_json_lines(void **state)
     json_decref(j);
 }
 
+/* Batched lines wait for log_flush(); a warning goes out at once, after them; a
+ * full batch goes out by itself; nothing is reordered or lost. */
+static void
+test_batching(void **state)
+{
+    char buf[8192];
+
+    (void)state;
+    log_set_json(0);
+    log_set_level(LOG_LEVEL_INFO);
+    capture_begin();
+    fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+    log_batch(1);
+    log_info("first");
+    log_info("second");
+    assert_true(read(pipefd[0], buf, sizeof(buf)) < 0 && errno == EAGAIN); /* held */
+    log_warnx("third");
+    ssize_t n = read(pipefd[0], buf, sizeof(buf) - 1);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    char *a = strstr(buf, "msg=first"), *b = strstr(buf, "msg=second"), *c = strstr(buf, "msg=third");
+    assert_true(a && b && c && a < b && b < c);
+    log_info("fourth");
+    assert_true(read(pipefd[0], buf, sizeof(buf)) < 0 && errno == EAGAIN);
+    log_flush();
+    n = read(pipefd[0], buf, sizeof(buf) - 1);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_non_null(strstr(buf, "msg=fourth"));
+    /* more than a batch holds: written as it fills, whole lines */
+    for (int i = 0; i < 40; i++)
+        log_info("line %03d %0200d", i, 0);
+    n = read(pipefd[0], buf, sizeof(buf) - 1);
+    assert_true(n > 0 && buf[n - 1] == '\n');
+    log_batch(0); /* writes the rest */
+    fcntl(pipefd[0], F_SETFL, 0);
+    const char *out = capture_end();
+    assert_non_null(strstr(out, "msg=\"line 039 "));
+}
+
 int
 main(void)
 {
@@ -139,6 +181,7 @@ main(void)
         cmocka_unit_test(test_warn_appends_strerror),
         cmocka_unit_test(test_logfmt_fields),
         cmocka_unit_test(test_json_lines),
+        cmocka_unit_test(test_batching),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
