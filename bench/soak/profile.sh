@@ -2,9 +2,9 @@
 # bench/soak/profile.sh - where triaged's CPU goes per request: one worker in front of
 # mockllm under wrk (bench/proxy/post.lua, ~1 KB body, c50, JSON by default), sampled with
 # `perf record -e cpu-clock --call-graph dwarf`, and each sample charged to the innermost
-# frame that belongs to a known part: MHD (HTTP server), curl (upstream client), jansson
-# (JSON), features_*, router_* (model), storage_* / SQLite (writer thread), log_*, libuv
-# loop, triaged's own code; libc and kernel frames are charged to their caller (the kernel
+# frame that belongs to a known part: MHD (HTTP server), the upstream client (its plain-HTTP
+# transport; curl for https), jansson (JSON), features_*, router_* (model), storage_* /
+# SQLite (writer thread), log_*, libuv loop, triaged's own code; libc and kernel frames are charged to their caller (the kernel
 # share is shown on its own too). Prints a table of % of triaged's CPU and µs per request.
 # --streams N instead profiles N slow SSE streams held open by bench/streams/sse_stamps
 # (20 chunks 500 ms apart; "per request" is then per stream started in the window).
@@ -115,6 +115,8 @@ function libpart(dso) {
 }
 function ownpart(sym) {
     if (sym ~ /^features_/) return "features"
+    if (sym ~ /^upstream|^(conn_attach|conn_open|conn_close|conn_release|conn_lost|send_request|take_input|parse_head|on_read|on_write|on_connect|on_resume)$/)
+        return "upstream client (HTTP/1.1 on libuv, with its syscalls)"
     if (sym ~ /^router_|^model_|^policy_/) return "router (model score, policy)"
     if (sym ~ /^storage_/) return "storage (queue, writer)"
     if (sym ~ /^log_|^daemon__log/) return "logging"
