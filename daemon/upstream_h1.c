@@ -165,6 +165,23 @@ defer_error(struct upstream_call *c, enum upstream_error err, const char *detail
     resume_push(c);
 }
 
+/* Closes k and ends its call with err, the detail saying "<what> <host:port>: <why>".
+ * deferred: from a path that may run inside upstream_start (see defer_error). */
+static void
+conn_fail(struct h1_conn *k, enum upstream_error err, int deferred, const char *what,
+          const char *why)
+{
+    struct upstream_call *c = k->call;
+    char detail[192];
+
+    snprintf(detail, sizeof(detail), "%s %s: %s", what, k->origin->authority, why);
+    conn_close(k);
+    if (deferred)
+        defer_error(c, err, detail);
+    else
+        upstream__call_finish(c, err, detail);
+}
+
 /* ---- the request ---------------------------------------------------------------- */
 
 static void
@@ -183,7 +200,6 @@ static void
 conn_lost(struct h1_conn *k, int err)
 {
     struct upstream_call *c = k->call;
-    char detail[160];
 
     if (k->state == C_ACTIVE && k->ps == P_CLOSE && err == UV_EOF) {
         conn_close(k); /* the body ends with the connection: done */
@@ -196,11 +212,8 @@ conn_lost(struct h1_conn *k, int err)
         conn_open(c);
         return;
     }
-    snprintf(detail, sizeof(detail), "%s %s: %s",
-             k->got_bytes ? "connection to" : "nothing received from", k->origin->authority,
-             err == UV_EOF ? "closed by the backend" : uv_strerror(err));
-    conn_close(k);
-    upstream__call_finish(c, UPSTREAM_ERR_CLOSED, detail);
+    conn_fail(k, UPSTREAM_ERR_CLOSED, 0, k->got_bytes ? "connection to" : "nothing received from",
+              err == UV_EOF ? "closed by the backend" : uv_strerror(err));
 }
 
 static void
@@ -267,11 +280,7 @@ conn_attach(struct h1_conn *k, struct upstream_call *c)
             conn_open(c);
             return;
         }
-        char detail[160];
-        snprintf(detail, sizeof(detail), "sending to %s: %s", k->origin->authority,
-                 uv_strerror(rc));
-        conn_close(k);
-        defer_error(c, UPSTREAM_ERR_CLOSED, detail);
+        conn_fail(k, UPSTREAM_ERR_CLOSED, 1, "sending to", uv_strerror(rc));
     }
 }
 
@@ -284,12 +293,8 @@ on_connect(uv_connect_t *req, int status)
     if (k->state != C_CONNECTING || !c)
         return; /* closed meanwhile */
     if (status < 0) {
-        char detail[160];
-        snprintf(detail, sizeof(detail), "connect to %s: %s", k->origin->authority,
-                 uv_strerror(status));
         k->origin->resolved_at = 0; /* the name may point elsewhere now */
-        conn_close(k);
-        upstream__call_finish(c, UPSTREAM_ERR_CONNECT, detail);
+        conn_fail(k, UPSTREAM_ERR_CONNECT, 0, "connect to", uv_strerror(status));
         upstream__after_activity(k->u);
         return;
     }
@@ -306,21 +311,14 @@ connect_to(struct h1_conn *k, const struct sockaddr *addr)
     k->state = C_CONNECTING;
     k->connect.data = k;
     int rc = uv_tcp_connect(&k->connect, &k->tcp, addr, on_connect);
-    if (rc < 0) {
-        struct upstream_call *c = k->call;
-        char detail[160];
-        snprintf(detail, sizeof(detail), "connect to %s: %s", k->origin->authority,
-                 uv_strerror(rc));
-        conn_close(k);
-        defer_error(c, UPSTREAM_ERR_CONNECT, detail);
-    }
+    if (rc < 0)
+        conn_fail(k, UPSTREAM_ERR_CONNECT, 1, "connect to", uv_strerror(rc));
 }
 
 static void
 on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct h1_conn *k = req->data;
-    struct upstream_call *c = k->call;
 
     k->resolving = 0;
     if (k->state == C_CLOSING) {
@@ -329,12 +327,8 @@ on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         return;
     }
     if (status < 0 || !res) {
-        char detail[160];
-        snprintf(detail, sizeof(detail), "cannot resolve %s: %s", k->origin->host,
-                 uv_strerror(status));
         uv_freeaddrinfo(res);
-        conn_close(k);
-        upstream__call_finish(c, UPSTREAM_ERR_CONNECT, detail);
+        conn_fail(k, UPSTREAM_ERR_CONNECT, 0, "cannot resolve", uv_strerror(status));
         upstream__after_activity(k->u);
         return;
     }
@@ -373,11 +367,8 @@ conn_open(struct upstream_call *c)
     k->resolving = 1;
     int rc = uv_getaddrinfo(u->loop, &k->resolve, on_resolved, o->host, o->port, &hints);
     if (rc < 0) {
-        char detail[160];
         k->resolving = 0;
-        snprintf(detail, sizeof(detail), "cannot resolve %s: %s", o->host, uv_strerror(rc));
-        conn_close(k);
-        defer_error(c, UPSTREAM_ERR_CONNECT, detail);
+        conn_fail(k, UPSTREAM_ERR_CONNECT, 1, "cannot resolve", uv_strerror(rc));
     }
 }
 
@@ -540,6 +531,24 @@ save_rest(struct h1_conn *k, const char *p, size_t n)
     k->saved_len = n;
 }
 
+/* Hands the call what is at *p of the k->remaining bytes a length or a chunk size
+ * promised. Returns 1 when the call paused (the input from *p is saved then). */
+static int
+take_counted(struct h1_conn *k, const char **p, const char *end)
+{
+    size_t take = (size_t)(end - *p);
+
+    if (take > k->remaining)
+        take = (size_t)k->remaining;
+    if (deliver(k, *p, take)) {
+        save_rest(k, *p, (size_t)(end - *p));
+        return 1;
+    }
+    k->remaining -= take;
+    *p += take;
+    return 0;
+}
+
 /* After the header block: where the body ends (RFC 9112, 6.3). */
 static void
 body_framing(struct h1_conn *k)
@@ -625,22 +634,14 @@ feed(struct h1_conn *k, const char *p, size_t n, size_t *rest, const char **why)
             c->cb.on_headers_done(c->ctx, k->status);
             break;
         }
-        case P_LENGTH: {
+        case P_LENGTH:
             if (k->remaining == 0) {
                 *rest = (size_t)(end - p);
                 return FEED_DONE;
             }
-            size_t take = (size_t)(end - p);
-            if (take > k->remaining)
-                take = (size_t)k->remaining;
-            if (deliver(k, p, take)) {
-                save_rest(k, p, (size_t)(end - p));
+            if (take_counted(k, &p, end))
                 return FEED_PAUSED;
-            }
-            k->remaining -= take;
-            p += take;
             break;
-        }
         case P_CLOSE:
             if (deliver(k, p, (size_t)(end - p))) {
                 save_rest(k, p, (size_t)(end - p));
@@ -687,20 +688,12 @@ feed(struct h1_conn *k, const char *p, size_t n, size_t *rest, const char **why)
             k->line_len = 0;
             break;
         }
-        case P_CHUNK_DATA: {
-            size_t take = (size_t)(end - p);
-            if (take > k->remaining)
-                take = (size_t)k->remaining;
-            if (deliver(k, p, take)) {
-                save_rest(k, p, (size_t)(end - p));
+        case P_CHUNK_DATA:
+            if (take_counted(k, &p, end))
                 return FEED_PAUSED;
-            }
-            k->remaining -= take;
-            p += take;
             if (k->remaining == 0)
                 k->ps = P_CHUNK_END;
             break;
-        }
         case P_CHUNK_END: {
             char ch = *p++;
             if (ch == '\n') {
@@ -780,13 +773,9 @@ take_input(struct h1_conn *k, const char *p, size_t n)
             conn_close(k); /* bytes past the response: the connection is out of step */
         upstream__call_finish(c, UPSTREAM_OK, NULL);
         break;
-    case FEED_ERROR: {
-        char detail[160];
-        snprintf(detail, sizeof(detail), "%s sent %s", k->origin->authority, why);
-        conn_close(k);
-        upstream__call_finish(c, UPSTREAM_ERR_PROTOCOL, detail);
+    case FEED_ERROR:
+        conn_fail(k, UPSTREAM_ERR_PROTOCOL, 0, "the response from", why);
         break;
-    }
     }
     return r;
 }

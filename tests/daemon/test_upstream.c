@@ -89,10 +89,11 @@ cb_done(void *ctx, enum upstream_error err, const char *detail)
 
 static unsigned mock_port;
 
-/* Runs one call to the mock's chat endpoint (or url) until it ends. */
-static void
-run_call(uv_loop_t *loop, struct upstream *u, const char *url, const char *body,
-         uint32_t first_byte_ms, struct result *r)
+/* Starts a call posting body to url (NULL: the mock's chat endpoint), reporting to r
+ * (reset here). */
+static struct upstream_call *
+start_call(struct upstream *u, const char *url, const char *body, uint32_t first_byte_ms,
+           struct result *r)
 {
     char buf[256];
     struct upstream_request req = {
@@ -113,7 +114,16 @@ run_call(uv_loop_t *loop, struct upstream *u, const char *url, const char *body,
         req.url = buf;
     }
     memset(r, 0, sizeof(*r));
-    struct upstream_call *c = upstream_start(u, &req);
+    return upstream_start(u, &req);
+}
+
+/* Runs one call to the mock's chat endpoint (or url) until it ends. */
+static void
+run_call(uv_loop_t *loop, struct upstream *u, const char *url, const char *body,
+         uint32_t first_byte_ms, struct result *r)
+{
+    struct upstream_call *c = start_call(u, url, body, first_byte_ms, r);
+
     CHECK(c != NULL);
     while (c && !r->done)
         uv_run(loop, UV_RUN_ONCE);
@@ -179,24 +189,15 @@ test_failures(uv_loop_t *loop, struct upstream *u)
 static void
 test_cancel(uv_loop_t *loop, struct upstream *u)
 {
-    struct result r = {0};
-    char url[128];
-    const char *body = "{\"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":\"user\","
-                       "\"content\":\"hi\"}],\"mock\":{\"chunks\":50,\"chunk_delay_ms\":50}}";
-    struct upstream_request req = {
-        .url = url,
-        .headers = NULL,
-        .body = strdup(body),
-        .body_len = strlen(body),
-        .connect_timeout_ms = 1000,
-        .timeout_ms = 10000,
-        .cb = {cb_header, cb_headers_done, cb_data, cb_done},
-        .ctx = &r,
-    };
+    struct result r;
+    struct upstream_call *c =
+        start_call(u, NULL,
+                   "{\"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":\"user\","
+                   "\"content\":\"hi\"}],\"mock\":{\"chunks\":50,\"chunk_delay_ms\":50}}",
+                   0, &r);
 
-    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/chat/completions", mock_port);
-    struct upstream_call *c = upstream_start(u, &req);
-    while (r.data_calls < 2)
+    CHECK(c != NULL);
+    while (c && r.data_calls < 2)
         uv_run(loop, UV_RUN_ONCE);
     upstream_cancel(c);
     CHECK(upstream_active(u) == 0);
@@ -428,9 +429,8 @@ test_bad_responses(uv_loop_t *loop, struct upstream *u)
 static void
 test_pause(uv_loop_t *loop, struct upstream *u)
 {
-    struct result r = {0};
+    struct result r;
     char url[128];
-    const char *body = "{}";
 
     pthread_mutex_lock(&srv.mu);
     srv.response = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -439,17 +439,8 @@ test_pause(uv_loop_t *loop, struct upstream *u)
     srv.keep = 1;
     pthread_mutex_unlock(&srv.mu);
     snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/chat/completions", srv.port);
-    struct upstream_request req = {
-        .url = url,
-        .body = strdup(body),
-        .body_len = strlen(body),
-        .connect_timeout_ms = 1000,
-        .timeout_ms = 10000,
-        .cb = {cb_header, cb_headers_done, cb_data, cb_done},
-        .ctx = &r,
-    };
-    r.pause_next = 1;
-    struct upstream_call *c = upstream_start(u, &req);
+    struct upstream_call *c = start_call(u, url, "{}", 0, &r);
+    r.pause_next = 1; /* nothing arrives before the loop runs */
     CHECK(c != NULL);
     int unpaused = 0;
     while (c && !r.done) {
