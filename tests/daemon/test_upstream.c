@@ -2,7 +2,8 @@
  * against a scripted server for the plain-HTTP transport's framing and connection reuse.
  *
  * usage: test_upstream MOCKLLM
- * Checks the callback order for a whole response and a stream, the first-byte
+ * Against mockllm, once through each transport (plain HTTP, and curl, which takes a URL
+ * with user info), checks the callback order for a whole response and a stream, the first-byte
  * deadline, cancelling a running call, a refused connection, and the one mapping of
  * failure kinds to HTTP statuses; then, with responses written byte by byte where it
  * matters: chunked bodies with extensions and trailers, interim 1xx responses, bodies
@@ -89,6 +90,10 @@ cb_done(void *ctx, enum upstream_error err, const char *detail)
 
 static unsigned mock_port;
 
+/* "" or "x@": a URL with user info goes to the curl transport instead of the plain-HTTP
+ * one, so the tests against mockllm run once through each. */
+static const char *via = "";
+
 /* Starts a call posting body to url (NULL: the mock's chat endpoint), reporting to r
  * (reset here). */
 static struct upstream_call *
@@ -110,7 +115,7 @@ start_call(struct upstream *u, const char *url, const char *body, uint32_t first
     };
 
     if (!url) {
-        snprintf(buf, sizeof(buf), "http://127.0.0.1:%u/v1/chat/completions", mock_port);
+        snprintf(buf, sizeof(buf), "http://%s127.0.0.1:%u/v1/chat/completions", via, mock_port);
         req.url = buf;
     }
     memset(r, 0, sizeof(*r));
@@ -174,7 +179,7 @@ test_failures(uv_loop_t *loop, struct upstream *u)
     CHECK(r.done == 1 && r.err == UPSTREAM_ERR_TIMEOUT);
     CHECK(h_now_ms() - t0 < 3000);
 
-    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/chat/completions", h_free_port());
+    snprintf(url, sizeof(url), "http://%s127.0.0.1:%u/v1/chat/completions", via, h_free_port());
     run_call(loop, u, url, "{}", 0, &r);
     CHECK(r.done == 1 && r.err == UPSTREAM_ERR_CONNECT);
 
@@ -184,6 +189,18 @@ test_failures(uv_loop_t *loop, struct upstream *u)
              0, &r);
     CHECK(r.done == 1 && r.err == UPSTREAM_ERR_CLOSED);
     CHECK(r.status == 200 && r.bytes > 0);
+}
+
+/* A name that cannot resolve (RFC 2606 .invalid): unreachable, or a timeout where the
+ * machine's resolver does not answer within connect_timeout; either way no crash when
+ * the call ends while the lookup is still out. */
+static void
+test_unresolvable(uv_loop_t *loop, struct upstream *u)
+{
+    struct result r;
+
+    run_call(loop, u, "http://triage-test.invalid:8080/v1/chat/completions", "{}", 0, &r);
+    CHECK(r.done == 1 && (r.err == UPSTREAM_ERR_CONNECT || r.err == UPSTREAM_ERR_TIMEOUT));
 }
 
 static void
@@ -499,9 +516,13 @@ main(int argc, char **argv)
     CHECK(u != NULL);
 
     test_status_mapping();
-    test_whole_and_stream(&loop, u);
-    test_failures(&loop, u);
-    test_cancel(&loop, u);
+    for (int curl = 0; curl < 2; curl++) {
+        via = curl ? "x@" : "";
+        test_whole_and_stream(&loop, u);
+        test_failures(&loop, u);
+        test_cancel(&loop, u);
+    }
+    test_unresolvable(&loop, u);
     srv_start();
     test_framing(&loop, u);
     test_bad_responses(&loop, u);
