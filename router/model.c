@@ -624,8 +624,8 @@ all_finite(const float *v, size_t n)
     return 1;
 }
 
-static void
-set_err(char *err, size_t errlen, const char *fmt, ...)
+void
+router__set_err(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
 
@@ -658,27 +658,27 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
         n_heads < 1 || n_heads > ROUTER_MAX_HEADS || n_dense != FEATURES_N_DENSE ||
         n_ref > ROUTER__MAX_REF || strong < -1 || strong >= (int32_t)n_heads || weak < -1 ||
         weak >= (int32_t)n_heads || mix > 1000 || (mix > 0 && (strong < 0 || weak < 0))) {
-        set_err(err, errlen, "bad model shape");
+        router__set_err(err, errlen, "bad model shape");
         return NULL;
     }
     /* check the declared shape against the bytes and a memory budget before
      * allocating anything: a lying header must not cost gigabytes */
     uint64_t nb = (uint64_t)1 << n_bits, no = n_heads + 1ull;
     if ((no + dim) * nb * sizeof(float) > ROUTER__MAX_MODEL_BYTES) {
-        set_err(err, errlen, "model too large (%u-bit hash, %u hidden units)", n_bits, dim);
+        router__set_err(err, errlen, "model too large (%u-bit hash, %u hidden units)", n_bits, dim);
         return NULL;
     }
     uint64_t rows_off = 32 + (uint64_t)n_heads * ROUTER__NAME_MAX +
                         4 * (2ull * FEATURES_N_DENSE + no + FEATURES_N_DENSE * no + dim +
                              (uint64_t)FEATURES_N_DENSE * dim + dim * no);
     if (rows_off + 4 + nb / 8 + 4ull * n_ref > len) {
-        set_err(err, errlen, "truncated model");
+        router__set_err(err, errlen, "truncated model");
         return NULL;
     }
     uint32_t declared_rows = get_u32(data + rows_off);
     if (declared_rows > nb ||
         rows_off + 4 + nb / 8 + (uint64_t)declared_rows * (no + dim) * 2 + 4ull * n_ref != len) {
-        set_err(err, errlen, "model size does not match its shape");
+        router__set_err(err, errlen, "model size does not match its shape");
         return NULL;
     }
     m = router__model_alloc(n_bits, dim, n_heads);
@@ -688,7 +688,7 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
     for (uint32_t i = 0; i < n_heads; i++) {
         const unsigned char *name = rb_take(&b, ROUTER__NAME_MAX);
         if (!name || name[ROUTER__NAME_MAX - 1] != '\0' || name[0] == '\0') {
-            set_err(err, errlen, "bad head name");
+            router__set_err(err, errlen, "bad head name");
             goto fail;
         }
         memcpy(m->names[i], name, ROUTER__NAME_MAX);
@@ -704,12 +704,12 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
     size_t per = m->n_out + dim;
     const unsigned char *bitmap = rb_take(&b, nb / 8);
     if (b.bad || rows > nb) {
-        set_err(err, errlen, "truncated model");
+        router__set_err(err, errlen, "truncated model");
         goto fail;
     }
     const unsigned char *rowdata = rb_take(&b, (size_t)rows * per * 2);
     if (!rowdata) {
-        set_err(err, errlen, "truncated model");
+        router__set_err(err, errlen, "truncated model");
         goto fail;
     }
     size_t seen = 0;
@@ -717,7 +717,7 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
         if (!(bitmap[r / 8] & (1u << (r % 8))))
             continue;
         if (seen == rows) {
-            set_err(err, errlen, "bad sparse row count");
+            router__set_err(err, errlen, "bad sparse row count");
             goto fail;
         }
         const unsigned char *q = rowdata + seen * per * 2;
@@ -728,14 +728,14 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
         seen++;
     }
     if (seen != rows) {
-        set_err(err, errlen, "bad sparse row count");
+        router__set_err(err, errlen, "bad sparse row count");
         goto fail;
     }
     m->n_ref = n_ref;
     m->ref = xcalloc(n_ref, sizeof(float));
     rb_f32s(&b, m->ref, n_ref);
     if (b.bad || b.off != len) {
-        set_err(err, errlen, b.bad ? "truncated model" : "trailing bytes in model");
+        router__set_err(err, errlen, b.bad ? "truncated model" : "trailing bytes in model");
         goto fail;
     }
     if (!all_finite(m->dense_mean, FEATURES_N_DENSE) ||
@@ -743,12 +743,12 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
         !all_finite(m->w_dense, (size_t)FEATURES_N_DENSE * m->n_out) ||
         !all_finite(m->h_bias, dim) || !all_finite(m->h_dense, (size_t)FEATURES_N_DENSE * dim) ||
         !all_finite(m->h_out, (size_t)dim * m->n_out) || !all_finite(m->ref, n_ref)) {
-        set_err(err, errlen, "non-finite weights");
+        router__set_err(err, errlen, "non-finite weights");
         goto fail;
     }
     for (uint32_t i = 1; i < n_ref; i++)
         if (m->ref[i] < m->ref[i - 1]) {
-            set_err(err, errlen, "reference scores not sorted");
+            router__set_err(err, errlen, "reference scores not sorted");
             goto fail;
         }
     router__set_version(m, data, len);
@@ -764,31 +764,31 @@ router_model_load_buffer(const void *data, size_t len, char *err, size_t errlen)
     const unsigned char *p = data;
 
     if (len < ROUTER__HEADER_SIZE) {
-        set_err(err, errlen, "not a triage model (too short)");
+        router__set_err(err, errlen, "not a triage model (too short)");
         return NULL;
     }
     if (memcmp(p, ROUTER__MAGIC, 8) != 0) {
-        set_err(err, errlen, "not a triage model (bad magic)");
+        router__set_err(err, errlen, "not a triage model (bad magic)");
         return NULL;
     }
     uint32_t version = get_u32(p + 8), fversion = get_u32(p + 12);
     uint64_t plen = get_u32(p + 16) | (uint64_t)get_u32(p + 20) << 32;
     if (version != ROUTER__FORMAT_VERSION) {
-        set_err(err, errlen, "model format version %u, this build reads %u", version,
+        router__set_err(err, errlen, "model format version %u, this build reads %u", version,
                 ROUTER__FORMAT_VERSION);
         return NULL;
     }
     if (fversion != FEATURES_VERSION) {
-        set_err(err, errlen, "model made for features version %u, this build has %u", fversion,
+        router__set_err(err, errlen, "model made for features version %u, this build has %u", fversion,
                 FEATURES_VERSION);
         return NULL;
     }
     if (plen != len - ROUTER__HEADER_SIZE) {
-        set_err(err, errlen, "model size mismatch (truncated or padded file)");
+        router__set_err(err, errlen, "model size mismatch (truncated or padded file)");
         return NULL;
     }
     if (router_crc32(p + ROUTER__HEADER_SIZE, (size_t)plen) != get_u32(p + 24)) {
-        set_err(err, errlen, "model checksum mismatch (corrupt file)");
+        router__set_err(err, errlen, "model checksum mismatch (corrupt file)");
         return NULL;
     }
     return payload_read(p + ROUTER__HEADER_SIZE, (size_t)plen, err, errlen);
@@ -804,20 +804,20 @@ router_model_load(const char *path, char *err, size_t errlen)
 
     f = fopen(path, "rb");
     if (!f) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        router__set_err(err, errlen, "%s: %s", path, strerror(errno));
         return NULL;
     }
     if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        set_err(err, errlen, "%s: cannot determine size", path);
+        router__set_err(err, errlen, "%s: cannot determine size", path);
         goto fail;
     }
     if ((unsigned long)size > (1ul << 30)) {
-        set_err(err, errlen, "%s: too large for a model", path);
+        router__set_err(err, errlen, "%s: too large for a model", path);
         goto fail;
     }
     data = xcalloc((size_t)size, 1);
     if (fread(data, 1, (size_t)size, f) != (size_t)size) {
-        set_err(err, errlen, "%s: read error", path);
+        router__set_err(err, errlen, "%s: read error", path);
         goto fail;
     }
     m = router_model_load_buffer(data, (size_t)size, err, errlen);

@@ -57,6 +57,10 @@ void router__scores_from_logits(const struct router_model *m, const float *logit
 /* Computes the version digest of the serialised payload. */
 void router__set_version(struct router_model *m, const unsigned char *payload, size_t len);
 
+/* Formats an error message into err (errlen bytes; NULL or 0: nothing). */
+void router__set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Sets the version of a freshly built model from its serialised payload. */
 void router__model_finish(struct router_model *m);
 

@@ -58,18 +58,6 @@ xrealloc(void *p, size_t n)
     return q;
 }
 
-static void
-set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 struct router_dataset *
 router_dataset_new(unsigned n_bits)
 {
@@ -341,11 +329,11 @@ fit(const struct router_dataset *d, const size_t *idx, size_t n_idx,
     uint64_t rng = seed * 0x2545f4914f6cdd1dULL + 1;
 
     if (n == 0 || d->n_heads == 0) {
-        set_err(err, errlen, "no training examples with outcomes");
+        router__set_err(err, errlen, "no training examples with outcomes");
         return NULL;
     }
     if (o->dim > 256) {
-        set_err(err, errlen, "hidden size above 256");
+        router__set_err(err, errlen, "hidden size above 256");
         return NULL;
     }
     m = router__model_alloc(d->n_bits, o->dim, d->n_heads);
@@ -563,7 +551,7 @@ router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
 
     if (bags > 1 && o->dim > 0) {
         /* hidden units of separate runs do not line up: only linear models average */
-        set_err(err, errlen, "bags > 1 needs a linear model (dim 0)");
+        router__set_err(err, errlen, "bags > 1 needs a linear model (dim 0)");
         return NULL;
     }
     struct router_model *m = fit(d, idx, n_idx, o, o->seed, err, errlen);
