@@ -1,7 +1,6 @@
 /* train.c - training sets of extracted features and the deterministic trainer (AdaGrad SGD). */
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
