@@ -51,6 +51,7 @@ static const struct conf_key keys[] = {
     {"server", "workers", T_U32, C(workers), 1, 64, "1", NULL},
     {"server", "max_body", T_SIZE, C(max_body), 1024, 1024.0 * 1024 * 1024, "4m", NULL},
     {"server", "max_header", T_SIZE, C(max_header), 1024, 1024 * 1024, "16k", NULL},
+    {"server", "max_response", T_SIZE, C(max_response), 1024, 1024.0 * 1024 * 1024, "64m", NULL},
     {"server", "max_connections", T_U32, C(max_connections), 1, 1000000, "16384", NULL},
     {"server", "read_timeout_ms", T_U32, C(read_timeout_ms), 100, 3600000, "30000", NULL},
     {"server", "idle_timeout_ms", T_U32, C(idle_timeout_ms), 100, 3600000, "60000", NULL},

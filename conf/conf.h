@@ -66,6 +66,7 @@ struct conf {
     uint32_t workers;          /* event-loop threads, each with its own listener */
     size_t max_body;           /* bytes */
     size_t max_header;         /* bytes */
+    size_t max_response;       /* largest backend answer buffered whole (streams are relayed) */
     uint32_t max_connections;
     uint32_t read_timeout_ms;  /* a request must arrive whole within this */
     uint32_t idle_timeout_ms;  /* keep-alive connections idle longer are closed */

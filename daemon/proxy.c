@@ -565,6 +565,10 @@ up_data(void *ctx, const char *buf, size_t len)
     if (isnan(rq->ttfb_ms))
         rq->ttfb_ms = daemon__ms_since(rq->t_start_ns);
     if (!rq->streaming) {
+        /* buffered whole before it is relayed: a runaway backend must not take
+         * the daemon's memory with it */
+        if (rq->up_body.len + len > rq->snap->conf->max_response)
+            return -1;
         daemon__buf_append(&rq->up_body, buf, len);
         return 0;
     }
@@ -718,6 +722,8 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
     struct daemon_request *rq = ctx;
     const struct conf_backend *b = &rq->snap->conf->backends[rq->backend];
     int failed = (err && err != UPSTREAM_ERR_INTERNAL) || rq->up_status >= 500;
+    /* too large comes back too large: not worth a retry or a fallback */
+    int retryable = err && err != UPSTREAM_ERR_INTERNAL && err != UPSTREAM_ERR_TOO_LARGE;
 
     rq->call = NULL;
     release_slot(rq);
@@ -749,7 +755,7 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
         return;
     }
     /* nothing has reached the client yet: a failed attempt may be retried */
-    if (((err && err != UPSTREAM_ERR_INTERNAL) || (!err && status_retryable(rq->up_status))) &&
+    if ((retryable || (!err && status_retryable(rq->up_status))) &&
         try_again(rq, err ? 0 : rq->up_status))
         return;
     rq->up_done = 1;

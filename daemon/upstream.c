@@ -38,6 +38,8 @@ static const struct {
     [UPSTREAM_ERR_TIMEOUT] = {504, "timeout", "the backend did not answer in time"},
     [UPSTREAM_ERR_OVERLOADED] = {503, "overloaded", "the backend is at capacity or unavailable"},
     [UPSTREAM_ERR_INTERNAL] = {500, "internal", "the proxy failed to relay the request"},
+    [UPSTREAM_ERR_TOO_LARGE] = {502, "response_too_large",
+                                "the backend's response is larger than max_response"},
 };
 
 int
@@ -435,7 +437,12 @@ write_cb(char *buf, size_t size, size_t n, void *userp)
         c->forced = UPSTREAM_ERR_PROTOCOL;
         return CURL_WRITEFUNC_ERROR;
     }
-    if (c->cb.on_data(c->ctx, buf, len)) {
+    int taken = c->cb.on_data(c->ctx, buf, len);
+    if (taken < 0) {
+        c->forced = UPSTREAM_ERR_TOO_LARGE;
+        return CURL_WRITEFUNC_ERROR;
+    }
+    if (taken > 0) {
         c->paused = 1;
         c->ever_paused = 1;
         return CURL_WRITEFUNC_PAUSE;

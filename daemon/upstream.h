@@ -25,6 +25,7 @@ enum upstream_error {
     UPSTREAM_ERR_TIMEOUT,    /* connect, first byte, idle or total deadline passed: 504 */
     UPSTREAM_ERR_OVERLOADED, /* refused locally: the backend is at max_concurrent or open: 503 */
     UPSTREAM_ERR_INTERNAL,   /* our side failed (out of resources, aborted write): 500 */
+    UPSTREAM_ERR_TOO_LARGE,  /* the caller refused the data (on_data returned -1): 502 */
     UPSTREAM_ERR__COUNT
 };
 
@@ -46,8 +47,9 @@ struct upstream_callbacks {
     void (*on_header)(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen);
     /* The header block is complete; status is the HTTP status. */
     void (*on_headers_done)(void *ctx, long status);
-    /* Body bytes (borrowed). Return 0 when consumed, 1 to pause the call: the
-     * same bytes come again after upstream_unpause(). */
+    /* Body bytes (borrowed). Return 0 when consumed, 1 to pause the call (the same
+     * bytes come again after upstream_unpause()), or -1 to refuse them: the call ends
+     * with UPSTREAM_ERR_TOO_LARGE (a response over what the caller will hold). */
     int (*on_data)(void *ctx, const char *buf, size_t len);
     /* The exchange ended: err is UPSTREAM_OK after a whole response (any status).
      * The call is freed when this returns; do not touch it afterwards. */

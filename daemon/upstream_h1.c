@@ -78,7 +78,7 @@ struct h1_conn {
     size_t saved_len, saved_cap;
 };
 
-enum feed_result { FEED_MORE, FEED_DONE, FEED_PAUSED, FEED_ERROR };
+enum feed_result { FEED_MORE, FEED_DONE, FEED_PAUSED, FEED_ERROR, FEED_REFUSED };
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void conn_open(struct upstream_call *c);
@@ -504,19 +504,20 @@ parse_head(struct h1_conn *k, const char *head, size_t len, const char **why)
     return interim;
 }
 
-/* Hands body bytes to the call. Returns 1 when it paused. */
+/* Hands body bytes to the call. Returns 0 when taken, 1 when it paused, -1 when it
+ * refused them. */
 static int
 deliver(struct h1_conn *k, const char *p, size_t n)
 {
     struct upstream_call *c = k->call;
 
     c->last_data = uv_now(k->u->loop);
-    if (c->cb.on_data(c->ctx, p, n)) {
+    int taken = c->cb.on_data(c->ctx, p, n);
+    if (taken > 0) {
         c->paused = 1;
         c->ever_paused = 1;
-        return 1;
     }
-    return 0;
+    return taken < 0 ? -1 : taken;
 }
 
 /* Keeps input the paused call has not taken (n bytes at p) for upstream_unpause. */
@@ -532,7 +533,8 @@ save_rest(struct h1_conn *k, const char *p, size_t n)
 }
 
 /* Hands the call what is at *p of the k->remaining bytes a length or a chunk size
- * promised. Returns 1 when the call paused (the input from *p is saved then). */
+ * promised. Returns deliver's answer; when the call paused, the input from *p is
+ * saved. */
 static int
 take_counted(struct h1_conn *k, const char **p, const char *end)
 {
@@ -540,13 +542,21 @@ take_counted(struct h1_conn *k, const char **p, const char *end)
 
     if (take > k->remaining)
         take = (size_t)k->remaining;
-    if (deliver(k, *p, take)) {
+    int r = deliver(k, *p, take);
+    if (r > 0)
         save_rest(k, *p, (size_t)(end - *p));
-        return 1;
-    }
+    if (r != 0)
+        return r;
     k->remaining -= take;
     *p += take;
     return 0;
+}
+
+/* A take_counted or deliver answer as the parser's result (FEED_MORE: go on). */
+static enum feed_result
+taken_result(int r)
+{
+    return r > 0 ? FEED_PAUSED : r < 0 ? FEED_REFUSED : FEED_MORE;
 }
 
 /* After the header block: where the body ends (RFC 9112, 6.3). */
@@ -575,11 +585,11 @@ static enum feed_result
 feed(struct h1_conn *k, const char *p, size_t n, size_t *rest, const char **why)
 {
     const char *end = p + n;
+    int r;
 
     while (p < end || (k->ps == P_LENGTH && k->remaining == 0 && k->call->got_headers)) {
         switch (k->ps) {
         case P_HEAD: {
-            int r;
             size_t e;
             if (k->head_len == 0 && (e = head_end(p, (size_t)(end - p), 0)) != 0) {
                 /* the usual case: the whole block in this read, parsed where it lies */
@@ -639,14 +649,14 @@ feed(struct h1_conn *k, const char *p, size_t n, size_t *rest, const char **why)
                 *rest = (size_t)(end - p);
                 return FEED_DONE;
             }
-            if (take_counted(k, &p, end))
-                return FEED_PAUSED;
+            if ((r = take_counted(k, &p, end)) != 0)
+                return taken_result(r);
             break;
         case P_CLOSE:
-            if (deliver(k, p, (size_t)(end - p))) {
+            if ((r = deliver(k, p, (size_t)(end - p))) > 0)
                 save_rest(k, p, (size_t)(end - p));
-                return FEED_PAUSED;
-            }
+            if (r != 0)
+                return taken_result(r);
             p = end;
             break;
         case P_CHUNK_SIZE: {
@@ -689,8 +699,8 @@ feed(struct h1_conn *k, const char *p, size_t n, size_t *rest, const char **why)
             break;
         }
         case P_CHUNK_DATA:
-            if (take_counted(k, &p, end))
-                return FEED_PAUSED;
+            if ((r = take_counted(k, &p, end)) != 0)
+                return taken_result(r);
             if (k->remaining == 0)
                 k->ps = P_CHUNK_END;
             break;
@@ -775,6 +785,9 @@ take_input(struct h1_conn *k, const char *p, size_t n)
         break;
     case FEED_ERROR:
         conn_fail(k, UPSTREAM_ERR_PROTOCOL, 0, "the response from", why);
+        break;
+    case FEED_REFUSED:
+        conn_fail(k, UPSTREAM_ERR_TOO_LARGE, 0, "the response from", "more than the caller holds");
         break;
     }
     return r;

@@ -53,6 +53,7 @@ test_defaults(void **state)
     assert_int_equal(c->port, 8080);
     assert_int_equal(c->max_body, 4 * 1024 * 1024);
     assert_int_equal(c->busy_poll_us, 0);
+    assert_int_equal(c->max_response, 64 * 1024 * 1024);
     assert_int_equal(c->log_level, CONF_LOG_INFO);
     assert_int_equal(c->store_prompts, CONF_STORE_PROMPTS_HASH);
     assert_int_equal(c->policy, CONF_POLICY_THRESHOLD);

@@ -87,7 +87,8 @@ write_conf(const char *name, unsigned p, const char *server_extra, const char *a
     if (!f)
         abort();
     fprintf(f,
-            "[server]\nlisten = 127.0.0.1\nport = %u\nmax_body = 8k\nshutdown_timeout_ms = 5000\n"
+            "[server]\nlisten = 127.0.0.1\nport = %u\nmax_body = 8k\nmax_response = 16k\n"
+            "shutdown_timeout_ms = 5000\n"
             "%s\n"
             "[router]\nmodel = m.tmod\naliases = %s\ntiers = fast, strong\n"
             "fallback = strong, fast\n"
@@ -191,6 +192,36 @@ test_passthrough(void)
     CHECK(r.status == 200);
     CHECK(h_header(&r, "x-mock-auth") == NULL);
     CHECK(h_header(&r, "x-mock-model") && !strcmp(h_header(&r, "x-mock-model"), "gpt4-test"));
+    h_resp_free(&r);
+}
+
+/* A whole answer over max_response (16k here) is refused with a 502, once: no retry and
+ * no fallback; the same answer streamed is relayed as it comes. */
+static void
+test_max_response(void)
+{
+    static const char big[] = "{\"model\":\"fast\"," MSGS ",\"mock\":{\"chunks\":4000}}";
+    static const char big_stream[] =
+        "{\"model\":\"fast\",\"stream\":true," MSGS ",\"mock\":{\"chunks\":4000}}";
+    struct h_resp r;
+
+    long before = mock_stat("requests");
+    h_chat(port, big, &r);
+    CHECK(r.status == 502);
+    CHECK(!strcmp(h_error_code(&r), "backend_response_too_large"));
+    CHECK(mock_stat("requests") == before + 1);
+    h_resp_free(&r);
+
+    h_chat(port, big_stream, &r);
+    CHECK(r.status == 200);
+    CHECK(r.len > 16 * 1024);
+    struct h_sse s;
+    h_parse_sse(r.body, &s);
+    CHECK(s.done == 1 && s.error_events == 0);
+    h_resp_free(&r);
+
+    h_chat(port, "{\"model\":\"fast\"," MSGS "}", &r);
+    CHECK(r.status == 200);
     h_resp_free(&r);
 }
 
@@ -1282,6 +1313,7 @@ main(int argc, char **argv)
         {"die_mid_stream", test_die_mid_stream},
         {"bad_input", test_bad_input},
         {"body_rewrite", test_body_rewrite},
+        {"max_response", test_max_response},
         {"request_parser", test_request_parser},
         {"routing", test_routing},
         {"models_health", test_models_health},

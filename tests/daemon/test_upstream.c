@@ -25,6 +25,7 @@
 
 struct result {
     int pause_next; /* cb_data pauses (takes nothing) once when set */
+    int refuse;     /* cb_data refuses the data */
     int pauses;
     long status;
     int headers_done;
@@ -65,6 +66,8 @@ cb_data(void *ctx, const char *buf, size_t len)
 
     if (!r->headers_done)
         r->data_before_headers++;
+    if (r->refuse)
+        return -1;
     if (r->pause_next) {
         r->pause_next = 0;
         r->pauses++;
@@ -201,6 +204,24 @@ test_unresolvable(uv_loop_t *loop, struct upstream *u)
 
     run_call(loop, u, "http://triage-test.invalid:8080/v1/chat/completions", "{}", 0, &r);
     CHECK(r.done == 1 && (r.err == UPSTREAM_ERR_CONNECT || r.err == UPSTREAM_ERR_TIMEOUT));
+}
+
+/* Data the callback refuses ends the call with UPSTREAM_ERR_TOO_LARGE (a 502). */
+static void
+test_refuse(uv_loop_t *loop, struct upstream *u)
+{
+    struct result r;
+    struct upstream_call *c =
+        start_call(u, NULL, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+                   0, &r);
+
+    r.refuse = 1;
+    CHECK(c != NULL);
+    while (c && !r.done)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(r.done == 1 && r.err == UPSTREAM_ERR_TOO_LARGE && r.status == 200);
+    CHECK(upstream_error_status(UPSTREAM_ERR_TOO_LARGE) == 502);
+    CHECK(upstream_active(u) == 0);
 }
 
 static void
@@ -521,6 +542,7 @@ main(int argc, char **argv)
         test_whole_and_stream(&loop, u);
         test_failures(&loop, u);
         test_cancel(&loop, u);
+        test_refuse(&loop, u);
     }
     test_unresolvable(&loop, u);
     srv_start();
