@@ -118,6 +118,9 @@ struct daemon_request {
     int streaming;           /* an SSE response is being relayed */
     int stream_failed;
     int client_aborted;
+    uv_poll_t *gone_watch;   /* a long wait's watch on the client's socket (see on_heartbeat) */
+    int gone_checked;        /* the client sent more bytes: not watched again */
+    int client_gone;         /* the client hung up while we waited: MHD closes on resume */
     const char *error_kind;
 
     /* chat completions */

@@ -394,9 +394,12 @@ daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *resp)
     }
 }
 
+static void gone_unwatch(struct daemon_request *rq);
+
 void
 daemon__wake(struct daemon_request *rq)
 {
+    gone_unwatch(rq); /* MHD watches the socket again */
     if (rq->suspended) {
         rq->suspended = 0;
         MHD_resume_connection(rq->conn);
@@ -937,6 +940,7 @@ request_finish(struct daemon_request *rq)
     double cost = 0;
     const struct conf *c = rq->snap ? rq->snap->conf : NULL;
 
+    gone_unwatch(rq);
     daemon__proxy_release(rq);
     if (c && rq->backend >= 0) {
         const struct conf_backend *b = &c->backends[rq->backend];
@@ -1089,7 +1093,7 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
     }
     if (rq->response)
         return queue_response(rq);
-    if (w->tearing_down)
+    if (w->tearing_down || rq->client_gone)
         return MHD_NO;
     rq->suspended = 1;
     MHD_suspend_connection(conn);
@@ -1223,6 +1227,77 @@ on_idle(uv_idle_t *h)
     (void)h; /* only there so the loop polls without blocking; on_check does the work */
 }
 
+/* ---- clients that leave while their request waits --------------------------------
+ *
+ * A suspended connection is out of MHD's epoll set, so a client that hangs up while
+ * its request waits for the backend would go unnoticed until the answer came, and the
+ * backend would go on generating for nobody. Requests waiting longer than
+ * GONE_AFTER_MS get a watch on their socket (two epoll_ctl calls, spent only on the
+ * slow ones); end of file there cancels the backend call and lets MHD close. */
+
+#define GONE_AFTER_MS 1000
+
+static void
+on_gone_watch_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void
+gone_unwatch(struct daemon_request *rq)
+{
+    if (!rq->gone_watch)
+        return;
+    uv_poll_stop(rq->gone_watch); /* out of the epoll set before MHD may close the fd */
+    uv_close((uv_handle_t *)rq->gone_watch, on_gone_watch_closed);
+    rq->gone_watch = NULL;
+}
+
+static void
+on_gone_event(uv_poll_t *p, int status, int events)
+{
+    struct daemon_request *rq = p->data;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char ch;
+
+    (void)status;
+    (void)events;
+    ssize_t n = ci ? recv(ci->connect_fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT) : 0;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return; /* nothing after all */
+    gone_unwatch(rq);
+    if (n > 0) {
+        rq->gone_checked = 1; /* a pipelined request, not a hang-up: MHD's to read later */
+        return;
+    }
+    rq->client_gone = 1;
+    rq->error_kind = "client_gone";
+    daemon__proxy_release(rq); /* cancels the backend call, frees its slot */
+    daemon__wake(rq);          /* on_access answers MHD_NO: MHD closes the connection */
+    daemon__mhd_run(rq->w);
+}
+
+/* Starts watching rq's socket for a hang-up. */
+static void
+gone_watch(struct daemon_request *rq)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    uv_poll_t *p = malloc(sizeof(*p));
+
+    if (!p)
+        abort();
+    if (!ci || uv_poll_init_socket(&rq->w->loop, p, ci->connect_fd) < 0) {
+        free(p);
+        rq->gone_checked = 1;
+        return;
+    }
+    p->data = rq;
+    rq->gone_watch = p;
+    uv_poll_start(p, UV_READABLE | UV_DISCONNECT, on_gone_event);
+}
+
 static void
 on_heartbeat(uv_timer_t *t)
 {
@@ -1230,6 +1305,10 @@ on_heartbeat(uv_timer_t *t)
 
     atomic_store(&w->beat_ms, uv_now(&w->loop));
     atomic_store(&w->beat_ns, daemon__now_ns());
+    for (struct daemon_request *rq = w->requests; rq; rq = rq->next)
+        if (rq->suspended && !rq->response && !rq->gone_watch && !rq->gone_checked &&
+            !rq->client_gone && rq->conn && daemon__ms_since(rq->t_start_ns) >= GONE_AFTER_MS)
+            gone_watch(rq);
 }
 
 static void

@@ -822,6 +822,33 @@ test_client_abort(void)
     CHECK(after == before + 1);
 }
 
+/* A client that gives up on a whole (non-streamed) answer while the backend is still
+ * working: triaged notices the hang-up and cancels the backend call, long before the
+ * backend would have answered (it takes 5 s here). */
+static void
+test_client_gone_waiting(void)
+{
+    struct h_resp r;
+    struct h_req req = {
+        .path = "/v1/chat/completions",
+        .body = "{\"model\":\"fast\"," MSGS ",\"mock\":{\"latency_ms\":5000}}",
+        .timeout_ms = 1300,
+    };
+    long before = mock_stat("cancelled");
+    double t0 = h_now_ms();
+
+    h_do(port, &req, &r);
+    CHECK(r.rc == CURLE_OPERATION_TIMEDOUT);
+    h_resp_free(&r);
+    long after = before;
+    while (after == before && h_now_ms() - t0 < 4000) {
+        usleep(50000);
+        after = mock_stat("cancelled");
+    }
+    CHECK(after == before + 1);
+    CHECK(h_now_ms() - t0 < 4000);
+}
+
 static void
 test_check_config(void)
 {
@@ -1320,6 +1347,7 @@ main(int argc, char **argv)
         {"retry_fallback_breaker", test_retry_fallback_breaker},
         {"max_concurrent", test_max_concurrent},
         {"client_abort", test_client_abort},
+        {"client_gone_waiting", test_client_gone_waiting},
         {"check_config", test_check_config},
         {"outcome_log", test_outcome_log},
         {"prompt_digest", test_prompt_digest},
