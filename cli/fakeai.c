@@ -283,6 +283,20 @@ on_handle_closed(uv_handle_t *h)
         conn_free(c);
 }
 
+/* The request in progress is no longer active: it moves to the counter `ended`
+ * (completed, cancelled or aborted) when it was counted at all. */
+static void
+end_busy(struct fakeai_req *c, atomic_long *ended)
+{
+    struct fakeai_server *s = c->lp->srv;
+
+    if (c->busy && c->counted) {
+        atomic_fetch_sub(&s->active, 1);
+        atomic_fetch_add(ended, 1);
+    }
+    c->busy = 0;
+}
+
 /* The request in progress ends without an answer (how), or an idle connection closes. */
 static void
 conn_close(struct fakeai_req *c, enum end_kind how)
@@ -292,11 +306,7 @@ conn_close(struct fakeai_req *c, enum end_kind how)
     if (c->closing)
         return;
     c->closing = 1;
-    if (c->busy && c->counted) {
-        atomic_fetch_sub(&s->active, 1);
-        atomic_fetch_add(how == END_ABORTED ? &s->aborted : &s->cancelled, 1);
-    }
-    c->busy = 0;
+    end_busy(c, how == END_ABORTED ? &s->aborted : &s->cancelled);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -392,15 +402,9 @@ conn_write(struct fakeai_req *c, const char *data, size_t len)
 static void
 conn_abort(struct fakeai_req *c)
 {
-    struct fakeai_server *s = c->lp->srv;
-
     if (c->closing || !c->busy)
         return;
-    c->busy = 0;
-    if (c->counted) {
-        atomic_fetch_sub(&s->active, 1);
-        atomic_fetch_add(&s->aborted, 1);
-    }
+    end_busy(c, &c->lp->srv->aborted);
     c->close_after = 1;
     if (c->pending_writes == 0)
         conn_close(c, END_IDLE);
@@ -417,15 +421,9 @@ on_parse_timer(uv_timer_t *t)
 static void
 conn_finish(struct fakeai_req *c)
 {
-    struct fakeai_server *s = c->lp->srv;
-
     if (c->closing || !c->busy)
         return;
-    c->busy = 0;
-    if (c->counted) {
-        atomic_fetch_sub(&s->active, 1);
-        atomic_fetch_add(&s->completed, 1);
-    }
+    end_busy(c, &c->lp->srv->completed);
     if (c->chat) {
         free(c->chat->model);
         free(c->chat->content);
