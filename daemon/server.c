@@ -1153,12 +1153,16 @@ daemon__mhd_run(struct daemon_worker *w)
         w->need_run = 1; /* the outer call loops */
         return;
     }
+    if (w->up)
+        upstream_cork(w->up); /* the requests of this pass go upstream together */
     do {
         w->need_run = 0;
         w->in_mhd = 1;
         MHD_run(w->mhd);
         w->in_mhd = 0;
     } while (w->need_run && ++rounds < 8);
+    if (w->up)
+        upstream_uncork(w->up);
     if (MHD_get_timeout(w->mhd, &to) == MHD_YES)
         uv_timer_start(&w->mhd_timer, on_mhd_timer, (uint64_t)to, 0);
     else

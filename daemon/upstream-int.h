@@ -67,6 +67,8 @@ struct upstream {
     uv_idle_t resume;              /* feeds unpaused calls their saved bytes */
     struct upstream_call *resume_head;
     char *rbuf;                    /* every read lands here, and is consumed at once */
+    int corked;                    /* requests wait on the cork list (upstream_cork) */
+    struct h1_conn *cork_head, *cork_tail;
 };
 
 /* Ends c with err: takes it off its transport, frees it, then reports (the callback

@@ -83,6 +83,14 @@ void upstream_destroy(struct upstream *u, void (*on_closed)(void *), void *ctx);
  * NULL if curl refused it (nothing is called back then). */
 struct upstream_call *upstream_start(struct upstream *u, struct upstream_request *r);
 
+/* Corks u: requests that would go out at once on a kept-alive plain-HTTP connection
+ * wait until upstream_uncork, which sends them back to back. A server loop corks
+ * around one pass over its clients, so a backend is woken once for the requests
+ * parsed in that pass instead of once per request (new connections, curl's calls
+ * and retries are not held). */
+void upstream_cork(struct upstream *u);
+void upstream_uncork(struct upstream *u);
+
 /* Stops a running call and frees it; no callback fires. Not from inside its own
  * on_data/on_header callbacks (return an error/pause there instead). */
 void upstream_cancel(struct upstream_call *c);

@@ -65,6 +65,8 @@ struct h1_conn {
     int got_bytes;  /* any byte of the current response */
     int keep_alive; /* the response allows another request on the connection */
     int writing;    /* a uv_write of the request is out: its buffers must stay */
+    int corked;     /* on u's cork list: its request goes out at upstream_uncork */
+    struct h1_conn *cork_prev, *cork_next;
 
     enum parse_state ps;
     uint64_t remaining;
@@ -121,6 +123,23 @@ idle_unlink(struct h1_conn *k)
     k->u->n_idle--;
 }
 
+static void
+cork_unlink(struct h1_conn *k)
+{
+    struct upstream *u = k->u;
+
+    if (k->cork_prev)
+        k->cork_prev->cork_next = k->cork_next;
+    else
+        u->cork_head = k->cork_next;
+    if (k->cork_next)
+        k->cork_next->cork_prev = k->cork_prev;
+    else
+        u->cork_tail = k->cork_prev;
+    k->cork_prev = k->cork_next = NULL;
+    k->corked = 0;
+}
+
 /* Closes k (whatever it was doing) and takes it off its call. */
 static void
 conn_close(struct h1_conn *k)
@@ -129,6 +148,8 @@ conn_close(struct h1_conn *k)
         return;
     if (k->state == C_IDLE)
         idle_unlink(k);
+    if (k->corked)
+        cork_unlink(k);
     if (k->call) {
         k->call->h1 = NULL;
         k->call = NULL;
@@ -262,17 +283,14 @@ send_request(struct h1_conn *k)
     return rc;
 }
 
-/* Puts c on connection k and sends its request; a failed send counts as a lost
- * connection (retried once when k was reused). */
+/* Sends the request of the call on k; a failed send counts as a lost connection
+ * (retried once when k was reused). */
 static void
-conn_attach(struct h1_conn *k, struct upstream_call *c)
+conn_send(struct h1_conn *k)
 {
-    k->call = c;
-    c->h1 = k;
-    c->connect_deadline = 0;
-    parser_reset(k);
-    k->state = C_ACTIVE;
+    struct upstream_call *c = k->call;
     int rc = send_request(k);
+
     if (rc < 0) {
         if (k->reused && !c->retried) {
             c->retried = 1;
@@ -282,6 +300,30 @@ conn_attach(struct h1_conn *k, struct upstream_call *c)
         }
         conn_fail(k, UPSTREAM_ERR_CLOSED, 1, "sending to", uv_strerror(rc));
     }
+}
+
+/* Puts c on connection k and sends its request, or while u is corked queues it. */
+static void
+conn_attach(struct h1_conn *k, struct upstream_call *c)
+{
+    struct upstream *u = k->u;
+
+    k->call = c;
+    c->h1 = k;
+    c->connect_deadline = 0;
+    parser_reset(k);
+    k->state = C_ACTIVE;
+    if (!u->corked) {
+        conn_send(k);
+        return;
+    }
+    k->corked = 1;
+    k->cork_prev = u->cork_tail;
+    if (u->cork_tail)
+        u->cork_tail->cork_next = k;
+    else
+        u->cork_head = k;
+    u->cork_tail = k;
 }
 
 static void
@@ -993,6 +1035,24 @@ upstream__h1_start(struct upstream_call *c, const char *url)
         conn_open(c);
     }
     return 0;
+}
+
+void
+upstream_cork(struct upstream *u)
+{
+    u->corked = 1;
+}
+
+void
+upstream_uncork(struct upstream *u)
+{
+    struct h1_conn *k;
+
+    u->corked = 0;
+    while ((k = u->cork_head) != NULL) {
+        cork_unlink(k);
+        conn_send(k);
+    }
 }
 
 void

@@ -8,7 +8,8 @@
  * failure kinds to HTTP statuses; then, with responses written byte by byte where it
  * matters: chunked bodies with extensions and trailers, interim 1xx responses, bodies
  * ended by the connection, kept-alive reuse, a kept-alive connection the server
- * dropped, malformed and oversized responses, short bodies, and pausing. */
+ * dropped, requests held while corked, malformed and oversized responses, short bodies,
+ * and pausing. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -431,6 +432,65 @@ test_framing(uv_loop_t *loop, struct upstream *u)
     CHECK(srv_accepts() == before + 1);
 }
 
+static int
+srv_requests(void)
+{
+    pthread_mutex_lock(&srv.mu);
+    int n = srv.requests;
+    pthread_mutex_unlock(&srv.mu);
+    return n;
+}
+
+/* Turns the loop for about ms milliseconds. */
+static void
+spin(uv_loop_t *loop, int ms)
+{
+    for (int i = 0; i < ms; i++) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+}
+
+/* While corked, a request bound for a kept-alive connection is held back: the server
+ * sees nothing until the uncork; a call cancelled meanwhile is never sent. */
+static void
+test_cork(uv_loop_t *loop, struct upstream *u)
+{
+    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    char url[128];
+    struct result r, r2;
+
+    scripted(loop, u, ok, 0, 1, &r); /* leaves a kept-alive connection */
+    CHECK(r.err == UPSTREAM_OK);
+    int accepts = srv_accepts(), answered = srv_requests();
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/chat/completions", srv.port);
+
+    upstream_cork(u);
+    struct upstream_call *c = start_call(u, url, "{\"model\":\"corked\"}", 0, &r);
+    CHECK(c != NULL);
+    spin(loop, 50);
+    CHECK(r.done == 0 && srv_requests() == answered);
+    upstream_uncork(u);
+    while (!r.done)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "ok"));
+    CHECK(!strcmp(srv.last_body, "{\"model\":\"corked\"}"));
+    CHECK(srv_requests() == answered + 1 && srv_accepts() == accepts);
+
+    /* cancelled while held: the connection goes (it was promised a request), nothing is
+     * sent, and the next call works */
+    upstream_cork(u);
+    c = start_call(u, url, "{\"model\":\"never\"}", 0, &r2);
+    CHECK(c != NULL);
+    upstream_cancel(c);
+    upstream_uncork(u);
+    spin(loop, 50);
+    CHECK(r2.done == 0 && srv_requests() == answered + 1);
+    run_call(loop, u, url, "{\"model\":\"after\"}", 0, &r);
+    CHECK(r.err == UPSTREAM_OK && !strcmp(srv.last_body, "{\"model\":\"after\"}"));
+    CHECK(srv_requests() == answered + 2 && srv_accepts() == accepts + 1);
+}
+
 static void
 test_bad_responses(uv_loop_t *loop, struct upstream *u)
 {
@@ -547,6 +607,7 @@ main(int argc, char **argv)
     test_unresolvable(&loop, u);
     srv_start();
     test_framing(&loop, u);
+    test_cork(&loop, u);
     test_bad_responses(&loop, u);
     test_pause(&loop, u);
 
