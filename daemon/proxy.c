@@ -1194,25 +1194,17 @@ start_attempt(struct daemon_request *rq)
         body_len = strlen(body);
     }
 
-    struct curl_slist *h = NULL;
-    char line[1024];
-    h = curl_slist_append(h, "Content-Type: application/json");
-    h = curl_slist_append(h, rq->stream ? "Accept: text/event-stream" : "Accept: application/json");
-    h = curl_slist_append(h, "Expect:"); /* no 100-continue round trip */
-    h = curl_slist_append(h, "User-Agent: triaged/" TRIAGE_VERSION);
-    snprintf(line, sizeof(line), "X-Request-Id: %s", rq->id);
-    h = curl_slist_append(h, line);
-    if (be->api_key) {
-        /* the client's Authorization is never forwarded; the backend's key is */
-        size_t n = strlen(be->api_key) + 32;
-        char *auth = malloc(n);
-        if (!auth)
-            abort();
-        snprintf(auth, n, "Authorization: Bearer %s", be->api_key);
-        h = curl_slist_append(h, auth);
-        explicit_bzero(auth, n);
-        free(auth);
-    }
+    /* the client's Authorization is never forwarded; the backend's key is */
+    size_t hcap = 256 + (be->api_key ? strlen(be->api_key) : 0);
+    char *h = malloc(hcap), line[1024];
+    if (!h)
+        abort();
+    snprintf(h, hcap,
+             "Content-Type: application/json\r\nAccept: %s\r\n"
+             "User-Agent: triaged/" TRIAGE_VERSION "\r\nX-Request-Id: %s\r\n%s%s%s",
+             rq->stream ? "text/event-stream" : "application/json", rq->id,
+             be->api_key ? "Authorization: Bearer " : "", be->api_key ? be->api_key : "",
+             be->api_key ? "\r\n" : "");
     snprintf(line, sizeof(line), "%s/chat/completions", be->url);
     struct upstream_request ur = {
         .url = line,
@@ -1227,6 +1219,8 @@ start_attempt(struct daemon_request *rq)
         .ctx = rq,
     };
     rq->call = upstream_start(rq->w->up, &ur);
+    explicit_bzero(h, hcap);
+    free(h);
     if (!rq->call) {
         breaker_record(rq->snap->breakers[rq->backend], BREAKER_CANCEL, now_ms());
         rq->breaker_open_call = 0;

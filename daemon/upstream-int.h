@@ -14,7 +14,7 @@ struct h1_origin;
 struct upstream_call {
     struct upstream *u;
     CURL *easy; /* the curl transport's handle; NULL for a plain-HTTP call */
-    struct curl_slist *headers;
+    struct curl_slist *headers; /* the curl transport's request headers */
     char *body;
     size_t body_len;
     struct upstream_callbacks cb;
@@ -89,7 +89,7 @@ void upstream__h1_init(struct upstream *u);
 
 /* Starts c (already on u->calls) for url when it is a plain http:// URL this
  * transport takes. Returns 0 when started, 1 when curl should take the URL. */
-int upstream__h1_start(struct upstream_call *c, const char *url);
+int upstream__h1_start(struct upstream_call *c, const char *url, const char *headers);
 
 /* Takes c off its connection (closed: a half-read response cannot be reused). */
 void upstream__h1_detach(struct upstream_call *c);

@@ -522,6 +522,28 @@ link_call(struct upstream_call *c)
         uv_timer_start(&u->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
 }
 
+/* curl's list of the request's header lines, plus "Expect:" (an empty value: curl
+ * then sends no Expect: 100-continue and waits for no interim answer). */
+static struct curl_slist *
+header_list(const char *block)
+{
+    struct curl_slist *h = curl_slist_append(NULL, "Expect:");
+    char line[1024];
+
+    while (block && *block) {
+        size_t n = strcspn(block, "\r\n");
+        if (n > 0 && n < sizeof(line)) {
+            memcpy(line, block, n);
+            line[n] = '\0';
+            h = curl_slist_append(h, line);
+        }
+        block += n;
+        block += strspn(block, "\r\n");
+    }
+    explicit_bzero(line, sizeof(line)); /* it may have held the backend's key */
+    return h;
+}
+
 struct upstream_call *
 upstream_start(struct upstream *u, struct upstream_request *r)
 {
@@ -530,13 +552,11 @@ upstream_start(struct upstream *u, struct upstream_request *r)
     if (!c)
         abort();
     c->u = u;
-    c->headers = r->headers;
     c->body = r->body;
     c->body_len = r->body_len;
     c->cb = r->cb;
     c->ctx = r->ctx;
     c->idle_timeout_ms = r->idle_timeout_ms;
-    r->headers = NULL;
     r->body = NULL;
 
     uint64_t now = uv_now(u->loop);
@@ -547,7 +567,7 @@ upstream_start(struct upstream *u, struct upstream_request *r)
         c->connect_deadline = r->connect_timeout_ms ? now + r->connect_timeout_ms : 0;
         c->total_deadline = r->timeout_ms ? now + r->timeout_ms : 0;
         link_call(c);
-        if (upstream__h1_start(c, r->url) == 0)
+        if (upstream__h1_start(c, r->url, r->headers) == 0)
             return c;
         unlink_call(c); /* curl's: it keeps the connect and total deadlines itself */
         c->connect_deadline = c->total_deadline = 0;
@@ -555,6 +575,8 @@ upstream_start(struct upstream *u, struct upstream_request *r)
     c->easy = u->n_easy ? u->easy_pool[--u->n_easy] : curl_easy_init();
     if (!c->easy)
         goto fail;
+
+    c->headers = header_list(r->headers);
 
     CURL *e = c->easy;
     curl_easy_setopt(e, CURLOPT_URL, r->url);

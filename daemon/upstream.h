@@ -58,7 +58,7 @@ struct upstream_callbacks {
 
 struct upstream_request {
     const char *url;             /* borrowed, copied by curl */
-    struct curl_slist *headers;  /* taken: freed with the call */
+    const char *headers;         /* borrowed, copied: "Name: value\r\n" lines, or NULL */
     char *body;                  /* taken: freed with the call */
     size_t body_len;
     uint32_t connect_timeout_ms;
@@ -79,7 +79,7 @@ struct upstream *upstream_create(uv_loop_t *loop, void (*after)(void *), void *a
  * fires when they have and the client is freed. NULL is fine. */
 void upstream_destroy(struct upstream *u, void (*on_closed)(void *), void *ctx);
 
-/* Starts a call. Takes r->headers and r->body in every case. Returns the call, or
+/* Starts a call. Takes r->body in every case. Returns the call, or
  * NULL if curl refused it (nothing is called back then). */
 struct upstream_call *upstream_start(struct upstream *u, struct upstream_request *r);
 

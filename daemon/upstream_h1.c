@@ -978,43 +978,27 @@ origin_get(struct upstream *u, const char *auth, size_t len)
     return o;
 }
 
-/* The request head: request line, Host, the call's headers (curl's convention: a
- * "Name:" line with no value means "do not send"), Content-Length. */
+/* The request head: request line, Host, the caller's header lines, Content-Length. */
 static void
-build_head(struct upstream_call *c, const char *path)
+build_head(struct upstream_call *c, const char *path, const char *headers)
 {
-    size_t cap = 256 + strlen(path) + strlen(c->origin->authority), len = 0;
-    const struct curl_slist *h;
-
-    for (h = c->headers; h; h = h->next)
-        cap += strlen(h->data) + 2;
+    size_t hlen = headers ? strlen(headers) : 0;
+    size_t cap = 256 + strlen(path) + strlen(c->origin->authority) + hlen, len = 0;
     char *out = malloc(cap);
+
     if (!out)
         abort();
     len += (size_t)snprintf(out + len, cap - len, "POST %s%s HTTP/1.1\r\nHost: %s\r\n",
                             *path == '/' ? "" : "/", path, c->origin->authority);
-    for (h = c->headers; h; h = h->next) {
-        size_t n = strlen(h->data);
-        const char *colon = memchr(h->data, ':', n);
-        if (!colon || colon == h->data || strpbrk(h->data, "\r\n"))
-            continue;
-        const char *v = colon + 1;
-        while (*v == ' ' || *v == '\t')
-            v++;
-        if (!*v)
-            continue;
-        memcpy(out + len, h->data, n);
-        len += n;
-        out[len++] = '\r';
-        out[len++] = '\n';
-    }
+    memcpy(out + len, headers, hlen);
+    len += hlen;
     len += (size_t)snprintf(out + len, cap - len, "Content-Length: %zu\r\n\r\n", c->body_len);
     c->head = out;
     c->head_len = len;
 }
 
 int
-upstream__h1_start(struct upstream_call *c, const char *url)
+upstream__h1_start(struct upstream_call *c, const char *url, const char *headers)
 {
     struct upstream *u = c->u;
     const char *auth, *path;
@@ -1025,7 +1009,7 @@ upstream__h1_start(struct upstream_call *c, const char *url)
     c->origin = origin_get(u, auth, auth_len);
     if (!c->origin)
         return 1; /* curl says what is wrong with it */
-    build_head(c, path);
+    build_head(c, path, headers);
     struct h1_conn *k = c->origin->idle;
     if (k) {
         idle_unlink(k);

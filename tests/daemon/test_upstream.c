@@ -107,7 +107,7 @@ start_call(struct upstream *u, const char *url, const char *body, uint32_t first
     char buf[256];
     struct upstream_request req = {
         .url = url,
-        .headers = curl_slist_append(NULL, "Content-Type: application/json"),
+        .headers = "Content-Type: application/json\r\n",
         .body = strdup(body),
         .body_len = strlen(body),
         .connect_timeout_ms = 1000,
@@ -379,6 +379,19 @@ static void
 test_framing(uv_loop_t *loop, struct upstream *u)
 {
     struct result r;
+    char url[128];
+
+    /* the header lines reach the server through curl too (a URL with user info takes
+     * it; the server serves one connection at a time, so this one is not kept) */
+    pthread_mutex_lock(&srv.mu);
+    srv.response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+    srv.trickle = srv.keep = 0;
+    pthread_mutex_unlock(&srv.mu);
+    snprintf(url, sizeof(url), "http://x@127.0.0.1:%u/v1/chat/completions", srv.port);
+    run_call(loop, u, url, "{\"model\":\"c\"}", 0, &r);
+    CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "ok"));
+    CHECK(strstr(srv.last_head, "\r\nContent-Type: application/json\r\n") != NULL);
+    CHECK(!strcmp(srv.last_body, "{\"model\":\"c\"}"));
 
     /* the request itself: line, Host, our headers, the length, the body */
     scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0, 1, &r);
