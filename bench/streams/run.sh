@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/streams/run.sh - SSE relay benchmarks with send-stamped chunks (mockllm --stamp):
 #  1. forwarding delay: the same streams against the mock directly, through nginx and
-#     through triaged, interleaved; per run the median/p99 of (receipt - mock send stamp)
+#     through triaged (and triaged with busy_poll_us = 200), interleaved; per run the median/p99 of (receipt - mock send stamp)
 #     for the first chunk and for all chunks, then the medians over runs and the delay each
 #     proxy adds over direct;
 #     with tcpdump (and root), also the delay inside each proxy, from a capture on lo: the
@@ -91,6 +91,18 @@ tpid=$!
 pids+=($tpid)
 wait_port "$t_port"
 
+# the same with busy_poll_us (latency only): what spinning between events buys
+bp_port=""
+if [ "$latency" = 1 ]; then
+    bp_port=$(free_port)
+    triaged_conf "$bp_port" "$mock_port" "$workers" warn "$dir/triage-bp.db" \
+        "max_connections = 100000" "busy_poll_us = 200" >"$dir/triage-bp.conf"
+    taskset -c "$tcores" "$build/daemon/triaged" --config "$dir/triage-bp.conf" \
+        2>"$dir/triaged-bp.log" &
+    pids+=($!)
+    wait_port "$bp_port"
+fi
+
 n_port=""
 if command -v nginx >/dev/null; then
     n_port=$(free_port)
@@ -111,6 +123,7 @@ url[triaged]="http://127.0.0.1:$t_port/v1/chat/completions"
 targets=(direct)
 [ -n "$n_port" ] && targets+=(nginx)
 targets+=(triaged)
+[ -n "$bp_port" ] && url[triaged_bp]="http://127.0.0.1:$bp_port/v1/chat/completions" && targets+=(triaged_bp)
 
 echo "triage SSE stream benchmark - $(date -u '+%Y-%m-%d %H:%M UTC'), $ncpu cores, fd limit $fdlim"
 echo "nginx on core $core_test, triaged ($workers worker(s)) on cores $tcores; mock and client on core $core_load"
@@ -118,6 +131,7 @@ status=0
 
 declare -A port
 port[triaged]=$t_port
+[ -n "$bp_port" ] && port[triaged_bp]=$bp_port
 [ -n "$n_port" ] && port[nginx]=$n_port
 capture=0
 if command -v tcpdump >/dev/null && [ "$(id -u)" = 0 ]; then capture=1; fi
@@ -211,7 +225,7 @@ if [ "$latency" = 1 ]; then
         echo
         echo "| proxy | first chunk n | first chunk median us | first chunk p90 us | first chunk p99 us | all chunks n | all chunks median us | all chunks p99 us |"
         echo "|---|---|---|---|---|---|---|---|"
-        for t in nginx triaged; do
+        for t in nginx triaged triaged_bp; do
             for k in first all; do
                 awk -F'\t' -v t="$t" -v k="$k" '$1 == t { split($2, a, " "); if (a[1] == k) print a[2] }' "$hops" |
                     sort -g | awk '{ v[NR] = $1 } END {
