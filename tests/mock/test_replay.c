@@ -14,12 +14,18 @@
 #include <jansson.h>
 #include <zlib.h>
 
-#include "testhttp.h"
+#include "harness.h"
+
+static unsigned port; /* the replay server's */
 
 extern char **environ;
 
 /* the fixture's answer to "Name a colour." as UTF-8 */
-#define COLOUR "Blue, \"sky\" blue \xe2\x80\x94 \xc3\xbc" "n\xc3\xaf" "c\xc3\xb6" "d\xc3\xa9."
+#define COLOUR                                                                                     \
+    "Blue, \"sky\" blue \xe2\x80\x94 \xc3\xbc"                                                     \
+    "n\xc3\xaf"                                                                                    \
+    "c\xc3\xb6"                                                                                    \
+    "d\xc3\xa9."
 
 static const char *triage;
 static char fixture[256];
@@ -67,14 +73,14 @@ static json_t *
 chat(const char *model, const char *messages, int *status)
 {
     char body[2048];
-    struct resp r;
+    struct h_resp r;
 
     snprintf(body, sizeof(body), "{%s%s%s\"messages\": %s}", model ? "\"model\": \"" : "",
              model ? model : "", model ? "\", " : "", messages);
-    request(NULL, "/v1/chat/completions", body, NULL, 0, &r);
+    h_chat(port, body, &r);
     *status = (int)r.status;
     json_t *j = json_loads(r.body, 0, NULL);
-    resp_free(&r);
+    h_resp_free(&r);
     return j;
 }
 
@@ -119,8 +125,7 @@ test_lookup(void)
              "{\"type\": \"text\", \"text\": \"colour.\"}]}]",
              &st);
     CHECK(st == 200);
-    CHECK(content_of(j) &&
-          strcmp(content_of(j), COLOUR) == 0);
+    CHECK(content_of(j) && strcmp(content_of(j), COLOUR) == 0);
     json_decref(j);
 
     j = chat("m", "[{\"role\": \"user\", \"content\": \"What is three plus three?\"}]", &st);
@@ -129,42 +134,43 @@ test_lookup(void)
     CHECK(msg && strstr(msg, "no recorded answer") != NULL);
     json_decref(j);
 
-    struct resp r;
-    request(NULL, "/v1/models", NULL, NULL, 0, &r);
+    struct h_resp r;
+    h_get(port, "/v1/models", &r);
     CHECK(r.status == 200);
     CHECK(strstr(r.body, "\"id\":\"strong\"") != NULL);
-    resp_free(&r);
+    h_resp_free(&r);
 }
 
 static void
 test_stream(void)
 {
-    struct resp r;
-    struct sse s;
+    struct h_resp r;
+    struct h_sse s;
 
-    request(NULL, "/v1/chat/completions",
-            "{\"model\": \"x\", \"stream\": true, \"stream_options\": {\"include_usage\": true},"
-            "\"messages\": [{\"role\": \"user\", \"content\": \"Name a colour.\"}]}",
-            NULL, 0, &r);
+    h_chat(port,
+           "{\"model\": \"x\", \"stream\": true, \"stream_options\": {\"include_usage\": true},"
+           "\"messages\": [{\"role\": \"user\", \"content\": \"Name a colour.\"}]}",
+           &r);
     CHECK(r.status == 200);
-    parse_sse(r.body, &s);
+    h_parse_sse(r.body, &s);
     CHECK(strcmp(s.content, COLOUR) == 0);
     size_t len = strlen(s.content);
     CHECK(s.content_chunks == (int)((len + 3) / 4));
     CHECK(s.completion_tokens == (long)s.content_chunks);
     CHECK(s.stop_chunks == 1 && s.usage_chunks == 1 && s.done == 1);
-    resp_free(&r);
+    h_resp_free(&r);
 }
 
 static void
 test_fallback(void)
 {
-    char *args[] = {(char *)triage, "replay", "--data", fixture, "--answers", "fast", "--port", "0",
+    char *args[] = {(char *)triage,      "replay",         "--data", fixture,
+                    "--answers",         "fast",           "--port", "0",
                     "--fallback-answer", "I do not know.", NULL};
     pid_t pid;
     int st;
 
-    CHECK(spawn_server(args, &pid, &port) == 0);
+    CHECK(h_spawn_mock(args, &pid, &port) == 0);
     json_t *j = chat("m", "[{\"role\": \"user\", \"content\": \"Name a colour.\"}]", &st);
     CHECK(st == 200);
     CHECK(content_of(j) && strcmp(content_of(j), "I do not know.") == 0);
@@ -172,7 +178,7 @@ test_fallback(void)
     j = chat("m", "[{\"role\": \"user\", \"content\": \"What is two plus two?\"}]", &st);
     CHECK(content_of(j) && strcmp(content_of(j), "It is 4.") == 0); /* first record wins */
     json_decref(j);
-    st = stop_server(pid);
+    st = h_stop(pid, SIGTERM);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
@@ -181,9 +187,10 @@ test_usage_errors(void)
 {
     char *help[] = {(char *)triage, "replay", "--help", NULL};
     char *none[] = {(char *)triage, "replay", "--data", fixture, NULL};
-    char *unknown[] = {(char *)triage, "replay", "--data", fixture, "--answers", "nope", "--port", "0", NULL};
-    char *missing[] = {(char *)triage, "replay", "--data", "/nonexistent/x.jsonl.gz", "--answers",
-                       "fast", NULL};
+    char *unknown[] = {(char *)triage, "replay", "--data", fixture, "--answers",
+                       "nope",         "--port", "0",      NULL};
+    char *missing[] = {(char *)triage, "replay", "--data", "/nonexistent/x.jsonl.gz",
+                       "--answers",    "fast",   NULL};
     char *badnum[] = {(char *)triage, "replay", "--answers", "fast", "--port", "70000", NULL};
 
     CHECK(run_status(help) == 0);
@@ -199,32 +206,34 @@ test_gsm8k(const char *root)
 {
     char data[512];
     snprintf(data, sizeof(data), "%s/data/replay/gsm8k.jsonl.gz", root);
-    char *args[] = {(char *)triage, "replay", "--data", data, "--answers", "mixtral-8x7b-instruct",
-                    "--port", "0", "--ms-per-token", "3", NULL};
+    char *args[] = {
+        (char *)triage, "replay", "--data",         data, "--answers", "mixtral-8x7b-instruct",
+        "--port",       "0",      "--ms-per-token", "3",  NULL};
     pid_t pid;
     int st;
     struct timespec t0, t1;
 
-    CHECK(spawn_server(args, &pid, &port) == 0);
+    CHECK(h_spawn_mock(args, &pid, &port) == 0);
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    json_t *j = chat("mixtral-8x7b-instruct",
-                     "[{\"role\": \"user\", \"content\": \"Janet\xe2\x80\x99s ducks lay 16 eggs per day. "
-                     "She eats three for breakfast every morning and bakes muffins for her friends "
-                     "every day with four. She sells the remainder at the farmers' market daily for $2 "
-                     "per fresh duck egg. How much in dollars does she make every day at the farmers' "
-                     "market?\"}]",
-                     &st);
+    json_t *j =
+        chat("mixtral-8x7b-instruct",
+             "[{\"role\": \"user\", \"content\": \"Janet\xe2\x80\x99s ducks lay 16 eggs per day. "
+             "She eats three for breakfast every morning and bakes muffins for her friends "
+             "every day with four. She sells the remainder at the farmers' market daily for $2 "
+             "per fresh duck egg. How much in dollars does she make every day at the farmers' "
+             "market?\"}]",
+             &st);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     CHECK(st == 200);
     const char *c = content_of(j);
     CHECK(c && strlen(c) > 6 && strcmp(c + strlen(c) - 5, "## 18") == 0);
-    long tokens = (long)json_integer_value(
-        json_object_get(json_object_get(j, "usage"), "completion_tokens"));
+    long tokens =
+        (long)json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens"));
     CHECK(tokens > 20);
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
     CHECK(ms >= 0.8 * 3 * (double)tokens); /* a lower bound only */
     json_decref(j);
-    st = stop_server(pid);
+    st = h_stop(pid, SIGTERM);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
@@ -245,12 +254,12 @@ main(int argc, char **argv)
     write_fixture(dir);
     curl_global_init(CURL_GLOBAL_DEFAULT);
 
-    char *args[] = {(char *)triage, "replay", "--data", fixture, "--answers", "strong", "--port", "0",
-                    NULL};
-    if (spawn_server(args, &pid, &port) == 0) {
+    char *args[] = {(char *)triage, "replay", "--data", fixture, "--answers",
+                    "strong",       "--port", "0",      NULL};
+    if (h_spawn_mock(args, &pid, &port) == 0) {
         test_lookup();
         test_stream();
-        int st = stop_server(pid);
+        int st = h_stop(pid, SIGTERM);
         CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     } else {
         CHECK(!"triage replay started");
@@ -262,7 +271,7 @@ main(int argc, char **argv)
     curl_global_cleanup();
     unlink(fixture);
     rmdir(dir);
-    if (failures)
-        fprintf(stderr, "%d check(s) failed\n", failures);
-    return failures ? 1 : 0;
+    if (h_failures)
+        fprintf(stderr, "%d check(s) failed\n", h_failures);
+    return h_failures ? 1 : 0;
 }

@@ -1,4 +1,4 @@
-/* harness.c - process and HTTP helpers for triaged's integration tests (see harness.h). */
+/* harness.c - process and HTTP helpers for the C test programs (see harness.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -36,6 +36,7 @@ struct sink {
 
 struct h_ctx {
     struct sink body, head;
+    int own; /* the handle is ours to clean up */
 };
 
 static size_t
@@ -61,12 +62,16 @@ on_data(char *p, size_t sz, size_t n, void *arg)
 CURL *
 h_easy(unsigned port, const struct h_req *req, struct h_resp *r, struct curl_slist **hl)
 {
-    CURL *h = curl_easy_init();
+    CURL *h = req->on ? req->on : curl_easy_init();
     char url[512];
     struct h_ctx *ctx = calloc(1, sizeof(*ctx));
+    int expect = 0;
 
     if (!h || !ctx)
         abort();
+    if (req->on)
+        curl_easy_reset(h); /* its options go; its connection stays */
+    ctx->own = !req->on;
     memset(r, 0, sizeof(*r));
     r->body = calloc(1, 1);
     r->head = calloc(1, 1);
@@ -83,15 +88,18 @@ h_easy(unsigned port, const struct h_req *req, struct h_resp *r, struct curl_sli
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, req->timeout_ms ? req->timeout_ms : 15000L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     *hl = NULL;
+    for (const char *const *p = req->headers; p && *p; p++) {
+        *hl = curl_slist_append(*hl, *p);
+        expect |= !strncasecmp(*p, "Expect:", 7);
+    }
     if (req->body) {
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body);
         *hl = curl_slist_append(*hl, "Content-Type: application/json");
-        *hl = curl_slist_append(*hl, "Expect:");
+        if (!expect)
+            *hl = curl_slist_append(*hl, "Expect:");
     }
     if (req->method)
         curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, req->method);
-    for (const char *const *p = req->headers; p && *p; p++)
-        *hl = curl_slist_append(*hl, *p);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, *hl);
     return h;
 }
@@ -102,11 +110,14 @@ h_easy_done(CURL *h, struct h_resp *r, struct curl_slist *hl)
     struct h_ctx *ctx = NULL;
 
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &r->connects);
     curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **)&ctx);
     r->total_ms = h_now_ms() - ctx->body.t0;
-    free(ctx);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_slist_free_all(hl);
-    curl_easy_cleanup(h);
+    if (ctx->own)
+        curl_easy_cleanup(h);
+    free(ctx);
 }
 
 void
@@ -194,19 +205,31 @@ h_parse_sse(const char *body, struct h_sse *s)
             continue;
         }
         json_t *j = json_loadb(p, (size_t)(e - p), 0, NULL);
-        if (!j) {
-            s->bad++;
-        } else if (json_object_get(j, "error")) {
+        const char *object = json_string_value(json_object_get(j, "object"));
+        if (j && json_object_get(j, "error")) {
             s->error_events++;
+        } else if (!object || strcmp(object, "chat.completion.chunk")) {
+            s->bad++;
         } else {
             json_t *choices = json_object_get(j, "choices");
+            json_t *c0 = json_array_get(choices, 0);
+            json_t *usage = json_object_get(j, "usage");
             const char *m = json_string_value(json_object_get(j, "model"));
+            const char *d =
+                json_string_value(json_object_get(json_object_get(c0, "delta"), "content"));
             s->chunks++;
             snprintf(s->model, sizeof(s->model), "%s", m ? m : "");
-            if (json_array_size(choices) == 0 && json_is_object(json_object_get(j, "usage")))
+            if (json_array_size(choices) == 0 && json_is_object(usage)) {
                 s->usage_chunks++;
-            const char *d = json_string_value(
-                json_object_get(json_object_get(json_array_get(choices, 0), "delta"), "content"));
+                s->completion_tokens =
+                    (long)json_integer_value(json_object_get(usage, "completion_tokens"));
+            } else if (json_is_string(json_object_get(c0, "finish_reason"))) {
+                s->stop_chunks++;
+            } else if (d) {
+                s->content_chunks++;
+            } else {
+                s->bad++;
+            }
             if (d)
                 strncat(s->content, d, sizeof(s->content) - strlen(s->content) - 1);
         }

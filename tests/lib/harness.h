@@ -1,6 +1,7 @@
-/* harness.h - what triaged's integration tests share: start mockllm and triaged, HTTP with libcurl. */
-#ifndef TRIAGE_TESTS_DAEMON_HARNESS_H
-#define TRIAGE_TESTS_DAEMON_HARNESS_H
+/* harness.h - what the C test programs share: HTTP with libcurl, SSE taken apart, mockllm
+ * and triaged started and stopped, free ports. */
+#ifndef TRIAGE_TESTS_LIB_HARNESS_H
+#define TRIAGE_TESTS_LIB_HARNESS_H
 
 #include <stddef.h>
 #include <sys/types.h>
@@ -27,23 +28,26 @@ struct h_resp {
     size_t hlen;
     double first_byte_ms; /* from the start to the first body byte, -1 when none */
     double total_ms;
+    long connects; /* new connections the exchange made (0: a kept-alive one was reused) */
 };
 
-/* A request: method NULL = GET, or POST when body is set. headers: NULL-terminated
- * array of "Name: value" lines, or NULL. */
+/* A request: method NULL = GET, or POST when body is set (sent without waiting for a
+ * 100 Continue unless headers ask for one). headers: NULL-terminated array of
+ * "Name: value" lines, or NULL. */
 struct h_req {
     const char *method;
     const char *path;
     const char *body;
     const char *const *headers;
     long timeout_ms; /* 0 = 15 s */
+    CURL *on;        /* a handle to run on, which keeps its connection; NULL: a new one */
 };
 
 /* Prepares an easy handle for req against 127.0.0.1:port, filling r as it runs. */
 CURL *h_easy(unsigned port, const struct h_req *req, struct h_resp *r, struct curl_slist **hl);
 
-/* After an h_easy transfer (detached from any multi handle): fills r's status and
- * total time, frees the handle, its context and hl. */
+/* After an h_easy transfer (detached from any multi handle): fills r's status, time and
+ * connection count, frees its context, hl and the handle (unless it was req->on). */
 void h_easy_done(CURL *h, struct h_resp *r, struct curl_slist *hl);
 
 /* Runs req to the end. */
@@ -63,13 +67,16 @@ const char *h_error_code(const struct h_resp *r);
 
 /* An SSE completion stream taken apart. */
 struct h_sse {
-    char content[8192];
-    int chunks;       /* chat.completion.chunk events */
-    int usage_chunks; /* chunks with empty choices and a usage object */
-    int error_events; /* {"error": ...} events */
-    int done;         /* saw data: [DONE] */
-    int after_done;   /* events after [DONE] */
-    int bad;          /* events that are not JSON */
+    char content[8192];     /* the deltas' content, concatenated */
+    int chunks;             /* chat.completion.chunk events, which are one of: */
+    int content_chunks;     /*   a delta with content */
+    int stop_chunks;        /*   a choice with a finish_reason */
+    int usage_chunks;       /*   no choices and a usage object */
+    long completion_tokens; /* from the usage chunk */
+    int error_events;       /* {"error": ...} events */
+    int done;               /* saw data: [DONE] */
+    int after_done;         /* events after [DONE] */
+    int bad;                /* events that are not JSON, or JSON but none of the above */
     char model[64];
 };
 void h_parse_sse(const char *body, struct h_sse *s);
