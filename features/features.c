@@ -54,16 +54,11 @@ static const float dense_bin_scale[FEATURES_N_DENSE] = {
     2, 2, 2, 3, 20, 3, 3, 3, 3, 3, 3, 1, 2, 2, 1, 3, 3, 3, 2, 20, 20, 3, 3, 20,
 };
 
-/* Tokeniser state of one stream (last user turn, or the rest). */
+/* Bigram state of one stream (last user turn, or the rest). The current word and the
+ * 4-gram window are feed_stream's locals. */
 struct tok {
-    uint64_t word_key;   /* FNV-1a of the current word's folded bytes */
-    uint32_t word_cps;   /* code points in the current word */
-    bool word_num;       /* every code point so far is a digit */
     uint64_t prev_key;   /* previous token's key, for bigrams */
     bool has_prev;
-    uint64_t win;        /* last code points, 16 bits each, for 4-grams */
-    uint32_t win_n;
-    bool last_space;     /* collapse runs of whitespace */
 };
 
 /* Counters behind the dense signals. */
@@ -438,9 +433,6 @@ static void
 tok_reset(struct tok *t)
 {
     memset(t, 0, sizeof(*t));
-    t->word_key = FNV_OFFSET;
-    t->word_num = true;
-    t->last_space = true;
 }
 
 /* Emits a finished token (word or single symbol) with its bigram. */
@@ -460,43 +452,23 @@ emit_token(struct features_scratch *s, enum stream st, uint64_t key)
     }
 }
 
+/* Emits a finished word: key is the FNV-1a of its folded bytes, cps its length in code
+ * points (> 0), num whether all of them are digits (then its key is its length). */
 static void
-word_end(struct features_scratch *s, enum stream st)
+word_end(struct features_scratch *s, enum stream st, uint64_t key, uint32_t cps, bool num)
 {
-    struct tok *t = &s->tok[st];
-
-    if (t->word_cps == 0)
-        return;
-    uint64_t key = t->word_key;
-    if (t->word_num) {
-        key = features__num_key(t->word_cps);
+    if (num) {
+        key = features__num_key(cps);
         if (st == STREAM_LAST)
             s->c.numbers++;
     }
     if (st == STREAM_LAST) {
         s->c.words_last++;
-        s->c.word_cps += t->word_cps;
-        if (!t->word_num && t->word_cps >= 8)
+        s->c.word_cps += cps;
+        if (!num && cps >= 8)
             s->c.long_words++;
     }
     emit_token(s, st, key);
-    t->word_key = FNV_OFFSET;
-    t->word_cps = 0;
-    t->word_num = true;
-}
-
-static void
-char_gram(struct features_scratch *s, uint32_t c)
-{
-    struct tok *t = &s->tok[STREAM_LAST];
-
-    t->win = (t->win << 16) | features__cp16(c);
-    if (t->win_n < 3) {
-        t->win_n++;
-    } else if (s->c.char_grams < FEATURES_MAX_CHAR_GRAMS) {
-        emit(s, FEATURES_FAM_CHAR, t->win);
-        s->c.char_grams++;
-    }
 }
 
 /* Multiple-choice options: a line starting with "A." "A)" "(A)" "A:" (A..J). */
@@ -582,7 +554,9 @@ count_nonascii(struct counts *c, unsigned k)
 }
 
 /* Feeds one fragment of text (a message's content or a content part). Inlined
- * into one copy per stream, so the per-character tests on `last` fold away. */
+ * into one copy per stream, so the per-character tests on `last` fold away. The
+ * current word, the 4-gram window and the gram count are locals, kept in registers:
+ * in the scratch struct, each made a store-to-load chain through every character. */
 static inline __attribute__((always_inline)) void
 feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t len)
 {
@@ -592,6 +566,12 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
     const bool last = st == STREAM_LAST;
     unsigned prev_k = K_SPACE; /* class of the previous character */
     size_t i = 0;
+    uint64_t word_key = FNV_OFFSET; /* FNV-1a of the current word's folded bytes */
+    uint32_t word_cps = 0;          /* its length in code points */
+    bool word_num = true;           /* all of them digits so far */
+    uint64_t win = 0;               /* the last code points, 16 bits each */
+    uint32_t win_n = 0, grams = c->char_grams;
+    bool last_space = true;         /* runs of whitespace count as one space */
 
     tok_reset(t);
     c->mc_state = 0;
@@ -624,41 +604,51 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
 
         if (k & K_WORD) {
             if (f < 0x80) {
-                t->word_key ^= f;
-                t->word_key *= FNV_PRIME;
+                word_key ^= f;
+                word_key *= FNV_PRIME;
             } else {
                 unsigned char buf[4];
                 size_t bl = utf8_encode(f, buf);
                 for (size_t b = 0; b < bl; b++) {
-                    t->word_key ^= buf[b];
-                    t->word_key *= FNV_PRIME;
+                    word_key ^= buf[b];
+                    word_key *= FNV_PRIME;
                 }
             }
-            t->word_cps++;
+            word_cps++;
             if (!(k & K_DIGIT))
-                t->word_num = false;
+                word_num = false;
         } else {
-            word_end(s, st);
+            if (word_cps) {
+                word_end(s, st, word_key, word_cps, word_num);
+                word_key = FNV_OFFSET;
+                word_cps = 0;
+                word_num = true;
+            }
             if (!(k & K_SPACE)) {
                 unsigned char buf[4];
                 size_t bl = utf8_encode(f, buf);
                 emit_token(s, st, features_hash_token((const char *)buf, bl));
             }
         }
-        if (last && c->char_grams < FEATURES_MAX_CHAR_GRAMS) {
-            if (k & K_SPACE) {
-                if (!t->last_space)
-                    char_gram(s, ' ');
-                t->last_space = true;
+        if (last && grams < FEATURES_MAX_CHAR_GRAMS && !((k & K_SPACE) && last_space)) {
+            /* the character, or the space that stands for a run of whitespace */
+            win = (win << 16) | features__cp16(k & K_SPACE ? ' ' : f);
+            last_space = k & K_SPACE;
+            if (win_n < 3) {
+                win_n++;
             } else {
-                char_gram(s, f);
-                t->last_space = false;
+                emit(s, FEATURES_FAM_CHAR, win);
+                grams++;
             }
         }
     }
-    word_end(s, st);
-    if (last && (prev_k & K_SENT))
-        c->sentences++;
+    if (word_cps)
+        word_end(s, st, word_key, word_cps, word_num);
+    if (last) {
+        c->char_grams = grams;
+        if (prev_k & K_SENT)
+            c->sentences++;
+    }
 }
 
 static void
