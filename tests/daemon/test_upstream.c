@@ -212,9 +212,8 @@ static void
 test_refuse(uv_loop_t *loop, struct upstream *u)
 {
     struct result r;
-    struct upstream_call *c =
-        start_call(u, NULL, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
-                   0, &r);
+    struct upstream_call *c = start_call(
+        u, NULL, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", 0, &r);
 
     r.refuse = 1;
     CHECK(c != NULL);
@@ -366,11 +365,12 @@ scripted(uv_loop_t *loop, struct upstream *u, const char *response, int trickle,
     run_call(loop, u, url, "{\"model\":\"m\"}", 0, r);
 }
 
+/* Reads one of the server's counters (srv.accepts, srv.requests). */
 static int
-srv_accepts(void)
+srv_count(const int *counter)
 {
     pthread_mutex_lock(&srv.mu);
-    int n = srv.accepts;
+    int n = *counter;
     pthread_mutex_unlock(&srv.mu);
     return n;
 }
@@ -405,10 +405,10 @@ test_framing(uv_loop_t *loop, struct upstream *u)
     CHECK(!strcmp(srv.last_body, "{\"model\":\"m\"}"));
 
     /* kept alive: the next call goes on the same connection */
-    int before = srv_accepts();
+    int before = srv_count(&srv.accepts);
     scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes", 0, 1, &r);
     CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "yes"));
-    CHECK(srv_accepts() == before);
+    CHECK(srv_count(&srv.accepts) == before);
 
     /* chunked, one byte per read: sizes in either case, an extension, a trailer */
     scripted(loop, u,
@@ -428,30 +428,21 @@ test_framing(uv_loop_t *loop, struct upstream *u)
     CHECK(!strcmp(r.body, "done") && !strcmp(r.content_type, "text/plain"));
 
     /* no length: the body ends with the connection, which is not reused */
-    before = srv_accepts();
+    before = srv_count(&srv.accepts);
     scripted(loop, u, "HTTP/1.0 200 OK\r\n\r\nuntil the end", 0, 0, &r);
     CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "until the end"));
     scripted(loop, u, "HTTP/1.1 204 No Content\r\n\r\n", 0, 1, &r);
     CHECK(r.err == UPSTREAM_OK && r.status == 204 && r.bytes == 0);
-    CHECK(srv_accepts() == before + 1);
+    CHECK(srv_count(&srv.accepts) == before + 1);
 
     /* kept alive by the headers, then dropped by the server: the next call is sent
      * again on a new connection, or finds the old one closed first */
-    before = srv_accepts();
+    before = srv_count(&srv.accepts);
     scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na", 0, 0, &r);
     CHECK(r.err == UPSTREAM_OK);
     scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", 0, 1, &r);
     CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "b"));
-    CHECK(srv_accepts() == before + 1);
-}
-
-static int
-srv_requests(void)
-{
-    pthread_mutex_lock(&srv.mu);
-    int n = srv.requests;
-    pthread_mutex_unlock(&srv.mu);
-    return n;
+    CHECK(srv_count(&srv.accepts) == before + 1);
 }
 
 /* Turns the loop for about ms milliseconds. */
@@ -475,20 +466,20 @@ test_cork(uv_loop_t *loop, struct upstream *u)
 
     scripted(loop, u, ok, 0, 1, &r); /* leaves a kept-alive connection */
     CHECK(r.err == UPSTREAM_OK);
-    int accepts = srv_accepts(), answered = srv_requests();
+    int accepts = srv_count(&srv.accepts), answered = srv_count(&srv.requests);
     snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/chat/completions", srv.port);
 
     upstream_cork(u);
     struct upstream_call *c = start_call(u, url, "{\"model\":\"corked\"}", 0, &r);
     CHECK(c != NULL);
     spin(loop, 50);
-    CHECK(r.done == 0 && srv_requests() == answered);
+    CHECK(r.done == 0 && srv_count(&srv.requests) == answered);
     upstream_uncork(u);
     while (!r.done)
         uv_run(loop, UV_RUN_ONCE);
     CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "ok"));
     CHECK(!strcmp(srv.last_body, "{\"model\":\"corked\"}"));
-    CHECK(srv_requests() == answered + 1 && srv_accepts() == accepts);
+    CHECK(srv_count(&srv.requests) == answered + 1 && srv_count(&srv.accepts) == accepts);
 
     /* cancelled while held: the connection goes (it was promised a request), nothing is
      * sent, and the next call works */
@@ -498,10 +489,10 @@ test_cork(uv_loop_t *loop, struct upstream *u)
     upstream_cancel(c);
     upstream_uncork(u);
     spin(loop, 50);
-    CHECK(r2.done == 0 && srv_requests() == answered + 1);
+    CHECK(r2.done == 0 && srv_count(&srv.requests) == answered + 1);
     run_call(loop, u, url, "{\"model\":\"after\"}", 0, &r);
     CHECK(r.err == UPSTREAM_OK && !strcmp(srv.last_body, "{\"model\":\"after\"}"));
-    CHECK(srv_requests() == answered + 2 && srv_accepts() == accepts + 1);
+    CHECK(srv_count(&srv.requests) == answered + 2 && srv_count(&srv.accepts) == accepts + 1);
 }
 
 static void
@@ -516,8 +507,7 @@ test_bad_responses(uv_loop_t *loop, struct upstream *u)
     scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n", 0, 0, &r);
     CHECK(r.err == UPSTREAM_ERR_PROTOCOL);
 
-    scripted(loop, u, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 0, 0,
-             &r);
+    scripted(loop, u, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 0, 0, &r);
     CHECK(r.err == UPSTREAM_ERR_PROTOCOL && r.status == 200);
 
     /* a header block over 64 KB */
