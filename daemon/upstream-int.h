@@ -69,6 +69,7 @@ struct upstream {
     char *rbuf;                    /* every read lands here, and is consumed at once */
     int corked;                    /* requests wait on the cork list (upstream_cork) */
     struct h1_conn *cork_head, *cork_tail;
+    unsigned n_cork;               /* requests on it */
 };
 
 /* Ends c with err: takes it off its transport, frees it, then reports (the callback

@@ -87,7 +87,10 @@ struct upstream_call *upstream_start(struct upstream *u, struct upstream_request
  * wait until upstream_uncork, which sends them back to back. A server loop corks
  * around one pass over its clients, so a backend is woken once for the requests
  * parsed in that pass instead of once per request (new connections, curl's calls
- * and retries are not held). */
+ * and retries are not held). At most UPSTREAM_CORK_MAX wait: the one that fills the
+ * cork sends them all, which bounds how long the first waits for the others to be
+ * parsed and scored (a few hundred µs) while one wake-up still serves many. */
+#define UPSTREAM_CORK_MAX 32
 void upstream_cork(struct upstream *u);
 void upstream_uncork(struct upstream *u);
 

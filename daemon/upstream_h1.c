@@ -138,6 +138,7 @@ cork_unlink(struct h1_conn *k)
         u->cork_tail = k->cork_prev;
     k->cork_prev = k->cork_next = NULL;
     k->corked = 0;
+    u->n_cork--;
 }
 
 /* Closes k (whatever it was doing) and takes it off its call. */
@@ -302,7 +303,20 @@ conn_send(struct h1_conn *k)
     }
 }
 
-/* Puts c on connection k and sends its request, or while u is corked queues it. */
+/* Sends every held request, in order. */
+static void
+cork_flush(struct upstream *u)
+{
+    struct h1_conn *k;
+
+    while ((k = u->cork_head) != NULL) {
+        cork_unlink(k);
+        conn_send(k);
+    }
+}
+
+/* Puts c on connection k and sends its request, or while u is corked queues it (and
+ * sends the queue when it is full). */
 static void
 conn_attach(struct h1_conn *k, struct upstream_call *c)
 {
@@ -324,6 +338,8 @@ conn_attach(struct h1_conn *k, struct upstream_call *c)
     else
         u->cork_head = k;
     u->cork_tail = k;
+    if (++u->n_cork == UPSTREAM_CORK_MAX)
+        cork_flush(u);
 }
 
 static void
@@ -1030,13 +1046,8 @@ upstream_cork(struct upstream *u)
 void
 upstream_uncork(struct upstream *u)
 {
-    struct h1_conn *k;
-
     u->corked = 0;
-    while ((k = u->cork_head) != NULL) {
-        cork_unlink(k);
-        conn_send(k);
-    }
+    cork_flush(u);
 }
 
 void

@@ -495,6 +495,48 @@ test_cork(uv_loop_t *loop, struct upstream *u)
     CHECK(srv_count(&srv.requests) == answered + 2 && srv_count(&srv.accepts) == accepts + 1);
 }
 
+/* More requests than the cork holds: a full cork goes out at once, the rest at the
+ * uncork (against mockllm, on kept-alive connections opened first). */
+static void
+test_cork_full(uv_loop_t *loop, struct upstream *u)
+{
+    enum { N = UPSTREAM_CORK_MAX + 8 };
+    static struct result r[N];
+    const char *body = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    int done;
+
+    via = ""; /* the plain-HTTP transport: curl's calls are never held */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1)
+            upstream_cork(u);
+        for (int i = 0; i < N; i++)
+            CHECK(start_call(u, NULL, body, 0, &r[i]) != NULL);
+        if (pass == 1) {
+            double until = h_now_ms() + 5000;
+            do {
+                uv_run(loop, UV_RUN_NOWAIT);
+                done = 0;
+                for (int i = 0; i < N; i++)
+                    done += r[i].done;
+            } while (done < UPSTREAM_CORK_MAX && h_now_ms() < until);
+            spin(loop, 50);
+            done = 0;
+            for (int i = 0; i < N; i++)
+                done += r[i].done;
+            CHECK(done == UPSTREAM_CORK_MAX); /* the first 32 went when the 32nd came */
+            upstream_uncork(u);
+        }
+        do {
+            uv_run(loop, UV_RUN_ONCE);
+            done = 0;
+            for (int i = 0; i < N; i++)
+                done += r[i].done;
+        } while (done < N);
+        for (int i = 0; i < N; i++)
+            CHECK(r[i].err == UPSTREAM_OK && r[i].status == 200);
+    }
+}
+
 static void
 test_bad_responses(uv_loop_t *loop, struct upstream *u)
 {
@@ -608,6 +650,7 @@ main(int argc, char **argv)
         test_refuse(&loop, u);
     }
     test_unresolvable(&loop, u);
+    test_cork_full(&loop, u);
     srv_start();
     test_framing(&loop, u);
     test_cork(&loop, u);
