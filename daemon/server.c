@@ -1751,10 +1751,10 @@ daemon_server_run(struct daemon_server *srv)
     srv->watchdog_usec = notify_watchdog_usec();
     if (srv->watchdog_usec)
         uv_timer_start(&srv->watchdog, on_watchdog, 0, srv->watchdog_usec / 2000 + 1);
-    log_info("triaged %s listening on %s port %u (%u workers, model %s, %zu backends%s)",
+    log_info("triaged %s listening on %s port %u (%u worker%s, model %s, %zu backend%s%s)",
              TRIAGE_VERSION, s->conf->listen, (unsigned)s->conf->port, srv->n_workers,
-             router_model_version(s->model), s->conf->n_backends,
-             srv->storage ? ", outcome log on" : "");
+             srv->n_workers == 1 ? "" : "s", router_model_version(s->model), s->conf->n_backends,
+             s->conf->n_backends == 1 ? "" : "s", srv->storage ? ", outcome log on" : "");
     daemon__snapshot_put(s);
     notify_send("READY=1");
     uv_run(&srv->loop, UV_RUN_DEFAULT);
