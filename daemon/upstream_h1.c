@@ -432,6 +432,18 @@ conn_open(struct upstream_call *c)
 
 /* ---- the response --------------------------------------------------------------- */
 
+/* 1 if the n bytes at p are a token (RFC 9110, 5.6.2), as a field name must be. */
+static int
+is_token(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (!isalnum(ch) && (!ch || !strchr("!#$%&'*+-.^_`|~", ch)))
+            return 0;
+    }
+    return n > 0;
+}
+
 /* Case-insensitive: does the comma-separated list v (n bytes) contain token? */
 static int
 has_token(const char *v, size_t n, const char *token)
@@ -523,6 +535,8 @@ parse_head(struct h1_conn *k, const char *head, size_t len, const char **why)
         if (!colon || colon == p)
             continue;
         size_t nlen = (size_t)(colon - p);
+        if (!is_token(p, nlen))
+            continue; /* "Name :", controls, ...: not a field we read or relay */
         const char *v = colon + 1, *ve = le;
         while (v < ve && (*v == ' ' || *v == '\t'))
             v++;
@@ -622,6 +636,9 @@ static void
 body_framing(struct h1_conn *k)
 {
     k->keep_alive = k->http10 ? k->conn_keep && !k->conn_close : !k->conn_close;
+    if (k->chunked == 1 && k->has_length)
+        k->keep_alive = 0; /* both framings: chunked wins, and the connection is not
+                            * trusted with another request (RFC 9112, 6.3) */
     if (k->status == 204 || k->status == 304) {
         k->remaining = 0;
         k->ps = P_LENGTH;

@@ -30,6 +30,7 @@ struct result {
     int pauses;
     long status;
     int headers_done;
+    int headers;           /* header callbacks */
     int header_after_done; /* a header callback after on_headers_done: wrong */
     int data_before_headers;
     int data_calls;
@@ -47,6 +48,7 @@ cb_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vl
 
     if (r->headers_done)
         r->header_after_done++;
+    r->headers++;
     if (nlen == 12 && !strncasecmp(name, "content-type", 12))
         snprintf(r->content_type, sizeof(r->content_type), "%.*s", (int)vlen, value);
 }
@@ -442,6 +444,24 @@ test_framing(uv_loop_t *loop, struct upstream *u)
     CHECK(r.err == UPSTREAM_OK);
     scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", 0, 1, &r);
     CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "b"));
+    CHECK(srv_count(&srv.accepts) == before + 1);
+
+    /* field names that are not tokens are neither read nor handed on */
+    scripted(loop, u,
+             "HTTP/1.1 200 OK\r\nX-Good: 1\r\nBad Name: 2\r\nX-Ctl\x01: 3\r\n: 4\r\n"
+             "Content-Length: 2\r\n\r\nok",
+             0, 1, &r);
+    CHECK(r.err == UPSTREAM_OK && r.headers == 2 && !strcmp(r.body, "ok"));
+
+    /* both framings: chunked wins, and the connection is not trusted again */
+    before = srv_count(&srv.accepts);
+    scripted(loop, u,
+             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+             "2\r\nok\r\n0\r\n\r\n",
+             0, 1, &r);
+    CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "ok"));
+    scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz", 0, 1, &r);
+    CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "z"));
     CHECK(srv_count(&srv.accepts) == before + 1);
 }
 
