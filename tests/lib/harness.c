@@ -238,26 +238,46 @@ h_parse_sse(const char *body, struct h_sse *s)
     }
 }
 
-int
-h_spawn_mock(char *const argv[], pid_t *pid, unsigned *port)
+/* Starts argv with its stdout (and stderr when set) on a pipe; *fd gets the read end.
+ * Returns the child's pid, or -1. */
+static pid_t
+spawn_piped(char *const argv[], int with_stderr, int *fd)
 {
-    int out[2];
-    char line[256] = {0};
+    int p[2];
+    pid_t pid;
 
-    if (pipe(out) < 0)
+    if (pipe(p) < 0)
         return -1;
-    *pid = fork();
-    if (*pid < 0)
+    pid = fork();
+    if (pid < 0) {
+        close(p[0]);
+        close(p[1]);
         return -1;
-    if (*pid == 0) {
-        dup2(out[1], STDOUT_FILENO);
-        close(out[0]);
-        close(out[1]);
+    }
+    if (pid == 0) {
+        dup2(p[1], STDOUT_FILENO);
+        if (with_stderr)
+            dup2(p[1], STDERR_FILENO);
+        close(p[0]);
+        close(p[1]);
         execv(argv[0], argv);
         _exit(127);
     }
-    close(out[1]);
-    FILE *f = fdopen(out[0], "r");
+    close(p[1]);
+    *fd = p[0];
+    return pid;
+}
+
+int
+h_spawn_mock(char *const argv[], pid_t *pid, unsigned *port)
+{
+    char line[256] = {0};
+    int fd;
+
+    *pid = spawn_piped(argv, 0, &fd);
+    if (*pid < 0)
+        return -1;
+    FILE *f = fdopen(fd, "r");
     if (!fgets(line, sizeof(line), f) || sscanf(line, "listening on %u", port) != 1) {
         fclose(f);
         kill(*pid, SIGKILL);
@@ -369,26 +389,14 @@ h_free_port(void)
 int
 h_run(char *const argv[], char *out, size_t outlen)
 {
-    int p[2], st = 0;
-    pid_t pid;
+    int fd, st = 0;
     size_t n = 0;
+    pid_t pid = spawn_piped(argv, 1, &fd);
 
-    if (pipe(p) < 0)
-        return -1;
-    pid = fork();
     if (pid < 0)
         return -1;
-    if (pid == 0) {
-        dup2(p[1], STDOUT_FILENO);
-        dup2(p[1], STDERR_FILENO);
-        close(p[0]);
-        close(p[1]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(p[1]);
     for (;;) {
-        ssize_t k = read(p[0], out + n, outlen - 1 - n);
+        ssize_t k = read(fd, out + n, outlen - 1 - n);
         if (k <= 0)
             break;
         n += (size_t)k;
@@ -396,7 +404,7 @@ h_run(char *const argv[], char *out, size_t outlen)
             break;
     }
     out[n] = '\0';
-    close(p[0]);
+    close(fd);
     if (waitpid(pid, &st, 0) < 0)
         return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
