@@ -298,8 +298,18 @@ bind_count(sqlite3_stmt *st, int i, int64_t v)
         sqlite3_bind_null(st, i);
 }
 
+/* Puts db's latest error into why (STORAGE_ERROR_MAX bytes): SQLite's text and the
+ * extended result code. Call before a ROLLBACK, which replaces the error. */
+static void
+error_text(sqlite3 *db, char *why)
+{
+    snprintf(why, STORAGE_ERROR_MAX, "%s (sqlite error %d)", sqlite3_errmsg(db),
+             sqlite3_extended_errcode(db));
+}
+
+/* Inserts r. Returns 0, or -EIO with the error in why. */
 static int
-insert_one(struct storage *s, const struct storage_record *r)
+insert_one(struct storage *s, const struct storage_record *r, char *why)
 {
     sqlite3_stmt *st = s->insert;
     int rc;
@@ -327,26 +337,43 @@ insert_one(struct storage *s, const struct storage_record *r)
     sqlite3_bind_int(st, 21, r->stream);
     bind_text(st, 22, r->prompt);
     rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        error_text(s->db, why);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
-/* Writes the batch in one transaction. Returns 0 or -EIO (rolled back). */
+/* Writes the batch in one transaction. Returns 0, or -EIO (rolled back) with the
+ * error in why (STORAGE_ERROR_MAX bytes). */
 static int
-write_batch(struct storage *s, struct storage_record **b, uint32_t n)
+write_batch(struct storage *s, struct storage_record **b, uint32_t n, char *why)
 {
-    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        error_text(s->db, why);
         return -EIO;
+    }
     for (uint32_t i = 0; i < n; i++)
-        if (insert_one(s, b[i]) < 0)
+        if (insert_one(s, b[i], why) < 0)
             goto fail;
-    if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        error_text(s->db, why);
         goto fail;
+    }
     return 0;
 fail:
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     return -EIO;
+}
+
+/* Counts a failed transaction and keeps its error. Called with s->lock held. */
+static void
+note_failure(struct storage *s, const char *why)
+{
+    s->c.write_errors++;
+    s->c.degraded = 1;
+    s->c.last_error_ms = mono_ms();
+    snprintf(s->c.last_error, sizeof(s->c.last_error), "%s", why);
 }
 
 /* Waits on cond until the monotonic deadline (ms). Called with s->lock held. */
@@ -359,15 +386,18 @@ wait_until(struct storage *s, pthread_cond_t *cond, int64_t deadline_ms)
 }
 
 /* One retention transaction: up to retention_batch old requests (and old feedback).
- * Returns the number of rows deleted, or -EIO. Runs on the writer thread. */
+ * Returns the number of rows deleted, or -EIO with the error in why
+ * (STORAGE_ERROR_MAX bytes). Runs on the writer thread. */
 static int
-retention_step(struct storage *s)
+retention_step(struct storage *s, char *why)
 {
     int64_t cutoff = storage__now_ms() - (int64_t)s->opt.retention_days * 86400000;
     int n = 0;
 
-    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        error_text(s->db, why);
         return -EIO;
+    }
     sqlite3_bind_int64(s->retain_requests, 1, cutoff);
     sqlite3_bind_int(s->retain_requests, 2, (int)s->opt.retention_batch);
     if (sqlite3_step(s->retain_requests) != SQLITE_DONE)
@@ -385,6 +415,7 @@ retention_step(struct storage *s)
         goto fail;
     return n;
 fail:
+    error_text(s->db, why); /* before the resets and the ROLLBACK replace it */
     sqlite3_reset(s->retain_requests);
     sqlite3_reset(s->retain_feedback);
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
@@ -395,6 +426,7 @@ static void *
 writer_main(void *arg)
 {
     struct storage *s = arg;
+    char why[STORAGE_ERROR_MAX]; /* the failed transaction's error, until note_failure */
     int64_t next_retention = mono_ms();
     int64_t next_flush = mono_ms() + s->opt.flush_interval_ms;
 
@@ -429,25 +461,22 @@ writer_main(void *arg)
             int ok = 0;
             for (int attempt = 0; attempt < STORAGE_WRITE_ATTEMPTS; attempt++) {
                 if (attempt) {
-                    s->c.write_errors++;
-                    s->c.degraded = 1;
                     /* Back off 250 ms, 500 ms, ... unless we are stopping. */
                     int64_t until = mono_ms() + (250 << (attempt - 1));
                     while (!s->stop && mono_ms() < until)
                         wait_until(s, &s->wake, until);
                 }
                 pthread_mutex_unlock(&s->lock);
-                ok = write_batch(s, s->batch, n) == 0;
+                ok = write_batch(s, s->batch, n, why) == 0;
                 pthread_mutex_lock(&s->lock);
                 if (ok)
                     break;
+                note_failure(s, why);
             }
             if (ok) {
                 s->c.written += n;
                 s->c.degraded = 0;
             } else {
-                s->c.write_errors++;
-                s->c.degraded = 1;
                 s->c.failed += n;
             }
             /* Free outside the lock would be nicer, but the batch must stay visible
@@ -466,14 +495,12 @@ writer_main(void *arg)
 
         if (retention_due && !s->stop) {
             pthread_mutex_unlock(&s->lock);
-            int n = retention_step(s);
+            int n = retention_step(s, why);
             pthread_mutex_lock(&s->lock);
             if (n > 0)
                 s->c.retention_deleted += (uint64_t)n;
-            if (n < 0) {
-                s->c.write_errors++;
-                s->c.degraded = 1;
-            }
+            if (n < 0)
+                note_failure(s, why);
             /* A full batch means more old rows: continue after the next write. */
             next_retention =
                 mono_ms() +

@@ -12,7 +12,9 @@
  *    back, counters.write_errors is bumped, degraded is set and the same batch is
  *    retried with backoff (STORAGE_WRITE_ATTEMPTS attempts in all); if every attempt
  *    fails the batch is dropped and counted in counters.failed. The daemon keeps
- *    serving; degraded clears at the next successful commit.
+ *    serving; degraded clears at the next successful commit, while last_error and
+ *    last_error_ms keep the latest failure for whoever reports it (storage itself
+ *    logs nothing: the daemon and the CLI decide what to say).
  *  - storage_close() drains the queue: every record accepted by storage_submit is
  *    committed (or counted as failed) before it returns.
  *  - kill -9 loses only what was still queued in memory: at most flush_interval_ms of
@@ -36,6 +38,9 @@
 
 /* Attempts per batch before a write error drops it (counted in counters.failed). */
 #define STORAGE_WRITE_ATTEMPTS 3
+
+/* Size of counters.last_error, terminator included; longer texts are cut. */
+#define STORAGE_ERROR_MAX 160
 
 /* One routed or passed-through request and what came of it. Strings are owned by
  * the record and freed by storage_record_free(); NULL means unknown. */
@@ -83,6 +88,11 @@ struct storage_counters {
     int degraded;      /* 1 while the last write failed */
     uint64_t write_errors; /* failed transactions, retries included */
     uint64_t retention_deleted; /* rows removed by retention */
+    int64_t last_error_ms;  /* CLOCK_MONOTONIC ms of the latest failed transaction (batch or
+                             * retention); 0 = none since storage_open. Kept after a success */
+    char last_error[STORAGE_ERROR_MAX]; /* SQLite's text for it and the extended result
+                                         * code, e.g. "database or disk is full (sqlite
+                                         * error 13)"; "" = none */
 };
 
 struct storage;
@@ -98,7 +108,7 @@ struct storage *storage_open(const char *path, const struct storage_options *opt
  * is dropped and counted), or -EINVAL for NULL arguments (rec freed). */
 int storage_submit(struct storage *s, struct storage_record *rec);
 
-/* Copies the writer's counters into out. Thread-safe. */
+/* Copies the writer's counters, last error included, into out. Thread-safe. */
 void storage_get_counters(struct storage *s, struct storage_counters *out);
 
 /* Blocks until everything submitted before the call is committed or failed, or

@@ -14,6 +14,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -36,6 +37,16 @@ make_record(const char *id, int64_t started_ms)
     r->tokens_out = 20;
     r->cost_usd = 0.001;
     return r;
+}
+
+/* CLOCK_MONOTONIC in ms, the clock of counters.last_error_ms. */
+static int64_t
+mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void
@@ -358,15 +369,24 @@ test_read_only_uri_counts_failures(void **state)
     snprintf(uri, sizeof(uri), "file:%s?mode=ro", f->path);
     s = storage_open(uri, &opt, err, sizeof(err));
     assert_non_null(s);
+    struct storage_counters c;
+    storage_get_counters(s, &c);
+    assert_int_equal(c.last_error_ms, 0); /* nothing has failed yet */
+    assert_string_equal(c.last_error, "");
+    int64_t t0 = mono_ms();
     for (int i = 0; i < 5; i++)
         assert_int_equal(storage_submit(s, make_record("ro", 1700000000000)), 0);
     assert_int_equal(storage_flush(s, 0), 0);
-    struct storage_counters c;
+    int64_t t1 = mono_ms();
     storage_get_counters(s, &c);
     assert_int_equal(c.failed, 5);
     assert_int_equal(c.written, 0);
     assert_int_equal(c.degraded, 1);
     assert_true(c.write_errors >= STORAGE_WRITE_ATTEMPTS);
+    /* SQLite's own words and code (SQLITE_READONLY = 8), on the monotonic clock. */
+    assert_non_null(strstr(c.last_error, "attempt to write a readonly database"));
+    assert_non_null(strstr(c.last_error, "(sqlite error 8)"));
+    assert_true(c.last_error_ms >= t0 && c.last_error_ms <= t1);
     storage_close(s);
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests"), 1);
 }
@@ -432,6 +452,15 @@ test_disk_full_counts_and_recovers(void **state)
         storage_get_counters(s, &c);
         if (c.failed == 0 || !c.degraded || c.failed + c.written != 200)
             _exit(11);
+        /* The file size limit makes write(2) fail with EFBIG: SQLite reports an I/O
+         * error (or a full disk after a short write, depending on its version). */
+        char failed_with[STORAGE_ERROR_MAX];
+        int64_t failed_at = c.last_error_ms;
+        snprintf(failed_with, sizeof(failed_with), "%s", c.last_error);
+        if ((!strstr(failed_with, "disk I/O error") &&
+             !strstr(failed_with, "database or disk is full")) ||
+            failed_at <= 0 || failed_at > mono_ms())
+            _exit(13);
         setrlimit(RLIMIT_FSIZE, &rl);
         for (int i = 0; i < 10; i++) {
             snprintf(id, sizeof(id), "after-%d", i);
@@ -441,6 +470,9 @@ test_disk_full_counts_and_recovers(void **state)
         storage_get_counters(s, &c);
         if (c.degraded)
             _exit(12);
+        /* Recovered, but the last failure is still there to report. */
+        if (strcmp(c.last_error, failed_with) || c.last_error_ms != failed_at)
+            _exit(14);
         storage_close(s);
         _exit(0);
     }
