@@ -606,6 +606,11 @@ validate(struct parse *p)
 
     c->n_aliases = split_list(p->aliases ? p->aliases : "triage", &c->aliases);
     for (size_t i = 0; i < c->n_aliases; i++) {
+        if (!valid_name(c->aliases[i])) {
+            /* aliases are echoed in /v1/models, headers and logs */
+            set_err(p, 0, "alias '%s': use letters, digits and - _ . : /", c->aliases[i]);
+            return -1;
+        }
         if (conf_backend_find(c, c->aliases[i]) >= 0) {
             set_err(p, 0, "alias '%s' is also a backend name", c->aliases[i]);
             return -1;

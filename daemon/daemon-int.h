@@ -84,6 +84,8 @@ struct daemon_worker {
     int listen_fd;         /* bound before MHD takes it; -1 once MHD owns it */
     int loop_ready;
     unsigned n_conns;      /* open client connections (MHD's notify callback) */
+    struct daemon_conn *conns; /* the same connections, for the read deadline sweep */
+    uv_timer_t reap;       /* the sweep: requests that do not arrive in read_timeout_ms */
     unsigned max_conns;    /* this worker's share of [server] max_connections */
 };
 
@@ -93,6 +95,17 @@ enum daemon_phase {
     PHASE_REPLIED,   /* a response is queued */
 };
 
+/* One client connection (MHD's socket context): when its current request began to
+ * arrive, so that a request trickling in, head or body, is cut at read_timeout_ms. */
+struct daemon_conn {
+    struct MHD_Connection *conn;
+    struct daemon_conn *prev, *next;
+    struct daemon_request *rq; /* the request whose head has arrived, or NULL */
+    uint64_t t_ref_ns;  /* connected, or the previous request ended (monotonic) */
+    uint64_t t_line_ns; /* the request line of the next request arrived, or 0 */
+    int kept;           /* a request was served: the connection is kept alive */
+};
+
 /* One HTTP request (MHD's per-request context). Freed when MHD says it ended. */
 struct daemon_request {
     struct daemon_worker *w;
@@ -100,9 +113,12 @@ struct daemon_request {
     struct daemon_snapshot *snap;
     struct daemon_request *prev, *next;
     char id[40];
-    const char *method;      /* MHD's, valid for the request */
-    const char *path;
-    uint64_t t_start_ns;     /* monotonic */
+    const char *method;      /* owned copies (in strings), not MHD's: a request may */
+    const char *path;        /* outlive its connection (a thread-pool job, an orphan) */
+    char *strings;           /* method and path, one allocation */
+    uint64_t t_start_ns;     /* monotonic: the head had arrived */
+    uint64_t t_arrive_ns;    /* monotonic: the request began to arrive (read deadline) */
+    struct daemon_conn *dconn; /* its connection's state; NULL once MHD let go */
     int64_t started_unix_ms;
     enum daemon_phase phase;
 

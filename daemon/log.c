@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "text.h"
 
 volatile int log__level = LOG_LEVEL_INFO;
 static volatile int log_json;
@@ -115,15 +116,27 @@ put_value(struct line *l, const char *s)
     int quote = log_json || *s == '\0';
 
     for (const char *p = s; !quote && *p; p++)
-        if (*p == ' ' || *p == '"' || *p == '=' || (unsigned char)*p < 0x20 || *p == '\\')
+        if (*p == ' ' || *p == '"' || *p == '=' || (unsigned char)*p < 0x20 || *p == '\\' ||
+            (unsigned char)*p >= 0x7f)
             quote = 1;
     if (!quote) {
         puts_(l, s);
         return;
     }
     put(l, "\"", 1);
+    size_t n = strlen(s);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') {
+        if (*p >= 0x7f) {
+            /* Paths, methods and model names are client bytes: a log line stays valid
+             * UTF-8 (and JSON) whatever they hold. */
+            size_t len = *p == 0x7f ? 0 : text_utf8_seq(p, n - (size_t)((const char *)p - s));
+            if (len) {
+                put(l, (const char *)p, len);
+                p += len - 1;
+            } else {
+                putf(l, "\\u%04x", *p == 0x7f ? 0x7f : 0xfffd);
+            }
+        } else if (*p == '"' || *p == '\\') {
             char esc[2] = {'\\', (char)*p};
             put(l, esc, 2);
         } else if (*p == '\n') {

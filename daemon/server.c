@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -33,6 +34,7 @@
 #include "ratelimit.h"
 #include "server.h"
 #include "storage.h"
+#include "text.h"
 
 #define MAX_HANDLERS 32
 #define POOL_SLACK 4096 /* MHD connection memory beyond max_header: response headers, reads */
@@ -440,13 +442,21 @@ daemon__reply(struct daemon_request *rq, int status, const char *ctype, char *bo
 void
 daemon__reply_json(struct daemon_request *rq, int status, json_t *doc)
 {
-    char *text = json_dumps(doc, JSON_COMPACT);
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
 
     json_decref(doc);
-    if (!text)
-        abort();
+    if (!text) {
+        /* A builder refused its input (invalid UTF-8 that should have been cleaned) or
+         * memory ran out: a clear 500, never a crash. */
+        log_warnx("cannot build the JSON answer of %s %s", rq->method, rq->path);
+        static const char fallback[] =
+            "{\"error\":{\"message\":\"internal error: the answer could not be built\","
+            "\"type\":\"server_error\",\"param\":null,\"code\":\"internal_error\"}}\n";
+        rq->error_kind = "internal_error";
+        daemon__reply(rq, 500, "application/json", strdup(fallback), sizeof(fallback) - 1);
+        return;
+    }
     size_t len = strlen(text);
-    text[len] = '\0';
     /* a trailing newline makes curl-from-a-shell output readable */
     char *withnl = realloc(text, len + 2);
     if (!withnl)
@@ -460,18 +470,30 @@ void
 daemon__reply_error(struct daemon_request *rq, int status, const char *type, const char *code,
                     const char *fmt, ...)
 {
-    char msg[1024];
+    char raw[1024], msg[1024];
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    int n = vsnprintf(raw, sizeof(raw), fmt, ap);
     va_end(ap);
+    if (n < 0)
+        n = 0;
+    /* The message may quote client bytes (a path, a model name, the JSON parser's own
+     * text), and vsnprintf may have cut it mid-character: jansson takes only valid
+     * UTF-8, so it is cleaned here, the one place every error passes. */
+    text_utf8_clean(msg, sizeof(msg), raw, (size_t)n < sizeof(raw) ? (size_t)n : sizeof(raw) - 1);
     if (!rq->error_kind)
         rq->error_kind = code;
     json_t *doc = json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", msg, "type", type,
                             "param", "code", code);
-    if (!doc)
-        abort();
+    if (!doc) { /* only out of memory can get here now */
+        static const char fallback[] =
+            "{\"error\":{\"message\":\"internal error\",\"type\":\"server_error\","
+            "\"param\":null,\"code\":\"internal_error\"}}\n";
+        char *body = strdup(fallback);
+        daemon__reply(rq, status, "application/json", body, body ? sizeof(fallback) - 1 : 0);
+        return;
+    }
     daemon__reply_json(rq, status, doc);
 }
 
@@ -818,10 +840,16 @@ request_new(struct daemon_worker *w, struct MHD_Connection *conn, const char *ur
 
     if (!rq)
         abort();
+    size_t mlen = strlen(method), ulen = strlen(url);
+    rq->strings = malloc(mlen + ulen + 2);
+    if (!rq->strings)
+        abort();
+    memcpy(rq->strings, method, mlen + 1);
+    memcpy(rq->strings + mlen + 1, url, ulen + 1);
     rq->w = w;
     rq->conn = conn;
-    rq->method = method;
-    rq->path = url;
+    rq->method = rq->strings;
+    rq->path = rq->strings + mlen + 1;
     rq->backend = -1;
     rq->first_backend = -1;
     rq->slot = -1;
@@ -993,6 +1021,7 @@ request_finish(struct daemon_request *rq)
     free(rq->requested_model);
     free(rq->prompt_hash);
     free(rq->prompt_json);
+    free(rq->strings);
     daemon__snapshot_put(rq->snap);
     free(rq);
 }
@@ -1006,6 +1035,93 @@ queue_response(struct daemon_request *rq)
     rq->response = NULL;
     rq->phase = PHASE_REPLIED;
     return ret;
+}
+
+/* What the request head says about its own framing and size (head_check). */
+struct head_scan {
+    size_t bytes;          /* name + ": " + value + CRLF, every header */
+    int n_length;          /* Content-Length headers */
+    const char *length;    /* the first one's value */
+    int length_conflict;   /* another one with a different value */
+    int length_bad;        /* a value that is not a decimal number */
+    int chunked;           /* Transfer-Encoding present */
+};
+
+static enum MHD_Result
+scan_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    struct head_scan *h = cls;
+
+    (void)kind;
+    h->bytes += strlen(key) + (value ? strlen(value) : 0) + 4;
+    if (!value)
+        return MHD_YES;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        if (h->n_length++ == 0)
+            h->length = value;
+        else if (strcmp(h->length, value))
+            h->length_conflict = 1;
+        if (!*value || strspn(value, "0123456789") != strlen(value) || strlen(value) > 19)
+            h->length_bad = 1;
+    } else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        h->chunked = 1;
+    }
+    return MHD_YES;
+}
+
+/* Refuses a head that is over max_header or frames its body ambiguously (RFC 9112
+ * 6.3: Content-Length twice with different values, or with Transfer-Encoding: a
+ * request that one parser reads as two and another as one). Returns 0 or, having
+ * replied, -1. MHD's own pool is max_header plus room for our answer, so heads a
+ * little over the limit get this JSON 431, not MHD's. */
+static int
+head_check(struct daemon_request *rq, struct MHD_Connection *conn)
+{
+    struct head_scan h = {0};
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    size_t max = rq->snap->conf->max_header;
+
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &h);
+    size_t size = ci ? ci->header_size : h.bytes + strlen(rq->method) + strlen(rq->path) + 12;
+    if (size > max) {
+        daemon__reply_error(rq, 431, "invalid_request_error", "headers_too_large",
+                            "The request head (%zu bytes) is over the limit of %zu bytes", size,
+                            max);
+        return -1;
+    }
+    if (h.chunked && h.n_length) {
+        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_framing",
+                            "Transfer-Encoding and Content-Length together are refused");
+        return -1;
+    }
+    if (h.length_conflict || h.length_bad) {
+        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_framing",
+                            "%s Content-Length is refused",
+                            h.length_conflict ? "A repeated, different" : "An invalid");
+        return -1;
+    }
+    return 0;
+}
+
+/* Ties rq to its connection's read clock: the request began to arrive when the
+ * connection opened (its first request) or when its request line came (later ones). */
+static void
+attach_conn(struct daemon_request *rq, struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct daemon_conn *dc = ci ? ci->socket_context : NULL;
+
+    rq->t_arrive_ns = rq->t_start_ns;
+    if (!dc)
+        return;
+    if (!dc->kept && dc->t_ref_ns != UINT64_MAX)
+        rq->t_arrive_ns = dc->t_ref_ns;
+    else if (dc->t_line_ns)
+        rq->t_arrive_ns = dc->t_line_ns;
+    dc->rq = rq;
+    rq->dconn = dc;
 }
 
 static enum MHD_Result
@@ -1022,20 +1138,28 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
 
         rq = request_new(w, conn, url, method);
         *con_cls = rq;
+        attach_conn(rq, conn);
         if (!rq->snap) {
             /* cannot happen once started; refuse rather than crash */
             return MHD_NO;
         }
         int found = find_route(method, url, &route, &handler, allow, sizeof(allow));
-        if (w->stopping) {
+        if (head_check(rq, conn) < 0) {
+            /* answered: 400 or 431 */
+        } else if (w->stopping) {
             daemon__reply_error(rq, 503, "server_error", "shutting_down",
                                 "the server is shutting down");
         } else if (found < 0) {
+            char qm[64], qp[256];
             daemon__reply_error(rq, 404, "invalid_request_error", "not_found",
-                                "Unknown path %s %s", method, url);
+                                "Unknown path %s %s", text_quote(qm, sizeof(qm), method, 16),
+                                text_quote(qp, sizeof(qp), url, 64));
         } else if (found == 0) {
+            char qm[64], qp[256];
             daemon__reply_error(rq, 405, "invalid_request_error", "method_not_allowed",
-                                "%s is not allowed on %s (allowed: %s)", method, url, allow);
+                                "%s is not allowed on %s (allowed: %s)",
+                                text_quote(qm, sizeof(qm), method, 16),
+                                text_quote(qp, sizeof(qp), url, 64), allow);
             add_header(rq->response, MHD_HTTP_HEADER_ALLOW, allow);
         } else if (check_access(rq, route ? route->access : handler_access(handler)) == 0) {
             const char *cl =
@@ -1063,7 +1187,7 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
     }
 
     if (*upload_data_size) {
-        if (daemon__ms_since(rq->t_start_ns) > rq->snap->conf->read_timeout_ms) {
+        if (daemon__ms_since(rq->t_arrive_ns) > rq->snap->conf->read_timeout_ms) {
             /* a body trickling in slower than read_timeout_ms: hang up */
             rq->error_kind = "read_timeout";
             return MHD_NO;
@@ -1109,6 +1233,15 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!rq)
         return;
     *con_cls = NULL;
+    if (rq->dconn) { /* the next request on this connection starts its own clock */
+        struct daemon_conn *dc = rq->dconn;
+        dc->rq = NULL;
+        if (dc->t_ref_ns != UINT64_MAX)
+            dc->t_ref_ns = daemon__now_ns();
+        dc->t_line_ns = 0;
+        dc->kept = 1;
+        rq->dconn = NULL;
+    }
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         rq->client_aborted = 1;
     if (rq->phase != PHASE_REPLIED)
@@ -1350,6 +1483,7 @@ worker_teardown(struct daemon_worker *w)
     close_if_open((uv_handle_t *)&w->wake);
     close_if_open((uv_handle_t *)&w->drain);
     close_if_open((uv_handle_t *)&w->heartbeat);
+    close_if_open((uv_handle_t *)&w->reap);
     close_if_open((uv_handle_t *)&w->check);
     close_if_open((uv_handle_t *)&w->idle);
     close_if_open((uv_handle_t *)&w->spin);
@@ -1441,17 +1575,132 @@ fail:
     freeaddrinfo(ai);
     return -1;
 }
-/* MHD_OPTION_NOTIFY_CONNECTION: counts the worker's open client connections. */
+/* MHD_OPTION_NOTIFY_CONNECTION: counts the worker's open client connections and
+ * keeps their read clocks (struct daemon_conn). */
 static void
 on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
               enum MHD_ConnectionNotificationCode code)
 {
     struct daemon_worker *w = cls;
+    struct daemon_conn *dc = *socket_context;
 
-    if (code == MHD_CONNECTION_NOTIFY_STARTED)
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         w->n_conns++;
-    else if (code == MHD_CONNECTION_NOTIFY_CLOSED && w->n_conns > 0)
-        w->n_conns--;
+        dc = calloc(1, sizeof(*dc));
+        if (!dc)
+            abort();
+        dc->conn = conn;
+        dc->t_ref_ns = daemon__now_ns();
+        dc->next = w->conns;
+        if (w->conns)
+            w->conns->prev = dc;
+        w->conns = dc;
+        *socket_context = dc;
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        if (w->n_conns > 0)
+            w->n_conns--;
+        if (!dc)
+            return;
+        if (dc->rq)
+            dc->rq->dconn = NULL;
+        if (dc->prev)
+            dc->prev->next = dc->next;
+        else
+            w->conns = dc->next;
+        if (dc->next)
+            dc->next->prev = dc->prev;
+        free(dc);
+        *socket_context = NULL;
+    }
+}
+
+/* MHD_OPTION_URI_LOG_CALLBACK: the request line of a new request has arrived, which
+ * on a kept-alive connection is the best sign of when the request began. */
+static void *
+on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct daemon_conn *dc = ci ? ci->socket_context : NULL;
+
+    (void)cls;
+    (void)uri;
+    if (dc)
+        dc->t_line_ns = daemon__now_ns();
+    return NULL; /* on_access still sees *con_cls == NULL on its first call */
+}
+
+/* ---- the read deadline ------------------------------------------------------------
+ *
+ * A request, head and body, must arrive within read_timeout_ms of its first byte.
+ * MHD calls us only once the head is complete, so the clock starts from what we can
+ * see: the connection opening (a new connection's first request), or its request line
+ * (a kept-alive connection; before that line, MHD's idle timeout applies). A sweep
+ * every read_timeout_ms / 4 (25 ms..1 s) cuts the late ones: a 408 written straight to
+ * the socket (MHD has sent nothing yet), then shutdown, which MHD sees as a close. */
+
+static const char timeout_body[] =
+    "{\"error\":{\"message\":\"The request did not arrive within read_timeout_ms\","
+    "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"read_timeout\"}}\n";
+
+static void
+cut_connection(struct daemon_conn *dc)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(dc->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+    char answer[512];
+    int n = snprintf(answer, sizeof(answer),
+                     "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                     "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                     sizeof(timeout_body) - 1, timeout_body);
+
+    if (!ci)
+        return;
+    if (send(ci->connect_fd, answer, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        log_debug("read timeout: cannot send the 408: %s", strerror(errno));
+    shutdown(ci->connect_fd, SHUT_RDWR);
+    dc->t_ref_ns = UINT64_MAX; /* cut once */
+}
+
+static void
+on_reap(uv_timer_t *t)
+{
+    struct daemon_worker *w = t->data;
+    struct daemon_snapshot *s = daemon__snapshot_get();
+
+    if (!s)
+        return;
+    uint64_t now = daemon__now_ns(), read_ns = (uint64_t)s->conf->read_timeout_ms * 1000000,
+             idle_ns = (uint64_t)s->conf->idle_timeout_ms * 1000000;
+    int cut = 0;
+    daemon__snapshot_put(s);
+    for (struct daemon_conn *dc = w->conns; dc; dc = dc->next) {
+        uint64_t start;
+        if (dc->t_ref_ns == UINT64_MAX)
+            continue;
+        if (dc->rq) {
+            struct daemon_request *rq = dc->rq;
+            /* only a body still coming in; a request waiting for its backend is not late */
+            if (rq->phase != PHASE_BODY || rq->response || rq->suspended)
+                continue;
+            start = rq->t_arrive_ns;
+            if (now > start + read_ns)
+                rq->error_kind = "read_timeout";
+        } else if (!dc->kept) {
+            start = dc->t_ref_ns;
+        } else {
+            start = dc->t_line_ns ? dc->t_line_ns : dc->t_ref_ns + idle_ns;
+        }
+        if (now > start + read_ns) {
+            log_debug("read timeout: a request did not arrive within %.0f ms; connection cut",
+                      (double)read_ns / 1e6);
+            cut_connection(dc);
+            cut = 1;
+        }
+    }
+    if (cut)
+        daemon__mhd_run(w);
 }
 
 /* MHD_OPTION_ACCEPT_POLICY_CALLBACK: beyond max_connections a new connection is
@@ -1502,6 +1751,11 @@ worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *e
     uv_check_start(&w->check, on_check);
     uv_unref((uv_handle_t *)&w->check);
     uv_timer_start(&w->heartbeat, on_heartbeat, 1000, 1000);
+    uv_timer_init(&w->loop, &w->reap);
+    w->reap.data = w;
+    uint64_t reap_ms = c->read_timeout_ms / 4;
+    reap_ms = reap_ms < 25 ? 25 : reap_ms > 1000 ? 1000 : reap_ms;
+    uv_timer_start(&w->reap, on_reap, reap_ms, reap_ms);
 
     w->listen_fd = bind_listener(c, c->workers > 1, &v6, err, errlen);
     if (w->listen_fd < 0)
@@ -1522,7 +1776,8 @@ worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *e
          * MHD stops accepting at its own limit and never resumes. MHD's is set
          * above ours (slack for connections it is still cleaning up) so it is never
          * reached; left unset it would be FD_SETSIZE - 4 = 1020. */
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, w, MHD_OPTION_CONNECTION_LIMIT,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, w,
+        MHD_OPTION_URI_LOG_CALLBACK, on_request_line, w, MHD_OPTION_CONNECTION_LIMIT,
         w->max_conns + w->max_conns / 4 + 64, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)((c->idle_timeout_ms + 999) / 1000),
         /* The request headers plus room for ours: MHD zeroes the whole pool before

@@ -26,35 +26,10 @@
 
 static struct h_env env;
 
-/* Starts triaged with server_extra in [server] and storage_extra as [storage]
- * (NULL: none). Returns its port, 0 on failure. */
 static unsigned
 start(const char *name, const char *server_extra, const char *storage_extra, pid_t *pid)
 {
-    unsigned port = h_free_port();
-    char path[512], log[512];
-    FILE *f;
-
-    snprintf(path, sizeof(path), "%s/%s.conf", env.dir, name);
-    f = fopen(path, "w");
-    if (!f)
-        abort();
-    fprintf(f,
-            "[server]\nlisten = 127.0.0.1\nport = %u\nworkers = 1\nshutdown_timeout_ms = 2000\n%s\n"
-            "[router]\nmodel = m.tmod\ntiers = fast, strong\n"
-            "%s%s\n"
-            "[backend fast]\nurl = http://127.0.0.1:%u/v1\n"
-            "[backend strong]\nurl = http://127.0.0.1:%u/v1\n",
-            port, server_extra ? server_extra : "", storage_extra ? "[storage]\n" : "",
-            storage_extra ? storage_extra : "", env.mock_port, env.mock_port);
-    fclose(f);
-    snprintf(log, sizeof(log), "%s/%s.log", env.dir, name);
-    char *argv[] = {(char *)env.triaged, "--config", path, NULL};
-    if (h_spawn_daemon(argv, port, log, pid) < 0) {
-        fprintf(stderr, "%s: triaged did not start (see %s)\n", name, log);
-        return 0;
-    }
-    return port;
+    return h_start_triaged(&env, name, server_extra, storage_extra, pid);
 }
 
 static void
@@ -62,40 +37,6 @@ stop(pid_t pid)
 {
     int status = h_stop(pid, SIGTERM);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-}
-
-/* A raw TCP connection to the daemon with a receive timeout of timeout_ms. */
-static int
-dial(unsigned port, int timeout_ms)
-{
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    return fd;
-}
-
-/* Returns 1 when the server has closed fd (EOF or reset, after any bytes it sent),
- * 0 when the receive timed out with the connection still open. */
-static int
-closed_by_server(int fd)
-{
-    char buf[4096];
-
-    for (;;) {
-        ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n == 0 || (n < 0 && errno == ECONNRESET))
-            return 1;
-        if (n < 0)
-            return 0;
-    }
 }
 
 /* A body trickling in slower than read_timeout_ms is cut off. */
@@ -111,7 +52,7 @@ test_read_timeout(void)
         CHECK(!"triaged started");
         return;
     }
-    int fd = dial(port, 200);
+    int fd = h_dial(port, 200);
     CHECK(fd >= 0);
     CHECK(send(fd, head, sizeof(head) - 1, MSG_NOSIGNAL) > 0);
     double t0 = h_now_ms();
@@ -122,7 +63,7 @@ test_read_timeout(void)
             cut = 1;
             break;
         }
-        cut = closed_by_server(fd) == 1;
+        cut = h_read_to_close(fd, NULL, 0) == 1;
         usleep(100 * 1000);
     }
     double took = h_now_ms() - t0;
@@ -149,14 +90,14 @@ test_idle_timeout(void)
         CHECK(!"triaged started");
         return;
     }
-    int fd = dial(port, 300);
+    int fd = h_dial(port, 300);
     CHECK(fd >= 0);
     CHECK(send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) > 0);
-    CHECK(closed_by_server(fd) == 0); /* answered, then kept alive */
+    CHECK(h_read_to_close(fd, NULL, 0) == 0); /* answered, then kept alive */
     double t0 = h_now_ms();
     int closed = 0;
     while (!closed && h_now_ms() - t0 < 5000)
-        closed = closed_by_server(fd);
+        closed = h_read_to_close(fd, NULL, 0);
     double took = h_now_ms() - t0;
     fprintf(stderr, "idle timeout: an idle keep-alive connection was closed after %.0f ms\n",
             took);
@@ -180,18 +121,18 @@ test_max_connections(void)
     }
     usleep(100 * 1000); /* the start-up health check's connection has gone */
     for (int i = 0; i < 4; i++) {
-        held[i] = dial(port, 300);
+        held[i] = h_dial(port, 300);
         CHECK(held[i] >= 0);
     }
     usleep(100 * 1000);
     for (int round = 0; round < 3; round++) {
-        int extra = dial(port, 1000);
-        CHECK(extra >= 0 && closed_by_server(extra) == 1);
+        int extra = h_dial(port, 1000);
+        CHECK(extra >= 0 && h_read_to_close(extra, NULL, 0) == 1);
         if (extra >= 0)
             close(extra);
     }
     for (int i = 0; i < 4; i++)
-        CHECK(closed_by_server(held[i]) == 0); /* the first four stay */
+        CHECK(h_read_to_close(held[i], NULL, 0) == 0); /* the first four stay */
     close(held[0]);
     usleep(200 * 1000);
 
@@ -230,7 +171,7 @@ test_many_connections(void)
     }
     int opened = 0;
     for (int i = 0; i < N; i++)
-        if ((held[i] = dial(port, 200)) >= 0)
+        if ((held[i] = h_dial(port, 200)) >= 0)
             opened++;
     usleep(300 * 1000);
     struct h_resp r;

@@ -1,6 +1,7 @@
 /* harness.c - process and HTTP helpers for the C test programs (see harness.h). */
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -449,4 +451,99 @@ h_env_finish(struct h_env *e)
     curl_global_cleanup();
     printf("%s: %d failed checks\n", h_failures ? "FAIL" : "PASS", h_failures);
     return h_failures ? 1 : 0;
+}
+
+unsigned
+h_start_triaged(struct h_env *e, const char *name, const char *server_extra,
+                const char *storage_extra, pid_t *pid)
+{
+    unsigned port = h_free_port();
+    char path[512], log[512];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s.conf", e->dir, name);
+    f = fopen(path, "w");
+    if (!f) {
+        perror(path);
+        return 0;
+    }
+    fprintf(f,
+            "[server]\nlisten = 127.0.0.1\nport = %u\nworkers = 1\nshutdown_timeout_ms = 2000\n%s\n"
+            "[router]\nmodel = m.tmod\ntiers = fast, strong\n"
+            "%s%s\n"
+            "[backend fast]\nurl = http://127.0.0.1:%u/v1\n"
+            "[backend strong]\nurl = http://127.0.0.1:%u/v1\n",
+            port, server_extra ? server_extra : "", storage_extra ? "[storage]\n" : "",
+            storage_extra ? storage_extra : "", e->mock_port, e->mock_port);
+    fclose(f);
+    snprintf(log, sizeof(log), "%s/%s.log", e->dir, name);
+    char *argv[] = {(char *)e->triaged, "--config", path, NULL};
+    if (h_spawn_daemon(argv, port, log, pid) < 0) {
+        fprintf(stderr, "%s: triaged did not start (see %s)\n", name, log);
+        return 0;
+    }
+    return port;
+}
+
+int
+h_dial(unsigned port, int timeout_ms)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return fd;
+}
+
+int
+h_read_to_close(int fd, char *out, size_t cap)
+{
+    char buf[4096];
+    size_t len = 0;
+
+    if (out && cap)
+        out[0] = '\0';
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n == 0 || (n < 0 && errno == ECONNRESET))
+            return 1;
+        if (n < 0)
+            return 0;
+        if (out && cap && len + 1 < cap) {
+            size_t take = (size_t)n < cap - 1 - len ? (size_t)n : cap - 1 - len;
+            memcpy(out + len, buf, take);
+            len += take;
+            out[len] = '\0';
+        }
+    }
+}
+
+int
+h_raw(unsigned port, const void *req, size_t n, char *out, size_t cap, int timeout_ms)
+{
+    static char tmp[65536];
+    int fd = h_dial(port, timeout_ms);
+    int status = 0;
+
+    if (fd < 0)
+        return 0;
+    if (!out) {
+        out = tmp;
+        cap = sizeof(tmp);
+    }
+    if (send(fd, req, n, MSG_NOSIGNAL) >= 0)
+        h_read_to_close(fd, out, cap);
+    else
+        out[0] = '\0';
+    close(fd);
+    if (sscanf(out, "HTTP/1.%*d %d", &status) != 1)
+        status = 0;
+    return status;
 }

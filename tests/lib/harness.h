@@ -115,6 +115,29 @@ struct h_env {
  * set-up failure: 1) after saying why. */
 int h_env_setup(struct h_env *e, const char *name, int argc, char **argv);
 
+/* Starts triaged for e with a generated config NAME.conf in e->dir: one worker on a
+ * free loopback port, backends fast and strong at e's mockllm, the model m.tmod (made
+ * by the caller in e->dir), server_extra lines in [server] and, when storage_extra is
+ * set, a [storage] section with those lines. stderr goes to NAME.log in e->dir.
+ * Returns the port, 0 on failure (after saying why). */
+unsigned h_start_triaged(struct h_env *e, const char *name, const char *server_extra,
+                         const char *storage_extra, pid_t *pid);
+
+/* A raw TCP connection to 127.0.0.1:port whose receives time out after timeout_ms;
+ * -1 on failure. */
+int h_dial(unsigned port, int timeout_ms);
+
+/* Reads fd until the server closes it (EOF or reset): 1, or 0 when a receive timed
+ * out with the connection still open. What was read goes to out (cap bytes kept,
+ * NUL-terminated; out may be NULL). */
+int h_read_to_close(int fd, char *out, size_t cap);
+
+/* Sends the n bytes of req on a new connection, then reads what comes back until the
+ * server closes the connection or timeout_ms of silence. Returns the HTTP status of
+ * the first answer (0 when none came); the bytes read go to out (cap, NUL-terminated,
+ * may be NULL). */
+int h_raw(unsigned port, const void *req, size_t n, char *out, size_t cap, int timeout_ms);
+
 /* Stops the mock, removes the folder unless a check failed (kept for reading), prints
  * PASS or FAIL and returns the exit status. */
 int h_env_finish(struct h_env *e);

@@ -1,0 +1,356 @@
+/* test_hostile.c - one request, any bytes, from a client with no key: the daemon
+ * answers with an OpenAI-shaped error and goes on serving. Raw sockets, because the
+ * bytes that killed it (issue 13) are ones a well-behaved client library never sends.
+ *
+ * usage: test_hostile TRIAGED MOCKLLM MAKE_MODEL */
+#include <errno.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "harness.h"
+
+static struct h_env env;
+
+static void
+stop(pid_t pid)
+{
+    int status = h_stop(pid, SIGTERM);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* The process is still running and answers /healthz. */
+static int
+alive(pid_t pid, unsigned port)
+{
+    struct h_resp r;
+
+    if (waitpid(pid, NULL, WNOHANG) != 0)
+        return 0;
+    h_get(port, "/healthz", &r);
+    int ok = r.status == 200;
+    h_resp_free(&r);
+    return ok;
+}
+
+/* The body of a raw answer: after the blank line. */
+static const char *
+body_of(const char *answer)
+{
+    const char *p = strstr(answer, "\r\n\r\n");
+    return p ? p + 4 : "";
+}
+
+/* The raw answer is status with a JSON error whose code is code (NULL: any code). */
+static int
+json_error_is(const char *answer, int status, const char *code)
+{
+    int st = 0;
+    json_error_t e;
+
+    if (sscanf(answer, "HTTP/1.%*d %d", &st) != 1 || st != status) {
+        fprintf(stderr, "  wanted %d, got: %.200s\n", status, answer);
+        return 0;
+    }
+    json_t *j = json_loads(body_of(answer), 0, &e); /* jansson checks UTF-8 too */
+    const char *c = json_string_value(json_object_get(json_object_get(j, "error"), "code"));
+    int ok = c && (!code || !strcmp(c, code)) &&
+             json_is_string(json_object_get(json_object_get(j, "error"), "message"));
+    if (!ok)
+        fprintf(stderr, "  not the JSON error %s: %.300s\n", code ? code : "", body_of(answer));
+    json_decref(j);
+    return ok;
+}
+
+static char *
+repeat(const char *prefix, const char *unit, int n, const char *suffix)
+{
+    size_t len = strlen(prefix) + strlen(unit) * (size_t)n + strlen(suffix) + 1;
+    char *s = malloc(len), *p = s;
+
+    p += sprintf(p, "%s", prefix);
+    for (int i = 0; i < n; i++)
+        p += sprintf(p, "%s", unit);
+    sprintf(p, "%s", suffix);
+    return s;
+}
+
+static char *
+post(const char *path, const char *body)
+{
+    size_t len = strlen(body) + strlen(path) + 200;
+    char *s = malloc(len);
+
+    snprintf(s, len,
+             "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+             path, strlen(body), body);
+    return s;
+}
+
+/* Each input that aborted the daemon (issue 13) now gets its error, and the daemon
+ * lives: bytes that are not UTF-8, or cut mid-character, in paths, methods, model
+ * names and the JSON parser's own message. */
+static void
+test_bad_bytes(void)
+{
+    pid_t pid;
+    unsigned port = h_start_triaged(&env, "bytes", NULL, NULL, &pid);
+    static char answer[65536];
+    struct {
+        char *req;
+        int status;
+        const char *code;
+    } cases[] = {
+        {strdup("GET /%ff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 404, "not_found"},
+        {strdup("\xff /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 405,
+         "method_not_allowed"},
+        {strdup("GET /v1/models/%ff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 404,
+         "model_not_found"},
+        {repeat("GET /", "\xc3\xa9", 700, " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+         404, "not_found"},
+        {repeat("GET /", "%C3%A9", 700, " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+         404, "not_found"},
+        {post("/v1/chat/completions",
+              "{\"model\":\"triage\",\"messages\":[{\"role\":\"user\",\"content\":\"C:\\\xc3\xa9t\xc3\xa9\"}]}"),
+         400, "invalid_json"},
+        {NULL, 404, "model_not_found"},
+        {NULL, 400, NULL},
+        {post("/v1/chat/completions", "{\"model\":\"fast\",\"messages\":[{\"role\":\"user\","
+                                      "\"content\":\"\xff\xfe\"}]}"),
+         400, "invalid_json"},
+    };
+    char *m1 = repeat("{\"model\":\"a", "\xc3\xa9", 600,
+                      "\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+    char *m2 = repeat("{\"model\":\"triage:", "\xc3\xa9", 600,
+                      "\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+    cases[6].req = post("/v1/chat/completions", m1);
+    cases[7].req = post("/v1/chat/completions", m2);
+    free(m1);
+    free(m2);
+
+    if (!port) {
+        CHECK(!"triaged started");
+        return;
+    }
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        h_raw(port, cases[i].req, strlen(cases[i].req), answer, sizeof(answer), 5000);
+        if (!json_error_is(answer, cases[i].status, cases[i].code))
+            fprintf(stderr, "  case %zu: %.60s\n", i, cases[i].req);
+        CHECK(json_error_is(answer, cases[i].status, cases[i].code));
+        CHECK(alive(pid, port));
+        free(cases[i].req);
+    }
+    stop(pid);
+}
+
+/* RFC 9112 6.3: a body framed two ways is refused, before any backend is called. */
+static void
+test_smuggling(void)
+{
+    pid_t pid;
+    unsigned port = h_start_triaged(&env, "smuggle", NULL, NULL, &pid);
+    static char answer[65536];
+    const char *body = "{\"model\":\"fast\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    char req[1024];
+
+    if (!port) {
+        CHECK(!"triaged started");
+        return;
+    }
+    snprintf(req, sizeof(req),
+             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n"
+             "Content-Length: %zu\r\n\r\n%s",
+             strlen(body), strlen(body) - 10, body);
+    h_raw(port, req, strlen(req), answer, sizeof(answer), 5000);
+    CHECK(json_error_is(answer, 400, "invalid_framing"));
+    snprintf(req, sizeof(req),
+             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n"
+             "Transfer-Encoding: chunked\r\n\r\n%zx\r\n%s\r\n0\r\n\r\n",
+             strlen(body), strlen(body), body);
+    h_raw(port, req, strlen(req), answer, sizeof(answer), 5000);
+    CHECK(json_error_is(answer, 400, "invalid_framing"));
+    snprintf(req, sizeof(req),
+             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n%s",
+             body);
+    h_raw(port, req, strlen(req), answer, sizeof(answer), 5000);
+    CHECK(strncmp(answer, "HTTP/1.1 400", 12) == 0);
+    /* the same length twice is one length */
+    snprintf(req, sizeof(req),
+             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n"
+             "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+             strlen(body), strlen(body), body);
+    CHECK(h_raw(port, req, strlen(req), answer, sizeof(answer), 5000) == 200);
+    CHECK(alive(pid, port));
+    stop(pid);
+}
+
+/* max_header is the limit, exactly: a head just under it is served whole (its answer
+ * has room), one just over gets a JSON 431 and no backend call. */
+static void
+test_header_limit_exact(void)
+{
+    pid_t pid;
+    unsigned port = h_start_triaged(&env, "head", "max_header = 4k",
+                                    "path = head.db\nflush_interval_ms = 10\n", &pid);
+    static char answer[65536], req[16384];
+    const char *body = "{\"model\":\"fast\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+
+    if (!port) {
+        CHECK(!"triaged started");
+        return;
+    }
+    for (int over = 0; over < 2; over++) {
+        /* the head without the filler, then a filler to land at 4096 - 8 or 4096 + 8 */
+        int base = snprintf(req, sizeof(req),
+                            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                            "Content-Length: %zu\r\nConnection: close\r\nX-Filler: \r\n\r\n",
+                            strlen(body));
+        int fill = 4096 - base + (over ? 8 : -8);
+        int n = snprintf(req, sizeof(req),
+                         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                         "Content-Length: %zu\r\nConnection: close\r\nX-Filler: %0*d\r\n\r\n%s",
+                         strlen(body), fill, 0, body);
+        h_raw(port, req, (size_t)n, answer, sizeof(answer), 5000);
+        if (over)
+            CHECK(json_error_is(answer, 431, "headers_too_large"));
+        else
+            CHECK(strncmp(answer, "HTTP/1.1 200", 12) == 0 &&
+                  strstr(body_of(answer), "\"choices\""));
+    }
+    CHECK(alive(pid, port));
+    stop(pid);
+}
+
+/* A head trickling in, one byte every 100 ms, is cut at read_timeout_ms with a 408,
+ * on a new connection and on a kept-alive one. */
+static void
+test_slow_head(void)
+{
+    pid_t pid;
+    unsigned port = h_start_triaged(&env, "slowhead", "read_timeout_ms = 500", NULL, &pid);
+    const char head[] = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    static char got[8192];
+
+    if (!port) {
+        CHECK(!"triaged started");
+        return;
+    }
+    for (int kept = 0; kept < 2; kept++) {
+        int fd = h_dial(port, 100);
+        CHECK(fd >= 0);
+        if (kept) {
+            const char first[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+            char buf[1024];
+            CHECK(send(fd, first, sizeof(first) - 1, MSG_NOSIGNAL) > 0);
+            CHECK(recv(fd, buf, sizeof(buf), 0) > 0);
+        }
+        double t0 = h_now_ms();
+        int closed = 0;
+        size_t len = 0;
+        got[0] = '\0';
+        for (size_t i = 0; i < sizeof(head) - 1 && !closed && h_now_ms() - t0 < 8000; i++) {
+            if (send(fd, head + i, 1, MSG_NOSIGNAL) < 0)
+                break;
+            ssize_t r = recv(fd, got + len, sizeof(got) - 1 - len, 0); /* waits 100 ms */
+            if (r == 0 || (r < 0 && errno == ECONNRESET))
+                closed = 1;
+            else if (r > 0)
+                got[len += (size_t)r] = '\0';
+        }
+        if (!closed)
+            closed = h_read_to_close(fd, got + len, sizeof(got) - len) == 1;
+        double took = h_now_ms() - t0;
+        fprintf(stderr, "slow head (%s connection): cut after %.0f ms\n", kept ? "kept-alive" : "new",
+                took);
+        CHECK(closed && took < 4000);
+        CHECK(strstr(got, "408 Request Timeout") && strstr(got, "\"read_timeout\""));
+        close(fd);
+    }
+    CHECK(alive(pid, port));
+    stop(pid);
+}
+
+/* A client that hangs up while its /v1/feedback job waits in the thread pool (held
+ * there by a lock on the log) leaves a request whose method and path must still be
+ * its own when the job ends and the access line is written (ASan: use-after-free). */
+static void
+test_hangup_during_job(void)
+{
+    pid_t pid;
+    char storage[700], db[400], logpath[400];
+    snprintf(db, sizeof(db), "%s/job.db", env.dir);
+    snprintf(storage, sizeof(storage), "path = %s\nflush_interval_ms = 10\n", db);
+    unsigned port = h_start_triaged(&env, "job", NULL, storage, &pid);
+    struct h_resp r;
+
+    if (!port) {
+        CHECK(!"triaged started");
+        return;
+    }
+    h_chat(port, "{\"model\":\"fast\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", &r);
+    CHECK(r.status == 200);
+    char id[64];
+    snprintf(id, sizeof(id), "%s", h_header(&r, "x-triage-request-id") ? h_header(&r, "x-triage-request-id") : "");
+    h_resp_free(&r);
+    usleep(200 * 1000); /* the row is written (flush every 10 ms) */
+
+    sqlite3 *blocker = NULL;
+    CHECK(sqlite3_open(db, &blocker) == SQLITE_OK);
+    CHECK(sqlite3_exec(blocker, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK);
+    char body[200], *req;
+    snprintf(body, sizeof(body), "{\"request_id\":\"%s\",\"score\":1}", id);
+    req = post("/v1/feedback", body);
+    int fd = h_dial(port, 100);
+    CHECK(fd >= 0 && send(fd, req, strlen(req), MSG_NOSIGNAL) > 0);
+    free(req);
+    usleep(1500 * 1000); /* past the 1 s after which a waiting client's socket is watched */
+    close(fd);            /* hang up: MHD lets go of the connection */
+    usleep(300 * 1000);
+    sqlite3_exec(blocker, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(blocker);
+    usleep(300 * 1000); /* the job ends, the orphaned request is logged and freed */
+    CHECK(alive(pid, port));
+    stop(pid);
+
+    snprintf(logpath, sizeof(logpath), "%s/job.log", env.dir);
+    FILE *f = fopen(logpath, "r");
+    char line[4096];
+    int found = 0;
+    while (f && fgets(line, sizeof(line), f))
+        if (strstr(line, "path=/v1/feedback") && strstr(line, "method=POST"))
+            found = 1;
+    if (f)
+        fclose(f);
+    CHECK(found); /* the access line names the request's own method and path */
+}
+
+int
+main(int argc, char **argv)
+{
+    char model[512], out[512];
+    int rc = h_env_setup(&env, "hostile", argc, argv);
+
+    if (rc)
+        return rc;
+    snprintf(model, sizeof(model), "%s/m.tmod", env.dir);
+    char *mm_argv[] = {(char *)env.make_model, model, NULL};
+    if (h_run(mm_argv, out, sizeof(out)) != 0) {
+        fprintf(stderr, "cannot build the test model: %s\n", out);
+        return 1;
+    }
+    test_bad_bytes();
+    test_smuggling();
+    test_header_limit_exact();
+    test_slow_head();
+    test_hangup_during_job();
+    return h_env_finish(&env);
+}
