@@ -646,21 +646,27 @@ validate(struct parse *p)
     return 0;
 }
 
-/* Relative paths in the file are relative to the file's folder, as users expect. */
+/* Relative paths in the file are relative to the file's folder, as users expect.
+ * With uri, a SQLite "file:" URI's path is treated the same way
+ * ("file:triage.db?mode=ro" becomes "file:/etc/triage/triage.db?mode=ro"). */
 static void
-resolve_path(const char *conf_path, char **field)
+resolve_path(const char *conf_path, char **field, int uri)
 {
-    const char *slash;
+    const char *slash, *scheme = "", *rel = *field;
     char *joined;
 
-    if (!*field || (*field)[0] == '/' || !(slash = strrchr(conf_path, '/')))
+    if (rel && uri && !strncmp(rel, "file:", 5)) {
+        scheme = "file:";
+        rel += 5;
+    }
+    if (!rel || rel[0] == '/' || !(slash = strrchr(conf_path, '/')))
         return;
     size_t dirlen = (size_t)(slash - conf_path);
-    size_t len = dirlen + 1 + strlen(*field) + 1;
+    size_t len = strlen(scheme) + dirlen + 1 + strlen(rel) + 1;
     joined = malloc(len);
     if (!joined)
         abort();
-    snprintf(joined, len, "%.*s/%s", (int)dirlen, conf_path, *field);
+    snprintf(joined, len, "%s%.*s/%s", scheme, (int)dirlen, conf_path, rel);
     free(*field);
     *field = joined;
 }
@@ -698,10 +704,10 @@ conf_load_flags(const char *path, unsigned flags, char *err, size_t errlen)
     if (p.failed)
         goto fail;
 
-    resolve_path(path, &p.c->model_path);
-    resolve_path(path, &p.c->db_path);
-    resolve_path(path, &p.c->keys_file);
-    resolve_path(path, &p.c->admin_keys_file);
+    resolve_path(path, &p.c->model_path, 0);
+    resolve_path(path, &p.c->db_path, 1); /* storage_open takes URIs */
+    resolve_path(path, &p.c->keys_file, 0);
+    resolve_path(path, &p.c->admin_keys_file, 0);
     if (validate(&p) < 0)
         goto fail;
 
