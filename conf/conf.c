@@ -79,6 +79,7 @@ static const struct conf_key keys[] = {
     {"storage", "queue_size", T_U32, C(queue_size), 16, 16777216, "65536", NULL},
     {"storage", "batch_size", T_U32, C(batch_size), 1, 65536, "512", NULL},
     {"storage", "flush_interval_ms", T_U32, C(flush_interval_ms), 1, 60000, "200", NULL},
+    {"storage", "degraded_hold_ms", T_U32, C(degraded_hold_ms), 0, 86400000, "60000", NULL},
 
     {"backend", "url", T_STR, B(url), 0, 0, NULL, NULL},
     {"backend", "model", T_STR, B(model), 0, 0, NULL, NULL},

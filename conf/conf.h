@@ -103,6 +103,7 @@ struct conf {
     uint32_t queue_size;       /* records waiting for the writer before new ones are dropped */
     uint32_t batch_size;       /* records per transaction */
     uint32_t flush_interval_ms;
+    uint32_t degraded_hold_ms; /* /readyz stays degraded this long after a failed write */
 
     /* [backend NAME] sections, in file order */
     struct conf_backend *backends;

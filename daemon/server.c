@@ -518,17 +518,22 @@ ep_readyz(struct daemon_request *rq)
     for (size_t i = 0; i < c->n_backends; i++)
         json_array_append_new(backends, json_string(c->backends[i].name));
     /* A failing outcome log (disk full, read-only) degrades, it does not stop
-     * serving: still 200, with the log's state for operators and probes. */
+     * serving: still 200, with the log's state for operators and probes. Degraded
+     * lasts [storage] degraded_hold_ms past the last failure, not just until the next
+     * good write, so probes see a flapping disk. Storage's clock is CLOCK_MONOTONIC too. */
     struct storage_counters sc = {0};
     if (daemon__storage())
         storage_get_counters(daemon__storage(), &sc);
+    int64_t since_failure_ms = (int64_t)(daemon__now_ns() / 1000000u) - sc.last_error_ms;
+    int degraded = sc.degraded || (sc.last_error_ms > 0 &&
+                                   since_failure_ms < (int64_t)c->degraded_hold_ms);
     daemon__reply_json(rq, 200,
                        json_pack("{s:s,s:s,s:I,s:o,s:b,s:b,s:I}", "status",
-                                 sc.degraded ? "degraded" : "ready", "model",
+                                 degraded ? "degraded" : "ready", "model",
                                  router_model_version(rq->snap->model), "generation",
                                  (json_int_t)rq->snap->generation, "backends", backends,
                                  "storage", daemon__storage() != NULL, "storage_degraded",
-                                 sc.degraded != 0, "log_rows_failed", (json_int_t)sc.failed));
+                                 degraded, "log_rows_failed", (json_int_t)sc.failed));
 }
 
 struct reload_job {
@@ -1435,6 +1440,47 @@ gone_watch(struct daemon_request *rq)
     uv_poll_start(p, UV_READABLE | UV_DISCONNECT, on_gone_event);
 }
 
+/* Least time between two outcome-log warnings while its writes keep failing (ms). */
+#define LOG_WARN_EVERY_MS 10000
+
+/* Says what storage only counts: a warning with SQLite's error when writes have
+ * failed since the last one (at most one per LOG_WARN_EVERY_MS), and one info line
+ * when a write succeeds after a warning. Worker 0's heartbeat only: one thread owns
+ * the state below. */
+static void
+log_watch(void)
+{
+    static struct storage *watched; /* a new outcome log starts from zero */
+    static uint64_t reported;       /* write_errors at the last warning */
+    static uint64_t warned_ms;      /* when it was written (monotonic) */
+    static int failing;             /* warned, no recovery line since */
+    struct storage *st = daemon__storage();
+    struct storage_counters sc;
+    uint64_t now_ms = daemon__now_ns() / 1000000u;
+
+    if (st != watched) {
+        watched = st;
+        reported = 0;
+        failing = 0;
+    }
+    if (!st)
+        return;
+    storage_get_counters(st, &sc);
+    if (sc.write_errors > reported && (!reported || now_ms - warned_ms >= LOG_WARN_EVERY_MS)) {
+        log_warnx("outcome log %s: write failed: %s; so far %llu failed writes (each batch is "
+                  "tried %d times) and %llu rows lost",
+                  storage_path(st), sc.last_error, (unsigned long long)sc.write_errors,
+                  STORAGE_WRITE_ATTEMPTS, (unsigned long long)sc.failed);
+        reported = sc.write_errors;
+        warned_ms = now_ms;
+        failing = 1;
+    } else if (failing && !sc.degraded) {
+        log_info("outcome log %s: writes succeed again; %llu rows lost so far", storage_path(st),
+                 (unsigned long long)sc.failed);
+        failing = 0;
+    }
+}
+
 static void
 on_heartbeat(uv_timer_t *t)
 {
@@ -1446,6 +1492,8 @@ on_heartbeat(uv_timer_t *t)
         if (rq->suspended && !rq->response && !rq->gone_watch && !rq->gone_checked &&
             !rq->client_gone && rq->conn && daemon__ms_since(rq->t_start_ns) >= GONE_AFTER_MS)
             gone_watch(rq);
+    if (w->idx == 0)
+        log_watch();
 }
 
 static void
