@@ -124,6 +124,7 @@ struct daemon_request {
 
     struct daemon_buf body;
     int too_large;
+    int outcome;             /* a path whose requests are outcome-log rows */
     const struct daemon_route *route;   /* a built-in endpoint, or */
     const struct handler *handler_;     /* a registered one (hooks.h) */
 

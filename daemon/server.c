@@ -742,17 +742,18 @@ struct daemon_route {
     const char *path;
     daemon_route_fn *fn;
     enum access access;
+    int outcome; /* every request here becomes an outcome-log row, even one refused early */
 };
 
 static const struct daemon_route routes[] = {
-    {"POST", "/v1/chat/completions", daemon__chat_completions, ACCESS_CLIENT},
-    {"GET", "/v1/models", daemon__models, ACCESS_CLIENT},
-    {"GET", "/v1/models/", daemon__model_get, ACCESS_CLIENT}, /* prefix: /v1/models/{id} */
-    {"POST", "/v1/feedback", daemon__feedback, ACCESS_CLIENT},
-    {"GET", "/v1/stats", daemon__stats, ACCESS_STATS},
-    {"GET", "/healthz", ep_healthz, ACCESS_PUBLIC},
-    {"GET", "/readyz", ep_readyz, ACCESS_PUBLIC},
-    {"POST", "/admin/reload", ep_admin_reload, ACCESS_ADMIN},
+    {"POST", "/v1/chat/completions", daemon__chat_completions, ACCESS_CLIENT, 1},
+    {"GET", "/v1/models", daemon__models, ACCESS_CLIENT, 0},
+    {"GET", "/v1/models/", daemon__model_get, ACCESS_CLIENT, 0}, /* prefix: /v1/models/{id} */
+    {"POST", "/v1/feedback", daemon__feedback, ACCESS_CLIENT, 0},
+    {"GET", "/v1/stats", daemon__stats, ACCESS_STATS, 0},
+    {"GET", "/healthz", ep_healthz, ACCESS_PUBLIC, 0},
+    {"GET", "/readyz", ep_readyz, ACCESS_PUBLIC, 0},
+    {"POST", "/admin/reload", ep_admin_reload, ACCESS_ADMIN, 0},
 };
 
 static enum access
@@ -932,8 +933,12 @@ store_record(struct daemon_request *rq, double latency_ms, double cost)
     struct storage *st = daemon__storage();
     const struct conf *c = rq->snap->conf;
 
-    if (!st || !rq->requested_model)
-        return; /* only chat completions are outcomes */
+    /* Only the API's outcomes: a request to one of its paths is a row whatever became
+     * of it, refused early (400, 401, 413, 431, a body cut off) or answered, so the log
+     * counts what clients sent. Other paths (404s, probes, stats) are in the access log
+     * and the metrics only. */
+    if (!st || !(rq->requested_model || rq->outcome))
+        return;
     struct storage_record *r = storage_record_new();
     r->request_id = xstrdup_or_null(rq->id);
     r->started_ms = rq->started_unix_ms;
@@ -1149,6 +1154,7 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
             return MHD_NO;
         }
         int found = find_route(method, url, &route, &handler, allow, sizeof(allow));
+        rq->outcome = found > 0 && route && route->outcome;
         if (head_check(rq, conn) < 0) {
             /* answered: 400 or 431 */
         } else if (w->stopping) {

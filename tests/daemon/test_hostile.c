@@ -225,8 +225,35 @@ test_header_limit_exact(void)
             CHECK(strncmp(answer, "HTTP/1.1 200", 12) == 0 &&
                   strstr(body_of(answer), "\"choices\""));
     }
+    /* refused before routing, still a row: the log counts what clients sent */
+    const char *bad = "{\"model\":\"fast\",\"messages\":[";
+    char *req_bad = post("/v1/chat/completions", bad);
+    h_raw(port, req_bad, strlen(req_bad), answer, sizeof(answer), 5000);
+    free(req_bad);
+    CHECK(json_error_is(answer, 400, "invalid_json"));
     CHECK(alive(pid, port));
-    stop(pid);
+    stop(pid); /* drains the log */
+
+    char db[400];
+    sqlite3 *h = NULL;
+    sqlite3_stmt *st = NULL;
+    int rows = 0;
+    snprintf(db, sizeof(db), "%s/head.db", env.dir);
+    CHECK(sqlite3_open(db, &h) == SQLITE_OK);
+    CHECK(sqlite3_prepare_v2(h, "SELECT status, coalesce(error_kind, '') FROM requests ORDER BY id",
+                             -1, &st, NULL) == SQLITE_OK);
+    const int want_status[] = {200, 431, 400};
+    const char *const want_kind[] = {"", "headers_too_large", "invalid_json"};
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        if (rows < 3) {
+            CHECK(sqlite3_column_int(st, 0) == want_status[rows]);
+            CHECK(!strcmp((const char *)sqlite3_column_text(st, 1), want_kind[rows]));
+        }
+        rows++;
+    }
+    CHECK(rows == 3);
+    sqlite3_finalize(st);
+    sqlite3_close(h);
 }
 
 /* A head trickling in, one byte every 100 ms, is cut at read_timeout_ms with a 408,
