@@ -102,7 +102,7 @@ static void
 test_bad_bytes(void)
 {
     pid_t pid;
-    unsigned port = h_start_triaged(&env, "bytes", NULL, NULL, &pid);
+    unsigned port = h_start_triaged(&env, "bytes", NULL, NULL, NULL, &pid);
     static char answer[65536];
     struct {
         char *req;
@@ -156,7 +156,7 @@ static void
 test_smuggling(void)
 {
     pid_t pid;
-    unsigned port = h_start_triaged(&env, "smuggle", NULL, NULL, &pid);
+    unsigned port = h_start_triaged(&env, "smuggle", NULL, NULL, NULL, &pid);
     static char answer[65536];
     const char *body = "{\"model\":\"fast\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
     char req[1024];
@@ -199,7 +199,7 @@ test_header_limit_exact(void)
 {
     pid_t pid;
     unsigned port = h_start_triaged(&env, "head", "max_header = 4k",
-                                    "path = head.db\nflush_interval_ms = 10\n", &pid);
+                                    "path = head.db\nflush_interval_ms = 10\n", NULL, &pid);
     static char answer[65536], req[16384];
     const char *body = "{\"model\":\"fast\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
 
@@ -262,7 +262,7 @@ static void
 test_slow_head(void)
 {
     pid_t pid;
-    unsigned port = h_start_triaged(&env, "slowhead", "read_timeout_ms = 500", NULL, &pid);
+    unsigned port = h_start_triaged(&env, "slowhead", "read_timeout_ms = 500", NULL, NULL, &pid);
     const char head[] = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
                         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     static char got[8192];
@@ -316,7 +316,7 @@ test_hangup_during_job(void)
     char storage[700], db[400], logpath[400];
     snprintf(db, sizeof(db), "%s/job.db", env.dir);
     snprintf(storage, sizeof(storage), "path = %s\nflush_interval_ms = 10\n", db);
-    unsigned port = h_start_triaged(&env, "job", NULL, storage, &pid);
+    unsigned port = h_start_triaged(&env, "job", NULL, storage, NULL, &pid);
     struct h_resp r;
 
     if (!port) {

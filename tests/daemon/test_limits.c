@@ -29,7 +29,7 @@ static struct h_env env;
 static unsigned
 start(const char *name, const char *server_extra, const char *storage_extra, pid_t *pid)
 {
-    return h_start_triaged(&env, name, server_extra, storage_extra, pid);
+    return h_start_triaged(&env, name, server_extra, storage_extra, NULL, pid);
 }
 
 static void

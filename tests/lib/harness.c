@@ -455,7 +455,7 @@ h_env_finish(struct h_env *e)
 
 unsigned
 h_start_triaged(struct h_env *e, const char *name, const char *server_extra,
-                const char *storage_extra, pid_t *pid)
+                const char *storage_extra, const char *tail, pid_t *pid)
 {
     unsigned port = h_free_port();
     char path[512], log[512];
@@ -472,9 +472,9 @@ h_start_triaged(struct h_env *e, const char *name, const char *server_extra,
             "[router]\nmodel = m.tmod\ntiers = fast, strong\n"
             "%s%s\n"
             "[backend fast]\nurl = http://127.0.0.1:%u/v1\n"
-            "[backend strong]\nurl = http://127.0.0.1:%u/v1\n",
+            "[backend strong]\nurl = http://127.0.0.1:%u/v1\n%s",
             port, server_extra ? server_extra : "", storage_extra ? "[storage]\n" : "",
-            storage_extra ? storage_extra : "", e->mock_port, e->mock_port);
+            storage_extra ? storage_extra : "", e->mock_port, e->mock_port, tail ? tail : "");
     fclose(f);
     snprintf(log, sizeof(log), "%s/%s.log", e->dir, name);
     char *argv[] = {(char *)e->triaged, "--config", path, NULL};

@@ -118,10 +118,11 @@ int h_env_setup(struct h_env *e, const char *name, int argc, char **argv);
 /* Starts triaged for e with a generated config NAME.conf in e->dir: one worker on a
  * free loopback port, backends fast and strong at e's mockllm, the model m.tmod (made
  * by the caller in e->dir), server_extra lines in [server] and, when storage_extra is
- * set, a [storage] section with those lines. stderr goes to NAME.log in e->dir.
- * Returns the port, 0 on failure (after saying why). */
+ * set, a [storage] section with those lines; tail (may be NULL) is appended after the
+ * backends (more sections). stderr goes to NAME.log in e->dir. Returns the port, 0 on
+ * failure (after saying why). */
 unsigned h_start_triaged(struct h_env *e, const char *name, const char *server_extra,
-                         const char *storage_extra, pid_t *pid);
+                         const char *storage_extra, const char *tail, pid_t *pid);
 
 /* A raw TCP connection to 127.0.0.1:port whose receives time out after timeout_ms;
  * -1 on failure. */
