@@ -30,6 +30,8 @@ if [ $# -eq 0 ]; then
 fi
 targets=()
 for t in "$@"; do targets+=("tests/fuzz/fuzz_$t"); done
+# fuzz_http runs its backend, tests/mock's mockllm, as a child process
+for t in "$@"; do [ "$t" = http ] && targets+=("tests/mock/mockllm"); done
 ninja -C "$dir" "${targets[@]}" >"$dir/fuzz-build.log" 2>&1 \
     || { tail -n 40 "$dir/fuzz-build.log"; echo "fuzz: build failed"; exit 1; }
 
