@@ -221,4 +221,36 @@ double router_eval_percentile(const double *x, size_t n, double q);
  * of range. */
 double router_dataset_dense(const struct router_dataset *d, size_t i, size_t j);
 
+/* ---- judging ------------------------------------------------------------------- */
+
+/* An LLM judge grades one answer at a time on a 1-10 scale; the grade becomes a
+ * training label q = (rating - 1) / 9 (docs/judge.md: the prompt, the parse rules, the
+ * limits). */
+
+/* The judge prompt's version, recorded with each label; bumped whenever the prompt text
+ * or the way a conversation is rendered into it changes. */
+#define ROUTER_JUDGE_VERSION "judge-v1"
+
+/* Returns a new (free()) JSON text: the body of a non-streaming chat completion request
+ * to judge_model (borrowed) that asks it to grade answer (answer_len bytes, borrowed,
+ * any bytes) as the reply to messages (an OpenAI "messages" array, borrowed): the
+ * rubric as system prompt, then one user message with the conversation (roles, string
+ * content, content parts' text) and the answer, each cleaned to valid UTF-8 and cut to
+ * about 16 KB. Returns NULL when messages holds no text, or judge_model is NULL. */
+char *router_judge_request(const json_t *messages, const char *answer, size_t answer_len,
+                           const char *judge_model);
+
+/* Parses a judge's reply: the assistant message's content (len bytes, borrowed, any
+ * bytes). Returns 0 with *rating in 1..10 and *q = (rating - 1) / 9, or -1 when it
+ * holds no rating, an ambiguous one or one off the scale; q and rating are then left
+ * alone. The rating is the last "[[N]]", or on the reply's last line "Rating: N" or
+ * "N/10"; every rating found must agree. */
+int router_judge_parse(const char *content, size_t len, double *q, int *rating);
+
+/* Recovers from request (a router_judge_request body, parsed; borrowed) the graded
+ * conversation's last user turn and the answer, as the judge was shown them. Returns 0
+ * with *question and *answer new (free()), or -EINVAL when request is not one, or
+ * its conversation has no user turn. */
+int router_judge_unpack(const json_t *request, char **question, char **answer);
+
 #endif
