@@ -523,7 +523,9 @@ up_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vl
             abort();
         return;
     }
-    if (!header_relayed(name, nlen))
+    /* kept as "name\0value\0": a NUL would split one header into two (the upstream
+     * client drops such headers already; this is the line that depends on it) */
+    if (!header_relayed(name, nlen) || memchr(name, '\0', nlen) || memchr(value, '\0', vlen))
         return;
     daemon__buf_append(&rq->up_headers, name, nlen);
     daemon__buf_append(&rq->up_headers, "", 1);

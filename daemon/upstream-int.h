@@ -76,6 +76,13 @@ struct upstream {
  * may start or cancel other calls). From the loop, outside transport callbacks. */
 void upstream__call_finish(struct upstream_call *c, enum upstream_error err, const char *detail);
 
+/* Parses one response header line (len bytes, without its line end) into a name and
+ * a trimmed value (both point into line). Returns 0 for a field to use, 1 for a line to
+ * skip (no colon, a name that is not a token, a control byte other than HTAB in the
+ * value), -1 when the line holds NUL, CR or LF: the response is refused. */
+int upstream__header_line(const char *line, size_t len, const char **name, size_t *nlen,
+                          const char **value, size_t *vlen);
+
 /* Runs after a batch of transport activity: finished curl calls, then u->after. */
 void upstream__after_activity(struct upstream *u);
 

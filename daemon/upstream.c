@@ -392,6 +392,45 @@ is_space(char ch)
     return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
 }
 
+/* 1 if the n bytes at p are a token (RFC 9110, 5.6.2), as a field name must be. */
+static int
+is_token(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if ((ch < '0' || ch > '9') && ((ch | 0x20) < 'a' || (ch | 0x20) > 'z') &&
+            (!ch || !strchr("!#$%&'*+-.^_`|~", ch)))
+            return 0;
+    }
+    return n > 0;
+}
+
+int
+upstream__header_line(const char *line, size_t len, const char **name, size_t *nlen,
+                      const char **value, size_t *vlen)
+{
+    /* NUL, CR or LF would split the field where it is relayed: RFC 9110, 5.5 says
+     * reject the message or replace them, and a backend that sends them is broken */
+    if (memchr(line, '\0', len) || memchr(line, '\r', len) || memchr(line, '\n', len))
+        return -1;
+    const char *colon = memchr(line, ':', len);
+    if (!colon || !is_token(line, (size_t)(colon - line)))
+        return 1; /* folded lines, "Name :", controls in the name, ...: not a field */
+    const char *v = colon + 1, *ve = line + len;
+    while (v < ve && (*v == ' ' || *v == '\t'))
+        v++;
+    while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+        ve--;
+    for (const char *q = v; q < ve; q++)
+        if (((unsigned char)*q < 0x20 && *q != '\t') || *q == 0x7f)
+            return 1; /* another control byte: invalid, and not worth relaying */
+    *name = line;
+    *nlen = (size_t)(colon - line);
+    *value = v;
+    *vlen = (size_t)(ve - v);
+    return 0;
+}
+
 static size_t
 header_cb(char *buf, size_t size, size_t n, void *userp)
 {
@@ -413,15 +452,23 @@ header_cb(char *buf, size_t size, size_t n, void *userp)
     }
     if (end >= 5 && !memcmp(buf, "HTTP/", 5))
         return len; /* a status line: the status comes from CURLINFO_RESPONSE_CODE */
-    const char *colon = memchr(buf, ':', end);
-    if (!colon || c->got_headers)
-        return len; /* trailers and folded lines are not relayed */
-    size_t nlen = (size_t)(colon - buf);
-    const char *v = colon + 1;
-    while (v < buf + end && is_space(*v))
-        v++;
-    if (c->cb.on_header)
-        c->cb.on_header(c->ctx, buf, nlen, v, (size_t)(buf + end - v));
+    if (c->got_headers)
+        return len; /* trailers are not relayed */
+    /* the line without its line end: a bare CR before it stays, and is refused */
+    size_t ll = len;
+    if (ll > 0 && buf[ll - 1] == '\n')
+        ll--;
+    if (ll > 0 && buf[ll - 1] == '\r')
+        ll--;
+    const char *name, *value;
+    size_t nlen, vlen;
+    int r = upstream__header_line(buf, ll, &name, &nlen, &value, &vlen);
+    if (r < 0) {
+        c->forced = UPSTREAM_ERR_PROTOCOL;
+        return 0; /* curl ends the transfer */
+    }
+    if (r == 0 && c->cb.on_header)
+        c->cb.on_header(c->ctx, name, nlen, value, vlen);
     return len;
 }
 

@@ -43,7 +43,10 @@ struct upstream;      /* one per worker loop */
 struct upstream_call; /* one backend exchange */
 
 struct upstream_callbacks {
-    /* One response header (name and value trimmed, not NUL-terminated). */
+    /* One response header (name and value trimmed, not NUL-terminated). The name is a
+     * token and the value holds no control byte but HTAB: a response with NUL, CR or LF
+     * inside a header line ends with UPSTREAM_ERR_PROTOCOL, and a header with another
+     * control byte, or a name that is not a token, is dropped (RFC 9110, 5.5). */
     void (*on_header)(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen);
     /* The header block is complete; status is the HTTP status. */
     void (*on_headers_done)(void *ctx, long status);

@@ -432,18 +432,6 @@ conn_open(struct upstream_call *c)
 
 /* ---- the response --------------------------------------------------------------- */
 
-/* 1 if the n bytes at p are a token (RFC 9110, 5.6.2), as a field name must be. */
-static int
-is_token(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        if (!isalnum(ch) && (!ch || !strchr("!#$%&'*+-.^_`|~", ch)))
-            return 0;
-    }
-    return n > 0;
-}
-
 /* Case-insensitive: does the comma-separated list v (n bytes) contain token? */
 static int
 has_token(const char *v, size_t n, const char *token)
@@ -529,22 +517,15 @@ parse_head(struct h1_conn *k, const char *head, size_t len, const char **why)
             le--;
         if (le == p)
             break; /* the empty line */
-        if (*p == ' ' || *p == '\t')
-            continue; /* obsolete line folding: not relayed */
-        const char *colon = memchr(p, ':', (size_t)(le - p));
-        if (!colon || colon == p)
-            continue;
-        size_t nlen = (size_t)(colon - p);
-        if (!is_token(p, nlen))
-            continue; /* "Name :", controls, ...: not a field we read or relay */
-        const char *v = colon + 1, *ve = le;
-        while (v < ve && (*v == ' ' || *v == '\t'))
-            v++;
-        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
-            ve--;
-        size_t vlen = (size_t)(ve - v);
-        if (interim)
-            continue;
+        const char *name, *v;
+        size_t nlen, vlen;
+        int r = upstream__header_line(p, (size_t)(le - p), &name, &nlen, &v, &vlen);
+        if (r < 0) {
+            *why = "NUL or CR inside a header line";
+            return -1;
+        }
+        if (r > 0 || interim)
+            continue; /* folded, "Name :", controls, ...: not a field we read or relay */
         if (nlen == 14 && strncasecmp(p, "Content-Length", 14) == 0) {
             uint64_t n = 0;
             if (vlen == 0 || vlen > 18) {
@@ -571,7 +552,7 @@ parse_head(struct h1_conn *k, const char *head, size_t len, const char **why)
             k->conn_keep |= has_token(v, vlen, "keep-alive");
         }
         if (c->cb.on_header)
-            c->cb.on_header(c->ctx, p, nlen, v, vlen);
+            c->cb.on_header(c->ctx, name, nlen, v, vlen);
     }
     return interim;
 }

@@ -4,12 +4,16 @@
  * Builds a small predictor model in a temporary folder, starts mockllm and triaged
  * on free loopback ports with a generated config, and checks relaying, routing,
  * errors, concurrency, the outcome log, reload and shutdown. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -146,6 +150,110 @@ mock_stat(const char *key)
     json_decref(j);
     h_resp_free(&r);
     return v;
+}
+
+/* ---- a raw backend: answers every request with the bytes it is given, then closes ----- */
+
+static struct {
+    pthread_mutex_t mu;
+    const char *response;
+    size_t len;
+    int fd;
+    unsigned port;
+} raw = {.mu = PTHREAD_MUTEX_INITIALIZER, .fd = -1};
+
+static void *
+raw_run(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        char buf[16384];
+        size_t n = 0;
+        int fd = accept(raw.fd, NULL, NULL);
+        if (fd < 0)
+            return NULL;
+        /* the request: a head, then Content-Length bytes */
+        char *end = NULL;
+        while (!end && n + 1 < sizeof(buf)) {
+            ssize_t r = read(fd, buf + n, sizeof(buf) - 1 - n);
+            if (r <= 0)
+                break;
+            n += (size_t)r;
+            buf[n] = '\0';
+            end = strstr(buf, "\r\n\r\n");
+        }
+        const char *cl = end ? strcasestr(buf, "\r\ncontent-length:") : NULL;
+        size_t want = cl ? strtoul(cl + 17, NULL, 10) : 0, have = end ? n - (size_t)(end + 4 - buf) : 0;
+        while (end && have < want) {
+            ssize_t r = read(fd, buf, sizeof(buf));
+            if (r <= 0)
+                break;
+            have += (size_t)r;
+        }
+        pthread_mutex_lock(&raw.mu);
+        const char *resp = raw.response;
+        size_t len = raw.len;
+        pthread_mutex_unlock(&raw.mu);
+        for (size_t off = 0; resp && off < len;) {
+            ssize_t w = write(fd, resp + off, len - off);
+            if (w <= 0)
+                break;
+            off += (size_t)w;
+        }
+        close(fd);
+    }
+}
+
+/* Sets what the raw backend answers (len bytes, NULs included), starting it once. */
+static void
+raw_answer(const char *response, size_t len)
+{
+    pthread_mutex_lock(&raw.mu);
+    raw.response = response;
+    raw.len = len;
+    pthread_mutex_unlock(&raw.mu);
+    if (raw.fd >= 0)
+        return;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof(sa);
+    pthread_t t;
+    raw.fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (raw.fd < 0 || bind(raw.fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        listen(raw.fd, 16) < 0 || getsockname(raw.fd, (struct sockaddr *)&sa, &sl) < 0)
+        abort();
+    raw.port = ntohs(sa.sin_port);
+    pthread_create(&t, NULL, raw_run, NULL);
+    pthread_detach(t);
+}
+
+/* Starts a daemon whose one backend, "raw", is the raw backend (no retries). Returns its
+ * port, 0 on failure. */
+static unsigned
+start_raw_daemon(const char *name, pid_t *pid)
+{
+    char path[512], log[64];
+    unsigned p = h_free_port();
+
+    raw_answer(NULL, 0);
+    snprintf(path, sizeof(path), "%s/%s.conf", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        abort();
+    fprintf(f,
+            "[server]\nlisten = 127.0.0.1\nport = %u\nshutdown_timeout_ms = 2000\n"
+            "[router]\nmodel = m.tmod\ntiers = fast, strong\n"
+            "[backend raw]\nurl = http://127.0.0.1:%u/v1\nmax_retries = 0\n"
+            "[backend fast]\nurl = http://127.0.0.1:%u/v1\n"
+            "[backend strong]\nurl = http://127.0.0.1:%u/v1\n",
+            p, raw.port, mock_port, mock_port);
+    fclose(f);
+    snprintf(path, sizeof(path), "%s.conf", name);
+    snprintf(log, sizeof(log), "%s.log", name);
+    if (start_daemon(path, p, log, pid) < 0) {
+        fprintf(stderr, "%s: triaged did not start\n", name);
+        return 0;
+    }
+    return p;
 }
 
 /* ---- tests ---------------------------------------------------------------------------- */
@@ -529,6 +637,51 @@ test_die_mid_stream(void)
     h_chat(port, "{\"model\":\"fast\"," MSGS "}", &r);
     CHECK(r.status == 200);
     h_resp_free(&r);
+}
+
+/* A NUL inside a backend's header value would split it where triaged keeps relayed
+ * headers ("name\0value\0"): a backend could forge x-triage-* or Set-Cookie. Such an
+ * answer is refused (502 backend_bad_response), as is one with a bare CR; a header with
+ * another control byte is dropped and the rest relayed. */
+static void
+test_backend_header_bytes(void)
+{
+    static const char nul[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                              "X-A: a\0x-triage-backend\0evil\0set-cookie\0s=1\r\n"
+                              "Content-Length: 2\r\n\r\n{}";
+    static const char cr[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             "X-A: a\rset-cookie: s=1\r\nContent-Length: 2\r\n\r\n{}";
+    static const char ctl[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                              "X-Ctl: a\x01z\r\nX-Fine: ok\r\nContent-Length: 2\r\n\r\n{}";
+    struct h_req req = {.path = "/v1/chat/completions", .body = "{\"model\":\"raw\"," MSGS "}"};
+    struct h_resp r;
+    pid_t pid;
+    unsigned p = start_raw_daemon("raw-headers", &pid);
+
+    if (!p) {
+        CHECK(!"raw daemon started");
+        return;
+    }
+    raw_answer(nul, sizeof(nul) - 1);
+    h_do(p, &req, &r);
+    CHECK(r.status == 502 && !strcmp(h_error_code(&r), "backend_bad_response"));
+    CHECK(h_header(&r, "set-cookie") == NULL);
+    CHECK(h_header(&r, "x-triage-backend") && !strcmp(h_header(&r, "x-triage-backend"), "raw"));
+    h_resp_free(&r);
+
+    raw_answer(cr, sizeof(cr) - 1);
+    h_do(p, &req, &r);
+    CHECK(r.status == 502 && !strcmp(h_error_code(&r), "backend_bad_response"));
+    CHECK(h_header(&r, "set-cookie") == NULL);
+    h_resp_free(&r);
+
+    raw_answer(ctl, sizeof(ctl) - 1);
+    h_do(p, &req, &r);
+    CHECK(r.status == 200 && h_header(&r, "x-ctl") == NULL);
+    CHECK(h_header(&r, "x-fine") && !strcmp(h_header(&r, "x-fine"), "ok"));
+    h_resp_free(&r);
+    int st = h_stop(pid, SIGTERM);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
 static void
@@ -1338,6 +1491,7 @@ main(int argc, char **argv)
         {"stream_incremental", test_stream_incremental},
         {"concurrent_streams", test_concurrent_streams},
         {"die_mid_stream", test_die_mid_stream},
+        {"backend_header_bytes", test_backend_header_bytes},
         {"bad_input", test_bad_input},
         {"body_rewrite", test_body_rewrite},
         {"max_response", test_max_response},

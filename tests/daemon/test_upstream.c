@@ -38,6 +38,7 @@ struct result {
     int done;
     enum upstream_error err;
     char content_type[64];
+    char names[256]; /* the header names reported, each followed by ';' */
     char body[16384];
 };
 
@@ -49,6 +50,8 @@ cb_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vl
     if (r->headers_done)
         r->header_after_done++;
     r->headers++;
+    size_t used = strlen(r->names);
+    snprintf(r->names + used, sizeof(r->names) - used, "%.*s;", (int)nlen, name);
     if (nlen == 12 && !strncasecmp(name, "content-type", 12))
         snprintf(r->content_type, sizeof(r->content_type), "%.*s", (int)vlen, value);
 }
@@ -251,6 +254,7 @@ test_cancel(uv_loop_t *loop, struct upstream *u)
 static struct {
     pthread_mutex_t mu;
     const char *response;
+    size_t response_len; /* 0: strlen(response) */
     int trickle;
     int keep;
     int accepts;  /* connections accepted so far */
@@ -310,11 +314,11 @@ srv_run(void *arg)
         while (srv_read_request(fd, head, sizeof(head), body, sizeof(body)) == 0) {
             pthread_mutex_lock(&srv.mu);
             const char *resp = srv.response;
+            size_t len = srv.response_len ? srv.response_len : strlen(resp);
             int trickle = srv.trickle, keep = srv.keep;
             snprintf(srv.last_head, sizeof(srv.last_head), "%s", head);
             snprintf(srv.last_body, sizeof(srv.last_body), "%s", body);
             pthread_mutex_unlock(&srv.mu);
-            size_t len = strlen(resp);
             for (size_t off = 0; off < len;) {
                 ssize_t w = write(fd, resp + off, trickle ? 1 : len - off);
                 if (w <= 0)
@@ -360,10 +364,29 @@ scripted(uv_loop_t *loop, struct upstream *u, const char *response, int trickle,
 
     pthread_mutex_lock(&srv.mu);
     srv.response = response;
+    srv.response_len = 0;
     srv.trickle = trickle;
     srv.keep = keep;
     pthread_mutex_unlock(&srv.mu);
     snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/chat/completions", srv.port);
+    run_call(loop, u, url, "{\"model\":\"m\"}", 0, r);
+}
+
+/* One call to the scripted server answering len bytes (NULs included) and closing,
+ * through curl when curl is set (a URL with user info takes it), else plain HTTP. */
+static void
+scripted_bytes(uv_loop_t *loop, struct upstream *u, int curl, const char *response, size_t len,
+               struct result *r)
+{
+    char url[128];
+
+    pthread_mutex_lock(&srv.mu);
+    srv.response = response;
+    srv.response_len = len;
+    srv.trickle = srv.keep = 0;
+    pthread_mutex_unlock(&srv.mu);
+    snprintf(url, sizeof(url), "http://%s127.0.0.1:%u/v1/chat/completions", curl ? "x@" : "",
+             srv.port);
     run_call(loop, u, url, "{\"model\":\"m\"}", 0, r);
 }
 
@@ -588,6 +611,43 @@ test_bad_responses(uv_loop_t *loop, struct upstream *u)
     CHECK(r.err == UPSTREAM_ERR_CLOSED && r.headers_done == 0);
 }
 
+/* Header bytes a relay must not pass on, through both transports: NUL, CR or LF inside
+ * a header line would split one header into two where it is relayed (a backend could
+ * forge x-triage-* or Set-Cookie), so the response is refused (a 502 bad_response); a
+ * header with another control byte, or a name that is not a token, is dropped. */
+static void
+test_header_bytes(uv_loop_t *loop, struct upstream *u)
+{
+    static const char nul[] = "HTTP/1.1 200 OK\r\nX-A: a\0x-triage-backend: evil\r\n"
+                              "Content-Length: 2\r\nConnection: close\r\n\r\nok";
+    static const char nul_name[] = "HTTP/1.1 200 OK\r\nX-\0A: a\r\n"
+                                   "Content-Length: 2\r\nConnection: close\r\n\r\nok";
+    static const char cr[] = "HTTP/1.1 200 OK\r\nX-A: a\rSet-Cookie: evil\r\n"
+                             "Content-Length: 2\r\nConnection: close\r\n\r\nok";
+    static const char ctl[] = "HTTP/1.1 200 OK\r\nX-Good: 1\tand\xc3\xa9\r\nX-Ctl: a\x01z\r\n"
+                              "X-Del: \x7f\r\nBad Name: 2\r\nX-Bad\x02: 3\r\n"
+                              "Content-Length: 2\r\nConnection: close\r\n\r\nok";
+    struct result r;
+
+    for (int curl = 0; curl < 2; curl++) {
+        int before = h_failures;
+        scripted_bytes(loop, u, curl, nul, sizeof(nul) - 1, &r);
+        CHECK(r.done == 1 && r.err == UPSTREAM_ERR_PROTOCOL && r.headers_done == 0);
+        CHECK(strstr(r.names, "x-triage") == NULL);
+        scripted_bytes(loop, u, curl, nul_name, sizeof(nul_name) - 1, &r);
+        CHECK(r.done == 1 && r.err == UPSTREAM_ERR_PROTOCOL && r.headers_done == 0);
+        scripted_bytes(loop, u, curl, cr, sizeof(cr) - 1, &r);
+        CHECK(r.done == 1 && r.err == UPSTREAM_ERR_PROTOCOL && r.headers_done == 0);
+        CHECK(strstr(r.names, "Set-Cookie") == NULL);
+        scripted_bytes(loop, u, curl, ctl, sizeof(ctl) - 1, &r);
+        CHECK(r.done == 1 && r.err == UPSTREAM_OK && !strcmp(r.body, "ok"));
+        CHECK(!strcmp(r.names, "X-Good;Content-Length;Connection;"));
+        if (h_failures != before)
+            fprintf(stderr, "header_bytes via %s: err %d, headers %s\n", curl ? "curl" : "h1",
+                    (int)r.err, r.names);
+    }
+}
+
 /* A call that pauses on its first data gets the same bytes again after unpausing. */
 static void
 test_pause(uv_loop_t *loop, struct upstream *u)
@@ -675,6 +735,7 @@ main(int argc, char **argv)
     test_framing(&loop, u);
     test_cork(&loop, u);
     test_bad_responses(&loop, u);
+    test_header_bytes(&loop, u);
     test_pause(&loop, u);
 
     upstream_destroy(u, on_closed, NULL);
