@@ -20,7 +20,8 @@ struct upstream_call {
     struct upstream_callbacks cb;
     void *ctx;
     uint64_t connect_deadline;    /* loop ms, 0 = none (plain HTTP: curl keeps its own) */
-    uint64_t first_byte_deadline; /* loop ms */
+    uint64_t first_byte_deadline; /* loop ms, 0 until the request is written */
+    uint32_t first_byte_timeout_ms;
     uint64_t total_deadline;      /* loop ms, 0 = none (plain HTTP only) */
     uint64_t last_data;           /* loop ms */
     uint32_t idle_timeout_ms;
@@ -82,6 +83,10 @@ void upstream__call_finish(struct upstream_call *c, enum upstream_error err, con
  * value), -1 when the line holds NUL, CR or LF: the response is refused. */
 int upstream__header_line(const char *line, size_t len, const char **name, size_t *nlen,
                           const char **value, size_t *vlen);
+
+/* The request of c starts going out: its first-byte deadline starts now (the connect
+ * and any wait before are not counted). */
+void upstream__request_sent(struct upstream_call *c);
 
 /* Runs after a batch of transport activity: finished curl calls, then u->after. */
 void upstream__after_activity(struct upstream *u);

@@ -431,6 +431,13 @@ upstream__header_line(const char *line, size_t len, const char **name, size_t *n
     return 0;
 }
 
+void
+upstream__request_sent(struct upstream_call *c)
+{
+    if (c->first_byte_timeout_ms)
+        c->first_byte_deadline = uv_now(c->u->loop) + c->first_byte_timeout_ms;
+}
+
 static size_t
 header_cb(char *buf, size_t size, size_t n, void *userp)
 {
@@ -495,6 +502,15 @@ write_cb(char *buf, size_t size, size_t n, void *userp)
         return CURL_WRITEFUNC_PAUSE;
     }
     return len;
+}
+
+/* CURLOPT_PREREQFUNCTION: connected (TLS included), the request goes out now. */
+static int
+prereq_cb(void *userp, char *primary_ip, char *local_ip, int primary_port, int local_port)
+{
+    (void)primary_ip, (void)local_ip, (void)primary_port, (void)local_port;
+    upstream__request_sent(userp);
+    return CURL_PREREQFUNC_OK;
 }
 
 struct upstream *
@@ -607,8 +623,7 @@ upstream_start(struct upstream *u, struct upstream_request *r)
     r->body = NULL;
 
     uint64_t now = uv_now(u->loop);
-    if (r->first_byte_timeout_ms)
-        c->first_byte_deadline = now + r->connect_timeout_ms + r->first_byte_timeout_ms;
+    c->first_byte_timeout_ms = r->first_byte_timeout_ms; /* armed as the request goes out */
     c->last_data = now;
     if (!u->destroying) {
         c->connect_deadline = r->connect_timeout_ms ? now + r->connect_timeout_ms : 0;
@@ -638,6 +653,8 @@ upstream_start(struct upstream *u, struct upstream_request *r)
     curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, prereq_cb);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, c);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);

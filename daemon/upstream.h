@@ -65,7 +65,8 @@ struct upstream_request {
     char *body;                  /* taken: freed with the call */
     size_t body_len;
     uint32_t connect_timeout_ms;
-    uint32_t first_byte_timeout_ms; /* request sent -> response headers */
+    uint32_t first_byte_timeout_ms; /* request being written -> response headers (the
+                                     * connection and a cork's wait are not counted) */
     uint32_t idle_timeout_ms;       /* longest gap between body bytes */
     uint32_t timeout_ms;            /* the whole exchange */
     struct upstream_callbacks cb;

@@ -290,6 +290,8 @@ static void
 conn_send(struct h1_conn *k)
 {
     struct upstream_call *c = k->call;
+
+    upstream__request_sent(c);
     int rc = send_request(k);
 
     if (rc < 0) {

@@ -648,6 +648,32 @@ test_header_bytes(uv_loop_t *loop, struct upstream *u)
     }
 }
 
+/* The first-byte deadline runs from the request being written, not from the call's
+ * start: a request that waits before it goes out (here held by the cork, as one held by
+ * a slow connect) is not timed out for the wait. The hold is longer than the first-byte
+ * and connect timeouts together. */
+static void
+test_first_byte_from_send(uv_loop_t *loop, struct upstream *u)
+{
+    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    char url[128];
+    struct result r;
+
+    scripted(loop, u, ok, 0, 1, &r); /* leaves a kept-alive connection for the cork */
+    CHECK(r.err == UPSTREAM_OK);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/chat/completions", srv.port);
+    upstream_cork(u);
+    struct upstream_call *c = start_call(u, url, "{\"model\":\"held\"}", 1000, &r);
+    CHECK(c != NULL);
+    spin(loop, 2300); /* connect_timeout (1000) + first_byte_timeout (1000) and more */
+    CHECK(r.done == 0);
+    upstream_uncork(u);
+    while (!r.done)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(r.err == UPSTREAM_OK && !strcmp(r.body, "ok"));
+    CHECK(!strcmp(srv.last_body, "{\"model\":\"held\"}"));
+}
+
 /* A call that pauses on its first data gets the same bytes again after unpausing. */
 static void
 test_pause(uv_loop_t *loop, struct upstream *u)
@@ -736,6 +762,7 @@ main(int argc, char **argv)
     test_cork(&loop, u);
     test_bad_responses(&loop, u);
     test_header_bytes(&loop, u);
+    test_first_byte_from_send(&loop, u);
     test_pause(&loop, u);
 
     upstream_destroy(u, on_closed, NULL);
