@@ -134,6 +134,8 @@ struct daemon_request {
     int suspended;
     int streaming;           /* an SSE response is being relayed */
     int stream_failed;
+    int cut;                 /* we ended the response early (a failed stream, shutdown):
+                              * MHD's "terminated with error" is then no client abort */
     int client_aborted;
     uv_poll_t *gone_watch;   /* a long wait's watch on the client's socket (see on_heartbeat) */
     int gone_checked;        /* the client sent more bytes: not watched again */

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <openssl/evp.h>
@@ -477,6 +478,41 @@ sse_feed(struct daemon_request *rq, const char *buf, size_t len)
     b->off = ls - start;
 }
 
+/* Ends a stream that has begun with an error event (never a fake [DONE]); the reader
+ * then cuts the connection once the client has it. kind names the error in the access
+ * line and the outcome record; msg is plain text. */
+static void
+stream_fail(struct daemon_request *rq, const char *kind, const char *code, const char *msg)
+{
+    static const char head[] = "data: {\"error\":{\"message\":";
+    static const char type[] = ",\"type\":\"server_error\",\"param\":null,\"code\":";
+
+    rq->up_done = 1;
+    rq->stream_failed = 1;
+    rq->cut = 1;
+    rq->error_kind = kind;
+    daemon__buf_append(&rq->out, head, sizeof(head) - 1);
+    put_json_string(&rq->out, msg, strlen(msg));
+    daemon__buf_append(&rq->out, type, sizeof(type) - 1);
+    put_json_string(&rq->out, code, strlen(code));
+    daemon__buf_append(&rq->out, "}}\n\n", 4);
+}
+
+/* The client's connection ends now. MHD in turbo mode neither shuts down nor closes a
+ * connection that a reader ended until something happens on its socket, so the client
+ * would wait out the idle timeout for an answer that is over; the shutdown sends the
+ * FIN at once (after every byte given to MHD so far: it asks for more only when it has
+ * sent what it had) and wakes MHD to close the socket. */
+static void
+cut_client(struct daemon_request *rq)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+    if (ci)
+        shutdown(ci->connect_fd, SHUT_RDWR);
+}
+
 static ssize_t
 stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
@@ -501,9 +537,12 @@ stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         }
         return (ssize_t)n;
     }
-    if (rq->up_done || rq->w->tearing_down)
-        return rq->stream_failed ? MHD_CONTENT_READER_END_WITH_ERROR
-                                 : MHD_CONTENT_READER_END_OF_STREAM;
+    if (rq->up_done || rq->w->tearing_down) {
+        if (!rq->stream_failed)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        cut_client(rq); /* the chunked body stays unterminated: the client sees it failed */
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
     rq->suspended = 1;
     MHD_suspend_connection(rq->conn);
     return 0;
@@ -736,23 +775,22 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
         rq->breaker_open_call = 0;
     }
     if (err)
-        log_warnx("request %s: backend %s: %s%s%s", rq->id, b->name, upstream_error_message(err),
+        log_warnx("request %s: backend %s: %s%s%s", rq->id, b->name,
+                  rq->up_status ? upstream_error_message_midway(err) : upstream_error_message(err),
                   detail ? ": " : "", detail ? detail : "");
     if (rq->streaming) {
         rq->up_done = 1;
-        if (rq->sse.len)
-            sse_event(rq, rq->sse.data, rq->sse.len); /* a last event without its blank line */
-        rq->sse.len = rq->sse.off = 0;
         if (err) {
-            char ev[512];
-            rq->stream_failed = 1;
-            rq->error_kind = upstream_error_name(err);
-            int n = snprintf(ev, sizeof(ev),
-                             "data: {\"error\":{\"message\":\"backend %s: %s\",\"type\":"
-                             "\"server_error\",\"param\":null,\"code\":\"backend_%s\"}}\n\n",
-                             b->name, upstream_error_message(err), upstream_error_name(err));
-            daemon__buf_append(&rq->out, ev, (size_t)n);
+            /* an event cut short is dropped: glued to the error event, it would hide it */
+            char msg[256], code[48];
+            snprintf(msg, sizeof(msg), "backend %s: %s", b->name,
+                     upstream_error_message_midway(err));
+            snprintf(code, sizeof(code), "backend_%s", upstream_error_name(err));
+            stream_fail(rq, upstream_error_name(err), code, msg);
+        } else if (rq->sse.len) {
+            sse_event(rq, rq->sse.data, rq->sse.len); /* a last event without its blank line */
         }
+        rq->sse.len = rq->sse.off = 0;
         daemon__wake(rq);
         return;
     }
@@ -767,7 +805,8 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
         snprintf(code, sizeof(code), "backend_%s", upstream_error_name(err));
         rq->error_kind = upstream_error_name(err);
         daemon__reply_error(rq, status, "server_error", code, "backend %s: %s", b->name,
-                            upstream_error_message(err));
+                            rq->up_status ? upstream_error_message_midway(err)
+                                          : upstream_error_message(err));
         return;
     }
     if (rq->up_status >= 200 && rq->up_status < 300) {
@@ -820,6 +859,8 @@ daemon__proxy_release(struct daemon_request *rq)
     }
     json_decref(rq->up_json);
     rq->up_json = NULL;
+    if (rq->cut)
+        rq->client_aborted = 0; /* MHD calls our own end of the response an error */
 }
 
 /* ---- the request ----------------------------------------------------------------- */

@@ -28,17 +28,26 @@ struct upstream_sock {
 static const struct {
     int status;
     const char *name;
-    const char *message;
+    const char *message; /* before any of the response came */
+    const char *midway;  /* after its headers: the answer was cut short */
 } error_table[UPSTREAM_ERR__COUNT] = {
-    [UPSTREAM_OK] = {200, "ok", "ok"},
-    [UPSTREAM_ERR_CONNECT] = {502, "unreachable", "the backend refused or could not be reached"},
-    [UPSTREAM_ERR_TLS] = {502, "tls", "the TLS handshake with the backend failed"},
-    [UPSTREAM_ERR_CLOSED] = {502, "closed", "the backend closed the connection before answering"},
-    [UPSTREAM_ERR_PROTOCOL] = {502, "bad_response", "the backend sent an invalid HTTP response"},
-    [UPSTREAM_ERR_TIMEOUT] = {504, "timeout", "the backend did not answer in time"},
-    [UPSTREAM_ERR_OVERLOADED] = {503, "overloaded", "the backend is at capacity or unavailable"},
-    [UPSTREAM_ERR_INTERNAL] = {500, "internal", "the proxy failed to relay the request"},
+    [UPSTREAM_OK] = {200, "ok", "ok", "ok"},
+    [UPSTREAM_ERR_CONNECT] = {502, "unreachable", "the backend refused or could not be reached",
+                              "the backend could not be reached"},
+    [UPSTREAM_ERR_TLS] = {502, "tls", "the TLS handshake with the backend failed",
+                          "the TLS connection to the backend failed mid-answer"},
+    [UPSTREAM_ERR_CLOSED] = {502, "closed", "the backend closed the connection before answering",
+                             "the backend closed the connection mid-answer"},
+    [UPSTREAM_ERR_PROTOCOL] = {502, "bad_response", "the backend sent an invalid HTTP response",
+                               "the backend's answer turned into invalid HTTP mid-answer"},
+    [UPSTREAM_ERR_TIMEOUT] = {504, "timeout", "the backend did not answer in time",
+                              "the backend stopped sending mid-answer (idle or total deadline)"},
+    [UPSTREAM_ERR_OVERLOADED] = {503, "overloaded", "the backend is at capacity or unavailable",
+                                 "the backend is at capacity or unavailable"},
+    [UPSTREAM_ERR_INTERNAL] = {500, "internal", "the proxy failed to relay the request",
+                               "the proxy failed to relay the answer"},
     [UPSTREAM_ERR_TOO_LARGE] = {502, "response_too_large",
+                                "the backend's response is larger than max_response",
                                 "the backend's response is larger than max_response"},
 };
 
@@ -64,6 +73,14 @@ upstream_error_message(enum upstream_error kind)
     if ((unsigned)kind >= UPSTREAM_ERR__COUNT)
         return error_table[UPSTREAM_ERR_INTERNAL].message;
     return error_table[kind].message;
+}
+
+const char *
+upstream_error_message_midway(enum upstream_error kind)
+{
+    if ((unsigned)kind >= UPSTREAM_ERR__COUNT)
+        return error_table[UPSTREAM_ERR_INTERNAL].midway;
+    return error_table[kind].midway;
 }
 
 /* curl's result codes folded into our few kinds. */

@@ -39,6 +39,10 @@ const char *upstream_error_name(enum upstream_error kind);
 /* Returns a one-line human message for kind. */
 const char *upstream_error_message(enum upstream_error kind);
 
+/* Returns a one-line human message for kind once the response had begun (its headers
+ * came): "closed the connection mid-answer", not "before answering". */
+const char *upstream_error_message_midway(enum upstream_error kind);
+
 struct upstream;      /* one per worker loop */
 struct upstream_call; /* one backend exchange */
 

@@ -152,6 +152,32 @@ mock_stat(const char *key)
     return v;
 }
 
+/* Copies the access line of request id from dir/log_name into out (waiting up to 5 s
+ * for it to be written). Returns 1 when found. */
+static int
+log_line_for(const char *log_name, const char *id, char *out, size_t cap)
+{
+    char path[512], line[4096], want[160];
+
+    snprintf(path, sizeof(path), "%s/%s", dir, log_name);
+    snprintf(want, sizeof(want), " request_id=%s ", id);
+    for (int t = 0; t < 100; t++) {
+        FILE *f = fopen(path, "r");
+        int found = 0;
+        while (f && !found && fgets(line, sizeof(line), f))
+            found = strstr(line, " msg=request ") && strstr(line, want);
+        if (f)
+            fclose(f);
+        if (found) {
+            snprintf(out, cap, "%s", line);
+            return 1;
+        }
+        usleep(50000);
+    }
+    out[0] = '\0';
+    return 0;
+}
+
 /* ---- a raw backend: answers every request with the bytes it is given, then closes ----- */
 
 static struct {
@@ -627,7 +653,19 @@ test_die_mid_stream(void)
     CHECK(s.done == 0);            /* never a fake [DONE] */
     CHECK(s.chunks >= 1 && s.chunks <= 3);
     CHECK(s.error_events == 1);    /* the client is told why */
-    CHECK(r.rc != CURLE_OK);       /* and the chunked body ends abnormally */
+    CHECK(strstr(r.body, "closed the connection mid-answer") != NULL);
+    CHECK(strstr(r.body, "before answering") == NULL);
+    /* and the chunked body ends abnormally, the connection closed at once: the client
+     * does not sit out the idle timeout (its own 15 s timeout would say so) */
+    CHECK(r.rc == CURLE_PARTIAL_FILE);
+    if (r.rc != CURLE_PARTIAL_FILE)
+        fprintf(stderr, "die_mid_stream: curl says %d (%s)\n", r.rc, curl_easy_strerror(r.rc));
+    /* the access line names the backend's failure, not a client abort */
+    char line[4096], id[128] = "";
+    if (h_header(&r, "x-triage-request-id"))
+        snprintf(id, sizeof(id), "%s", h_header(&r, "x-triage-request-id"));
+    CHECK(log_line_for("main.log", id, line, sizeof(line)));
+    CHECK(strstr(line, " error=closed") != NULL && strstr(line, " aborted=") == NULL);
     h_resp_free(&r);
 
     /* still serving */
@@ -637,6 +675,41 @@ test_die_mid_stream(void)
     h_chat(port, "{\"model\":\"fast\"," MSGS "}", &r);
     CHECK(r.status == 200);
     h_resp_free(&r);
+}
+
+/* A backend whose stream ends inside an event: the half event is dropped (glued to the
+ * error event it would hide it), the error event arrives whole, the connection ends. */
+static void
+test_stream_cut_mid_event(void)
+{
+    static const char cut[] =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+        "71\r\ndata: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\","
+        "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n\r\n"
+        "17\r\ndata: {\"id\":\"c2\",\"objec\r\n";
+    pid_t pid;
+    struct h_resp r;
+    struct h_sse s;
+    unsigned p = start_raw_daemon("raw-cut", &pid);
+
+    if (!p) {
+        CHECK(!"raw daemon started");
+        return;
+    }
+    raw_answer(cut, sizeof(cut) - 1);
+    struct h_req req = {.path = "/v1/chat/completions",
+                        .body = "{\"model\":\"raw\",\"stream\":true," MSGS "}"};
+    h_do(p, &req, &r);
+    h_parse_sse(r.body, &s);
+    CHECK(r.status == 200 && s.chunks == 1 && s.bad == 0 && s.done == 0);
+    CHECK(s.error_events == 1);
+    CHECK(r.rc == CURLE_PARTIAL_FILE);
+    if (s.error_events != 1 || s.bad)
+        fprintf(stderr, "stream_cut_mid_event: got %s\n", r.body);
+    h_resp_free(&r);
+    int st = h_stop(pid, SIGTERM);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
 /* A NUL inside a backend's header value would split it where triaged keeps relayed
@@ -1491,6 +1564,7 @@ main(int argc, char **argv)
         {"stream_incremental", test_stream_incremental},
         {"concurrent_streams", test_concurrent_streams},
         {"die_mid_stream", test_die_mid_stream},
+        {"stream_cut_mid_event", test_stream_cut_mid_event},
         {"backend_header_bytes", test_backend_header_bytes},
         {"bad_input", test_bad_input},
         {"body_rewrite", test_body_rewrite},

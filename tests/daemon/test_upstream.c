@@ -716,6 +716,11 @@ test_status_mapping(void)
     CHECK(upstream_error_status((enum upstream_error)99) == 500);
     CHECK(!strcmp(upstream_error_name(UPSTREAM_ERR_TIMEOUT), "timeout"));
     CHECK(!strcmp(upstream_error_name(UPSTREAM_ERR_CONNECT), "unreachable"));
+    /* once the answer had begun, a dropped connection is not "before answering" */
+    CHECK(strstr(upstream_error_message(UPSTREAM_ERR_CLOSED), "before answering") != NULL);
+    CHECK(strstr(upstream_error_message_midway(UPSTREAM_ERR_CLOSED), "mid-answer") != NULL);
+    for (int k = 0; k <= UPSTREAM_ERR__COUNT; k++)
+        CHECK(upstream_error_message_midway((enum upstream_error)k) != NULL);
 }
 
 static int closed;
