@@ -2,11 +2,12 @@
  * over loopback TCP into a real server running in this process.
  *
  * Set-up (first input): mockllm (tests/mock) as a child process, a config in a fresh
- * /tmp/fuzz-http-XXXXXX with the outcome log on, a dead backend, the shipped model
+ * /tmp/fuzz-http-PID-XXXXXX with the outcome log on, a dead backend, the shipped model
  * models/default.tmod behind the alias "triage", and short timeouts; then
  * daemon_server_create(), /metrics and /dashboard attached as main.c does, and
  * daemon_server_run() on its own thread. At exit the server gets SIGTERM, is joined and
- * destroyed, the mock is stopped and the folder removed.
+ * destroyed, the mock is stopped and the folder removed (after a crash, by the next
+ * run; the mock dies with this process).
  *
  * Each input is a script for one fresh connection:
  *
@@ -261,21 +262,44 @@ run_server(void *arg)
 }
 
 static void
-remove_dir(void)
+remove_dir(const char *path)
 {
-    DIR *d = opendir(dir);
+    DIR *d = opendir(path);
     struct dirent *de;
-    char path[PATH_MAX];
+    char file[PATH_MAX];
 
     if (!d)
         return;
     while ((de = readdir(d)))
         if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-            snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-            unlink(path);
+            snprintf(file, sizeof(file), "%s/%s", path, de->d_name);
+            unlink(file);
         }
     closedir(d);
-    rmdir(dir);
+    rmdir(path);
+}
+
+/* Removes what runs that crashed left (no exit handler ran then): the folders
+ * /tmp/fuzz-http-PID-* of processes that are gone. */
+static void
+sweep_stale(void)
+{
+    DIR *d = opendir("/tmp");
+    struct dirent *de;
+    char path[PATH_MAX];
+
+    if (!d)
+        return;
+    while ((de = readdir(d))) {
+        long pid;
+        int n = 0;
+        if (sscanf(de->d_name, "fuzz-http-%ld-%n", &pid, &n) != 1 || n == 0 || pid <= 0 ||
+            kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        snprintf(path, sizeof(path), "/tmp/%s", de->d_name);
+        remove_dir(path);
+    }
+    closedir(d);
 }
 
 /* atexit: a graceful stop, so that nothing is left running under the exit handlers. */
@@ -294,7 +318,7 @@ teardown(void)
     metrics_destroy(metrics);
     metrics = NULL;
     stop_mock();
-    remove_dir();
+    remove_dir(dir);
 }
 
 static int health_ok(void);
@@ -308,7 +332,8 @@ setup(void)
     signal(SIGPIPE, SIG_IGN);
     trace = getenv("FUZZ_HTTP_TRACE") != NULL;
     setup_thread = pthread_self();
-    snprintf(dir, sizeof(dir), "/tmp/fuzz-http-XXXXXX");
+    sweep_stale();
+    snprintf(dir, sizeof(dir), "/tmp/fuzz-http-%ld-XXXXXX", (long)getpid());
     if (!mkdtemp(dir))
         die("mkdtemp");
     find_mock();
