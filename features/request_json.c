@@ -384,11 +384,12 @@ fail:
 json_t *
 features_json_load(const char *buf, size_t len)
 {
-    struct jp j = {.p = buf, .end = buf + len};
+    struct jp j;
     json_t *v;
 
-    if (!buf)
+    if (!buf) /* before any arithmetic on it: NULL + 0 is undefined */
         return NULL;
+    j = (struct jp){.p = buf, .end = buf + len};
     j.p = ws(j.p, j.end);
     if (j.p >= j.end || (*j.p != '{' && *j.p != '['))
         return NULL; /* jansson decodes only objects and arrays at the top */
