@@ -333,7 +333,8 @@ put(struct buf *b, const char *fmt, ...)
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
-        int k = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        /* the first call sees no buffer yet: size it (NULL + 0 is undefined) */
+        int k = vsnprintf(b->p ? b->p + b->len : NULL, b->cap - b->len, fmt, ap);
         va_end(ap);
         if (k < 0)
             abort();
