@@ -63,7 +63,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (raw && rc != 0)
             abort();
         if (rc == 0) {
-            if (raw && plain(s, mlen) && (strlen(question) != mlen || memcmp(question, s, mlen) != 0))
+            if (raw && plain(s, mlen) &&
+                (strlen(question) != mlen || memcmp(question, s, mlen) != 0))
                 abort();
             if (plain(ans, alen) && (strlen(answer) != alen || memcmp(answer, ans, alen) != 0))
                 abort();

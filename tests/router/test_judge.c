@@ -152,7 +152,8 @@ test_request_invalid_utf8(void **state)
     req = build("[{\"role\": \"user\", \"content\": \"\\u00fcn\\u00efc\\u00f6d\\u00e9 "
                 "\\ud83d\\ude00\"}]",
                 "\xe2\x82\xac 5", 5, &user);
-    check_unpack(req, "\xc3\xbcn\xc3\xaf" "c\xc3\xb6" "d\xc3\xa9 \xf0\x9f\x98\x80", "\xe2\x82\xac 5");
+    check_unpack(req, "\xc3\xbcn\xc3\xaf" "c\xc3\xb6" "d\xc3\xa9 \xf0\x9f\x98\x80",
+                 "\xe2\x82\xac 5");
     json_decref(req);
 }
 
