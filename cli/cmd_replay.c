@@ -1,5 +1,6 @@
 /* cmd_replay.c - `triage replay`: an offline OpenAI-compatible backend that answers known
- * prompts with a named model's recorded answers (data/replay/, JSONL.gz). */
+ * prompts with a named model's recorded answers (data/replay/, JSONL.gz), or with --judge
+ * an LLM judge that grades answers by their final number against the recorded reference. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdint.h>
@@ -15,6 +16,8 @@
 #include "cli.h"
 #include "commands.h"
 #include "fakeai.h"
+#include "grade.h"
+#include "router.h"
 
 /* a source tree's copy first, then the installed one */
 #define DEFAULT_DATA TRIAGE_SOURCE_ROOT "/data/replay/gsm8k.jsonl.gz"
@@ -22,17 +25,21 @@
 
 struct replay_entry {
     char *key;                  /* the whitespace-normalised prompt; NULL = empty slot */
-    char *answer;
+    char *text;                 /* the answer served, or (--judge) the reference */
 };
 
 struct replay {
     struct replay_entry *tab;   /* open addressing, cap a power of two */
     size_t cap, n;
-    const char *answers;        /* the model whose answers are served; borrowed from argv */
+    const char *answers;        /* the model whose answers are served (its name, with --judge);
+                                 * borrowed */
     const char *fallback;       /* answer for unknown prompts, or NULL; borrowed */
     uint32_t ms_per_token;
     uint32_t latency_ms;
     const char *data;           /* for messages; borrowed */
+    int judge;                  /* grade answers instead of serving them */
+    double noise;               /* --judge: probability of a wrong or garbled verdict */
+    uint64_t seed;              /* --judge: which verdicts the noise hits */
 };
 
 static char *
@@ -89,9 +96,9 @@ slot(struct replay *r, const char *key)
     return &r->tab[i];
 }
 
-/* Adds key -> answer (both taken over); a duplicate prompt keeps the first answer. */
+/* Adds key -> text (both taken over); a duplicate prompt keeps the first text. */
 static void
-replay_add(struct replay *r, char *key, char *answer)
+replay_add(struct replay *r, char *key, char *text)
 {
     if ((r->n + 1) * 2 > r->cap) {
         struct replay_entry *old = r->tab;
@@ -108,11 +115,11 @@ replay_add(struct replay *r, char *key, char *answer)
     struct replay_entry *e = slot(r, key);
     if (e->key) {
         free(key);
-        free(answer);
+        free(text);
         return;
     }
     e->key = key;
-    e->answer = answer;
+    e->text = text;
     r->n++;
 }
 
@@ -124,7 +131,7 @@ replay_find(struct replay *r, const char *prompt)
     char *key = normalise(prompt);
     struct replay_entry *e = slot(r, key);
     free(key);
-    return e->key ? e->answer : NULL;
+    return e->key ? e->text : NULL;
 }
 
 static void
@@ -132,7 +139,7 @@ replay_free(struct replay *r)
 {
     for (size_t i = 0; i < r->cap; i++) {
         free(r->tab[i].key);
-        free(r->tab[i].answer);
+        free(r->tab[i].text);
     }
     free(r->tab);
 }
@@ -158,7 +165,8 @@ gz_line(gzFile f, char **line, size_t *cap)
     }
 }
 
-/* Loads path's answers of r->answers. Returns 0 or -1 with the reason printed. */
+/* Loads path's answers of r->answers, or with --judge its references. Returns 0 or -1
+ * with the reason printed. */
 static int
 replay_load(struct replay *r, const char *path)
 {
@@ -188,11 +196,20 @@ replay_load(struct replay *r, const char *path)
             goto fail;
         }
         json_t *a = json_object_get(answers, r->answers);
-        if (json_is_string(a))
+        json_t *ref = json_object_get(rec, "reference");
+        if (r->judge) {
+            if (json_is_string(ref)) /* a record without one is an unknown question */
+                replay_add(r, normalise(json_string_value(prompt)),
+                           xstrdup(json_string_value(ref)));
+        } else if (json_is_string(a))
             replay_add(r, normalise(json_string_value(prompt)), xstrdup(json_string_value(a)));
         else if (!names)
             names = json_incref(answers);
         json_decref(rec);
+    }
+    if (r->n == 0 && r->judge) {
+        cli_errorf("replay", "%s: no record has a \"reference\" to judge by", path);
+        goto fail;
     }
     if (r->n == 0) {
         char list[512] = "";
@@ -269,6 +286,77 @@ prompt_bytes(json_t *messages)
     return total;
 }
 
+/* ---- --judge ------------------------------------------------------------------------ */
+
+/* Returns a 64-bit hash of the seed, the question and the answer (splitmix64's finish
+ * over FNV-1a): the same request always draws the same verdict, on any thread. */
+static uint64_t
+judge_draw(uint64_t seed, const char *question, const char *answer)
+{
+    uint64_t h = 1469598103934665603ull ^ seed;
+
+    for (const char *p = question; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+    for (const char *p = answer; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebull;
+    return h ^ (h >> 31);
+}
+
+/* Writes what a judge would reply about answer to question into out (len bytes): a
+ * one-line justification and "Rating: [[10]]" when the answer's final number is the
+ * reference's, "[[2]]" when it is not or there is none, "[[5]]" when the question has no
+ * reference. With probability r->noise the verdict is noise instead, of one of four
+ * kinds (drawn with it): the rating flipped (parseable but wrong), no rating, two
+ * ratings that disagree, a rating off the scale (the last three leave
+ * router_judge_parse nothing). */
+static void
+judge_verdict(struct replay *r, const char *question, const char *answer, char *out, size_t len)
+{
+    const char *ref = replay_find(r, question);
+    uint64_t h = judge_draw(r->seed, question, answer);
+    double want = ref ? strtod(ref, NULL) : 0, got = 0;
+    int has = grade_final_number(answer, &got) == 0;
+    int rating = !ref ? 5 : grade_is_correct(answer, want) ? 10 : 2;
+
+    if ((double)(h >> 11) * 0x1p-53 < r->noise) {
+        switch ((h >> 3) & 3) {
+        case 0:
+            snprintf(out, len, "On reflection I disagree with the obvious reading.\nRating: [[%d]]",
+                     rating >= 6 ? 2 : 10);
+            return;
+        case 1:
+            snprintf(out, len, "The answer looks plausible, but I cannot settle on a rating.");
+            return;
+        case 2:
+            snprintf(out, len, "Somewhere between [[3]] and [[8]], depending on the reading.\n"
+                               "Rating: [[8]]");
+            return;
+        default:
+            snprintf(out, len, "An exceptional answer.\nRating: [[11]]");
+            return;
+        }
+    }
+    if (!ref)
+        snprintf(out, len, "There is no reference answer for this question, so the answer's "
+                           "result cannot be checked.\nRating: [[5]]");
+    else if (!has)
+        snprintf(out, len, "The answer gives no final number; the reference answer is %.10g.\n"
+                           "Rating: [[2]]", want);
+    else if (rating == 10)
+        snprintf(out, len, "The answer's final result, %.10g, matches the reference answer.\n"
+                           "Rating: [[10]]", got);
+    else
+        snprintf(out, len, "The answer's final result, %.10g, does not match the reference "
+                           "answer, %.10g.\nRating: [[2]]", got, want);
+}
+
+/* ---- serving ------------------------------------------------------------------------- */
+
 static void
 handle_chat(struct fakeai_req *req, struct replay *r)
 {
@@ -283,8 +371,20 @@ handle_chat(struct fakeai_req *req, struct replay *r)
     }
     json_t *messages = json_object_get(root, "messages");
     const char *model = json_string_value(json_object_get(root, "model"));
-    char *prompt = last_user_text(messages);
-    const char *answer = prompt ? replay_find(r, prompt) : NULL;
+    char *prompt = NULL, *graded = NULL;
+    const char *answer = NULL;
+    char verdict[512];
+    if (r->judge) {
+        if (router_judge_unpack(root, &prompt, &graded) == 0) {
+            judge_verdict(r, prompt, graded, verdict, sizeof(verdict));
+            answer = verdict;
+        }
+    } else {
+        prompt = last_user_text(messages);
+        answer = prompt ? replay_find(r, prompt) : NULL;
+        if (!answer)
+            answer = r->fallback;
+    }
     size_t pb = prompt_bytes(messages);
     struct fakeai_chat c = {
         .model = model && *model ? model : r->answers,
@@ -296,8 +396,6 @@ handle_chat(struct fakeai_req *req, struct replay *r)
         .prompt_tokens = pb ? (long)((pb + 3) / 4) : 1,
     };
     char msg[300];
-    if (!answer)
-        answer = r->fallback;
     if (answer) {
         c.content = answer;
         /* about 4 bytes a token, like the usage counts of real models' English text */
@@ -305,6 +403,12 @@ handle_chat(struct fakeai_req *req, struct replay *r)
         c.chunks = (unsigned)((len + 3) / 4);
         if (c.chunks == 0)
             c.chunks = 1;
+    } else if (r->judge) {
+        snprintf(msg, sizeof(msg), "triage replay --judge: not a judge request (the format of "
+                                   "router_judge_request, docs/judge.md)");
+        c.status = 400;
+        c.error_message = msg;
+        c.latency_ms = 0;
     } else {
         snprintf(msg, sizeof(msg),
                  "triage replay: no recorded answer of %s for this prompt (%zu known prompts in %s)",
@@ -315,6 +419,7 @@ handle_chat(struct fakeai_req *req, struct replay *r)
     }
     fakeai_req_chat(req, &c);
     free(prompt);
+    free(graded);
     json_decref(root);
 }
 
@@ -348,12 +453,23 @@ usage(FILE *f)
             "usage: triage replay --answers MODEL [--data FILE] [--port N] [--listen ADDR]\n"
             "                     [--ms-per-token N] [--latency-ms N] [--fallback-answer TEXT]\n"
             "                     [--threads N]\n"
+            "       triage replay --judge [--judge-noise P] [--judge-seed N] [--data FILE] ...\n"
             "\n"
             "Serves an OpenAI-compatible POST /v1/chat/completions (JSON and SSE, with usage)\n"
             "that answers known prompts with MODEL's recorded answers: an offline stand-in for a\n"
             "real backend. The prompt is the last user message, whitespace-normalised.\n"
             "\n"
-            "  --data FILE            JSONL(.gz) of {\"prompt\", \"answers\": {MODEL: text}}\n"
+            "With --judge it stands in for the LLM judge instead (docs/judge.md): each request\n"
+            "must be a judge request as triaged builds them (router_judge_request); the graded\n"
+            "question is looked up like a prompt, and the answer's final number (after the\n"
+            "last ####, else in the last \\boxed{}, else the last number: triage demo's rule)\n"
+            "is compared with the record's \"reference\". The reply is a one-line\n"
+            "justification and \"Rating: [[10]]\" when they match, \"Rating: [[2]]\" when\n"
+            "they do not or the answer has no number, \"Rating: [[5]]\" (no reference) for an\n"
+            "unknown question; a request in another format gets HTTP 400.\n"
+            "\n"
+            "  --data FILE            JSONL(.gz) of {\"prompt\", \"reference\",\n"
+            "                         \"answers\": {MODEL: text}}\n"
             "                         (default %s)\n"
             "  --answers MODEL        whose answers to serve, e.g. mixtral-8x7b-instruct or\n"
             "                         gpt-4-1106-preview\n"
@@ -363,6 +479,12 @@ usage(FILE *f)
             "  --latency-ms N         delay before the first byte, default 0\n"
             "  --fallback-answer TEXT answer unknown prompts with TEXT instead of HTTP 400\n"
             "  --threads N            event-loop threads (SO_REUSEPORT), default 1\n"
+            "  --judge                grade answers as an LLM judge would (no --answers)\n"
+            "  --judge-noise P        with probability P (0..1, default 0) a verdict is noise:\n"
+            "                         the rating flipped, or no usable rating at all (none,\n"
+            "                         two that disagree, one off the scale), a quarter each\n"
+            "  --judge-seed N         which verdicts the noise hits (default 1); the same\n"
+            "                         request and seed always get the same verdict\n"
             "\n"
             "Prints \"listening on PORT\" on stdout when ready; stops on SIGINT or SIGTERM.\n",
             DEFAULT_DATA);
@@ -381,6 +503,32 @@ parse_u32(const char *s, unsigned long max, uint32_t *out)
     return 0;
 }
 
+static int
+parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || *s == '-')
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+static int
+parse_probability(const char *s, double *out)
+{
+    char *end;
+
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= 0 && v <= 1))
+        return -1;
+    *out = v;
+    return 0;
+}
+
 int
 cli_replay(int argc, char **argv)
 {
@@ -393,11 +541,16 @@ cli_replay(int argc, char **argv)
         {"latency-ms", required_argument, NULL, 'L'},
         {"fallback-answer", required_argument, NULL, 'f'},
         {"threads", required_argument, NULL, 't'},
+        {"judge", no_argument, NULL, 'J'},
+        {"judge-noise", required_argument, NULL, 'N'},
+        {"judge-seed", required_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct replay r = {.data = access(DEFAULT_DATA, R_OK) == 0 ? DEFAULT_DATA : INSTALLED_DATA};
+    struct replay r = {.data = access(DEFAULT_DATA, R_OK) == 0 ? DEFAULT_DATA : INSTALLED_DATA,
+                       .seed = 1};
     uint32_t port = 9001, threads = 1;
+    int noise_set = 0;
     const char *listen = "127.0.0.1";
     char err[256];
     int ch;
@@ -414,6 +567,9 @@ cli_replay(int argc, char **argv)
         case 'm': bad = parse_u32(optarg, 600000, &r.ms_per_token); break;
         case 'L': bad = parse_u32(optarg, 3600000, &r.latency_ms); break;
         case 't': bad = parse_u32(optarg, 256, &threads) || threads == 0; break;
+        case 'J': r.judge = 1; break;
+        case 'N': bad = parse_probability(optarg, &r.noise); noise_set = 1; break;
+        case 'S': bad = parse_u64(optarg, &r.seed); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -426,6 +582,17 @@ cli_replay(int argc, char **argv)
         cli_errorf("replay", "unexpected argument %s", argv[optind]);
         return 2;
     }
+    if (r.judge && (r.answers || r.fallback)) {
+        cli_errorf("replay",
+                   "--judge grades answers: --answers and --fallback-answer do not apply");
+        return 2;
+    }
+    if (!r.judge && noise_set) {
+        cli_errorf("replay", "--judge-noise needs --judge");
+        return 2;
+    }
+    if (r.judge)
+        r.answers = "replay-judge"; /* the model name it answers as */
     if (!r.answers) {
         cli_errorf("replay", "--answers MODEL is required (see --help)");
         return 2;
@@ -443,8 +610,13 @@ cli_replay(int argc, char **argv)
         replay_free(&r);
         return 1;
     }
-    fprintf(stderr, "triage replay: %zu answers of %s from %s, %u ms/token, on %s:%u\n", r.n,
-            r.answers, r.data, (unsigned)r.ms_per_token, listen, (unsigned)fakeai_server_port(s));
+    if (r.judge)
+        fprintf(stderr, "triage replay: judging by %zu references from %s, noise %g, on %s:%u\n",
+                r.n, r.data, r.noise, listen, (unsigned)fakeai_server_port(s));
+    else
+        fprintf(stderr, "triage replay: %zu answers of %s from %s, %u ms/token, on %s:%u\n", r.n,
+                r.answers, r.data, (unsigned)r.ms_per_token, listen,
+                (unsigned)fakeai_server_port(s));
     printf("listening on %u\n", (unsigned)fakeai_server_port(s));
     fflush(stdout);
     int rc = fakeai_server_run(s);

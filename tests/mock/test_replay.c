@@ -1,5 +1,6 @@
 /* test_replay.c - tests of `triage replay`: prompt lookup, JSON and SSE answers with usage,
- * unknown prompts, the fallback answer, per-token delay, and the shipped GSM8K data.
+ * unknown prompts, the fallback answer, per-token delay, the shipped GSM8K data, and
+ * `--judge` grading judge requests (router_judge_request) by the GSM8K references.
  * Usage: test_replay PATH-TO-TRIAGE (TRIAGE_SOURCE_ROOT locates data/replay). */
 #include <fcntl.h>
 #include <spawn.h>
@@ -15,6 +16,7 @@
 #include <zlib.h>
 
 #include "harness.h"
+#include "router.h"
 
 static unsigned port; /* the replay server's */
 
@@ -29,6 +31,7 @@ extern char **environ;
 
 static const char *triage;
 static char fixture[256];
+static char fixture_noref[256]; /* plain JSONL, no record with a "reference" */
 
 static const char *const fixture_lines[] = {
     "{\"prompt\": \"What is  two\\nplus two?\", \"reference\": \"4\", \"answers\": "
@@ -49,6 +52,12 @@ write_fixture(const char *dir)
         gzputs(f, "\n");
     }
     gzclose(f);
+    snprintf(fixture_noref, sizeof(fixture_noref), "%s/noref.jsonl", dir);
+    FILE *p = fopen(fixture_noref, "w");
+    if (p) {
+        fputs("{\"prompt\": \"Name a colour.\", \"answers\": {\"strong\": \"Blue.\"}}\n", p);
+        fclose(p);
+    }
 }
 
 /* Runs triage with args (stdout and stderr to /dev/null) and returns its exit status. */
@@ -237,6 +246,153 @@ test_gsm8k(const char *root)
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* Finds the shipped record whose prompt starts with prefix; returns it (new) or NULL. */
+static json_t *
+gsm8k_record(const char *data, const char *prefix)
+{
+    gzFile f = gzopen(data, "rb");
+    char line[65536];
+    json_t *found = NULL;
+
+    while (f && !found && gzgets(f, line, sizeof(line))) {
+        json_t *j = json_loads(line, 0, NULL);
+        const char *p = json_string_value(json_object_get(j, "prompt"));
+        if (p && strncmp(p, prefix, strlen(prefix)) == 0)
+            found = json_incref(j);
+        json_decref(j);
+    }
+    if (f)
+        gzclose(f);
+    return found;
+}
+
+/* Sends a judge request grading answer as the reply to messages (JSON text); returns
+ * the HTTP status, and in *q and *rating the verdict's label (router_judge_parse's
+ * result in *parsed). */
+static int
+judge(const char *messages, const char *answer, int *parsed, double *q, int *rating)
+{
+    json_t *m = json_loads(messages, 0, NULL);
+    char *body = router_judge_request(m, answer, strlen(answer), "judge-model");
+    struct h_resp r;
+
+    json_decref(m);
+    CHECK(body != NULL);
+    if (!body)
+        return -1;
+    h_chat(port, body, &r);
+    free(body);
+    json_t *j = json_loads(r.body, 0, NULL);
+    const char *c = content_of(j);
+    *parsed = c ? router_judge_parse(c, strlen(c), q, rating) : -2;
+    json_decref(j);
+    int status = (int)r.status;
+    h_resp_free(&r);
+    return status;
+}
+
+/* Wraps text as the messages of one user turn (new JSON text). */
+static char *
+user_turn(const char *text)
+{
+    json_t *m = json_pack("[{s:s, s:s}]", "role", "user", "content", text);
+    char *s = json_dumps(m, JSON_COMPACT);
+    json_decref(m);
+    return s;
+}
+
+/* --judge on the shipped data: a GSM8K question GPT-4 got right (8) and Mixtral wrong (10). */
+static void
+test_judge(const char *root)
+{
+    char data[512];
+    snprintf(data, sizeof(data), "%s/data/replay/gsm8k.jsonl.gz", root);
+    json_t *rec = gsm8k_record(data, "A candle melts by 2 centimeters every hour");
+    CHECK(rec != NULL);
+    if (!rec)
+        return;
+    const char *prompt = json_string_value(json_object_get(rec, "prompt"));
+    json_t *answers = json_object_get(rec, "answers");
+    const char *right = json_string_value(json_object_get(answers, "gpt-4-1106-preview"));
+    const char *wrong = json_string_value(json_object_get(answers, "mixtral-8x7b-instruct"));
+    CHECK(right && wrong && strcmp(json_string_value(json_object_get(rec, "reference")), "8") == 0);
+    char *args[] = {(char *)triage, "replay", "--judge", "--data", data, "--port", "0", NULL};
+    pid_t pid;
+    int st, parsed, rating;
+    double q;
+
+    CHECK(h_spawn_mock(args, &pid, &port) == 0);
+    char *question = user_turn(prompt);
+    st = judge(question, right, &parsed, &q, &rating);
+    CHECK(st == 200 && parsed == 0 && rating == 10 && q == 1.0);
+    st = judge(question, wrong, &parsed, &q, &rating);
+    CHECK(st == 200 && parsed == 0 && rating == 2 && q == 1.0 / 9.0);
+    st = judge(question, "I could not work it out.", &parsed, &q, &rating);
+    CHECK(st == 200 && parsed == 0 && rating == 2);
+
+    /* the question found in a longer conversation, as content parts, spaced differently */
+    json_t *m = json_pack("[{s:s, s:s}, {s:s, s:s}, {s:s, s:s}, {s:s, s:[{s:s, s:s}]}]", "role",
+                          "system", "content", "Solve it.", "role", "user", "content", "Hello",
+                          "role", "assistant", "content", "Hi!", "role", "user", "content",
+                          "type", "text", "text", prompt);
+    char *conv = json_dumps(m, JSON_COMPACT);
+    st = judge(conv, right, &parsed, &q, &rating);
+    CHECK(st == 200 && parsed == 0 && q == 1.0);
+    free(conv);
+    json_decref(m);
+
+    /* an unknown question: no reference, the documented middle rating */
+    char *unknown = user_turn("What is the airspeed of an unladen swallow?");
+    st = judge(unknown, "#### 11", &parsed, &q, &rating);
+    CHECK(st == 200 && parsed == 0 && rating == 5 && q == 4.0 / 9.0);
+    free(unknown);
+
+    /* not a judge request */
+    json_t *j = chat("m", "[{\"role\": \"user\", \"content\": \"What is 2 + 2?\"}]", &st);
+    CHECK(st == 400);
+    json_decref(j);
+    st = h_stop(pid, SIGTERM);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+    /* --judge-noise 1: every verdict is noise, flipped or with no usable rating */
+    char *noisy[] = {(char *)triage, "replay", "--judge", "--judge-noise", "1", "--judge-seed",
+                     "7", "--data", data, "--port", "0", NULL};
+    CHECK(h_spawn_mock(noisy, &pid, &port) == 0);
+    int unparseable = 0, flipped = 0;
+    for (int i = 0; i < 24; i++) {
+        char ans[64];
+        snprintf(ans, sizeof(ans), "Attempt %d.\n#### 8", i);
+        st = judge(question, ans, &parsed, &q, &rating);
+        CHECK(st == 200);
+        if (parsed < 0)
+            unparseable++;
+        else if (rating == 2)
+            flipped++;
+        else
+            CHECK(!"a noisy verdict is flipped or unparseable");
+        /* the same request draws the same verdict */
+        int parsed2, rating2 = 0;
+        double q2;
+        judge(question, ans, &parsed2, &q2, &rating2);
+        CHECK(parsed2 == parsed && (parsed < 0 || rating2 == rating));
+    }
+    CHECK(unparseable > 0 && flipped > 0);
+    st = h_stop(pid, SIGTERM);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+    char *both[] = {(char *)triage, "replay", "--judge", "--answers", "m", "--data", data, NULL};
+    char *noise_only[] = {(char *)triage, "replay", "--judge-noise", "0.5", "--answers", "m", NULL};
+    char *noise_bad[] = {(char *)triage, "replay", "--judge", "--judge-noise", "1.5", NULL};
+    char *no_refs[] = {(char *)triage, "replay", "--judge", "--data", fixture_noref, "--port", "0",
+                       NULL};
+    CHECK(run_status(both) == 2);
+    CHECK(run_status(noise_only) == 2);
+    CHECK(run_status(noise_bad) == 2);
+    CHECK(run_status(no_refs) == 1);
+    free(question);
+    json_decref(rec);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -267,9 +423,11 @@ main(int argc, char **argv)
     test_fallback();
     test_usage_errors();
     test_gsm8k(root);
+    test_judge(root);
 
     curl_global_cleanup();
     unlink(fixture);
+    unlink(fixture_noref);
     rmdir(dir);
     if (h_failures)
         fprintf(stderr, "%d check(s) failed\n", h_failures);
