@@ -258,7 +258,7 @@ static struct {
     int trickle;
     int keep;
     int accepts;  /* connections accepted so far */
-    int requests; /* requests answered so far */
+    int requests; /* requests read so far (counted before each answer) */
     char last_head[2048];
     char last_body[1024];
     int fd;
@@ -313,6 +313,9 @@ srv_run(void *arg)
         char head[2048], body[1024];
         while (srv_read_request(fd, head, sizeof(head), body, sizeof(body)) == 0) {
             pthread_mutex_lock(&srv.mu);
+            /* counted before the answer is written, so a client that has its answer
+             * always sees the count: counting after the write raced with the test */
+            srv.requests++;
             const char *resp = srv.response;
             size_t len = srv.response_len ? srv.response_len : strlen(resp);
             int trickle = srv.trickle, keep = srv.keep;
@@ -327,9 +330,6 @@ srv_run(void *arg)
                 if (trickle)
                     usleep(200);
             }
-            pthread_mutex_lock(&srv.mu);
-            srv.requests++;
-            pthread_mutex_unlock(&srv.mu);
             if (!keep)
                 break;
         }
