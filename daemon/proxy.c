@@ -831,6 +831,10 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
 void
 daemon__proxy_release(struct daemon_request *rq)
 {
+    /* the worker is cutting off what is left at the shutdown deadline (worker_teardown):
+     * a request still waiting on its backend is told so, in its own error kind */
+    int shutdown_cut = rq->w->tearing_down && (rq->call || rq->retry_timer);
+
     if (rq->call) {
         upstream_cancel(rq->call);
         rq->call = NULL;
@@ -859,6 +863,16 @@ daemon__proxy_release(struct daemon_request *rq)
     }
     json_decref(rq->up_json);
     rq->up_json = NULL;
+    if (shutdown_cut && rq->streaming && !rq->up_done) {
+        stream_fail(rq, "shutdown", "shutting_down",
+                    "triaged is shutting down: the stream was cut at shutdown_timeout_ms");
+    } else if (shutdown_cut && !rq->response) {
+        rq->cut = 1;
+        rq->error_kind = "shutdown";
+        daemon__reply_error(rq, 503, "server_error", "shutting_down",
+                            "triaged is shutting down: the request was cut at "
+                            "shutdown_timeout_ms");
+    }
     if (rq->cut)
         rq->client_aborted = 0; /* MHD calls our own end of the response an error */
 }

@@ -1522,7 +1522,10 @@ worker_teardown(struct daemon_worker *w)
         }
         daemon__wake(rq);
     }
-    daemon__mhd_run(w);
+    /* what daemon__proxy_release queued (a stream's error event, a 503) goes out before
+     * MHD stops: one run has the reply built, the next sends it */
+    for (int i = 0; i < 4 && w->n_requests; i++)
+        daemon__mhd_run(w);
     if (w->mhd) {
         uv_poll_stop(&w->mhd_poll);
         MHD_stop_daemon(w->mhd); /* ends every connection: on_completed frees requests */

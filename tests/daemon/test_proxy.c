@@ -178,6 +178,40 @@ log_line_for(const char *log_name, const char *id, char *out, size_t cap)
     return 0;
 }
 
+/* The text of column col of the outcome row of request id in dir/db_name (waiting up to
+ * 5 s for the writer), into out. Returns 1 when the row was found. */
+static int
+outcome_text(const char *db_name, const char *id, const char *col, char *out, size_t cap)
+{
+    char path[512], sql[256];
+    sqlite3 *db = NULL;
+    int found = 0;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, db_name);
+    snprintf(sql, sizeof(sql), "SELECT %s FROM requests WHERE request_id = ?", col);
+    out[0] = '\0';
+    for (int t = 0; t < 100 && !found; t++) {
+        sqlite3_stmt *st = NULL;
+        usleep(50000);
+        if (!db && sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+            sqlite3_close(db);
+            db = NULL;
+            continue;
+        }
+        if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+            continue;
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            const unsigned char *v = sqlite3_column_text(st, 0);
+            snprintf(out, cap, "%s", v ? (const char *)v : "");
+            found = 1;
+        }
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(db);
+    return found;
+}
+
 /* ---- a raw backend: answers every request with the bytes it is given, then closes ----- */
 
 static struct {
@@ -1519,6 +1553,95 @@ test_graceful_shutdown(void)
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* At shutdown_timeout_ms, what still runs is cut off: a stream gets an SSE error event
+ * and its connection ends, a request still waiting for its backend gets a 503; both
+ * are logged and recorded with the error kind "shutdown", not as client aborts. */
+static void
+test_shutdown_cut(void)
+{
+    unsigned p2 = h_free_port();
+    pid_t pid;
+    struct h_resp rs, rw;
+    struct curl_slist *hs, *hw;
+    struct h_req sreq = {
+        .path = "/v1/chat/completions",
+        .body = "{\"model\":\"fast\",\"stream\":true," MSGS
+                ",\"mock\":{\"chunks\":100,\"chunk_delay_ms\":100}}",
+        .timeout_ms = 30000,
+    };
+    struct h_req wreq = {
+        .path = "/v1/chat/completions",
+        .body = "{\"model\":\"fast\"," MSGS ",\"mock\":{\"latency_ms\":10000}}",
+        .timeout_ms = 30000,
+    };
+    char path[512];
+    int running = 1, sent = 0;
+
+    write_conf("cut.conf", p2, "shutdown_timeout_ms = 300", "triage", 0);
+    snprintf(path, sizeof(path), "%s/cut.conf", dir);
+    FILE *f = fopen(path, "a");
+    fprintf(f, "[storage]\npath = cut.db\nflush_interval_ms = 10\n");
+    fclose(f);
+    if (start_daemon("cut.conf", p2, "cut.log", &pid) < 0) {
+        CHECK(!"cut daemon started");
+        return;
+    }
+    long active = mock_stat("active");
+    CURLM *m = curl_multi_init();
+    CURL *es = h_easy(p2, &sreq, &rs, &hs), *ew = h_easy(p2, &wreq, &rw, &hw);
+    curl_multi_add_handle(m, es);
+    curl_multi_add_handle(m, ew);
+    double t0 = h_now_ms();
+    while (running) {
+        curl_multi_perform(m, &running);
+        /* both at the backend, the stream under way: stop */
+        if (!sent && rs.first_byte_ms >= 0 && mock_stat("active") >= active + 2) {
+            kill(pid, SIGTERM);
+            sent = 1;
+        }
+        if (!sent && h_now_ms() - t0 > 10000)
+            break;
+        if (running)
+            curl_multi_poll(m, NULL, 0, 50, NULL);
+    }
+    CHECK(sent);
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(m, &left)))
+        if (msg->msg == CURLMSG_DONE)
+            (msg->easy_handle == es ? &rs : &rw)->rc = msg->data.result;
+    curl_multi_remove_handle(m, es);
+    curl_multi_remove_handle(m, ew);
+    h_easy_done(es, &rs, hs);
+    h_easy_done(ew, &rw, hw);
+    curl_multi_cleanup(m);
+
+    struct h_sse s;
+    h_parse_sse(rs.body, &s);
+    CHECK(rs.status == 200 && s.chunks >= 1 && s.done == 0);
+    CHECK(s.error_events == 1 && strstr(rs.body, "\"shutting_down\"") != NULL);
+    CHECK(rs.rc == CURLE_PARTIAL_FILE);
+    CHECK(rw.status == 503 && !strcmp(h_error_code(&rw), "shutting_down"));
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+    const struct h_resp *both[] = {&rs, &rw};
+    for (int i = 0; i < 2; i++) {
+        char id[128] = "", line[4096], kind[64];
+        const char *h = h_header(both[i], "x-triage-request-id");
+        snprintf(id, sizeof(id), "%s", h ? h : "");
+        CHECK(log_line_for("cut.log", id, line, sizeof(line)));
+        CHECK(strstr(line, " error=shutdown") != NULL && strstr(line, " aborted=") == NULL);
+        CHECK(outcome_text("cut.db", id, "error_kind", kind, sizeof(kind)));
+        CHECK(!strcmp(kind, "shutdown"));
+        if (strcmp(kind, "shutdown") || !strstr(line, " error=shutdown"))
+            fprintf(stderr, "shutdown_cut: line %s, outcome %s\n", line, kind);
+    }
+    h_resp_free(&rs);
+    h_resp_free(&rw);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1585,6 +1708,7 @@ main(int argc, char **argv)
         {"reload", test_reload},
         {"log_lines", test_log_lines},
         {"graceful_shutdown", test_graceful_shutdown},
+        {"shutdown_cut", test_shutdown_cut},
     };
     const char *only = getenv("TEST_ONLY");
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
