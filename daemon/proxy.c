@@ -1194,8 +1194,10 @@ start_attempt(struct daemon_request *rq)
         rq->retries++;
     }
     rq->breaker_open_call = 1;
-    /* a fresh attempt: forget what the last one got */
+    /* a fresh attempt: forget what the last one got (its first byte too: the time to
+     * first byte is that of the attempt that answers) */
     rq->up_status = 0;
+    rq->ttfb_ms = NAN;
     free(rq->up_content_type);
     rq->up_content_type = NULL;
     rq->up_headers.len = 0;

@@ -178,6 +178,18 @@ log_line_for(const char *log_name, const char *id, char *out, size_t cap)
     return 0;
 }
 
+/* The number after "key=" in a logfmt line, NAN when absent. */
+static double
+log_num(const char *line, const char *key)
+{
+    char k[64];
+    const char *p;
+
+    snprintf(k, sizeof(k), " %s=", key);
+    p = strstr(line, k);
+    return p ? strtod(p + strlen(k), NULL) : NAN;
+}
+
 /* The text of column col of the outcome row of request id in dir/db_name (waiting up to
  * 5 s for the writer), into out. Returns 1 when the row was found. */
 static int
@@ -867,6 +879,34 @@ test_bad_input(void)
     h_chat(port, "{\"model\":\"fast\"," MSGS "}", &r);
     CHECK(r.status == 200);
     h_resp_free(&r);
+}
+
+/* Time to first byte is that of the attempt that answered: here strong fails at once
+ * (twice, then the fallback), and fast answers after 800 ms; the access line and the
+ * outcome row must not take the failed attempts' first byte. */
+static void
+test_ttfb_answering_attempt(void)
+{
+    struct h_resp r;
+    char id[128] = "", line[4096], ttfb[64];
+
+    h_chat(port,
+           "{\"model\":\"triage:0\"," MSGS ",\"mock\":{\"status\":503,\"by_model\":"
+           "{\"mixtral-test\":{\"status\":0,\"latency_ms\":800}}}}",
+           &r);
+    CHECK(r.status == 200);
+    CHECK(h_header(&r, "x-triage-route") && !strcmp(h_header(&r, "x-triage-route"), "fallback"));
+    CHECK(h_header(&r, "x-triage-backend") && !strcmp(h_header(&r, "x-triage-backend"), "fast"));
+    if (h_header(&r, "x-triage-request-id"))
+        snprintf(id, sizeof(id), "%s", h_header(&r, "x-triage-request-id"));
+    h_resp_free(&r);
+    CHECK(log_line_for("main.log", id, line, sizeof(line)));
+    CHECK(log_num(line, "retries") >= 1);
+    CHECK(log_num(line, "ttfb_ms") >= 800);
+    CHECK(outcome_text("out.db", id, "ttfb_ms", ttfb, sizeof(ttfb)));
+    CHECK(strtod(ttfb, NULL) >= 800);
+    if (!(log_num(line, "ttfb_ms") >= 800) || !(strtod(ttfb, NULL) >= 800))
+        fprintf(stderr, "ttfb: access line %s, outcome row %s\n", line, ttfb);
 }
 
 static double
@@ -1696,6 +1736,7 @@ main(int argc, char **argv)
         {"routing", test_routing},
         {"models_health", test_models_health},
         {"retry_fallback_breaker", test_retry_fallback_breaker},
+        {"ttfb_answering_attempt", test_ttfb_answering_attempt},
         {"max_concurrent", test_max_concurrent},
         {"client_abort", test_client_abort},
         {"client_gone_waiting", test_client_gone_waiting},

@@ -4,7 +4,10 @@
  *         [--content TEXT] [--threads N] [--stamp]
  * prints "listening on <port>" once ready. A request may override the defaults with a
  * top-level "mock" object: latency_ms, chunks, chunk_delay_ms, content, status,
- * retry_after, fail ("close" | "hang" | "die_mid_stream"), die_after, stamp.
+ * retry_after, fail ("close" | "hang" | "die_mid_stream"), die_after, stamp; and
+ * by_model, {"<model>": {...}}: members that replace those above when the request's
+ * "model" is <model> (a proxy sends each backend its own model name, so one request
+ * can fail on one backend and succeed on its fallback).
  *
  * stamp (for bench/streams): every content piece is " mockts:" and 19 digits, the mock's
  * CLOCK_MONOTONIC time in ns taken just before the piece is written to the socket. */
@@ -199,6 +202,13 @@ handle_chat(struct fakeai_req *req, const struct mock_defaults *d)
     }
     json_t *mock = json_object_get(root, "mock");
     json_t *model = json_object_get(root, "model");
+    const char *mname = json_string_value(model);
+    json_t *own = json_object_get(json_object_get(mock, "by_model"), mname ? mname : "");
+    if (json_is_object(own)) {
+        mock = json_copy(mock); /* owned by root from here, freed with it */
+        json_object_update(mock, own);
+        json_object_set_new(root, "mock", mock);
+    }
     json_t *so = json_object_get(root, "stream_options");
     const char *auth = fakeai_req_header(req, "authorization");
     struct fakeai_chat c = {
