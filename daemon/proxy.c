@@ -1025,6 +1025,44 @@ route(struct daemon_request *rq, json_t *root, double thr_override)
     return 0;
 }
 
+/* Checks the shape every backend needs of 'messages', as OpenAI does and no stricter:
+ * each element an object with a string "role"; "content", when there, a string, null
+ * or an array of parts (objects). Nothing more is asked of tool messages or of an
+ * assistant's (tool_calls with null or no content are fine). Returns 0, or -1 after
+ * replying 400 invalid_messages. */
+static int
+check_messages(struct daemon_request *rq, json_t *messages)
+{
+    size_t i, j;
+    json_t *m, *part;
+
+    json_array_foreach(messages, i, m) {
+        if (!json_is_object(m) || !json_is_string(json_object_get(m, "role"))) {
+            daemon__reply_error(rq, 400, "invalid_request_error", "invalid_messages",
+                                "'messages[%zu]' must be an object with a string 'role'", i);
+            return -1;
+        }
+        json_t *content = json_object_get(m, "content");
+        if (!content || json_is_string(content) || json_is_null(content))
+            continue;
+        if (!json_is_array(content)) {
+            daemon__reply_error(rq, 400, "invalid_request_error", "invalid_messages",
+                                "'messages[%zu].content' must be a string, null or an array "
+                                "of content parts", i);
+            return -1;
+        }
+        json_array_foreach(content, j, part) {
+            if (!json_is_object(part)) {
+                daemon__reply_error(rq, 400, "invalid_request_error", "invalid_messages",
+                                    "'messages[%zu].content[%zu]' must be a content part "
+                                    "(an object)", i, j);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 /* Finds the bytes start_attempt splices: the top-level "model" value and the closing
  * brace. Leaves splice_ok at 0 (jansson rewrites) for a body with a key written with
  * escapes or "model" twice, whose meaning the bytes alone do not settle. */
@@ -1093,6 +1131,8 @@ daemon__chat_completions(struct daemon_request *rq)
                             "'messages' must be a non-empty array");
         goto out;
     }
+    if (check_messages(rq, messages) < 0)
+        goto out;
     json_t *stream = json_object_get(root, "stream");
     rq->stream = json_is_true(stream);
 

@@ -849,6 +849,18 @@ test_bad_input(void)
     expect_error("GET", "/v1/chat/completions", NULL, 405, "method_not_allowed");
     expect_error("PUT", "/v1/models", NULL, 405, "method_not_allowed");
     expect_error(NULL, "/v2/nothing", NULL, 404, "not_found");
+    /* every message an object with a string role; content a string, null or parts */
+    static const char *const bad_messages[] = {
+        "[1,2]", "[{\"role\":\"user\",\"content\":\"hi\"},\"hi\"]", "[{\"content\":\"hi\"}]",
+        "[{\"role\":7,\"content\":\"hi\"}]", "[{\"role\":\"user\",\"content\":5}]",
+        "[{\"role\":\"user\",\"content\":{\"text\":\"hi\"}}]",
+        "[{\"role\":\"user\",\"content\":[\"hi\"]}]", "[null]",
+    };
+    for (size_t i = 0; i < sizeof(bad_messages) / sizeof(bad_messages[0]); i++) {
+        char body[256];
+        snprintf(body, sizeof(body), "{\"model\":\"fast\",\"messages\":%s}", bad_messages[i]);
+        expect_error(NULL, "/v1/chat/completions", body, 400, "invalid_messages");
+    }
     /* backend failures: one mapping, named codes */
     expect_error(NULL, "/v1/chat/completions", "{\"model\":\"dead\"," MSGS "}", 502,
                  "backend_unreachable");
@@ -879,6 +891,34 @@ test_bad_input(void)
     h_chat(port, "{\"model\":\"fast\"," MSGS "}", &r);
     CHECK(r.status == 200);
     h_resp_free(&r);
+}
+
+/* What OpenAI takes is not refused: tool and assistant messages (null content with
+ * tool_calls, no content), parts; a large number a double holds goes to the backend
+ * as the client wrote it. */
+static void
+test_valid_shapes(void)
+{
+    static const char body[] =
+        "{\"model\":\"fast\",\"max_tokens\":1e30,\"seed\":-9223372036854775808,\"messages\":["
+        "{\"role\":\"system\",\"content\":\"be brief\"},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"what is 2+2\"}]},"
+        "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":"
+        "\"function\",\"function\":{\"name\":\"add\",\"arguments\":\"{}\"}}]},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"4\"},"
+        "{\"role\":\"assistant\",\"tool_calls\":[]},{\"role\":\"user\",\"content\":[]}]}";
+    struct h_resp r;
+
+    h_chat(port, body, &r);
+    CHECK(r.status == 200);
+    if (r.status != 200)
+        fprintf(stderr, "valid_shapes: %ld %s\n", r.status, r.body);
+    h_resp_free(&r);
+    json_t *last = mock_last_request();
+    CHECK(json_real_value(json_object_get(last, "max_tokens")) == 1e30);
+    CHECK(json_integer_value(json_object_get(last, "seed")) == INT64_MIN);
+    CHECK(json_array_size(json_object_get(last, "messages")) == 6);
+    json_decref(last);
 }
 
 /* Time to first byte is that of the attempt that answered: here strong fails at once
@@ -1730,6 +1770,7 @@ main(int argc, char **argv)
         {"stream_cut_mid_event", test_stream_cut_mid_event},
         {"backend_header_bytes", test_backend_header_bytes},
         {"bad_input", test_bad_input},
+        {"valid_shapes", test_valid_shapes},
         {"body_rewrite", test_body_rewrite},
         {"max_response", test_max_response},
         {"request_parser", test_request_parser},
