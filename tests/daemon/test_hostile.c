@@ -72,13 +72,16 @@ json_error_is(const char *answer, int status, const char *code)
 static char *
 repeat(const char *prefix, const char *unit, int n, const char *suffix)
 {
-    size_t len = strlen(prefix) + strlen(unit) * (size_t)n + strlen(suffix) + 1;
-    char *s = malloc(len), *p = s;
+    size_t lp = strlen(prefix), lu = strlen(unit), ls = strlen(suffix);
+    char *s = malloc(lp + lu * (size_t)n + ls + 1), *p = s;
 
-    p += sprintf(p, "%s", prefix);
-    for (int i = 0; i < n; i++)
-        p += sprintf(p, "%s", unit);
-    sprintf(p, "%s", suffix);
+    if (!s)
+        abort();
+    memcpy(p, prefix, lp);
+    p += lp;
+    for (int i = 0; i < n; i++, p += lu)
+        memcpy(p, unit, lu);
+    memcpy(p, suffix, ls + 1);
     return s;
 }
 
