@@ -182,6 +182,85 @@ js_key_is(const struct js_member *m, const char *key)
     return m->klen == n && !memcmp(m->key, key, n);
 }
 
+/* *pp: just past the '[' or the previous element. Returns 1 with the element's bytes
+ * in [*v, *vend), 0 at the closing ']' (*pp just past it), -1 if malformed. */
+static int
+js_next_element(const char **pp, const char *end, const char **v, const char **vend)
+{
+    const char *p = js_ws(*pp, end);
+
+    if (p < end && *p == ',')
+        p = js_ws(p + 1, end);
+    if (p < end && *p == ']') {
+        *pp = p + 1;
+        return 0;
+    }
+    *v = p;
+    *vend = js_value_end(p, end);
+    if (!*vend)
+        return -1;
+    *pp = *vend;
+    return 1;
+}
+
+/* 1 if the number at [p, end) is one jansson cannot hold: an integer beyond 64 bits, or
+ * a real beyond a double (an underflow is a 0, which it holds). */
+static int
+js_number_overflows(const char *p, const char *end)
+{
+    size_t n = (size_t)(end - p);
+    char *t = strndup(p, n), *e;
+
+    if (!t)
+        abort();
+    int big;
+    errno = 0;
+    if (strpbrk(t, ".eE")) {
+        big = isinf(strtod(t, &e));
+    } else {
+        (void)strtoll(t, &e, 10);
+        big = errno == ERANGE;
+    }
+    free(t);
+    return big;
+}
+
+/* Finds the first number in the value at [p, end) that overflows (as above), in
+ * document order as a parser meets it, and writes its path ("max_tokens",
+ * "messages[0].content") from path + len. Returns 1 when found. Only for bodies
+ * jansson refused with json_error_numeric_overflow: not on any fast path. */
+static int
+js_find_big_number(const char *p, const char *end, char *path, size_t cap, size_t len, int depth)
+{
+    struct js_member m;
+    const char *v, *vend;
+    size_t i = 0;
+
+    p = js_ws(p, end);
+    if (p >= end || depth > 256 || len >= cap)
+        return 0;
+    if (*p == '{') {
+        for (p++; js_next_member(&p, end, &m) == 1;) {
+            int n = snprintf(path + len, cap - len, "%s%.*s", len ? "." : "", (int)m.klen, m.key);
+            size_t l = len + (n > 0 ? (size_t)n : 0);
+            if (js_find_big_number(m.val, m.vend, path, cap, l < cap ? l : cap - 1, depth + 1))
+                return 1;
+        }
+    } else if (*p == '[') {
+        for (p++; js_next_element(&p, end, &v, &vend) == 1; i++) {
+            int n = snprintf(path + len, cap - len, "[%zu]", i);
+            size_t l = len + (n > 0 ? (size_t)n : 0);
+            if (js_find_big_number(v, vend, path, cap, l < cap ? l : cap - 1, depth + 1))
+                return 1;
+        }
+    } else if (*p == '-' || (*p >= '0' && *p <= '9')) {
+        const char *e = js_value_end(p, end);
+        return e && js_number_overflows(p, e);
+    }
+    path[len] = '\0';
+    return 0;
+}
+
 /* A JSON integer (what json_is_integer accepts) between p and end into *out. */
 static int
 js_integer(const char *p, const char *end, int64_t *out)
@@ -1105,6 +1184,21 @@ daemon__chat_completions(struct daemon_request *rq)
     root = features_json_load(rq->body.data, rq->body.len);
     if (!root) /* not plain JSON, or not JSON: jansson decides, and says why */
         root = json_loadb(rq->body.data ? rq->body.data : "", rq->body.len, 0, &jerr);
+    if (!root && json_error_code(&jerr) == json_error_numeric_overflow) {
+        /* valid JSON, with a number no backend field takes (OpenAI refuses them too):
+         * named, never called invalid JSON */
+        char path[128] = "";
+        if (js_find_big_number(rq->body.data, rq->body.data + rq->body.len, path,
+                               sizeof(path), 0, 0) && path[0])
+            daemon__reply_error(rq, 400, "invalid_request_error", "number_out_of_range",
+                                "'%s' is a number out of range: integers must fit in 64 "
+                                "bits, other numbers in a double", path);
+        else
+            daemon__reply_error(rq, 400, "invalid_request_error", "number_out_of_range",
+                                "The request body holds a number out of range: integers "
+                                "must fit in 64 bits, other numbers in a double");
+        return;
+    }
     if (!root) {
         daemon__reply_error(rq, 400, "invalid_request_error", "invalid_json",
                             "The request body is not valid JSON: %s (line %d, column %d)",

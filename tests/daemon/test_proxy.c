@@ -825,6 +825,20 @@ expect_error(const char *method, const char *path, const char *body, long status
     h_resp_free(&r);
 }
 
+/* Like expect_error, and the message holds text. */
+static void
+expect_error_text(const char *body, long status, const char *code, const char *text)
+{
+    struct h_resp r;
+
+    expect_error(NULL, "/v1/chat/completions", body, status, code);
+    h_chat(port, body, &r);
+    CHECK(strstr(r.body, text) != NULL && strstr(r.body, "not valid JSON") == NULL);
+    if (!strstr(r.body, text))
+        fprintf(stderr, "  wanted %s in %s\n", text, r.body);
+    h_resp_free(&r);
+}
+
 static void
 test_bad_input(void)
 {
@@ -861,6 +875,14 @@ test_bad_input(void)
         snprintf(body, sizeof(body), "{\"model\":\"fast\",\"messages\":%s}", bad_messages[i]);
         expect_error(NULL, "/v1/chat/completions", body, 400, "invalid_messages");
     }
+    /* numbers beyond what a parser holds: valid JSON, so named, never called invalid */
+    expect_error_text("{\"model\":\"fast\",\"max_tokens\":123456789012345678901234567890," MSGS "}",
+                      400, "number_out_of_range", "'max_tokens'");
+    expect_error_text("{\"model\":\"fast\"," MSGS ",\"max_tokens\":1e400}", 400,
+                      "number_out_of_range", "'max_tokens'");
+    expect_error_text("{\"model\":\"fast\"," MSGS ",\"tools\":[{\"p\":{\"max\":-1e999}}]}", 400,
+                      "number_out_of_range", "'tools[0].p.max'");
+
     /* backend failures: one mapping, named codes */
     expect_error(NULL, "/v1/chat/completions", "{\"model\":\"dead\"," MSGS "}", 502,
                  "backend_unreachable");
