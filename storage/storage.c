@@ -117,6 +117,27 @@ static const char *const migrations[STORAGE_SCHEMA_VERSION] = {
     "CREATE INDEX requests_window ON requests(started_ms, backend, status, error_kind,"
     " latency_ms, ttfb_ms, tokens_in, tokens_out, cost_usd, score);"
     "DROP INDEX requests_started;",
+
+    /* 3 -> 4: learning. Shadow and judge calls are rows of their own, marked by kind
+     * (NULL = a client request) and tied to the client request by parent_id. Columns
+     * added with ALTER TABLE land after prompt, so the window index gains kind (stats
+     * read it there) and is rebuilt: ~6 s per million rows, once. Outcomes
+     * label one backend's answer to a client request's prompt, per source; no foreign
+     * key, like feedback. */
+    "ALTER TABLE requests ADD COLUMN kind TEXT;"
+    "ALTER TABLE requests ADD COLUMN parent_id TEXT;"
+    "DROP INDEX requests_window;"
+    "CREATE INDEX requests_window ON requests(started_ms, backend, status, error_kind,"
+    " latency_ms, ttfb_ms, tokens_in, tokens_out, cost_usd, score, kind);"
+    "CREATE TABLE outcomes ("
+    " request_id TEXT NOT NULL,"
+    " backend TEXT NOT NULL,"
+    " source TEXT NOT NULL,"
+    " q REAL NOT NULL,"
+    " detail TEXT,"
+    " created_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (request_id, backend, source));"
+    "CREATE INDEX outcomes_created ON outcomes(created_ms);",
 };
 
 static int
@@ -240,6 +261,13 @@ fail:
 
 /* ---- the writer ---- */
 
+/* A queued label (storage_outcome_submit): one allocation, strings after the struct. */
+struct outcome {
+    const char *request_id, *backend, *source, *detail; /* detail may be NULL */
+    double q;
+    int64_t created_ms;
+};
+
 struct storage {
     char *path;
     struct storage_options opt;
@@ -247,6 +275,8 @@ struct storage {
     sqlite3_stmt *insert;
     sqlite3_stmt *retain_requests;
     sqlite3_stmt *retain_feedback;
+    sqlite3_stmt *insert_outcome;
+    sqlite3_stmt *retain_outcomes;
 
     pthread_t thread;
     int thread_started;
@@ -260,6 +290,11 @@ struct storage {
     int stop;
     int flushers; /* threads waiting in storage_flush */
     struct storage_counters c;
+    /* after the records' fields, which storage_submit touches, to keep their layout */
+    struct outcome **oring; /* outcomes, a ring of queue_size like the records' */
+    uint32_t ohead, ocount;
+    struct outcome **obatch; /* being written, up to batch_size */
+    uint32_t obatch_n;
 
     pthread_mutex_t fb_lock; /* serialises storage_feedback on fb_db */
     sqlite3 *fb_db;
@@ -269,7 +304,13 @@ static const char insert_sql[] =
     "INSERT INTO requests (request_id, started_ms, finished_ms, key_id, requested_model,"
     " backend, route_reason, score, threshold, model_version, features_digest, prompt_hash,"
     " status, error_kind, latency_ms, ttfb_ms, tokens_in, tokens_out, finish_reason, cost_usd,"
-    " stream, prompt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    " stream, prompt, kind, parent_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+
+/* Last write wins: a judge may grade again, a grader may correct itself. */
+static const char insert_outcome_sql[] =
+    "INSERT INTO outcomes (request_id, backend, source, q, detail, created_ms)"
+    " VALUES (?,?,?,?,?,?) ON CONFLICT (request_id, backend, source) DO UPDATE"
+    " SET q = excluded.q, detail = excluded.detail, created_ms = excluded.created_ms";
 
 static void
 bind_text(sqlite3_stmt *st, int i, const char *s)
@@ -336,6 +377,8 @@ insert_one(struct storage *s, const struct storage_record *r, char *why)
     bind_real(st, 20, r->cost_usd);
     sqlite3_bind_int(st, 21, r->stream);
     bind_text(st, 22, r->prompt);
+    bind_text(st, 23, r->kind);
+    bind_text(st, 24, r->parent_id);
     rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         error_text(s->db, why);
@@ -344,10 +387,32 @@ insert_one(struct storage *s, const struct storage_record *r, char *why)
     return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
-/* Writes the batch in one transaction. Returns 0, or -EIO (rolled back) with the
- * error in why (STORAGE_ERROR_MAX bytes). */
+/* Inserts or overwrites o. Returns 0, or -EIO with the error in why. */
 static int
-write_batch(struct storage *s, struct storage_record **b, uint32_t n, char *why)
+insert_outcome(struct storage *s, const struct outcome *o, char *why)
+{
+    sqlite3_stmt *st = s->insert_outcome;
+    int rc;
+
+    bind_text(st, 1, o->request_id);
+    bind_text(st, 2, o->backend);
+    bind_text(st, 3, o->source);
+    sqlite3_bind_double(st, 4, o->q);
+    bind_text(st, 5, o->detail);
+    sqlite3_bind_int64(st, 6, o->created_ms);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        error_text(s->db, why);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+/* Writes the records b[0..n) and the outcomes o[0..no) in one transaction. Returns
+ * 0, or -EIO (rolled back) with the error in why (STORAGE_ERROR_MAX bytes). */
+static int
+write_batch(struct storage *s, struct storage_record **b, uint32_t n, struct outcome **o,
+            uint32_t no, char *why)
 {
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
         error_text(s->db, why);
@@ -355,6 +420,9 @@ write_batch(struct storage *s, struct storage_record **b, uint32_t n, char *why)
     }
     for (uint32_t i = 0; i < n; i++)
         if (insert_one(s, b[i], why) < 0)
+            goto fail;
+    for (uint32_t i = 0; i < no; i++)
+        if (insert_outcome(s, o[i], why) < 0)
             goto fail;
     if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
         error_text(s->db, why);
@@ -385,7 +453,8 @@ wait_until(struct storage *s, pthread_cond_t *cond, int64_t deadline_ms)
     pthread_cond_timedwait(cond, &s->lock, &ts);
 }
 
-/* One retention transaction: up to retention_batch old requests (and old feedback).
+/* One retention transaction: up to retention_batch old requests (and as many old
+ * feedback and outcome rows).
  * Returns the number of rows deleted, or -EIO with the error in why
  * (STORAGE_ERROR_MAX bytes). Runs on the writer thread. */
 static int
@@ -409,8 +478,15 @@ retention_step(struct storage *s, char *why)
     if (sqlite3_step(s->retain_feedback) != SQLITE_DONE)
         goto fail;
     if (sqlite3_changes(s->db) > n)
-        n = sqlite3_changes(s->db); /* keep going while either table has a full batch */
+        n = sqlite3_changes(s->db); /* keep going while any table has a full batch */
     sqlite3_reset(s->retain_feedback);
+    sqlite3_bind_int64(s->retain_outcomes, 1, cutoff);
+    sqlite3_bind_int(s->retain_outcomes, 2, (int)s->opt.retention_batch);
+    if (sqlite3_step(s->retain_outcomes) != SQLITE_DONE)
+        goto fail;
+    if (sqlite3_changes(s->db) > n)
+        n = sqlite3_changes(s->db);
+    sqlite3_reset(s->retain_outcomes);
     if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     return n;
@@ -418,6 +494,7 @@ fail:
     error_text(s->db, why); /* before the resets and the ROLLBACK replace it */
     sqlite3_reset(s->retain_requests);
     sqlite3_reset(s->retain_feedback);
+    sqlite3_reset(s->retain_outcomes);
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     return -EIO;
 }
@@ -429,13 +506,15 @@ writer_main(void *arg)
     char why[STORAGE_ERROR_MAX]; /* the failed transaction's error, until note_failure */
     int64_t next_retention = mono_ms();
     int64_t next_flush = mono_ms() + s->opt.flush_interval_ms;
+    uint32_t cap = s->opt.queue_size, batch = s->opt.batch_size;
 
     pthread_mutex_lock(&s->lock);
     for (;;) {
         int64_t now = mono_ms();
         int retention_due = s->opt.retention_days && now >= next_retention;
+        int pending = s->count || s->ocount;
 
-        if (s->count < s->opt.batch_size && !s->stop && !(s->flushers && s->count) &&
+        if (s->count < batch && s->ocount < batch && !s->stop && !(s->flushers && pending) &&
             !retention_due && now < next_flush) {
             int64_t deadline = next_flush;
             if (s->opt.retention_days && next_retention < deadline)
@@ -443,20 +522,27 @@ writer_main(void *arg)
             wait_until(s, &s->wake, deadline);
             continue;
         }
-        if (s->count == 0 && s->stop)
+        if (!pending && s->stop)
             break;
 
-        if (s->count) {
-            uint32_t cap = s->opt.queue_size, n = s->count;
-            if (n > s->opt.batch_size)
-                n = s->opt.batch_size;
+        if (pending) {
+            /* Up to a batch of each kind, in one transaction. */
+            uint32_t n = s->count < batch ? s->count : batch;
+            uint32_t no = s->ocount < batch ? s->ocount : batch;
             for (uint32_t i = 0; i < n; i++) {
                 s->batch[i] = s->ring[s->head];
                 s->ring[s->head] = NULL;
                 s->head = (s->head + 1) % cap;
             }
+            for (uint32_t i = 0; i < no; i++) {
+                s->obatch[i] = s->oring[s->ohead];
+                s->oring[s->ohead] = NULL;
+                s->ohead = (s->ohead + 1) % cap;
+            }
             s->count -= n;
+            s->ocount -= no;
             s->batch_n = n;
+            s->obatch_n = no;
 
             int ok = 0;
             for (int attempt = 0; attempt < STORAGE_WRITE_ATTEMPTS; attempt++) {
@@ -467,7 +553,7 @@ writer_main(void *arg)
                         wait_until(s, &s->wake, until);
                 }
                 pthread_mutex_unlock(&s->lock);
-                ok = write_batch(s, s->batch, n, why) == 0;
+                ok = write_batch(s, s->batch, n, s->obatch, no, why) == 0;
                 pthread_mutex_lock(&s->lock);
                 if (ok)
                     break;
@@ -475,18 +561,25 @@ writer_main(void *arg)
             }
             if (ok) {
                 s->c.written += n;
+                s->c.outcomes_written += no;
                 s->c.degraded = 0;
             } else {
                 s->c.failed += n;
+                s->c.outcomes_failed += no;
             }
             /* Free outside the lock would be nicer, but the batch must stay visible
              * to storage_feedback until the commit is done, which it now is. */
             struct storage_record **b = s->batch;
             s->batch_n = 0;
+            s->obatch_n = 0;
             pthread_mutex_unlock(&s->lock);
             for (uint32_t i = 0; i < n; i++) {
                 storage_record_free(b[i]);
                 b[i] = NULL;
+            }
+            for (uint32_t i = 0; i < no; i++) {
+                free(s->obatch[i]);
+                s->obatch[i] = NULL;
             }
             pthread_mutex_lock(&s->lock);
             pthread_cond_broadcast(&s->done);
@@ -550,6 +643,8 @@ storage_open(const char *path, const struct storage_options *opt, char *err, siz
         s->opt.retention_batch = 1000;
     s->ring = xcalloc(s->opt.queue_size, sizeof(*s->ring));
     s->batch = xcalloc(s->opt.batch_size, sizeof(*s->batch));
+    s->oring = xcalloc(s->opt.queue_size, sizeof(*s->oring));
+    s->obatch = xcalloc(s->opt.batch_size, sizeof(*s->obatch));
 
     if (sqlite3_open_v2(path, &s->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI |
@@ -592,7 +687,13 @@ storage_open(const char *path, const struct storage_options *opt, char *err, siz
         sqlite3_prepare_v3(s->db,
                            "DELETE FROM feedback WHERE rowid IN (SELECT rowid FROM feedback"
                            " WHERE created_ms < ? LIMIT ?)",
-                           -1, SQLITE_PREPARE_PERSISTENT, &s->retain_feedback, NULL) != SQLITE_OK) {
+                           -1, SQLITE_PREPARE_PERSISTENT, &s->retain_feedback, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(s->db, insert_outcome_sql, -1, SQLITE_PREPARE_PERSISTENT,
+                           &s->insert_outcome, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(s->db,
+                           "DELETE FROM outcomes WHERE rowid IN (SELECT rowid FROM outcomes"
+                           " WHERE created_ms < ? LIMIT ?)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &s->retain_outcomes, NULL) != SQLITE_OK) {
         storage__errf(err, errlen, "%s: preparing statements: %s", path, sqlite3_errmsg(s->db));
         goto fail;
     }
@@ -637,6 +738,7 @@ storage_get_counters(struct storage *s, struct storage_counters *out)
     pthread_mutex_lock(&s->lock);
     *out = s->c;
     out->depth = s->count + s->batch_n;
+    out->outcomes_depth = s->ocount + s->obatch_n;
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -647,10 +749,12 @@ storage_flush(struct storage *s, uint32_t timeout_ms)
     int rc = 0;
 
     pthread_mutex_lock(&s->lock);
-    uint64_t target = s->c.queued;
+    uint64_t target = s->c.queued, otarget = s->c.outcomes_queued;
     s->flushers++;
     pthread_cond_signal(&s->wake);
-    while (s->c.written + s->c.failed < target && s->thread_started) {
+    while ((s->c.written + s->c.failed < target ||
+            s->c.outcomes_written + s->c.outcomes_failed < otarget) &&
+           s->thread_started) {
         if (timeout_ms && mono_ms() >= deadline) {
             rc = -ETIMEDOUT;
             break;
@@ -680,9 +784,13 @@ storage_close(struct storage *s)
     /* Only reached with records left if the thread never started. */
     for (uint32_t i = 0; s->ring && i < s->count; i++)
         storage_record_free(s->ring[(s->head + i) % s->opt.queue_size]);
+    for (uint32_t i = 0; s->oring && i < s->ocount; i++)
+        free(s->oring[(s->ohead + i) % s->opt.queue_size]);
     sqlite3_finalize(s->insert);
     sqlite3_finalize(s->retain_requests);
     sqlite3_finalize(s->retain_feedback);
+    sqlite3_finalize(s->insert_outcome);
+    sqlite3_finalize(s->retain_outcomes);
     sqlite3_close(s->db);
     sqlite3_close(s->fb_db);
     pthread_mutex_destroy(&s->lock);
@@ -691,6 +799,8 @@ storage_close(struct storage *s)
     pthread_cond_destroy(&s->done);
     free(s->ring);
     free(s->batch);
+    free(s->oring);
+    free(s->obatch);
     free(s->path);
     free(s);
 }
@@ -721,6 +831,8 @@ storage_record_free(struct storage_record *rec)
     if (!rec)
         return;
     free(rec->request_id);
+    free(rec->kind);
+    free(rec->parent_id);
     free(rec->key_id);
     free(rec->requested_model);
     free(rec->backend);
@@ -731,6 +843,69 @@ storage_record_free(struct storage_record *rec)
     free(rec->error_kind);
     free(rec->finish_reason);
     free(rec);
+}
+
+/* ---- outcomes ---- */
+
+/* Returns the length of s cut to at most max bytes without splitting a UTF-8 sequence. */
+static size_t
+utf8_cut(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+
+    if (n <= max)
+        return n;
+    n = max;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) /* s[n] continues a character */
+        n--;
+    return n;
+}
+
+int
+storage_outcome_submit(struct storage *s, const char *request_id, const char *backend,
+                       const char *source, double q, const char *detail)
+{
+    size_t lid, lbe, lsrc, ldet = 0;
+
+    if (!s || !request_id || !backend || !source || !(q >= 0.0 && q <= 1.0))
+        return -EINVAL;
+    lid = strlen(request_id);
+    lbe = strlen(backend);
+    if (!lid || lid > 256 || !lbe || lbe > 256)
+        return -EINVAL;
+    if (strcmp(source, "judge") && strcmp(source, "feedback") && strcmp(source, "offline"))
+        return -EINVAL;
+    lsrc = strlen(source);
+    if (detail)
+        ldet = utf8_cut(detail, STORAGE_DETAIL_MAX);
+
+    /* One allocation: the struct, then the four strings. */
+    struct outcome *o = xcalloc(1, sizeof(*o) + lid + lbe + lsrc + ldet + 4);
+    char *p = (char *)(o + 1);
+    o->request_id = memcpy(p, request_id, lid);
+    p += lid + 1;
+    o->backend = memcpy(p, backend, lbe);
+    p += lbe + 1;
+    o->source = memcpy(p, source, lsrc);
+    p += lsrc + 1;
+    o->detail = detail ? memcpy(p, detail, ldet) : NULL;
+    o->q = q;
+    o->created_ms = storage__now_ms();
+
+    pthread_mutex_lock(&s->lock);
+    if (s->ocount >= s->opt.queue_size || s->stop) {
+        s->c.outcomes_dropped++; /* drop newest, as for records */
+        pthread_mutex_unlock(&s->lock);
+        free(o);
+        return -EAGAIN;
+    }
+    s->oring[(s->ohead + s->ocount) % s->opt.queue_size] = o;
+    s->ocount++;
+    s->c.outcomes_queued++;
+    if (s->ocount == s->opt.batch_size)
+        pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
 }
 
 /* ---- feedback ---- */

@@ -23,7 +23,14 @@
  *
  * Feedback is stored in its own table (no foreign key) so it can arrive while the
  * request's row is still queued; a repeat for the same (request id, source)
- * OVERWRITES the earlier one (last write wins). */
+ * OVERWRITES the earlier one (last write wins).
+ *
+ * Outcomes (storage_outcome_submit) are labels q in [0,1] of one backend's answer to
+ * one client request's prompt, from a source (judge, feedback, offline). They take
+ * the records' path: a queue of their own (queue_size entries) to the same writer
+ * thread and the same transactions, with the same loss policy, counted apart
+ * (counters.outcomes_*). A repeat for the same (request id, backend, source)
+ * OVERWRITES the earlier one. */
 #ifndef TRIAGE_STORAGE_H
 #define TRIAGE_STORAGE_H
 
@@ -34,7 +41,7 @@
 #include <jansson.h>
 
 /* The schema version this build writes; older databases are migrated forward at open. */
-#define STORAGE_SCHEMA_VERSION 3
+#define STORAGE_SCHEMA_VERSION 4
 
 /* Attempts per batch before a write error drops it (counted in counters.failed). */
 #define STORAGE_WRITE_ATTEMPTS 3
@@ -42,10 +49,20 @@
 /* Size of counters.last_error, terminator included; longer texts are cut. */
 #define STORAGE_ERROR_MAX 160
 
-/* One routed or passed-through request and what came of it. Strings are owned by
- * the record and freed by storage_record_free(); NULL means unknown. */
+/* Longest outcome detail kept, in bytes; a longer one is cut at a UTF-8 character. */
+#define STORAGE_DETAIL_MAX 4096
+
+/* One routed or passed-through request and what came of it, or one call the daemon
+ * made on its own to learn (kind "shadow" or "judge": logged and costed like a real
+ * one, left out of the client's stats). Strings are owned by the record and freed by
+ * storage_record_free(); NULL means unknown. */
 struct storage_record {
     char *request_id;
+    char *kind;               /* NULL or "client": a client request; "shadow": the client
+                               * request's prompt sent to another backend; "judge": a
+                               * backend grading an answer. Other values count as client */
+    char *parent_id;          /* shadow/judge: the request_id of the client request whose
+                               * prompt they answered or graded; NULL otherwise */
     int64_t started_ms;       /* Unix time, ms */
     int64_t finished_ms;
     char *key_id;             /* client key name, never the key */
@@ -88,6 +105,11 @@ struct storage_counters {
     int degraded;      /* 1 while the last write failed */
     uint64_t write_errors; /* failed transactions, retries included */
     uint64_t retention_deleted; /* rows removed by retention */
+    uint64_t outcomes_queued;   /* accepted by storage_outcome_submit */
+    uint64_t outcomes_written;  /* committed (an overwrite counts as one) */
+    uint64_t outcomes_dropped;  /* refused because the outcome queue was full */
+    uint64_t outcomes_failed;   /* lost to write errors */
+    uint64_t outcomes_depth;    /* waiting now (queued and in the batch being written) */
     int64_t last_error_ms;  /* CLOCK_MONOTONIC ms of the latest failed transaction (batch or
                              * retention); 0 = none since storage_open. Kept after a success */
     char last_error[STORAGE_ERROR_MAX]; /* SQLite's text for it and the extended result
@@ -126,6 +148,21 @@ struct storage_record *storage_record_new(void);
 
 /* Frees a record and its strings. NULL is fine. */
 void storage_record_free(struct storage_record *rec);
+
+/* ---- outcomes (the daemon's judge, offline graders; call from any thread) ---- */
+
+/* Queues a label: q in [0,1] for backend's answer to the prompt of the CLIENT request
+ * request_id, from source "judge", "feedback" or "offline". detail (NULL = none) is
+ * free text such as the judge's version and rating, cut at STORAGE_DETAIL_MAX bytes.
+ * Borrows every string (copies them). Never blocks on the disk. A repeat for the same
+ * (request_id, backend, source) overwrites the earlier one when written (last write
+ * wins). Returns 0; -EAGAIN when the outcome queue is full (dropped and counted in
+ * counters.outcomes_dropped); -EINVAL for a NULL s, an empty or > 256-byte
+ * request_id or backend, another source, or q not a number in [0,1]. Note: /v1/feedback
+ * (storage_feedback) need not be copied here: readers count it as the served
+ * backend's "feedback" outcome already. */
+int storage_outcome_submit(struct storage *s, const char *request_id, const char *backend,
+                           const char *source, double q, const char *detail);
 
 /* ---- feedback (POST /v1/feedback; call off the event loop) ---- */
 

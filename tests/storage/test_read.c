@@ -552,6 +552,18 @@ test_retention(void **state)
         storage_submit(s, rec("edge", "fast", now - 86400000LL + 600000, 1, 1, 1, 1, 0, 0.5)), 0);
     storage_close(s);
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests"), 41);
+    /* Outcomes go by when they were made: 3 old ones, 1 recent. */
+    sqlite3 *db = NULL;
+    char sql[512];
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO outcomes VALUES ('old-1', 'fast', 'judge', 1, NULL, %lld),"
+             " ('old-2', 'fast', 'judge', 1, NULL, %lld), ('old-3', 'fast', 'offline', 1, NULL,"
+             " %lld), ('new-1', 'fast', 'judge', 1, NULL, %lld)",
+             (long long)(now - 3 * 86400000LL), (long long)(now - 3 * 86400000LL),
+             (long long)(now - 2 * 86400000LL), (long long)(now - 3600000));
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
 
     /* Batches of 7 rows, a pass every 20 ms. */
     struct storage_options opt = {
@@ -574,6 +586,9 @@ test_retention(void **state)
                                         " 'new-%'"),
                      10);
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='edge'"),
+                     1);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes"), 1);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes WHERE request_id='new-1'"),
                      1);
 }
 

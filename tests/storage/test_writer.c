@@ -84,8 +84,8 @@ test_create_schema(void **state)
     free(mode);
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name IN"
                                         " ('requests','feedback','requests_window',"
-                                        "'requests_request_id')"),
-                     4);
+                                        "'requests_request_id','outcomes','outcomes_created')"),
+                     6);
     /* Reopening a current database is a no-op. */
     s = storage_open(f->path, NULL, err, sizeof(err));
     assert_non_null(s);
@@ -129,6 +129,79 @@ test_migrate_from_v1(void **state)
         query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name='requests_started'"), 0);
 }
 
+/* Schema version 3 exactly as the release before learning created it (migrations
+ * 0..2), with a labelled row in it. */
+static const char v3_sql[] =
+    "CREATE TABLE requests (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL,"
+    " started_ms INTEGER NOT NULL, finished_ms INTEGER, key_id TEXT, requested_model TEXT,"
+    " backend TEXT, route_reason TEXT, score REAL, threshold REAL, model_version TEXT,"
+    " features_digest INTEGER, prompt_hash TEXT, status INTEGER, error_kind TEXT,"
+    " latency_ms REAL, ttfb_ms REAL, tokens_in INTEGER, tokens_out INTEGER,"
+    " finish_reason TEXT, cost_usd REAL, stream INTEGER, prompt TEXT);"
+    "CREATE INDEX requests_started ON requests(started_ms);"
+    "CREATE TABLE feedback (request_id TEXT NOT NULL, source TEXT NOT NULL, score REAL NOT NULL,"
+    " label TEXT, created_ms INTEGER NOT NULL, PRIMARY KEY (request_id, source));"
+    "CREATE INDEX feedback_created ON feedback(created_ms);"
+    "CREATE INDEX requests_request_id ON requests(request_id);"
+    "CREATE INDEX requests_window ON requests(started_ms, backend, status, error_kind,"
+    " latency_ms, ttfb_ms, tokens_in, tokens_out, cost_usd, score);"
+    "DROP INDEX requests_started;"
+    "INSERT INTO requests (request_id, started_ms, backend, status, latency_ms, cost_usd, prompt)"
+    " VALUES ('old-3', 1700000000000, 'fast', 200, 12, 0.5,"
+    " '[{\"role\":\"user\",\"content\":\"hi\"}]');"
+    "INSERT INTO feedback VALUES ('old-3', 'client', 1.0, 'good', 1700000001000);"
+    "PRAGMA user_version = 3;";
+
+/* A database of the previous schema upgrades in place: rows, feedback and the stats
+ * index survive, the new columns read NULL (client requests), outcomes work. */
+static void
+test_migrate_from_v3(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+
+    exec_sql(f->path, v3_sql);
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), 3);
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    if (!s)
+        fail_msg("storage_open: %s", err);
+    assert_int_equal(storage_outcome_submit(s, "old-3", "strong", "judge", 0.25, NULL), 0);
+    struct storage_record *r = make_record("shadow-3", 1700000000500);
+    r->kind = strdup("shadow");
+    r->parent_id = strdup("old-3");
+    assert_int_equal(storage_submit(s, r), 0);
+    storage_close(s);
+
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), 4);
+    assert_int_equal(STORAGE_SCHEMA_VERSION, 4);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='old-3'"
+                                        " AND kind IS NULL AND parent_id IS NULL AND backend='fast'"
+                                        " AND latency_ms=12 AND prompt IS NOT NULL"),
+                     1);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE"
+                                        " request_id='shadow-3' AND kind='shadow'"
+                                        " AND parent_id='old-3'"),
+                     1);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM feedback WHERE request_id='old-3'"),
+                     1);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes WHERE request_id='old-3'"
+                                        " AND backend='strong' AND source='judge' AND q=0.25"),
+                     1);
+    /* The stats index was rebuilt with kind, the old index list is otherwise intact. */
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM pragma_index_info('requests_window')"
+                                        " WHERE name='kind'"),
+                     1);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE type='index'"
+                                        " AND name IN ('requests_request_id', 'requests_window',"
+                                        " 'feedback_created', 'outcomes_created')"),
+                     4);
+    /* Reopening the migrated database is a no-op. */
+    s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), 4);
+}
+
 static void
 test_refuse_newer(void **state)
 {
@@ -166,6 +239,8 @@ test_fields_roundtrip(void **state)
     r->ttfb_ms = 12.5;
     r->finish_reason = strdup("stop");
     r->stream = 1;
+    r->kind = strdup("judge");
+    r->parent_id = strdup("rt-0");
     assert_int_equal(storage_submit(s, r), 0);
     assert_int_equal(storage_flush(s, 0), 0);
     storage_close(s);
@@ -177,7 +252,8 @@ test_fields_roundtrip(void **state)
                                         " AND status=504 AND error_kind='upstream_timeout'"
                                         " AND ttfb_ms=12.5 AND tokens_in=10 AND tokens_out=20"
                                         " AND finish_reason='stop' AND stream=1"
-                                        " AND cost_usd=0.001 AND finished_ms=1700000000100"),
+                                        " AND cost_usd=0.001 AND finished_ms=1700000000100"
+                                        " AND kind='judge' AND parent_id='rt-0'"),
                      1);
     assert_int_equal((uint64_t)query_int(f->path, "SELECT features_digest FROM requests"),
                      UINT64_C(0xfedcba9876543210));
@@ -191,7 +267,8 @@ test_fields_roundtrip(void **state)
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='rt-2'"
                                         " AND score IS NULL AND threshold IS NULL"
                                         " AND ttfb_ms IS NULL AND tokens_in IS NULL"
-                                        " AND tokens_out IS NULL AND backend IS NULL"),
+                                        " AND tokens_out IS NULL AND backend IS NULL"
+                                        " AND kind IS NULL AND parent_id IS NULL"),
                      1);
 }
 
@@ -544,12 +621,182 @@ test_kill9_keeps_committed(void **state)
     sqlite3_close(db);
 }
 
+/* ---- outcomes ---- */
+
+static void
+test_outcome_submit(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "", longid[300];
+    struct storage_options opt = {.flush_interval_ms = 60000}; /* only flushes write */
+
+    struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+    memset(longid, 'x', 257);
+    longid[257] = '\0';
+    /* Invalid: nothing queued, nothing counted. */
+    assert_int_equal(storage_outcome_submit(NULL, "r", "fast", "judge", 0.5, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, NULL, "fast", "judge", 0.5, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, "", "fast", "judge", 0.5, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, longid, "fast", "judge", 0.5, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, "r", NULL, "judge", 0.5, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, "r", "", "judge", 0.5, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, "r", longid, "judge", 0.5, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, "r", "fast", NULL, 0.5, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, "r", "fast", "client", 0.5, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, "r", "fast", "Judge", 0.5, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, "r", "fast", "judge", NAN, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, "r", "fast", "judge", INFINITY, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, "r", "fast", "judge", -0.01, NULL), -EINVAL);
+    assert_int_equal(storage_outcome_submit(s, "r", "fast", "judge", 1.01, NULL), -EINVAL);
+    struct storage_counters c;
+    storage_get_counters(s, &c);
+    assert_int_equal(c.outcomes_queued, 0);
+    assert_int_equal(c.outcomes_dropped, 0);
+
+    /* Valid, the bounds included; no request row is needed (it may still be queued).
+     * The detail is copied: the caller's buffer is gone before the write. */
+    char *detail = strdup("j-1 rating=9");
+    assert_int_equal(storage_outcome_submit(s, "r1", "fast", "judge", 0.0, detail), 0);
+    free(detail);
+    assert_int_equal(storage_outcome_submit(s, "r1", "strong", "judge", 1.0, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "r1", "fast", "offline", 0.5, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "r1", "fast", "feedback", 0.25, NULL), 0);
+    /* A repeat of (r1, fast, judge) in the same batch: the later one wins. */
+    assert_int_equal(storage_outcome_submit(s, "r1", "fast", "judge", 0.75, "j-1 rating=7"), 0);
+    storage_get_counters(s, &c);
+    assert_int_equal(c.outcomes_queued, 5);
+    assert_int_equal(c.outcomes_depth, 5);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes"), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+    storage_get_counters(s, &c);
+    assert_int_equal(c.outcomes_written, 5);
+    assert_int_equal(c.outcomes_depth, 0);
+    assert_int_equal(c.outcomes_failed, 0);
+    assert_int_equal(c.queued, 0); /* the records' counters are apart */
+    assert_int_equal(c.written, 0);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes"), 4);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes WHERE request_id='r1'"
+                                        " AND backend='fast' AND source='judge' AND q=0.75"
+                                        " AND detail='j-1 rating=7'"),
+                     1);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes WHERE backend='strong'"
+                                        " AND q=1.0 AND detail IS NULL"),
+                     1);
+    /* A repeat in a later batch overwrites too, and its time is the latest. */
+    int64_t first = query_int(f->path, "SELECT created_ms FROM outcomes WHERE backend='strong'");
+    usleep(2000);
+    assert_int_equal(storage_outcome_submit(s, "r1", "strong", "judge", 0.5, "again"), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes"), 4);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes WHERE backend='strong'"
+                                        " AND q=0.5 AND detail='again'"),
+                     1);
+    assert_true(query_int(f->path, "SELECT created_ms FROM outcomes WHERE backend='strong'") >
+                first);
+
+    /* A long detail is cut to STORAGE_DETAIL_MAX bytes, not inside a UTF-8 character:
+     * "ab" then 3-byte characters (4096 = 2 + 3 * 1364 + 2) put the cut 2 bytes short. */
+    assert_int_equal(STORAGE_DETAIL_MAX, 4096);
+    size_t n = STORAGE_DETAIL_MAX + 100;
+    char *big = malloc(n + 1);
+    assert_non_null(big);
+    memcpy(big, "ab", 2);
+    for (size_t i = 2; i + 3 <= n; i += 3)
+        memcpy(big + i, "\xe2\x82\xac", 3); /* the euro sign */
+    big[2 + (n - 2) / 3 * 3] = '\0';
+    assert_int_equal(storage_outcome_submit(s, "r2", "fast", "judge", 0.5, big), 0);
+    free(big);
+    storage_close(s); /* drains */
+    int64_t len = query_int(f->path, "SELECT length(CAST(detail AS BLOB)) FROM outcomes"
+                                     " WHERE request_id='r2'");
+    assert_int_equal(len, 4094);
+    assert_int_equal(query_int(f->path, "SELECT length(detail) FROM outcomes"
+                                        " WHERE request_id='r2'"),
+                     2 + 1364); /* characters: valid UTF-8 to the end */
+}
+
+/* storage_close writes queued outcomes like queued records, in the same transactions. */
+static void
+test_outcome_close_drains(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "", id[32];
+    struct storage_options opt = {
+        .queue_size = 5000, .batch_size = 5000, .flush_interval_ms = 60000};
+
+    struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+    for (int i = 0; i < 1200; i++) {
+        snprintf(id, sizeof(id), "o-%d", i);
+        assert_int_equal(storage_outcome_submit(s, id, "fast", "judge", 0.5, NULL), 0);
+        if (i % 2 == 0)
+            assert_int_equal(storage_submit(s, make_record(id, 1700000000000)), 0);
+    }
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes"), 1200);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests"), 600);
+}
+
+/* The outcome queue's loss policy is the records': a full queue refuses the newest and
+ * counts it, accepted ones are all written or counted failed; the records' queue is
+ * not affected. Asserted on guarantees, not on how far the writer got (see
+ * test_queue_full_drops_newest). */
+static void
+test_outcome_queue_full(void **state)
+{
+    enum { QUEUE = 50, REFUSALS = 3, MAX_SUBMITS = 100000 };
+    struct fixture *f = *state;
+    char err[256] = "", id[32];
+    struct storage_options opt = {
+        .queue_size = QUEUE, .batch_size = 10, .flush_interval_ms = 60000};
+    sqlite3 *blocker = NULL;
+    uint64_t accepted = 0, refused = 0;
+    int submits = 0;
+
+    struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+    assert_int_equal(sqlite3_open(f->path, &blocker), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(blocker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    while (refused < REFUSALS && submits < MAX_SUBMITS) {
+        struct storage_counters before;
+        storage_get_counters(s, &before);
+        snprintf(id, sizeof(id), "q-%d", submits);
+        int rc = storage_outcome_submit(s, id, "fast", "judge", 1.0, NULL);
+        assert_true(rc == 0 || rc == -EAGAIN);
+        if (before.outcomes_depth < QUEUE || submits < QUEUE)
+            assert_int_equal(rc, 0);
+        if (rc == 0)
+            accepted++;
+        else
+            refused++;
+        submits++;
+    }
+    assert_int_equal(refused, REFUSALS);
+    /* A full outcome queue leaves room for records. */
+    assert_int_equal(storage_submit(s, make_record("rec", 1700000000000)), 0);
+    struct storage_counters c;
+    storage_get_counters(s, &c);
+    assert_int_equal(c.outcomes_queued, accepted);
+    assert_int_equal(c.outcomes_dropped, refused);
+    assert_int_equal(c.dropped, 0);
+    sqlite3_exec(blocker, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(blocker);
+    assert_int_equal(storage_flush(s, 0), 0);
+    storage_get_counters(s, &c);
+    assert_int_equal(c.outcomes_written + c.outcomes_failed, accepted);
+    assert_int_equal(c.written + c.failed, 1);
+    storage_close(s);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes"), c.outcomes_written);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrate_from_v1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_from_v3, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refuse_newer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fields_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writes, setup, teardown),
@@ -559,6 +806,9 @@ main(void)
         cmocka_unit_test_setup_teardown(test_read_only_file_counts_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disk_full_counts_and_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_keeps_committed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outcome_submit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outcome_close_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outcome_queue_full, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
