@@ -107,6 +107,16 @@ print_table(const char *db, json_t *j)
                num(be, "tokens_in"), num(be, "tokens_out"), num(be, "cost_usd"), fbs);
     }
 
+    /* The daemon's own calls to learn (not in the figures above) and the labels. */
+    json_t *ln = json_object_get(j, "learning"), *lb = json_object_get(ln, "labels");
+    if (num(ln, "shadow_calls") > 0 || num(ln, "judge_calls") > 0 || num(lb, "judge") > 0 ||
+        num(lb, "feedback") > 0 || num(lb, "offline") > 0)
+        printf("\nlearning: %.0f shadow calls ($%.4f), %.0f judge calls ($%.4f); labels: "
+               "judge %.0f, feedback %.0f, offline %.0f\n",
+               num(ln, "shadow_calls"), num(ln, "shadow_cost_usd"), num(ln, "judge_calls"),
+               num(ln, "judge_cost_usd"), num(lb, "judge"), num(lb, "feedback"),
+               num(lb, "offline"));
+
     json_t *sv = json_object_get(j, "saving");
     if (json_is_object(sv)) {
         json_t *share = json_object_get(sv, "saving_share");

@@ -15,6 +15,10 @@
 #define STATS_BUCKETS 60 /* timeline buckets over the window */
 #define STATS_RECENT 20  /* recent errors listed */
 
+/* Row kinds as the scan numbers them, and the label sources, in "learning" order. */
+enum { LEARN_CLIENT, LEARN_SHADOW, LEARN_JUDGE };
+static const char *const sources[3] = {"feedback", "judge", "offline"};
+
 int
 storage_window_parse(const char *window, int64_t *ms)
 {
@@ -232,6 +236,8 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     uint64_t hist[STATS_BINS] = {0}, routed = 0, total = 0, errors = 0;
     uint64_t costed = 0;
     double baseline = 0, costed_actual = 0, cost_total = 0;
+    uint64_t calls[3] = {0}, labels[3] = {0}; /* [kind] / [source]: see LEARN_* */
+    double calls_cost[3] = {0};
     int64_t tin_total = 0, tout_total = 0;
     json_t *out = NULL;
     const struct storage_price *top = NULL;
@@ -264,7 +270,8 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
                            "SELECT backend, status >= 400 OR error_kind IS NOT NULL,"
                            " ifnull(latency_ms, " NO_VALUE "), ifnull(ttfb_ms, " NO_VALUE "),"
                            " ifnull(tokens_in, -1), ifnull(tokens_out, -1), cost_usd,"
-                           " ifnull(score, " NO_VALUE "), started_ms, id"
+                           " ifnull(score, " NO_VALUE "), started_ms, id,"
+                           " CASE kind WHEN 'shadow' THEN 1 WHEN 'judge' THEN 2 ELSE 0 END"
                            " FROM requests WHERE started_ms >= ? AND started_ms <= ?",
                            -1, &st, NULL) != SQLITE_OK)
         goto dberr;
@@ -274,6 +281,14 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     int rc;
     struct backend_acc *last = NULL;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int kind = sqlite3_column_int(st, 10);
+        if (kind != LEARN_CLIENT) {
+            /* The daemon's own calls: their spend only, so the rest matches what
+             * clients sent. */
+            calls[kind]++;
+            calls_cost[kind] += sqlite3_column_double(st, 6);
+            continue;
+        }
         const char *name = (const char *)sqlite3_column_text(st, 0);
         if (!name)
             name = "(none)";
@@ -344,6 +359,7 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
                            "SELECT r.backend, count(*), avg(f.score) FROM feedback f"
                            " CROSS JOIN requests r ON r.request_id = f.request_id"
                            " WHERE f.created_ms >= ? AND r.started_ms >= ? AND r.started_ms <= ?"
+                           " AND (r.kind IS NULL OR r.kind NOT IN ('shadow', 'judge'))"
                            " GROUP BY r.backend",
                            -1, &st, NULL) != SQLITE_OK)
         goto dberr;
@@ -357,6 +373,27 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
         b->feedback_mean = sqlite3_column_double(st, 2);
         fb_total += b->feedback_n;
         fb_sum += b->feedback_mean * (double)b->feedback_n;
+    }
+    if (rc != SQLITE_DONE)
+        goto dberr;
+    sqlite3_finalize(st);
+    st = NULL;
+
+    /* Labels gathered in the window, by source; /v1/feedback counts as "feedback". */
+    if (sqlite3_prepare_v2(db,
+                           "SELECT 'feedback', count(*) FROM feedback"
+                           " WHERE created_ms >= ?1 AND created_ms <= ?2"
+                           " UNION ALL SELECT source, count(*) FROM outcomes"
+                           " WHERE created_ms >= ?1 AND created_ms <= ?2 GROUP BY source",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto dberr;
+    sqlite3_bind_int64(st, 1, from);
+    sqlite3_bind_int64(st, 2, now_ms);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *src = (const char *)sqlite3_column_text(st, 0);
+        for (int i = 0; src && i < 3; i++)
+            if (!strcmp(src, sources[i]))
+                labels[i] += (uint64_t)sqlite3_column_int64(st, 1);
     }
     if (rc != SQLITE_DONE)
         goto dberr;
@@ -427,7 +464,14 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
                     (json_int_t)routed, "counts", counts, "timeline", "start_ms", (json_int_t)from,
                     "bucket_ms", (json_int_t)bucket_ms, "buckets", STATS_BUCKETS, "backends",
                     timeline_b, "recent_errors", rec);
-    if (!out) {
+    if (!out ||
+        json_object_set_new(
+            out, "learning",
+            json_pack("{s:I, s:f, s:I, s:f, s:{s:I, s:I, s:I}}", "shadow_calls",
+                      (json_int_t)calls[LEARN_SHADOW], "shadow_cost_usd", calls_cost[LEARN_SHADOW],
+                      "judge_calls", (json_int_t)calls[LEARN_JUDGE], "judge_cost_usd",
+                      calls_cost[LEARN_JUDGE], "labels", sources[0], (json_int_t)labels[0],
+                      sources[1], (json_int_t)labels[1], sources[2], (json_int_t)labels[2])) < 0) {
         fputs("triage: out of memory\n", stderr);
         abort();
     }

@@ -189,8 +189,10 @@ struct storage_price {
  * (anything else; use it to answer 400 before calling storage_stats). */
 int storage_window_parse(const char *window, int64_t *ms);
 
-/* Computes routing stats over rows with started_ms in [now_ms - window, now_ms]
- * (now_ms 0 = the current time). Opens its own read-only connection to db_path.
+/* Computes routing stats over client requests with started_ms in [now_ms - window,
+ * now_ms] (now_ms 0 = the current time); shadow and judge calls are summed apart
+ * under "learning" with the labels gathered in the window. Opens its own read-only
+ * connection to db_path.
  * prices (borrowed, may be NULL/0) feed the saving estimate; without them "saving" is
  * null. Returns a new reference, or NULL with err set (bad window, database error).
  * The JSON layout is documented in storage/README.md. */

@@ -1,6 +1,8 @@
 /* test_stats_shape.c - the dashboard's fixture (tests/ops/fixtures/stats.json) has the shape
  * storage_stats() really produces: every field the fixture has, the live answer has too,
- * with the same JSON type. Catches drift between the page and the storage code. */
+ * with the same JSON type. Catches drift between the page and the storage code. Also
+ * pins the "learning" object (newer than the fixture) and that the daemon's own shadow
+ * and judge calls change none of the client figures the page shows. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -124,9 +126,39 @@ test_fixture_matches_storage(void **state)
     storage_close(s);
 
     const struct storage_price prices[] = {{"fast", 0.6, 0.6}, {"strong", 10, 30}};
+    json_t *before = storage_stats(path, "1h", prices, 2, NOW, err, sizeof(err));
+    if (!before)
+        fail_msg("storage_stats: %s", err);
+
+    /* The daemon learns: a shadow call (one failing) and a judge call per request, and
+     * labels. Everything but "learning" stays as it was. */
+    s = storage_open(path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    for (int i = 100; i < 110; i++) {
+        struct storage_record *r = rec(i, "strong", i % 2 ? 200 : 504);
+        r->kind = xstrdup(i % 4 < 2 ? "shadow" : "judge");
+        r->parent_id = xstrdup("req-1");
+        assert_int_equal(storage_submit(s, r), 0);
+    }
+    assert_int_equal(storage_outcome_submit(s, "req-1", "fast", "judge", 0.5, NULL), 0);
+    storage_close(s);
     json_t *live = storage_stats(path, "1h", prices, 2, NOW, err, sizeof(err));
     if (!live)
         fail_msg("storage_stats: %s", err);
+    json_t *learning = json_incref(json_object_get(live, "learning"));
+    json_t *want_learning = json_pack("{s:i, s:f, s:i, s:f, s:{s:i, s:i, s:i}}", "shadow_calls", 0,
+                                      "shadow_cost_usd", 0.0, "judge_calls", 0, "judge_cost_usd",
+                                      0.0, "labels", "judge", 0, "feedback", 0, "offline", 0);
+    assert_int_equal(same_shape(want_learning, learning, ".learning"), 0);
+    assert_int_equal(json_object_size(learning), 5);
+    assert_int_equal(json_integer_value(json_object_get(learning, "shadow_calls")), 6);
+    assert_int_equal(json_integer_value(json_object_get(learning, "judge_calls")), 4);
+    json_decref(want_learning);
+    json_object_del(live, "learning");
+    json_object_del(before, "learning");
+    assert_true(json_equal(live, before));
+    json_object_set_new(live, "learning", learning);
+    json_decref(before);
 
     const char *root = getenv("TRIAGE_SOURCE_ROOT");
     assert_non_null(root);

@@ -525,6 +525,111 @@ test_export(void **state)
     assert_int_equal(n, 2);
 }
 
+/* Shadow and judge calls stay out of the client's figures; their spend and the labels
+ * gathered are reported under "learning". */
+static void
+test_stats_learning(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    /* Real time: labels are counted by when they were made. */
+    int64_t now = (int64_t)time(NULL) * 1000;
+
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    /* Clients: 3 on fast (latency 10, 20, 30), 1 on strong (latency 100). */
+    assert_int_equal(storage_submit(s, rec("c1", "fast", now - 60000, 10, 5, 10, 10, 0.001, 0.2)),
+                     0);
+    assert_int_equal(storage_submit(s, rec("c2", "fast", now - 50000, 20, 5, 10, 10, 0.001, 0.3)),
+                     0);
+    assert_int_equal(storage_submit(s, rec("c3", "fast", now - 40000, 30, 5, 10, 10, 0.001, 0.4)),
+                     0);
+    assert_int_equal(
+        storage_submit(s, rec("c4", "strong", now - 30000, 100, 50, 10, 10, 0.01, 0.9)), 0);
+    /* Learning: 2 shadow calls to strong (one failed, slow), 3 judge calls on strong. */
+    struct storage_record *r = rec("s1", "strong", now - 59000, 5000, 50, 10, 10, 0.02, NAN);
+    r->kind = strdup("shadow");
+    r->parent_id = strdup("c1");
+    assert_int_equal(storage_submit(s, r), 0);
+    r = rec("s2", "strong", now - 49000, 9000, NAN, -1, -1, 0.0, NAN);
+    r->kind = strdup("shadow");
+    r->parent_id = strdup("c2");
+    r->status = 504;
+    r->error_kind = strdup("upstream_timeout");
+    assert_int_equal(storage_submit(s, r), 0);
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "j%d", i);
+        r = rec(id, "strong", now - 45000 + i, 700, 50, 100, 5, 0.005, NAN);
+        r->kind = strdup("judge");
+        r->parent_id = strdup("c1");
+        assert_int_equal(storage_submit(s, r), 0);
+    }
+    /* "client" is a client request, like NULL. */
+    r = rec("c5", "fast", now - 20000, 40, 5, 10, 10, 0.001, 0.1);
+    r->kind = strdup("client");
+    assert_int_equal(storage_submit(s, r), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+    /* Labels: 3 judge, 1 offline, 2 feedback (one /v1/feedback, one outcome). Feedback
+     * on a shadow call is a label but not the client's feedback. */
+    assert_int_equal(storage_outcome_submit(s, "c1", "fast", "judge", 0.5, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "c1", "strong", "judge", 0.5, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "c2", "fast", "judge", 0.5, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "c3", "fast", "offline", 0.5, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "c4", "strong", "feedback", 0.5, NULL), 0);
+    assert_int_equal(storage_feedback(s, "c2", NAN, "good", NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "s1", NAN, "bad", NULL, err, sizeof(err)), 0);
+    storage_close(s);
+
+    /* now_ms 0: the window ends at the current time, after every label was made. */
+    json_t *j = storage_stats(f->path, "15m", NULL, 0, 0, err, sizeof(err));
+    if (!j)
+        fail_msg("stats: %s", err);
+    assert_near(num(j, "requests", NULL, NULL), 5);
+    assert_near(num(j, "errors", NULL, NULL), 0);
+    assert_near(num(j, "cost_usd", NULL, NULL), 0.004 + 0.01);
+    assert_near(num(j, "tokens_in", NULL, NULL), 50);
+    json_t *b = json_object_get(j, "backends");
+    assert_near(num(b, "fast", "requests", NULL), 4);
+    assert_near(num(b, "fast", "share", NULL), 0.8);
+    assert_near(num(b, "strong", "requests", NULL), 1);
+    assert_near(num(b, "strong", "share", NULL), 0.2);
+    assert_near(num(b, "strong", "errors", NULL), 0);
+    assert_near(num(b, "strong", "latency_ms", "p99"), 100);
+    assert_near(num(b, "strong", "latency_ms", "n"), 1);
+    assert_near(num(b, "strong", "cost_usd", NULL), 0.01);
+    assert_near(num(b, "strong", "feedback", "count"), 0);
+    assert_near(num(b, "fast", "feedback", "count"), 1);
+    assert_near(num(j, "feedback", "count", NULL), 1);
+    assert_near(num(j, "score_histogram", "routed", NULL), 5);
+    assert_int_equal(json_array_size(json_object_get(j, "recent_errors")), 0);
+    json_t *tl = json_object_get(json_object_get(j, "timeline"), "backends");
+    double tl_strong = 0;
+    json_t *v;
+    size_t i;
+    json_array_foreach(json_object_get(json_object_get(tl, "strong"), "requests"), i, v)
+        tl_strong += json_number_value(v);
+    assert_near(tl_strong, 1);
+
+    json_t *l = json_object_get(j, "learning");
+    assert_near(num(l, "shadow_calls", NULL, NULL), 2);
+    assert_near(num(l, "shadow_cost_usd", NULL, NULL), 0.02);
+    assert_near(num(l, "judge_calls", NULL, NULL), 3);
+    assert_near(num(l, "judge_cost_usd", NULL, NULL), 0.015);
+    assert_near(num(l, "labels", "judge", NULL), 3);
+    assert_near(num(l, "labels", "feedback", NULL), 3);
+    assert_near(num(l, "labels", "offline", NULL), 1);
+    assert_true(json_is_integer(json_object_get(json_object_get(l, "labels"), "judge")));
+    json_decref(j);
+
+    /* A window that ends before the labels were made counts none of them. */
+    j = storage_stats(f->path, "15m", NULL, 0, now - 10000, err, sizeof(err));
+    assert_non_null(j);
+    assert_near(num(j, "learning", "labels", "judge"), 0);
+    assert_near(num(j, "learning", "shadow_calls", NULL), 2);
+    json_decref(j);
+}
+
 /* ---- retention ---- */
 
 static void
@@ -604,6 +709,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_stats_percentiles_random, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_rejects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_learning, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
