@@ -93,11 +93,15 @@ cli_export(int argc, char **argv)
     }
     fprintf(stderr,
             "triage export: %llu examples from %llu requests%s%s\n"
+            "  outcomes from feedback %llu, judge %llu, offline %llu\n"
             "  skipped %llu requests without prompt text (store_prompts must be full to export)\n"
-            "  skipped %llu requests without feedback (no label)\n"
-            "  skipped %llu requests whose stored prompt is not a messages array\n",
+            "  skipped %llu requests without feedback or outcome (no label)\n"
+            "  skipped %llu requests whose stored prompt is not a messages array\n"
+            "  %llu shadow and judge calls (not prompts of their own)\n",
             (unsigned long long)c.lines, (unsigned long long)c.rows, out ? " to " : "",
-            out ? out : "", (unsigned long long)c.no_prompt, (unsigned long long)c.no_outcome,
-            (unsigned long long)c.bad_prompt);
+            out ? out : "", (unsigned long long)c.by_feedback, (unsigned long long)c.by_judge,
+            (unsigned long long)c.by_offline, (unsigned long long)c.no_prompt,
+            (unsigned long long)c.no_outcome, (unsigned long long)c.bad_prompt,
+            (unsigned long long)c.calls);
     return 0;
 }

@@ -1,4 +1,4 @@
-/* export.c - turns logged prompts and their feedback into training examples (JSONL). */
+/* export.c - turns logged prompts and their labels into training examples (JSONL). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,17 +10,28 @@
 #include "storage.h"
 #include "storage-int.h"
 
-/* The feedback-labelled outcomes of one prompt, per backend. */
+/* Label sources in precedence order: the first one a backend has wins. */
+enum { SRC_FEEDBACK, SRC_JUDGE, SRC_OFFLINE, SRC_N };
+static const char *const source_names[SRC_N] = {"feedback", "judge", "offline"};
+
+/* A client request row (r or c) is one whose kind is neither shadow nor judge. */
+#define CLIENT_R "(r.kind IS NULL OR r.kind NOT IN ('shadow', 'judge'))"
+#define CLIENT_C "(c.kind IS NULL OR c.kind NOT IN ('shadow', 'judge'))"
+
+/* The labels of one prompt for one backend, per source. */
 struct outcome {
     char *backend;
-    double sum;
-    uint64_t n;
+    double sum[SRC_N];
+    uint64_t n[SRC_N];
 };
 
+/* One distinct prompt text: its labels per backend and the client requests behind them. */
 struct group {
     char *prompt;
     struct outcome *o;
     size_t n, cap;
+    int64_t last_id;   /* the request whose labels came last (rows arrive sorted by it) */
+    uint64_t requests; /* labelled client requests with this prompt */
 };
 
 static void
@@ -31,42 +42,40 @@ group_reset(struct group *g)
     for (size_t i = 0; i < g->n; i++)
         free(g->o[i].backend);
     g->n = 0;
+    g->last_id = 0;
+    g->requests = 0;
 }
 
 static void
-group_add(struct group *g, const char *backend, double score)
+group_add(struct group *g, const char *backend, int src, double q)
 {
-    for (size_t i = 0; i < g->n; i++)
-        if (!strcmp(g->o[i].backend, backend)) {
-            g->o[i].sum += score;
-            g->o[i].n++;
-            return;
+    struct outcome *o = NULL;
+
+    for (size_t i = 0; i < g->n && !o; i++)
+        if (!strcmp(g->o[i].backend, backend))
+            o = &g->o[i];
+    if (!o) {
+        if (g->n == g->cap) {
+            g->cap = g->cap ? g->cap * 2 : 4;
+            g->o = realloc(g->o, g->cap * sizeof(*g->o));
+            if (!g->o) {
+                fputs("triage: out of memory\n", stderr);
+                abort();
+            }
         }
-    if (g->n == g->cap) {
-        g->cap = g->cap ? g->cap * 2 : 4;
-        g->o = realloc(g->o, g->cap * sizeof(*g->o));
-        if (!g->o) {
-            fputs("triage: out of memory\n", stderr);
-            abort();
-        }
+        o = &g->o[g->n++];
+        memset(o, 0, sizeof(*o));
+        o->backend = storage__strdup(backend);
     }
-    g->o[g->n++] = (struct outcome){storage__strdup(backend), score, 1};
+    o->sum[src] += q;
+    o->n[src]++;
 }
 
-static uint64_t
-group_rows(const struct group *g)
-{
-    uint64_t n = 0;
-
-    for (size_t i = 0; i < g->n; i++)
-        n += g->o[i].n;
-    return n;
-}
-
-/* Emits the finished group. Returns 0, 1 when the prompt is not a messages array,
- * or -ECANCELED when fn asked to stop. */
+/* Emits the finished group, counting its outcomes by source in c. Returns 0, 1 when
+ * the prompt is not a messages array (nothing counted), or -ECANCELED when fn asked
+ * to stop. */
 static int
-group_emit(struct group *g, storage_export_fn *fn, void *arg)
+group_emit(struct group *g, storage_export_fn *fn, void *arg, struct storage_export_counts *c)
 {
     json_error_t jerr;
     json_t *doc = json_loads(g->prompt, 0, &jerr);
@@ -80,15 +89,44 @@ group_emit(struct group *g, storage_export_fn *fn, void *arg)
         json_decref(doc);
         return 1;
     }
-    json_t *outcomes = json_object();
-    for (size_t i = 0; i < g->n; i++)
-        json_object_set_new(outcomes, g->o[i].backend, json_real(g->o[i].sum / (double)g->o[i].n));
-    json_t *ex = json_pack("{s:O, s:o}", "messages", messages, "outcomes", outcomes);
+    json_t *outcomes = json_object(), *sources = json_object();
+    for (size_t i = 0; i < g->n; i++) {
+        const struct outcome *o = &g->o[i];
+        int src = 0;
+        while (!o->n[src]) /* every outcome has at least one label */
+            src++;
+        json_object_set_new(outcomes, o->backend, json_real(o->sum[src] / (double)o->n[src]));
+        json_object_set_new(sources, o->backend, json_string(source_names[src]));
+        if (src == SRC_FEEDBACK)
+            c->by_feedback++;
+        else if (src == SRC_JUDGE)
+            c->by_judge++;
+        else
+            c->by_offline++;
+    }
+    json_t *ex = json_pack("{s:O, s:o, s:o}", "messages", messages, "outcomes", outcomes, "sources",
+                           sources);
     if (fn(ex, arg) != 0)
         rc = -ECANCELED;
     json_decref(ex);
     json_decref(doc);
     return rc;
+}
+
+/* Emits g if it has labels and counts the result. Returns 0 or -ECANCELED. */
+static int
+group_finish(struct group *g, storage_export_fn *fn, void *arg, struct storage_export_counts *c)
+{
+    if (!g->prompt || !g->n)
+        return 0;
+    int e = group_emit(g, fn, arg, c);
+    if (e == -ECANCELED)
+        return e;
+    if (e == 1)
+        c->bad_prompt += g->requests;
+    else
+        c->lines++;
+    return 0;
 }
 
 int
@@ -99,76 +137,80 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
     struct group g = {0};
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
+    uint64_t with_prompt, labelled = 0;
     int rc = -EIO;
 
     db = storage__open_read(db_path, err, errlen);
     if (!db)
         goto done;
-    if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) /* one snapshot */
         goto dberr;
     if (sqlite3_prepare_v2(db,
-                           "SELECT count(*), count(prompt), (SELECT count(*) FROM requests r"
-                           " WHERE r.prompt IS NOT NULL AND NOT EXISTS (SELECT 1 FROM feedback f"
-                           " WHERE f.request_id = r.request_id)) FROM requests",
+                           "SELECT ifnull(sum(" CLIENT_R "), 0),"
+                           " ifnull(sum(" CLIENT_R " AND prompt IS NOT NULL), 0), count(*)"
+                           " FROM requests r",
                            -1, &st, NULL) != SQLITE_OK ||
         sqlite3_step(st) != SQLITE_ROW)
         goto dberr;
     c.rows = (uint64_t)sqlite3_column_int64(st, 0);
-    c.no_prompt = c.rows - (uint64_t)sqlite3_column_int64(st, 1);
-    c.no_outcome = (uint64_t)sqlite3_column_int64(st, 2);
+    with_prompt = (uint64_t)sqlite3_column_int64(st, 1);
+    c.no_prompt = c.rows - with_prompt;
+    c.calls = (uint64_t)sqlite3_column_int64(st, 2) - c.rows;
     sqlite3_finalize(st);
     st = NULL;
 
-    /* One row per request with prompt text and feedback: its backend and the mean of
-     * its feedback over sources. Sorted by prompt so identical prompts (retries, the
-     * same question sent to several backends) become one example with several
-     * outcomes. */
-    if (sqlite3_prepare_v2(db,
-                           "SELECT r.prompt, r.backend, f.q FROM requests r"
-                           " JOIN (SELECT request_id, avg(score) AS q FROM feedback"
-                           " GROUP BY request_id) f ON f.request_id = r.request_id"
-                           " WHERE r.prompt IS NOT NULL ORDER BY r.prompt",
-                           -1, &st, NULL) != SQLITE_OK)
+    /* Every label of a client request with prompt text, as (prompt, request, backend,
+     * source, q), sorted by prompt so identical prompts (retries, the same question
+     * sent to several backends) become one example, then by request to count them.
+     * Feedback labels the backend of the row it was posted on: the client request's,
+     * or a shadow call's (whose prompt is its parent's); a row's feedback sources are
+     * averaged into one label. Judge rows are not answers and carry none. CROSS JOIN
+     * keeps the label tables outside: the requests are looked up by id, not scanned. */
+    if (sqlite3_prepare_v2(
+            db,
+            "SELECT c.prompt, c.id, r.backend, 0, avg(f.score) FROM feedback f"
+            " CROSS JOIN requests r ON r.request_id = f.request_id"
+            " CROSS JOIN requests c ON c.request_id ="
+            " (CASE WHEN r.kind = 'shadow' THEN r.parent_id ELSE r.request_id END)"
+            " WHERE r.backend IS NOT NULL AND (r.kind IS NULL OR r.kind <> 'judge')"
+            " AND c.prompt IS NOT NULL AND " CLIENT_C " GROUP BY r.id, c.id"
+            " UNION ALL"
+            " SELECT c.prompt, c.id, o.backend,"
+            " CASE o.source WHEN 'feedback' THEN 0 WHEN 'judge' THEN 1 ELSE 2 END, o.q"
+            " FROM outcomes o CROSS JOIN requests c ON c.request_id = o.request_id"
+            " WHERE c.prompt IS NOT NULL AND " CLIENT_C " ORDER BY 1, 2",
+            -1, &st, NULL) != SQLITE_OK)
         goto dberr;
     int step;
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {
         const char *prompt = (const char *)sqlite3_column_text(st, 0);
-        const char *backend = (const char *)sqlite3_column_text(st, 1);
+        int64_t id = sqlite3_column_int64(st, 1);
+        const char *backend = (const char *)sqlite3_column_text(st, 2);
+        int src = sqlite3_column_int(st, 3);
 
         if (g.prompt && strcmp(g.prompt, prompt)) {
-            if (g.n) {
-                int e = group_emit(&g, fn, arg);
-                if (e == -ECANCELED) {
-                    rc = e;
-                    goto done;
-                }
-                if (e == 1)
-                    c.bad_prompt += group_rows(&g);
-                else
-                    c.lines++;
+            if (group_finish(&g, fn, arg, &c) < 0) {
+                rc = -ECANCELED;
+                goto done;
             }
             group_reset(&g);
         }
         if (!g.prompt)
             g.prompt = storage__strdup(prompt);
-        if (sqlite3_column_type(st, 2) == SQLITE_NULL || !backend)
-            c.no_outcome++;
-        else
-            group_add(&g, backend, sqlite3_column_double(st, 2));
+        if (id != g.last_id) {
+            g.last_id = id;
+            g.requests++;
+            labelled++;
+        }
+        group_add(&g, backend, src, sqlite3_column_double(st, 4));
     }
     if (step != SQLITE_DONE)
         goto dberr;
-    if (g.prompt && g.n) {
-        int e = group_emit(&g, fn, arg);
-        if (e == -ECANCELED) {
-            rc = e;
-            goto done;
-        }
-        if (e == 1)
-            c.bad_prompt += group_rows(&g);
-        else
-            c.lines++;
+    if (group_finish(&g, fn, arg, &c) < 0) {
+        rc = -ECANCELED;
+        goto done;
     }
+    c.no_outcome = with_prompt - labelled;
     rc = 0;
     goto done;
 dberr:

@@ -202,21 +202,31 @@ json_t *storage_stats(const char *db_path, const char *window, const struct stor
 /* ---- training export (`triage export`, `triage train --db`) ---- */
 
 struct storage_export_counts {
-    uint64_t rows;          /* request rows read */
-    uint64_t no_prompt;     /* skipped: no prompt text (store_prompts was not full) */
-    uint64_t no_outcome;    /* skipped: prompt text but no feedback to label it */
-    uint64_t bad_prompt;    /* skipped: stored prompt is not a JSON messages array */
-    uint64_t lines;         /* JSONL lines written (one per distinct prompt) */
+    uint64_t rows;          /* client request rows read */
+    uint64_t calls;         /* shadow and judge rows read: labels come to their parent */
+    uint64_t no_prompt;     /* client requests skipped: no prompt text (store_prompts not full) */
+    uint64_t no_outcome;    /* skipped: prompt text but no label (feedback or outcome) */
+    uint64_t bad_prompt;    /* skipped: labelled, but the stored prompt is not a messages array */
+    uint64_t lines;         /* examples emitted (one per distinct prompt text) */
+    uint64_t by_feedback;   /* outcomes emitted, by the source that was chosen */
+    uint64_t by_judge;
+    uint64_t by_offline;
 };
 
-/* Called once per training example with {"messages": [...], "outcomes": {"<backend>": q}}
- * (borrowed: incref to keep). Return nonzero to stop the export (it then returns -ECANCELED). */
+/* Called once per training example with {"messages": [...], "outcomes": {"<backend>": q},
+ * "sources": {"<backend>": "feedback"|"judge"|"offline"}} (borrowed: incref to keep).
+ * Return nonzero to stop the export (it then returns -ECANCELED). */
 typedef int storage_export_fn(json_t *example, void *arg);
 
-/* Reads db_path and emits one example per distinct prompt text that has feedback:
- * q per backend = mean feedback score over that prompt's rows on that backend. Rows
- * without feedback carry no label and are skipped (see storage/README.md for why).
- * counts (may be NULL) receives the tallies. Returns 0, -ECANCELED, or -EIO with err. */
+/* Reads db_path and emits one example per distinct prompt text of client requests that
+ * has at least one label. A label is an outcome row (storage_outcome_submit) for the
+ * client request, or /v1/feedback on the client request (or on one of its shadow calls),
+ * which counts as source "feedback" for the backend that answered. Per backend, q comes
+ * from the first source present in the order feedback, judge, offline, and is the mean
+ * of that source's labels over the prompt's requests (several feedback sources on one
+ * request are averaged first). See storage/README.md for why unlabelled rows are
+ * skipped. counts (may be NULL) receives the tallies. Returns 0, -ECANCELED, or -EIO
+ * with err. */
 int storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
                             struct storage_export_counts *counts, char *err, size_t errlen);
 

@@ -33,13 +33,14 @@ rc=0; "$triage" stats --db "$dir/missing.db" >/dev/null 2>&1 || rc=$?
 # Export: two labelled prompts; skipped rows are reported on stderr.
 "$triage" export --db "$dir/t.db" --out "$dir/train.jsonl" 2>"$dir/err"
 [ "$(wc -l <"$dir/train.jsonl")" = 2 ] || fail "export lines: $(cat "$dir/train.jsonl")"
-grep -qx '{"messages":\[{"role":"user","content":"hi"}\],"outcomes":{"fast":1.0}}' "$dir/train.jsonl" \
+grep -qx '{"messages":\[{"role":"user","content":"hi"}\],"outcomes":{"fast":1.0},"sources":{"fast":"feedback"}}' "$dir/train.jsonl" \
     || fail "export hi: $(cat "$dir/train.jsonl")"
-grep -qx '{"messages":\[{"role":"user","content":"hard"}\],"outcomes":{"strong":0.0}}' "$dir/train.jsonl" \
+grep -qx '{"messages":\[{"role":"user","content":"hard"}\],"outcomes":{"strong":0.0},"sources":{"strong":"feedback"}}' "$dir/train.jsonl" \
     || fail "export hard"
 grep -q '2 examples from 5 requests' "$dir/err" || fail "export summary: $(cat "$dir/err")"
 grep -q 'skipped 2 requests without prompt text (store_prompts must be full' "$dir/err" || fail "no_prompt"
-grep -q 'skipped 1 requests without feedback' "$dir/err" || fail "no_outcome"
+grep -q 'skipped 1 requests without feedback or outcome' "$dir/err" || fail "no_outcome"
+grep -q 'outcomes from feedback 2, judge 0, offline 0' "$dir/err" || fail "by source"
 [ ! -e "$dir/train.jsonl.tmp" ] || fail "temp file left"
 # To stdout too.
 [ "$("$triage" export --db "$dir/t.db" 2>/dev/null | wc -l)" = 2 ] || fail "export stdout"

@@ -479,14 +479,19 @@ test_export(void **state)
     assert_int_equal(c.no_outcome, 1);
     assert_int_equal(c.bad_prompt, 1);
     assert_int_equal(c.lines, 2);
+    assert_int_equal(c.calls, 0);
+    assert_int_equal(c.by_feedback, 3);
+    assert_int_equal(c.by_judge + c.by_offline, 0);
     assert_int_equal(json_array_size(lines), 2);
 
     /* P1: fast = mean(1, 0.5) over r1 and r7, strong = mean(0.5, 0) from r2's two sources. */
-    json_t *want1 = json_pack("{s:[{s:s, s:s}], s:{s:f, s:f}}", "messages", "role", "user",
-                              "content", "2+2?", "outcomes", "fast", 0.75, "strong", 0.25);
+    json_t *want1 = json_pack("{s:[{s:s, s:s}], s:{s:f, s:f}, s:{s:s, s:s}}", "messages", "role",
+                              "user", "content", "2+2?", "outcomes", "fast", 0.75, "strong", 0.25,
+                              "sources", "fast", "feedback", "strong", "feedback");
     /* P3 was a whole request body: only its messages are exported. */
-    json_t *want3 = json_pack("{s:[{s:s, s:s}], s:{s:f}}", "messages", "role", "user", "content",
-                              "prove it", "outcomes", "strong", 0.0);
+    json_t *want3 =
+        json_pack("{s:[{s:s, s:s}], s:{s:f}, s:{s:s}}", "messages", "role", "user", "content",
+                  "prove it", "outcomes", "strong", 0.0, "sources", "strong", "feedback");
     int seen1 = 0, seen3 = 0;
     for (size_t i = 0; i < 2; i++) {
         json_t *l = json_array_get(lines, i);
@@ -523,6 +528,129 @@ test_export(void **state)
     }
     fclose(fp);
     assert_int_equal(n, 2);
+}
+
+static struct storage_record *
+call_rec(const char *id, const char *kind, const char *parent, const char *backend,
+         const char *prompt)
+{
+    struct storage_record *r = prompt_rec(id, backend, prompt);
+    r->kind = strdup(kind);
+    r->parent_id = strdup(parent);
+    return r;
+}
+
+/* Returns the example in lines whose first message's content is text, or NULL. */
+static json_t *
+find_example(json_t *lines, const char *text)
+{
+    for (size_t i = 0; i < json_array_size(lines); i++) {
+        json_t *l = json_array_get(lines, i);
+        json_t *m = json_array_get(json_object_get(l, "messages"), 0);
+        if (!strcmp(json_string_value(json_object_get(m, "content")), text))
+            return l;
+    }
+    return NULL;
+}
+
+#define PROMPT(text) "[{\"role\":\"user\",\"content\":\"" text "\"}]"
+
+/* Labels from the judge, offline graders and feedback, on client requests, shadow calls
+ * and judge calls: one example per prompt with every backend that has a label,
+ * feedback before judge before offline. */
+static void
+test_export_outcomes(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    struct storage_export_counts c;
+
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    /* A: served by fast, shadowed to strong, both graded by the judge; the client's
+     * feedback (and an explicit feedback outcome) beat the judge for fast. A judge call
+     * with feedback on it, and a shadow call that stored the prompt too, add nothing. */
+    assert_int_equal(storage_submit(s, prompt_rec("c1", "fast", PROMPT("A"))), 0);
+    assert_int_equal(storage_submit(s, call_rec("s1", "shadow", "c1", "strong", PROMPT("A"))), 0);
+    assert_int_equal(storage_submit(s, call_rec("j1", "judge", "c1", "strong", PROMPT("judge A"))),
+                     0);
+    assert_int_equal(storage_submit(s, call_rec("j2", "judge", "c1", "strong", NULL)), 0);
+    /* B: only the judge's grade of fast: a one-backend example. */
+    assert_int_equal(storage_submit(s, prompt_rec("c2", "fast", PROMPT("B"))), 0);
+    /* C: twice, on strong: judge 0.8 and 0.6 (mean 0.7) beat offline. */
+    assert_int_equal(storage_submit(s, prompt_rec("c3", "strong", PROMPT("C"))), 0);
+    assert_int_equal(storage_submit(s, prompt_rec("c4", "strong", PROMPT("C"))), 0);
+    /* D: feedback posted on the shadow call labels strong on the client's prompt. */
+    assert_int_equal(storage_submit(s, prompt_rec("c5", "fast", PROMPT("D"))), 0);
+    assert_int_equal(storage_submit(s, call_rec("s5", "shadow", "c5", "strong", NULL)), 0);
+    /* E: offline only. */
+    assert_int_equal(storage_submit(s, prompt_rec("c8", "fast", PROMPT("E"))), 0);
+    /* No label; no prompt text. */
+    assert_int_equal(storage_submit(s, prompt_rec("c6", "fast", PROMPT("F"))), 0);
+    assert_int_equal(storage_submit(s, prompt_rec("c7", "fast", NULL)), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+
+    assert_int_equal(storage_outcome_submit(s, "c1", "fast", "judge", 0.2, "j"), 0);
+    assert_int_equal(storage_outcome_submit(s, "c1", "strong", "judge", 0.9, "j"), 0);
+    assert_int_equal(storage_outcome_submit(s, "c1", "fast", "feedback", 0.5, NULL), 0);
+    assert_int_equal(storage_feedback(s, "c1", NAN, "good", NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "j1", NAN, "bad", NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_outcome_submit(s, "c2", "fast", "judge", 0.3, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "c3", "strong", "offline", 0.4, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "c3", "strong", "judge", 0.8, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "c4", "strong", "judge", 0.6, NULL), 0);
+    assert_int_equal(storage_feedback(s, "s5", 0.0, NULL, "grader", err, sizeof(err)), 0);
+    assert_int_equal(storage_outcome_submit(s, "c8", "fast", "offline", 0.25, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "c7", "fast", "judge", 1.0, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "ghost", "fast", "judge", 1.0, NULL), 0);
+    /* Labels of a shadow or judge call's own id name no client prompt. */
+    assert_int_equal(storage_outcome_submit(s, "s1", "strong", "judge", 0.0, NULL), 0);
+    storage_close(s);
+
+    json_t *lines = json_array();
+    assert_int_equal(storage_export_training(f->path, collect, lines, &c, err, sizeof(err)), 0);
+    assert_int_equal(c.rows, 8);
+    assert_int_equal(c.calls, 4);
+    assert_int_equal(c.no_prompt, 1);
+    assert_int_equal(c.no_outcome, 1);
+    assert_int_equal(c.bad_prompt, 0);
+    assert_int_equal(c.lines, 5);
+    assert_int_equal(c.by_feedback, 2); /* A fast, D strong */
+    assert_int_equal(c.by_judge, 3);    /* A strong, B fast, C strong */
+    assert_int_equal(c.by_offline, 1);  /* E fast */
+    assert_int_equal(json_array_size(lines), 5);
+
+    struct {
+        const char *text, *json;
+    } want[] = {
+        {"A", "{\"outcomes\": {\"fast\": 0.75, \"strong\": 0.9},"
+              " \"sources\": {\"fast\": \"feedback\", \"strong\": \"judge\"}}"},
+        {"B", "{\"outcomes\": {\"fast\": 0.3}, \"sources\": {\"fast\": \"judge\"}}"},
+        {"C", "{\"outcomes\": {\"strong\": 0.7}, \"sources\": {\"strong\": \"judge\"}}"},
+        {"D", "{\"outcomes\": {\"strong\": 0.0}, \"sources\": {\"strong\": \"feedback\"}}"},
+        {"E", "{\"outcomes\": {\"fast\": 0.25}, \"sources\": {\"fast\": \"offline\"}}"},
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        json_t *l = find_example(lines, want[i].text);
+        if (!l)
+            fail_msg("no example for prompt %s", want[i].text);
+        json_t *w = json_loads(want[i].json, 0, NULL);
+        assert_non_null(w);
+        json_t *o = json_object_get(l, "outcomes"), *wo = json_object_get(w, "outcomes");
+        assert_int_equal(json_object_size(o), json_object_size(wo));
+        for (void *it = json_object_iter(wo); it; it = json_object_iter_next(wo, it)) {
+            const char *k = json_object_iter_key(it);
+            json_t *v = json_object_iter_value(it), *got = json_object_get(o, k);
+            if (!json_is_number(got) || fabs(json_number_value(got) - json_number_value(v)) > 1e-12)
+                fail_msg("prompt %s, %s: got %g, want %g", want[i].text, k, json_number_value(got),
+                         json_number_value(v));
+        }
+        assert_true(json_equal(json_object_get(l, "sources"), json_object_get(w, "sources")));
+        json_decref(w);
+    }
+    assert_null(find_example(lines, "judge A"));
+    assert_null(find_example(lines, "F"));
+    json_decref(lines);
 }
 
 /* Shadow and judge calls stay out of the client's figures; their spend and the labels
@@ -709,6 +837,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_stats_percentiles_random, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_rejects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_outcomes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_learning, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
     };

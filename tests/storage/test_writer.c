@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 #include <sqlite3.h>
 
 #include "fixture.h"
@@ -129,6 +130,14 @@ test_migrate_from_v1(void **state)
         query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name='requests_started'"), 0);
 }
 
+/* storage_export_fn: keeps every example in the array arg. */
+static int
+collect(json_t *ex, void *arg)
+{
+    json_array_append(arg, ex);
+    return 0;
+}
+
 /* Schema version 3 exactly as the release before learning created it (migrations
  * 0..2), with a labelled row in it. */
 static const char v3_sql[] =
@@ -195,6 +204,22 @@ test_migrate_from_v3(void **state)
                                         " AND name IN ('requests_request_id', 'requests_window',"
                                         " 'feedback_created', 'outcomes_created')"),
                      4);
+    /* Readers accept it, and the old feedback and the new outcome both label the prompt. */
+    struct storage_export_counts c;
+    json_t *lines = json_array();
+    assert_int_equal(storage_export_training(f->path, collect, lines, &c, err, sizeof(err)), 0);
+    json_t *want = json_pack("{s:[{s:s, s:s}], s:{s:f, s:f}, s:{s:s, s:s}}", "messages", "role",
+                             "user", "content", "hi", "outcomes", "fast", 1.0, "strong", 0.25,
+                             "sources", "fast", "feedback", "strong", "judge");
+    assert_int_equal(json_array_size(lines), 1);
+    assert_true(json_equal(json_array_get(lines, 0), want));
+    json_decref(want);
+    json_decref(lines);
+    assert_int_equal(c.rows, 1);
+    assert_int_equal(c.calls, 1);
+    assert_int_equal(c.lines, 1);
+    assert_int_equal(c.by_feedback, 1);
+    assert_int_equal(c.by_judge, 1);
     /* Reopening the migrated database is a no-op. */
     s = storage_open(f->path, NULL, err, sizeof(err));
     assert_non_null(s);
