@@ -6,18 +6,41 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "commands.h"
+#include "headmap.h"
 #include "storage.h"
 
 static void
 export_usage(FILE *f)
 {
     fprintf(
-        f, "usage: triage export --db FILE [--out FILE.jsonl]\n"
-           "  Writes {\"messages\": [...], \"outcomes\": {\"<backend>\": q}} per distinct prompt,\n"
-           "  q = mean feedback score of that prompt on that backend. Needs prompts stored\n"
-           "  with store_prompts = full; requests without feedback carry no label and are\n"
-           "  skipped. Without --out, writes to stdout.\n");
+        f, "usage: triage export --db FILE [--config CONF] [--out FILE.jsonl]\n"
+           "  Writes one line per distinct prompt of the clients' requests, as train --data reads:\n"
+           "  {\"messages\": [...], \"outcomes\": {\"<backend>\": q}, \"sources\": {\"<backend>\": S}}\n"
+           "  q in [0,1] for every backend with a label: S is the first source present of\n"
+           "  feedback (/v1/feedback), judge, offline, and q the mean of its labels for that\n"
+           "  prompt. Needs prompts stored with store_prompts = full; requests without any\n"
+           "  label are skipped. --config CONF writes head names ([backend NAME] head)\n"
+           "  instead of backend names. Without --out, writes to stdout.\n");
+}
+
+struct sink {
+    FILE *out;
+    struct headmap *heads;
+};
+
+/* storage_export_fn: one example, backend names mapped to heads, as one JSONL line. */
+static int
+write_example(json_t *example, void *arg)
+{
+    struct sink *k = arg;
+
+    headmap_apply(k->heads, example);
+    if (json_dumpf(example, k->out, JSON_COMPACT) < 0 || fputc('\n', k->out) == EOF)
+        return -1;
+    return 0;
 }
 
 int
@@ -25,21 +48,25 @@ cli_export(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"db", required_argument, NULL, 'd'},
+        {"config", required_argument, NULL, 'c'},
         {"out", required_argument, NULL, 'o'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *db = NULL, *out = NULL;
+    const char *db = NULL, *out = NULL, *config = NULL;
     char tmp[4096], err[4608] = "";
     struct storage_export_counts c;
     FILE *f = stdout;
     int ch;
 
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "d:o:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "d:c:o:h", longopts, NULL)) != -1) {
         switch (ch) {
         case 'd':
             db = optarg;
+            break;
+        case 'c':
+            config = optarg;
             break;
         case 'o':
             out = optarg;
@@ -56,22 +83,36 @@ cli_export(int argc, char **argv)
         export_usage(stderr);
         return 2;
     }
+    struct sink sink = {stdout, NULL};
+    if (config) {
+        sink.heads = headmap_load("export", config);
+        if (!sink.heads)
+            return 1;
+    }
     if (out && strcmp(out, "-")) {
         /* Write beside the target and rename, so a failed export leaves no half file. */
         if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", out) >= sizeof(tmp)) {
             cli_errorf("export", "--out path too long");
+            headmap_destroy(sink.heads);
             return 2;
         }
         f = fopen(tmp, "w");
         if (!f) {
             cli_errorf("export", "%s: %s", tmp, strerror(errno));
+            headmap_destroy(sink.heads);
             return 1;
         }
     } else {
         out = NULL;
     }
 
-    int rc = storage_export_jsonl(db, f, &c, err, sizeof(err));
+    sink.out = f;
+    int rc = storage_export_training(db, write_example, &sink, &c, err, sizeof(err));
+    headmap_destroy(sink.heads);
+    if (rc == -ECANCELED) {
+        snprintf(err, sizeof(err), "writing %s failed", out ? tmp : "stdout");
+        rc = -EIO;
+    }
     if (out) {
         if (fclose(f) != 0 && rc == 0) {
             snprintf(err, sizeof(err), "%s: %s", tmp, strerror(errno));

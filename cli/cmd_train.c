@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "headmap.h"
 #include "jsonl.h"
 #include "router.h"
 #include "storage.h"
@@ -18,50 +19,67 @@ static void
 usage(FILE *f)
 {
     fprintf(f,
-            "usage: triage train {--data F.jsonl[.gz] | --db LOG.db} [...] --out MODEL [options]\n"
+            "usage: triage train {--data F.jsonl[.gz] | --db LOG.db} [...] [--config CONF]\n"
+            "                    --out MODEL [options]\n"
             "\n"
-            "Each input line: {\"prompt\": \"...\" | \"messages\": [...], \"outcomes\": {\"<backend>\": q}}\n"
-            "with q in [0,1] = how well that backend answered; one head per backend name.\n"
-            "The score learns how much a prompt needs --strong over --weak.\n"
+            "Each input line: {\"prompt\": \"...\" | \"messages\": [...], \"outcomes\": {\"<head>\": q}}\n"
+            "with q in [0,1] = how well the backend that head scores answered; one head per\n"
+            "outcome name. The score learns how much a prompt needs --strong over --weak.\n"
             "\n"
             "  --data F          training file (JSONL, optionally gzip); repeatable\n"
-            "  --db F            triaged's outcome log: requests with stored prompt text\n"
-            "                    (store_prompts = full) and feedback, labelled per backend\n"
-            "                    (as `triage export` writes them); repeatable, mixes with --data\n"
+            "  --db F            triaged's outcome log: client requests with stored prompt text\n"
+            "                    (store_prompts = full) and their labels per backend (judge,\n"
+            "                    feedback, offline; as `triage export` writes them);\n"
+            "                    repeatable, mixes with --data\n"
+            "  --config CONF     the daemon's config: the log's backend names become the heads\n"
+            "                    that score them ([backend NAME] head, default NAME), and\n"
+            "                    --strong/--weak may name backends. Without it, backend names\n"
+            "                    are head names. --data files are read as they are\n"
             "  --out M           model file to write\n"
-            "  --strong NAME     outcome name of the strong backend (default strong)\n"
-            "  --weak NAME       outcome name of the weak backend (default weak)\n" JSONL_TRAIN_USAGE
+            "  --strong NAME     head (or, with --config, backend) of the strong side (default strong)\n"
+            "  --weak NAME       head (or, with --config, backend) of the weak side (default weak)\n" JSONL_TRAIN_USAGE
             "  -h, --help        this text\n");
 }
+
+struct logged {
+    struct router_dataset *d;
+    struct headmap *heads; /* NULL: backend names are head names */
+};
 
 /* storage_export_fn: one labelled prompt from the outcome log into the training set. */
 static int
 add_logged(json_t *example, void *arg)
 {
-    struct router_dataset *d = arg;
+    struct logged *l = arg;
 
+    headmap_apply(l->heads, example);
     /* an example the trainer cannot use (e.g. empty messages) is skipped, not fatal */
-    (void)router_dataset_add(d, example);
+    (void)router_dataset_add(l->d, example);
     return 0;
 }
 
-/* Adds the labelled prompts of the outcome log at path to d. Returns 0 or -1 (reported). */
+/* Adds the labelled prompts of the outcome log at path to d, backend names mapped
+ * through heads (may be NULL). Returns 0 or -1 (reported). */
 static int
-load_db(struct router_dataset *d, const char *path)
+load_db(struct router_dataset *d, struct headmap *heads, const char *path)
 {
     struct storage_export_counts n = {0};
+    struct logged l = {d, heads};
     char err[512];
     size_t before = router_dataset_size(d);
 
-    if (storage_export_training(path, add_logged, d, &n, err, sizeof(err)) < 0) {
+    if (storage_export_training(path, add_logged, &l, &n, err, sizeof(err)) < 0) {
         cli_errorf("train", "%s", err);
         return -1;
     }
     fprintf(stderr,
-            "triage train: %s: %llu requests, %zu labelled prompts; skipped %llu without "
-            "prompt text, %llu without feedback\n",
+            "triage train: %s: %llu requests, %zu labelled prompts (outcomes from feedback "
+            "%llu, judge %llu, offline %llu); skipped %llu without prompt text, %llu without "
+            "a label\n",
             path, (unsigned long long)n.rows, router_dataset_size(d) - before,
-            (unsigned long long)n.no_prompt, (unsigned long long)n.no_outcome);
+            (unsigned long long)n.by_feedback, (unsigned long long)n.by_judge,
+            (unsigned long long)n.by_offline, (unsigned long long)n.no_prompt,
+            (unsigned long long)n.no_outcome);
     if (n.no_prompt > 0)
         fprintf(stderr, "triage train: %s: %llu requests have no prompt text: retraining from "
                         "the log needs [storage] store_prompts = full\n",
@@ -83,10 +101,10 @@ cli_train(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"data", required_argument, NULL, 'd'}, {"db", required_argument, NULL, 'D'},
-        {"out", required_argument, NULL, 'o'},
+        {"config", required_argument, NULL, 'c'}, {"out", required_argument, NULL, 'o'},
         {"strong", required_argument, NULL, 's'}, {"weak", required_argument, NULL, 'w'},
         {"help", no_argument, NULL, 'h'}, JSONL_TRAIN_LONGOPTS, {NULL, 0, NULL, 0}};
-    const char *data[MAX_DATA], *dbs[MAX_DATA], *out = NULL;
+    const char *data[MAX_DATA], *dbs[MAX_DATA], *out = NULL, *config = NULL;
     size_t n_data = 0, n_dbs = 0;
     struct router_train_opts o;
     unsigned n_bits = 18;
@@ -110,6 +128,9 @@ cli_train(int argc, char **argv)
                 return 2;
             }
             dbs[n_dbs++] = optarg;
+            break;
+        case 'c':
+            config = optarg;
             break;
         case 'o':
             out = optarg;
@@ -137,23 +158,29 @@ cli_train(int argc, char **argv)
         return 2;
     }
 
+    struct headmap *heads = NULL;
+    if (config) {
+        heads = headmap_load("train", config);
+        if (!heads)
+            return 1;
+        headmap_describe(heads, "train");
+        /* the score's sides may be given as backends, like the log's names */
+        o.strong = headmap_head(heads, o.strong);
+        o.weak = headmap_head(heads, o.weak);
+    }
+
     struct timespec t0, t1, t2;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     struct router_dataset *d = router_dataset_new(n_bits);
     for (size_t i = 0; i < n_data; i++)
-        if (jsonl_load_dataset("train", d, data[i], NULL) < 0) {
-            router_dataset_destroy(d);
-            return 1;
-        }
+        if (jsonl_load_dataset("train", d, data[i], NULL) < 0)
+            goto fail;
     for (size_t i = 0; i < n_dbs; i++)
-        if (load_db(d, dbs[i]) < 0) {
-            router_dataset_destroy(d);
-            return 1;
-        }
+        if (load_db(d, heads, dbs[i]) < 0)
+            goto fail;
     if (router_dataset_size(d) == 0) {
         cli_errorf("train", "no labelled examples to learn from");
-        router_dataset_destroy(d);
-        return 1;
+        goto fail;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
 
@@ -165,8 +192,7 @@ cli_train(int argc, char **argv)
     cli_progress_end(&bar);
     if (!m) {
         cli_errorf("train", "%s", err);
-        router_dataset_destroy(d);
-        return 1;
+        goto fail;
     }
     rc = router_model_save(m, out);
     clock_gettime(CLOCK_MONOTONIC, &t2);
@@ -188,5 +214,10 @@ cli_train(int argc, char **argv)
     }
     router_model_unref(m);
     router_dataset_destroy(d);
+    headmap_destroy(heads);
     return rc < 0 ? 1 : 0;
+fail:
+    router_dataset_destroy(d);
+    headmap_destroy(heads);
+    return 1;
 }
