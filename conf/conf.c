@@ -81,6 +81,12 @@ static const struct conf_key keys[] = {
     {"storage", "flush_interval_ms", T_U32, C(flush_interval_ms), 1, 60000, "200", NULL},
     {"storage", "degraded_hold_ms", T_U32, C(degraded_hold_ms), 0, 86400000, "60000", NULL},
 
+    {"learning", "shadow_rate", T_DBL, C(shadow_rate), 0, 1, "0", NULL},
+    {"learning", "judge", T_STR, C(judge), 0, 0, NULL, NULL},
+    {"learning", "shadow_budget_usd_per_day", T_DBL, C(shadow_budget_usd_per_day), 0, 1e9, "5",
+     NULL},
+    {"learning", "max_concurrent", T_U32, C(learn_max_concurrent), 1, 10000, "4", NULL},
+
     {"backend", "url", T_STR, B(url), 0, 0, NULL, NULL},
     {"backend", "model", T_STR, B(model), 0, 0, NULL, NULL},
     {"backend", "head", T_STR, B(head), 0, 0, NULL, NULL},
@@ -329,7 +335,7 @@ on_key(void *user, const char *section, const char *name, const char *value, int
             return set_value(p, line, &keys[i], base, value) == 0;
     }
     if (strcmp(kind, "server") && strcmp(kind, "auth") && strcmp(kind, "router") &&
-        strcmp(kind, "storage") && strcmp(kind, "backend"))
+        strcmp(kind, "storage") && strcmp(kind, "learning") && strcmp(kind, "backend"))
         set_err(p, line, "unknown section [%s]", section);
     else
         set_err(p, line, "unknown key '%s' in [%s]", name, section);
@@ -618,6 +624,11 @@ validate(struct parse *p)
         }
     }
 
+    if (c->judge && conf_backend_find(c, c->judge) < 0) {
+        set_err(p, 0, "[learning] judge = %s: no such backend", c->judge);
+        return -1;
+    }
+
     if (p->tiers) {
         if (build_tiers(p) < 0)
             return -1;
@@ -694,6 +705,7 @@ conf_load_flags(const char *path, unsigned flags, char *err, size_t errlen)
     set_defaults(&p, "auth", p.c);
     set_defaults(&p, "router", p.c);
     set_defaults(&p, "storage", p.c);
+    set_defaults(&p, "learning", p.c);
 
     f = fopen(path, "r");
     if (!f) {
@@ -761,6 +773,7 @@ conf_destroy(struct conf *c)
     free(c->admin_keys_file);
     free(c->model_path);
     free(c->db_path);
+    free(c->judge);
     free(c);
 }
 

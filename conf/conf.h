@@ -105,6 +105,12 @@ struct conf {
     uint32_t flush_interval_ms;
     uint32_t degraded_hold_ms; /* /readyz stays degraded this long after a failed write */
 
+    /* [learning]: labels without humans (daemon/learn.c) */
+    double shadow_rate;        /* share of routed requests also answered by the other tiers */
+    char *judge;               /* backend that grades answers; NULL = no judging */
+    double shadow_budget_usd_per_day; /* cap on shadow + judge spend per UTC day */
+    uint32_t learn_max_concurrent;    /* shadow + judge calls in flight per worker */
+
     /* [backend NAME] sections, in file order */
     struct conf_backend *backends;
     size_t n_backends;

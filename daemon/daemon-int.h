@@ -68,6 +68,7 @@ struct daemon_worker {
     uv_async_t wake;       /* stop requests from the main thread */
     uv_timer_t drain;      /* shutdown deadline checks */
     struct upstream *up;
+    struct daemon_learn *learn; /* shadow and judge calls (learn.c) */
     struct daemon_request *requests; /* every live request */
     size_t n_requests;
     int need_run;          /* a connection was resumed: MHD_run before sleeping */
@@ -183,6 +184,11 @@ struct daemon_request {
     char *prompt_hash;
     char *prompt_json;
 
+    /* the learning loop (learn.c) */
+    int lesson;              /* sampled: shadow and judge calls follow its end */
+    struct daemon_buf lesson_body; /* a sampled stream's body, kept past the stream's start */
+    struct daemon_buf lesson_answer; /* a sampled whole answer, as the client got it */
+
     /* deferred work (reload, feedback, stats) */
     int work_pending; /* a thread-pool job points at this request */
     int orphaned;     /* MHD is done with it; free when the job ends */
@@ -232,6 +238,28 @@ void daemon__feedback(struct daemon_request *rq);
 void daemon__stats(struct daemon_request *rq);
 /* Called when the request ends, before it is freed: cancels the backend call. */
 void daemon__proxy_release(struct daemon_request *rq);
+
+/* Returns new "Name: value\r\n" lines for a call to backend b: content type, Accept
+ * (SSE when stream), our user agent, X-Request-Id request_id and the backend's key
+ * (never the client's). Free with daemon__backend_headers_free, which wipes the key. */
+char *daemon__backend_headers(const struct conf_backend *b, int stream, const char *request_id);
+void daemon__backend_headers_free(char *headers);
+
+/* Writes a new request id ("req_" + 24 hex digits, time-ordered) for unix_ms into out
+ * (at least 29 bytes). Loop thread of w only. */
+void daemon__make_id(struct daemon_worker *w, int64_t unix_ms, char *out);
+
+/* learn.c: shadow and judge calls off the client's path (see the file's comment). */
+struct daemon_learn *daemon__learn_create(struct daemon_worker *w);
+void daemon__learn_destroy(struct daemon_learn *l); /* cancels what runs; NULL is fine */
+/* When a stream begins, or a whole answer is relayed: draws whether rq becomes a lesson
+ * (sets rq->lesson). 1 when it does: the caller keeps a stream's body in
+ * rq->lesson_body, a whole answer in rq->lesson_answer. */
+int daemon__learn_sample(struct daemon_request *rq);
+/* At the end of a request (before its state is freed): maybe make it a lesson. */
+void daemon__learn_offer(struct daemon_request *rq);
+/* Fills the learning loop's gauges (every worker's). Thread-safe. */
+void daemon__learn_gauges(struct daemon_learn_gauges *out);
 
 /* Milliseconds between two monotonic ns stamps. */
 double daemon__ms_since(uint64_t t0_ns);

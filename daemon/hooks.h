@@ -105,6 +105,21 @@ int daemon_event_subscribe(daemon_event_fn *fn, void *ctx);
 /* Live figures for gauges. Thread-safe. */
 #define DAEMON_GAUGES_MAX_BACKENDS 64
 
+/* The learning loop (daemon/learn.c), all workers since start. */
+struct daemon_learn_gauges {
+    uint64_t lessons;           /* client requests sampled for shadow + judge calls */
+    uint64_t shadow_calls;      /* started */
+    uint64_t judge_calls;       /* started */
+    uint64_t labels;            /* judge grades written to the log as outcomes */
+    uint64_t judge_unparseable; /* judge answers that gave no grade (no label) */
+    uint64_t failed;            /* shadow or judge calls that gave no answer */
+    uint64_t dropped_queue;     /* calls dropped: the worker's queue was full */
+    uint64_t dropped_budget;    /* calls dropped: the day's budget would be passed */
+    uint64_t dropped_busy;      /* calls dropped: the backend was at half its max_concurrent */
+    double spent_today_usd;     /* shadow + judge spend settled this UTC day */
+    double reserved_usd;        /* reserved by the calls running now */
+};
+
 struct daemon_gauges {
     uint64_t inflight;          /* requests being served now, all workers */
     uint64_t upstream_inflight; /* backend calls running now */
@@ -120,6 +135,8 @@ struct daemon_gauges {
     size_t n_backends;          /* of the current config, at most DAEMON_GAUGES_MAX_BACKENDS */
     int circuit[DAEMON_GAUGES_MAX_BACKENDS]; /* per backend in config order: 0 closed,
                                               * 1 half-open, 2 open */
+    struct daemon_learn_gauges learn;
+    double learn_budget_usd;    /* [learning] shadow_budget_usd_per_day; 0 when learning is off */
 };
 
 /* Fills g. Returns 0, or -ENOENT before the server runs. */

@@ -619,6 +619,40 @@ metrics_render(struct metrics *m, size_t *len)
                    "Outcome rows lost to database write errors.");
         put(&b, "triage_log_failed_rows_total %" PRId64 "\n", g.log_failed);
     }
+    if (g.learn_budget_usd > 0) {
+        put_family(&b, "triage_learning_calls_total", "counter",
+                   "Shadow and judge calls started (labels without humans).");
+        put(&b, "triage_learning_calls_total{kind=\"shadow\"} %" PRIu64 "\n",
+            g.learn_shadow_calls);
+        put(&b, "triage_learning_calls_total{kind=\"judge\"} %" PRIu64 "\n", g.learn_judge_calls);
+        put_family(&b, "triage_learning_labels_total", "counter",
+                   "Judge grades written to the outcome log.");
+        put(&b, "triage_learning_labels_total %" PRIu64 "\n", g.learn_labels);
+        put_family(&b, "triage_learning_unparseable_total", "counter",
+                   "Judge answers that gave no grade (no label).");
+        put(&b, "triage_learning_unparseable_total %" PRIu64 "\n", g.learn_judge_unparseable);
+        put_family(&b, "triage_learning_failed_total", "counter",
+                   "Shadow or judge calls that gave no answer.");
+        put(&b, "triage_learning_failed_total %" PRIu64 "\n", g.learn_failed);
+        put_family(&b, "triage_learning_dropped_total", "counter",
+                   "Shadow or judge calls not made: queue full, budget spent, backend busy.");
+        put(&b, "triage_learning_dropped_total{reason=\"queue\"} %" PRIu64 "\n",
+            g.learn_dropped_queue);
+        put(&b, "triage_learning_dropped_total{reason=\"budget\"} %" PRIu64 "\n",
+            g.learn_dropped_budget);
+        put(&b, "triage_learning_dropped_total{reason=\"busy\"} %" PRIu64 "\n",
+            g.learn_dropped_busy);
+        put_family(&b, "triage_learning_spend_usd", "gauge",
+                   "Shadow + judge spend settled this UTC day.");
+        put(&b, "triage_learning_spend_usd ");
+        put_double(&b, g.learn_spent_usd);
+        put(&b, "\n");
+        put_family(&b, "triage_learning_budget_usd", "gauge",
+                   "The daily cap on shadow + judge spend.");
+        put(&b, "triage_learning_budget_usd ");
+        put_double(&b, g.learn_budget_usd);
+        put(&b, "\n");
+    }
     if (g.model_version[0]) {
         put_family(&b, "triage_model_info", "gauge",
                    "The loaded predictor model; the value is always 1.");
@@ -701,6 +735,16 @@ server_gauges(struct metrics_gauges *g)
         return;
     g->inflight = (int64_t)dg.inflight;
     snprintf(g->model_version, sizeof(g->model_version), "%s", dg.model_version);
+    g->learn_budget_usd = dg.learn_budget_usd;
+    g->learn_spent_usd = dg.learn.spent_today_usd;
+    g->learn_shadow_calls = dg.learn.shadow_calls;
+    g->learn_judge_calls = dg.learn.judge_calls;
+    g->learn_labels = dg.learn.labels;
+    g->learn_judge_unparseable = dg.learn.judge_unparseable;
+    g->learn_failed = dg.learn.failed;
+    g->learn_dropped_queue = dg.learn.dropped_queue;
+    g->learn_dropped_budget = dg.learn.dropped_budget;
+    g->learn_dropped_busy = dg.learn.dropped_busy;
 }
 
 int

@@ -59,6 +59,12 @@ struct metrics_gauges {
     char model_version[128];   /* loaded predictor's version; "" when none */
     double model_loaded_time;  /* Unix time (s) the model was loaded */
     double threshold;          /* routing threshold in force (THRESHOLD policy) */
+    /* the learning loop (shadow + judge calls), counters since start; shown when
+     * learn_budget_usd > 0 (learning configured) */
+    double learn_budget_usd;   /* the daily cap */
+    double learn_spent_usd;    /* settled this UTC day */
+    uint64_t learn_shadow_calls, learn_judge_calls, learn_labels, learn_judge_unparseable,
+        learn_failed, learn_dropped_queue, learn_dropped_budget, learn_dropped_busy;
 };
 
 /* Called by metrics_render on the rendering thread; must be thread-safe with

@@ -673,6 +673,10 @@ up_headers_done(void *ctx, long status)
      * goes now. A long stream then holds ~2 KB less (10,000 of them, 20 MB). */
     json_decref(rq->up_json);
     rq->up_json = NULL;
+    if (daemon__learn_sample(rq)) { /* its prompt is asked again after the stream */
+        rq->lesson_body = rq->body;
+        memset(&rq->body, 0, sizeof(rq->body));
+    }
     daemon__buf_free(&rq->body);
     daemon__buf_free(&rq->up_headers);
 }
@@ -891,6 +895,9 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
     if (rq->up_status >= 200 && rq->up_status < 300) {
         if (rq->up_body.data)
             scan_completion(rq, rq->up_body.data, rq->up_body.len);
+        /* the answer goes to MHD next: a sampled request keeps a copy to be judged */
+        if (rq->up_body.data && daemon__learn_sample(rq))
+            daemon__buf_append(&rq->lesson_answer, rq->up_body.data, rq->up_body.len);
     } else {
         rq->error_kind = "backend_status";
     }
@@ -1388,16 +1395,7 @@ start_attempt(struct daemon_request *rq)
     }
 
     /* the client's Authorization is never forwarded; the backend's key is */
-    size_t hcap = 256 + (be->api_key ? strlen(be->api_key) : 0);
-    char *h = malloc(hcap), line[1024];
-    if (!h)
-        abort();
-    snprintf(h, hcap,
-             "Content-Type: application/json\r\nAccept: %s\r\n"
-             "User-Agent: triaged/" TRIAGE_VERSION "\r\nX-Request-Id: %s\r\n%s%s%s",
-             rq->stream ? "text/event-stream" : "application/json", rq->id,
-             be->api_key ? "Authorization: Bearer " : "", be->api_key ? be->api_key : "",
-             be->api_key ? "\r\n" : "");
+    char *h = daemon__backend_headers(be, rq->stream, rq->id), line[1024];
     snprintf(line, sizeof(line), "%s/chat/completions", be->url);
     struct upstream_request ur = {
         .url = line,
@@ -1412,8 +1410,7 @@ start_attempt(struct daemon_request *rq)
         .ctx = rq,
     };
     rq->call = upstream_start(rq->w->up, &ur);
-    explicit_bzero(h, hcap);
-    free(h);
+    daemon__backend_headers_free(h);
     if (!rq->call) {
         breaker_record(rq->snap->breakers[rq->backend], BREAKER_CANCEL, now_ms());
         rq->breaker_open_call = 0;
@@ -1423,6 +1420,32 @@ start_attempt(struct daemon_request *rq)
         return;
     }
     atomic_fetch_add(&daemon__n_upstream_inflight, 1);
+}
+
+char *
+daemon__backend_headers(const struct conf_backend *b, int stream, const char *request_id)
+{
+    size_t cap = 256 + strlen(request_id) + (b->api_key ? strlen(b->api_key) : 0);
+    char *h = malloc(cap);
+
+    if (!h)
+        abort();
+    snprintf(h, cap,
+             "Content-Type: application/json\r\nAccept: %s\r\n"
+             "User-Agent: triaged/" TRIAGE_VERSION "\r\nX-Request-Id: %s\r\n%s%s%s",
+             stream ? "text/event-stream" : "application/json", request_id,
+             b->api_key ? "Authorization: Bearer " : "", b->api_key ? b->api_key : "",
+             b->api_key ? "\r\n" : "");
+    return h;
+}
+
+void
+daemon__backend_headers_free(char *headers)
+{
+    if (!headers)
+        return;
+    explicit_bzero(headers, strlen(headers)); /* it held the backend's key */
+    free(headers);
 }
 
 static json_t *

@@ -349,6 +349,10 @@ daemon_gauges_get(struct daemon_gauges *g)
         g->log_dropped = (int64_t)sc.dropped;
         g->log_failed = (int64_t)sc.failed;
     }
+    daemon__learn_gauges(&g->learn);
+    g->learn_budget_usd = s->conf->shadow_rate > 0 && s->conf->judge
+                              ? s->conf->shadow_budget_usd_per_day
+                              : 0;
     uint64_t now = daemon__now_ns() / 1000000u;
     g->n_backends = s->conf->n_backends;
     if (g->n_backends > DAEMON_GAUGES_MAX_BACKENDS)
@@ -818,8 +822,8 @@ find_route(const char *method, const char *path, const struct daemon_route **rou
 /* "req_" + 12 hex digits of the start time (ms) + 12 random ones: unique, and in time
  * order, so the outcome log's request_id index grows at its end instead of touching
  * a random page per row. */
-static void
-make_id(struct daemon_worker *w, int64_t unix_ms, char *out)
+void
+daemon__make_id(struct daemon_worker *w, int64_t unix_ms, char *out)
 {
     static const char hex[] = "0123456789abcdef";
     uint64_t t = (uint64_t)unix_ms, r;
@@ -869,7 +873,7 @@ request_new(struct daemon_worker *w, struct MHD_Connection *conn, const char *ur
     clock_gettime(CLOCK_REALTIME, &ts);
     rq->started_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     rq->snap = daemon__snapshot_get();
-    make_id(w, rq->started_unix_ms, rq->id);
+    daemon__make_id(w, rq->started_unix_ms, rq->id);
     rq->next = w->requests;
     if (w->requests)
         w->requests->prev = rq;
@@ -979,6 +983,7 @@ request_finish(struct daemon_request *rq)
     const struct conf *c = rq->snap ? rq->snap->conf : NULL;
 
     gone_unwatch(rq);
+    daemon__learn_offer(rq); /* before the request's body and answer are freed */
     daemon__proxy_release(rq);
     if (c && rq->backend >= 0) {
         const struct conf_backend *b = &c->backends[rq->backend];
@@ -1023,6 +1028,8 @@ request_finish(struct daemon_request *rq)
     w->n_requests--;
     atomic_fetch_sub(&n_inflight, 1);
     daemon__buf_free(&rq->body);
+    daemon__buf_free(&rq->lesson_body);
+    daemon__buf_free(&rq->lesson_answer);
     daemon__buf_free(&rq->up_headers);
     daemon__buf_free(&rq->up_body);
     daemon__buf_free(&rq->sse);
@@ -1531,6 +1538,8 @@ worker_teardown(struct daemon_worker *w)
         MHD_stop_daemon(w->mhd); /* ends every connection: on_completed frees requests */
         w->mhd = NULL;
     }
+    daemon__learn_destroy(w->learn);
+    w->learn = NULL;
     if (w->up) {
         upstream_destroy(w->up, NULL, NULL);
         w->up = NULL;
@@ -1860,6 +1869,7 @@ worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *e
         snprintf(err, errlen, "cannot create the upstream client");
         return -1;
     }
+    w->learn = daemon__learn_create(w);
     return 0;
 }
 

@@ -58,6 +58,10 @@ test_defaults(void **state)
     assert_int_equal(c->store_prompts, CONF_STORE_PROMPTS_HASH);
     assert_int_equal(c->policy, CONF_POLICY_THRESHOLD);
     assert_true(c->threshold == 0.5);
+    assert_true(c->shadow_rate == 0); /* learning is off unless asked for */
+    assert_null(c->judge);
+    assert_true(c->shadow_budget_usd_per_day == 5);
+    assert_int_equal(c->learn_max_concurrent, 4);
     assert_true(c->strong_share < 0);
     assert_null(c->db_path);
     assert_int_equal(c->n_aliases, 1);
@@ -228,6 +232,12 @@ test_errors(void **state)
         {"[router]\nmodel = /m\naliases = a\n[backend a]\nurl = http://x\n",
          "alias 'a' is also a backend name"},
         {"[backend a]\nurl = http://x\n", "[router] model is required"},
+        {"[router]\nmodel = /m\naliases = tri\xc3\n[backend a]\nurl = http://x\n",
+         "alias 'tri"},
+        {"[router]\nmodel = /m\n[backend a]\nurl = http://x\n[learning]\njudge = zz\n",
+         "[learning] judge = zz: no such backend"},
+        {"[router]\nmodel = /m\n[backend a]\nurl = http://x\n[learning]\nshadow_rate = 2\n",
+         ":6: shadow_rate: 2 is out of range"},
     };
     char err[256];
 

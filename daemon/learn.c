@@ -1,0 +1,614 @@
+/* learn.c - labels without humans: shadow answers from the other tiers and judge grades,
+ * off the client's path.
+ *
+ * When a routed request has been answered (the client has its whole answer), a share
+ * of them ([learning] shadow_rate) becomes a lesson: the same prompt is sent, without
+ * streaming, to every other tier's backend (a shadow call), and the [learning] judge
+ * backend grades each answer, the served one and the shadows, one judge call per answer
+ * (router_judge_request / router_judge_parse). A grade becomes an outcome label in the
+ * log (storage_outcome_submit, source "judge") for the backend that wrote the answer,
+ * so the log holds both sides of the same prompt, which is what the score is trained
+ * from. A streamed answer went by in pieces and is not kept, so for a sampled stream
+ * (sampled when it begins, its body kept) every tier is asked again, its own backend
+ * included. Shadow and judge calls are rows of their own (kind "shadow" / "judge",
+ * parent the client's request id), costed like any call.
+ *
+ * Lowest priority, by construction:
+ *  - nothing here runs before the client's request has ended;
+ *  - at most [learning] max_concurrent calls run per worker; the rest wait in a bounded
+ *    queue (LEARN_QUEUE) and beyond it are dropped and counted;
+ *  - a call never takes a backend's last free max_concurrent slots: it is dropped when
+ *    the backend is at half its limit or more;
+ *  - a daily budget (UTC days) caps shadow + judge spend: each call reserves a pessimistic
+ *    cost before it starts and settles to its real cost when it ends, and a call whose
+ *    reservation does not fit is dropped and counted.
+ * A failed, timed-out or unparseable judge answer produces no label and no client error.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "daemon-int.h"
+#include "log.h"
+#include "storage.h"
+
+#define LEARN_QUEUE 256               /* calls waiting per worker before new ones are dropped */
+#define LEARN_MAX_ANSWER (4u << 20)   /* a shadow or judge answer held whole, at most */
+#define LEARN_JUDGE_MAX_TOKENS 300    /* what router_judge_request asks for */
+#define LEARN_SHADOW_MIN_TOKENS 1024  /* reserved output when the answer length is unknown */
+
+/* ---- the budget, shared by every worker ------------------------------------------ */
+
+static struct {
+    pthread_mutex_t lock;
+    int64_t day;      /* UTC day the figures are for */
+    double spent;     /* USD, settled calls of that day */
+    double reserved;  /* USD, calls running now */
+} budget = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static struct {
+    atomic_uint_fast64_t lessons, shadow_calls, judge_calls, labels, judge_unparseable, failed,
+        dropped_queue, dropped_budget, dropped_busy;
+} counters; /* see struct daemon_learn_gauges */
+
+static int64_t
+utc_day(void)
+{
+    return (int64_t)time(NULL) / 86400;
+}
+
+/* Reserves usd against cap. Returns 0, or -1 when it does not fit today. */
+static int
+budget_reserve(double usd, double cap)
+{
+    int rc = -1;
+
+    pthread_mutex_lock(&budget.lock);
+    int64_t day = utc_day();
+    if (day != budget.day) {
+        budget.day = day;
+        budget.spent = 0;
+    }
+    if (budget.spent + budget.reserved + usd <= cap) {
+        budget.reserved += usd;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&budget.lock);
+    return rc;
+}
+
+/* Turns a reservation into what the call really cost. */
+static void
+budget_settle(double reserved, double actual)
+{
+    pthread_mutex_lock(&budget.lock);
+    budget.reserved -= reserved;
+    if (budget.reserved < 0)
+        budget.reserved = 0;
+    if (utc_day() == budget.day)
+        budget.spent += actual;
+    pthread_mutex_unlock(&budget.lock);
+}
+
+void
+daemon__learn_gauges(struct daemon_learn_gauges *out)
+{
+#define COPY(f) out->f = atomic_load(&counters.f)
+    COPY(lessons);
+    COPY(shadow_calls);
+    COPY(judge_calls);
+    COPY(labels);
+    COPY(judge_unparseable);
+    COPY(failed);
+    COPY(dropped_queue);
+    COPY(dropped_budget);
+    COPY(dropped_busy);
+#undef COPY
+    pthread_mutex_lock(&budget.lock);
+    out->spent_today_usd = utc_day() == budget.day ? budget.spent : 0;
+    out->reserved_usd = budget.reserved;
+    pthread_mutex_unlock(&budget.lock);
+}
+
+/* ---- lessons and calls --------------------------------------------------------------- */
+
+/* One sampled client request: its prompt, shared by the calls it spawns. */
+struct lesson {
+    int refs;
+    struct daemon_snapshot *snap; /* the config and backends the request ran with */
+    char parent_id[40];
+    json_t *messages;             /* the client's messages */
+    json_t *request;              /* the client's body, for shadow calls */
+    int64_t tokens_in;            /* of the served answer, -1 unknown */
+    int64_t tokens_out;
+};
+
+enum call_kind { CALL_SHADOW, CALL_JUDGE };
+
+struct learn_call {
+    struct daemon_learn *l;
+    struct learn_call *next;     /* queue or running list */
+    struct learn_call *prev;
+    struct lesson *lesson;
+    enum call_kind kind;
+    int backend;                 /* the backend called */
+    int graded;                  /* CALL_JUDGE: the backend whose answer is graded */
+    char *body;                  /* the request body until the call starts */
+    size_t body_len;
+    double reserve_usd;
+    struct upstream_call *call;
+    long status;
+    struct daemon_buf answer;
+    uint64_t t_start_ns;
+    int64_t started_unix_ms;
+    char id[40];
+};
+
+/* A worker's learning calls. */
+struct daemon_learn {
+    struct daemon_worker *w;
+    struct learn_call *queue_head, *queue_tail;
+    size_t queued;
+    struct learn_call *running;
+    size_t n_running;
+    uint64_t rng;
+};
+
+static void pump(struct daemon_learn *l);
+
+static void
+lesson_put(struct lesson *s)
+{
+    if (!s || --s->refs > 0)
+        return;
+    json_decref(s->messages);
+    json_decref(s->request);
+    daemon__snapshot_put(s->snap);
+    free(s);
+}
+
+static void
+call_free(struct learn_call *c)
+{
+    lesson_put(c->lesson);
+    free(c->body);
+    daemon__buf_free(&c->answer);
+    free(c);
+}
+
+static double
+price(const struct conf_backend *b, double tokens_in, double tokens_out)
+{
+    return (tokens_in * b->price_input + tokens_out * b->price_output) / 1e6;
+}
+
+/* Queues a call (takes body). Drops it, counted, when the queue is full. */
+static void
+enqueue(struct daemon_learn *l, struct lesson *s, enum call_kind kind, int backend, int graded,
+        char *body, size_t body_len, double reserve_usd)
+{
+    if (l->queued >= LEARN_QUEUE) {
+        atomic_fetch_add(&counters.dropped_queue, 1);
+        free(body);
+        return;
+    }
+    struct learn_call *c = calloc(1, sizeof(*c));
+    if (!c)
+        abort();
+    c->l = l;
+    c->lesson = s;
+    s->refs++;
+    c->kind = kind;
+    c->backend = backend;
+    c->graded = graded;
+    c->body = body;
+    c->body_len = body_len;
+    c->reserve_usd = reserve_usd;
+    if (l->queue_tail)
+        l->queue_tail->next = c;
+    else
+        l->queue_head = c;
+    l->queue_tail = c;
+    l->queued++;
+}
+
+/* Queues the judge's grading of backend's answer to the lesson's prompt. */
+static void
+enqueue_judge(struct daemon_learn *l, struct lesson *s, int graded, const char *answer,
+              size_t len)
+{
+    const struct conf *c = s->snap->conf;
+    int judge = c->judge ? conf_backend_find(c, c->judge) : -1;
+
+    if (judge < 0)
+        return;
+    char *body = router_judge_request(s->messages, answer, len, c->backends[judge].model);
+    if (!body)
+        return;
+    size_t blen = strlen(body);
+    /* ~3 bytes a token is pessimistic for English text; the answer is capped by the
+     * judge's max_tokens */
+    double reserve = price(&c->backends[judge], (double)blen / 3 + 64, LEARN_JUDGE_MAX_TOKENS);
+    enqueue(l, s, CALL_JUDGE, judge, graded, body, blen, reserve);
+}
+
+/* Queues a shadow call of the lesson's prompt to backend. */
+static void
+enqueue_shadow(struct daemon_learn *l, struct lesson *s, int backend)
+{
+    const struct conf_backend *b = &s->snap->conf->backends[backend];
+    json_t *req = json_copy(s->request); /* shallow: nested values are shared, never changed */
+
+    json_object_set_new(req, "model", json_string(b->model));
+    json_object_del(req, "stream");
+    json_object_del(req, "stream_options");
+    if (b->overrides) {
+        json_t *o = json_loads(b->overrides, 0, NULL);
+        if (json_is_object(o))
+            json_object_update(req, o);
+        json_decref(o);
+    }
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    if (!body)
+        return;
+    /* The reservation: the served call's input (the same prompt), and for output the
+     * client's max_tokens, else four times the served answer, at least 1024 tokens. */
+    size_t blen = strlen(body);
+    double in = s->tokens_in > 0 ? (double)s->tokens_in : (double)blen / 3;
+    json_t *mt = json_object_get(s->request, "max_completion_tokens");
+    if (!json_is_integer(mt))
+        mt = json_object_get(s->request, "max_tokens");
+    double out = json_is_integer(mt) && json_integer_value(mt) > 0
+                     ? (double)json_integer_value(mt)
+                     : fmax(LEARN_SHADOW_MIN_TOKENS, 4.0 * (double)s->tokens_out);
+    enqueue(l, s, CALL_SHADOW, backend, backend, body, blen, price(b, in, out));
+}
+
+/* The assistant's text of a chat completion (borrowed from doc), or NULL. */
+static const char *
+answer_text(json_t *doc, size_t *len)
+{
+    json_t *choice = json_array_get(json_object_get(doc, "choices"), 0);
+    json_t *content = json_object_get(json_object_get(choice, "message"), "content");
+
+    if (!json_is_string(content))
+        return NULL;
+    *len = json_string_length(content);
+    return json_string_value(content);
+}
+
+/* Writes the call's own row: a shadow or judge call is logged and costed like a
+ * client's. */
+static void
+log_call(struct learn_call *c, enum upstream_error err, int64_t tin, int64_t tout, double cost,
+         const char *finish)
+{
+    struct storage *st = daemon__storage();
+    const struct conf *conf = c->lesson->snap->conf;
+
+    if (!st)
+        return;
+    struct storage_record *r = storage_record_new();
+    double latency = daemon__ms_since(c->t_start_ns);
+    r->request_id = strdup(c->id);
+    r->kind = strdup(c->kind == CALL_SHADOW ? "shadow" : "judge");
+    r->parent_id = strdup(c->lesson->parent_id);
+    r->started_ms = c->started_unix_ms;
+    r->finished_ms = c->started_unix_ms + (int64_t)latency;
+    r->backend = strdup(conf->backends[c->backend].name);
+    r->route_reason = strdup(c->kind == CALL_SHADOW ? "shadow" : "judge");
+    r->score = NAN;
+    r->threshold = NAN;
+    r->status = (int)c->status;
+    r->error_kind = err != UPSTREAM_OK ? strdup(upstream_error_name(err))
+                    : c->status != 200 ? strdup("backend_status")
+                                       : NULL;
+    r->latency_ms = latency;
+    r->ttfb_ms = NAN;
+    r->tokens_in = tin;
+    r->tokens_out = tout;
+    r->finish_reason = finish ? strdup(finish) : NULL;
+    r->cost_usd = cost;
+    if (storage_submit(st, r) < 0)
+        log_debug("outcome log queue full: learning row %s dropped", c->id);
+}
+
+static void
+on_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    (void)ctx;
+    (void)name;
+    (void)nlen;
+    (void)value;
+    (void)vlen;
+}
+
+static void
+on_headers_done(void *ctx, long status)
+{
+    struct learn_call *c = ctx;
+
+    c->status = status;
+}
+
+static int
+on_data(void *ctx, const char *buf, size_t len)
+{
+    struct learn_call *c = ctx;
+
+    if (c->answer.len + len > LEARN_MAX_ANSWER)
+        return -1;
+    daemon__buf_append(&c->answer, buf, len);
+    return 0;
+}
+
+static void
+unlink_running(struct learn_call *c)
+{
+    struct daemon_learn *l = c->l;
+
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->running = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    l->n_running--;
+}
+
+static void
+on_done(void *ctx, enum upstream_error err, const char *detail)
+{
+    struct learn_call *c = ctx;
+    struct daemon_learn *l = c->l;
+    const struct conf *conf = c->lesson->snap->conf;
+    const struct conf_backend *b = &conf->backends[c->backend];
+    json_t *doc = NULL;
+    int64_t tin = -1, tout = -1;
+    const char *finish = NULL;
+
+    c->call = NULL;
+    unlink_running(c);
+    if (err == UPSTREAM_OK && c->status == 200)
+        doc = json_loadb(c->answer.data ? c->answer.data : "", c->answer.len, 0, NULL);
+    json_t *usage = json_object_get(doc, "usage");
+    if (json_is_integer(json_object_get(usage, "prompt_tokens")))
+        tin = json_integer_value(json_object_get(usage, "prompt_tokens"));
+    if (json_is_integer(json_object_get(usage, "completion_tokens")))
+        tout = json_integer_value(json_object_get(usage, "completion_tokens"));
+    json_t *choice = json_array_get(json_object_get(doc, "choices"), 0);
+    finish = json_string_value(json_object_get(choice, "finish_reason"));
+    /* No usage: the reservation stands in for the cost (pessimistic, never zero). */
+    double cost = tin >= 0 && tout >= 0 ? price(b, (double)tin, (double)tout) : c->reserve_usd;
+    if (err != UPSTREAM_OK && c->status == 0)
+        cost = 0; /* nothing was answered */
+    budget_settle(c->reserve_usd, cost);
+    log_call(c, err, tin, tout, cost, finish);
+
+    size_t len = 0;
+    const char *text = doc ? answer_text(doc, &len) : NULL;
+    if (!text) {
+        atomic_fetch_add(&counters.failed, 1);
+        log_debug("learning: %s call to %s for %s failed: %s (status %ld)",
+                  c->kind == CALL_SHADOW ? "shadow" : "judge", b->name, c->lesson->parent_id,
+                  err != UPSTREAM_OK ? (detail ? detail : upstream_error_name(err)) : "no answer",
+                  c->status);
+    } else if (c->kind == CALL_SHADOW) {
+        enqueue_judge(l, c->lesson, c->backend, text, len);
+    } else {
+        double q;
+        int rating;
+        if (router_judge_parse(text, len, &q, &rating) < 0) {
+            atomic_fetch_add(&counters.judge_unparseable, 1);
+            log_debug("learning: the judge's answer for %s could not be parsed",
+                      c->lesson->parent_id);
+        } else {
+            char detail_s[96];
+            snprintf(detail_s, sizeof(detail_s), "%s rating=%d judge=%s", ROUTER_JUDGE_VERSION,
+                     rating, b->name);
+            struct storage *st = daemon__storage();
+            if (st && storage_outcome_submit(st, c->lesson->parent_id,
+                                             conf->backends[c->graded].name, "judge", q,
+                                             detail_s) == 0)
+                atomic_fetch_add(&counters.labels, 1);
+        }
+    }
+    json_decref(doc);
+    call_free(c);
+    pump(l);
+}
+
+/* Starts queued calls while there is room. */
+static void
+pump(struct daemon_learn *l)
+{
+    while (l->queue_head &&
+           l->n_running < l->queue_head->lesson->snap->conf->learn_max_concurrent) {
+        struct learn_call *c = l->queue_head;
+        l->queue_head = c->next;
+        if (!l->queue_head)
+            l->queue_tail = NULL;
+        l->queued--;
+        c->next = NULL;
+
+        const struct daemon_snapshot *snap = c->lesson->snap;
+        const struct conf_backend *b = &snap->conf->backends[c->backend];
+        /* never the backend's last free slots: client requests come first */
+        if (b->max_concurrent &&
+            atomic_load(&snap->inflight[c->backend]) * 2 >= b->max_concurrent) {
+            atomic_fetch_add(&counters.dropped_busy, 1);
+            call_free(c);
+            continue;
+        }
+        if (budget_reserve(c->reserve_usd, snap->conf->shadow_budget_usd_per_day) < 0) {
+            atomic_fetch_add(&counters.dropped_budget, 1);
+            call_free(c);
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        c->started_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        c->t_start_ns = daemon__now_ns();
+        daemon__make_id(l->w, c->started_unix_ms, c->id);
+
+        char url[1024];
+        char *headers = daemon__backend_headers(b, 0, c->id);
+        snprintf(url, sizeof(url), "%s/chat/completions", b->url);
+        struct upstream_request ur = {
+            .url = url,
+            .headers = headers,
+            .body = c->body,
+            .body_len = c->body_len,
+            .connect_timeout_ms = b->connect_timeout_ms,
+            .first_byte_timeout_ms = b->first_byte_timeout_ms,
+            .idle_timeout_ms = b->idle_timeout_ms,
+            .timeout_ms = b->timeout_ms,
+            .cb = {on_header, on_headers_done, on_data, on_done},
+            .ctx = c,
+        };
+        c->body = NULL; /* the call's now */
+        c->call = upstream_start(l->w->up, &ur);
+        daemon__backend_headers_free(headers);
+        if (!c->call) {
+            budget_settle(c->reserve_usd, 0);
+            atomic_fetch_add(&counters.failed, 1);
+            call_free(c);
+            continue;
+        }
+        atomic_fetch_add(c->kind == CALL_SHADOW ? &counters.shadow_calls : &counters.judge_calls,
+                         1);
+        c->next = l->running;
+        if (l->running)
+            l->running->prev = c;
+        l->running = c;
+        l->n_running++;
+    }
+}
+
+/* ---- the worker's side ------------------------------------------------------------- */
+
+struct daemon_learn *
+daemon__learn_create(struct daemon_worker *w)
+{
+    struct daemon_learn *l = calloc(1, sizeof(*l));
+
+    if (!l)
+        abort();
+    l->w = w;
+    l->rng = w->rng ^ 0x5851f42d4c957f2dull;
+    if (!l->rng)
+        l->rng = 1;
+    return l;
+}
+
+void
+daemon__learn_destroy(struct daemon_learn *l)
+{
+    if (!l)
+        return;
+    while (l->running) {
+        struct learn_call *c = l->running;
+        l->running = c->next;
+        if (c->call)
+            upstream_cancel(c->call);
+        budget_settle(c->reserve_usd, 0);
+        call_free(c);
+    }
+    while (l->queue_head) {
+        struct learn_call *c = l->queue_head;
+        l->queue_head = c->next;
+        call_free(c);
+    }
+    free(l);
+}
+
+/* A uniform draw in [0, 1) (xorshift64*). */
+static double
+draw(struct daemon_learn *l)
+{
+    l->rng ^= l->rng >> 12;
+    l->rng ^= l->rng << 25;
+    l->rng ^= l->rng >> 27;
+    return (double)((l->rng * 2685821657736338717ull) >> 11) / 9007199254740992.0;
+}
+
+/* Whether rq may become a lesson: learning on, a routed request answered whole. */
+static int
+eligible(const struct daemon_request *rq)
+{
+    const struct conf *c = rq->snap ? rq->snap->conf : NULL;
+
+    return rq->w->learn && c && c->shadow_rate > 0 && c->judge && rq->routed &&
+           rq->backend >= 0;
+}
+
+int
+daemon__learn_sample(struct daemon_request *rq)
+{
+    if (!eligible(rq) || draw(rq->w->learn) >= rq->snap->conf->shadow_rate)
+        return 0;
+    rq->lesson = 1;
+    return 1;
+}
+
+void
+daemon__learn_offer(struct daemon_request *rq)
+{
+    struct daemon_learn *l = rq->w->learn;
+
+    /* Sampled when the answer began (a stream, its body kept in lesson_body) or was
+     * relayed whole (kept in lesson_answer). Only a complete, successful answer
+     * teaches. */
+    if (!rq->lesson || !eligible(rq) || rq->status != 200 || rq->error_kind ||
+        rq->client_aborted || rq->stream_failed)
+        return;
+    const struct daemon_buf *body = rq->streaming ? &rq->lesson_body : &rq->body;
+    if (!body->data || (!rq->streaming && !rq->lesson_answer.data))
+        return;
+
+    const struct conf *c = rq->snap->conf;
+    json_t *request = json_loadb(body->data, body->len, 0, NULL);
+    json_t *answer_doc = rq->streaming ? NULL
+                                       : json_loadb(rq->lesson_answer.data,
+                                                    rq->lesson_answer.len, 0, NULL);
+    json_t *messages = json_object_get(request, "messages");
+    size_t alen = 0;
+    const char *answer = answer_doc ? answer_text(answer_doc, &alen) : NULL;
+    if (!json_is_array(messages) || (!rq->streaming && !answer)) {
+        json_decref(request);
+        json_decref(answer_doc);
+        return;
+    }
+    struct lesson *s = calloc(1, sizeof(*s));
+    if (!s)
+        abort();
+    s->refs = 1;
+    s->snap = rq->snap; /* the lesson runs with the config the request ran with */
+    atomic_fetch_add(&s->snap->refs, 1);
+    snprintf(s->parent_id, sizeof(s->parent_id), "%s", rq->id);
+    s->request = request;
+    s->messages = json_incref(messages);
+    s->tokens_in = rq->tokens_in;
+    s->tokens_out = rq->tokens_out;
+    atomic_fetch_add(&counters.lessons, 1);
+
+    /* The served answer is graded as the client got it. A stream's answer went by in
+     * pieces and was not kept: its backend is asked again, like the other tiers, so a
+     * streamed prompt costs one more call but still labels both sides. */
+    if (answer)
+        enqueue_judge(l, s, rq->backend, answer, alen);
+    for (size_t i = 0; i < c->n_tiers; i++) {
+        int b = (int)c->tiers[i].backend;
+        if (b != rq->backend || !answer)
+            enqueue_shadow(l, s, b);
+    }
+    json_decref(answer_doc);
+    lesson_put(s);
+    pump(l);
+}

@@ -1,0 +1,283 @@
+/* test_learn.c - the learning loop's daemon side: shadow calls to the other tier and judge
+ * grades become outcome labels for both backends, off the client's path; a judge that
+ * talks nonsense or is down gives no label and no client error; the daily budget holds.
+ *
+ * usage: test_learn TRIAGED MOCKLLM MAKE_MODEL
+ * Backends fast and strong are the shared mockllm; the judge is a second mockllm whose
+ * every answer is one fixed text (--content). Each case starts its own triaged. Every wait
+ * polls with a generous bound; nothing asserts how fast anything is. */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "harness.h"
+
+static struct h_env env;
+
+#define WAIT_MS 30000
+#define N_REQUESTS 6
+
+/* A mockllm whose every answer is content; its port, 0 on failure. */
+static unsigned
+start_judge(const char *content, pid_t *pid)
+{
+    unsigned port = 0;
+    char *argv[] = {(char *)env.mock, "--port", "0", "--content", (char *)content, NULL};
+
+    if (h_spawn_mock(argv, pid, &port) < 0)
+        return 0;
+    return port;
+}
+
+/* Starts triaged with the learning loop on (shadow_rate 1) and judge_url as [backend
+ * judge]; prices and the budget from extra ([learning] lines appended). */
+static unsigned
+start_learning(const char *name, const char *judge_url, const char *learning_extra,
+               const char *backend_extra, pid_t *pid)
+{
+    char storage[512], tail[1024];
+
+    snprintf(storage, sizeof(storage), "path = %s/%s.db\nflush_interval_ms = 10\n", env.dir,
+             name);
+    snprintf(tail, sizeof(tail),
+             "%s\n[backend judge]\nurl = %s\ntimeout_ms = 2000\nmax_retries = 0\n%s\n"
+             "[learning]\nshadow_rate = 1\njudge = judge\n%s\n",
+             backend_extra ? backend_extra : "", judge_url, backend_extra ? backend_extra : "",
+             learning_extra ? learning_extra : "");
+    return h_start_triaged(&env, name, NULL, storage, tail, pid);
+}
+
+static void
+stop(pid_t pid)
+{
+    int status = h_stop(pid, SIGTERM);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* One integer from the log db of case name (-1 on error). */
+static long long
+query(const char *name, const char *sql)
+{
+    char path[512];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    long long v = -1;
+
+    snprintf(path, sizeof(path), "%s/%s.db", env.dir, name);
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* Polls sql until it gives want (or more with at_least), within WAIT_MS. */
+static long long
+wait_for(const char *name, const char *sql, long long want, int at_least)
+{
+    double t0 = h_now_ms();
+    long long v;
+
+    while ((v = query(name, sql)) != want && !(at_least && v > want) &&
+           h_now_ms() - t0 < WAIT_MS)
+        usleep(50 * 1000);
+    return v;
+}
+
+/* A metric's value from /metrics (the first line starting with line), or -1. */
+static double
+metric(unsigned port, const char *line)
+{
+    struct h_resp r;
+    double v = -1;
+
+    h_get(port, "/metrics", &r);
+    for (const char *p = r.body; p && (p = strstr(p, line)) != NULL; p++)
+        if (p == r.body || p[-1] == '\n') {
+            v = strtod(p + strlen(line), NULL);
+            break;
+        }
+    h_resp_free(&r);
+    return v;
+}
+
+/* Sends n routed, non-streamed chat requests (distinct prompts); all must succeed. */
+static void
+send_requests(unsigned port, int n, const char *extra_members)
+{
+    for (int i = 0; i < n; i++) {
+        char body[512];
+        struct h_resp r;
+        snprintf(body, sizeof(body),
+                 "{\"model\":\"triage\",%s\"messages\":[{\"role\":\"user\",\"content\":"
+                 "\"What is %d times %d?\"}]}",
+                 extra_members ? extra_members : "", i + 3, i + 7);
+        h_chat(port, body, &r);
+        CHECK(r.status == 200);
+        h_resp_free(&r);
+    }
+}
+
+/* Every answer of every prompt is graded: the served one and the other tier's shadow,
+ * each a judge label q = (8 - 1) / 9 for its own backend; the calls are rows of their
+ * own, children of the client's request. A streamed prompt's answer was not kept, so
+ * both tiers answer it again. */
+static void
+test_labels(void)
+{
+    pid_t jpid, pid;
+    unsigned jport = start_judge("The answer is right.\nRating: [[8]]", &jpid);
+    char url[128];
+
+    CHECK(jport != 0);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1", jport);
+    unsigned port = start_learning("labels", url, NULL, NULL, &pid);
+    if (!port) {
+        CHECK(!"triaged started");
+        h_stop(jpid, SIGTERM);
+        return;
+    }
+    send_requests(port, N_REQUESTS, NULL);
+    struct h_resp r;
+    h_chat(port,
+           "{\"model\":\"triage\",\"stream\":true,\"messages\":[{\"role\":\"user\","
+           "\"content\":\"a streamed one\"}]}",
+           &r);
+    CHECK(r.status == 200);
+    h_resp_free(&r);
+
+    const int prompts = N_REQUESTS + 1;
+    long long labels = wait_for("labels", "SELECT count(*) FROM outcomes", 2 * prompts, 1);
+    fprintf(stderr, "labels: %lld judge labels for %d prompts\n", labels, prompts);
+    CHECK(labels == 2 * prompts);
+    /* both sides of every prompt, from the judge, with the grade's q */
+    CHECK(query("labels", "SELECT count(DISTINCT request_id) FROM outcomes") == prompts);
+    CHECK(query("labels", "SELECT count(*) FROM outcomes WHERE source = 'judge' AND"
+                          " abs(q - 7.0 / 9) < 1e-9") == 2 * prompts);
+    CHECK(query("labels", "SELECT count(*) FROM (SELECT request_id FROM outcomes"
+                          " GROUP BY request_id HAVING count(DISTINCT backend) = 2)") == prompts);
+    CHECK(metric(port, "triage_learning_labels_total ") == 2 * prompts);
+    stop(pid);
+    /* a shadow row per prompt (two for the stream), a judge row per answer, each
+     * pointing at its prompt */
+    CHECK(query("labels", "SELECT count(*) FROM requests WHERE kind = 'shadow'") ==
+          N_REQUESTS + 2);
+    CHECK(query("labels", "SELECT count(*) FROM requests WHERE kind = 'judge'") == 2 * prompts);
+    CHECK(query("labels", "SELECT count(*) FROM requests c WHERE c.kind IN ('shadow', 'judge')"
+                          " AND NOT EXISTS (SELECT 1 FROM requests p WHERE"
+                          " p.request_id = c.parent_id)") == 0);
+    h_stop(jpid, SIGTERM);
+}
+
+/* A judge that talks nonsense, or is not there, gives no label; clients never notice. */
+static void
+test_no_label(void)
+{
+    pid_t jpid, pid;
+    unsigned jport = start_judge("I would rather not say.", &jpid);
+    char url[128];
+
+    CHECK(jport != 0);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1", jport);
+    unsigned port = start_learning("nonsense", url, NULL, NULL, &pid);
+    if (port) {
+        send_requests(port, N_REQUESTS, NULL);
+        double t0 = h_now_ms();
+        while (metric(port, "triage_learning_unparseable_total ") < 2 * N_REQUESTS &&
+               h_now_ms() - t0 < WAIT_MS)
+            usleep(50 * 1000);
+        CHECK(metric(port, "triage_learning_unparseable_total ") == 2 * N_REQUESTS);
+        CHECK(metric(port, "triage_learning_labels_total ") == 0);
+        stop(pid);
+        CHECK(query("nonsense", "SELECT count(*) FROM outcomes") == 0);
+    } else {
+        CHECK(!"triaged started");
+    }
+    h_stop(jpid, SIGTERM);
+
+    /* the judge's port has nobody on it now */
+    port = start_learning("down", url, NULL, NULL, &pid);
+    if (!port) {
+        CHECK(!"triaged started");
+        return;
+    }
+    send_requests(port, N_REQUESTS, NULL);
+    double t0 = h_now_ms();
+    while (metric(port, "triage_learning_failed_total ") < 2 * N_REQUESTS &&
+           h_now_ms() - t0 < WAIT_MS)
+        usleep(50 * 1000);
+    CHECK(metric(port, "triage_learning_failed_total ") == 2 * N_REQUESTS);
+    stop(pid);
+    CHECK(query("down", "SELECT count(*) FROM outcomes") == 0);
+    CHECK(query("down", "SELECT count(*) FROM requests WHERE kind IS NULL AND status = 200") ==
+          N_REQUESTS);
+}
+
+/* A tiny daily budget: calls whose pessimistic reservation would pass it are dropped and
+ * counted, and what was spent (the rows' own costs) stays within it. */
+static void
+test_budget(void)
+{
+    pid_t jpid, pid;
+    unsigned jport = start_judge("Rating: [[3]]", &jpid);
+    char url[128];
+    const double cap = 0.05;
+    char learning[128];
+
+    CHECK(jport != 0);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1", jport);
+    snprintf(learning, sizeof(learning), "shadow_budget_usd_per_day = %g\n", cap);
+    /* $10 per million tokens: a shadow reserves about 1024 output tokens ($0.01), a
+     * judge call a few hundred input and 300 output tokens */
+    unsigned port = start_learning("budget", url, learning,
+                                   "price_input = 10\nprice_output = 10\n", &pid);
+    if (!port) {
+        CHECK(!"triaged started");
+        h_stop(jpid, SIGTERM);
+        return;
+    }
+    send_requests(port, 20, NULL);
+    double t0 = h_now_ms();
+    while (metric(port, "triage_learning_dropped_total{reason=\"budget\"} ") <= 0 &&
+           h_now_ms() - t0 < WAIT_MS)
+        usleep(50 * 1000);
+    double dropped = metric(port, "triage_learning_dropped_total{reason=\"budget\"} ");
+    double spent = metric(port, "triage_learning_spend_usd ");
+    stop(pid);
+    double logged = (double)query("budget", "SELECT CAST(round(sum(cost_usd) * 1e9) AS INTEGER)"
+                                            " FROM requests WHERE kind IN ('shadow', 'judge')") /
+                    1e9;
+    fprintf(stderr, "budget: cap $%.2f, spent $%.6f (log: $%.6f), %.0f calls dropped\n", cap,
+            spent, logged, dropped);
+    CHECK(dropped > 0);
+    CHECK(logged > 0 && logged <= cap);
+    CHECK(fabs(logged - spent) < 1e-6);
+    h_stop(jpid, SIGTERM);
+}
+
+int
+main(int argc, char **argv)
+{
+    char model[512], out[512];
+    int rc = h_env_setup(&env, "learn", argc, argv);
+
+    if (rc)
+        return rc;
+    snprintf(model, sizeof(model), "%s/m.tmod", env.dir);
+    char *mm_argv[] = {(char *)env.make_model, model, NULL};
+    if (h_run(mm_argv, out, sizeof(out)) != 0) {
+        fprintf(stderr, "cannot build the test model: %s\n", out);
+        return 1;
+    }
+    test_labels();
+    test_no_label();
+    test_budget();
+    return h_env_finish(&env);
+}
