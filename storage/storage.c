@@ -138,6 +138,24 @@ static const char *const migrations[STORAGE_SCHEMA_VERSION] = {
     " created_ms INTEGER NOT NULL,"
     " PRIMARY KEY (request_id, backend, source));"
     "CREATE INDEX outcomes_created ON outcomes(created_ms);",
+
+    /* 4 -> 5: the model registry (registry.c): every predictor version with its metrics
+     * and lineage. The partial unique index allows one champion at most. Unknown counts
+     * and APGRs are NULL. */
+    "CREATE TABLE models ("
+    " version TEXT PRIMARY KEY,"
+    " path TEXT NOT NULL,"
+    " parent TEXT NOT NULL DEFAULT '',"
+    " source TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " promoted_ms INTEGER NOT NULL DEFAULT 0,"
+    " train_examples INTEGER,"
+    " holdout_n INTEGER,"
+    " apgr REAL,"
+    " parent_apgr REAL,"
+    " status TEXT NOT NULL);"
+    "CREATE UNIQUE INDEX models_champion ON models(status) WHERE status = 'champion';"
+    "CREATE INDEX models_created ON models(created_ms);",
 };
 
 static int

@@ -41,7 +41,7 @@
 #include <jansson.h>
 
 /* The schema version this build writes; older databases are migrated forward at open. */
-#define STORAGE_SCHEMA_VERSION 4
+#define STORAGE_SCHEMA_VERSION 5
 
 /* Attempts per batch before a write error drops it (counted in counters.failed). */
 #define STORAGE_WRITE_ATTEMPTS 3
@@ -233,5 +233,69 @@ int storage_export_training(const char *db_path, storage_export_fn *fn, void *ar
 /* Same, writing one compact JSON object per line to out. Returns 0 or -EIO with err. */
 int storage_export_jsonl(const char *db_path, FILE *out, struct storage_export_counts *counts,
                          char *err, size_t errlen);
+
+/* ---- the model registry (`triage models`, the daemon's retraining; any thread) ----
+ *
+ * Every predictor model version the daemon has served or evaluated, with its metrics
+ * and lineage, in table `models` of the outcome log. Exactly one row is the champion
+ * (the model the daemon serves) or none is; the functions keep it so in transactions
+ * and a unique index backs it. Rows name model files, they never copy them. Each call
+ * opens its own read-write connection (WAL, busy timeout) and closes it, so any thread
+ * may call; an older database is migrated first, as storage_open() does. */
+
+/* One predictor model version in the registry (table `models` in the outcome log). */
+struct storage_model_info {
+    char version[80];        /* router_model_version() of the file */
+    char path[1024];         /* where the model file is kept */
+    char parent[80];         /* the champion it was trained to replace; "" for the first */
+    char source[16];         /* "shipped" (the config's model, recorded at first start),
+                              * "retrain" (the daemon), "manual" (triage models add) */
+    int64_t created_ms;      /* Unix ms */
+    int64_t promoted_ms;     /* last time it became champion; 0 = never */
+    int64_t train_examples;  /* examples it was trained on; -1 unknown */
+    int64_t holdout_n;       /* held-out judged prompts it was compared on; -1 unknown */
+    double apgr;             /* its APGR on that held-out slice; NaN unknown */
+    double parent_apgr;      /* the champion's APGR on the same slice; NaN unknown */
+    char status[16];         /* "champion" | "candidate" (evaluated, not promoted) |
+                              * "retired" (was champion) */
+};
+
+/* Inserts m, or replaces the row with the same version. Opens its own connection (any
+ * thread; WAL + busy timeout); creates the database if db_path does not exist. Borrows m.
+ * created_ms 0 is stored as now. With status "champion" the current champion (another
+ * version) becomes "retired" in the same transaction, and promoted_ms 0 is stored as now.
+ * Returns 0, -EINVAL (empty or unterminated version/path, unknown status/source),
+ * -EIO with err. */
+int storage_model_add(const char *db_path, const struct storage_model_info *m, char *err,
+                      size_t errlen);
+
+/* Fills out (caller's) with the current champion. Returns 0, -ENOENT when there is
+ * none, -EIO with err (also for a missing database file). */
+int storage_model_champion(const char *db_path, struct storage_model_info *out, char *err,
+                           size_t errlen);
+
+/* Makes version the champion (promoted_ms = now, or one past the latest promotion so
+ * promotions stay strictly ordered); the previous champion becomes "retired". One
+ * transaction. Promoting the champion changes nothing. Returns 0, -ENOENT unknown
+ * version (err says so), -EIO with err. */
+int storage_model_promote(const char *db_path, const char *version, char *err, size_t errlen);
+
+/* Makes the most recently promoted model before the current champion (the one the
+ * current champion replaced: its parent if that was ever champion, else the latest
+ * retired by promoted_ms) champion again (promoted_ms = now); the current one becomes
+ * "retired". One transaction. Fills out (caller's, may be NULL) with the new champion.
+ * Returns 0, -ENOENT when there is no champion or nothing to roll back to (err says
+ * which), -EIO with err. */
+int storage_model_rollback(const char *db_path, struct storage_model_info *out, char *err,
+                           size_t errlen);
+
+/* Called once per version with a row that lives until it returns (borrowed: copy what
+ * you keep); return nonzero to stop. */
+typedef int storage_model_fn(const struct storage_model_info *m, void *arg); /* nonzero stops */
+
+/* Calls fn for every version, newest first (created_ms). Returns the count of rows
+ * passed to fn, or -EIO with err (also for a missing database file). */
+int storage_model_list(const char *db_path, storage_model_fn *fn, void *arg, char *err,
+                       size_t errlen);
 
 #endif

@@ -85,8 +85,9 @@ test_create_schema(void **state)
     free(mode);
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name IN"
                                         " ('requests','feedback','requests_window',"
-                                        "'requests_request_id','outcomes','outcomes_created')"),
-                     6);
+                                        "'requests_request_id','outcomes','outcomes_created',"
+                                        "'models','models_champion','models_created')"),
+                     9);
     /* Reopening a current database is a no-op. */
     s = storage_open(f->path, NULL, err, sizeof(err));
     assert_non_null(s);
@@ -181,8 +182,7 @@ test_migrate_from_v3(void **state)
     assert_int_equal(storage_submit(s, r), 0);
     storage_close(s);
 
-    assert_int_equal(query_int(f->path, "PRAGMA user_version"), 4);
-    assert_int_equal(STORAGE_SCHEMA_VERSION, 4);
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), STORAGE_SCHEMA_VERSION);
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='old-3'"
                                         " AND kind IS NULL AND parent_id IS NULL AND backend='fast'"
                                         " AND latency_ms=12 AND prompt IS NOT NULL"),
@@ -224,7 +224,7 @@ test_migrate_from_v3(void **state)
     s = storage_open(f->path, NULL, err, sizeof(err));
     assert_non_null(s);
     storage_close(s);
-    assert_int_equal(query_int(f->path, "PRAGMA user_version"), 4);
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), STORAGE_SCHEMA_VERSION);
 }
 
 static void
