@@ -15,7 +15,8 @@
     X("demo", cli_demo, "GSM8K through triaged: accuracy and cost per policy, SVG curve")     \
     X("stats", cli_stats, "routing statistics from the outcome log")                             \
     X("export", cli_export, "the outcome log's labelled prompts as training JSONL")              \
-    X("key", cli_key, "add, list, hash and remove client/admin API keys")
+    X("key", cli_key, "add, list, hash and remove client/admin API keys")                        \
+    X("models", cli_models, "model versions: list, promote, roll back, add (the registry)")
 
 #define CLI_DECLARE(name, fn, summary) cli_command_fn fn;
 CLI_COMMANDS(CLI_DECLARE)
