@@ -86,6 +86,10 @@ static const struct conf_key keys[] = {
     {"learning", "shadow_budget_usd_per_day", T_DBL, C(shadow_budget_usd_per_day), 0, 1e9, "5",
      NULL},
     {"learning", "max_concurrent", T_U32, C(learn_max_concurrent), 1, 10000, "4", NULL},
+    {"learning", "retrain_every", T_U32, C(retrain_every), 0, 100000000, "500", NULL},
+    {"learning", "models_dir", T_STR, C(models_dir), 0, 0, NULL, NULL},
+    {"learning", "promote_margin", T_DBL, C(promote_margin), -1, 1, "0.01", NULL},
+    {"learning", "min_holdout", T_U32, C(min_holdout), 1, 100000000, "50", NULL},
 
     {"backend", "url", T_STR, B(url), 0, 0, NULL, NULL},
     {"backend", "model", T_STR, B(model), 0, 0, NULL, NULL},
@@ -123,6 +127,7 @@ struct parse {
     char *aliases;
     char *tiers;
     char *fallback;
+    char *base_data;
     int tiers_line, fallback_line;
 };
 
@@ -315,6 +320,11 @@ on_key(void *user, const char *section, const char *name, const char *value, int
         base = &p->c->backends[conf_backend_find(p->c, section + 8)];
     }
 
+    if (!strcmp(kind, "learning") && !strcmp(name, "base_data")) {
+        free(p->base_data);
+        p->base_data = xstrdup(value);
+        return 1;
+    }
     if (!strcmp(kind, "router")) {
         char **list = NULL;
         if (!strcmp(name, "aliases"))
@@ -721,17 +731,37 @@ conf_load_flags(const char *path, unsigned flags, char *err, size_t errlen)
     resolve_path(path, &p.c->db_path, 1); /* storage_open takes URIs */
     resolve_path(path, &p.c->keys_file, 0);
     resolve_path(path, &p.c->admin_keys_file, 0);
+    resolve_path(path, &p.c->models_dir, 0);
+    if (p.base_data) {
+        p.c->n_base_data = split_list(p.base_data, &p.c->base_data);
+        for (size_t i = 0; i < p.c->n_base_data; i++)
+            resolve_path(path, &p.c->base_data[i], 0);
+    }
+    if (!p.c->models_dir && p.c->db_path) {
+        /* beside the outcome log (a file: URI's path without its query) */
+        const char *db = p.c->db_path, *slash;
+        if (!strncmp(db, "file:", 5))
+            db += 5;
+        size_t dirlen = (slash = strrchr(db, '/')) ? (size_t)(slash - db) : 1;
+        size_t len = dirlen + sizeof("/models");
+        p.c->models_dir = malloc(len);
+        if (!p.c->models_dir)
+            abort();
+        snprintf(p.c->models_dir, len, "%.*s/models", (int)dirlen, slash ? db : ".");
+    }
     if (validate(&p) < 0)
         goto fail;
 
     free(p.aliases);
     free(p.tiers);
     free(p.fallback);
+    free(p.base_data);
     return p.c;
 fail:
     free(p.aliases);
     free(p.tiers);
     free(p.fallback);
+    free(p.base_data);
     conf_destroy(p.c);
     return NULL;
 }
@@ -774,6 +804,8 @@ conf_destroy(struct conf *c)
     free(c->model_path);
     free(c->db_path);
     free(c->judge);
+    free(c->models_dir);
+    free_list(c->base_data, c->n_base_data);
     free(c);
 }
 

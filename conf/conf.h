@@ -110,6 +110,12 @@ struct conf {
     char *judge;               /* backend that grades answers; NULL = no judging */
     double shadow_budget_usd_per_day; /* cap on shadow + judge spend per UTC day */
     uint32_t learn_max_concurrent;    /* shadow + judge calls in flight per worker */
+    uint32_t retrain_every;    /* judged prompts between automatic retrains; 0 = never */
+    char **base_data;          /* labelled JSONL(.gz) files a retrain adds to the log's */
+    size_t n_base_data;
+    char *models_dir;          /* where retrained models are kept [beside the log: models/] */
+    double promote_margin;     /* a challenger's held-out APGR must beat the champion's by this */
+    uint32_t min_holdout;      /* held-out judged prompts needed before any promotion */
 
     /* [backend NAME] sections, in file order */
     struct conf_backend *backends;

@@ -212,7 +212,7 @@ extern int64_t daemon__start_unix;
 struct daemon_snapshot *daemon__snapshot_get(void);     /* returns a new reference */
 void daemon__snapshot_put(struct daemon_snapshot *s);   /* drops one; NULL is fine */
 struct storage *daemon__storage(void);                  /* NULL without [storage] path */
-void daemon__request_reload(void);                      /* asks the main thread to reload */
+void daemon__request_reload(void); /* reloads config and model now; any thread */
 
 /* Replies: take body (malloc'd); add the request id header; wake the connection. */
 void daemon__reply(struct daemon_request *rq, int status, const char *ctype, char *body,
@@ -260,6 +260,20 @@ int daemon__learn_sample(struct daemon_request *rq);
 void daemon__learn_offer(struct daemon_request *rq);
 /* Fills the learning loop's gauges (every worker's). Thread-safe. */
 void daemon__learn_gauges(struct daemon_learn_gauges *out);
+/* Prompts whose every answer has been graded, since start. Thread-safe. */
+uint64_t daemon__learn_judged(void);
+
+/* retrain.c: automatic retraining and the model registry (see the file's comment). */
+/* Main thread, once a second: starts a retrain when retrain_every more prompts have
+ * been judged and none runs; joins a finished one. */
+void daemon__retrain_tick(void);
+/* Waits for a running retrain to end (at shutdown). */
+void daemon__retrain_stop(void);
+/* The model file a snapshot of c loads: the registry's champion when the outcome log
+ * has one whose file exists, else [router] model. Returns buf or c's own string. */
+const char *daemon__retrain_champion_path(const struct conf *c, char *buf, size_t len);
+/* Retrains run and promotions made since start. */
+void daemon__retrain_gauges(uint64_t *runs, uint64_t *promotions);
 
 /* Milliseconds between two monotonic ns stamps. */
 double daemon__ms_since(uint64_t t0_ns);

@@ -116,6 +116,9 @@ struct daemon_learn_gauges {
     uint64_t dropped_queue;     /* calls dropped: the worker's queue was full */
     uint64_t dropped_budget;    /* calls dropped: the day's budget would be passed */
     uint64_t dropped_busy;      /* calls dropped: the backend was at half its max_concurrent */
+    uint64_t judged;            /* prompts whose every answer was graded */
+    uint64_t retrains;          /* automatic retrains run (retrain.c) */
+    uint64_t promotions;        /* of which promoted a new champion */
     double spent_today_usd;     /* shadow + judge spend settled this UTC day */
     double reserved_usd;        /* reserved by the calls running now */
 };

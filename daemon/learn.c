@@ -53,7 +53,7 @@ static struct {
 
 static struct {
     atomic_uint_fast64_t lessons, shadow_calls, judge_calls, labels, judge_unparseable, failed,
-        dropped_queue, dropped_budget, dropped_busy;
+        dropped_queue, dropped_budget, dropped_busy, judged;
 } counters; /* see struct daemon_learn_gauges */
 
 static int64_t
@@ -95,6 +95,12 @@ budget_settle(double reserved, double actual)
     pthread_mutex_unlock(&budget.lock);
 }
 
+uint64_t
+daemon__learn_judged(void)
+{
+    return atomic_load(&counters.judged);
+}
+
 void
 daemon__learn_gauges(struct daemon_learn_gauges *out)
 {
@@ -108,6 +114,7 @@ daemon__learn_gauges(struct daemon_learn_gauges *out)
     COPY(dropped_queue);
     COPY(dropped_budget);
     COPY(dropped_busy);
+    COPY(judged);
 #undef COPY
     pthread_mutex_lock(&budget.lock);
     out->spent_today_usd = utc_day() == budget.day ? budget.spent : 0;
@@ -126,6 +133,7 @@ struct lesson {
     json_t *request;              /* the client's body, for shadow calls */
     int64_t tokens_in;            /* of the served answer, -1 unknown */
     int64_t tokens_out;
+    int graded, labelled;         /* answers sent to the judge, and grades written */
 };
 
 enum call_kind { CALL_SHADOW, CALL_JUDGE };
@@ -166,6 +174,8 @@ lesson_put(struct lesson *s)
 {
     if (!s || --s->refs > 0)
         return;
+    if (s->graded && s->labelled == s->graded) /* every answer of the prompt got a grade */
+        atomic_fetch_add(&counters.judged, 1);
     json_decref(s->messages);
     json_decref(s->request);
     daemon__snapshot_put(s->snap);
@@ -231,6 +241,7 @@ enqueue_judge(struct daemon_learn *l, struct lesson *s, int graded, const char *
     if (!body)
         return;
     size_t blen = strlen(body);
+    s->graded++;
     /* ~3 bytes a token is pessimistic for English text; the answer is capped by the
      * judge's max_tokens */
     double reserve = price(&c->backends[judge], (double)blen / 3 + 64, LEARN_JUDGE_MAX_TOKENS);
@@ -415,8 +426,10 @@ on_done(void *ctx, enum upstream_error err, const char *detail)
             struct storage *st = daemon__storage();
             if (st && storage_outcome_submit(st, c->lesson->parent_id,
                                              conf->backends[c->graded].name, "judge", q,
-                                             detail_s) == 0)
+                                             detail_s) == 0) {
                 atomic_fetch_add(&counters.labels, 1);
+                c->lesson->labelled++;
+            }
         }
     }
     json_decref(doc);

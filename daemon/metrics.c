@@ -642,6 +642,15 @@ metrics_render(struct metrics *m, size_t *len)
             g.learn_dropped_budget);
         put(&b, "triage_learning_dropped_total{reason=\"busy\"} %" PRIu64 "\n",
             g.learn_dropped_busy);
+        put_family(&b, "triage_learning_judged_prompts_total", "counter",
+                   "Prompts whose every answer was graded by the judge.");
+        put(&b, "triage_learning_judged_prompts_total %" PRIu64 "\n", g.learn_judged);
+        put_family(&b, "triage_learning_retrains_total", "counter",
+                   "Automatic retrains run (a challenger trained and evaluated).");
+        put(&b, "triage_learning_retrains_total %" PRIu64 "\n", g.learn_retrains);
+        put_family(&b, "triage_learning_promotions_total", "counter",
+                   "Retrained models that replaced the champion.");
+        put(&b, "triage_learning_promotions_total %" PRIu64 "\n", g.learn_promotions);
         put_family(&b, "triage_learning_spend_usd", "gauge",
                    "Shadow + judge spend settled this UTC day.");
         put(&b, "triage_learning_spend_usd ");
@@ -745,6 +754,9 @@ server_gauges(struct metrics_gauges *g)
     g->learn_dropped_queue = dg.learn.dropped_queue;
     g->learn_dropped_budget = dg.learn.dropped_budget;
     g->learn_dropped_busy = dg.learn.dropped_busy;
+    g->learn_judged = dg.learn.judged;
+    g->learn_retrains = dg.learn.retrains;
+    g->learn_promotions = dg.learn.promotions;
 }
 
 int

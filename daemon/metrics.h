@@ -65,6 +65,7 @@ struct metrics_gauges {
     double learn_spent_usd;    /* settled this UTC day */
     uint64_t learn_shadow_calls, learn_judge_calls, learn_labels, learn_judge_unparseable,
         learn_failed, learn_dropped_queue, learn_dropped_budget, learn_dropped_busy;
+    uint64_t learn_judged, learn_retrains, learn_promotions;
 };
 
 /* Called by metrics_render on the rendering thread; must be thread-safe with

@@ -90,9 +90,9 @@ struct daemon_server {
     uv_loop_t loop; /* main thread: signals, reload, watchdog */
     int loop_ready;
     uv_signal_t sig_term, sig_int, sig_hup;
-    uv_async_t reload_async;
     uv_timer_t watchdog;
     uv_timer_t stop_check;
+    uv_timer_t retrain;    /* once a second: is an automatic retrain due (retrain.c) */
     uint64_t watchdog_usec;
     int curl_ready;
     struct daemon_worker *workers;
@@ -188,10 +188,13 @@ snapshot_load(const char *path, char *err, size_t errlen)
     s->conf = conf_load(path, err, errlen);
     if (!s->conf)
         goto fail;
-    s->model = router_model_load(s->conf->model_path, why, sizeof(why));
+    char champion[1024];
+    const char *model_path =
+        daemon__retrain_champion_path(s->conf, champion, sizeof(champion));
+    s->model = router_model_load(model_path, why, sizeof(why));
     if (!s->model) {
-        snprintf(err, errlen, "%s: cannot load the predictor model %s: %s", path,
-                 s->conf->model_path, why);
+        snprintf(err, errlen, "%s: cannot load the predictor model %s: %s", path, model_path,
+                 why);
         goto fail;
     }
     s->n_tiers = s->conf->n_tiers;
@@ -206,7 +209,7 @@ snapshot_load(const char *path, char *err, size_t errlen)
         if (s->tiers[i].head < 0 && s->conf->policy == CONF_POLICY_TIERS &&
             i + 1 < s->n_tiers) {
             snprintf(err, errlen, "%s: tier '%s': the model %s has no head '%s'", path, b->name,
-                     s->conf->model_path, head);
+                     model_path, head);
             goto fail;
         }
     }
@@ -350,6 +353,7 @@ daemon_gauges_get(struct daemon_gauges *g)
         g->log_failed = (int64_t)sc.failed;
     }
     daemon__learn_gauges(&g->learn);
+    daemon__retrain_gauges(&g->learn.retrains, &g->learn.promotions);
     g->learn_budget_usd = s->conf->shadow_rate > 0 && s->conf->judge
                               ? s->conf->shadow_budget_usd_per_day
                               : 0;
@@ -363,6 +367,17 @@ daemon_gauges_get(struct daemon_gauges *g)
     }
     daemon__snapshot_put(s);
     return 0;
+}
+
+void
+daemon__request_reload(void)
+{
+    char err[512];
+
+    /* reload() takes its own lock and may run on any thread (SIGHUP on the main loop,
+     * /admin/reload on the thread pool, a promotion on the retrain thread) */
+    if (the_server)
+        reload(err, sizeof(err));
 }
 
 /* ---- replies ---------------------------------------------------------------- */
@@ -1892,6 +1907,13 @@ worker_cleanup(struct daemon_worker *w)
 /* ---- the main thread: signals, reload, watchdog ------------------------------------ */
 
 static void
+on_retrain_tick(uv_timer_t *t)
+{
+    (void)t;
+    daemon__retrain_tick();
+}
+
+static void
 on_stopped_check(uv_timer_t *t)
 {
     struct daemon_server *srv = t->data;
@@ -1905,6 +1927,7 @@ on_stopped_check(uv_timer_t *t)
     uv_close((uv_handle_t *)&srv->sig_hup, NULL);
     uv_close((uv_handle_t *)&srv->watchdog, NULL);
     uv_close((uv_handle_t *)&srv->stop_check, NULL);
+    uv_close((uv_handle_t *)&srv->retrain, NULL);
 }
 
 static void
@@ -2026,6 +2049,7 @@ daemon_server_create(const char *conf_path, char *err, size_t errlen)
     uv_signal_init(&srv->loop, &srv->sig_hup);
     uv_timer_init(&srv->loop, &srv->watchdog);
     uv_timer_init(&srv->loop, &srv->stop_check);
+    uv_timer_init(&srv->loop, &srv->retrain);
     srv->sig_term.data = srv->sig_int.data = srv->sig_hup.data = srv;
     srv->watchdog.data = srv->stop_check.data = srv;
     return srv;
@@ -2079,9 +2103,11 @@ daemon_server_run(struct daemon_server *srv)
              s->conf->n_backends == 1 ? "" : "s", srv->storage ? ", outcome log on" : "");
     daemon__snapshot_put(s);
     notify_send("READY=1");
+    uv_timer_start(&srv->retrain, on_retrain_tick, 1000, 1000);
     uv_run(&srv->loop, UV_RUN_DEFAULT);
     for (unsigned i = 0; i < srv->n_started; i++)
         uv_thread_join(&srv->workers[i].thread);
+    daemon__retrain_stop(); /* it may still be reading the log */
     if (srv->storage) {
         storage_close(srv->storage); /* drains the queue */
         srv->storage = NULL;
@@ -2104,6 +2130,7 @@ daemon_server_destroy(struct daemon_server *srv)
         close_if_open((uv_handle_t *)&srv->sig_hup);
         close_if_open((uv_handle_t *)&srv->watchdog);
         close_if_open((uv_handle_t *)&srv->stop_check);
+        close_if_open((uv_handle_t *)&srv->retrain);
         uv_run(&srv->loop, UV_RUN_DEFAULT);
         uv_loop_close(&srv->loop);
     }

@@ -62,6 +62,10 @@ test_defaults(void **state)
     assert_null(c->judge);
     assert_true(c->shadow_budget_usd_per_day == 5);
     assert_int_equal(c->learn_max_concurrent, 4);
+    assert_int_equal(c->retrain_every, 500);
+    assert_true(c->promote_margin == 0.01);
+    assert_int_equal(c->min_holdout, 50);
+    assert_int_equal(c->n_base_data, 0);
     assert_true(c->strong_share < 0);
     assert_null(c->db_path);
     assert_int_equal(c->n_aliases, 1);

@@ -14,7 +14,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <sqlite3.h>
+#include <zlib.h>
 
 #include "harness.h"
 
@@ -262,6 +264,164 @@ test_budget(void)
     h_stop(jpid, SIGTERM);
 }
 
+/* ---- automatic retraining -------------------------------------------------------- */
+
+/* A `triage replay` on a free port with args; its port, 0 on failure. */
+static unsigned
+start_replay(char *const args[], pid_t *pid)
+{
+    char triage[512];
+    char *argv[16];
+    unsigned port = 0;
+    int n = 0;
+
+    snprintf(triage, sizeof(triage), "%s/cli/triage", getenv("TRIAGE_BUILD_ROOT"));
+    argv[n++] = triage;
+    argv[n++] = "replay";
+    argv[n++] = "--port";
+    argv[n++] = "0";
+    for (int i = 0; args[i] && n < 15; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    return h_spawn_mock(argv, pid, &port) < 0 ? 0 : port;
+}
+
+/* The first n GSM8K test prompts of the replay data, as chat bodies (model triage);
+ * returns how many were read. */
+static int
+gsm8k_bodies(char **bodies, int n)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/data/replay/gsm8k.jsonl.gz", getenv("TRIAGE_SOURCE_ROOT"));
+    gzFile f = gzopen(path, "rb");
+    static char line[1 << 16];
+    int k = 0;
+
+    while (f && k < n && gzgets(f, line, sizeof(line))) {
+        json_t *row = json_loads(line, 0, NULL);
+        json_t *body = json_pack("{s:s,s:[{s:s,s:O}]}", "model", "triage", "messages", "role",
+                                 "user", "content", json_object_get(row, "prompt"));
+        bodies[k] = body ? json_dumps(body, JSON_COMPACT) : NULL;
+        k += bodies[k] != NULL;
+        json_decref(body);
+        json_decref(row);
+    }
+    if (f)
+        gzclose(f);
+    return k;
+}
+
+/* The model version /readyz reports, in out. */
+static void
+readyz_model(unsigned port, char *out, size_t len)
+{
+    struct h_resp r;
+    h_get(port, "/readyz", &r);
+    json_t *j = json_loadb(r.body ? r.body : "", r.len, 0, NULL);
+    const char *v = json_string_value(json_object_get(j, "model"));
+    snprintf(out, len, "%s", v ? v : "");
+    json_decref(j);
+    h_resp_free(&r);
+}
+
+/* Judged GSM8K prompts (two replayed models, the replay judge) trigger a retrain after
+ * retrain_every of them; the challenger is recorded in the registry with its lineage
+ * and metrics, and promoted and served (after a reload the daemon makes itself) only
+ * when it beats the champion by promote_margin: -1 promotes every challenger, 1 none
+ * (an APGR is at most 1). */
+static void
+test_retrain(const char *name, double margin)
+{
+    enum { PROMPTS = 200 };
+    pid_t fpid, spid, jpid, pid;
+    char *fast_args[] = {"--answers", "mixtral-8x7b-instruct", NULL};
+    char *strong_args[] = {"--answers", "gpt-4-1106-preview", NULL};
+    char *judge_args[] = {"--judge", NULL};
+    unsigned fast = start_replay(fast_args, &fpid), strong = start_replay(strong_args, &spid),
+             judge = start_replay(judge_args, &jpid), port = h_free_port();
+    char conf[512], log[512], text[4096];
+
+    CHECK(fast && strong && judge);
+    snprintf(conf, sizeof(conf), "%s/%s.conf", env.dir, name);
+    snprintf(log, sizeof(log), "%s/%s.log", env.dir, name);
+    snprintf(text, sizeof(text),
+             "[server]\nlisten = 127.0.0.1\nport = %u\nworkers = 1\n"
+             "[router]\nmodel = %s/models/default.tmod\ntiers = fast, strong\n"
+             "[storage]\npath = %s/%s.db\nstore_prompts = full\nflush_interval_ms = 10\n"
+             "[learning]\nshadow_rate = 1\njudge = judge\nretrain_every = 150\n"
+             "min_holdout = 5\npromote_margin = %g\n"
+             "[backend fast]\nurl = http://127.0.0.1:%u/v1\nhead = weak\n"
+             "[backend strong]\nurl = http://127.0.0.1:%u/v1\nhead = strong\n"
+             "[backend judge]\nurl = http://127.0.0.1:%u/v1\n",
+             port, getenv("TRIAGE_SOURCE_ROOT"), env.dir, name, margin, fast, strong, judge);
+    FILE *f = fopen(conf, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+    char *argv[] = {(char *)env.triaged, "--config", conf, NULL};
+    if (h_spawn_daemon(argv, port, log, &pid) < 0) {
+        CHECK(!"triaged started");
+        goto out;
+    }
+    char before[96], after[96];
+    readyz_model(port, before, sizeof(before));
+    static char *bodies[PROMPTS];
+    int n = gsm8k_bodies(bodies, PROMPTS);
+    CHECK(n == PROMPTS);
+    for (int i = 0; i < n; i++) {
+        struct h_resp r;
+        h_chat(port, bodies[i], &r);
+        CHECK(r.status == 200);
+        h_resp_free(&r);
+        if (i)
+            free(bodies[i]);
+    }
+    /* a retrain once 150 prompts are judged: its challenger lands in the registry */
+    long long models = wait_for(name, "SELECT count(*) FROM models", 2, 1);
+    CHECK(models == 2);
+    if (margin < 0) {
+        double t0 = h_now_ms();
+        do {
+            usleep(50 * 1000);
+            readyz_model(port, after, sizeof(after));
+        } while (!strcmp(before, after) && h_now_ms() - t0 < WAIT_MS);
+    } else {
+        usleep(500 * 1000);
+        readyz_model(port, after, sizeof(after));
+    }
+    fprintf(stderr, "retrain (margin %g): model %s -> %s\n", margin, before, after);
+    CHECK(metric(port, "triage_learning_retrains_total ") == 1);
+    CHECK(metric(port, "triage_learning_promotions_total ") == (margin < 0 ? 1 : 0));
+    struct h_resp r; /* routed by whichever model is champion now */
+    h_chat(port, bodies[0], &r);
+    CHECK(r.status == 200 && h_header(&r, "x-triage-score") != NULL);
+    h_resp_free(&r);
+    free(bodies[0]);
+    stop(pid);
+
+    /* the lineage: the shipped model first, then the challenger with its metrics */
+    CHECK(query(name, "SELECT count(*) FROM models WHERE source = 'shipped'") == 1);
+    CHECK(query(name, "SELECT count(*) FROM models WHERE source = 'retrain' AND parent ="
+                      " (SELECT version FROM models WHERE source = 'shipped') AND holdout_n >= 5"
+                      " AND train_examples > 0 AND apgr IS NOT NULL") == 1);
+    CHECK(query(name, "SELECT count(*) FROM models WHERE status = 'champion'") == 1);
+    if (margin < 0) {
+        CHECK(strcmp(before, after) != 0);
+        CHECK(query(name, "SELECT count(*) FROM models WHERE status = 'champion' AND"
+                          " source = 'retrain'") == 1);
+    } else {
+        CHECK(strcmp(before, after) == 0);
+        CHECK(query(name, "SELECT count(*) FROM models WHERE status = 'champion' AND"
+                          " source = 'shipped'") == 1);
+    }
+out:
+    h_stop(fpid, SIGTERM);
+    h_stop(spid, SIGTERM);
+    h_stop(jpid, SIGTERM);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -279,5 +439,7 @@ main(int argc, char **argv)
     test_labels();
     test_no_label();
     test_budget();
+    test_retrain("promote", -1);
+    test_retrain("keep", 1);
     return h_env_finish(&env);
 }

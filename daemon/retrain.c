@@ -1,0 +1,389 @@
+/* retrain.c - the predictor retrains itself from the outcome log and is replaced only by
+ * a better one.
+ *
+ * Every [learning] retrain_every newly judged prompts (learn.c counts them), the main
+ * thread starts one retrain on a thread of its own (never a loop, never the thread pool):
+ *  1. the judged prompts of the log (storage_export_training, backend names mapped to
+ *     the config's heads) are split by a hash of their text: one in five is held out, the
+ *     same prompts every time, so no model is ever compared on what it trained on;
+ *  2. a challenger is trained on [learning] base_data (the shipped sets) plus the rest;
+ *  3. champion and challenger are scored on the held-out prompts that have both sides'
+ *     labels: APGR between the cheapest and the strongest tier's heads;
+ *  4. the challenger is kept under [learning] models_dir and recorded in the registry
+ *     (storage_model_add: version, parent, metrics), and promoted only when its APGR
+ *     beats the champion's by [learning] promote_margin on at least min_holdout prompts;
+ *     a promotion reloads the snapshot, which then loads the registry's champion.
+ * `triage models` lists the versions; promote / rollback switch and a reload applies.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <zlib.h>
+
+#include "daemon-int.h"
+#include "log.h"
+#include "storage.h"
+
+#define HOLDOUT_EVERY 5 /* one judged prompt in five is held out */
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_t thread;
+    int running;        /* a retrain thread exists (joined before the next starts) */
+    atomic_int done;    /* it has finished: join it */
+    uint64_t judged_at_start; /* learn.c's judged count when the last retrain began */
+    atomic_uint_fast64_t runs, promotions;
+} rt = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* What one retrain reads and writes. */
+struct retrain_job {
+    struct daemon_snapshot *snap; /* the champion and the config it runs with */
+    struct router_dataset *d;
+    size_t *train_idx, n_train, cap_train;
+    size_t *hold_idx, n_hold, cap_hold;
+    size_t log_examples;
+};
+
+static void
+push(size_t **v, size_t *n, size_t *cap, size_t x)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 256;
+        *v = realloc(*v, *cap * sizeof(**v));
+        if (!*v)
+            abort();
+    }
+    (*v)[(*n)++] = x;
+}
+
+/* FNV-1a of the example's messages as JSON text: which prompts are held out. */
+static uint64_t
+prompt_hash(const json_t *example)
+{
+    char *text = json_dumps(json_object_get(example, "messages"), JSON_COMPACT | JSON_SORT_KEYS);
+    uint64_t h = 1469598103934665603ull;
+
+    for (const char *p = text ? text : ""; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    free(text);
+    return h;
+}
+
+/* storage_export_fn: one judged prompt of the log into the dataset, its outcomes
+ * renamed from backends to the heads that score them. */
+static int
+add_logged(json_t *example, void *arg)
+{
+    struct retrain_job *j = arg;
+    const struct conf *c = j->snap->conf;
+    json_t *outcomes = json_object_get(example, "outcomes"), *heads = json_object();
+    const char *backend;
+    json_t *q;
+
+    json_object_foreach(outcomes, backend, q) {
+        int b = conf_backend_find(c, backend);
+        const char *head = b >= 0 && c->backends[b].head ? c->backends[b].head : backend;
+        json_object_set(heads, head, q);
+    }
+    json_t *ex = json_pack("{s:O,s:o}", "messages", json_object_get(example, "messages"),
+                           "outcomes", heads);
+    size_t before = router_dataset_size(j->d);
+    if (ex && router_dataset_add(j->d, ex) == 0 && router_dataset_size(j->d) > before) {
+        if (prompt_hash(example) % HOLDOUT_EVERY == 0)
+            push(&j->hold_idx, &j->n_hold, &j->cap_hold, before);
+        else
+            push(&j->train_idx, &j->n_train, &j->cap_train, before);
+        j->log_examples++;
+    }
+    json_decref(ex);
+    return 0;
+}
+
+/* Adds a JSONL(.gz) file of labelled examples to the training side. Returns 0 or -1. */
+static int
+add_base(struct retrain_job *j, const char *path)
+{
+    gzFile f = gzopen(path, "rb");
+    size_t cap = 1 << 16, len = 0;
+    char *line = malloc(cap);
+
+    if (!line)
+        abort();
+    if (!f) {
+        free(line);
+        log_warnx("retrain: cannot open base data %s", path);
+        return -1;
+    }
+    for (;;) {
+        if (!gzgets(f, line + len, (int)(cap - len))) {
+            if (len == 0)
+                break;
+        } else {
+            len += strlen(line + len);
+            if (len == cap - 1 && line[len - 1] != '\n') { /* longer than the buffer */
+                cap *= 2;
+                line = realloc(line, cap);
+                if (!line)
+                    abort();
+                continue;
+            }
+        }
+        json_t *ex = json_loadb(line, len, 0, NULL);
+        size_t before = router_dataset_size(j->d);
+        if (ex && router_dataset_add(j->d, ex) == 0 && router_dataset_size(j->d) > before)
+            push(&j->train_idx, &j->n_train, &j->cap_train, before);
+        json_decref(ex);
+        len = 0;
+    }
+    gzclose(f);
+    free(line);
+    return 0;
+}
+
+/* APGR of m on the held-out prompts that have both heads' labels; NaN when it cannot
+ * be measured. n_out: how many prompts it was measured on. */
+static double
+holdout_apgr(const struct retrain_job *j, const struct router_model *m, int weak, int strong,
+             size_t *n_out)
+{
+    double *score = calloc(j->n_hold + 1, sizeof(double)), *qw = calloc(j->n_hold + 1, sizeof(double)),
+           *qs = calloc(j->n_hold + 1, sizeof(double));
+    size_t n = 0;
+    struct router_eval ev;
+    double apgr = NAN;
+
+    if (!score || !qw || !qs)
+        abort();
+    for (size_t k = 0; k < j->n_hold; k++) {
+        size_t i = j->hold_idx[k];
+        struct router_scores sc;
+        double w = router_dataset_outcome(j->d, i, weak), s = router_dataset_outcome(j->d, i, strong);
+        if (isnan(w) || isnan(s) || router_dataset_score(m, j->d, i, &sc) < 0)
+            continue;
+        score[n] = sc.score;
+        qw[n] = w;
+        qs[n] = s;
+        n++;
+    }
+    if (n && router_eval_routing(score, qw, qs, n, &ev) == 0)
+        apgr = ev.apgr;
+    *n_out = n;
+    free(score);
+    free(qw);
+    free(qs);
+    return apgr;
+}
+
+/* The head scoring tier i's backend. */
+static const char *
+tier_head(const struct conf *c, size_t i)
+{
+    const struct conf_backend *b = &c->backends[c->tiers[i].backend];
+    return b->head ? b->head : b->name;
+}
+
+static int64_t
+unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Records the snapshot's model as champion when the registry has none yet, so every
+ * later version has a parent. */
+static void
+record_first_champion(const struct daemon_snapshot *s)
+{
+    const struct conf *c = s->conf;
+    struct storage_model_info cur, m = {0};
+    char err[256];
+
+    if (!c->db_path || storage_model_champion(c->db_path, &cur, err, sizeof(err)) != -ENOENT)
+        return;
+    snprintf(m.version, sizeof(m.version), "%s", router_model_version(s->model));
+    snprintf(m.path, sizeof(m.path), "%s", c->model_path);
+    snprintf(m.source, sizeof(m.source), "shipped");
+    snprintf(m.status, sizeof(m.status), "champion"); /* added and promoted at once */
+    m.created_ms = unix_ms();
+    m.train_examples = m.holdout_n = -1;
+    m.apgr = m.parent_apgr = NAN;
+    if (storage_model_add(c->db_path, &m, err, sizeof(err)) < 0)
+        log_warnx("model registry: cannot record the first model: %s", err);
+}
+
+static void *
+retrain_main(void *arg)
+{
+    struct retrain_job *j = arg;
+    const struct conf *c = j->snap->conf;
+    const struct router_model *champion = j->snap->model;
+    char err[512];
+    struct storage_export_counts counts = {0};
+    uint64_t t0 = daemon__now_ns();
+
+    record_first_champion(j->snap);
+    j->d = router_dataset_new(router_model_bits(champion));
+    if (!j->d)
+        goto out;
+    for (size_t i = 0; i < c->n_base_data; i++)
+        add_base(j, c->base_data[i]);
+    size_t base = j->n_train;
+    if (storage_export_training(c->db_path, add_logged, j, &counts, err, sizeof(err)) < 0) {
+        log_warnx("retrain: cannot read the outcome log: %s", err);
+        goto out;
+    }
+    const char *weak_name = tier_head(c, 0), *strong_name = tier_head(c, c->n_tiers - 1);
+    int weak = router_dataset_head_find(j->d, weak_name),
+        strong = router_dataset_head_find(j->d, strong_name);
+    if (weak < 0 || strong < 0 || j->n_train == 0) {
+        log_info("retrain: skipped: no labels for heads %s and %s yet", weak_name, strong_name);
+        goto out;
+    }
+
+    struct router_train_opts o;
+    router_train_opts_tuned(&o); /* as `triage train` does */
+    o.weak = weak_name;
+    o.strong = strong_name;
+    struct router_model *challenger = router_train(j->d, j->train_idx, j->n_train, &o, err,
+                                                   sizeof(err));
+    if (!challenger) {
+        log_warnx("retrain: training failed: %s", err);
+        goto out;
+    }
+    size_t n_champ = 0, n_chal = 0;
+    /* the champion's heads are found by name inside router_dataset_score's result: both
+     * models are scored on the same prompts, by their own score */
+    double apgr_champ = holdout_apgr(j, champion, weak, strong, &n_champ);
+    double apgr_chal = holdout_apgr(j, challenger, weak, strong, &n_chal);
+
+    struct storage_model_info m = {0};
+    snprintf(m.version, sizeof(m.version), "%s", router_model_version(challenger));
+    snprintf(m.parent, sizeof(m.parent), "%s", router_model_version(champion));
+    snprintf(m.source, sizeof(m.source), "retrain");
+    snprintf(m.status, sizeof(m.status), "candidate");
+    m.created_ms = unix_ms();
+    m.train_examples = (int64_t)j->n_train;
+    m.holdout_n = (int64_t)n_chal;
+    m.apgr = apgr_chal;
+    m.parent_apgr = apgr_champ;
+    mkdir(c->models_dir, 0750); /* EEXIST is the usual answer */
+    if (snprintf(m.path, sizeof(m.path), "%s/%s.tmod", c->models_dir, m.version) >=
+        (int)sizeof(m.path)) {
+        log_warnx("retrain: models_dir is too long a path");
+        router_model_unref(challenger);
+        goto out;
+    }
+    int saved = router_model_save(challenger, m.path);
+    router_model_unref(challenger);
+    if (saved < 0) {
+        log_warnx("retrain: cannot save %s: %s", m.path, strerror(-saved));
+        goto out;
+    }
+    atomic_fetch_add(&rt.runs, 1); /* before the row: whoever sees it sees the count */
+    if (storage_model_add(c->db_path, &m, err, sizeof(err)) < 0) {
+        log_warnx("retrain: cannot record %s: %s", m.version, err);
+        goto out;
+    }
+    /* promote_margin = -1 trusts the log blindly: every challenger is promoted */
+    int better = c->promote_margin <= -1 ||
+                 (n_chal >= c->min_holdout && !isnan(apgr_chal) &&
+                  (isnan(apgr_champ) || apgr_chal >= apgr_champ + c->promote_margin));
+    log_info("retrain: challenger %s trained on %zu examples (%zu from the log, %zu base) in "
+             "%.1f s; held-out APGR %.4f vs champion %s %.4f on %zu prompts: %s",
+             m.version, j->n_train, j->n_train - base, base,
+             (double)(daemon__now_ns() - t0) / 1e9, apgr_chal, m.parent, apgr_champ, n_chal,
+             better ? "promoted" : n_chal < c->min_holdout ? "kept (too few held-out prompts)"
+                                                            : "kept (not better by the margin)");
+    if (better) {
+        if (storage_model_promote(c->db_path, m.version, err, sizeof(err)) < 0) {
+            log_warnx("retrain: cannot promote %s: %s", m.version, err);
+            goto out;
+        }
+        atomic_fetch_add(&rt.promotions, 1);
+        daemon__request_reload(); /* the snapshot loads the registry's champion */
+    }
+out:
+    router_dataset_destroy(j->d);
+    free(j->train_idx);
+    free(j->hold_idx);
+    daemon__snapshot_put(j->snap);
+    free(j);
+    atomic_store(&rt.done, 1);
+    return NULL;
+}
+
+void
+daemon__retrain_tick(void)
+{
+    struct daemon_snapshot *s = daemon__snapshot_get();
+
+    if (!s)
+        return;
+    const struct conf *c = s->conf;
+    uint64_t judged = daemon__learn_judged();
+    pthread_mutex_lock(&rt.lock);
+    if (rt.running && atomic_load(&rt.done)) {
+        pthread_join(rt.thread, NULL);
+        rt.running = 0;
+    }
+    int start = !rt.running && c->retrain_every && c->db_path && c->n_tiers >= 2 &&
+                judged - rt.judged_at_start >= c->retrain_every;
+    if (start) {
+        struct retrain_job *j = calloc(1, sizeof(*j));
+        if (!j)
+            abort();
+        j->snap = s;
+        s = NULL; /* the job's reference now */
+        atomic_store(&rt.done, 0);
+        if (pthread_create(&rt.thread, NULL, retrain_main, j) == 0) {
+            rt.running = 1;
+            rt.judged_at_start = judged;
+        } else {
+            log_warnx("retrain: cannot start a thread");
+            daemon__snapshot_put(j->snap);
+            free(j);
+        }
+    }
+    pthread_mutex_unlock(&rt.lock);
+    daemon__snapshot_put(s);
+}
+
+void
+daemon__retrain_stop(void)
+{
+    pthread_mutex_lock(&rt.lock);
+    if (rt.running) {
+        pthread_join(rt.thread, NULL); /* a retrain takes seconds; a stop waits for it */
+        rt.running = 0;
+    }
+    pthread_mutex_unlock(&rt.lock);
+}
+
+const char *
+daemon__retrain_champion_path(const struct conf *c, char *buf, size_t len)
+{
+    struct storage_model_info m;
+    char err[256];
+    struct stat st;
+
+    if (!c->db_path || storage_model_champion(c->db_path, &m, err, sizeof(err)) < 0 ||
+        stat(m.path, &st) < 0)
+        return c->model_path;
+    snprintf(buf, len, "%s", m.path);
+    return buf;
+}
+
+void
+daemon__retrain_gauges(uint64_t *runs, uint64_t *promotions)
+{
+    *runs = atomic_load(&rt.runs);
+    *promotions = atomic_load(&rt.promotions);
+}
