@@ -109,7 +109,7 @@ struct conf {
     double shadow_rate;        /* share of routed requests also answered by the other tiers */
     char *judge;               /* backend that grades answers; NULL = no judging */
     double shadow_budget_usd_per_day; /* cap on shadow + judge spend per UTC day */
-    uint32_t learn_max_concurrent;    /* shadow + judge calls in flight per worker */
+    uint32_t learn_max_concurrent;    /* shadow + judge calls in flight (learning thread) */
     uint32_t retrain_every;    /* judged prompts between automatic retrains; 0 = never */
     char **base_data;          /* labelled JSONL(.gz) files a retrain adds to the log's */
     size_t n_base_data;

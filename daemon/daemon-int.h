@@ -68,7 +68,7 @@ struct daemon_worker {
     uv_async_t wake;       /* stop requests from the main thread */
     uv_timer_t drain;      /* shutdown deadline checks */
     struct upstream *up;
-    struct daemon_learn *learn; /* shadow and judge calls (learn.c) */
+    uint64_t learn_rng;    /* which requests become lessons (learn.c) */
     struct daemon_request *requests; /* every live request */
     size_t n_requests;
     int need_run;          /* a connection was resumed: MHD_run before sleeping */
@@ -246,12 +246,16 @@ char *daemon__backend_headers(const struct conf_backend *b, int stream, const ch
 void daemon__backend_headers_free(char *headers);
 
 /* Writes a new request id ("req_" + 24 hex digits, time-ordered) for unix_ms into out
- * (at least 29 bytes). Loop thread of w only. */
-void daemon__make_id(struct daemon_worker *w, int64_t unix_ms, char *out);
+ * (at least 29 bytes), advancing the caller's generator rng (one per thread). */
+void daemon__make_id(uint64_t *rng, int64_t unix_ms, char *out);
 
 /* learn.c: shadow and judge calls off the client's path (see the file's comment). */
-struct daemon_learn *daemon__learn_create(struct daemon_worker *w);
-void daemon__learn_destroy(struct daemon_learn *l); /* cancels what runs; NULL is fine */
+/* Starts the learning thread (its own loop and upstream client, lower priority than
+ * the workers). Returns 0 or -1. */
+int daemon__learn_start(void);
+/* Stops it: calls still running are cancelled (no label). After the workers have
+ * stopped. Nothing if it never started. */
+void daemon__learn_stop(void);
 /* When a stream begins, or a whole answer is relayed: draws whether rq becomes a lesson
  * (sets rq->lesson). 1 when it does: the caller keeps a stream's body in
  * rq->lesson_body, a whole answer in rq->lesson_answer. */

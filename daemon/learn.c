@@ -14,9 +14,13 @@
  * parent the client's request id), costed like any call.
  *
  * Lowest priority, by construction:
- *  - nothing here runs before the client's request has ended;
- *  - at most [learning] max_concurrent calls run per worker; the rest wait in a bounded
- *    queue (LEARN_QUEUE) and beyond it are dropped and counted;
+ *  - nothing here runs before the client's request has ended, and nothing runs on a
+ *    worker: a worker draws the sample and hands the request's bytes over (no copy, no
+ *    parse); the learning thread, with its own loop and upstream client and a lower
+ *    scheduling priority (nice 10), parses them and makes every call;
+ *  - at most [learning] max_concurrent calls run at once; the rest wait in a bounded
+ *    queue (LEARN_QUEUE, and as many handed-over requests) and beyond it are dropped
+ *    and counted;
  *  - a call never takes a backend's last free max_concurrent slots: it is dropped when
  *    the backend is at half its limit or more;
  *  - a daily budget (UTC days) caps shadow + judge spend: each call reserves a pessimistic
@@ -30,19 +34,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "daemon-int.h"
 #include "log.h"
 #include "storage.h"
 
-#define LEARN_QUEUE 256               /* calls waiting per worker before new ones are dropped */
+#define LEARN_QUEUE 4096              /* calls (and offers) waiting before new ones are dropped */
 #define LEARN_MAX_ANSWER (4u << 20)   /* a shadow or judge answer held whole, at most */
 #define LEARN_JUDGE_MAX_TOKENS 300    /* what router_judge_request asks for */
 #define LEARN_SHADOW_MIN_TOKENS 1024  /* reserved output when the answer length is unknown */
 
-/* ---- the budget, shared by every worker ------------------------------------------ */
+/* ---- the budget --------------------------------------------------------------------- */
 
 static struct {
     pthread_mutex_t lock;
@@ -157,15 +165,37 @@ struct learn_call {
     char id[40];
 };
 
-/* A worker's learning calls. */
+/* A finished client request handed over by a worker: what a lesson is made of. */
+struct offer {
+    struct offer *next;
+    struct daemon_snapshot *snap; /* a reference */
+    char parent_id[40];
+    struct daemon_buf body;       /* the client's request bytes (taken from the request) */
+    struct daemon_buf answer;     /* the answer as the client got it; empty for a stream */
+    int backend;
+    int64_t tokens_in, tokens_out;
+};
+
+/* The learning thread: its own loop and upstream client, so that shadow and judge calls
+ * never take a worker loop's time, at a lower scheduling priority than the workers. */
 struct daemon_learn {
-    struct daemon_worker *w;
+    uv_thread_t thread;
+    uv_loop_t loop;
+    uv_async_t wake;              /* offers are waiting, or stop */
+    struct upstream *up;
+    pthread_mutex_t lock;         /* offers, stop */
+    struct offer *offers;
+    size_t n_offers;
+    int stop;
     struct learn_call *queue_head, *queue_tail;
     size_t queued;
     struct learn_call *running;
     size_t n_running;
-    uint64_t rng;
+    uint64_t rng;                 /* request ids of the calls */
 };
+
+static struct daemon_learn learner;
+static atomic_int learner_started;
 
 static void pump(struct daemon_learn *l);
 
@@ -468,7 +498,7 @@ pump(struct daemon_learn *l)
         clock_gettime(CLOCK_REALTIME, &ts);
         c->started_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
         c->t_start_ns = daemon__now_ns();
-        daemon__make_id(l->w, c->started_unix_ms, c->id);
+        daemon__make_id(&l->rng, c->started_unix_ms, c->id);
 
         char url[1024];
         char *headers = daemon__backend_headers(b, 0, c->id);
@@ -486,7 +516,7 @@ pump(struct daemon_learn *l)
             .ctx = c,
         };
         c->body = NULL; /* the call's now */
-        c->call = upstream_start(l->w->up, &ur);
+        c->call = upstream_start(l->up, &ur);
         daemon__backend_headers_free(headers);
         if (!c->call) {
             budget_settle(c->reserve_usd, 0);
@@ -504,27 +534,92 @@ pump(struct daemon_learn *l)
     }
 }
 
-/* ---- the worker's side ------------------------------------------------------------- */
+/* ---- the learning thread ----------------------------------------------------------- */
 
-struct daemon_learn *
-daemon__learn_create(struct daemon_worker *w)
+static void
+offer_free(struct offer *o)
 {
-    struct daemon_learn *l = calloc(1, sizeof(*l));
-
-    if (!l)
-        abort();
-    l->w = w;
-    l->rng = w->rng ^ 0x5851f42d4c957f2dull;
-    if (!l->rng)
-        l->rng = 1;
-    return l;
+    daemon__snapshot_put(o->snap);
+    daemon__buf_free(&o->body);
+    daemon__buf_free(&o->answer);
+    free(o);
 }
 
-void
-daemon__learn_destroy(struct daemon_learn *l)
+/* Turns an offer into a lesson and queues its calls. Learning thread. */
+static void
+teach(struct daemon_learn *l, struct offer *o)
 {
-    if (!l)
+    const struct conf *c = o->snap->conf;
+    int streamed = o->answer.data == NULL;
+    json_t *request = json_loadb(o->body.data, o->body.len, 0, NULL);
+    json_t *answer_doc = streamed ? NULL : json_loadb(o->answer.data, o->answer.len, 0, NULL);
+    json_t *messages = json_object_get(request, "messages");
+    size_t alen = 0;
+    const char *answer = answer_doc ? answer_text(answer_doc, &alen) : NULL;
+
+    if (!json_is_array(messages) || (!streamed && !answer)) {
+        json_decref(request);
+        json_decref(answer_doc);
         return;
+    }
+    struct lesson *s = calloc(1, sizeof(*s));
+    if (!s)
+        abort();
+    s->refs = 1;
+    s->snap = o->snap; /* the lesson runs with the config the request ran with */
+    o->snap = NULL;
+    snprintf(s->parent_id, sizeof(s->parent_id), "%s", o->parent_id);
+    s->request = request;
+    s->messages = json_incref(messages);
+    s->tokens_in = o->tokens_in;
+    s->tokens_out = o->tokens_out;
+    atomic_fetch_add(&counters.lessons, 1);
+
+    /* The served answer is graded as the client got it. A stream's answer went by in
+     * pieces and was not kept: its backend is asked again, like the other tiers, so a
+     * streamed prompt costs one more call but still labels both sides. */
+    if (answer)
+        enqueue_judge(l, s, o->backend, answer, alen);
+    for (size_t i = 0; i < c->n_tiers; i++) {
+        int b = (int)c->tiers[i].backend;
+        if (b != o->backend || !answer)
+            enqueue_shadow(l, s, b);
+    }
+    json_decref(answer_doc);
+    lesson_put(s);
+}
+
+static void
+on_learner_wake(uv_async_t *a)
+{
+    struct daemon_learn *l = a->data;
+
+    pthread_mutex_lock(&l->lock);
+    struct offer *list = l->offers;
+    int stop = l->stop;
+    l->offers = NULL;
+    l->n_offers = 0;
+    pthread_mutex_unlock(&l->lock);
+    /* the list is newest first: teach in arrival order */
+    struct offer *rev = NULL;
+    while (list) {
+        struct offer *next = list->next;
+        list->next = rev;
+        rev = list;
+        list = next;
+    }
+    while (rev) {
+        struct offer *next = rev->next;
+        if (!stop)
+            teach(l, rev);
+        offer_free(rev);
+        rev = next;
+    }
+    if (!stop) {
+        pump(l);
+        return;
+    }
+    /* stop: what runs is cancelled (no label, its reservation released) */
     while (l->running) {
         struct learn_call *c = l->running;
         l->running = c->next;
@@ -538,17 +633,91 @@ daemon__learn_destroy(struct daemon_learn *l)
         l->queue_head = c->next;
         call_free(c);
     }
-    free(l);
+    l->queue_tail = NULL;
+    l->queued = l->n_running = 0;
+    upstream_destroy(l->up, NULL, NULL);
+    l->up = NULL;
+    uv_close((uv_handle_t *)&l->wake, NULL);
 }
 
-/* A uniform draw in [0, 1) (xorshift64*). */
-static double
-draw(struct daemon_learn *l)
+static void
+upstream_after(void *ctx)
 {
-    l->rng ^= l->rng >> 12;
-    l->rng ^= l->rng << 25;
-    l->rng ^= l->rng >> 27;
-    return (double)((l->rng * 2685821657736338717ull) >> 11) / 9007199254740992.0;
+    (void)ctx; /* no HTTP front end on this loop to run */
+}
+
+static void
+learner_main(void *arg)
+{
+    struct daemon_learn *l = arg;
+
+    /* below the workers: a client's request always gets the CPU first */
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) < 0)
+        log_debug("learning thread: cannot lower its priority: %s", strerror(errno));
+    uv_run(&l->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&l->loop);
+}
+
+int
+daemon__learn_start(void)
+{
+    struct daemon_learn *l = &learner;
+
+    memset(l, 0, sizeof(*l));
+    if (getrandom(&l->rng, sizeof(l->rng), 0) != sizeof(l->rng) || l->rng == 0)
+        l->rng = daemon__now_ns() | 1;
+    pthread_mutex_init(&l->lock, NULL);
+    if (uv_loop_init(&l->loop) < 0)
+        return -1;
+    l->up = upstream_create(&l->loop, upstream_after, l);
+    if (!l->up || uv_async_init(&l->loop, &l->wake, on_learner_wake) < 0) {
+        upstream_destroy(l->up, NULL, NULL);
+        uv_run(&l->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&l->loop);
+        return -1;
+    }
+    l->wake.data = l;
+    if (uv_thread_create(&l->thread, learner_main, l) < 0) {
+        uv_close((uv_handle_t *)&l->wake, NULL);
+        upstream_destroy(l->up, NULL, NULL);
+        uv_run(&l->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&l->loop);
+        return -1;
+    }
+    atomic_store(&learner_started, 1);
+    return 0;
+}
+
+void
+daemon__learn_stop(void)
+{
+    struct daemon_learn *l = &learner;
+
+    if (!atomic_exchange(&learner_started, 0))
+        return;
+    pthread_mutex_lock(&l->lock);
+    l->stop = 1;
+    pthread_mutex_unlock(&l->lock);
+    uv_async_send(&l->wake);
+    uv_thread_join(&l->thread);
+    while (l->offers) { /* offered after the stop was seen */
+        struct offer *next = l->offers->next;
+        offer_free(l->offers);
+        l->offers = next;
+    }
+    pthread_mutex_destroy(&l->lock);
+}
+
+/* ---- the workers' side: sampling and handing over ---------------------------------- */
+
+/* A uniform draw in [0, 1) from the worker's own generator (xorshift64*). */
+static double
+draw(uint64_t *rng)
+{
+    *rng ^= *rng >> 12;
+    *rng ^= *rng << 25;
+    *rng ^= *rng >> 27;
+    return (double)((*rng * 2685821657736338717ull) >> 11) / 9007199254740992.0;
 }
 
 /* Whether rq may become a lesson: learning on, a routed request answered whole. */
@@ -557,14 +726,14 @@ eligible(const struct daemon_request *rq)
 {
     const struct conf *c = rq->snap ? rq->snap->conf : NULL;
 
-    return rq->w->learn && c && c->shadow_rate > 0 && c->judge && rq->routed &&
-           rq->backend >= 0;
+    return c && c->shadow_rate > 0 && c->judge && rq->routed && rq->backend >= 0 &&
+           atomic_load(&learner_started);
 }
 
 int
 daemon__learn_sample(struct daemon_request *rq)
 {
-    if (!eligible(rq) || draw(rq->w->learn) >= rq->snap->conf->shadow_rate)
+    if (!eligible(rq) || draw(&rq->w->learn_rng) >= rq->snap->conf->shadow_rate)
         return 0;
     rq->lesson = 1;
     return 1;
@@ -573,55 +742,44 @@ daemon__learn_sample(struct daemon_request *rq)
 void
 daemon__learn_offer(struct daemon_request *rq)
 {
-    struct daemon_learn *l = rq->w->learn;
+    struct daemon_learn *l = &learner;
 
     /* Sampled when the answer began (a stream, its body kept in lesson_body) or was
      * relayed whole (kept in lesson_answer). Only a complete, successful answer
-     * teaches. */
+     * teaches. The worker only hands the bytes over: parsing and every call happen on
+     * the learning thread. */
     if (!rq->lesson || !eligible(rq) || rq->status != 200 || rq->error_kind ||
         rq->client_aborted || rq->stream_failed)
         return;
-    const struct daemon_buf *body = rq->streaming ? &rq->lesson_body : &rq->body;
+    struct daemon_buf *body = rq->streaming ? &rq->lesson_body : &rq->body;
     if (!body->data || (!rq->streaming && !rq->lesson_answer.data))
         return;
-
-    const struct conf *c = rq->snap->conf;
-    json_t *request = json_loadb(body->data, body->len, 0, NULL);
-    json_t *answer_doc = rq->streaming ? NULL
-                                       : json_loadb(rq->lesson_answer.data,
-                                                    rq->lesson_answer.len, 0, NULL);
-    json_t *messages = json_object_get(request, "messages");
-    size_t alen = 0;
-    const char *answer = answer_doc ? answer_text(answer_doc, &alen) : NULL;
-    if (!json_is_array(messages) || (!rq->streaming && !answer)) {
-        json_decref(request);
-        json_decref(answer_doc);
+    pthread_mutex_lock(&l->lock);
+    int full = l->n_offers >= LEARN_QUEUE || l->stop;
+    pthread_mutex_unlock(&l->lock);
+    if (full) {
+        atomic_fetch_add(&counters.dropped_queue, 1);
         return;
     }
-    struct lesson *s = calloc(1, sizeof(*s));
-    if (!s)
+    struct offer *o = calloc(1, sizeof(*o));
+    if (!o)
         abort();
-    s->refs = 1;
-    s->snap = rq->snap; /* the lesson runs with the config the request ran with */
-    atomic_fetch_add(&s->snap->refs, 1);
-    snprintf(s->parent_id, sizeof(s->parent_id), "%s", rq->id);
-    s->request = request;
-    s->messages = json_incref(messages);
-    s->tokens_in = rq->tokens_in;
-    s->tokens_out = rq->tokens_out;
-    atomic_fetch_add(&counters.lessons, 1);
-
-    /* The served answer is graded as the client got it. A stream's answer went by in
-     * pieces and was not kept: its backend is asked again, like the other tiers, so a
-     * streamed prompt costs one more call but still labels both sides. */
-    if (answer)
-        enqueue_judge(l, s, rq->backend, answer, alen);
-    for (size_t i = 0; i < c->n_tiers; i++) {
-        int b = (int)c->tiers[i].backend;
-        if (b != rq->backend || !answer)
-            enqueue_shadow(l, s, b);
+    o->snap = rq->snap;
+    atomic_fetch_add(&o->snap->refs, 1);
+    snprintf(o->parent_id, sizeof(o->parent_id), "%s", rq->id);
+    o->body = *body; /* taken: the request is about to free it anyway */
+    memset(body, 0, sizeof(*body));
+    if (!rq->streaming) {
+        o->answer = rq->lesson_answer;
+        memset(&rq->lesson_answer, 0, sizeof(rq->lesson_answer));
     }
-    json_decref(answer_doc);
-    lesson_put(s);
-    pump(l);
+    o->backend = rq->backend;
+    o->tokens_in = rq->tokens_in;
+    o->tokens_out = rq->tokens_out;
+    pthread_mutex_lock(&l->lock);
+    o->next = l->offers;
+    l->offers = o;
+    l->n_offers++;
+    pthread_mutex_unlock(&l->lock);
+    uv_async_send(&l->wake);
 }

@@ -838,16 +838,16 @@ find_route(const char *method, const char *path, const struct daemon_route **rou
  * order, so the outcome log's request_id index grows at its end instead of touching
  * a random page per row. */
 void
-daemon__make_id(struct daemon_worker *w, int64_t unix_ms, char *out)
+daemon__make_id(uint64_t *rng, int64_t unix_ms, char *out)
 {
     static const char hex[] = "0123456789abcdef";
     uint64_t t = (uint64_t)unix_ms, r;
 
     /* xorshift64*: request ids need to be unique, not secret */
-    w->rng ^= w->rng >> 12;
-    w->rng ^= w->rng << 25;
-    w->rng ^= w->rng >> 27;
-    r = w->rng * 2685821657736338717ull;
+    *rng ^= *rng >> 12;
+    *rng ^= *rng << 25;
+    *rng ^= *rng >> 27;
+    r = *rng * 2685821657736338717ull;
     memcpy(out, "req_", 4);
     for (int i = 15; i >= 4; i--, t >>= 4)
         out[i] = hex[t & 15];
@@ -888,7 +888,7 @@ request_new(struct daemon_worker *w, struct MHD_Connection *conn, const char *ur
     clock_gettime(CLOCK_REALTIME, &ts);
     rq->started_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     rq->snap = daemon__snapshot_get();
-    daemon__make_id(w, rq->started_unix_ms, rq->id);
+    daemon__make_id(&w->rng, rq->started_unix_ms, rq->id);
     rq->next = w->requests;
     if (w->requests)
         w->requests->prev = rq;
@@ -1553,8 +1553,6 @@ worker_teardown(struct daemon_worker *w)
         MHD_stop_daemon(w->mhd); /* ends every connection: on_completed frees requests */
         w->mhd = NULL;
     }
-    daemon__learn_destroy(w->learn);
-    w->learn = NULL;
     if (w->up) {
         upstream_destroy(w->up, NULL, NULL);
         w->up = NULL;
@@ -1884,7 +1882,7 @@ worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *e
         snprintf(err, errlen, "cannot create the upstream client");
         return -1;
     }
-    w->learn = daemon__learn_create(w);
+    w->learn_rng = w->rng ^ 0x5851f42d4c957f2dull;
     return 0;
 }
 
@@ -2102,11 +2100,14 @@ daemon_server_run(struct daemon_server *srv)
              srv->n_workers == 1 ? "" : "s", router_model_version(s->model), s->conf->n_backends,
              s->conf->n_backends == 1 ? "" : "s", srv->storage ? ", outcome log on" : "");
     daemon__snapshot_put(s);
+    if (daemon__learn_start() < 0)
+        log_warnx("cannot start the learning thread: no shadow or judge calls");
     notify_send("READY=1");
     uv_timer_start(&srv->retrain, on_retrain_tick, 1000, 1000);
     uv_run(&srv->loop, UV_RUN_DEFAULT);
     for (unsigned i = 0; i < srv->n_started; i++)
         uv_thread_join(&srv->workers[i].thread);
+    daemon__learn_stop();   /* after the workers: they hand it lessons */
     daemon__retrain_stop(); /* it may still be reading the log */
     if (srv->storage) {
         storage_close(srv->storage); /* drains the queue */
