@@ -39,7 +39,7 @@ struct conf_key {
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 static const char *const log_formats[] = {"logfmt", "json", NULL};
-static const char *const store_prompts[] = {"none", "hash", "full", NULL};
+static const char *const store_prompts[] = {"none", "hash", "full", "features", NULL};
 static const char *const policies[] = {"threshold", "tiers", NULL};
 
 #define C(field) offsetof(struct conf, field)

@@ -21,6 +21,8 @@ enum conf_store_prompts {
     CONF_STORE_PROMPTS_NONE = 0, /* neither text nor hash */
     CONF_STORE_PROMPTS_HASH,     /* a hash of the messages only (default) */
     CONF_STORE_PROMPTS_FULL,     /* the messages as JSON: needed to retrain from the log */
+    CONF_STORE_PROMPTS_FEATURES, /* the hash and the request's feature vector, no text:
+                                  * enough to retrain with the same hashing */
 };
 
 enum conf_policy {

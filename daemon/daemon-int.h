@@ -183,6 +183,8 @@ struct daemon_request {
     char finish_reason[32];
     char *prompt_hash;
     char *prompt_json;
+    void *prompt_features;      /* store_prompts = features: features_blob_encode's bytes */
+    size_t prompt_features_len;
 
     /* the learning loop (learn.c) */
     int lesson;              /* sampled: shadow and judge calls follow its end */

@@ -983,8 +983,13 @@ sha256(void)
     return sha256_md ? sha256_md : EVP_sha256();
 }
 
+/* Fills what store_prompts keeps of the request (root, its messages; borrowed): the
+ * hash of the messages unless none, their text with full, the request's feature
+ * vector with features (one more extraction, for routed and passthrough requests
+ * alike: scoring's vector stays in route()). */
 static void
-hash_prompt(struct daemon_request *rq, json_t *messages, enum conf_store_prompts mode)
+hash_prompt(struct daemon_request *rq, json_t *root, json_t *messages,
+            enum conf_store_prompts mode)
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -1013,6 +1018,9 @@ hash_prompt(struct daemon_request *rq, json_t *messages, enum conf_store_prompts
         rq->prompt_json = text.data; /* daemon_buf keeps it NUL-terminated */
     else
         daemon__buf_free(&text);
+    if (mode == CONF_STORE_PROMPTS_FEATURES)
+        rq->prompt_features =
+            router_request_features(rq->snap->model, root, &rq->prompt_features_len);
 }
 
 /* Parses "0.35" as a threshold in [0,1]. Returns 0 or -1. */
@@ -1267,7 +1275,7 @@ daemon__chat_completions(struct daemon_request *rq)
         free(text);
     }
     if (daemon__storage())
-        hash_prompt(rq, messages, c->store_prompts);
+        hash_prompt(rq, root, messages, c->store_prompts);
 
     if (rq->snap->ratelimit) {
         json_t *mt = json_object_get(root, "max_completion_tokens");

@@ -974,6 +974,9 @@ store_record(struct daemon_request *rq, double latency_ms, double cost)
     rq->prompt_hash = NULL;
     r->prompt = rq->prompt_json;
     rq->prompt_json = NULL;
+    r->features = rq->prompt_features;
+    r->features_len = rq->prompt_features_len;
+    rq->prompt_features = NULL;
     r->status = rq->status;
     r->error_kind = xstrdup_or_null(rq->client_aborted && !rq->error_kind ? "client_aborted"
                                                                           : rq->error_kind);
@@ -1053,6 +1056,7 @@ request_finish(struct daemon_request *rq)
     free(rq->requested_model);
     free(rq->prompt_hash);
     free(rq->prompt_json);
+    free(rq->prompt_features);
     free(rq->strings);
     daemon__snapshot_put(rq->snap);
     free(rq);

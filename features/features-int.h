@@ -3,7 +3,10 @@
 #define TRIAGE_FEATURES_INT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+
+#include "prompt_features.h"
 
 /* Key of a number token of n_digits digits (7 and more share one key). */
 uint64_t features__num_key(uint32_t n_digits);
@@ -22,5 +25,11 @@ uint32_t features__fold(uint32_t c);
 
 /* True for code points that belong to words. */
 bool features__is_word(uint32_t c);
+
+/* Makes s's entry arrays hold n entries and lends them: ids and vals (what a decoded
+ * vector points into, valid until s is used again) and tmp (n u32 of free room). The
+ * scratch's own entries are dropped; its table must be empty (it is between uses). */
+void features__scratch_arrays(struct features_scratch *s, size_t n, uint32_t **ids, float **vals,
+                              uint32_t **tmp);
 
 #endif

@@ -271,6 +271,18 @@ grow(struct features_scratch *s)
     free(old);
 }
 
+void
+features__scratch_arrays(struct features_scratch *s, size_t n, uint32_t **ids, float **vals,
+                         uint32_t **tmp)
+{
+    s->n = 0; /* no entries to carry over: grow() only resizes */
+    while (n > s->cap)
+        grow(s);
+    *ids = s->ids;
+    *vals = s->vals;
+    *tmp = s->pos;
+}
+
 /* Counts the queued features, in order: the table and first-seen order come out
  * as if each had been counted when it was emitted. Memory stays bounded by the
  * number of distinct buckets (at most 2^n_bits), however long the text. */

@@ -87,6 +87,34 @@ uint32_t features_bucket(unsigned n_bits, enum features_family fam, uint64_t key
 /* Returns the 64-bit hash of a folded token's bytes (FNV-1a). */
 uint64_t features_hash_token(const char *bytes, size_t len);
 
+/* ---- stored feature vectors (store_prompts = features) ------------------------ */
+
+/* A vector as bytes: enough to train on with the same hashing, without the text. The
+ * layout (little-endian: magic, format, n_bits, FEATURES_VERSION, counts, then ids,
+ * values and dense signals bit for bit, ids in the extractor's order) is in blob.c. */
+#define FEATURES_BLOB_FORMAT 1
+#define FEATURES_BLOB_HEADER 16
+
+/* Returns the encoded size of a vector of n sparse features. */
+size_t features_blob_size(size_t n);
+
+/* Encodes fv (borrowed), extracted with a scratch of n_bits, into a new buffer
+ * (free()) of *len bytes. Aborts on out of memory. */
+void *features_blob_encode(const struct features_vec *fv, unsigned n_bits, size_t *len);
+
+/* Decodes len bytes at data (borrowed, any bytes) into out, which then points into s
+ * like an extraction does. Returns 0; -EPROTO for a well-formed blob of another
+ * FEATURES_VERSION or n_bits than s's (it would train the wrong weights); -EINVAL for
+ * anything else it was not written by features_blob_encode: bad magic, format or
+ * length, an id out of range or repeated, a value that is not finite. */
+int features_blob_decode(struct features_scratch *s, const void *data, size_t len,
+                         struct features_vec *out);
+
+/* Same as features_blob_decode for the blob as padded base64 text (len bytes,
+ * borrowed; RFC 4648 standard alphabet, no whitespace), how JSON exports carry it. */
+int features_blob_decode_base64(struct features_scratch *s, const char *text, size_t len,
+                                struct features_vec *out);
+
 /* ---- request JSON ------------------------------------------------------------- */
 
 /* Parses a request body into a new jansson tree, exactly the one json_loadb would

@@ -284,6 +284,16 @@ router_score_request(const struct router_model *m, const json_t *request,
     return router_score_features(m, &fv, out);
 }
 
+void *
+router_request_features(const struct router_model *m, const json_t *request, size_t *len)
+{
+    struct features_vec fv;
+
+    if (features_extract(thread_scratch(m->n_bits), request, &fv) < 0)
+        return NULL;
+    return features_blob_encode(&fv, m->n_bits, len);
+}
+
 int
 router_score_text(const struct router_model *m, const char *text, size_t len,
                   struct router_scores *out)

@@ -82,6 +82,12 @@ int router_score_request(const struct router_model *m, const json_t *request,
 int router_score_text(const struct router_model *m, const char *text, size_t len,
                       struct router_scores *out);
 
+/* Extracts request's features (borrowed) as router_score_request does for m and
+ * returns them encoded (features_blob_encode: m's n_bits, FEATURES_VERSION) in a new
+ * buffer (free()) of *len bytes, or NULL when the request has no text. Thread-safe
+ * like router_score_request; costs one more extraction. */
+void *router_request_features(const struct router_model *m, const json_t *request, size_t *len);
+
 /* Frees the calling thread's scoring scratch now (it is also freed when the
  * thread exits). Scoring again afterwards is fine. */
 void router_thread_cleanup(void);
@@ -119,13 +125,20 @@ struct router_dataset *router_dataset_new(unsigned n_bits);
 /* Frees d. NULL is fine. */
 void router_dataset_destroy(struct router_dataset *d);
 
-/* Adds one example (borrowed): a training line {"prompt": "..." | "messages": [...],
- * "outcomes": {"<head>": q in [0,1], ...}, "set": "..."}; "set" (optional) names the
- * data set it comes from (see set_bias); other fields are ignored, and a missing
- * "outcomes" adds an unlabelled example (for scoring). Heads are created in order
- * of first appearance. Returns 0, -EINVAL (no text, bad outcome), or -E2BIG (more
- * than ROUTER_MAX_HEADS heads); on error d is unchanged. */
+/* Adds one example (borrowed): a training line {"prompt": "..." | "messages": [...] |
+ * "features": "<base64>", "outcomes": {"<head>": q in [0,1], ...}, "set": "..."};
+ * "features" (what store_prompts = features logs, see router_request_features) is a
+ * stored feature vector used instead of any text; "set" (optional) names the data set
+ * it comes from (see set_bias); other fields are ignored, and a missing "outcomes" adds
+ * an unlabelled example (for scoring). Heads are created in order of first appearance.
+ * Returns 0, -EINVAL (no text, bad outcome, malformed features), -EPROTO (features of
+ * another FEATURES_VERSION or n_bits than d's: refused and counted, see
+ * router_dataset_refused), or -E2BIG (more than ROUTER_MAX_HEADS heads); on error d is
+ * unchanged. */
 int router_dataset_add(struct router_dataset *d, const json_t *example);
+
+/* Returns how many examples router_dataset_add refused with -EPROTO. */
+size_t router_dataset_refused(const struct router_dataset *d);
 
 /* Returns the number of examples. */
 size_t router_dataset_size(const struct router_dataset *d);

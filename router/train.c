@@ -27,6 +27,7 @@ struct router_dataset {
     char names[ROUTER_MAX_HEADS][ROUTER__NAME_MAX];
     uint32_t n_sets;
     char sets[ROUTER__MAX_SETS][ROUTER__NAME_MAX];
+    size_t refused; /* "features" of another FEATURES_VERSION or n_bits */
 };
 
 /* Returns the index of the example's "set" (added when new), or -1. */
@@ -111,6 +112,12 @@ router_dataset_head_find(const struct router_dataset *d, const char *name)
     return -1;
 }
 
+size_t
+router_dataset_refused(const struct router_dataset *d)
+{
+    return d->refused;
+}
+
 double
 router_dataset_outcome(const struct router_dataset *d, size_t i, int head)
 {
@@ -155,7 +162,18 @@ router_dataset_add(struct router_dataset *d, const json_t *example)
         idx[nq] = h;
         q[nq++] = (float)x;
     }
-    rc = features_extract(d->scratch, example, &fv);
+    /* a stored feature vector (store_prompts = features) stands in for the text */
+    const json_t *blob = json_object_get(example, "features");
+    if (blob) {
+        if (!json_is_string(blob))
+            return -EINVAL;
+        rc = features_blob_decode_base64(d->scratch, json_string_value(blob),
+                                         json_string_length(blob), &fv);
+        if (rc == -EPROTO)
+            d->refused++;
+    } else {
+        rc = features_extract(d->scratch, example, &fv);
+    }
     if (rc < 0)
         return rc;
     nq = 0;

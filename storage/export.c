@@ -18,6 +18,12 @@ static const char *const source_names[SRC_N] = {"feedback", "judge", "offline"};
 #define CLIENT_R "(r.kind IS NULL OR r.kind NOT IN ('shadow', 'judge'))"
 #define CLIENT_C "(c.kind IS NULL OR c.kind NOT IN ('shadow', 'judge'))"
 
+/* A client request c with something to train on, and what groups it: its text, else
+ * (store_prompts = features) its prompt hash, or its own id when it has none. */
+#define HAS_PROMPT "(c.prompt IS NOT NULL OR c.features IS NOT NULL)"
+#define KIND_KEY \
+    "c.prompt IS NULL, ifnull(c.prompt, ifnull(c.prompt_hash, 'request ' || c.id))"
+
 /* The labels of one prompt for one backend, per source. */
 struct outcome {
     char *backend;
@@ -25,9 +31,12 @@ struct outcome {
     uint64_t n[SRC_N];
 };
 
-/* One distinct prompt text: its labels per backend and the client requests behind them. */
+/* One distinct prompt text (or, for requests logged with features instead of text, one
+ * prompt hash): its labels per backend and the client requests behind them. */
 struct group {
-    char *prompt;
+    char *prompt;      /* the text, or the prompt hash when features is set */
+    unsigned char *features; /* the first request's feature vector; NULL for text */
+    size_t features_len;
     struct outcome *o;
     size_t n, cap;
     int64_t last_id;   /* the request whose labels came last (rows arrive sorted by it) */
@@ -39,6 +48,8 @@ group_reset(struct group *g)
 {
     free(g->prompt);
     g->prompt = NULL;
+    free(g->features);
+    g->features = NULL;
     for (size_t i = 0; i < g->n; i++)
         free(g->o[i].backend);
     g->n = 0;
@@ -71,6 +82,35 @@ group_add(struct group *g, const char *backend, int src, double q)
     o->n[src]++;
 }
 
+/* Returns len bytes (borrowed) as new padded base64 text (RFC 4648). Aborts on OOM. */
+static json_t *
+base64(const unsigned char *p, size_t len)
+{
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t n = 4 * ((len + 2) / 3);
+    char *out = malloc(n + 1), *o = out;
+
+    if (!out) {
+        fputs("triage: out of memory\n", stderr);
+        abort();
+    }
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < len)
+            v |= p[i + 2];
+        *o++ = abc[v >> 18];
+        *o++ = abc[(v >> 12) & 63];
+        *o++ = i + 1 < len ? abc[(v >> 6) & 63] : '=';
+        *o++ = i + 2 < len ? abc[v & 63] : '=';
+    }
+    *o = '\0';
+    json_t *s = json_stringn(out, n);
+    free(out);
+    return s;
+}
+
 /* Emits the finished group, counting its outcomes by source in c. Returns 0, 1 when
  * the prompt is not a messages array (nothing counted), or -ECANCELED when fn asked
  * to stop. */
@@ -78,16 +118,23 @@ static int
 group_emit(struct group *g, storage_export_fn *fn, void *arg, struct storage_export_counts *c)
 {
     json_error_t jerr;
-    json_t *doc = json_loads(g->prompt, 0, &jerr);
-    json_t *messages = doc;
+    json_t *doc = NULL, *messages = NULL;
     int rc = 0;
 
-    /* The daemon stores the messages array; accept a whole request body too. */
-    if (json_is_object(doc))
-        messages = json_object_get(doc, "messages");
-    if (!json_is_array(messages) || !json_array_size(messages)) {
-        json_decref(doc);
-        return 1;
+    if (g->features) {
+        /* checked by whoever decodes it (router_dataset_add): storage keeps bytes */
+        if (!g->features_len)
+            return 1;
+    } else {
+        doc = json_loads(g->prompt, 0, &jerr);
+        messages = doc;
+        /* The daemon stores the messages array; accept a whole request body too. */
+        if (json_is_object(doc))
+            messages = json_object_get(doc, "messages");
+        if (!json_is_array(messages) || !json_array_size(messages)) {
+            json_decref(doc);
+            return 1;
+        }
     }
     json_t *outcomes = json_object(), *sources = json_object();
     for (size_t i = 0; i < g->n; i++) {
@@ -104,8 +151,15 @@ group_emit(struct group *g, storage_export_fn *fn, void *arg, struct storage_exp
         else
             c->by_offline++;
     }
-    json_t *ex = json_pack("{s:O, s:o, s:o}", "messages", messages, "outcomes", outcomes, "sources",
-                           sources);
+    json_t *ex;
+    if (g->features) {
+        ex = json_pack("{s:o, s:s, s:o, s:o}", "features", base64(g->features, g->features_len),
+                       "prompt_hash", g->prompt, "outcomes", outcomes, "sources", sources);
+        c->by_features++;
+    } else {
+        ex = json_pack("{s:O, s:o, s:o}", "messages", messages, "outcomes", outcomes, "sources",
+                       sources);
+    }
     if (fn(ex, arg) != 0)
         rc = -ECANCELED;
     json_decref(ex);
@@ -147,7 +201,8 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
         goto dberr;
     if (sqlite3_prepare_v2(db,
                            "SELECT ifnull(sum(" CLIENT_R "), 0),"
-                           " ifnull(sum(" CLIENT_R " AND prompt IS NOT NULL), 0), count(*)"
+                           " ifnull(sum(" CLIENT_R " AND (prompt IS NOT NULL OR"
+                           " features IS NOT NULL)), 0), count(*)"
                            " FROM requests r",
                            -1, &st, NULL) != SQLITE_OK ||
         sqlite3_step(st) != SQLITE_ROW)
@@ -159,50 +214,66 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
     sqlite3_finalize(st);
     st = NULL;
 
-    /* Every label of a client request with prompt text, as (prompt, request, backend,
-     * source, q), sorted by prompt so identical prompts (retries, the same question
-     * sent to several backends) become one example, then by request to count them.
+    /* Every label of a client request with prompt text or features, as (kind, key,
+     * request, backend, source, q, features), sorted by kind (0 text, 1 features) and key
+     * (the text, or the prompt hash: features of the same messages hash alike) so
+     * identical prompts (retries, the same question sent to several backends) become
+     * one example, then by request to count them.
      * Feedback labels the backend of the row it was posted on: the client request's,
      * or a shadow call's (whose prompt is its parent's); a row's feedback sources are
      * averaged into one label. Judge rows are not answers and carry none. CROSS JOIN
      * keeps the label tables outside: the requests are looked up by id, not scanned. */
     if (sqlite3_prepare_v2(
             db,
-            "SELECT c.prompt, c.id, r.backend, 0, avg(f.score) FROM feedback f"
+            "SELECT " KIND_KEY ", c.id, r.backend, 0, avg(f.score), c.features FROM feedback f"
             " CROSS JOIN requests r ON r.request_id = f.request_id"
             " CROSS JOIN requests c ON c.request_id ="
             " (CASE WHEN r.kind = 'shadow' THEN r.parent_id ELSE r.request_id END)"
             " WHERE r.backend IS NOT NULL AND (r.kind IS NULL OR r.kind <> 'judge')"
-            " AND c.prompt IS NOT NULL AND " CLIENT_C " GROUP BY r.id, c.id"
+            " AND " HAS_PROMPT " AND " CLIENT_C " GROUP BY r.id, c.id"
             " UNION ALL"
-            " SELECT c.prompt, c.id, o.backend,"
-            " CASE o.source WHEN 'feedback' THEN 0 WHEN 'judge' THEN 1 ELSE 2 END, o.q"
-            " FROM outcomes o CROSS JOIN requests c ON c.request_id = o.request_id"
-            " WHERE c.prompt IS NOT NULL AND " CLIENT_C " ORDER BY 1, 2",
+            " SELECT " KIND_KEY ", c.id, o.backend,"
+            " CASE o.source WHEN 'feedback' THEN 0 WHEN 'judge' THEN 1 ELSE 2 END, o.q,"
+            " c.features FROM outcomes o CROSS JOIN requests c ON c.request_id = o.request_id"
+            " WHERE " HAS_PROMPT " AND " CLIENT_C " ORDER BY 1, 2, 3",
             -1, &st, NULL) != SQLITE_OK)
         goto dberr;
     int step;
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *prompt = (const char *)sqlite3_column_text(st, 0);
-        int64_t id = sqlite3_column_int64(st, 1);
-        const char *backend = (const char *)sqlite3_column_text(st, 2);
-        int src = sqlite3_column_int(st, 3);
+        int feat = sqlite3_column_int(st, 0);
+        const char *prompt = (const char *)sqlite3_column_text(st, 1);
+        int64_t id = sqlite3_column_int64(st, 2);
+        const char *backend = (const char *)sqlite3_column_text(st, 3);
+        int src = sqlite3_column_int(st, 4);
 
-        if (g.prompt && strcmp(g.prompt, prompt)) {
+        if (g.prompt && (strcmp(g.prompt, prompt) || feat != !!g.features)) {
             if (group_finish(&g, fn, arg, &c) < 0) {
                 rc = -ECANCELED;
                 goto done;
             }
             group_reset(&g);
         }
-        if (!g.prompt)
+        if (!g.prompt) {
             g.prompt = storage__strdup(prompt);
+            if (feat) {
+                /* a NULL blob reads as 0 bytes: group_emit skips the group then */
+                const void *b = sqlite3_column_blob(st, 6);
+                g.features_len = (size_t)sqlite3_column_bytes(st, 6);
+                g.features = malloc(g.features_len ? g.features_len : 1);
+                if (!g.features) {
+                    fputs("triage: out of memory\n", stderr);
+                    abort();
+                }
+                if (g.features_len)
+                    memcpy(g.features, b, g.features_len);
+            }
+        }
         if (id != g.last_id) {
             g.last_id = id;
             g.requests++;
             labelled++;
         }
-        group_add(&g, backend, src, sqlite3_column_double(st, 4));
+        group_add(&g, backend, src, sqlite3_column_double(st, 5));
     }
     if (step != SQLITE_DONE)
         goto dberr;

@@ -1,5 +1,6 @@
 /* storage.c - opens and migrates the outcome log and runs the batched writer thread. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -156,6 +157,11 @@ static const char *const migrations[STORAGE_SCHEMA_VERSION] = {
     " status TEXT NOT NULL);"
     "CREATE UNIQUE INDEX models_champion ON models(status) WHERE status = 'champion';"
     "CREATE INDEX models_created ON models(created_ms);",
+
+    /* 5 -> 6: store_prompts = features keeps the request's hashed feature vector
+     * (features_blob_encode) instead of its text, to retrain from without user text.
+     * ALTER TABLE adds it after the other columns, out of the stats index. */
+    "ALTER TABLE requests ADD COLUMN features BLOB;",
 };
 
 static int
@@ -322,7 +328,8 @@ static const char insert_sql[] =
     "INSERT INTO requests (request_id, started_ms, finished_ms, key_id, requested_model,"
     " backend, route_reason, score, threshold, model_version, features_digest, prompt_hash,"
     " status, error_kind, latency_ms, ttfb_ms, tokens_in, tokens_out, finish_reason, cost_usd,"
-    " stream, prompt, kind, parent_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    " stream, prompt, kind, parent_id, features)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 /* Last write wins: a judge may grade again, a grader may correct itself. */
 static const char insert_outcome_sql[] =
@@ -397,6 +404,10 @@ insert_one(struct storage *s, const struct storage_record *r, char *why)
     bind_text(st, 22, r->prompt);
     bind_text(st, 23, r->kind);
     bind_text(st, 24, r->parent_id);
+    if (r->features && r->features_len <= INT_MAX)
+        sqlite3_bind_blob(st, 25, r->features, (int)r->features_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 25);
     rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         error_text(s->db, why);
@@ -858,6 +869,7 @@ storage_record_free(struct storage_record *rec)
     free(rec->model_version);
     free(rec->prompt_hash);
     free(rec->prompt);
+    free(rec->features);
     free(rec->error_kind);
     free(rec->finish_reason);
     free(rec);

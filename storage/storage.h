@@ -41,7 +41,7 @@
 #include <jansson.h>
 
 /* The schema version this build writes; older databases are migrated forward at open. */
-#define STORAGE_SCHEMA_VERSION 5
+#define STORAGE_SCHEMA_VERSION 6
 
 /* Attempts per batch before a write error drops it (counted in counters.failed). */
 #define STORAGE_WRITE_ATTEMPTS 3
@@ -75,6 +75,9 @@ struct storage_record {
     uint64_t features_digest;
     char *prompt_hash;        /* hex digest of the messages, per store_prompts */
     char *prompt;             /* messages as JSON, only with store_prompts = full */
+    void *features;           /* the request's feature vector (features_blob_encode), only
+                               * with store_prompts = features; features_len bytes */
+    size_t features_len;
     int status;               /* HTTP status returned to the client */
     char *error_kind;         /* NULL on success */
     double latency_ms;
@@ -204,22 +207,27 @@ json_t *storage_stats(const char *db_path, const char *window, const struct stor
 struct storage_export_counts {
     uint64_t rows;          /* client request rows read */
     uint64_t calls;         /* shadow and judge rows read: labels come to their parent */
-    uint64_t no_prompt;     /* client requests skipped: no prompt text (store_prompts not full) */
+    uint64_t no_prompt;     /* client requests skipped: neither prompt text nor features
+                             * (store_prompts none or hash) */
     uint64_t no_outcome;    /* skipped: prompt text but no label (feedback or outcome) */
     uint64_t bad_prompt;    /* skipped: labelled, but the stored prompt is not a messages array */
-    uint64_t lines;         /* examples emitted (one per distinct prompt text) */
+    uint64_t lines;         /* examples emitted (one per distinct prompt text or hash) */
+    uint64_t by_features;   /* of which carry a feature vector instead of text */
     uint64_t by_feedback;   /* outcomes emitted, by the source that was chosen */
     uint64_t by_judge;
     uint64_t by_offline;
 };
 
 /* Called once per training example with {"messages": [...], "outcomes": {"<backend>": q},
- * "sources": {"<backend>": "feedback"|"judge"|"offline"}} (borrowed: incref to keep).
- * Return nonzero to stop the export (it then returns -ECANCELED). */
+ * "sources": {"<backend>": "feedback"|"judge"|"offline"}} (borrowed: incref to keep);
+ * a prompt logged with store_prompts = features has {"features": "<base64 of the
+ * stored vector>", "prompt_hash": "<hex>"} instead of "messages" (router_dataset_add
+ * reads either). Return nonzero to stop the export (it then returns -ECANCELED). */
 typedef int storage_export_fn(json_t *example, void *arg);
 
 /* Reads db_path and emits one example per distinct prompt text of client requests that
- * has at least one label. A label is an outcome row (storage_outcome_submit) for the
+ * has at least one label (requests with features but no text: one per distinct prompt
+ * hash, with the vector of its first such request). A label is an outcome row (storage_outcome_submit) for the
  * client request, or /v1/feedback on the client request (or on one of its shadow calls),
  * which counts as source "feedback" for the backend that answered. Per backend, q comes
  * from the first source present in the order feedback, judge, offline, and is the mean

@@ -2,7 +2,8 @@
 # test_retrain.sh - the learning loop end to end: traffic through triaged with
 # store_prompts = full, feedback saying the fast backend fails hard prompts, then
 # `triage train --db` on the log, a hot reload, and the retrained model must send
-# unseen hard prompts to strong and unseen easy ones to fast.
+# unseen hard prompts to strong and unseen easy ones to fast. Then the same traffic
+# with store_prompts = features: the log keeps no text, and trains a model as able.
 # Usage: test_retrain.sh TRIAGE TRIAGED MOCKLLM MAKE_MODEL
 set -uo pipefail
 triage=$1 triaged=$2 mockllm=$3 make_model=$4
@@ -96,4 +97,51 @@ for i in 101 102 103; do
     [ "$(route "$(hard "$i")")" = strong ] || fail "unseen hard prompt $i not routed to strong"
     [ "$(route "$(easy "$i" 5)")" = fast ] || fail "unseen easy prompt $i not routed to fast"
 done
+
+# store_prompts = features: a fresh daemon on a fresh log keeps each request's feature
+# vector and hash, never its text, and `triage train --db` learns from them alone.
+kill "${pids[1]}"
+wait "${pids[1]}" 2>/dev/null
+cp "$tmp/m.tmod" "$tmp/shipped.tmod"
+"$make_model" "$tmp/m.tmod" || fail "make_model"
+sed -e 's/^store_prompts = full/store_prompts = features/' -e 's/^path = log.db/path = feat.db/' \
+    "$tmp/triage.conf" >"$tmp/feat.conf"
+"$triaged" --config "$tmp/feat.conf" 2>"$tmp/triaged.log" &
+pids[1]=$!
+for _ in $(seq 100); do curl -sf "localhost:$port/healthz" >/dev/null && break; sleep 0.05; done
+curl -sf "localhost:$port/healthz" >/dev/null || fail "triaged (features) did not start"
+for i in $(seq 1 20); do
+    e=$(easy "$i" "$((i * 7 % 13))") h=$(hard "$i")
+    feedback "$(ask fast "$e")" 1
+    feedback "$(ask strong "$e")" 1
+    feedback "$(ask fast "$h")" 0
+    feedback "$(ask strong "$h")" 1
+done
+route "$(hard 7)" >/dev/null # a routed request stores its vector too
+kill "${pids[1]}" # the writer drains at exit
+wait "${pids[1]}" 2>/dev/null
+if command -v sqlite3 >/dev/null; then
+    q() { sqlite3 "$tmp/feat.db" "$1"; }
+    [ "$(q 'SELECT count(*) FROM requests WHERE prompt IS NOT NULL')" = 0 ] \
+        || fail "store_prompts = features kept prompt text"
+    [ "$(q 'SELECT count(*) FROM requests WHERE features IS NULL OR prompt_hash IS NULL')" = 0 ] \
+        || fail "rows without features or hash"
+    [ "$(q 'SELECT count(*) FROM requests')" = 81 ] || fail "rows: $(q 'SELECT count(*) FROM requests')"
+    [ "$(q "SELECT count(*) FROM requests WHERE CAST(features AS TEXT) LIKE '%eigenvalue%'")" = 0 ] \
+        || fail "prompt text inside the feature blobs"
+fi
+# the vectors were hashed into the serving model's space: train in the same one (10 bits)
+"$triage" train --db "$tmp/feat.db" --bits 10 --weak fast --strong strong --out "$tmp/feat.tmod" \
+    2>"$tmp/train-f.log" || fail "triage train --db (features): $(cat "$tmp/train-f.log")"
+grep -q "40 labelled prompts" "$tmp/train-f.log" || fail "features: $(cat "$tmp/train-f.log")"
+score() { # MODEL TEXT -> the score
+    printf '{"messages":[{"role":"user","content":"%s"}]}\n' "$2" | "$triage" score --model "$1" |
+        sed -E 's/^\{"score": ([0-9.]+).*/\1/'
+}
+for i in 101 102 103; do
+    awk -v e="$(score "$tmp/feat.tmod" "$(easy "$i" 5)")" -v h="$(score "$tmp/feat.tmod" "$(hard "$i")")" \
+        'BEGIN { exit !(h > e + 0.2) }' || fail "the model from features did not learn ($i)"
+done
+"$triage" export --db "$tmp/feat.db" >"$tmp/feat.jsonl" 2>/dev/null || fail "export (features)"
+[ "$(grep -c '"features":"VEYB' "$tmp/feat.jsonl")" = 40 ] || fail "export: $(head -c 300 "$tmp/feat.jsonl")"
 echo ok

@@ -274,6 +274,137 @@ test_big_prompt_is_bounded(void **state)
     features_scratch_destroy(s);
 }
 
+/* Standard padded base64 of len bytes into a new string. */
+static char *
+b64(const unsigned char *p, size_t len)
+{
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = malloc(4 * ((len + 2) / 3) + 1), *o = out;
+
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < len ? p[i + 2] : 0);
+        *o++ = abc[v >> 18];
+        *o++ = abc[(v >> 12) & 63];
+        *o++ = i + 1 < len ? abc[(v >> 6) & 63] : '=';
+        *o++ = i + 2 < len ? abc[v & 63] : '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+/* A request's encoded features decode to the same vector, bit for bit and in order,
+ * from bytes and from base64; the scratch extracts as before afterwards. */
+static void
+test_blob_round_trip(void **state)
+{
+    struct features_scratch *s = features_scratch_new(BITS), *d = features_scratch_new(BITS);
+    struct features_vec a, b;
+    size_t len;
+    json_t *req = json_loads("{\"messages\":[{\"role\":\"system\",\"content\":\"Be terse.\"},"
+                             "{\"role\":\"user\",\"content\":\"Prove 17 + 25 = 42, twice: 17 + 25."
+                             " $x^2$\"}],\"max_tokens\":300,\"tools\":[{\"type\":\"function\"}]}",
+                             0, NULL);
+
+    (void)state;
+    assert_non_null(req);
+    assert_int_equal(features_extract(s, req, &a), 0);
+    unsigned char *blob = features_blob_encode(&a, BITS, &len);
+    assert_int_equal(len, features_blob_size(a.n));
+    assert_int_equal(features_blob_decode(d, blob, len, &b), 0);
+    assert_int_equal(a.n, b.n);
+    assert_memory_equal(a.ids, b.ids, a.n * sizeof(uint32_t));
+    assert_memory_equal(a.vals, b.vals, a.n * sizeof(float));
+    assert_memory_equal(a.dense, b.dense, sizeof(a.dense));
+    char *text = b64(blob, len);
+    assert_int_equal(features_blob_decode_base64(d, text, strlen(text), &b), 0);
+    assert_int_equal(a.n, b.n);
+    assert_memory_equal(a.ids, b.ids, a.n * sizeof(uint32_t));
+    assert_memory_equal(a.vals, b.vals, a.n * sizeof(float));
+    assert_memory_equal(a.dense, b.dense, sizeof(a.dense));
+    /* decoding left d fit to extract again: same answer as the first scratch */
+    assert_int_equal(features_extract(d, req, &b), 0);
+    assert_int_equal(a.n, b.n);
+    assert_memory_equal(a.ids, b.ids, a.n * sizeof(uint32_t));
+    /* an empty vector (dense signals only) is a valid blob too */
+    struct features_vec e = {0};
+    unsigned char *eb = features_blob_encode(&e, BITS, &len);
+    assert_int_equal(features_blob_decode(d, eb, len, &b), 0);
+    assert_int_equal(b.n, 0);
+    free(eb);
+    free(text);
+    free(blob);
+    json_decref(req);
+    features_scratch_destroy(s);
+    features_scratch_destroy(d);
+}
+
+static void
+put32(unsigned char *p, uint32_t v)
+{
+    memcpy(p, &v, 4); /* the test machines are little-endian, as the format is */
+}
+
+/* Anything features_blob_encode did not write is refused, and a blob of another
+ * version or hash space is told apart (-EPROTO). */
+static void
+test_blob_rejects(void **state)
+{
+    struct features_scratch *s = features_scratch_new(BITS);
+    struct features_vec a, b;
+    size_t len;
+    const float nan = NAN;
+
+    (void)state;
+    assert_int_equal(features_extract_text(s, "alpha beta gamma delta", 22, &a), 0);
+    unsigned char *good = features_blob_encode(&a, BITS, &len);
+    unsigned char *p = malloc(len + 8);
+    size_t ids = FEATURES_BLOB_HEADER, vals = ids + 4 * a.n, dense = vals + 4 * a.n;
+    assert_true(a.n >= 2);
+
+#define TRY(want, n, edit)                                                                  \
+    do {                                                                                   \
+        memcpy(p, good, len);                                                              \
+        edit;                                                                              \
+        assert_int_equal(features_blob_decode(s, p, (n), &b), (want));                     \
+    } while (0)
+    TRY(0, len, (void)0);
+    TRY(-EINVAL, 0, (void)0);
+    TRY(-EINVAL, FEATURES_BLOB_HEADER - 1, (void)0);
+    TRY(-EINVAL, len - 1, (void)0);
+    TRY(-EINVAL, len + 1, p[len] = 0);
+    TRY(-EINVAL, len, p[0] = 'X');
+    TRY(-EINVAL, len, p[2] = FEATURES_BLOB_FORMAT + 1);
+    TRY(-EINVAL, len, p[3] = FEATURES_MAX_BITS + 1);
+    TRY(-EINVAL, len, p[3] = FEATURES_MIN_BITS - 1);
+    TRY(-EPROTO, len, p[3] = BITS - 1);
+    TRY(-EPROTO, len, put32(p + 4, FEATURES_VERSION + 1));
+    TRY(-EINVAL, len, put32(p + 8, (uint32_t)a.n + 1));
+    TRY(-EINVAL, len, put32(p + 8, UINT32_MAX));
+    TRY(-EINVAL, len, put32(p + 12, FEATURES_N_DENSE + 1));
+    TRY(-EINVAL, len, put32(p + ids, 1u << BITS));
+    TRY(-EINVAL, len, memcpy(p + ids + 4, p + ids, 4)); /* a repeated id */
+    TRY(-EINVAL, len, memcpy(p + vals, &nan, 4));
+    TRY(-EINVAL, len, memcpy(p + dense + 4, &nan, 4));
+#undef TRY
+    assert_int_equal(features_blob_decode(s, NULL, 0, &b), -EINVAL);
+
+    char *text = b64(good, len);
+    size_t tl = strlen(text);
+    assert_int_equal(features_blob_decode_base64(s, text, tl, &b), 0);
+    assert_int_equal(features_blob_decode_base64(s, text, tl - 1, &b), -EINVAL);
+    text[5] = '*';
+    assert_int_equal(features_blob_decode_base64(s, text, tl, &b), -EINVAL);
+    assert_int_equal(features_blob_decode_base64(s, "", 0, &b), -EINVAL);
+    assert_int_equal(features_blob_decode_base64(s, "VEY=", 4, &b), -EINVAL);
+    assert_int_equal(features_blob_decode_base64(s, "VEZ=", 4, &b), -EINVAL); /* stray bits */
+    assert_int_equal(features_blob_decode_base64(s, "====", 4, &b), -EINVAL);
+    free(text);
+    free(p);
+    free(good);
+    features_scratch_destroy(s);
+}
+
 int
 main(void)
 {
@@ -286,6 +417,8 @@ main(void)
         cmocka_unit_test(test_messages),
         cmocka_unit_test(test_rejects),
         cmocka_unit_test(test_big_prompt_is_bounded),
+        cmocka_unit_test(test_blob_round_trip),
+        cmocka_unit_test(test_blob_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

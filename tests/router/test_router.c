@@ -478,6 +478,114 @@ test_threads(void **state)
     router_thread_cleanup();
 }
 
+/* Standard padded base64 of len bytes into a new string. */
+static char *
+b64(const unsigned char *p, size_t len)
+{
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = malloc(4 * ((len + 2) / 3) + 1), *o = out;
+
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < len ? p[i + 2] : 0);
+        *o++ = abc[v >> 18];
+        *o++ = abc[(v >> 12) & 63];
+        *o++ = i + 1 < len ? abc[(v >> 6) & 63] : '=';
+        *o++ = i + 2 < len ? abc[v & 63] : '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+/* store_prompts = features is enough to retrain: a model trained on the stored vectors
+ * (router_request_features of each request, as the daemon logs them) is the very model
+ * trained on the same prompts' text, same seed and order, byte for byte. */
+static void
+test_train_from_features(void **state)
+{
+    struct router_dataset *text = router_dataset_new(12), *feat = router_dataset_new(12);
+    struct router_model *shipped = make_model(12, 0, 1);
+    char buf[512], err[128], p1[256], p2[256];
+    size_t len, n1, n2;
+
+    (void)state;
+    for (int i = 0; i < 300; i++) {
+        int hard = i % 3 == 0;
+        snprintf(buf, sizeof(buf),
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"%s number %d about %s\"}],"
+                 "\"max_tokens\":%d,\"outcomes\":{\"weak\":%d,\"strong\":%d}}",
+                 hard ? "Prove the theorem that" : "What is", i,
+                 hard ? "integrals $\\\\int x^2 dx$" : "cats and dogs", 50 + i,
+                 hard ? (i % 2) : 1, hard ? 1 : (i % 5 != 0));
+        json_t *j = json_loads(buf, 0, NULL);
+        assert_non_null(j);
+        assert_int_equal(router_dataset_add(text, j), 0);
+        unsigned char *blob = router_request_features(shipped, j, &len);
+        assert_non_null(blob);
+        char *enc = b64(blob, len);
+        json_t *fj = json_pack("{s:s, s:s, s:O}", "features", enc, "prompt_hash", "h", "outcomes",
+                               json_object_get(j, "outcomes"));
+        assert_int_equal(router_dataset_add(feat, fj), 0);
+        json_decref(fj);
+        free(enc);
+        free(blob);
+        json_decref(j);
+    }
+    assert_int_equal(router_dataset_size(feat), router_dataset_size(text));
+    for (size_t j = 0; j < FEATURES_N_DENSE; j++)
+        assert_true(router_dataset_dense(feat, 7, j) == router_dataset_dense(text, 7, j));
+
+    struct router_train_opts o;
+    router_train_opts_tuned(&o);
+    o.seed = 42;
+    o.epochs = 3;
+    struct router_model *a = router_train(text, NULL, 0, &o, err, sizeof(err));
+    struct router_model *b = router_train(feat, NULL, 0, &o, err, sizeof(err));
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_string_equal(router_model_version(a), router_model_version(b));
+    tmp_path(p1, sizeof(p1), "ft");
+    tmp_path(p2, sizeof(p2), "tx");
+    assert_int_equal(router_model_save(a, p1), 0);
+    assert_int_equal(router_model_save(b, p2), 0);
+    unsigned char *x = read_all(p1, &n1), *y = read_all(p2, &n2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(x, y, n1);
+
+    /* another hash space is refused and counted; a malformed blob is refused */
+    struct router_dataset *wide = router_dataset_new(14);
+    json_t *j = json_loads("{\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}", 0, NULL);
+    unsigned char *blob = router_request_features(shipped, j, &len);
+    char *enc = b64(blob, len);
+    json_t *fj = json_pack("{s:s}", "features", enc);
+    assert_int_equal(router_dataset_add(wide, fj), -EPROTO);
+    assert_int_equal(router_dataset_refused(wide), 1);
+    assert_int_equal(router_dataset_size(wide), 0);
+    json_object_set_new(fj, "features", json_string("bm9wZQ=="));
+    assert_int_equal(router_dataset_add(feat, fj), -EINVAL);
+    json_object_set_new(fj, "features", json_integer(3));
+    assert_int_equal(router_dataset_add(feat, fj), -EINVAL);
+    assert_int_equal(router_dataset_refused(feat), 0);
+    json_t *empty = json_object();
+    assert_null(router_request_features(shipped, empty, &len)); /* no text */
+    json_decref(empty);
+
+    json_decref(fj);
+    free(enc);
+    free(blob);
+    json_decref(j);
+    router_dataset_destroy(wide);
+    free(x);
+    free(y);
+    unlink(p1);
+    unlink(p2);
+    router_model_unref(a);
+    router_model_unref(b);
+    router_model_unref(shipped);
+    router_dataset_destroy(text);
+    router_dataset_destroy(feat);
+}
+
 int
 main(void)
 {
@@ -491,6 +599,7 @@ main(void)
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_dataset),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_train_from_features),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     router_thread_cleanup();

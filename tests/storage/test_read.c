@@ -530,6 +530,72 @@ test_export(void **state)
     assert_int_equal(n, 2);
 }
 
+
+/* A record logged with store_prompts = features: no text, the hash and the vector. */
+static struct storage_record *
+feat_rec(const char *id, const char *backend, const char *hash, const char *bytes)
+{
+    struct storage_record *r = prompt_rec(id, backend, NULL);
+    free(r->prompt_hash);
+    r->prompt_hash = strdup(hash);
+    r->features_len = strlen(bytes);
+    r->features = malloc(r->features_len);
+    memcpy(r->features, bytes, r->features_len);
+    return r;
+}
+
+/* Rows with features instead of text export as {"features": base64, "prompt_hash"}, one
+ * example per prompt hash (the vector of its first request) as text rows are one per
+ * text; text rows beside them are untouched. Storage keeps the bytes as they came. */
+static void
+test_export_features(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    struct storage_export_counts c;
+
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    assert_int_equal(storage_submit(s, feat_rec("f1", "fast", "hA", "abcd")), 0);
+    assert_int_equal(storage_submit(s, feat_rec("f2", "fast", "hA", "other")), 0);
+    assert_int_equal(storage_submit(s, feat_rec("f3", "strong", "hB", "xy")), 0);
+    assert_int_equal(storage_submit(s, feat_rec("f4", "fast", "hC", "unlabelled")), 0);
+    assert_int_equal(storage_submit(s, prompt_rec("t1", "fast", P1)), 0);
+    assert_int_equal(storage_submit(s, prompt_rec("t2", "fast", NULL)), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+    assert_int_equal(storage_feedback(s, "f1", 1.0, NULL, NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "f2", 0.0, NULL, NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_outcome_submit(s, "f1", "strong", "judge", 0.9, NULL), 0);
+    assert_int_equal(storage_outcome_submit(s, "f3", "strong", "judge", 0.2, NULL), 0);
+    assert_int_equal(storage_feedback(s, "t1", 1.0, NULL, NULL, err, sizeof(err)), 0);
+    assert_int_equal(storage_feedback(s, "t2", 1.0, NULL, NULL, err, sizeof(err)), 0);
+    storage_close(s);
+
+    json_t *lines = json_array();
+    assert_int_equal(storage_export_training(f->path, collect, lines, &c, err, sizeof(err)), 0);
+    assert_int_equal(c.rows, 6);
+    assert_int_equal(c.no_prompt, 1);
+    assert_int_equal(c.no_outcome, 1);
+    assert_int_equal(c.lines, 3);
+    assert_int_equal(c.by_features, 2);
+    assert_int_equal(json_array_size(lines), 3);
+    /* text first, then the hashes in order */
+    json_t *t = json_array_get(lines, 0), *a = json_array_get(lines, 1),
+           *b = json_array_get(lines, 2);
+    assert_true(json_is_array(json_object_get(t, "messages")));
+    assert_null(json_object_get(t, "features"));
+    json_t *want_a = json_pack("{s:s, s:s, s:{s:f, s:f}, s:{s:s, s:s}}", "features", "YWJjZA==",
+                               "prompt_hash", "hA", "outcomes", "fast", 0.5, "strong", 0.9,
+                               "sources", "fast", "feedback", "strong", "judge");
+    json_t *want_b = json_pack("{s:s, s:s, s:{s:f}, s:{s:s}}", "features", "eHk=", "prompt_hash",
+                               "hB", "outcomes", "strong", 0.2, "sources", "strong", "judge");
+    assert_true(json_equal(a, want_a));
+    assert_true(json_equal(b, want_b));
+    json_decref(want_a);
+    json_decref(want_b);
+    json_decref(lines);
+}
+
 static struct storage_record *
 call_rec(const char *id, const char *kind, const char *parent, const char *backend,
          const char *prompt)
@@ -838,6 +904,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_stats_rejects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_outcomes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_features, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_learning, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
     };

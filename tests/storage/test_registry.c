@@ -428,8 +428,7 @@ test_migrate_from_v4(void **state)
     exec_sql(f->path, v4_sql);
     assert_int_equal(query_int(f->path, "PRAGMA user_version"), 4);
     assert_int_equal(storage_model_list(f->path, collect, &s, err, sizeof(err)), 0);
-    assert_int_equal(query_int(f->path, "PRAGMA user_version"), 5);
-    assert_int_equal(STORAGE_SCHEMA_VERSION, 5);
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), STORAGE_SCHEMA_VERSION);
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id = 'old-4'"
                                         " AND model_version = 'v-old'"),
                      1);
@@ -454,7 +453,7 @@ test_migrate_from_v4(void **state)
     if (!st)
         fail_msg("storage_open: %s", err);
     storage_close(st);
-    assert_int_equal(query_int(f->path, "PRAGMA user_version"), 5);
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), STORAGE_SCHEMA_VERSION);
     assert_int_equal(
         storage_model_champion(f->path, &(struct storage_model_info){0}, err, sizeof(err)),
         -ENOENT);

@@ -815,6 +815,71 @@ test_outcome_queue_full(void **state)
     assert_int_equal(query_int(f->path, "SELECT count(*) FROM outcomes"), c.outcomes_written);
 }
 
+/* Schema version 5 (migrations 0..4 as released), with a prompt-bearing row. */
+static const char v5_sql[] =
+    "CREATE TABLE requests (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL,"
+    " started_ms INTEGER NOT NULL, finished_ms INTEGER, key_id TEXT, requested_model TEXT,"
+    " backend TEXT, route_reason TEXT, score REAL, threshold REAL, model_version TEXT,"
+    " features_digest INTEGER, prompt_hash TEXT, status INTEGER, error_kind TEXT,"
+    " latency_ms REAL, ttfb_ms REAL, tokens_in INTEGER, tokens_out INTEGER,"
+    " finish_reason TEXT, cost_usd REAL, stream INTEGER, prompt TEXT);"
+    "CREATE TABLE feedback (request_id TEXT NOT NULL, source TEXT NOT NULL, score REAL NOT NULL,"
+    " label TEXT, created_ms INTEGER NOT NULL, PRIMARY KEY (request_id, source));"
+    "CREATE INDEX feedback_created ON feedback(created_ms);"
+    "CREATE INDEX requests_request_id ON requests(request_id);"
+    "ALTER TABLE requests ADD COLUMN kind TEXT;"
+    "ALTER TABLE requests ADD COLUMN parent_id TEXT;"
+    "CREATE INDEX requests_window ON requests(started_ms, backend, status, error_kind,"
+    " latency_ms, ttfb_ms, tokens_in, tokens_out, cost_usd, score, kind);"
+    "CREATE TABLE outcomes (request_id TEXT NOT NULL, backend TEXT NOT NULL,"
+    " source TEXT NOT NULL, q REAL NOT NULL, detail TEXT, created_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (request_id, backend, source));"
+    "CREATE INDEX outcomes_created ON outcomes(created_ms);"
+    "CREATE TABLE models (version TEXT PRIMARY KEY, path TEXT NOT NULL,"
+    " parent TEXT NOT NULL DEFAULT '', source TEXT NOT NULL, created_ms INTEGER NOT NULL,"
+    " promoted_ms INTEGER NOT NULL DEFAULT 0, train_examples INTEGER, holdout_n INTEGER,"
+    " apgr REAL, parent_apgr REAL, status TEXT NOT NULL);"
+    "CREATE UNIQUE INDEX models_champion ON models(status) WHERE status = 'champion';"
+    "CREATE INDEX models_created ON models(created_ms);"
+    "INSERT INTO requests (request_id, started_ms, backend, status, prompt_hash, prompt)"
+    " VALUES ('old-5', 1700000000000, 'fast', 200, 'h5', '[{\"role\":\"user\",\"content\":\"x\"}]');"
+    "PRAGMA user_version = 5;";
+
+/* A version 5 log gains the features column in place: old rows read NULL there, and a
+ * record with a feature vector is written byte for byte next to them. */
+static void
+test_migrate_from_v5(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    const unsigned char blob[] = {'T', 'F', 1, 12, 0, 0xff, 0, 7};
+
+    exec_sql(f->path, v5_sql);
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    if (!s)
+        fail_msg("storage_open: %s", err);
+    struct storage_record *r = make_record("new-6", 1700000000500);
+    r->prompt_hash = strdup("h6");
+    r->features = malloc(sizeof(blob));
+    memcpy(r->features, blob, sizeof(blob));
+    r->features_len = sizeof(blob);
+    assert_int_equal(storage_submit(s, r), 0);
+    storage_close(s);
+
+    assert_int_equal(query_int(f->path, "PRAGMA user_version"), STORAGE_SCHEMA_VERSION);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='old-5'"
+                                        " AND features IS NULL AND prompt IS NOT NULL"),
+                     1);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM requests WHERE request_id='new-6'"
+                                        " AND prompt IS NULL AND prompt_hash='h6'"
+                                        " AND features = x'5446010c00ff0007'"),
+                     1);
+    /* the stats index did not change */
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM pragma_index_info('requests_window')"
+                                        " WHERE name = 'features'"),
+                     0);
+}
+
 int
 main(void)
 {
@@ -822,6 +887,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_create_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrate_from_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrate_from_v3, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_from_v5, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refuse_newer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fields_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writes, setup, teardown),
