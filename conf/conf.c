@@ -72,6 +72,7 @@ static const struct conf_key keys[] = {
     {"router", "policy", T_ENUM, C(policy), 0, 0, "threshold", policies},
     {"router", "threshold", T_DBL, C(threshold), 0, 1, "0.5", NULL},
     {"router", "strong_share", T_DBL, C(strong_share), -1, 1, "-1", NULL},
+    {"router", "share_window", T_U32, C(share_window), 10, 1000000, "1000", NULL},
 
     {"storage", "path", T_STR, C(db_path), 0, 0, NULL, NULL},
     {"storage", "store_prompts", T_ENUM, C(store_prompts), 0, 0, "hash", store_prompts},

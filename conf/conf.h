@@ -92,7 +92,8 @@ struct conf {
     size_t n_aliases;
     enum conf_policy policy;
     double threshold;          /* CONF_POLICY_THRESHOLD: score cut, in [0,1] */
-    double strong_share;       /* if >= 0, derive the threshold from this share instead */
+    double strong_share;       /* if >= 0, hold this share of strong calls instead */
+    uint32_t share_window;     /* recent scores per route and worker the share is cut on */
     struct conf_tier *tiers;   /* cheapest first; with THRESHOLD exactly two */
     size_t n_tiers;
     size_t *fallback;          /* backend indices tried in order when the chosen one fails */

@@ -123,6 +123,17 @@ struct daemon_learn_gauges {
     double reserved_usd;        /* reserved by the calls running now */
 };
 
+/* One routed alias holding a strong share (strong_share or x-triage-strong-share),
+ * every worker merged. */
+#define DAEMON_GAUGES_MAX_ROUTES 16
+struct daemon_share_gauges {
+    char route[64];             /* the alias */
+    uint64_t requests;          /* routed by share since start */
+    uint64_t strong;            /* of which sent to the strong tier */
+    double target;              /* mean target share of those requests */
+    double recent;              /* realised strong share in the workers' windows; NaN: none */
+};
+
 struct daemon_gauges {
     uint64_t inflight;          /* requests being served now, all workers */
     uint64_t upstream_inflight; /* backend calls running now */
@@ -140,6 +151,8 @@ struct daemon_gauges {
                                               * 1 half-open, 2 open */
     struct daemon_learn_gauges learn;
     double learn_budget_usd;    /* [learning] shadow_budget_usd_per_day; 0 when learning is off */
+    size_t n_share_routes;      /* routes that held a share since start */
+    struct daemon_share_gauges share[DAEMON_GAUGES_MAX_ROUTES];
 };
 
 /* Fills g. Returns 0, or -ENOENT before the server runs. */

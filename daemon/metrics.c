@@ -683,6 +683,41 @@ metrics_render(struct metrics *m, size_t *len)
         put_double(&b, g.threshold);
         put(&b, "\n");
     }
+    if (g.n_share_routes) {
+        put_family(&b, "triage_route_strong_share", "gauge",
+                   "Strong share of the requests routed by share: the target (mean of the "
+                   "requested shares), recent (the workers' windows) and since start.");
+        for (size_t i = 0; i < g.n_share_routes; i++) {
+            const char *kinds[] = {"target", "recent", "total"};
+            double v[] = {g.share[i].target, g.share[i].recent,
+                          g.share[i].requests
+                              ? (double)g.share[i].strong / (double)g.share[i].requests
+                              : NAN};
+            for (size_t k = 0; k < 3; k++) {
+                if (!isfinite(v[k]))
+                    continue;
+                put(&b, "triage_route_strong_share{route=\"");
+                put_label(&b, g.share[i].route);
+                put(&b, "\",kind=\"%s\"} ", kinds[k]);
+                put_double(&b, v[k]);
+                put(&b, "\n");
+            }
+        }
+        put_family(&b, "triage_route_share_requests_total", "counter",
+                   "Requests routed by share (strong_share or x-triage-strong-share).");
+        for (size_t i = 0; i < g.n_share_routes; i++) {
+            put(&b, "triage_route_share_requests_total{route=\"");
+            put_label(&b, g.share[i].route);
+            put(&b, "\"} %" PRIu64 "\n", g.share[i].requests);
+        }
+        put_family(&b, "triage_route_share_strong_total", "counter",
+                   "Requests routed by share that went to the strong tier.");
+        for (size_t i = 0; i < g.n_share_routes; i++) {
+            put(&b, "triage_route_share_strong_total{route=\"");
+            put_label(&b, g.share[i].route);
+            put(&b, "\"} %" PRIu64 "\n", g.share[i].strong);
+        }
+    }
 
     if (len)
         *len = b.len;
@@ -757,6 +792,17 @@ server_gauges(struct metrics_gauges *g)
     g->learn_judged = dg.learn.judged;
     g->learn_retrains = dg.learn.retrains;
     g->learn_promotions = dg.learn.promotions;
+    size_t n = dg.n_share_routes;
+    if (n > sizeof(g->share) / sizeof(g->share[0]))
+        n = sizeof(g->share) / sizeof(g->share[0]);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(g->share[i].route, sizeof(g->share[i].route), "%s", dg.share[i].route);
+        g->share[i].requests = dg.share[i].requests;
+        g->share[i].strong = dg.share[i].strong;
+        g->share[i].target = dg.share[i].target;
+        g->share[i].recent = dg.share[i].recent;
+    }
+    g->n_share_routes = n;
 }
 
 int

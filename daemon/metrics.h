@@ -66,6 +66,14 @@ struct metrics_gauges {
     uint64_t learn_shadow_calls, learn_judge_calls, learn_labels, learn_judge_unparseable,
         learn_failed, learn_dropped_queue, learn_dropped_budget, learn_dropped_busy;
     uint64_t learn_judged, learn_retrains, learn_promotions;
+    /* routes holding a strong share (strong_share, x-triage-strong-share) */
+    size_t n_share_routes;
+    struct {
+        char route[64];
+        uint64_t requests, strong; /* routed by share since start; of which strong */
+        double target;             /* mean target share of those requests */
+        double recent;             /* realised over the recent window; NaN: none */
+    } share[16];
 };
 
 /* Called by metrics_render on the rendering thread; must be thread-safe with

@@ -1040,13 +1040,24 @@ parse_unit(const char *s, double *out)
     return 0;
 }
 
-/* "triage" or "triage:0.35" for a configured alias. Returns 1 routed (*thr set
- * or NaN), 0 not an alias, -1 an alias with a bad threshold suffix. */
+/* Returns the index of alias name in c, or -1. */
 static int
-parse_alias(const struct conf *c, const char *model, double *thr)
+alias_find(const struct conf *c, const char *name)
+{
+    for (size_t i = 0; i < c->n_aliases; i++)
+        if (!strcmp(c->aliases[i], name))
+            return (int)i;
+    return -1;
+}
+
+/* "triage" or "triage:0.35" for a configured alias. Returns 1 routed (*thr set
+ * or NaN, *alias its index in c->aliases), 0 not an alias, -1 an alias with a bad
+ * threshold suffix. */
+static int
+parse_alias(const struct conf *c, const char *model, double *thr, int *alias)
 {
     *thr = NAN;
-    if (conf_is_alias(c, model))
+    if ((*alias = alias_find(c, model)) >= 0)
         return 1;
     const char *colon = strrchr(model, ':');
     if (!colon)
@@ -1057,7 +1068,7 @@ parse_alias(const struct conf *c, const char *model, double *thr)
         return 0;
     memcpy(prefix, model, n);
     prefix[n] = '\0';
-    if (!conf_is_alias(c, prefix))
+    if ((*alias = alias_find(c, prefix)) < 0)
         return 0;
     return parse_unit(colon + 1, thr) == 0 ? 1 : -1;
 }
@@ -1074,32 +1085,65 @@ list_models(const struct conf *c, char *out, size_t outlen)
                  c->backends[i].name);
 }
 
-/* Decides the backend for a routed alias. Returns 0, or -1 after replying. */
+/* The worker's share estimator for alias name, made on first use (and remade when
+ * [router] share_window changed); NULL when the worker already has
+ * DAEMON_SHARE_MAX_ROUTES of them. Loop thread of w only. */
+static struct daemon_share_route *
+share_route(struct daemon_worker *w, const char *name, size_t window)
+{
+    unsigned n = atomic_load_explicit(&w->n_share, memory_order_relaxed);
+    struct daemon_share_route *r = NULL;
+
+    for (unsigned i = 0; i < n && !r; i++)
+        if (!strcmp(w->share[i].name, name))
+            r = &w->share[i];
+    if (!r) {
+        if (n == DAEMON_SHARE_MAX_ROUTES || strlen(name) >= sizeof(r->name))
+            return NULL;
+        r = &w->share[n];
+        memcpy(r->name, name, strlen(name) + 1);
+        r->est = router_share_new(window);
+        /* readers (daemon_gauges_get) see the name before the count that covers it */
+        atomic_store_explicit(&w->n_share, n + 1, memory_order_release);
+    } else if (router_share_window(r->est) != window) {
+        router_share_destroy(r->est);
+        r->est = router_share_new(window);
+    }
+    return r;
+}
+
+/* Decides the backend for a routed alias (index alias in the snapshot's aliases).
+ * The cut is, first match: the alias suffix (thr_override), x-triage-threshold,
+ * x-triage-strong-share, [router] strong_share, [router] threshold. A share is held
+ * on the route's recent scores (router_share_decide); every score of the route
+ * enters its window, however it was routed. Returns 0, or -1 after replying. */
 static int
-route(struct daemon_request *rq, json_t *root, double thr_override)
+route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
 {
     const struct daemon_snapshot *s = rq->snap;
     const struct conf *c = s->conf;
     struct router_scores sc;
-    double thr = s->threshold;
+    double thr = s->threshold, share = c->strong_share;
     const char *h;
 
     if (!isnan(thr_override)) {
         thr = thr_override;
+        share = -1;
     } else if ((h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "x-triage-threshold"))) {
         if (parse_unit(h, &thr) < 0) {
             daemon__reply_error(rq, 400, "invalid_request_error", "invalid_threshold",
                                 "x-triage-threshold must be a number in [0,1]");
             return -1;
         }
+        share = -1;
     } else if ((h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
                                                 "x-triage-strong-share"))) {
-        double share;
         if (parse_unit(h, &share) < 0) {
             daemon__reply_error(rq, 400, "invalid_request_error", "invalid_strong_share",
                                 "x-triage-strong-share must be a number in [0,1]");
             return -1;
         }
+        /* the cut before the route has a window: the model's reference scores */
         thr = router_model_threshold_for_share(s->model, share);
     }
     if (router_score_request(s->model, root, &sc) < 0) {
@@ -1109,13 +1153,40 @@ route(struct daemon_request *rq, json_t *root, double thr_override)
     }
     enum router_policy_kind kind =
         c->policy == CONF_POLICY_TIERS ? ROUTER_POLICY_TIERS : ROUTER_POLICY_THRESHOLD;
-    size_t tier = router_policy_pick(kind, s->tiers, s->n_tiers, thr, &sc);
+    struct daemon_share_route *sr =
+        kind == ROUTER_POLICY_THRESHOLD && alias >= 0
+            ? share_route(rq->w, c->aliases[alias], c->share_window)
+            : NULL;
+    size_t tier;
+    if (sr && share >= 0) {
+        tier = (size_t)router_share_decide(sr->est, sc.score, share, thr, &thr);
+        size_t recent, recent_strong;
+        router_share_recent(sr->est, &recent, &recent_strong);
+        /* one writer per entry: relaxed loads and stores, no read-modify-write */
+        atomic_store_explicit(&sr->decided,
+                              atomic_load_explicit(&sr->decided, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+        atomic_store_explicit(&sr->strong,
+                              atomic_load_explicit(&sr->strong, memory_order_relaxed) + tier,
+                              memory_order_relaxed);
+        atomic_store_explicit(&sr->target_ppm,
+                              atomic_load_explicit(&sr->target_ppm, memory_order_relaxed) +
+                                  (uint64_t)llround(share * 1e6),
+                              memory_order_relaxed);
+        atomic_store_explicit(&sr->recent_decided, recent, memory_order_relaxed);
+        atomic_store_explicit(&sr->recent_strong, recent_strong, memory_order_relaxed);
+        rq->route_reason = "share";
+    } else {
+        if (sr)
+            router_share_add(sr->est, sc.score);
+        tier = router_policy_pick(kind, s->tiers, s->n_tiers, thr, &sc);
+        rq->route_reason = kind == ROUTER_POLICY_TIERS ? "tiers" : "threshold";
+    }
     if (tier >= c->n_tiers)
         tier = c->n_tiers - 1;
     rq->backend = (int)c->tiers[tier].backend;
     rq->score = sc.score;
     rq->threshold = kind == ROUTER_POLICY_THRESHOLD ? thr : NAN;
-    rq->route_reason = kind == ROUTER_POLICY_TIERS ? "tiers" : "threshold";
     return 0;
 }
 
@@ -1251,7 +1322,8 @@ daemon__chat_completions(struct daemon_request *rq)
         rq->backend = b;
         rq->route_reason = "passthrough";
     } else {
-        int a = parse_alias(c, model, &thr);
+        int alias;
+        int a = parse_alias(c, model, &thr, &alias);
         if (a < 0) {
             daemon__reply_error(rq, 400, "invalid_request_error", "invalid_threshold",
                                 "'%s': the threshold after ':' must be a number in [0,1]", model);
@@ -1264,7 +1336,7 @@ daemon__chat_completions(struct daemon_request *rq)
                                 names);
             goto out;
         }
-        if (route(rq, root, thr) < 0)
+        if (route(rq, root, thr, alias) < 0)
             goto out;
         routed = 1;
     }
@@ -1469,8 +1541,9 @@ daemon__model_get(struct daemon_request *rq)
     const struct conf *c = rq->snap->conf;
     const char *id = rq->path + strlen("/v1/models/");
     double thr;
+    int alias;
 
-    if (conf_backend_find(c, id) >= 0 || parse_alias(c, id, &thr) == 1) {
+    if (conf_backend_find(c, id) >= 0 || parse_alias(c, id, &thr, &alias) == 1) {
         daemon__reply_json(rq, 200, model_entry(id));
         return;
     }

@@ -113,6 +113,56 @@ enum router_policy_kind {
 size_t router_policy_pick(enum router_policy_kind kind, const struct router_tier *tiers,
                           size_t n_tiers, double threshold, const struct router_scores *s);
 
+/* ---- holding a strong share online ------------------------------------------- */
+
+/* A route's recent scores, for cutting at a target share of them (share.c). One per
+ * route and thread: not thread-safe. Memory: 2 bytes per score held plus 4 KB. */
+struct router_share;
+
+#define ROUTER_SHARE_BINS 1024           /* score resolution of the window: 1/1024 */
+#define ROUTER_SHARE_MIN_SCORES 50       /* below this many scores, the fallback cut decides */
+#define ROUTER_SHARE_MAX_WINDOW 1000000
+#define ROUTER_SHARE_DEFAULT_HORIZON 25  /* requests' worth of share debt corrected at most */
+
+/* Returns a new, empty estimator keeping the last `window` scores (1 to
+ * ROUTER_SHARE_MAX_WINDOW), or NULL when window is out of range. Aborts on
+ * out-of-memory. */
+struct router_share *router_share_new(size_t window);
+
+/* Frees e. NULL is fine. */
+void router_share_destroy(struct router_share *e);
+
+/* Returns the window size e was made with / the scores it holds now (<= window). */
+size_t router_share_window(const struct router_share *e);
+size_t router_share_count(const struct router_share *e);
+
+/* Sets the share debt's bound (strong calls made minus promised), in requests all on
+ * the wrong side: at the bound the target is moved all the way to 0 or 1. The smaller,
+ * the faster the share returns to the target after a change of traffic and the less the
+ * rank alone decides; 0 turns the correction off (the bare window quantile). Resets the
+ * debt. */
+void router_share_set_horizon(struct router_share *e, double horizon);
+
+/* Adds a score that was routed otherwise (a fixed threshold) to the window. */
+void router_share_add(struct router_share *e, double score);
+
+/* Decides one request of the route: returns 1 (strong) or 0 (weak) for score and the
+ * target share (in [0,1]; 0 never strong, 1 always), then adds score to the window.
+ * With fewer than ROUTER_SHARE_MIN_SCORES scores held, strong is score >= fallback
+ * (e.g. router_model_threshold_for_share). Otherwise strong when less than the target
+ * share (corrected by the debt) of the window lies above score; scores in the same
+ * bin are ties, broken by a per-decision counter, so equal scores get the target share
+ * too. *cut (when not NULL) gets the score cut in force, to bin resolution. */
+int router_share_decide(struct router_share *e, double score, double share, double fallback,
+                        double *cut);
+
+/* Returns the cut router_share_decide would use for share now, or NAN with fewer than
+ * ROUTER_SHARE_MIN_SCORES scores. */
+double router_share_cut(const struct router_share *e, double share);
+
+/* Gets the decisions among the scores in the window now, and how many went strong. */
+void router_share_recent(const struct router_share *e, size_t *decided, size_t *strong);
+
 /* ---- training ----------------------------------------------------------------- */
 
 /* A training set: extracted features and outcomes of labelled prompts. */
