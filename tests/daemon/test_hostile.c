@@ -259,6 +259,35 @@ test_header_limit_exact(void)
     sqlite3_close(h);
 }
 
+/* Requests libmicrohttpd refuses before triage sees them get JSON errors as well: an
+ * HTTP version it does not speak, a header line without a colon, a head beyond its
+ * memory pool (max_header + 4 KiB). */
+static void
+test_library_errors(void)
+{
+    pid_t pid;
+    unsigned port = h_start_triaged(&env, "library", "max_header = 4k", NULL, NULL, &pid);
+    static char answer[65536];
+    const char v2[] = "GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n";
+    const char colon[] = "GET /healthz HTTP/1.1\r\nHost x\r\n\r\n";
+
+    if (!port) {
+        CHECK(!"triaged started");
+        return;
+    }
+    h_raw(port, v2, sizeof(v2) - 1, answer, sizeof(answer), 5000);
+    CHECK(json_error_is(answer, 505, "http_version_not_supported"));
+    h_raw(port, colon, sizeof(colon) - 1, answer, sizeof(answer), 5000);
+    CHECK(json_error_is(answer, 400, "invalid_request"));
+    char *big = repeat("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: ", "a", 20000, "\r\n\r\n");
+    h_raw(port, big, strlen(big), answer, sizeof(answer), 5000);
+    free(big);
+    CHECK(json_error_is(answer, 431, "headers_too_large"));
+    CHECK(strstr(answer, "Content-Type: application/json") != NULL);
+    CHECK(alive(pid, port));
+    stop(pid);
+}
+
 /* A head trickling in, one byte every 100 ms, is cut at read_timeout_ms with a 408,
  * on a new connection and on a kept-alive one. */
 static void
@@ -380,6 +409,7 @@ main(int argc, char **argv)
     test_bad_bytes();
     test_smuggling();
     test_header_limit_exact();
+    test_library_errors();
     test_slow_head();
     test_hangup_during_job();
     return h_env_finish(&env);
