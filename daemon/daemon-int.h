@@ -52,6 +52,21 @@ struct daemon_buf {
 void daemon__buf_append(struct daemon_buf *b, const void *p, size_t n);
 void daemon__buf_free(struct daemon_buf *b);
 
+#define DAEMON_SHARE_MAX_ROUTES 16
+
+/* One routed alias's strong-share estimator on one worker (proxy.c, route()). Only that
+ * worker touches est and writes the counters; daemon_gauges_get reads the counters
+ * from any thread. An entry, once published through n_share, is never removed. */
+struct daemon_share_route {
+    char name[64];                         /* the alias, e.g. "triage" */
+    struct router_share *est;              /* the window of its last scores */
+    atomic_uint_fast64_t decided;          /* requests routed by share since start */
+    atomic_uint_fast64_t strong;           /* of which sent to the strong tier */
+    atomic_uint_fast64_t target_ppm;       /* sum of their target shares (millionths) */
+    atomic_uint_fast64_t recent_decided;   /* routed by share, among the window's scores */
+    atomic_uint_fast64_t recent_strong;
+};
+
 struct daemon_worker {
     unsigned idx;
     uv_loop_t loop;
@@ -88,6 +103,8 @@ struct daemon_worker {
     struct daemon_conn *conns; /* the same connections, for the read deadline sweep */
     uv_timer_t reap;       /* the sweep: requests that do not arrive in read_timeout_ms */
     unsigned max_conns;    /* this worker's share of [server] max_connections */
+    struct daemon_share_route share[DAEMON_SHARE_MAX_ROUTES]; /* by alias, first use first */
+    atomic_uint n_share;   /* entries of share published (release after filling one) */
 };
 
 enum daemon_phase {

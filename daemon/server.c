@@ -327,6 +327,41 @@ out:
     return rc;
 }
 
+/* Merges the workers' share counters per route (proxy.c writes them). */
+static void
+share_gauges(struct daemon_gauges *g)
+{
+    uint64_t target_ppm[DAEMON_GAUGES_MAX_ROUTES] = {0};
+    uint64_t recent[DAEMON_GAUGES_MAX_ROUTES] = {0}, recent_strong[DAEMON_GAUGES_MAX_ROUTES] = {0};
+
+    for (unsigned wi = 0; the_server && wi < the_server->n_workers; wi++) {
+        struct daemon_worker *w = &the_server->workers[wi];
+        unsigned n = atomic_load_explicit(&w->n_share, memory_order_acquire);
+        for (unsigned i = 0; i < n; i++) {
+            struct daemon_share_route *r = &w->share[i];
+            size_t j = 0;
+            while (j < g->n_share_routes && strcmp(g->share[j].route, r->name))
+                j++;
+            if (j == DAEMON_GAUGES_MAX_ROUTES)
+                continue;
+            if (j == g->n_share_routes) {
+                snprintf(g->share[j].route, sizeof(g->share[j].route), "%s", r->name);
+                g->n_share_routes++;
+            }
+            g->share[j].requests += atomic_load_explicit(&r->decided, memory_order_relaxed);
+            g->share[j].strong += atomic_load_explicit(&r->strong, memory_order_relaxed);
+            target_ppm[j] += atomic_load_explicit(&r->target_ppm, memory_order_relaxed);
+            recent[j] += atomic_load_explicit(&r->recent_decided, memory_order_relaxed);
+            recent_strong[j] += atomic_load_explicit(&r->recent_strong, memory_order_relaxed);
+        }
+    }
+    for (size_t j = 0; j < g->n_share_routes; j++) {
+        struct daemon_share_gauges *sg = &g->share[j];
+        sg->target = sg->requests ? (double)target_ppm[j] / 1e6 / (double)sg->requests : NAN;
+        sg->recent = recent[j] ? (double)recent_strong[j] / (double)recent[j] : NAN;
+    }
+}
+
 int
 daemon_gauges_get(struct daemon_gauges *g)
 {
@@ -365,6 +400,7 @@ daemon_gauges_get(struct daemon_gauges *g)
         enum breaker_state bs = breaker_state(s->breakers[i], now);
         g->circuit[i] = bs == BREAKER_OPEN ? 2 : bs == BREAKER_HALF_OPEN ? 1 : 0;
     }
+    share_gauges(g);
     daemon__snapshot_put(s);
     return 0;
 }
@@ -1903,6 +1939,10 @@ worker_cleanup(struct daemon_worker *w)
         log_warnx("worker %u: event loop still has open handles at exit", w->idx);
     if (w->listen_fd >= 0)
         close(w->listen_fd);
+    for (unsigned i = 0; i < atomic_load(&w->n_share); i++) {
+        router_share_destroy(w->share[i].est);
+        w->share[i].est = NULL;
+    }
     w->loop_ready = 0;
 }
 
