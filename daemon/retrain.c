@@ -63,14 +63,18 @@ push(size_t **v, size_t *n, size_t *cap, size_t x)
     (*v)[(*n)++] = x;
 }
 
-/* FNV-1a of the example's messages as JSON text: which prompts are held out. */
+/* FNV-1a of what identifies the example's prompt: its messages as JSON text, or the
+ * stored prompt hash of a row kept as features (store_prompts = features). It decides
+ * which prompts are held out. */
 static uint64_t
 prompt_hash(const json_t *example)
 {
-    char *text = json_dumps(json_object_get(example, "messages"), JSON_COMPACT | JSON_SORT_KEYS);
+    const json_t *messages = json_object_get(example, "messages");
+    char *text = messages ? json_dumps(messages, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    const char *key = text ? text : json_string_value(json_object_get(example, "prompt_hash"));
     uint64_t h = 1469598103934665603ull;
 
-    for (const char *p = text ? text : ""; *p; p++)
+    for (const char *p = key ? key : ""; *p; p++)
         h = (h ^ (unsigned char)*p) * 1099511628211ull;
     free(text);
     return h;
@@ -92,8 +96,10 @@ add_logged(json_t *example, void *arg)
         const char *head = b >= 0 && c->backends[b].head ? c->backends[b].head : backend;
         json_object_set(heads, head, q);
     }
-    json_t *ex = json_pack("{s:O,s:o}", "messages", json_object_get(example, "messages"),
-                           "outcomes", heads);
+    /* the prompt as text, or as its stored feature vector */
+    json_t *ex = json_deep_copy(example);
+    json_object_set_new(ex, "outcomes", heads);
+    json_object_del(ex, "sources");
     size_t before = router_dataset_size(j->d);
     if (ex && router_dataset_add(j->d, ex) == 0 && router_dataset_size(j->d) > before) {
         if (prompt_hash(example) % HOLDOUT_EVERY == 0)

@@ -328,9 +328,10 @@ readyz_model(unsigned port, char *out, size_t len)
  * retrain_every of them; the challenger is recorded in the registry with its lineage
  * and metrics, and promoted and served (after a reload the daemon makes itself) only
  * when it beats the champion by promote_margin: -1 promotes every challenger, 1 none
- * (an APGR is at most 1). */
+ * (an APGR is at most 1). With store_prompts = features the log keeps no text and the
+ * retrain learns from the stored feature vectors. */
 static void
-test_retrain(const char *name, double margin)
+test_retrain(const char *name, double margin, const char *store_prompts)
 {
     enum { PROMPTS = 200 };
     pid_t fpid, spid, jpid, pid;
@@ -347,13 +348,14 @@ test_retrain(const char *name, double margin)
     snprintf(text, sizeof(text),
              "[server]\nlisten = 127.0.0.1\nport = %u\nworkers = 1\n"
              "[router]\nmodel = %s/models/default.tmod\ntiers = fast, strong\n"
-             "[storage]\npath = %s/%s.db\nstore_prompts = full\nflush_interval_ms = 10\n"
+             "[storage]\npath = %s/%s.db\nstore_prompts = %s\nflush_interval_ms = 10\n"
              "[learning]\nshadow_rate = 1\njudge = judge\nretrain_every = 150\n"
              "min_holdout = 5\npromote_margin = %g\nmax_concurrent = 16\n"
              "[backend fast]\nurl = http://127.0.0.1:%u/v1\nhead = weak\n"
              "[backend strong]\nurl = http://127.0.0.1:%u/v1\nhead = strong\n"
              "[backend judge]\nurl = http://127.0.0.1:%u/v1\n",
-             port, getenv("TRIAGE_SOURCE_ROOT"), env.dir, name, margin, fast, strong, judge);
+             port, getenv("TRIAGE_SOURCE_ROOT"), env.dir, name, store_prompts, margin, fast,
+             strong, judge);
     FILE *f = fopen(conf, "w");
     CHECK(f != NULL);
     if (f) {
@@ -407,6 +409,8 @@ test_retrain(const char *name, double margin)
                       " (SELECT version FROM models WHERE source = 'shipped') AND holdout_n >= 5"
                       " AND train_examples > 0 AND apgr IS NOT NULL") == 1);
     CHECK(query(name, "SELECT count(*) FROM models WHERE status = 'champion'") == 1);
+    if (!strcmp(store_prompts, "features")) /* trained without any prompt text kept */
+        CHECK(query(name, "SELECT count(*) FROM requests WHERE prompt IS NOT NULL") == 0);
     if (margin < 0) {
         CHECK(strcmp(before, after) != 0);
         CHECK(query(name, "SELECT count(*) FROM models WHERE status = 'champion' AND"
@@ -439,7 +443,7 @@ main(int argc, char **argv)
     test_labels();
     test_no_label();
     test_budget();
-    test_retrain("promote", -1);
-    test_retrain("keep", 1);
+    test_retrain("promote", -1, "full");
+    test_retrain("keep", 1, "features"); /* learns from feature vectors, no text kept */
     return h_env_finish(&env);
 }
