@@ -429,17 +429,12 @@ out:
 int
 main(int argc, char **argv)
 {
-    char model[512], out[512];
     int rc = h_env_setup(&env, "learn", argc, argv);
 
     if (rc)
         return rc;
-    snprintf(model, sizeof(model), "%s/m.tmod", env.dir);
-    char *mm_argv[] = {(char *)env.make_model, model, NULL};
-    if (h_run(mm_argv, out, sizeof(out)) != 0) {
-        fprintf(stderr, "cannot build the test model: %s\n", out);
+    if (h_env_make_model(&env, NULL) < 0)
         return 1;
-    }
     test_labels();
     test_no_label();
     test_budget();

@@ -547,3 +547,17 @@ h_raw(unsigned port, const void *req, size_t n, char *out, size_t cap, int timeo
         status = 0;
     return status;
 }
+
+int
+h_env_make_model(struct h_env *e, const char *seed)
+{
+    char path[512], out[512];
+    char *argv[] = {(char *)e->make_model, path, (char *)seed, NULL};
+
+    snprintf(path, sizeof(path), "%s/m.tmod", e->dir);
+    if (h_run(argv, out, sizeof(out)) != 0) {
+        fprintf(stderr, "cannot build the test model: %s\n", out);
+        return -1;
+    }
+    return 0;
+}

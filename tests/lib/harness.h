@@ -115,6 +115,10 @@ struct h_env {
  * set-up failure: 1) after saying why. */
 int h_env_setup(struct h_env *e, const char *name, int argc, char **argv);
 
+/* Builds the test predictor model m.tmod in e->dir with e's make_model (seed may be
+ * NULL). Returns 0, or -1 after saying why. */
+int h_env_make_model(struct h_env *e, const char *seed);
+
 /* Starts triaged for e with a generated config NAME.conf in e->dir: one worker on a
  * free loopback port, backends fast and strong at e's mockllm, the model m.tmod (made
  * by the caller in e->dir), server_extra lines in [server] and, when storage_extra is
