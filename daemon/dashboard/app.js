@@ -476,6 +476,14 @@
     const fb = d.feedback;
     $('kpi-feedback').textContent = fb && fb.mean != null ? fb.mean.toFixed(2) : '–';
     $('kpi-feedback-note').textContent = fb ? `${fmtInt(fb.count)} ratings` : '';
+    // the learning loop: labels from the judge and feedback, and what the shadow and
+    // judge calls cost (they are not in the figures above)
+    const ln = d.learning;
+    const lb = ln && ln.labels;
+    $('kpi-labels').textContent = lb ? fmtInt((lb.judge || 0) + (lb.feedback || 0) + (lb.offline || 0)) : '–';
+    $('kpi-labels-note').textContent = ln
+      ? `${fmtUSD((ln.shadow_cost_usd || 0) + (ln.judge_cost_usd || 0))} on ${fmtInt((ln.shadow_calls || 0) + (ln.judge_calls || 0))} shadow + judge calls`
+      : '';
   }
 
   function render(d) {

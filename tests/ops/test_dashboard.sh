@@ -91,6 +91,8 @@ expect "saved vs all-strong"   'id="kpi-saving">$18.41<'
 expect "saving share"          '65.5% below $28.09'
 expect "errors"                'id="kpi-errors">15<'
 expect "feedback"              'id="kpi-feedback">0.86<'
+expect "labels gathered"       'id="kpi-labels">250<'
+expect "learning spend"        '$2.11 on 363 shadow + judge calls'
 # routing share: one bar per non-empty (backend, minute): 60 minutes x 2 backends
 count_in "share bars"          chart-share 'class="bar"' 120
 count_in "share bars fast"     chart-share 'data-backend="fast"' 60
