@@ -21,7 +21,8 @@ export_usage(FILE *f)
            "  {\"messages\": [...], \"outcomes\": {\"<backend>\": q}, \"sources\": {\"<backend>\": S}}\n"
            "  q in [0,1] for every backend with a label: S is the first source present of\n"
            "  feedback (/v1/feedback), judge, offline, and q the mean of its labels for that\n"
-           "  prompt. Needs prompts stored with store_prompts = full; requests without any\n"
+           "  prompt. Needs store_prompts = full (or features: the line then carries the\n"
+           "  encoded feature vector and the prompt hash instead of messages); requests without any\n"
            "  label are skipped. --config CONF writes head names ([backend NAME] head)\n"
            "  instead of backend names. Without --out, writes to stdout.\n");
 }
@@ -135,7 +136,7 @@ cli_export(int argc, char **argv)
     fprintf(stderr,
             "triage export: %llu examples from %llu requests%s%s\n"
             "  outcomes from feedback %llu, judge %llu, offline %llu\n"
-            "  skipped %llu requests without prompt text (store_prompts must be full to export)\n"
+            "  skipped %llu requests without prompt text or features (store_prompts = full or features)\n"
             "  skipped %llu requests without feedback or outcome (no label)\n"
             "  skipped %llu requests whose stored prompt is not a messages array\n"
             "  %llu shadow and judge calls (not prompts of their own)\n",

@@ -28,7 +28,8 @@ usage(FILE *f)
             "\n"
             "  --data F          training file (JSONL, optionally gzip); repeatable\n"
             "  --db F            triaged's outcome log: client requests with stored prompt text\n"
-            "                    (store_prompts = full) and their labels per backend (judge,\n"
+            "                    (store_prompts = full) or feature vectors (features; give the\n"
+            "                    serving model's --bits) and their labels per backend (judge,\n"
             "                    feedback, offline; as `triage export` writes them);\n"
             "                    repeatable, mixes with --data\n"
             "  --config CONF     the daemon's config: the log's backend names become the heads\n"
@@ -82,7 +83,7 @@ load_db(struct router_dataset *d, struct headmap *heads, const char *path)
             (unsigned long long)n.no_outcome);
     if (n.no_prompt > 0)
         fprintf(stderr, "triage train: %s: %llu requests have no prompt text: retraining from "
-                        "the log needs [storage] store_prompts = full\n",
+                        "the log needs [storage] store_prompts = full or features\n",
                 path, (unsigned long long)n.no_prompt);
     return 0;
 }

@@ -38,7 +38,7 @@ grep -qx '{"messages":\[{"role":"user","content":"hi"}\],"outcomes":{"fast":1.0}
 grep -qx '{"messages":\[{"role":"user","content":"hard"}\],"outcomes":{"strong":0.0},"sources":{"strong":"feedback"}}' "$dir/train.jsonl" \
     || fail "export hard"
 grep -q '2 examples from 5 requests' "$dir/err" || fail "export summary: $(cat "$dir/err")"
-grep -q 'skipped 2 requests without prompt text (store_prompts must be full' "$dir/err" || fail "no_prompt"
+grep -q 'skipped 2 requests without prompt text or features (store_prompts = full or features' "$dir/err" || fail "no_prompt"
 grep -q 'skipped 1 requests without feedback or outcome' "$dir/err" || fail "no_outcome"
 grep -q 'outcomes from feedback 2, judge 0, offline 0' "$dir/err" || fail "by source"
 [ ! -e "$dir/train.jsonl.tmp" ] || fail "temp file left"
