@@ -754,13 +754,6 @@ daemon__learn_offer(struct daemon_request *rq)
     struct daemon_buf *body = rq->streaming ? &rq->lesson_body : &rq->body;
     if (!body->data || (!rq->streaming && !rq->lesson_answer.data))
         return;
-    pthread_mutex_lock(&l->lock);
-    int full = l->n_offers >= LEARN_QUEUE || l->stop;
-    pthread_mutex_unlock(&l->lock);
-    if (full) {
-        atomic_fetch_add(&counters.dropped_queue, 1);
-        return;
-    }
     struct offer *o = calloc(1, sizeof(*o));
     if (!o)
         abort();
@@ -777,9 +770,17 @@ daemon__learn_offer(struct daemon_request *rq)
     o->tokens_in = rq->tokens_in;
     o->tokens_out = rq->tokens_out;
     pthread_mutex_lock(&l->lock);
-    o->next = l->offers;
-    l->offers = o;
-    l->n_offers++;
+    int full = l->n_offers >= LEARN_QUEUE || l->stop;
+    if (!full) {
+        o->next = l->offers;
+        l->offers = o;
+        l->n_offers++;
+    }
     pthread_mutex_unlock(&l->lock);
+    if (full) { /* dropped and counted; the buffers go as the request would have freed them */
+        atomic_fetch_add(&counters.dropped_queue, 1);
+        offer_free(o);
+        return;
+    }
     uv_async_send(&l->wake);
 }

@@ -1577,11 +1577,7 @@ worker_teardown(struct daemon_worker *w)
 {
     w->tearing_down = 1;
     for (struct daemon_request *rq = w->requests; rq; rq = rq->next) {
-        daemon__proxy_release(rq);
-        if (rq->streaming && !rq->up_done) {
-            rq->up_done = 1;
-            rq->stream_failed = 1;
-        }
+        daemon__proxy_release(rq); /* a stream still relaying gets its error event there */
         daemon__wake(rq);
     }
     /* what daemon__proxy_release queued (a stream's error event, a 503) goes out before
