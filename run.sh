@@ -9,14 +9,17 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Install the build dependencies when they are missing (Debian 12).
-if ! pkg-config --exists libmicrohttpd libcurl libuv jansson sqlite3 2>/dev/null \
-    || ! command -v meson >/dev/null; then
+# Install what building and running needs when it is missing (Debian 12):
+# .ci/packages-run only. The test tools (.ci/packages: chromium, prometheus, nginx,
+# wrk, clang, cmocka, ...) are for `bash .ci/run`, not for a user's machine.
+if ! pkg-config --exists libmicrohttpd libcurl libuv jansson sqlite3 libcrypto zlib 2>/dev/null \
+    || ! command -v meson >/dev/null || ! command -v ninja >/dev/null \
+    || ! command -v cc >/dev/null; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        $(cat .ci/packages)
+        $(cat .ci/packages-run)
 fi
 
 [ -d build ] || meson setup build --buildtype=release >/dev/null
