@@ -82,6 +82,7 @@ struct fakeai_req {
     size_t body_len;
     char saved;                     /* byte after the body, replaced by the NUL */
     size_t method, path;            /* offsets into buf */
+    size_t query;                   /* offset of the query (after '?'), 0: none */
     struct hdr hdrs[MAX_HEADERS];
     unsigned n_hdrs;
     int keep_alive;
@@ -823,6 +824,7 @@ parse_head(struct fakeai_req *c, char *end)
     if (q)
         *q = '\0';
     c->path = (size_t)(path - c->buf);
+    c->query = q ? (size_t)(q + 1 - c->buf) : 0;
     if (strncmp(sp2 + 1, "HTTP/1.", 7) != 0)
         return 400;
     http10 = sp2[8] == '0';
@@ -979,6 +981,25 @@ const char *
 fakeai_req_path(const struct fakeai_req *r)
 {
     return r->buf + r->path;
+}
+
+const char *
+fakeai_req_query(const struct fakeai_req *r)
+{
+    return r->query ? r->buf + r->query : "";
+}
+
+unsigned
+fakeai_req_n_headers(const struct fakeai_req *r)
+{
+    return r->n_hdrs;
+}
+
+const char *
+fakeai_req_header_at(const struct fakeai_req *r, unsigned i, const char **name)
+{
+    *name = r->buf + r->hdrs[i].name;
+    return r->buf + r->hdrs[i].value;
 }
 
 const char *

@@ -52,6 +52,10 @@ void fakeai_server_reset(struct fakeai_server *s);
 /* Request accessors; all borrow from the request and live as long as it. */
 const char *fakeai_req_method(const struct fakeai_req *r);
 const char *fakeai_req_path(const struct fakeai_req *r); /* without the query string */
+const char *fakeai_req_query(const struct fakeai_req *r); /* after '?', or "" */
+unsigned fakeai_req_n_headers(const struct fakeai_req *r);
+/* Header i (< fakeai_req_n_headers): its value, and its name in *name (borrowed). */
+const char *fakeai_req_header_at(const struct fakeai_req *r, unsigned i, const char **name);
 const char *fakeai_req_body(const struct fakeai_req *r, size_t *len); /* NUL-terminated */
 /* Returns the value of the first header called name (case-insensitive) or NULL. */
 const char *fakeai_req_header(const struct fakeai_req *r, const char *name);

@@ -98,6 +98,7 @@ static const struct conf_key keys[] = {
     {"backend", "api_key_env", T_STR, B(api_key_env), 0, 0, NULL, NULL},
     {"backend", "api_key_file", T_STR, B(api_key_file), 0, 0, NULL, NULL},
     {"backend", "overrides", T_STR, B(overrides), 0, 0, NULL, NULL},
+    {"backend", "api_key_header", T_STR, B(api_key_header), 0, 0, NULL, NULL},
     {"backend", "price_input", T_DBL, B(price_input), 0, 1e6, "0", NULL},
     {"backend", "price_output", T_DBL, B(price_output), 0, 1e6, "0", NULL},
     {"backend", "connect_timeout_ms", T_U32, B(connect_timeout_ms), 1, 600000, "5000", NULL},
@@ -129,7 +130,8 @@ struct parse {
     char *tiers;
     char *fallback;
     char *base_data;
-    int tiers_line, fallback_line;
+    char *forward_headers;
+    int tiers_line, fallback_line, forward_line;
 };
 
 static void set_err(struct parse *p, int line, const char *fmt, ...)
@@ -305,6 +307,84 @@ valid_name(const char *s)
     return 1;
 }
 
+/* Header names triage writes itself, or that carry a key or a cookie: a backend's
+ * `header` lines and [server] forward_headers may not name them. */
+static const char *const reserved_headers[] = {
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
+    "te", "trailer", "expect", "proxy-connection", "content-type", "accept", "user-agent",
+    "x-request-id", "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie",
+    NULL,
+};
+
+int
+conf_header_name_valid(const char *name, size_t len)
+{
+    if (len == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        /* RFC 9110 5.6.2: tchar */
+        if (!isalnum(ch) && !strchr("!#$%&'*+-.^_`|~", ch))
+            return 0;
+    }
+    return 1;
+}
+
+int
+conf_header_value_valid(const char *value, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)value[i];
+        /* NUL, CR or LF would split or end the header line; other controls but HTAB
+         * are not field content either (RFC 9110 5.5) */
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+static int
+header_reserved(const char *name)
+{
+    for (int i = 0; reserved_headers[i]; i++)
+        if (!strcasecmp(name, reserved_headers[i]))
+            return 1;
+    return 0;
+}
+
+/* A backend's "header = Name: value" line: checked, then added to b->headers. */
+static int
+backend_header_add(struct parse *p, int line, struct conf_backend *b, const char *v)
+{
+    const char *colon = strchr(v, ':');
+    size_t nlen = colon ? (size_t)(colon - v) : 0;
+
+    if (!colon || !conf_header_name_valid(v, nlen)) {
+        set_err(p, line, "header: expected 'Name: value' with a token name, got '%s'", v);
+        return -1;
+    }
+    const char *val = colon + 1;
+    while (*val == ' ' || *val == '\t')
+        val++;
+    if (!conf_header_value_valid(val, strlen(val))) {
+        set_err(p, line, "header %.*s: the value holds a control character", (int)nlen, v);
+        return -1;
+    }
+    char name[256];
+    if (nlen >= sizeof(name) || (snprintf(name, sizeof(name), "%.*s", (int)nlen, v), header_reserved(name))) {
+        set_err(p, line, "header %.*s: triage sets that header itself (the key: api_key_env, "
+                "api_key_file, api_key_header)", (int)nlen, v);
+        return -1;
+    }
+    size_t old = b->headers ? strlen(b->headers) : 0, add = nlen + 2 + strlen(val) + 2;
+    char *grown = realloc(b->headers, old + add + 1);
+    if (!grown)
+        abort();
+    snprintf(grown + old, add + 1, "%s: %s\r\n", name, val);
+    b->headers = grown;
+    return 0;
+}
+
 /* One key = value from the file. Returns nonzero to go on. */
 static int
 on_key(void *user, const char *section, const char *name, const char *value, int line)
@@ -321,6 +401,14 @@ on_key(void *user, const char *section, const char *name, const char *value, int
         base = &p->c->backends[conf_backend_find(p->c, section + 8)];
     }
 
+    if (!strcmp(kind, "backend") && !strcmp(name, "header"))
+        return backend_header_add(p, line, base, value) == 0;
+    if (!strcmp(kind, "server") && !strcmp(name, "forward_headers")) {
+        free(p->forward_headers);
+        p->forward_headers = xstrdup(value);
+        p->forward_line = line;
+        return 1;
+    }
     if (!strcmp(kind, "learning") && !strcmp(name, "base_data")) {
         free(p->base_data);
         p->base_data = xstrdup(value);
@@ -522,9 +610,20 @@ check_backend(struct parse *p, struct conf_backend *b)
         set_err(p, 0, "backend %s: url must start with http:// or https://", b->name);
         return -1;
     }
-    size_t n = strlen(b->url);
-    while (n > 0 && b->url[n - 1] == '/')
-        b->url[--n] = '\0';
+    /* trailing slashes of the path go (the API path is appended there), a query
+     * (Azure's ?api-version=...) stays whole */
+    char *path = b->url + (b->url[4] == 's' ? 8 : 7);
+    size_t q = strcspn(path, "?#"), n = q;
+    while (n > 0 && path[n - 1] == '/')
+        n--;
+    memmove(path + n, path + q, strlen(path + q) + 1);
+    if (b->api_key_header &&
+        (!conf_header_name_valid(b->api_key_header, strlen(b->api_key_header)) ||
+         !strcasecmp(b->api_key_header, "host") || !strcasecmp(b->api_key_header, "content-length"))) {
+        set_err(p, 0, "backend %s: api_key_header '%s' is not a header name triage can send",
+                b->name, b->api_key_header);
+        return -1;
+    }
     if (!b->model)
         b->model = xstrdup(b->name);
     if (!b->head)
@@ -608,6 +707,33 @@ out:
     return rc;
 }
 
+/* [server] forward_headers: names checked, lower-cased, keys' headers refused. */
+static int
+build_forward(struct parse *p)
+{
+    struct conf *c = p->c;
+
+    c->n_forward_headers =
+        split_list(p->forward_headers ? p->forward_headers : "OpenAI-Beta, anthropic-beta",
+                   &c->forward_headers);
+    for (size_t i = 0; i < c->n_forward_headers; i++) {
+        char *h = c->forward_headers[i];
+        if (!conf_header_name_valid(h, strlen(h))) {
+            set_err(p, p->forward_line, "forward_headers: '%s' is not a header name", h);
+            return -1;
+        }
+        for (char *q = h; *q; q++)
+            *q = (char)tolower((unsigned char)*q);
+        if (header_reserved(h)) {
+            set_err(p, p->forward_line,
+                    "forward_headers: %s is never forwarded (a client's key, or a header "
+                    "triage sets itself)", h);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Cross-section checks once the whole file is read. */
 static int
 validate(struct parse *p)
@@ -661,6 +787,8 @@ validate(struct parse *p)
         return -1;
     }
     if (p->fallback && build_fallback(p) < 0)
+        return -1;
+    if (build_forward(p) < 0)
         return -1;
     if (c->model_path == NULL) {
         set_err(p, 0, "[router] model is required (the predictor model file)");
@@ -757,12 +885,14 @@ conf_load_flags(const char *path, unsigned flags, char *err, size_t errlen)
     free(p.tiers);
     free(p.fallback);
     free(p.base_data);
+    free(p.forward_headers);
     return p.c;
 fail:
     free(p.aliases);
     free(p.tiers);
     free(p.fallback);
     free(p.base_data);
+    free(p.forward_headers);
     conf_destroy(p.c);
     return NULL;
 }
@@ -793,7 +923,10 @@ conf_destroy(struct conf *c)
         free(b->api_key_env);
         free(b->api_key_file);
         free(b->overrides);
+        free(b->api_key_header);
+        free_secret(b->headers); /* it may hold a secret (a token in a header) */
     }
+    free_list(c->forward_headers, c->n_forward_headers);
     free(c->backends);
     free_list(c->aliases, c->n_aliases);
     free(c->tiers);

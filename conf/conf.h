@@ -40,6 +40,11 @@ struct conf_backend {
     char *api_key_env;     /* where the key came from, for messages (name only) */
     char *api_key_file;    /* likewise; a relative name is looked up in $CREDENTIALS_DIRECTORY */
     char *overrides;       /* JSON object merged into routed requests, or NULL */
+    char *api_key_header;  /* header the key goes in, value bare (e.g. Azure's "api-key");
+                            * NULL: "Authorization: Bearer <key>" */
+    char *headers;         /* extra "Name: value\r\n" lines sent to it ("header = Name: value",
+                            * repeatable; names are tokens, values hold no control byte
+                            * but HTAB), or NULL */
     double price_input;    /* USD per 1M input tokens */
     double price_output;   /* USD per 1M output tokens */
     uint32_t connect_timeout_ms;
@@ -77,6 +82,9 @@ struct conf {
     enum conf_log_level log_level;
     enum conf_log_format log_format;
     int log_prompts;           /* 1: prompt text may appear in debug logs */
+    char **forward_headers;    /* client headers passed on to backends (besides traceparent
+                                * and tracestate), lower case; never a key's header */
+    size_t n_forward_headers;
 
     /* [auth] */
     char *keys_file;           /* client key hashes; NULL = no client auth */
@@ -148,5 +156,12 @@ int conf_is_alias(const struct conf *c, const char *name);
 
 /* Returns the level for "error", "warn", "info" or "debug", or -1. */
 int conf_log_level_parse(const char *s);
+
+/* Returns 1 when name[0..len) is an HTTP field name (a token, RFC 9110 5.6.2), else 0. */
+int conf_header_name_valid(const char *name, size_t len);
+
+/* Returns 1 when value[0..len) may be sent as a field value: no control byte but HTAB
+ * (no NUL, CR or LF to split the line), else 0. */
+int conf_header_value_valid(const char *value, size_t len);
 
 #endif

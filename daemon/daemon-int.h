@@ -165,6 +165,8 @@ struct daemon_request {
     uint32_t rl_estimate;    /* tokens taken from the rate limit up front */
     int rl_taken;
     char *requested_model;
+    char *fwd_headers;       /* client headers passed on (backend.c), or NULL */
+    int fwd_done;            /* fwd_headers was built */
     int backend;             /* index in snap->conf->backends, -1 */
     const char *route_reason;
     double score;
@@ -258,11 +260,23 @@ void daemon__stats(struct daemon_request *rq);
 /* Called when the request ends, before it is freed: cancels the backend call. */
 void daemon__proxy_release(struct daemon_request *rq);
 
+/* backend.c */
 /* Returns new "Name: value\r\n" lines for a call to backend b: content type, Accept
- * (SSE when stream), our user agent, X-Request-Id request_id and the backend's key
- * (never the client's). Free with daemon__backend_headers_free, which wipes the key. */
+ * (SSE when stream), our user agent, X-Request-Id request_id, the backend's key (never
+ * the client's: "Authorization: Bearer", or bare in its api_key_header), its `header`
+ * lines, then forward (borrowed, may be NULL: daemon__forward_headers). Free with
+ * daemon__backend_headers_free, which wipes the key. */
+char *daemon__backend_headers_fwd(const struct conf_backend *b, int stream,
+                                  const char *request_id, const char *forward);
+/* The same without client headers (the daemon's own calls). */
 char *daemon__backend_headers(const struct conf_backend *b, int stream, const char *request_id);
 void daemon__backend_headers_free(char *headers);
+/* Returns the client headers rq passes on ("Name: value\r\n" lines: traceparent,
+ * tracestate, [server] forward_headers; values with a control byte dropped), or NULL.
+ * Copied from MHD on the first call; owned by rq (freed with it). */
+const char *daemon__forward_headers(struct daemon_request *rq);
+/* Returns a new URL for path ("/chat/completions") on backend b, before its query. */
+char *daemon__backend_url(const struct conf_backend *b, const char *path);
 
 /* Writes a new request id ("req_" + 24 hex digits, time-ordered) for unix_ms into out
  * (at least 29 bytes), advancing the caller's generator rng (one per thread). */

@@ -500,9 +500,8 @@ pump(struct daemon_learn *l)
         c->t_start_ns = daemon__now_ns();
         daemon__make_id(&l->rng, c->started_unix_ms, c->id);
 
-        char url[1024];
         char *headers = daemon__backend_headers(b, 0, c->id);
-        snprintf(url, sizeof(url), "%s/chat/completions", b->url);
+        char *url = daemon__backend_url(b, "/chat/completions");
         struct upstream_request ur = {
             .url = url,
             .headers = headers,
@@ -518,6 +517,7 @@ pump(struct daemon_learn *l)
         c->body = NULL; /* the call's now */
         c->call = upstream_start(l->up, &ur);
         daemon__backend_headers_free(headers);
+        free(url);
         if (!c->call) {
             budget_settle(c->reserve_usd, 0);
             atomic_fetch_add(&counters.failed, 1);

@@ -1475,10 +1475,10 @@ start_attempt(struct daemon_request *rq)
     }
 
     /* the client's Authorization is never forwarded; the backend's key is */
-    char *h = daemon__backend_headers(be, rq->stream, rq->id), line[1024];
-    snprintf(line, sizeof(line), "%s/chat/completions", be->url);
+    char *h = daemon__backend_headers_fwd(be, rq->stream, rq->id, daemon__forward_headers(rq));
+    char *url = daemon__backend_url(be, "/chat/completions");
     struct upstream_request ur = {
-        .url = line,
+        .url = url,
         .headers = h,
         .body = body,
         .body_len = body_len,
@@ -1491,6 +1491,7 @@ start_attempt(struct daemon_request *rq)
     };
     rq->call = upstream_start(rq->w->up, &ur);
     daemon__backend_headers_free(h);
+    free(url);
     if (!rq->call) {
         breaker_record(rq->snap->breakers[rq->backend], BREAKER_CANCEL, now_ms());
         rq->breaker_open_call = 0;
@@ -1500,32 +1501,6 @@ start_attempt(struct daemon_request *rq)
         return;
     }
     atomic_fetch_add(&daemon__n_upstream_inflight, 1);
-}
-
-char *
-daemon__backend_headers(const struct conf_backend *b, int stream, const char *request_id)
-{
-    size_t cap = 256 + strlen(request_id) + (b->api_key ? strlen(b->api_key) : 0);
-    char *h = malloc(cap);
-
-    if (!h)
-        abort();
-    snprintf(h, cap,
-             "Content-Type: application/json\r\nAccept: %s\r\n"
-             "User-Agent: triaged/" TRIAGE_VERSION "\r\nX-Request-Id: %s\r\n%s%s%s",
-             stream ? "text/event-stream" : "application/json", request_id,
-             b->api_key ? "Authorization: Bearer " : "", b->api_key ? b->api_key : "",
-             b->api_key ? "\r\n" : "");
-    return h;
-}
-
-void
-daemon__backend_headers_free(char *headers)
-{
-    if (!headers)
-        return;
-    explicit_bzero(headers, strlen(headers)); /* it held the backend's key */
-    free(headers);
 }
 
 static json_t *

@@ -1090,6 +1090,7 @@ request_finish(struct daemon_request *rq)
     daemon__buf_free(&rq->out);
     free(rq->up_content_type);
     free(rq->requested_model);
+    free(rq->fwd_headers);
     free(rq->prompt_hash);
     free(rq->prompt_json);
     free(rq->prompt_features);

@@ -624,6 +624,25 @@ header_list(const char *block)
     return h;
 }
 
+char *
+upstream_url_join(const char *base, const char *path)
+{
+    /* the path ends where the query or the fragment begins (RFC 3986 3.3); the
+     * authority cannot hold '?' or '#' */
+    const char *auth = strstr(base, "://");
+    auth = auth ? auth + 3 : base;
+    size_t cut = (size_t)(auth - base) + strcspn(auth, "?#");
+    size_t plen = strlen(path), blen = strlen(base);
+    char *url = malloc(blen + plen + 1);
+
+    if (!url)
+        abort();
+    memcpy(url, base, cut);
+    memcpy(url + cut, path, plen);
+    memcpy(url + cut + plen, base + cut, blen - cut + 1);
+    return url;
+}
+
 struct upstream_call *
 upstream_start(struct upstream *u, struct upstream_request *r)
 {

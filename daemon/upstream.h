@@ -109,6 +109,11 @@ void upstream_cancel(struct upstream_call *c);
 /* Resumes a call paused by on_data returning 1. Not from inside its callbacks. */
 void upstream_unpause(struct upstream_call *c);
 
+/* Returns a new URL: base with path appended to its path, before any query or
+ * fragment ("https://h/deployments/x?api-version=1" + "/chat/completions" ->
+ * "https://h/deployments/x/chat/completions?api-version=1"). Borrows both. */
+char *upstream_url_join(const char *base, const char *path);
+
 /* Returns the number of calls running on u. */
 size_t upstream_active(const struct upstream *u);
 

@@ -10,9 +10,15 @@
  * can fail on one backend and succeed on its fallback).
  *
  * stamp (for bench/streams): every content piece is " mockts:" and 19 digits, the mock's
- * CLOCK_MONOTONIC time in ns taken just before the piece is written to the socket. */
+ * CLOCK_MONOTONIC time in ns taken just before the piece is written to the socket.
+ *
+ * --heads: GET /_mock/last_head answers the last chat request's path, query and headers
+ * ({"path", "query", "headers": {lower-case name: value}}), for tests of what a proxy
+ * sends; any path ending in /chat/completions is a chat path (an Azure deployment's). */
+#include <ctype.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,12 +30,49 @@
 
 #include "fakeai.h"
 
+/* The last chat request's head, for GET /_mock/last_head: what a proxy sent. */
+static pthread_mutex_t head_mu = PTHREAD_MUTEX_INITIALIZER;
+static json_t *last_head;
+
+static void
+keep_head(struct fakeai_req *req)
+{
+    json_t *h = json_object();
+    for (unsigned i = 0; i < fakeai_req_n_headers(req); i++) {
+        const char *name, *value = fakeai_req_header_at(req, i, &name);
+        char lower[128];
+        size_t n = strlen(name) < sizeof(lower) - 1 ? strlen(name) : sizeof(lower) - 1;
+        for (size_t k = 0; k < n; k++)
+            lower[k] = (char)tolower((unsigned char)name[k]);
+        lower[n] = '\0';
+        /* a repeated header shows as its values joined by ", " */
+        const char *had = json_string_value(json_object_get(h, lower));
+        if (had) {
+            char *both = malloc(strlen(had) + strlen(value) + 3);
+            if (!both)
+                abort();
+            sprintf(both, "%s, %s", had, value);
+            json_object_set_new(h, lower, json_string(both));
+            free(both);
+        } else {
+            json_object_set_new(h, lower, json_string(value));
+        }
+    }
+    json_t *head = json_pack("{s:s,s:s,s:o}", "path", fakeai_req_path(req), "query",
+                             fakeai_req_query(req), "headers", h);
+    pthread_mutex_lock(&head_mu);
+    json_decref(last_head);
+    last_head = head;
+    pthread_mutex_unlock(&head_mu);
+}
+
 struct mock_defaults {
     uint32_t latency_ms;
     unsigned chunks;       /* 0 = content by words */
     uint32_t chunk_delay_ms;
     const char *content;   /* NULL = generated from chunks */
     int stamp;             /* 1: stamped pieces (see the top of the file) */
+    int heads;             /* 1: keep each chat request's head for /_mock/last_head */
 };
 
 /* ---- send-time stamps ------------------------------------------------------------------
@@ -274,11 +317,21 @@ handle(struct fakeai_req *req, void *arg)
     const struct mock_defaults *d = arg;
     const char *method = fakeai_req_method(req), *path = fakeai_req_path(req);
 
-    if (strcmp(path, "/v1/chat/completions") == 0) {
+    size_t plen = strlen(path);
+    static const char chat[] = "/chat/completions";
+    /* /v1/chat/completions, or any prefix (an Azure deployment's path) */
+    if (plen >= sizeof(chat) - 1 && !strcmp(path + plen - (sizeof(chat) - 1), chat)) {
+        if (d->heads)
+            keep_head(req);
         if (strcmp(method, "POST") != 0)
             fakeai_req_error(req, 405, "use POST");
         else
             handle_chat(req, d);
+    } else if (strcmp(path, "/_mock/last_head") == 0) {
+        pthread_mutex_lock(&head_mu);
+        json_t *h = last_head ? json_incref(last_head) : json_object();
+        pthread_mutex_unlock(&head_mu);
+        reply_json(req, 200, h);
     } else if (strcmp(path, "/_mock/stats") == 0) {
         reply_json(req, 200, fakeai_server_stats(fakeai_req_server(req)));
     } else if (strcmp(path, "/_mock/reset") == 0 && strcmp(method, "POST") == 0) {
@@ -293,7 +346,7 @@ static void
 usage(FILE *f)
 {
     fprintf(f, "usage: mockllm [--port N] [--listen ADDR] [--latency-ms N] [--chunks N]\n"
-               "               [--chunk-delay-ms N] [--content TEXT] [--threads N] [--stamp]\n"
+               "               [--chunk-delay-ms N] [--content TEXT] [--threads N] [--stamp] [--heads]\n"
                "A scriptable OpenAI-compatible backend: prints \"listening on PORT\" when ready.\n");
 }
 
@@ -326,6 +379,10 @@ main(int argc, char **argv)
         }
         if (strcmp(a, "--stamp") == 0) {
             d.stamp = 1;
+            continue;
+        }
+        if (strcmp(a, "--heads") == 0) {
+            d.heads = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -371,5 +428,6 @@ main(int argc, char **argv)
     fflush(stdout);
     int r = fakeai_server_run(s);
     fakeai_server_destroy(s);
+    json_decref(last_head);
     return r < 0 ? 1 : 0;
 }
