@@ -118,3 +118,31 @@ daemon__backend_headers_free(char *headers)
     explicit_bzero(headers, strlen(headers)); /* it held the backend's key */
     free(headers);
 }
+
+void
+daemon__attempt_failed(struct daemon_request *rq, int backend, const char *kind)
+{
+    if (backend < 0 || rq->n_failed >= DAEMON_MAX_FAILED)
+        return;
+    rq->failed[rq->n_failed].backend = rq->snap->conf->backends[backend].name;
+    rq->failed[rq->n_failed].kind = kind;
+    rq->n_failed++;
+}
+
+char *
+daemon__failed_attempts_text(const struct daemon_request *rq)
+{
+    struct daemon_buf b = {0};
+
+    /* backend names hold no space or comma (conf.c), kinds are identifiers */
+    for (unsigned i = 0; i < rq->n_failed; i++) {
+        if (i)
+            daemon__buf_append(&b, ",", 1);
+        daemon__buf_append(&b, rq->failed[i].backend, strlen(rq->failed[i].backend));
+        daemon__buf_append(&b, " ", 1);
+        daemon__buf_append(&b, rq->failed[i].kind, strlen(rq->failed[i].kind));
+    }
+    if (b.len)
+        daemon__buf_append(&b, "", 1);
+    return b.data;
+}

@@ -167,6 +167,9 @@ struct daemon_request {
     char *requested_model;
     char *fwd_headers;       /* client headers passed on (backend.c), or NULL */
     int fwd_done;            /* fwd_headers was built */
+#define DAEMON_MAX_FAILED 16
+    struct daemon_failed_attempt failed[DAEMON_MAX_FAILED]; /* retried or fallen back from */
+    unsigned n_failed;       /* entries in failed (later ones beyond the array are dropped) */
     int backend;             /* index in snap->conf->backends, -1 */
     const char *route_reason;
     double score;
@@ -275,6 +278,12 @@ void daemon__backend_headers_free(char *headers);
  * tracestate, [server] forward_headers; values with a control byte dropped), or NULL.
  * Copied from MHD on the first call; owned by rq (freed with it). */
 const char *daemon__forward_headers(struct daemon_request *rq);
+/* Notes that rq's attempt on backend failed (kind: a static string) and another
+ * attempt follows: the backend's error in /metrics and the outcome log. */
+void daemon__attempt_failed(struct daemon_request *rq, int backend, const char *kind);
+/* Returns rq's failed attempts as new text for the outcome log ("backend kind" pairs
+ * joined by ","), or NULL when there were none. */
+char *daemon__failed_attempts_text(const struct daemon_request *rq);
 /* Returns a new URL for path ("/chat/completions") on backend b, before its query. */
 char *daemon__backend_url(const struct conf_backend *b, const char *path);
 

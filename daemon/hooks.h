@@ -71,6 +71,14 @@ int daemon_handler_register(const char *method, const char *path, unsigned flags
                             daemon_handler_fn *fn, void *ctx);
 
 /* One finished request. Unknowns: strings NULL, doubles NaN, integers -1. */
+/* A backend attempt that failed before the answer and was retried or fallen back
+ * from: a 5xx, a transport error (connect, timeout, ...) or a skipped backend
+ * (circuit_open, overloaded). Strings borrowed for the event's duration. */
+struct daemon_failed_attempt {
+    const char *backend;
+    const char *kind; /* "backend_status" (a 5xx), an upstream error name, "circuit_open", ... */
+};
+
 struct daemon_request_event {
     const char *request_id;
     const char *method;
@@ -95,6 +103,8 @@ struct daemon_request_event {
     double overhead_ms;          /* triaged's own time before the backend call: parse, score, rewrite */
     int retries;                 /* attempts beyond the first (retries and fallbacks) */
     const char *first_backend;   /* the backend chosen first, when a fallback answered */
+    const struct daemon_failed_attempt *failed; /* attempts retried or fallen back from, in order */
+    size_t n_failed;
 };
 
 typedef void daemon_event_fn(void *ctx, const struct daemon_request_event *ev);

@@ -15,6 +15,7 @@
 #define N_REASONS 16  /* distinct route reasons; slot 0 is "other" */
 #define N_KINDS 16    /* distinct backend error kinds; slot 0 is "other" */
 #define N_CODES 24    /* distinct HTTP statuses; slot 0 is "other" */
+#define N_KEYS 64     /* distinct client key names; slot 0 is "other" */
 #define CELL_ALIGN 64 /* a cache line: shards never share one */
 #define FIXED 1e9     /* sums are kept in 1e-9 units (ns, nano-USD) */
 
@@ -37,7 +38,7 @@ static const char *const ovh_bounds[] = {"0.000005", "0.00001", "0.000025", "0.0
 
 /* An append-only set of label strings; slot 0 holds "other". */
 struct intern {
-    _Atomic(char *) v[N_REASONS > N_KINDS ? N_REASONS : N_KINDS];
+    _Atomic(char *) v[N_KEYS]; /* the largest table's size; cap says how many are used */
     size_t cap;
 };
 
@@ -48,13 +49,15 @@ struct metrics {
 
     struct intern reasons;
     struct intern kinds;
+    struct intern keys;
     _Atomic int codes[N_CODES]; /* status + 1; 0 = empty slot; slot 0 = "other" */
 
     double lat_le[N_LAT], ttfb_le[N_TTFB], score_le[N_SCORE], ovh_le[N_OVH];
 
     /* Cell offsets inside one shard. */
     size_t o_req, o_lat, o_lat_sum, o_ttfb, o_ttfb_sum, o_score, o_score_sum, o_ovh,
-        o_ovh_sum, o_tok_in, o_tok_out, o_cost, o_retry, o_fallback, o_error;
+        o_ovh_sum, o_tok_in, o_tok_out, o_cost, o_retry, o_fallback, o_error, o_key_req,
+        o_key_tok_in, o_key_tok_out, o_key_cost;
     size_t stride; /* cells per shard, rounded up to a cache line */
     _Atomic uint64_t *cells;
 
@@ -192,6 +195,7 @@ metrics_create(const char *const *names, size_t n)
         m->names[i] = xstrdup(names[i]);
     intern_init(&m->reasons, N_REASONS);
     intern_init(&m->kinds, N_KINDS);
+    intern_init(&m->keys, N_KEYS);
     for (size_t i = 0; i < N_CODES; i++)
         atomic_init(&m->codes[i], 0);
 
@@ -220,6 +224,10 @@ metrics_create(const char *const *names, size_t n)
     m->o_retry = o, o += nb;
     m->o_fallback = o, o += nb * nb;
     m->o_error = o, o += nb * N_KINDS;
+    m->o_key_req = o, o += N_KEYS;
+    m->o_key_tok_in = o, o += N_KEYS;
+    m->o_key_tok_out = o, o += N_KEYS;
+    m->o_key_cost = o, o += N_KEYS;
     size_t per_line = CELL_ALIGN / sizeof(uint64_t);
     m->stride = (o + per_line - 1) / per_line * per_line;
 
@@ -242,6 +250,7 @@ metrics_destroy(struct metrics *m)
     free(m->names);
     intern_free(&m->reasons);
     intern_free(&m->kinds);
+    intern_free(&m->keys);
     free(m->cells);
     free(m);
 }
@@ -306,6 +315,22 @@ metrics_record_backend_error(struct metrics *m, int backend, const char *kind)
 {
     size_t k = intern_get(&m->kinds, kind ? kind : "other");
     add(shard_cells(m), m->o_error + backend_slot(m, backend) * N_KINDS + k, 1);
+}
+
+void
+metrics_record_key(struct metrics *m, const char *key, int64_t tokens_in, int64_t tokens_out,
+                   double cost_usd)
+{
+    _Atomic uint64_t *c = shard_cells(m);
+    size_t k = intern_get(&m->keys, key);
+
+    add(c, m->o_key_req + k, 1);
+    if (tokens_in > 0)
+        add(c, m->o_key_tok_in + k, (uint64_t)tokens_in);
+    if (tokens_out > 0)
+        add(c, m->o_key_tok_out + k, (uint64_t)tokens_out);
+    if (isfinite(cost_usd) && cost_usd > 0)
+        add(c, m->o_key_cost + k, to_fixed(cost_usd));
 }
 
 void
@@ -561,6 +586,44 @@ metrics_render(struct metrics *m, size_t *len)
             put(&b, "\"} %" PRIu64 "\n", v);
         }
 
+    /* Per client key (when [auth] keys_file names them): requests, tokens, spend. */
+    put_family(&b, "triage_key_requests_total", "counter",
+               "Requests by client key name (keys_file; past 63 names: other).");
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const char *name = atomic_load_explicit(&m->keys.v[i], memory_order_acquire);
+        uint64_t v = total(m, m->o_key_req + i);
+        if (!name || !v)
+            continue;
+        put(&b, "triage_key_requests_total{key=\"");
+        put_label(&b, name);
+        put(&b, "\"} %" PRIu64 "\n", v);
+    }
+    put_family(&b, "triage_key_tokens_total", "counter",
+               "Tokens reported in upstream usage, by client key name and direction.");
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const char *name = atomic_load_explicit(&m->keys.v[i], memory_order_acquire);
+        if (!name || !total(m, m->o_key_req + i))
+            continue;
+        for (int d = 0; d < 2; d++) {
+            put(&b, "triage_key_tokens_total{key=\"");
+            put_label(&b, name);
+            put(&b, "\",direction=\"%s\"} %" PRIu64 "\n", d ? "output" : "input",
+                total(m, (d ? m->o_key_tok_out : m->o_key_tok_in) + i));
+        }
+    }
+    put_family(&b, "triage_key_cost_usd_total", "counter",
+               "Estimated spend in US dollars by client key name.");
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const char *name = atomic_load_explicit(&m->keys.v[i], memory_order_acquire);
+        if (!name || !total(m, m->o_key_req + i))
+            continue;
+        put(&b, "triage_key_cost_usd_total{key=\"");
+        put_label(&b, name);
+        put(&b, "\"} ");
+        put_fixed(&b, total(m, m->o_key_cost + i));
+        put(&b, "\n");
+    }
+
     /* Gauges owned by other modules. */
     struct metrics_gauges g;
     memset(&g, 0, sizeof(g));
@@ -756,10 +819,21 @@ on_request_event(void *ctx, const struct daemon_request_event *ev)
         metrics_record_fallback(m, first, b);
     for (int i = ev->retries - fell_back; i > 0; i--)
         metrics_record_retry(m, first);
-    /* A request that reached a backend and still failed is that backend's error;
-     * errors before a backend was reached (bad request, auth, rate limit) are not. */
-    if (ev->error_kind && ev->backend && !ev->client_aborted)
+    /* Attempts retried or fallen back from are their backend's errors, even when the
+     * request was answered in the end: a dead backend must not look healthy. */
+    for (size_t i = 0; i < ev->n_failed; i++) {
+        int fb = metrics_backend_index(m, ev->failed[i].backend);
+        if (fb >= 0) /* a backend a reload added has no row: not a "none" one either */
+            metrics_record_backend_error(m, fb, ev->failed[i].kind);
+    }
+    /* A request that reached a backend and still failed is that backend's error: a
+     * 5xx or a stream it cut. A 4xx (the client's request, key or rate limit, even
+     * after a backend was chosen) is not, nor is our own shutdown. */
+    if (ev->error_kind && b >= 0 && !ev->client_aborted && (ev->status < 400 || ev->status >= 500) &&
+        strcmp(ev->error_kind, "shutdown") && strcmp(ev->error_kind, "client_gone"))
         metrics_record_backend_error(m, b, ev->error_kind);
+    if (ev->key_id)
+        metrics_record_key(m, ev->key_id, ev->tokens_in, ev->tokens_out, ev->cost_usd);
 }
 
 static void

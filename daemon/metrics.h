@@ -103,6 +103,11 @@ void metrics_record_fallback(struct metrics *m, int from, int to);
  * "unreachable", "backend_status" (borrowed; NULL: "other"). */
 void metrics_record_backend_error(struct metrics *m, int backend, const char *kind);
 
+/* Counts one request by client key name (borrowed; interned, past 63 names "other")
+ * with its usage tokens (<= 0: none) and cost. */
+void metrics_record_key(struct metrics *m, const char *key, int64_t tokens_in, int64_t tokens_out,
+                        double cost_usd);
+
 /* Installs the callback sampling gauges owned elsewhere (NULL removes it). Call
  * before the workers start, or while no render runs. */
 void metrics_set_gauges(struct metrics *m, metrics_gauges_fn fn, void *ud);

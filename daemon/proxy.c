@@ -878,9 +878,15 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
         return;
     }
     /* nothing has reached the client yet: a failed attempt may be retried */
+    int tried = rq->backend;
     if ((retryable || (!err && status_retryable(rq->up_status))) &&
-        try_again(rq, err ? 0 : rq->up_status))
+        try_again(rq, err ? 0 : rq->up_status)) {
+        /* the backend's error even though the client may yet get an answer; its 429
+         * is a limit, not a failure */
+        if (err || rq->up_status >= 500)
+            daemon__attempt_failed(rq, tried, err ? upstream_error_name(err) : "backend_status");
         return;
+    }
     rq->up_done = 1;
     if (err) {
         int status = upstream_error_status(err);
@@ -1402,6 +1408,7 @@ start_attempt(struct daemon_request *rq)
         if (!full && breaker_allow(rq->snap->breakers[rq->backend], now_ms()) != BREAKER_REJECT)
             break;
         release_slot(rq);
+        int skipped = rq->backend;
         if (!next_fallback(rq)) {
             rq->error_kind = full ? "overloaded" : "circuit_open";
             if (full)
@@ -1412,6 +1419,7 @@ start_attempt(struct daemon_request *rq)
                                     "backend %s is failing; its circuit is open", be->name);
             return;
         }
+        daemon__attempt_failed(rq, skipped, full ? "overloaded" : "circuit_open");
         rq->retries++;
     }
     rq->breaker_open_call = 1;

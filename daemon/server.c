@@ -947,6 +947,7 @@ emit_event(struct daemon_request *rq, double latency_ms, double cost)
         .route_reason = rq->route_reason,
         .error_kind = rq->error_kind,
         .finish_reason = rq->finish_reason[0] ? rq->finish_reason : NULL,
+        .key_id = rq->key_id,
         .status = rq->status,
         .stream = rq->streaming,
         .client_aborted = rq->client_aborted,
@@ -963,6 +964,8 @@ emit_event(struct daemon_request *rq, double latency_ms, double cost)
         .first_backend = rq->first_backend >= 0 && rq->first_backend != rq->backend
                              ? c->backends[rq->first_backend].name
                              : NULL,
+        .failed = rq->failed,
+        .n_failed = rq->n_failed,
     };
 
     for (size_t i = 0; i < n_subscribers; i++)
@@ -1023,6 +1026,7 @@ store_record(struct daemon_request *rq, double latency_ms, double cost)
     r->finish_reason = xstrdup_or_null(rq->finish_reason[0] ? rq->finish_reason : NULL);
     r->cost_usd = cost;
     r->stream = rq->streaming;
+    r->failed_attempts = daemon__failed_attempts_text(rq);
     if (storage_submit(st, r) < 0)
         log_debug("outcome log queue full: record %s dropped", rq->id);
 }

@@ -61,7 +61,10 @@ vec_push(struct vec *a, double x)
 
 struct backend_acc {
     char *name;
-    uint64_t requests, errors;
+    uint64_t requests, errors; /* errors: the backend's own (5xx, transport, cut streams,
+                                * attempts retried or fallen back from), not clients' */
+    uint64_t failed_attempts;  /* attempts on it that another attempt followed */
+    uint64_t fallbacks_from;   /* requests that left it for another backend */
     int64_t tokens_in, tokens_out;
     double cost;
     struct vec latency, ttfb;
@@ -82,6 +85,79 @@ struct acc {
     size_t n, cap;
 };
 
+/* One client key's figures (rows with a key_id). */
+struct key_acc {
+    char *name;
+    uint64_t requests, errors;
+    int64_t tokens_in, tokens_out;
+    double cost;
+};
+
+struct keys {
+    struct key_acc *k;
+    size_t n, cap;
+};
+
+/* Requests that fell back from one backend to another. */
+struct pair {
+    char *from, *to;
+    uint64_t n;
+};
+
+struct pairs {
+    struct pair *p;
+    size_t n, cap;
+};
+
+static void *
+grow(void *p, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap)
+        return p;
+    *cap = *cap ? *cap * 2 : 8;
+    p = realloc(p, *cap * size);
+    if (!p) {
+        fputs("triage: out of memory\n", stderr);
+        abort();
+    }
+    return p;
+}
+
+static struct key_acc *
+key_get(struct keys *ks, const char *name)
+{
+    for (size_t i = 0; i < ks->n; i++)
+        if (!strcmp(ks->k[i].name, name))
+            return &ks->k[i];
+    ks->k = grow(ks->k, &ks->cap, ks->n, sizeof(*ks->k));
+    struct key_acc *k = &ks->k[ks->n++];
+    memset(k, 0, sizeof(*k));
+    k->name = storage__strdup(name);
+    return k;
+}
+
+static void
+pair_add(struct pairs *ps, const char *from, size_t flen, const char *to)
+{
+    for (size_t i = 0; i < ps->n; i++)
+        if (strlen(ps->p[i].from) == flen && !strncmp(ps->p[i].from, from, flen) &&
+            !strcmp(ps->p[i].to, to)) {
+            ps->p[i].n++;
+            return;
+        }
+    ps->p = grow(ps->p, &ps->cap, ps->n, sizeof(*ps->p));
+    struct pair *p = &ps->p[ps->n++];
+    p->from = malloc(flen + 1);
+    if (!p->from) {
+        fputs("triage: out of memory\n", stderr);
+        abort();
+    }
+    memcpy(p->from, from, flen);
+    p->from[flen] = '\0';
+    p->to = storage__strdup(to);
+    p->n = 1;
+}
+
 static struct backend_acc *
 acc_backend(struct acc *a, const char *name)
 {
@@ -100,6 +176,18 @@ acc_backend(struct acc *a, const char *name)
     memset(b, 0, sizeof(*b));
     b->name = storage__strdup(name);
     return b;
+}
+
+/* acc_backend for a name that is not NUL-terminated. */
+static struct backend_acc *
+acc_backend_n(struct acc *a, const char *name, size_t len)
+{
+    char buf[256];
+    if (len >= sizeof(buf))
+        len = sizeof(buf) - 1;
+    memcpy(buf, name, len);
+    buf[len] = '\0';
+    return acc_backend(a, buf);
 }
 
 /* Rearranges v[lo..hi] so v[k] holds the value it would have sorted, smaller ones
@@ -239,6 +327,9 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     uint64_t calls[3] = {0}, labels[3] = {0}; /* [kind] / [source]: see LEARN_* */
     double calls_cost[3] = {0};
     int64_t tin_total = 0, tout_total = 0;
+    uint64_t backend_errors = 0, client_errors = 0, fallbacks = 0;
+    struct keys ks = {0};
+    struct pairs fb = {0};
     json_t *out = NULL;
     const struct storage_price *top = NULL;
 
@@ -271,7 +362,16 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
                            " ifnull(latency_ms, " NO_VALUE "), ifnull(ttfb_ms, " NO_VALUE "),"
                            " ifnull(tokens_in, -1), ifnull(tokens_out, -1), cost_usd,"
                            " ifnull(score, " NO_VALUE "), started_ms, id,"
-                           " CASE kind WHEN 'shadow' THEN 1 WHEN 'judge' THEN 2 ELSE 0 END"
+                           " CASE kind WHEN 'shadow' THEN 1 WHEN 'judge' THEN 2 ELSE 0 END,"
+                           /* the backend's own error: a 5xx (not ours: shutdown, internal),
+                            * or a stream it cut; a 4xx is the client's */
+                           " CASE WHEN backend IS NULL OR (status >= 400 AND status < 500)"
+                           " THEN 0 WHEN status >= 500 THEN ifnull(error_kind, '') NOT IN"
+                           " ('shutdown', 'shutting_down', 'internal', 'internal_error')"
+                           " ELSE error_kind IS NOT NULL AND error_kind NOT IN"
+                           " ('client_aborted', 'client_gone', 'shutdown') END,"
+                           " key_id, route_reason = 'fallback', failed_attempts,"
+                           " status >= 400 AND status < 500"
                            " FROM requests WHERE started_ms >= ? AND started_ms <= ?",
                            -1, &st, NULL) != SQLITE_OK)
         goto dberr;
@@ -279,7 +379,6 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     sqlite3_bind_int64(st, 1, from);
     sqlite3_bind_int64(st, 2, now_ms);
     int rc;
-    struct backend_acc *last = NULL;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         int kind = sqlite3_column_int(st, 10);
         if (kind != LEARN_CLIENT) {
@@ -290,26 +389,63 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
             continue;
         }
         const char *name = (const char *)sqlite3_column_text(st, 0);
-        if (!name)
-            name = "(none)";
-        struct backend_acc *b = last && !strcmp(last->name, name) ? last : acc_backend(&a, name);
-        last = b;
         int64_t t = sqlite3_column_int64(st, 8);
+        int64_t tin = sqlite3_column_int64(st, 4), tout = sqlite3_column_int64(st, 5);
+        double cost = sqlite3_column_double(st, 6);
+        int failed = sqlite3_column_int(st, 1);
 
         total++;
-        b->requests++;
-        if (sqlite3_column_int(st, 1)) {
-            b->errors++;
+        if (failed) {
             errors++;
             recent_add(recent, &n_recent, t, st);
+        }
+        client_errors += sqlite3_column_int(st, 15) != 0;
+        const char *key = (const char *)sqlite3_column_text(st, 12);
+        if (key) {
+            struct key_acc *k = key_get(&ks, key);
+            k->requests++;
+            k->errors += failed != 0;
+            k->tokens_in += tin > 0 ? tin : 0;
+            k->tokens_out += tout > 0 ? tout : 0;
+            k->cost += cost;
+        }
+        /* Attempts it retried or fell back from: errors of those backends, even when
+         * the client got an answer from another. */
+        const char *fa = (const char *)sqlite3_column_text(st, 14);
+        const char *first = NULL;
+        size_t first_len = 0;
+        while (fa && *fa) {
+            size_t len = strcspn(fa, ",");
+            size_t nlen = strcspn(fa, " ,");
+            struct backend_acc *fb_b = acc_backend_n(&a, fa, nlen);
+            fb_b->errors++;
+            fb_b->failed_attempts++;
+            backend_errors++;
+            if (!first) {
+                first = fa;
+                first_len = nlen;
+            }
+            fa += len;
+            fa += *fa == ',';
+        }
+        if (!name)
+            continue; /* refused before a backend was chosen: not any backend's row */
+        if (sqlite3_column_int(st, 13) && first) {
+            fallbacks++;
+            acc_backend_n(&a, first, first_len)->fallbacks_from++;
+            pair_add(&fb, first, first_len, name);
+        }
+        struct backend_acc *b = acc_backend(&a, name);
+        b->requests++;
+        if (sqlite3_column_int(st, 11)) {
+            b->errors++;
+            backend_errors++;
         }
         double lat = sqlite3_column_double(st, 2), ttfb = sqlite3_column_double(st, 3);
         if (lat > -1e307)
             vec_push(&b->latency, lat);
         if (ttfb > -1e307)
             vec_push(&b->ttfb, ttfb);
-        int64_t tin = sqlite3_column_int64(st, 4), tout = sqlite3_column_int64(st, 5);
-        double cost = sqlite3_column_double(st, 6);
         b->cost += cost;
         cost_total += cost;
         if (tin >= 0) {
@@ -368,7 +504,9 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     sqlite3_bind_int64(st, 3, now_ms);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *name = (const char *)sqlite3_column_text(st, 0);
-        struct backend_acc *b = acc_backend(&a, name ? name : "(none)");
+        if (!name)
+            continue; /* a request no backend answered has no backend's feedback */
+        struct backend_acc *b = acc_backend(&a, name);
         b->feedback_n = (uint64_t)sqlite3_column_int64(st, 1);
         b->feedback_mean = sqlite3_column_double(st, 2);
         fb_total += b->feedback_n;
@@ -414,16 +552,31 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
         json_object_set_new(timeline_b, b->name,
                             json_pack("{s:o, s:o}", "requests", req, "cost_usd", cost));
         json_object_set_new(backends, b->name,
-                            json_pack("{s:I, s:f, s:I, s:o, s:o, s:I, s:I, s:f, s:{s:I, s:o}}",
+                            json_pack("{s:I, s:f, s:I, s:I, s:I, s:o, s:o, s:I, s:I, s:f, s:{s:I, s:o}}",
                                       "requests", (json_int_t)b->requests, "share",
                                       total ? (double)b->requests / (double)total : 0.0, "errors",
-                                      (json_int_t)b->errors, "latency_ms", percentiles(&b->latency),
+                                      (json_int_t)b->errors, "failed_attempts",
+                                      (json_int_t)b->failed_attempts, "fallbacks_from",
+                                      (json_int_t)b->fallbacks_from, "latency_ms", percentiles(&b->latency),
                                       "ttfb_ms", percentiles(&b->ttfb), "tokens_in",
                                       (json_int_t)b->tokens_in, "tokens_out",
                                       (json_int_t)b->tokens_out, "cost_usd", b->cost, "feedback",
                                       "count", (json_int_t)b->feedback_n, "mean",
                                       b->feedback_n ? json_real(b->feedback_mean) : json_null()));
     }
+
+    json_t *keys = json_object();
+    for (size_t i = 0; i < ks.n; i++)
+        json_object_set_new(keys, ks.k[i].name,
+                            json_pack("{s:I, s:I, s:I, s:I, s:f}", "requests",
+                                      (json_int_t)ks.k[i].requests, "errors",
+                                      (json_int_t)ks.k[i].errors, "tokens_in",
+                                      (json_int_t)ks.k[i].tokens_in, "tokens_out",
+                                      (json_int_t)ks.k[i].tokens_out, "cost_usd", ks.k[i].cost));
+    json_t *pairs = json_array();
+    for (size_t i = 0; i < fb.n; i++)
+        json_array_append_new(pairs, json_pack("{s:s, s:s, s:I}", "from", fb.p[i].from, "to",
+                                               fb.p[i].to, "requests", (json_int_t)fb.p[i].n));
 
     json_t *saving = json_null();
     if (top) {
@@ -465,6 +618,12 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
                     "bucket_ms", (json_int_t)bucket_ms, "buckets", STATS_BUCKETS, "backends",
                     timeline_b, "recent_errors", rec);
     if (!out ||
+        json_object_set_new(out, "backend_errors", json_integer((json_int_t)backend_errors)) < 0 ||
+        json_object_set_new(out, "client_errors", json_integer((json_int_t)client_errors)) < 0 ||
+        json_object_set_new(out, "fallbacks",
+                            json_pack("{s:I, s:o}", "requests", (json_int_t)fallbacks, "pairs",
+                                      pairs)) < 0 ||
+        json_object_set_new(out, "keys", keys) < 0 ||
         json_object_set_new(
             out, "learning",
             json_pack("{s:I, s:f, s:I, s:f, s:{s:I, s:I, s:I}}", "shadow_calls",
@@ -487,6 +646,14 @@ done:
         free(a.b[i].ttfb.v);
     }
     free(a.b);
+    for (size_t i = 0; i < ks.n; i++)
+        free(ks.k[i].name);
+    free(ks.k);
+    for (size_t i = 0; i < fb.n; i++) {
+        free(fb.p[i].from);
+        free(fb.p[i].to);
+    }
+    free(fb.p);
     for (size_t i = 0; i < n_recent; i++) {
         free(recent[i].request_id);
         free(recent[i].backend);

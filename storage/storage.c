@@ -162,6 +162,17 @@ static const char *const migrations[STORAGE_SCHEMA_VERSION] = {
      * (features_blob_encode) instead of its text, to retrain from without user text.
      * ALTER TABLE adds it after the other columns, out of the stats index. */
     "ALTER TABLE requests ADD COLUMN features BLOB;",
+
+    /* 6 -> 7: honest backend errors and per-key figures. failed_attempts lists the
+     * attempts a request retried or fell back from ("backend kind,backend kind"), so a
+     * dead backend that a fallback hides still shows its errors; the window index is
+     * rebuilt with it, key_id and route_reason so stats read them from the index alone
+     * (a rebuild of ~6 s per million rows, once). */
+    "ALTER TABLE requests ADD COLUMN failed_attempts TEXT;"
+    "DROP INDEX requests_window;"
+    "CREATE INDEX requests_window ON requests(started_ms, backend, status, error_kind,"
+    " latency_ms, ttfb_ms, tokens_in, tokens_out, cost_usd, score, kind, key_id,"
+    " route_reason, failed_attempts);",
 };
 
 static int
@@ -328,8 +339,8 @@ static const char insert_sql[] =
     "INSERT INTO requests (request_id, started_ms, finished_ms, key_id, requested_model,"
     " backend, route_reason, score, threshold, model_version, features_digest, prompt_hash,"
     " status, error_kind, latency_ms, ttfb_ms, tokens_in, tokens_out, finish_reason, cost_usd,"
-    " stream, prompt, kind, parent_id, features)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    " stream, prompt, kind, parent_id, features, failed_attempts)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 /* Last write wins: a judge may grade again, a grader may correct itself. */
 static const char insert_outcome_sql[] =
@@ -408,6 +419,7 @@ insert_one(struct storage *s, const struct storage_record *r, char *why)
         sqlite3_bind_blob(st, 25, r->features, (int)r->features_len, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 25);
+    bind_text(st, 26, r->failed_attempts);
     rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         error_text(s->db, why);
@@ -872,6 +884,7 @@ storage_record_free(struct storage_record *rec)
     free(rec->features);
     free(rec->error_kind);
     free(rec->finish_reason);
+    free(rec->failed_attempts);
     free(rec);
 }
 

@@ -41,7 +41,7 @@
 #include <jansson.h>
 
 /* The schema version this build writes; older databases are migrated forward at open. */
-#define STORAGE_SCHEMA_VERSION 6
+#define STORAGE_SCHEMA_VERSION 7
 
 /* Attempts per batch before a write error drops it (counted in counters.failed). */
 #define STORAGE_WRITE_ATTEMPTS 3
@@ -87,6 +87,8 @@ struct storage_record {
     char *finish_reason;
     double cost_usd;
     int stream;               /* 1 for SSE responses */
+    char *failed_attempts;    /* attempts retried or fallen back from before the answer:
+                               * "backend kind" pairs joined by ","; NULL: none */
 };
 
 /* Zero in any field means its default (shown in brackets). */

@@ -10,9 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
+#include "auth.h"
 #include "harness.h"
 #include "upstream.h"
 
@@ -219,6 +221,139 @@ test_config_errors(void)
     check_config("keyhdr", "", "api_key_header = bad header", 1, "api_key_header");
 }
 
+/* GET path on port with headers; the body parsed when wanted (new reference). */
+static char *
+get_text(unsigned port, const char *path, const char *const *headers)
+{
+    struct h_resp r;
+    struct h_req req = {.path = path, .headers = headers};
+    h_do(port, &req, &r);
+    char *t = r.status == 200 && r.body ? strdup(r.body) : NULL;
+    h_resp_free(&r);
+    return t;
+}
+
+static long
+chat_status(unsigned port, const char *key, const char *body)
+{
+    char auth[128];
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", key);
+    const char *const hdrs[] = {auth, NULL};
+    struct h_resp r;
+    struct h_req req = {.path = "/v1/chat/completions", .body = body, .headers = hdrs};
+    h_do(port, &req, &r);
+    long st = r.status;
+    h_resp_free(&r);
+    return st;
+}
+
+static json_int_t
+jint(json_t *j, const char *a, const char *b, const char *c)
+{
+    json_t *v = json_object_get(j, a);
+    if (b)
+        v = json_object_get(v, b);
+    if (c)
+        v = json_object_get(v, c);
+    return json_is_integer(v) ? json_integer_value(v) : -1;
+}
+
+/* A backend answering 503 that the router falls back from is that backend's error in
+ * /metrics and /v1/stats although the client got its answer; the client's own 401,
+ * 404 and 429 are nobody's backend error; requests, tokens and spend per key. */
+static void
+test_honest_errors(void)
+{
+    char path[512], hex[2 * AUTH_HASH_LEN + 1];
+    snprintf(path, sizeof(path), "%s/keys", env.dir);
+    FILE *f = fopen(path, "w");
+    CHECK(f);
+    if (!f)
+        return;
+    auth_key_hash_hex("sk-team-a", 9, hex);
+    fprintf(f, "team-a %s\n", hex);
+    auth_key_hash_hex("sk-team-b", 9, hex);
+    fprintf(f, "team-b %s\n", hex);
+    fclose(f);
+    pid_t pid;
+    unsigned port = h_start_triaged(&env, "honest",
+                                    "[router]\nfallback = strong\n"
+                                    "[auth]\nkeys_file = keys\nopen_on_loopback = no\n"
+                                    "rate_limit_rpm = 3\n",
+                                    "path = out.db\nflush_interval_ms = 10\n",
+                                    "price_input = 1000\nprice_output = 2000\n", &pid);
+    CHECK(port);
+    if (!port)
+        return;
+
+    /* routed to fast (threshold 1), which answers 503 twice (an attempt and its retry):
+     * strong answers */
+    CHECK(chat_status(port, "sk-team-a",
+                      "{\"model\":\"triage:1\",\"messages\":[{\"role\":\"user\",\"content\":"
+                      "\"what is two plus two\"}],\"mock\":{\"by_model\":{\"fast\":"
+                      "{\"status\":503}}}}") == 200);
+    const char *ok = "{\"model\":\"fast\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    CHECK(chat_status(port, "sk-team-a", ok) == 200);
+    CHECK(chat_status(port, "sk-team-a",
+                      "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}") ==
+          404);
+    CHECK(chat_status(port, "sk-wrong", ok) == 401);
+    for (int i = 0; i < 3; i++)
+        CHECK(chat_status(port, "sk-team-b", ok) == 200);
+    CHECK(chat_status(port, "sk-team-b", ok) == 429); /* rate_limit_rpm = 3 */
+
+    const char *const auth[] = {"Authorization: Bearer sk-team-a", NULL};
+    char *m = get_text(port, "/metrics", auth);
+    CHECK(m);
+    if (m) {
+        CHECK(strstr(m, "triage_backend_errors_total{backend=\"fast\",kind=\"backend_status\"} 2\n"));
+        CHECK(!strstr(m, "triage_backend_errors_total{backend=\"strong\""));
+        CHECK(!strstr(m, "triage_backend_errors_total{backend=\"none\""));
+        CHECK(!strstr(m, "kind=\"rate_limit_exceeded\""));
+        CHECK(strstr(m, "triage_fallbacks_total{from=\"fast\",to=\"strong\"} 1\n"));
+        CHECK(strstr(m, "triage_key_requests_total{key=\"team-a\"} 3\n"));
+        CHECK(strstr(m, "triage_key_requests_total{key=\"team-b\"} 4\n"));
+        CHECK(strstr(m, "triage_key_tokens_total{key=\"team-a\",direction=\"output\"}"));
+        CHECK(strstr(m, "triage_key_cost_usd_total{key=\"team-b\"}"));
+        CHECK(!strstr(m, "triage_key_cost_usd_total{key=\"team-a\"} 0\n")); /* strong is priced */
+        free(m);
+    }
+
+    /* /v1/stats, once the outcome log has the rows */
+    json_t *st = NULL;
+    for (int i = 0; i < 100; i++) {
+        char *t = get_text(port, "/v1/stats?window=15m", auth);
+        json_decref(st);
+        st = t ? json_loads(t, 0, NULL) : NULL;
+        free(t);
+        if (jint(st, "requests", NULL, NULL) >= 8)
+            break;
+        usleep(50000);
+    }
+    CHECK(jint(st, "requests", NULL, NULL) == 8);
+    CHECK(jint(st, "backend_errors", NULL, NULL) == 2);
+    CHECK(jint(st, "client_errors", NULL, NULL) == 3);
+    CHECK(jint(st, "backends", "fast", "errors") == 2);
+    CHECK(jint(st, "backends", "fast", "failed_attempts") == 2);
+    CHECK(jint(st, "backends", "fast", "fallbacks_from") == 1);
+    CHECK(jint(st, "backends", "strong", "errors") == 0);
+    CHECK(jint(st, "backends", "strong", "requests") == 1);
+    CHECK(!json_object_get(json_object_get(st, "backends"), "(none)"));
+    CHECK(jint(st, "fallbacks", "requests", NULL) == 1);
+    json_t *pair = json_array_get(json_object_get(json_object_get(st, "fallbacks"), "pairs"), 0);
+    CHECK(pair && !strcmp(json_string_value(json_object_get(pair, "from")), "fast") &&
+          !strcmp(json_string_value(json_object_get(pair, "to")), "strong") &&
+          json_integer_value(json_object_get(pair, "requests")) == 1);
+    CHECK(jint(st, "keys", "team-a", "requests") == 3);
+    CHECK(jint(st, "keys", "team-b", "requests") == 4);
+    CHECK(jint(st, "keys", "team-b", "errors") == 1);
+    CHECK(jint(st, "keys", "team-a", "tokens_out") > 0);
+    json_t *cost = json_object_get(json_object_get(json_object_get(st, "keys"), "team-a"), "cost_usd");
+    CHECK(json_is_number(cost) && json_number_value(cost) > 0);
+    json_decref(st);
+    h_stop(pid, SIGTERM);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -238,5 +373,6 @@ main(int argc, char **argv)
     test_url_join();
     test_azure_headers();
     test_config_errors();
+    test_honest_errors();
     return h_env_finish(&env);
 }

@@ -77,6 +77,7 @@ test_exact_output(void **state)
     metrics_record_request(m, &r);
     metrics_record_retry(m, 0);
     metrics_record_backend_error(m, 0, "timeout");
+    metrics_record_key(m, "team-a", 120, 30, 0.000123);
 
     static const char *const expect_lines[] = {
         "# HELP triage_build_info Build information; the value is always 1.",
@@ -171,6 +172,18 @@ test_exact_output(void **state)
         "triage_retries_total{backend=\"fast\"} 1",
         "# HELP triage_fallbacks_total Requests moved from a failing backend to the next one.",
         "# TYPE triage_fallbacks_total counter",
+        "# HELP triage_key_requests_total Requests by client key name (keys_file; past 63 "
+        "names: other).",
+        "# TYPE triage_key_requests_total counter",
+        "triage_key_requests_total{key=\"team-a\"} 1",
+        "# HELP triage_key_tokens_total Tokens reported in upstream usage, by client key name "
+        "and direction.",
+        "# TYPE triage_key_tokens_total counter",
+        "triage_key_tokens_total{key=\"team-a\",direction=\"input\"} 120",
+        "triage_key_tokens_total{key=\"team-a\",direction=\"output\"} 30",
+        "# HELP triage_key_cost_usd_total Estimated spend in US dollars by client key name.",
+        "# TYPE triage_key_cost_usd_total counter",
+        "triage_key_cost_usd_total{key=\"team-a\"} 0.000123",
     };
     char expect[8192] = "";
     for (size_t i = 0; i < sizeof(expect_lines) / sizeof(expect_lines[0]); i++) {

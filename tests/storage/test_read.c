@@ -253,6 +253,75 @@ num(json_t *root, const char *p1, const char *p2, const char *p3)
 
 #define assert_near(a, b) assert_true(fabs((a) - (b)) < 1e-9)
 
+/* A backend's errors are its own (5xx, cut streams, attempts fallen back from); a 4xx
+ * or a row without a backend is nobody's; fallbacks and per-key figures. */
+static void
+test_stats_backend_errors(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    struct storage_options opt = {.flush_interval_ms = 10};
+    struct storage *s = storage_open(f->path, &opt, err, sizeof(err));
+    assert_non_null(s);
+
+    struct storage_record *r = rec("fb", "fast", NOW - 1000, 10, 5, 10, 20, 0.5, 0.9);
+    r->failed_attempts = strdup("strong backend_status,strong connect");
+    r->route_reason = strdup("fallback");
+    r->key_id = strdup("team-a");
+    assert_int_equal(storage_submit(s, r), 0);
+    r = rec("unauth", NULL, NOW - 2000, NAN, NAN, -1, -1, 0, NAN);
+    r->status = 401;
+    r->error_kind = strdup("invalid_api_key");
+    assert_int_equal(storage_submit(s, r), 0);
+    r = rec("limited", "fast", NOW - 3000, 1, NAN, -1, -1, 0, NAN);
+    r->status = 429;
+    r->error_kind = strdup("rate_limit_exceeded");
+    r->key_id = strdup("team-b");
+    assert_int_equal(storage_submit(s, r), 0);
+    r = rec("cut", "fast", NOW - 4000, 10, 5, 10, 3, 0.25, NAN);
+    r->error_kind = strdup("closed"); /* a stream the backend cut after its 200 */
+    r->key_id = strdup("team-a");
+    assert_int_equal(storage_submit(s, r), 0);
+    r = rec("stopping", "fast", NOW - 5000, 10, NAN, -1, -1, 0, NAN);
+    r->status = 503;
+    r->error_kind = strdup("shutdown");
+    assert_int_equal(storage_submit(s, r), 0);
+    assert_int_equal(storage_flush(s, 0), 0);
+    storage_close(s);
+
+    json_t *j = storage_stats(f->path, "1h", NULL, 0, NOW, err, sizeof(err));
+    if (!j)
+        fail_msg("stats: %s", err);
+    assert_near(num(j, "requests", NULL, NULL), 5);
+    assert_near(num(j, "errors", NULL, NULL), 4);
+    assert_near(num(j, "client_errors", NULL, NULL), 2);
+    assert_near(num(j, "backend_errors", NULL, NULL), 3);
+    json_t *b = json_object_get(j, "backends");
+    assert_null(json_object_get(b, "(none)"));
+    assert_int_equal(json_object_size(b), 2);
+    assert_near(num(b, "fast", "requests", NULL), 4);
+    assert_near(num(b, "fast", "errors", NULL), 1);
+    assert_near(num(b, "fast", "failed_attempts", NULL), 0);
+    assert_near(num(b, "strong", "requests", NULL), 0);
+    assert_near(num(b, "strong", "errors", NULL), 2);
+    assert_near(num(b, "strong", "failed_attempts", NULL), 2);
+    assert_near(num(b, "strong", "fallbacks_from", NULL), 1);
+    assert_near(num(j, "fallbacks", "requests", NULL), 1);
+    json_t *pair = json_array_get(json_object_get(json_object_get(j, "fallbacks"), "pairs"), 0);
+    assert_string_equal(json_string_value(json_object_get(pair, "from")), "strong");
+    assert_string_equal(json_string_value(json_object_get(pair, "to")), "fast");
+    json_t *k = json_object_get(j, "keys");
+    assert_int_equal(json_object_size(k), 2);
+    assert_near(num(k, "team-a", "requests", NULL), 2);
+    assert_near(num(k, "team-a", "errors", NULL), 1);
+    assert_near(num(k, "team-a", "tokens_in", NULL), 20);
+    assert_near(num(k, "team-a", "tokens_out", NULL), 23);
+    assert_near(num(k, "team-a", "cost_usd", NULL), 0.75);
+    assert_near(num(k, "team-b", "requests", NULL), 1);
+    assert_near(num(k, "team-b", "errors", NULL), 1);
+    json_decref(j);
+}
+
 static void
 test_stats_figures(void **state)
 {
@@ -900,6 +969,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_feedback_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_feedback_in_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_figures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_backend_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_percentiles_random, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_rejects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export, setup, teardown),
