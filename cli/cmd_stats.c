@@ -1,5 +1,6 @@
 /* cmd_stats.c - `triage stats`: routing statistics from the outcome log, as a table or JSON. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,15 @@ sparkline(char *buf, json_t *counts, double max)
     buf[json_array_size(counts)] = '\0';
 }
 
+/* USD as printed with 4 decimals: a float residue that rounds to nothing (a saving of
+ * -1.4e-20 when routing changed nothing) is 0, never "$-0.0000". */
+static double
+money(double usd)
+{
+    double r = round(usd * 1e4) / 1e4;
+    return r == 0 || !isfinite(r) ? 0.0 : r;
+}
+
 static void
 print_table(const char *db, json_t *j)
 {
@@ -79,12 +89,23 @@ print_table(const char *db, json_t *j)
            from, to);
     printf("requests %.0f, errors %.0f (%.1f%%), tokens in %.0f out %.0f, cost $%.4f\n", total,
            num(j, "errors"), total > 0 ? 100.0 * num(j, "errors") / total : 0.0,
-           num(j, "tokens_in"), num(j, "tokens_out"), num(j, "cost_usd"));
+           num(j, "tokens_in"), num(j, "tokens_out"), money(num(j, "cost_usd")));
     json_t *fb = json_object_get(j, "feedback");
     if (num(fb, "count") > 0)
         printf("feedback %.0f, mean score %.3f\n", num(fb, "count"), num(fb, "mean"));
     else
         printf("feedback none\n");
+    /* whose errors: the backends' own (with attempts retried or fallen back from) and
+     * the clients' (4xx) */
+    json_t *fbk = json_object_get(j, "fallbacks");
+    if (json_object_get(j, "backend_errors"))
+        printf("backend errors %.0f, client errors %.0f, fallbacks %.0f\n", num(j, "backend_errors"),
+               num(j, "client_errors"), num(fbk, "requests"));
+    size_t pi;
+    json_t *pv;
+    json_array_foreach(json_object_get(fbk, "pairs"), pi, pv)
+        printf("  fell back %s -> %s: %.0f\n", json_string_value(json_object_get(pv, "from")),
+               json_string_value(json_object_get(pv, "to")), num(pv, "requests"));
 
     printf("\n%-12s %8s %6s %6s %8s %8s %8s %8s %8s %10s %10s %10s %9s\n", "backend", "requests",
            "share", "errors", "p50 ms", "p95 ms", "p99 ms", "ttfb p50", "ttfb p95", "tokens in",
@@ -104,7 +125,17 @@ print_table(const char *db, json_t *j)
             snprintf(fbs, sizeof(fbs), "-");
         printf("%-12s %8.0f %5.1f%% %6.0f %8s %8s %8s %8s %8s %10.0f %10.0f %10.4f %9s\n", name,
                num(be, "requests"), 100.0 * num(be, "share"), num(be, "errors"), a, b, c, d, e,
-               num(be, "tokens_in"), num(be, "tokens_out"), num(be, "cost_usd"), fbs);
+               num(be, "tokens_in"), num(be, "tokens_out"), money(num(be, "cost_usd")), fbs);
+    }
+
+    json_t *keys = json_object_get(j, "keys");
+    if (json_object_size(keys)) {
+        printf("\n%-16s %8s %6s %10s %10s %10s\n", "key", "requests", "errors", "tokens in",
+               "tokens out", "cost $");
+        json_object_foreach(keys, name, be)
+            printf("%-16s %8.0f %6.0f %10.0f %10.0f %10.4f\n", name, num(be, "requests"),
+                   num(be, "errors"), num(be, "tokens_in"), num(be, "tokens_out"),
+                   money(num(be, "cost_usd")));
     }
 
     /* The daemon's own calls to learn (not in the figures above) and the labels. */
@@ -113,16 +144,16 @@ print_table(const char *db, json_t *j)
         num(lb, "feedback") > 0 || num(lb, "offline") > 0)
         printf("\nlearning: %.0f shadow calls ($%.4f), %.0f judge calls ($%.4f); labels: "
                "judge %.0f, feedback %.0f, offline %.0f\n",
-               num(ln, "shadow_calls"), num(ln, "shadow_cost_usd"), num(ln, "judge_calls"),
-               num(ln, "judge_cost_usd"), num(lb, "judge"), num(lb, "feedback"),
+               num(ln, "shadow_calls"), money(num(ln, "shadow_cost_usd")), num(ln, "judge_calls"),
+               money(num(ln, "judge_cost_usd")), num(lb, "judge"), num(lb, "feedback"),
                num(lb, "offline"));
 
     json_t *sv = json_object_get(j, "saving");
     if (json_is_object(sv)) {
         json_t *share = json_object_get(sv, "saving_share");
         printf("\nsaving against sending everything to %s: $%.4f of $%.4f",
-               json_string_value(json_object_get(sv, "baseline_backend")), num(sv, "saving_usd"),
-               num(sv, "baseline_cost_usd"));
+               json_string_value(json_object_get(sv, "baseline_backend")),
+               money(num(sv, "saving_usd")), money(num(sv, "baseline_cost_usd")));
         if (json_is_number(share))
             printf(" (%.1f%%)", 100.0 * json_number_value(share));
         printf(" over %.0f requests with token counts\n", num(sv, "rows"));

@@ -5,7 +5,8 @@
   const REFRESH_MS = 5000;
   const MAX_ERRORS = 10; /* rows in the recent errors table */
   const WINDOWS = ['15m', '1h', '24h', '7d'];
-  const PALETTE = ['#4e8df5', '#f08a3e', '#2bb673', '#9b59b6', '#e05d5d', '#16a0a0'];
+  const PALETTE = ['#4e8df5', '#f08a3e', '#2bb673', '#9b59b6', '#e05d5d', '#16a0a0',
+                   '#c2a100', '#d35fb7', '#7f8c3a', '#5b6bd1', '#b5651d', '#2f9bd6'];
   const SVGNS = 'http://www.w3.org/2000/svg';
 
   const params = new URLSearchParams(location.search);
@@ -21,10 +22,12 @@
   function fmtUSD(x) {
     if (x == null || !isFinite(x)) return '–';
     const a = Math.abs(x);
-    if (a === 0) return '$0';
-    /* cents and up: fixed decimals; below a cent: two significant digits */
+    /* below a millionth of a dollar is float residue (a saving of -1.4e-20): $0, no sign */
+    if (a < 5e-7) return '$0';
+    /* cents and up: fixed decimals; below a cent: two significant digits, never an
+     * exponent (toFixed with as many places as they need) */
     const t = a >= 100 ? a.toFixed(0) : a >= 1 ? a.toFixed(2) : a >= 0.01 ? a.toFixed(3)
-      : String(Number(a.toPrecision(2)));
+      : a.toFixed(Math.min(8, 1 - Math.floor(Math.log10(a)))).replace(/0+$/, '');
     return (x < 0 ? '-$' : '$') + t;
   }
   /* Axis labels: as few decimals as the tick step needs. */
@@ -174,6 +177,29 @@
     names.sort((a, b) => cpr(a) - cpr(b) || a.localeCompare(b));
     return names;
   }
+  /* A backend's colour from a hash of its name (FNV-1a), so it keeps its colour across
+   * refreshes, windows and reloads; two names that hash alike take the next free
+   * colour, in the order of their hashes then names, so the pair is stable too. */
+  function nameHash(name) {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < name.length; i++) {
+      h ^= name.charCodeAt(i);
+      h = Math.imul(h, 0x01000193) >>> 0;
+    }
+    return h;
+  }
+  function backendColors(names) {
+    const colors = {}, taken = new Set();
+    const order = names.slice().sort((a, b) => nameHash(a) - nameHash(b) || a.localeCompare(b));
+    for (const b of order) {
+      let i = nameHash(b) % PALETTE.length;
+      for (let k = 0; k < PALETTE.length && taken.has(i); k++) i = (i + 1) % PALETTE.length;
+      taken.add(i);
+      colors[b] = PALETTE[i];
+    }
+    return colors;
+  }
+
   function strongName(d, names) {
     if (d.saving && d.saving.baseline_backend) return d.saving.baseline_backend;
     return names[names.length - 1];
@@ -317,12 +343,12 @@
     xTitle(svg, f, 'backend');
   }
 
-  function drawScore(d) {
+  function drawScore(d, colors) {
     const svg = $('chart-score');
     const f = frame(svg, { left: 48, right: 10, top: 10, bottom: 36 });
     const h = d.score_histogram;
     const names = backendOrder(d);
-    const cheap = PALETTE[0], dear = PALETTE[Math.max(1, names.length - 1) % PALETTE.length];
+    const cheap = colors[names[0]] || PALETTE[0], dear = colors[strongName(d, names)] || PALETTE[1];
     const thr = d.threshold != null && isFinite(d.threshold) ? d.threshold : null;
     legend($('score-legend'), thr == null
       ? [{ color: '#6f8fd8', label: 'routed requests by score (0 easy, 1 hard)' }]
@@ -415,7 +441,7 @@
     const tbody = $('table-backends').tBodies[0];
     tbody.textContent = '';
     $('backends-hint').textContent = `${names.length} backend${names.length === 1 ? '' : 's'}`;
-    if (!names.length) return emptyRow(tbody, 6, 'no requests in this window');
+    if (!names.length) return emptyRow(tbody, 7, 'no requests in this window');
     for (const b of names) {
       const s = d.backends[b];
       const tr = document.createElement('tr');
@@ -427,7 +453,10 @@
       name.appendChild(document.createTextNode(b));
       cell(tr, name);
       cell(tr, fmtInt(s.requests), 'num');
-      cell(tr, fmtInt(s.errors), 'num');
+      const errs = cell(tr, fmtInt(s.errors), 'num');
+      if (s.failed_attempts)
+        errs.title = `${fmtInt(s.failed_attempts)} of them attempts retried or fallen back from`;
+      cell(tr, fmtInt(s.fallbacks_from || 0), 'num');
       cell(tr, fmtMs(s.ttfb_ms && s.ttfb_ms.p50), 'num');
       cell(tr, fmtUSD(s.cost_usd), 'num');
       cell(tr, s.feedback && s.feedback.mean != null
@@ -457,6 +486,35 @@
     }
   }
 
+  /* Requests a fallback answered: from the backend that failed to the one that answered. */
+  function drawFallbacks(d, names, colors) {
+    const tbody = $('table-fallbacks').tBodies[0];
+    tbody.textContent = '';
+    const fb = d.fallbacks || { requests: 0, pairs: [] };
+    const pairs = (fb.pairs || []).slice().sort((a, b) => b.requests - a.requests || a.from.localeCompare(b.from));
+    $('fallbacks-hint').textContent = d.requests
+      ? `${fmtInt(fb.requests)} of ${fmtInt(d.requests)} requests (${fmtPct(fb.requests / d.requests, 2)})` : '';
+    if (!pairs.length) return emptyRow(tbody, 4, 'no fallbacks in this window');
+    const swatch = (b) => {
+      const n = document.createElement('span');
+      const sw = document.createElement('span');
+      sw.className = 'sw';
+      sw.style.cssText = `display:inline-block;width:9px;height:9px;border-radius:2px;margin-right:6px;background:${colors[b] || '#999'}`;
+      n.appendChild(sw);
+      n.appendChild(document.createTextNode(b));
+      return n;
+    };
+    for (const p of pairs) {
+      const tr = document.createElement('tr');
+      tr.className = 'fallback';
+      cell(tr, swatch(p.from));
+      cell(tr, '→', 'arrow');
+      cell(tr, swatch(p.to));
+      cell(tr, fmtInt(p.requests), 'num');
+      tbody.appendChild(tr);
+    }
+  }
+
   function drawKpis(d, names) {
     const strong = strongName(d, names);
     const mins = d.window_ms / 60000;
@@ -472,7 +530,10 @@
     $('kpi-saving-note').textContent = sv
       ? `${fmtPct(sv.saving_share)} below ${fmtUSD(sv.baseline_cost_usd)}` : 'no backend prices';
     $('kpi-errors').textContent = fmtInt(d.errors);
-    $('kpi-error-rate').textContent = d.requests ? `${fmtPct(d.errors / d.requests, 2)} of requests` : '';
+    $('kpi-error-rate').textContent = !d.requests ? ''
+      : d.backend_errors != null
+        ? `${fmtPct(d.errors / d.requests, 2)} of requests · ${fmtInt(d.backend_errors)} backend, ${fmtInt(d.client_errors)} client`
+        : `${fmtPct(d.errors / d.requests, 2)} of requests`;
     const fb = d.feedback;
     $('kpi-feedback').textContent = fb && fb.mean != null ? fb.mean.toFixed(2) : '–';
     $('kpi-feedback-note').textContent = fb ? `${fmtInt(fb.count)} ratings` : '';
@@ -488,16 +549,16 @@
 
   function render(d) {
     const names = backendOrder(d);
-    const colors = {};
-    names.forEach((b, i) => { colors[b] = PALETTE[i % PALETTE.length]; });
+    const colors = backendColors(names);
     drawKpis(d, names);
     drawShare(d, names, colors);
     drawCost(d, names, colors);
     drawLatency(d, names, colors);
-    drawScore(d);
+    drawScore(d, colors);
     drawBackends(d, names, colors);
     drawMix(d, names, colors);
     drawErrors(d);
+    drawFallbacks(d, names, colors);
     document.body.dataset.requests = d.requests;
     document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
   }
@@ -515,7 +576,11 @@
     try {
       const r = await fetch(url, { cache: 'no-store',
                                    headers: key ? { Authorization: `Bearer ${key}` } : {} });
-      if (!r.ok) throw new Error(`${r.status} ${r.statusText}`.trim());
+      if (!r.ok) {
+        const e = new Error(`${r.status} ${r.statusText}`.trim());
+        e.status = r.status;
+        throw e;
+      }
       last = await r.json();
       render(last);
       $('banner').hidden = true;
@@ -526,6 +591,18 @@
       $('banner').hidden = false;
       $('banner').textContent = `Could not load ${url}: ${err.message}` +
         (last ? ' (showing the last good data)' : '');
+      if (err.status === 401 || err.status === 403) {
+        /* the stats need a key: say how to give the page one (kept in the fragment,
+         * which the browser never sends to any server) */
+        const u = new URL(location.href);
+        u.hash = 'key=YOUR_KEY';
+        $('banner').textContent = (key ? `The key given in the address was refused (${err.status}). `
+          : `The stats need a key (${err.status}). `) +
+          `Open ${u.href}, with a client key from [auth] keys_file, or an admin key ` +
+          `(admin_keys_file) when [auth] stats_need_admin = yes; the page sends it as ` +
+          `Authorization: Bearer.`;
+        $('banner').dataset.kind = 'auth';
+      }
     }
   }
 

@@ -1,7 +1,8 @@
 /* dashboard_server.c - a tiny HTTP server for the dashboard test: the embedded page plus a
  * fixed GET /v1/stats answer from a JSON file, as the daemon would serve them.
  *
- * Usage: dashboard_server STATS.json [PORT]  (PORT 0 or absent: any free port).
+ * Usage: dashboard_server STATS.json|--unauthorized [PORT]  (PORT 0 or absent: any free
+ * port). With --unauthorized, GET /v1/stats answers 401 as triaged does without a key.
  * Prints "port N" once listening, then serves until SIGTERM or SIGINT. */
 #include <signal.h>
 #include <stdio.h>
@@ -49,6 +50,12 @@ handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
     (void)cls, (void)version, (void)upload_data, (void)upload_data_size, (void)con_cls;
     if (strcmp(method, "GET") && strcmp(method, "HEAD"))
         return reply(c, 405, "text/plain", "method not allowed\n", 19, NULL);
+    if (!strcmp(url, "/v1/stats") && !stats) {
+        static const char e[] = "{\"error\":{\"message\":\"Missing API key\",\"type\":"
+                                "\"invalid_request_error\",\"param\":null,\"code\":"
+                                "\"missing_api_key\"}}";
+        return reply(c, 401, "application/json", e, sizeof(e) - 1, NULL);
+    }
     if (!strcmp(url, "/v1/stats"))
         return reply(c, 200, "application/json", stats, stats_len, NULL);
     const struct dashboard_asset *a = dashboard_find(url);
@@ -67,21 +74,23 @@ main(int argc, char **argv)
         fprintf(stderr, "usage: %s STATS.json [PORT]\n", argv[0]);
         return 2;
     }
-    FILE *f = fopen(argv[1], "rb");
-    if (!f) {
-        perror(argv[1]);
-        return 1;
+    if (strcmp(argv[1], "--unauthorized")) {
+        FILE *f = fopen(argv[1], "rb");
+        if (!f) {
+            perror(argv[1]);
+            return 1;
+        }
+        fseek(f, 0, SEEK_END);
+        long n = ftell(f);
+        rewind(f);
+        stats = malloc((size_t)n + 1);
+        if (!stats || fread(stats, 1, (size_t)n, f) != (size_t)n) {
+            perror(argv[1]);
+            return 1;
+        }
+        fclose(f);
+        stats_len = (size_t)n;
     }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    stats = malloc((size_t)n + 1);
-    if (!stats || fread(stats, 1, (size_t)n, f) != (size_t)n) {
-        perror(argv[1]);
-        return 1;
-    }
-    fclose(f);
-    stats_len = (size_t)n;
 
     unsigned port = argc > 2 ? (unsigned)atoi(argv[2]) : 0;
     struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,

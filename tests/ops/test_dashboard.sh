@@ -110,17 +110,64 @@ count_in "score bars"          chart-score 'class="bar"' 20
 expect "score axis"            '>0.50<'
 expect "axis titles"           '>difficulty score<'
 # tables
-# 2 backends x 5 numeric columns + 10 error statuses (the table shows the latest 10)
-count "numeric cells"          '<td class="num">' 20
+# 2 backends x 6 numeric columns (strong's errors cell carries a title) + 10 error
+# statuses (the table shows the latest 10) + 1 fallback row
+count "numeric cells"          '<td class="num">' 22
 count "error rows"             '<td class="id">' 10
 expect "errors hint"           'latest 10 of 15'
 expect "newest error first"    '<td>07:56:54</td><td>strong</td>'
-expect "backend row"           '>1,770</td><td class="num">5</td><td class="num">180 ms</td><td class="num">$0.654</td><td class="num">0.83 (41)</td>'
+expect "backend row"           '>1,770</td><td class="num">5</td><td class="num">0</td><td class="num">180 ms</td><td class="num">$0.654</td><td class="num">0.83 (41)</td>'
+# honest errors: strong's own 10 plus 14 attempts it failed before a retry or fallback
+expect "strong errors"         'title="14 of them attempts retried or fallen back from">24</td><td class="num">9</td>'
+expect "error split"           '0.62% of requests · 29 backend, 0 client'
+# fallbacks: strong -> fast, 9 requests
+count "fallback rows"          '<tr class="fallback">' 1
+expect "fallback pair"         'strong</span></td><td class="arrow">→</td><td><span><span class="sw"'
+expect "fallback count"        '>fast</span></td><td class="num">9</td>'
+expect "fallbacks hint"        '9 of 2,427 requests (0.37%)'
 
 expect "error kind"            '>timeout<'
 # share of requests vs spend: two 100% bars of two backends each
 count_in "mix bars"            chart-mix 'class="mix"' 4
 expect "spend share label"     '>93%<'
+
+# stable colours: a backend's swatch colour comes from its name (FNV-1a), the same on
+# every load whatever else is in the window
+expect "fast colour"           'background: rgb(155, 89, 182);'
+expect "strong colour"         'background: rgb(43, 182, 115);'
+
+# run_page FIXTURE|--unauthorized OUT: the page's DOM against another server.
+run_page() {
+    "$server" "$1" 0 >"$tmp/port2" &
+    p2=$!
+    for _ in $(seq 50); do
+        grep -q '^port ' "$tmp/port2" 2>/dev/null && break
+        sleep 0.1
+    done
+    run_chromium --window-size=1280,900 --dump-dom \
+        "http://127.0.0.1:$(sed -n 's/^port //p' "$tmp/port2")/dashboard" >"$2"
+    kill "$p2" 2>/dev/null
+    wait "$p2" 2>/dev/null
+}
+# money: float residue (a saving of -1.4e-20) prints as $0, tiny spend without exponent
+sed 's/"saving_usd": 18.409222/"saving_usd": -1.4e-20/; s/"judge_cost_usd": 0.8765/"judge_cost_usd": 0.0000031/; s/"shadow_cost_usd": 1.2345/"shadow_cost_usd": 0/' \
+    "$fixture" >"$tmp/tiny.json"
+run_page "$tmp/tiny.json" "$tmp/tiny.html"
+if grep -qF 'id="kpi-saving">$0<' "$tmp/tiny.html" && grep -qF '$0.0000031 on 363' "$tmp/tiny.html" \
+    && ! grep -q 'e-[0-9]' "$tmp/tiny.html"; then
+    echo "ok   money rounding"
+else
+    echo "FAIL money rounding: $(grep -o 'id="kpi-saving">[^<]*<' "$tmp/tiny.html") $(grep -o '[^>]* on 363' "$tmp/tiny.html")"
+    fail=1
+fi
+# a 401 says how to pass the key
+run_page --unauthorized "$tmp/401.html"
+if grep -qF '/dashboard#key=YOUR_KEY' "$tmp/401.html" && grep -qF 'stats_need_admin' "$tmp/401.html"; then
+    echo "ok   401 banner"
+else
+    echo "FAIL 401 banner: $(grep -o 'id="banner"[^<]*<' "$tmp/401.html")"
+    fail=1
+fi
 
 run_chromium --window-size=1280,1180 --screenshot="$outdir/dashboard.png" "$url" >/dev/null
 if [ -s "$outdir/dashboard.png" ]; then

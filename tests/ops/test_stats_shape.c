@@ -75,7 +75,8 @@ same_shape(const json_t *want, const json_t *got, const char *path)
         json_t *v;
         /* Backend names are data, not fields: compare every live backend with the
          * fixture's first one. */
-        int by_name = !strcmp(path, ".backends") || !strcmp(path, ".timeline.backends");
+        int by_name = !strcmp(path, ".backends") || !strcmp(path, ".timeline.backends") ||
+                      !strcmp(path, ".keys");
         json_t *proto = NULL;
         if (by_name) {
             void *it = json_object_iter((json_t *)want);
@@ -118,9 +119,16 @@ test_fixture_matches_storage(void **state)
     struct storage *s = storage_open(path, NULL, err, sizeof(err));
     if (!s)
         fail_msg("storage_open: %s", err);
-    for (int i = 0; i < 40; i++)
-        assert_int_equal(storage_submit(s, rec(i, i % 3 ? "fast" : "strong", i % 13 ? 200 : 504)),
-                         0);
+    for (int i = 0; i < 40; i++) {
+        struct storage_record *r = rec(i, i % 3 ? "fast" : "strong", i % 13 ? 200 : 504);
+        r->key_id = xstrdup(i % 2 ? "team-a" : "team-b");
+        if (i % 3 && i % 7 == 0) { /* strong failed, fast answered */
+            r->failed_attempts = xstrdup("strong backend_status");
+            free(r->route_reason);
+            r->route_reason = xstrdup("fallback");
+        }
+        assert_int_equal(storage_submit(s, r), 0);
+    }
     assert_int_equal(storage_flush(s, 0), 0);
     assert_true(storage_feedback(s, "req-1", 1.0, NULL, NULL, err, sizeof(err)) >= 0);
     storage_close(s);

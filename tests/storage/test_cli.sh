@@ -16,6 +16,8 @@ grep -Eq '^strong +2 +40\.0% +1 ' "$dir/out" || fail "strong row"
 # baseline 5 * 0.04 = 0.2, actual 3 * 0.002 + 2 * 0.04 = 0.086, saving 0.114 = 57.0%
 grep -q 'everything to strong: \$0.1140 of \$0.2000 (57.0%)' "$dir/out" || fail "saving: $(cat "$dir/out")"
 grep -q 'upstream_timeout' "$dir/out" || fail "recent errors"
+# whose errors: the strong timeout is that backend's own; no 4xx, no fallback
+grep -q '^backend errors 1, client errors 0, fallbacks 0$' "$dir/out" || fail "error split: $(cat "$dir/out")"
 
 # JSON: the same document as /v1/stats.
 "$triage" stats --db "$dir/t.db" --window 15m --json >"$dir/json"
