@@ -25,6 +25,9 @@ usage(FILE *f)
             "Each input line: {\"prompt\": \"...\" | \"messages\": [...], \"outcomes\": {\"<head>\": q}}\n"
             "with q in [0,1] = how well the backend that head scores answered; one head per\n"
             "outcome name. The score learns how much a prompt needs --strong over --weak.\n"
+            "Optional \"answers\": {\"<head>\": \"text\" | {\"text\", \"finish_reason\", \"logprobs\"}}\n"
+            "(or \"answer_signals\", as the log keeps them): --weak's judged answers teach the\n"
+            "cascade's escalation model (docs/cascade.md), stored in the model file.\n"
             "\n"
             "  --data F          training file (JSONL, optionally gzip); repeatable\n"
             "  --db F            triaged's outcome log: client requests with stored prompt text\n"
@@ -209,6 +212,15 @@ cli_train(int argc, char **argv)
                 (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
                 (double)(t2.tv_sec - t1.tv_sec) + (t2.tv_nsec - t1.tv_nsec) / 1e9, out, size,
                 router_model_version(m));
+        if (router_model_escalation_examples(m) > 0)
+            fprintf(stderr, "triage train: escalation model (cascade) learned from %zu judged "
+                            "answers of '%s'\n",
+                    router_model_escalation_examples(m), o.weak);
+        else
+            fprintf(stderr, "triage train: %zu judged answers, too few of '%s' (30, some good, "
+                            "some bad) to learn an escalation model: the cascade scores answers "
+                            "by the signals-only default (docs/cascade.md)\n",
+                    router_dataset_answers(d), o.weak);
         if (router_model_head_find(m, o.strong) < 0 || router_model_head_find(m, o.weak) < 0)
             fprintf(stderr, "triage train: no outcomes named '%s' and '%s': the score is 1 - "
                             "mean predicted success\n", o.strong, o.weak);

@@ -138,4 +138,41 @@ features_json_escape_in8(const char *p)
     return (((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & high ? 1 : 0;
 }
 
+/* ---- answer signals (the cascade's escalation model reads them) ---------------- */
+
+/* Signals of one answer (see features_answer_name): log sizes (bytes, non-empty lines,
+ * numbers), a final-result marker ("####", "\\boxed{", "answer is", ...), counts of
+ * hedging and self-correcting words, how the text ends (on a number, cleanly), the
+ * share of repeated lines, finish_reason (cut at length, other than a normal stop,
+ * absent), and when token log-probabilities are given: their mean, minimum and the
+ * share of tokens below even odds; whether the last number has a fractional part, words
+ * of rounding ("rounded", "nearest", "whole"), and the share of the prompt's numbers the
+ * answer never mentions. Bump FEATURES_ANSWER_VERSION when the mapping changes:
+ * escalation models record it. */
+#define FEATURES_N_ANSWER 19
+#define FEATURES_ANSWER_VERSION 1
+
+/* Fills out with the signals of text (len bytes, borrowed, any bytes; NULL = empty), the
+ * prompt it answers (its last user turn, prompt_len bytes, borrowed; NULL = unknown), its
+ * finish_reason (borrowed; NULL = unknown) and n_logprobs token log-probabilities
+ * (borrowed; NULL or 0 = none; values above 0 or not finite are skipped). */
+void features_answer_signals(const char *text, size_t len, const char *prompt, size_t prompt_len,
+                             const char *finish_reason, const float *logprobs, size_t n_logprobs,
+                             float out[FEATURES_N_ANSWER]);
+
+/* Same from an OpenAI chat completion (borrowed) answering request (borrowed; NULL =
+ * unknown prompt): choices[0]'s message.content, finish_reason and
+ * logprobs.content[].logprob (the first 4096). Returns 0, or -EINVAL when it has no
+ * choices[0].message. */
+int features_answer_from_response(const json_t *request, const json_t *response,
+                                  float out[FEATURES_N_ANSWER]);
+
+/* Returns the text of request's (borrowed) last user turn (its last text part), or of a
+ * legacy "prompt" (the last string), borrowed from request, with *len its bytes; NULL
+ * (*len 0) when it has none. */
+const char *features_request_last_user(const json_t *request, size_t *len);
+
+/* Returns answer signal i's name (static), or NULL when i is out of range. */
+const char *features_answer_name(size_t i);
+
 #endif

@@ -25,6 +25,12 @@
  *         bit b%8 of byte b/8), then per set bit in bucket order n_out + dim
  *         f16 (w_sparse row, then h_sparse row)
  *     f32 ref[n_ref] (ascending)
+ *   format 2 only (a model with a learned escalation model, escalate.c), then:
+ *     u32 n_esc (ROUTER__ESC_N), FEATURES_ANSWER_VERSION, n_train;
+ *     f32 mean[n_esc], scale[n_esc], w[n_esc], bias
+ *     u32 rows, a bitmap of 2^n_bits bits, then per set bit one f16 (w_sparse)
+ *   A model without one is written as format 1, which loads with the signals-only
+ *   default escalation.
  *
  * Sparse rows dominate the size; storing only non-zero ones as half floats keeps
  * a 2^18-bucket model to a few MB.
@@ -77,6 +83,7 @@ model_free(struct router_model *m)
     free(m->h_sparse);
     free(m->h_out);
     free(m->ref);
+    free(m->esc.w_sparse);
     free(m);
 }
 
@@ -235,8 +242,8 @@ scratch_key_make(void)
         abort();
 }
 
-static struct features_scratch *
-thread_scratch(unsigned n_bits)
+struct features_scratch *
+router__thread_scratch(unsigned n_bits)
 {
     struct features_scratch *s;
 
@@ -278,7 +285,7 @@ router_score_request(const struct router_model *m, const json_t *request,
     struct features_vec fv;
     int rc;
 
-    rc = features_extract(thread_scratch(m->n_bits), request, &fv);
+    rc = features_extract(router__thread_scratch(m->n_bits), request, &fv);
     if (rc < 0)
         return rc;
     return router_score_features(m, &fv, out);
@@ -289,7 +296,7 @@ router_request_features(const struct router_model *m, const json_t *request, siz
 {
     struct features_vec fv;
 
-    if (features_extract(thread_scratch(m->n_bits), request, &fv) < 0)
+    if (features_extract(router__thread_scratch(m->n_bits), request, &fv) < 0)
         return NULL;
     return features_blob_encode(&fv, m->n_bits, len);
 }
@@ -301,7 +308,7 @@ router_score_text(const struct router_model *m, const char *text, size_t len,
     struct features_vec fv;
     int rc;
 
-    rc = features_extract_text(thread_scratch(m->n_bits), text, len, &fv);
+    rc = features_extract_text(router__thread_scratch(m->n_bits), text, len, &fv);
     if (rc < 0)
         return rc;
     return router_score_features(m, &fv, out);
@@ -515,8 +522,32 @@ payload_write(const struct router_model *m, struct wbuf *b)
             wb_f16(b, m->h_sparse[r * m->dim + k]);
     }
     wb_f32s(b, m->ref, m->n_ref);
+    if (m->has_esc) {
+        wb_u32(b, ROUTER__ESC_N);
+        wb_u32(b, FEATURES_ANSWER_VERSION);
+        wb_u32(b, m->esc.n_train);
+        wb_f32s(b, m->esc.mean, ROUTER__ESC_N);
+        wb_f32s(b, m->esc.scale, ROUTER__ESC_N);
+        wb_f32s(b, m->esc.w, ROUTER__ESC_N);
+        wb_f32s(b, &m->esc.bias, 1);
+        memset(bitmap, 0, nb / 8);
+        rows = 0;
+        for (size_t r = 0; r < nb; r++)
+            if (half_from_float(m->esc.w_sparse[r]) & 0x7fff) {
+                bitmap[r / 8] |= (unsigned char)(1u << (r % 8));
+                rows++;
+            }
+        wb_u32(b, (uint32_t)rows);
+        wb_put(b, bitmap, nb / 8);
+        for (size_t r = 0; r < nb; r++)
+            if (bitmap[r / 8] & (1u << (r % 8)))
+                wb_f16(b, m->esc.w_sparse[r]);
+    }
     free(bitmap);
 }
+
+/* Bytes of the escalation section of format 2 before its sparse rows. */
+#define ESC_BYTES (4u * 3 + 4u * (3 * ROUTER__ESC_N + 1) + 4u)
 
 void
 router__model_finish(struct router_model *m)
@@ -538,7 +569,7 @@ router_model_save(const struct router_model *m, const char *path)
 
     payload_write(m, &pl);
     wb_put(&hd, ROUTER__MAGIC, 8);
-    wb_u32(&hd, ROUTER__FORMAT_VERSION);
+    wb_u32(&hd, m->has_esc ? ROUTER__FORMAT_VERSION : 1u);
     wb_u32(&hd, FEATURES_VERSION);
     wb_u32(&hd, (uint32_t)pl.len);
     wb_u32(&hd, (uint32_t)((uint64_t)pl.len >> 32));
@@ -648,8 +679,9 @@ router__set_err(char *err, size_t errlen, const char *fmt, ...)
 
 /* Parses and validates a payload; returns a new model or NULL with err set. */
 static struct router_model *
-payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
+payload_read(const unsigned char *data, size_t len, uint32_t format, char *err, size_t errlen)
 {
+    uint64_t esc_bytes = format >= 2 ? ESC_BYTES : 0;
     struct rbuf b = {data, len, 0, 0};
     struct router_model *m = NULL;
     uint32_t n_bits, dim, n_heads, n_dense, n_ref, rows;
@@ -681,13 +713,16 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
     uint64_t rows_off = 32 + (uint64_t)n_heads * ROUTER__NAME_MAX +
                         4 * (2ull * FEATURES_N_DENSE + no + FEATURES_N_DENSE * no + dim +
                              (uint64_t)FEATURES_N_DENSE * dim + dim * no);
-    if (rows_off + 4 + nb / 8 + 4ull * n_ref > len) {
+    if (rows_off + 4 + nb / 8 + 4ull * n_ref + esc_bytes > len) {
         router__set_err(err, errlen, "truncated model");
         return NULL;
     }
     uint32_t declared_rows = get_u32(data + rows_off);
     if (declared_rows > nb ||
-        rows_off + 4 + nb / 8 + (uint64_t)declared_rows * (no + dim) * 2 + 4ull * n_ref != len) {
+        (esc_bytes == 0 &&
+         rows_off + 4 + nb / 8 + (uint64_t)declared_rows * (no + dim) * 2 + 4ull * n_ref != len) ||
+        (esc_bytes > 0 && rows_off + 4 + nb / 8 + (uint64_t)declared_rows * (no + dim) * 2 +
+                                  4ull * n_ref + esc_bytes + nb / 8 > len)) {
         router__set_err(err, errlen, "model size does not match its shape");
         return NULL;
     }
@@ -744,6 +779,60 @@ payload_read(const unsigned char *data, size_t len, char *err, size_t errlen)
     m->n_ref = n_ref;
     m->ref = xcalloc(n_ref, sizeof(float));
     rb_f32s(&b, m->ref, n_ref);
+    if (esc_bytes) {
+        uint32_t n_esc = rb_u32(&b), aversion = rb_u32(&b);
+        m->esc.n_train = rb_u32(&b);
+        rb_f32s(&b, m->esc.mean, ROUTER__ESC_N);
+        rb_f32s(&b, m->esc.scale, ROUTER__ESC_N);
+        rb_f32s(&b, m->esc.w, ROUTER__ESC_N);
+        rb_f32s(&b, &m->esc.bias, 1);
+        uint32_t esc_rows = rb_u32(&b);
+        const unsigned char *esc_bitmap = rb_take(&b, nb / 8);
+        const unsigned char *esc_data =
+            esc_rows <= nb ? rb_take(&b, (size_t)esc_rows * 2) : NULL;
+        if (b.bad || !esc_data) {
+            router__set_err(err, errlen, "truncated escalation model");
+            goto fail;
+        }
+        m->esc.w_sparse = xcalloc(nb, sizeof(float));
+        size_t esc_seen = 0;
+        for (size_t r = 0; r < nb; r++) {
+            if (!(esc_bitmap[r / 8] & (1u << (r % 8))))
+                continue;
+            if (esc_seen == esc_rows) {
+                router__set_err(err, errlen, "bad escalation row count");
+                goto fail;
+            }
+            const unsigned char *q = esc_data + 2 * esc_seen++;
+            m->esc.w_sparse[r] = half_to_float((uint16_t)(q[0] | q[1] << 8));
+            if (!isfinite(m->esc.w_sparse[r])) {
+                router__set_err(err, errlen, "non-finite escalation weights");
+                goto fail;
+            }
+        }
+        if (esc_seen != esc_rows) {
+            router__set_err(err, errlen, "bad escalation row count");
+            goto fail;
+        }
+        if (n_esc != ROUTER__ESC_N) {
+            router__set_err(err, errlen, "escalation model has %u inputs, this build has %u",
+                            n_esc, (unsigned)ROUTER__ESC_N);
+            goto fail;
+        }
+        if (aversion != FEATURES_ANSWER_VERSION) {
+            router__set_err(err, errlen,
+                            "escalation model made for answer signals version %u, this build "
+                            "has %u",
+                            aversion, FEATURES_ANSWER_VERSION);
+            goto fail;
+        }
+        if (!all_finite(m->esc.mean, ROUTER__ESC_N) || !all_finite(m->esc.scale, ROUTER__ESC_N) ||
+            !all_finite(m->esc.w, ROUTER__ESC_N) || !all_finite(&m->esc.bias, 1)) {
+            router__set_err(err, errlen, "non-finite escalation weights");
+            goto fail;
+        }
+        m->has_esc = 1;
+    }
     if (b.bad || b.off != len) {
         router__set_err(err, errlen, b.bad ? "truncated model" : "trailing bytes in model");
         goto fail;
@@ -783,9 +872,9 @@ router_model_load_buffer(const void *data, size_t len, char *err, size_t errlen)
     }
     uint32_t version = get_u32(p + 8), fversion = get_u32(p + 12);
     uint64_t plen = get_u32(p + 16) | (uint64_t)get_u32(p + 20) << 32;
-    if (version != ROUTER__FORMAT_VERSION) {
-        router__set_err(err, errlen, "model format version %u, this build reads %u", version,
-                ROUTER__FORMAT_VERSION);
+    if (version < ROUTER__FORMAT_VERSION_MIN || version > ROUTER__FORMAT_VERSION) {
+        router__set_err(err, errlen, "model format version %u, this build reads %u to %u",
+                        version, ROUTER__FORMAT_VERSION_MIN, ROUTER__FORMAT_VERSION);
         return NULL;
     }
     if (fversion != FEATURES_VERSION) {
@@ -801,7 +890,7 @@ router_model_load_buffer(const void *data, size_t len, char *err, size_t errlen)
         router__set_err(err, errlen, "model checksum mismatch (corrupt file)");
         return NULL;
     }
-    return payload_read(p + ROUTER__HEADER_SIZE, (size_t)plen, err, errlen);
+    return payload_read(p + ROUTER__HEADER_SIZE, (size_t)plen, version, err, errlen);
 }
 
 struct router_model *

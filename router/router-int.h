@@ -9,13 +9,31 @@
 #include "router.h"
 
 #define ROUTER__MAGIC "TRIAGEM\0"
-#define ROUTER__FORMAT_VERSION 1u
+#define ROUTER__FORMAT_VERSION 2u     /* written when the model has an escalation model */
+#define ROUTER__FORMAT_VERSION_MIN 1u /* format 1: no escalation model (the default applies) */
 #define ROUTER__HEADER_SIZE 32u
 #define ROUTER__NAME_MAX 32u   /* bytes per head name in the file, NUL included */
 #define ROUTER__MAX_REF 4096u  /* reference scores kept for calibration */
 #define ROUTER__DENSE_CLIP 5.0f
 #define ROUTER__MAX_SETS 256u
 #define ROUTER__MAX_MODEL_BYTES (1ull << 30) /* dense weights in memory, at most */  /* distinct "set" values a training set tracks */
+
+/* The escalation model's dense inputs: the answer's signals (features_answer_signals). */
+#define ROUTER__ESC_N FEATURES_N_ANSWER
+#define ROUTER__ESC_MIN_EXAMPLES 30 /* judged fast answers needed to learn one */
+
+/* A learned escalation model: logistic regression predicting that the fast head's answer
+ * is bad (1 - q), on the standardised answer signals and the hashed features of the
+ * answer's text (features_extract_text's, in their own table). The prompt's words are
+ * left out: with hundreds of labels they added noise, not signal (bench/cascade). */
+struct router__escalation {
+    uint32_t n_train;            /* judged fast answers it learned from */
+    float mean[ROUTER__ESC_N];
+    float scale[ROUTER__ESC_N];  /* 1 / standard deviation, 0 for a constant input */
+    float w[ROUTER__ESC_N];
+    float bias;
+    float *w_sparse;             /* [2^n_bits], NULL without a learned model */
+};
 
 /* A loaded or freshly trained model. Immutable once shared. n_out = n_heads + 1:
  * outputs 0..n_heads-1 are the heads, output n_heads is the routing score. */
@@ -37,6 +55,8 @@ struct router_model {
     float *h_sparse;  /* [2^n_bits][dim]: the embedding bag */
     float *h_out;     /* [dim][n_out] */
     float *ref;       /* [n_ref] reference scores, ascending */
+    int has_esc;      /* esc is learned; else the signals-only default scores answers */
+    struct router__escalation esc;
 };
 
 /* Allocates a zeroed model with the given shape (one reference). */
@@ -60,6 +80,18 @@ void router__set_version(struct router_model *m, const unsigned char *payload, s
 /* Formats an error message into err (errlen bytes; NULL or 0: nothing). */
 void router__set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Returns the calling thread's feature scratch for n_bits (model.c). */
+struct features_scratch *router__thread_scratch(unsigned n_bits);
+
+/* Returns the dense part of the learned escalation model's logit (m->has_esc). */
+double router__escalation_logit_dense(const struct router_model *m, const float *signals);
+
+/* Fills m->esc from the dataset's judged answers of m's weak head among idx (NULL: all),
+ * with m trained; leaves has_esc 0 when there are too few (train.c). */
+struct router_dataset;
+void router__escalation_fit(struct router_model *m, const struct router_dataset *d,
+                            const size_t *idx, size_t n_idx);
 
 /* Sets the version of a freshly built model from its serialised payload. */
 void router__model_finish(struct router_model *m);

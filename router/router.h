@@ -179,7 +179,10 @@ void router_dataset_destroy(struct router_dataset *d);
  * "features": "<base64>", "outcomes": {"<head>": q in [0,1], ...}, "set": "..."};
  * "features" (what store_prompts = features logs, see router_request_features) is a
  * stored feature vector used instead of any text; "set" (optional) names the data set
- * it comes from (see set_bias); other fields are ignored, and a missing "outcomes" adds
+ * it comes from (see set_bias); "answers" {"<head>": "text" | {"text", "finish_reason",
+ * "logprobs": [numbers]}} and "answer_signals" {"<head>": [FEATURES_N_ANSWER numbers]}
+ * are heads' answers, kept (as signals) for those with an outcome: the fast (weak) head's
+ * teach the escalation model (router_train); other fields are ignored, and a missing "outcomes" adds
  * an unlabelled example (for scoring). Heads are created in order of first appearance.
  * Returns 0, -EINVAL (no text, bad outcome, malformed features), -EPROTO (features of
  * another FEATURES_VERSION or n_bits than d's: refused and counted, see
@@ -243,8 +246,9 @@ void router_train_opts_default(struct router_train_opts *o);
  * difference. */
 void router_train_opts_tuned(struct router_train_opts *o);
 
-/* Trains a model on d's examples idx[0..n_idx) (idx NULL: all). Returns a new
- * model with one reference, or NULL with a reason in err. */
+/* Trains a model on d's examples idx[0..n_idx) (idx NULL: all), and its escalation
+ * model from their judged answers by the weak head when there are at least 30, some good
+ * and some bad. Returns a new model with one reference, or NULL with a reason in err. */
 struct router_model *router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
                                   const struct router_train_opts *o, char *err, size_t errlen);
 
@@ -283,6 +287,27 @@ double router_eval_percentile(const double *x, size_t n, double q);
 /* Returns raw dense feature j of example i (see features_dense_name), NAN when out
  * of range. */
 double router_dataset_dense(const struct router_dataset *d, size_t i, size_t j);
+
+/* ---- escalation (the cascade) ------------------------------------------------------ */
+
+/* Scores a fast tier's answer to request (an OpenAI request body, borrowed): *out gets
+ * the probability in [0,1] that the answer is bad and the request should be re-sent to
+ * the strong tier, from the answer's text (len bytes, borrowed, any bytes) and its
+ * FEATURES_N_ANSWER signals (features_answer_signals; borrowed). A model trained on
+ * judged fast answers carries a learned escalation model (the signals and the answer's
+ * hashed words); one without (format 1 files, too few labels) scores by the
+ * signals-only default of docs/cascade.md, with the prompt's routing score. Returns 0, or
+ * -EINVAL when request has no text. Thread-safe like router_score_request. */
+int router_escalation_score(const struct router_model *m, const json_t *request, const char *answer,
+                            size_t len, const float *signals, double *out);
+
+/* Returns how many judged fast answers m's escalation model learned from, 0 when m
+ * scores answers by the default. */
+size_t router_model_escalation_examples(const struct router_model *m);
+
+/* Returns how many judged answers (router_dataset_add's "answers" and "answer_signals",
+ * for heads the example has an outcome for) d holds. */
+size_t router_dataset_answers(const struct router_dataset *d);
 
 /* ---- judging ------------------------------------------------------------------- */
 

@@ -15,6 +15,15 @@ struct example {
     int set;                       /* index of its "set", -1 without one */
 };
 
+/* A judged answer's signals: example ex's answer by head. */
+struct answer_row {
+    size_t ex;
+    uint32_t head;
+    float sig[FEATURES_N_ANSWER];
+    size_t off;  /* first of its text's features in aids/avals */
+    uint32_t n;  /* its text's sparse features (0 without text) */
+};
+
 struct router_dataset {
     unsigned n_bits;
     struct features_scratch *scratch;
@@ -28,6 +37,11 @@ struct router_dataset {
     uint32_t n_sets;
     char sets[ROUTER__MAX_SETS][ROUTER__NAME_MAX];
     size_t refused; /* "features" of another FEATURES_VERSION or n_bits */
+    struct answer_row *ans;
+    size_t n_ans, cap_ans;
+    uint32_t *aids;  /* answers' sparse features, as ids and vals for prompts */
+    float *avals;
+    size_t naf, capaf;
 };
 
 /* Returns the index of the example's "set" (added when new), or -1. */
@@ -82,6 +96,9 @@ router_dataset_destroy(struct router_dataset *d)
     free(d->ids);
     free(d->vals);
     free(d->ex);
+    free(d->ans);
+    free(d->aids);
+    free(d->avals);
     free(d);
 }
 
@@ -126,6 +143,112 @@ router_dataset_outcome(const struct router_dataset *d, size_t i, int head)
     return d->ex[i].q[head];
 }
 
+#define MAX_ANSWER_LOGPROBS 4096
+
+/* Reads one answer of an example into sig and *text and *len (NULL, 0 without text): a
+ * string (the text), an object {"text", "finish_reason", "logprobs": [numbers]}, or (from
+ * "answer_signals") an array of FEATURES_N_ANSWER numbers. Returns 0 or -EINVAL. */
+static int
+answer_read(const json_t *example, const json_t *v, int signals, float sig[FEATURES_N_ANSWER],
+            const char **text, size_t *len)
+{
+    size_t plen;
+    const char *prompt = features_request_last_user(example, &plen);
+
+    *text = NULL;
+    *len = 0;
+    if (signals) {
+        if (!json_is_array(v) || json_array_size(v) != FEATURES_N_ANSWER)
+            return -EINVAL;
+        for (size_t k = 0; k < FEATURES_N_ANSWER; k++) {
+            const json_t *x = json_array_get(v, k);
+            if (!json_is_number(x) || !isfinite(json_number_value(x)))
+                return -EINVAL;
+            sig[k] = (float)json_number_value(x);
+        }
+        return 0;
+    }
+    if (json_is_string(v)) {
+        *text = json_string_value(v);
+        *len = json_string_length(v);
+        features_answer_signals(*text, *len, prompt, plen, NULL, NULL, 0, sig);
+        return 0;
+    }
+    const json_t *t = json_object_get(v, "text"), *fin = json_object_get(v, "finish_reason");
+    const json_t *lps = json_object_get(v, "logprobs"), *x;
+    static _Thread_local float lp[MAX_ANSWER_LOGPROBS];
+    size_t n_lp = 0, k;
+
+    if (!json_is_object(v) || !json_is_string(t) || (fin && !json_is_string(fin) && !json_is_null(fin)) ||
+        (lps && !json_is_array(lps)))
+        return -EINVAL;
+    json_array_foreach(lps, k, x) {
+        if (!json_is_number(x))
+            return -EINVAL;
+        if (n_lp < MAX_ANSWER_LOGPROBS)
+            lp[n_lp++] = (float)json_number_value(x);
+    }
+    *text = json_string_value(t);
+    *len = json_string_length(t);
+    features_answer_signals(*text, *len, prompt, plen,
+                            json_is_string(fin) ? json_string_value(fin) : NULL, lp, n_lp, sig);
+    return 0;
+}
+
+/* Adds example ex's answers ("answers", "answer_signals") by heads it has an outcome for.
+ * Checked first (check = 1: nothing added) so a bad line changes nothing. */
+static int
+answers_add(struct router_dataset *d, const json_t *example, size_t ex, int check)
+{
+    static const char *const keys[2] = {"answers", "answer_signals"};
+
+    for (int kind = 0; kind < 2; kind++) {
+        const json_t *obj = json_object_get(example, keys[kind]), *v;
+        const char *name;
+        if (!obj)
+            continue;
+        if (!json_is_object(obj))
+            return -EINVAL;
+        json_object_foreach((json_t *)obj, name, v) {
+            float sig[FEATURES_N_ANSWER];
+            const char *text;
+            size_t len;
+            if (answer_read(example, v, kind, sig, &text, &len) < 0)
+                return -EINVAL;
+            if (check)
+                continue;
+            int h = router_dataset_head_find(d, name);
+            if (h < 0 || isnan(d->ex[ex].q[h]))
+                continue; /* an answer nobody graded teaches nothing */
+            if (d->n_ans == d->cap_ans) {
+                d->cap_ans = d->cap_ans ? d->cap_ans * 2 : 256;
+                d->ans = xrealloc(d->ans, d->cap_ans * sizeof(*d->ans));
+            }
+            struct answer_row *r = &d->ans[d->n_ans++];
+            r->ex = ex;
+            r->head = (uint32_t)h;
+            memcpy(r->sig, sig, sizeof(sig));
+            r->off = d->naf;
+            r->n = 0;
+            struct features_vec fv;
+            if (len > 0 && features_extract_text(d->scratch, text, len, &fv) == 0) {
+                if (d->naf + fv.n > d->capaf) {
+                    while (d->naf + fv.n > d->capaf)
+                        d->capaf = d->capaf ? d->capaf * 2 : 65536;
+                    d->aids = xrealloc(d->aids, d->capaf * sizeof(uint32_t));
+                    d->avals = xrealloc(d->avals, d->capaf * sizeof(float));
+                }
+                for (size_t k = 0; k < fv.n; k++)
+                    d->aids[d->naf + k] = fv.ids[k];
+                memcpy(d->avals + d->naf, fv.vals, fv.n * sizeof(float));
+                d->naf += fv.n;
+                r->n = (uint32_t)fv.n;
+            }
+        }
+    }
+    return 0;
+}
+
 int
 router_dataset_add(struct router_dataset *d, const json_t *example)
 {
@@ -162,6 +285,8 @@ router_dataset_add(struct router_dataset *d, const json_t *example)
         idx[nq] = h;
         q[nq++] = (float)x;
     }
+    if (answers_add(d, example, 0, 1) < 0)
+        return -EINVAL;
     /* a stored feature vector (store_prompts = features) stands in for the text */
     const json_t *blob = json_object_get(example, "features");
     if (blob) {
@@ -209,7 +334,14 @@ router_dataset_add(struct router_dataset *d, const json_t *example)
         e->q[h] = NAN;
     for (size_t k = 0; k < nq; k++)
         e->q[idx[k]] = q[k];
+    (void)answers_add(d, example, d->n - 1, 0);
     return 0;
+}
+
+size_t
+router_dataset_answers(const struct router_dataset *d)
+{
+    return d->n_ans;
 }
 
 double
@@ -609,6 +741,108 @@ router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
         m->ref[i] = scores[k];
     }
     free(scores);
+    router__escalation_fit(m, d, idx, n_idx);
     router__model_finish(m);
     return m;
+}
+
+/* ---- the escalation model --------------------------------------------------------- */
+
+#define ESC_EPOCHS 10
+#define ESC_LR 0.05f   /* AdaGrad step */
+#define ESC_L2 1e-5f   /* per update */
+
+void
+router__escalation_fit(struct router_model *m, const struct router_dataset *d, const size_t *idx,
+                       size_t n_idx)
+{
+    const size_t N = ROUTER__ESC_N, nb = (size_t)1 << d->n_bits;
+    unsigned char *member = NULL;
+    size_t *rows = NULL, n = 0;
+    struct router__escalation *e = &m->esc;
+    float *a_ws = NULL, a_w[ROUTER__ESC_N] = {0}, a_b = 0;
+    uint64_t rng = 0x5eed;
+
+    m->has_esc = 0;
+    if (m->score_weak < 0 || d->n_ans == 0 || m->n_bits != d->n_bits)
+        return;
+    if (idx) {
+        member = xrealloc(NULL, d->n);
+        memset(member, 0, d->n);
+        for (size_t i = 0; i < n_idx; i++)
+            if (idx[i] < d->n)
+                member[idx[i]] = 1;
+    }
+    rows = xrealloc(NULL, d->n_ans * sizeof(size_t));
+    double tm = 0;
+    for (size_t r = 0; r < d->n_ans; r++) {
+        const struct answer_row *a = &d->ans[r];
+        if (a->head != (uint32_t)m->score_weak || (member && !member[a->ex]))
+            continue;
+        rows[n++] = r;
+        tm += 1.0 - d->ex[a->ex].q[a->head];
+    }
+    tm = n ? tm / (double)n : 0;
+    if (n < ROUTER__ESC_MIN_EXAMPLES || tm <= 0.0 || tm >= 1.0)
+        goto done; /* too few, or nothing to tell apart: the default stays */
+
+    for (size_t j = 0; j < N; j++) {
+        double s = 0, s2 = 0;
+        for (size_t i = 0; i < n; i++) {
+            double v = d->ans[rows[i]].sig[j];
+            s += v;
+            s2 += v * v;
+        }
+        double mean = s / (double)n, var = s2 / (double)n - mean * mean;
+        e->mean[j] = (float)mean;
+        e->scale[j] = var > 1e-12 ? (float)(1.0 / sqrt(var)) : 0.0f;
+        e->w[j] = 0;
+    }
+    e->bias = (float)log(tm / (1.0 - tm));
+    free(e->w_sparse);
+    e->w_sparse = xrealloc(NULL, nb * sizeof(float));
+    memset(e->w_sparse, 0, nb * sizeof(float));
+    a_ws = xrealloc(NULL, nb * sizeof(float));
+    memset(a_ws, 0, nb * sizeof(float));
+
+    /* AdaGrad SGD on the log loss, in a seeded order: same data, same model */
+    for (unsigned ep = 0; ep < ESC_EPOCHS; ep++) {
+        for (size_t i = n; i > 1; i--) {
+            size_t j = (size_t)(rng_next(&rng) % i), t = rows[i - 1];
+            rows[i - 1] = rows[j];
+            rows[j] = t;
+        }
+        for (size_t i = 0; i < n; i++) {
+            const struct answer_row *a = &d->ans[rows[i]];
+            const struct example *ex = &d->ex[a->ex];
+            float z[ROUTER__ESC_N];
+            double logit = router__escalation_logit_dense(m, a->sig);
+            for (size_t j = 0; j < N; j++)
+                z[j] = (a->sig[j] - e->mean[j]) * e->scale[j];
+            for (size_t k = 0; k < a->n; k++)
+                logit += e->w_sparse[d->aids[a->off + k]] * d->avals[a->off + k];
+            float g = (float)(1.0 / (1.0 + exp(-logit)) - (1.0 - ex->q[a->head]));
+            step(&e->bias, &a_b, g, ESC_LR);
+            for (size_t j = 0; j < N; j++)
+                if (z[j] != 0.0f)
+                    step(&e->w[j], &a_w[j], g * z[j] + ESC_L2 * e->w[j], ESC_LR);
+            for (size_t k = 0; k < a->n; k++) {
+                float *w = &e->w_sparse[d->aids[a->off + k]];
+                step(w, &a_ws[d->aids[a->off + k]], g * d->avals[a->off + k] + ESC_L2 * *w, ESC_LR);
+            }
+        }
+    }
+    /* stored as half floats: round now, so the model in memory scores as loaded back */
+    for (size_t r = 0; r < nb; r++)
+        e->w_sparse[r] = router_half_round(e->w_sparse[r]);
+    e->n_train = (uint32_t)n;
+    m->has_esc = 1;
+done:
+    if (!m->has_esc) {
+        free(e->w_sparse);
+        e->w_sparse = NULL;
+    }
+    free(a_ws);
+    free(member);
+    free(rows);
 }

@@ -405,10 +405,76 @@ test_blob_rejects(void **state)
     features_scratch_destroy(s);
 }
 
+static size_t
+answer_index(const char *name)
+{
+    for (size_t i = 0; i < FEATURES_N_ANSWER; i++)
+        if (strcmp(features_answer_name(i), name) == 0)
+            return i;
+    fail_msg("no answer signal %s", name);
+    return 0;
+}
+
+static void
+test_answer_signals(void **state)
+{
+    float s[FEATURES_N_ANSWER];
+    const char *prompt = "Tom has 12 apples and buys 30 more. How many?";
+    const char *a = "Tom has 12 apples.\nMaybe he buys 30 more, so 12 + 30 = 42.5.\n"
+                    "Tom has 12 apples.\nThe answer is 42.5";
+
+    assert_null(features_answer_name(FEATURES_N_ANSWER));
+    features_answer_signals(a, strlen(a), prompt, strlen(prompt), "stop", NULL, 0, s);
+    assert_float_equal(s[answer_index("bytes")], log1p(strlen(a)), 1e-5);
+    assert_float_equal(s[answer_index("lines")], log1p(4), 1e-5);
+    assert_float_equal(s[answer_index("numbers")], log1p(7), 1e-5);
+    assert_float_equal(s[answer_index("final_marker")], 1, 0);
+    assert_float_equal(s[answer_index("hedges")], log1p(1), 1e-6);
+    assert_float_equal(s[answer_index("ends_number")], 1, 0);
+    assert_float_equal(s[answer_index("ends_clean")], 1, 0);
+    assert_float_equal(s[answer_index("repeated")], 0.25, 1e-6);
+    assert_float_equal(s[answer_index("finish_length")], 0, 0);
+    assert_float_equal(s[answer_index("no_finish")], 0, 0);
+    assert_float_equal(s[answer_index("has_logprobs")], 0, 0);
+    assert_float_equal(s[answer_index("final_fraction")], 1, 0);
+    assert_float_equal(s[answer_index("prompt_numbers_unused")], 0, 0);
+
+    /* cut at max_tokens, no prompt, token log-probabilities (bad ones skipped) */
+    const float lp[] = {-0.1f, -2.0f, NAN, 0.5f, -0.3f};
+    features_answer_signals("We first compute", 16, NULL, 0, "length", lp, 5, s);
+    assert_float_equal(s[answer_index("finish_length")], 1, 0);
+    assert_float_equal(s[answer_index("ends_clean")], 0, 0);
+    assert_float_equal(s[answer_index("has_logprobs")], 1, 0);
+    assert_float_equal(s[answer_index("lp_mean")], -0.8, 1e-5);
+    assert_float_equal(s[answer_index("lp_min")], -2.0, 1e-6);
+    assert_float_equal(s[answer_index("lp_unsure")], 1.0 / 3, 1e-6);
+    assert_float_equal(s[answer_index("prompt_numbers_unused")], 0, 0);
+
+    /* an empty answer, an odd finish, every number of the prompt unused */
+    features_answer_signals(NULL, 5, prompt, strlen(prompt), "content_filter", NULL, 0, s);
+    assert_float_equal(s[answer_index("bytes")], 0, 0);
+    assert_float_equal(s[answer_index("finish_other")], 1, 0);
+    assert_float_equal(s[answer_index("prompt_numbers_unused")], 1, 0);
+
+    /* from a chat completion, with the request for the prompt */
+    json_t *req = json_loads("{\"messages\":[{\"role\":\"user\",\"content\":\"2 and 3?\"}]}", 0, NULL);
+    json_t *resp = json_loads("{\"choices\":[{\"message\":{\"content\":\"5\"},\"finish_reason\":"
+                              "\"stop\",\"logprobs\":{\"content\":[{\"logprob\":-0.5}]}}]}",
+                              0, NULL);
+    assert_int_equal(features_answer_from_response(req, resp, s), 0);
+    assert_float_equal(s[answer_index("lp_mean")], -0.5, 1e-6);
+    assert_float_equal(s[answer_index("prompt_numbers_unused")], 1, 0);
+    assert_float_equal(s[answer_index("ends_number")], 1, 0);
+    assert_int_equal(features_answer_from_response(req, req, s), -EINVAL);
+    json_decref(req);
+    json_decref(resp);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_answer_signals),
         cmocka_unit_test(test_exact_ids_and_values),
         cmocka_unit_test(test_repeats_use_log_tf),
         cmocka_unit_test(test_folding_and_numbers),

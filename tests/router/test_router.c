@@ -210,7 +210,7 @@ static void truncate_header(unsigned char *p, size_t *n) { *n = 10; }
 static void drop_last(unsigned char *p, size_t *n) { (*n)--; }
 static void add_byte(unsigned char *p, size_t *n) { p[(*n)++] = 0; }
 static void bad_magic(unsigned char *p, size_t *n) { p[0] = 'X'; }
-static void other_version(unsigned char *p, size_t *n) { p[8] = 2; }
+static void other_version(unsigned char *p, size_t *n) { p[8] = 3; }
 static void other_features(unsigned char *p, size_t *n) { p[12] = 99; }
 static void bad_crc(unsigned char *p, size_t *n) { p[24] ^= 1; }
 
@@ -586,6 +586,138 @@ test_train_from_features(void **state)
     router_dataset_destroy(feat);
 }
 
+/* ---- the escalation model ------------------------------------------------------- */
+
+/* Signals of an answer to prompt (both NUL-terminated) with finish_reason. */
+static void
+signals_of(const char *prompt, const char *answer, const char *finish, float *sig)
+{
+    features_answer_signals(answer, strlen(answer), prompt, strlen(prompt), finish, NULL, 0, sig);
+}
+
+static double
+escalation(const struct router_model *m, const char *prompt, const char *answer, const char *finish)
+{
+    float sig[FEATURES_N_ANSWER];
+    json_t *req = json_pack("{s:s}", "prompt", prompt);
+    double e = -1;
+
+    signals_of(prompt, answer, finish, sig);
+    assert_int_equal(router_escalation_score(m, req, answer, strlen(answer), sig, &e), 0);
+    assert_true(e >= 0 && e <= 1);
+    json_decref(req);
+    return e;
+}
+
+static const char *good_answer = "12 + 30 = 42 apples.\n#### 42";
+static const char *bad_answer = "Maybe 12 apples, but perhaps I am not sure; I cannot tell, roughly";
+
+static void
+test_escalation_learned(void **state)
+{
+    struct router_dataset *d = router_dataset_new(12);
+    struct router_train_opts o;
+    char buf[1024], err[128], path[256];
+
+    /* the weak head's answers: hedged ones were judged bad, plain ones good */
+    for (int i = 0; i < 200; i++) {
+        int bad = i % 3 == 0;
+        snprintf(buf, sizeof(buf),
+                 "{\"prompt\":\"Tom has 12 apples and buys 30 more, question %d\","
+                 "\"outcomes\":{\"weak\":%d,\"strong\":1},\"answers\":{\"weak\":\"%s\"}}",
+                 i, !bad, bad ? bad_answer : "12 + 30 = 42 apples.\\n#### 42");
+        json_t *j = json_loads(buf, 0, NULL);
+        assert_non_null(j);
+        assert_int_equal(router_dataset_add(d, j), 0);
+        json_decref(j);
+    }
+    assert_int_equal(router_dataset_answers(d), 200);
+    /* a malformed answer rejects the line and changes nothing */
+    json_t *j = json_loads("{\"prompt\":\"x\",\"outcomes\":{\"weak\":1},\"answers\":{\"weak\":7}}",
+                           0, NULL);
+    assert_int_equal(router_dataset_add(d, j), -EINVAL);
+    json_decref(j);
+    j = json_loads("{\"prompt\":\"x\",\"outcomes\":{\"weak\":1},\"answer_signals\":{\"weak\":[1]}}",
+                   0, NULL);
+    assert_int_equal(router_dataset_add(d, j), -EINVAL);
+    json_decref(j);
+    assert_int_equal(router_dataset_size(d), 200);
+
+    router_train_opts_default(&o);
+    o.epochs = 2;
+    struct router_model *m = router_train(d, NULL, 0, &o, err, sizeof(err));
+    assert_non_null(m);
+    assert_int_equal(router_model_escalation_examples(m), 200);
+    double e_bad = escalation(m, "Tom has 12 apples and buys 30 more", bad_answer, "stop");
+    double e_good = escalation(m, "Tom has 12 apples and buys 30 more", good_answer, "stop");
+    assert_true(e_bad > 0.5 && e_good < 0.5);
+
+    /* it travels in the model file (format 2) and scores the same loaded back */
+    tmp_path(path, sizeof(path), "esc");
+    assert_int_equal(router_model_save(m, path), 0);
+    size_t len;
+    unsigned char *file = read_all(path, &len);
+    assert_int_equal(file[8], 2);
+    struct router_model *l = router_model_load(path, err, sizeof(err));
+    assert_non_null(l);
+    assert_string_equal(router_model_version(l), router_model_version(m));
+    assert_int_equal(router_model_escalation_examples(l), 200);
+    assert_true(fabs(escalation(l, "Tom has 12 apples and buys 30 more", bad_answer, "stop") -
+                     e_bad) < 1e-9);
+
+    /* an escalation model of other answer signals is refused, not misread */
+    size_t rows = 0, nb = (size_t)1 << 12;
+    for (size_t r = 0; r < nb; r++)
+        rows += m->esc.w_sparse[r] != 0.0f;
+    size_t off = len - 2 * rows - nb / 8 - 4 - 4 * (3 * FEATURES_N_ANSWER + 1) - 8;
+    assert_int_equal(file[off], FEATURES_ANSWER_VERSION);
+    file[off] = FEATURES_ANSWER_VERSION + 1;
+    uint32_t crc = router_crc32(file + ROUTER__HEADER_SIZE, len - ROUTER__HEADER_SIZE);
+    for (int i = 0; i < 4; i++)
+        file[24 + i] = (unsigned char)(crc >> (8 * i));
+    assert_null(router_model_load_buffer(file, len, err, sizeof(err)));
+    assert_non_null(strstr(err, "answer signals version"));
+    router_model_unref(l);
+    free(file);
+    unlink(path);
+    router_model_unref(m);
+    router_dataset_destroy(d);
+}
+
+static void
+test_escalation_default(void **state)
+{
+    char path[256], err[128];
+    struct router_model *m = make_model(12, 0, 1);
+    size_t len;
+
+    /* no judged answers: no learned model, format 1, the signals-only default */
+    assert_int_equal(router_model_escalation_examples(m), 0);
+    tmp_path(path, sizeof(path), "noesc");
+    assert_int_equal(router_model_save(m, path), 0);
+    unsigned char *file = read_all(path, &len);
+    assert_int_equal(file[8], 1);
+    struct router_model *l = router_model_load(path, err, sizeof(err));
+    assert_non_null(l);
+    const char *q = "What is 12 + 30?";
+    double cut = escalation(l, q, "12 + 30 = 42, and that is the answer", "length");
+    double fine = escalation(l, q, "12 + 30 = 42.", "stop");
+    double hedged = escalation(l, q, "Maybe 42, but perhaps I am not sure; possibly 41.", "stop");
+    assert_true(cut > fine);
+    assert_true(hedged > fine);
+    /* no prompt text: an error, not a score */
+    json_t *req = json_pack("{s:[]}", "messages");
+    float sig[FEATURES_N_ANSWER];
+    double e = -1;
+    signals_of("", "x", "stop", sig);
+    assert_int_equal(router_escalation_score(l, req, "x", 1, sig, &e), -EINVAL);
+    json_decref(req);
+    router_model_unref(l);
+    free(file);
+    unlink(path);
+    router_model_unref(m);
+}
+
 int
 main(void)
 {
@@ -600,6 +732,8 @@ main(void)
         cmocka_unit_test(test_dataset),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_train_from_features),
+        cmocka_unit_test(test_escalation_learned),
+        cmocka_unit_test(test_escalation_default),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     router_thread_cleanup();
