@@ -179,6 +179,11 @@ check "fallback fast -> strong counted" grep -q '^triage_fallbacks_total{from="f
 retries=$(sed -n 's/^triage_retries_total{backend="fast"} //p' "$tmp/metrics2.txt")
 check "retries on fast counted: $retries" [ "${retries:-0}" -ge 1 ]
 check "nothing counted against strong" grep -q '^triage_retries_total{backend="strong"} 0$' "$tmp/metrics2.txt"
+# the dead backend is not healthy: each failed connect is its error, though the client
+# got an answer; strong, which answered, has none
+errs=$(sed -n 's/^triage_backend_errors_total{backend="fast",kind="unreachable"} //p' "$tmp/metrics2.txt")
+check "dead fast's unreachable errors counted: $errs" [ "${errs:-0}" -ge 1 -a "${errs:-0}" -eq "$((${retries:-0} + 1))" ]
+check "no errors against strong" sh -c "! grep -q '^triage_backend_errors_total{backend=\"strong\"' '$tmp/metrics2.txt'"
 if command -v promtool >/dev/null 2>&1; then
     out=$(promtool check metrics <"$tmp/metrics2.txt" 2>&1)
     check "promtool on the fallback scrape${out:+: $out}" [ -z "$out" ]
