@@ -641,13 +641,16 @@ check_backend(struct parse *p, struct conf_backend *b)
     return (p->flags & CONF_LOAD_SKIP_KEYS) ? 0 : resolve_key(p, b);
 }
 
-/* Resolves tiers ("name:bar, name:bar, name") into indices and bars. */
+/* Resolves tiers ("name:bar, name:bar, name" or "name:40%, name:40%, name") into
+ * indices and bars or shares: all shares or none; the last tier without a share takes
+ * what is left, with one its share must make the sum 100%. */
 static int
 build_tiers(struct parse *p)
 {
     struct conf *c = p->c;
     char **items;
-    size_t n = split_list(p->tiers, &items);
+    size_t n = split_list(p->tiers, &items), n_pct = 0;
+    double sum = 0;
     int rc = -1;
 
     c->tiers = calloc(n ? n : 1, sizeof(*c->tiers));
@@ -655,10 +658,26 @@ build_tiers(struct parse *p)
         abort();
     for (size_t i = 0; i < n; i++) {
         char *colon = strrchr(items[i], ':');
-        double bar = 0;
+        size_t len = colon ? strlen(colon + 1) : 0;
+        double bar = 0, share = -1;
 
-        /* Backend names may contain ':', so only a numeric tail is a bar. */
-        if (colon && parse_number(colon + 1, 0, &bar) == 0) {
+        /* Backend names may contain ':', so only a numeric tail is a bar or a share. */
+        if (colon && len > 1 && colon[len] == '%') {
+            colon[len] = '\0';
+            if (parse_number(colon + 1, 0, &share) < 0) {
+                colon[len] = '%';
+            } else {
+                *colon = '\0';
+                if (share < 0 || share > 100) {
+                    set_err(p, p->tiers_line, "tiers: share %g%% for %s is outside [0%%, 100%%]",
+                            share, items[i]);
+                    goto out;
+                }
+                share /= 100;
+                sum += share;
+                n_pct++;
+            }
+        } else if (colon && parse_number(colon + 1, 0, &bar) == 0) {
             *colon = '\0';
             if (bar < 0 || bar > 1) {
                 set_err(p, p->tiers_line, "tiers: bar %g for %s is outside [0, 1]", bar, items[i]);
@@ -674,7 +693,29 @@ build_tiers(struct parse *p)
         }
         c->tiers[c->n_tiers].backend = (size_t)idx;
         c->tiers[c->n_tiers].bar = bar;
+        c->tiers[c->n_tiers].share = share;
         c->n_tiers++;
+    }
+    if (n_pct) {
+        int last = c->n_tiers && c->tiers[c->n_tiers - 1].share >= 0;
+        if (n_pct + !last != c->n_tiers || c->n_tiers < 2) {
+            set_err(p, p->tiers_line, "tiers: give every tier a share (\"name:40%%\") but "
+                    "perhaps the last, which takes the rest");
+            goto out;
+        }
+        if (c->n_tiers > CONF_MAX_SHARE_TIERS) {
+            set_err(p, p->tiers_line, "tiers: at most %d tiers with shares",
+                    CONF_MAX_SHARE_TIERS);
+            goto out;
+        }
+        if (last ? fabs(sum - 1) > 1e-9 : sum > 1 + 1e-9) {
+            set_err(p, p->tiers_line, "tiers: the shares add up to %g%%, %s", 100 * sum,
+                    last ? "not 100%" : "more than 100%");
+            goto out;
+        }
+        if (!last)
+            c->tiers[c->n_tiers - 1].share = sum < 1 ? 1 - sum : 0;
+        c->tier_shares = 1;
     }
     rc = 0;
 out:
@@ -774,8 +815,15 @@ validate(struct parse *p)
         c->tiers = calloc(2, sizeof(*c->tiers));
         if (!c->tiers)
             abort();
-        for (size_t i = 0; i < c->n_backends && i < 2; i++)
+        for (size_t i = 0; i < c->n_backends && i < 2; i++) {
+            c->tiers[c->n_tiers].share = -1;
             c->tiers[c->n_tiers++].backend = i;
+        }
+    }
+    if (c->tier_shares && c->policy != CONF_POLICY_TIERS) {
+        set_err(p, p->tiers_line, "tiers: shares (\"name:40%%\") need policy = tiers; "
+                "with policy threshold give strong_share");
+        return -1;
     }
     if (c->policy == CONF_POLICY_THRESHOLD && c->n_tiers != 2 && c->n_tiers != 1) {
         set_err(p, p->tiers_line, "policy threshold routes between two tiers, %zu given",

@@ -58,11 +58,14 @@ struct conf_backend {
     uint32_t breaker_cooldown_ms;   /* open this long before a half-open probe */
 };
 
-/* One routing tier ([router] tiers = name:bar, ...), cheapest first. */
+/* One routing tier ([router] tiers = name:bar, ... or name:40%, ...), cheapest first. */
 struct conf_tier {
     size_t backend; /* index into conf.backends */
     double bar;     /* minimum predicted success for this tier; the last tier has none */
+    double share;   /* target share of routed requests, in [0,1]; -1: none (bars) */
 };
+
+#define CONF_MAX_SHARE_TIERS 16 /* tiers with shares (router_share's ROUTER_SHARE_MAX_TIERS) */
 
 struct conf {
     char *path; /* the file this snapshot was read from */
@@ -104,6 +107,7 @@ struct conf {
     uint32_t share_window;     /* recent scores per route and worker the share is cut on */
     struct conf_tier *tiers;   /* cheapest first; with THRESHOLD exactly two */
     size_t n_tiers;
+    int tier_shares;           /* 1: the tiers have shares, held online like strong_share */
     size_t *fallback;          /* backend indices tried in order when the chosen one fails */
     size_t n_fallback;
 

@@ -32,6 +32,8 @@ struct daemon_snapshot {
     struct router_tier *tiers; /* conf->tiers mapped to model heads */
     size_t n_tiers;
     double threshold;          /* conf threshold, or derived from strong_share */
+    double *tier_above;        /* tier shares: the share past tier b, n_tiers - 1 of them */
+    double *tier_fallback;     /* ... and the reference cut for it (NULL without shares) */
     uint64_t generation;
     double loaded_unix;        /* when it was loaded (s) */
     struct auth_keys *keys;       /* client keys; NULL = no client auth */
@@ -54,17 +56,23 @@ void daemon__buf_free(struct daemon_buf *b);
 
 #define DAEMON_SHARE_MAX_ROUTES 16
 
-/* One routed alias's strong-share estimator on one worker (proxy.c, route()). Only that
- * worker touches est and writes the counters; daemon_gauges_get reads the counters
- * from any thread. An entry, once published through n_share, is never removed. */
+/* One routed alias's share estimator on one worker (proxy.c, route()): a strong share
+ * (two tiers) or a share per tier. Only that worker touches est and writes the
+ * counters; daemon_gauges_get reads the counters from any thread. An entry, once
+ * published through n_share, is never removed. */
 struct daemon_share_route {
     char name[64];                         /* the alias, e.g. "triage" */
     struct router_share *est;              /* the window of its last scores */
     atomic_uint_fast64_t decided;          /* requests routed by share since start */
-    atomic_uint_fast64_t strong;           /* of which sent to the strong tier */
-    atomic_uint_fast64_t target_ppm;       /* sum of their target shares (millionths) */
+    atomic_uint_fast64_t n_tiers;          /* tiers of the last decision (2: strong share) */
     atomic_uint_fast64_t recent_decided;   /* routed by share, among the window's scores */
-    atomic_uint_fast64_t recent_strong;
+    struct {
+        atomic_uint_fast64_t routed;       /* routed by share to this tier since start */
+        atomic_uint_fast64_t target_ppm;   /* sum of the decisions' target shares for it */
+        atomic_uint_fast64_t recent;       /* routed to it, among the window's scores */
+        atomic_uint_fast64_t cut_bits;     /* the double: the last decision's score cut
+                                            * between this tier and the next */
+    } tier[ROUTER_SHARE_MAX_TIERS];
 };
 
 struct daemon_worker {

@@ -133,15 +133,26 @@ struct daemon_learn_gauges {
     double reserved_usd;        /* reserved by the calls running now */
 };
 
-/* One routed alias holding a strong share (strong_share or x-triage-strong-share),
- * every worker merged. */
+/* One routed alias holding a strong share (strong_share or x-triage-strong-share) or a
+ * share per tier (tiers = name:40%, ...), every worker merged. */
 #define DAEMON_GAUGES_MAX_ROUTES 16
+#define DAEMON_GAUGES_MAX_TIERS 16
+struct daemon_share_tier_gauges {
+    char backend[64];           /* the tier's backend in the current config; "" unknown */
+    uint64_t requests;          /* routed by share to it since start */
+    double target;              /* mean target share of the route's requests */
+    double recent;              /* realised share in the workers' windows; NaN: none */
+    double cut;                 /* score cut to the next tier in force (mean over the
+                                 * workers' last decisions); NaN for the last tier */
+};
 struct daemon_share_gauges {
     char route[64];             /* the alias */
     uint64_t requests;          /* routed by share since start */
-    uint64_t strong;            /* of which sent to the strong tier */
-    double target;              /* mean target share of those requests */
-    double recent;              /* realised strong share in the workers' windows; NaN: none */
+    uint64_t strong;            /* of which sent past the cheapest tier */
+    double target;              /* mean target share past the cheapest tier */
+    double recent;              /* realised share past it in the workers' windows; NaN: none */
+    size_t n_tiers;             /* 2 for a strong share */
+    struct daemon_share_tier_gauges tier[DAEMON_GAUGES_MAX_TIERS];
 };
 
 struct daemon_gauges {
@@ -151,7 +162,8 @@ struct daemon_gauges {
     double uptime_s;
     char model_version[80];     /* of the current snapshot's predictor model */
     double model_loaded_unix;   /* when that snapshot was loaded (Unix s) */
-    double threshold;           /* the threshold policy's cut; NaN with the tiers policy */
+    double threshold;           /* the threshold policy's fixed cut; NaN with the tiers policy
+                                 * or a strong share (their cuts are in share[]) */
     int64_t log_queue_depth;    /* outcome log; all -1 without [storage] path */
     int64_t log_written;
     int64_t log_dropped;

@@ -741,7 +741,8 @@ metrics_render(struct metrics *m, size_t *len)
     }
     if (isfinite(g.threshold)) {
         put_family(&b, "triage_routing_threshold", "gauge",
-                   "Score at or above which the threshold policy picks the strong backend.");
+                   "Fixed score at or above which the threshold policy picks the strong "
+                   "backend (absent when a share sets the cut: see triage_route_cut).");
         put(&b, "triage_routing_threshold ");
         put_double(&b, g.threshold);
         put(&b, "\n");
@@ -766,6 +767,43 @@ metrics_render(struct metrics *m, size_t *len)
                 put(&b, "\n");
             }
         }
+        put_family(&b, "triage_route_tier_share", "gauge",
+                   "Share of the requests routed by share that went to each tier (backend): "
+                   "the target, recent (the workers' windows) and since start.");
+        for (size_t i = 0; i < g.n_share_routes; i++)
+            for (size_t t = 0; t < g.share[i].n_tiers; t++) {
+                const char *kinds[] = {"target", "recent", "total"};
+                double v[] = {g.share[i].tier[t].target, g.share[i].tier[t].recent,
+                              g.share[i].requests ? (double)g.share[i].tier[t].requests /
+                                                        (double)g.share[i].requests
+                                                  : NAN};
+                for (size_t k = 0; k < 3; k++) {
+                    if (!isfinite(v[k]))
+                        continue;
+                    put(&b, "triage_route_tier_share{route=\"");
+                    put_label(&b, g.share[i].route);
+                    put(&b, "\",tier=\"");
+                    put_label(&b, g.share[i].tier[t].backend);
+                    put(&b, "\",kind=\"%s\"} ", kinds[k]);
+                    put_double(&b, v[k]);
+                    put(&b, "\n");
+                }
+            }
+        put_family(&b, "triage_route_cut", "gauge",
+                   "Score at or above which a request routed by share goes past the tier: the "
+                   "live cut on the route's recent scores (mean over the workers).");
+        for (size_t i = 0; i < g.n_share_routes; i++)
+            for (size_t t = 0; t + 1 < g.share[i].n_tiers; t++) {
+                if (!isfinite(g.share[i].tier[t].cut))
+                    continue;
+                put(&b, "triage_route_cut{route=\"");
+                put_label(&b, g.share[i].route);
+                put(&b, "\",tier=\"");
+                put_label(&b, g.share[i].tier[t].backend);
+                put(&b, "\"} ");
+                put_double(&b, g.share[i].tier[t].cut);
+                put(&b, "\n");
+            }
         put_family(&b, "triage_route_share_requests_total", "counter",
                    "Requests routed by share (strong_share or x-triage-strong-share).");
         for (size_t i = 0; i < g.n_share_routes; i++) {
@@ -875,6 +913,19 @@ server_gauges(struct metrics_gauges *g)
         g->share[i].strong = dg.share[i].strong;
         g->share[i].target = dg.share[i].target;
         g->share[i].recent = dg.share[i].recent;
+        size_t nt = dg.share[i].n_tiers;
+        if (nt > sizeof(g->share[i].tier) / sizeof(g->share[i].tier[0]))
+            nt = sizeof(g->share[i].tier) / sizeof(g->share[i].tier[0]);
+        for (size_t t = 0; t < nt; t++) {
+            const struct daemon_share_tier_gauges *dt = &dg.share[i].tier[t];
+            snprintf(g->share[i].tier[t].backend, sizeof(g->share[i].tier[t].backend), "%s",
+                     dt->backend);
+            g->share[i].tier[t].requests = dt->requests;
+            g->share[i].tier[t].target = dt->target;
+            g->share[i].tier[t].recent = dt->recent;
+            g->share[i].tier[t].cut = dt->cut;
+        }
+        g->share[i].n_tiers = nt;
     }
     g->n_share_routes = n;
 }

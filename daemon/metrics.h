@@ -66,13 +66,21 @@ struct metrics_gauges {
     uint64_t learn_shadow_calls, learn_judge_calls, learn_labels, learn_judge_unparseable,
         learn_failed, learn_dropped_queue, learn_dropped_budget, learn_dropped_busy;
     uint64_t learn_judged, learn_retrains, learn_promotions;
-    /* routes holding a strong share (strong_share, x-triage-strong-share) */
+    /* routes holding a strong share (strong_share, x-triage-strong-share) or a share
+     * per tier (tiers = name:40%, ...) */
     size_t n_share_routes;
     struct {
         char route[64];
-        uint64_t requests, strong; /* routed by share since start; of which strong */
-        double target;             /* mean target share of those requests */
+        uint64_t requests, strong; /* routed by share since start; of which past tier 0 */
+        double target;             /* mean target share past tier 0 of those requests */
         double recent;             /* realised over the recent window; NaN: none */
+        size_t n_tiers;            /* 2 for a strong share */
+        struct {
+            char backend[64];      /* the tier's backend */
+            uint64_t requests;     /* routed to it by share since start */
+            double target, recent; /* as above, for this tier */
+            double cut;            /* score cut to the next tier in force; NaN: last */
+        } tier[16];
     } share[16];
 };
 

@@ -176,6 +176,45 @@ stats_work(uv_work_t *w)
                               0, j->err, sizeof(j->err));
 }
 
+/* The routes holding a share, live (not from the log): per tier its backend, the target
+ * share, the share realised in the workers' recent windows and since start, and the
+ * score cut to the next tier in force. Returns a new array. */
+static json_t *
+share_routes_json(void)
+{
+    struct daemon_gauges *g = malloc(sizeof(*g)); /* ~30 KB: not on a loop's stack */
+    json_t *out = json_array();
+
+    if (!out || !g)
+        abort();
+    if (daemon_gauges_get(g) < 0) {
+        free(g);
+        return out;
+    }
+    for (size_t i = 0; i < g->n_share_routes; i++) {
+        const struct daemon_share_gauges *sg = &g->share[i];
+        json_t *tiers = json_array();
+        for (size_t t = 0; t < sg->n_tiers; t++) {
+            const struct daemon_share_tier_gauges *tg = &sg->tier[t];
+            json_t *o = json_pack("{s:s,s:I}", "backend", tg->backend, "requests",
+                                  (json_int_t)tg->requests);
+            json_object_set_new(o, "target", isfinite(tg->target) ? json_real(tg->target)
+                                                                   : json_null());
+            json_object_set_new(o, "recent", isfinite(tg->recent) ? json_real(tg->recent)
+                                                                   : json_null());
+            json_object_set_new(o, "total", sg->requests ? json_real((double)tg->requests /
+                                                                     (double)sg->requests)
+                                                         : json_null());
+            json_object_set_new(o, "cut", isfinite(tg->cut) ? json_real(tg->cut) : json_null());
+            json_array_append_new(tiers, o);
+        }
+        json_array_append_new(out, json_pack("{s:s,s:I,s:o}", "route", sg->route, "requests",
+                                             (json_int_t)sg->requests, "tiers", tiers));
+    }
+    free(g);
+    return out;
+}
+
 static void
 stats_after(uv_work_t *w, int status)
 {
@@ -185,6 +224,7 @@ stats_after(uv_work_t *w, int status)
     if (job_orphaned(j))
         return;
     if (j->result) {
+        json_object_set_new(j->result, "share_routes", share_routes_json());
         daemon__reply_json(rq, 200, j->result);
         j->result = NULL;
     } else {

@@ -1118,11 +1118,47 @@ share_route(struct daemon_worker *w, const char *name, size_t window)
     return r;
 }
 
+/* Adds one decision of sr by share (tier of n_tiers; above: the target shares past each
+ * tier but the last; cuts: the score cuts in force) to its counters. One writer per
+ * entry: relaxed loads and stores, no read-modify-write. */
+static void
+share_count(struct daemon_share_route *sr, size_t tier, size_t n_tiers, const double *above,
+            const double *cuts)
+{
+    atomic_store_explicit(&sr->decided, atomic_load_explicit(&sr->decided, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    atomic_store_explicit(&sr->n_tiers, n_tiers, memory_order_relaxed);
+    size_t recent, recent_strong;
+    router_share_recent(sr->est, &recent, &recent_strong);
+    atomic_store_explicit(&sr->recent_decided, recent, memory_order_relaxed);
+    for (size_t t = 0; t < n_tiers; t++) {
+        double hi = t ? above[t - 1] : 1, lo = t + 1 < n_tiers ? above[t] : 0;
+        double target = hi - lo > 0 ? hi - lo : 0;
+        atomic_store_explicit(&sr->tier[t].routed,
+                              atomic_load_explicit(&sr->tier[t].routed, memory_order_relaxed) +
+                                  (t == tier),
+                              memory_order_relaxed);
+        atomic_store_explicit(&sr->tier[t].target_ppm,
+                              atomic_load_explicit(&sr->tier[t].target_ppm, memory_order_relaxed) +
+                                  (uint64_t)llround(target * 1e6),
+                              memory_order_relaxed);
+        atomic_store_explicit(&sr->tier[t].recent, router_share_recent_tier(sr->est, t),
+                              memory_order_relaxed);
+        if (t + 1 < n_tiers) {
+            uint64_t bits;
+            memcpy(&bits, &cuts[t], sizeof(bits));
+            atomic_store_explicit(&sr->tier[t].cut_bits, bits, memory_order_relaxed);
+        }
+    }
+}
+
 /* Decides the backend for a routed alias (index alias in the snapshot's aliases).
- * The cut is, first match: the alias suffix (thr_override), x-triage-threshold,
- * x-triage-strong-share, [router] strong_share, [router] threshold. A share is held
- * on the route's recent scores (router_share_decide); every score of the route
- * enters its window, however it was routed. Returns 0, or -1 after replying. */
+ * With tier shares ([router] tiers = name:40%, ...) the route's recent scores are cut at
+ * each tier's share (router_share_decide_tiers). Otherwise the cut is, first match: the
+ * alias suffix (thr_override), x-triage-threshold, x-triage-strong-share, [router]
+ * strong_share, [router] threshold. A share is held on the route's recent scores
+ * (router_share_decide); every score of the route enters its window, however it was
+ * routed. Returns 0, or -1 after replying. */
 static int
 route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
 {
@@ -1160,27 +1196,20 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
     enum router_policy_kind kind =
         c->policy == CONF_POLICY_TIERS ? ROUTER_POLICY_TIERS : ROUTER_POLICY_THRESHOLD;
     struct daemon_share_route *sr =
-        kind == ROUTER_POLICY_THRESHOLD && alias >= 0
+        (kind == ROUTER_POLICY_THRESHOLD || c->tier_shares) && alias >= 0
             ? share_route(rq->w, c->aliases[alias], c->share_window)
             : NULL;
     size_t tier;
-    if (sr && share >= 0) {
+    if (sr && c->tier_shares) {
+        double cuts[ROUTER_SHARE_MAX_TIERS];
+        size_t n = s->n_tiers < ROUTER_SHARE_MAX_TIERS ? s->n_tiers : ROUTER_SHARE_MAX_TIERS;
+        tier = router_share_decide_tiers(sr->est, sc.score, s->tier_above, s->tier_fallback, n,
+                                         cuts);
+        share_count(sr, tier, n, s->tier_above, cuts);
+        rq->route_reason = "share";
+    } else if (sr && share >= 0) {
         tier = (size_t)router_share_decide(sr->est, sc.score, share, thr, &thr);
-        size_t recent, recent_strong;
-        router_share_recent(sr->est, &recent, &recent_strong);
-        /* one writer per entry: relaxed loads and stores, no read-modify-write */
-        atomic_store_explicit(&sr->decided,
-                              atomic_load_explicit(&sr->decided, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-        atomic_store_explicit(&sr->strong,
-                              atomic_load_explicit(&sr->strong, memory_order_relaxed) + tier,
-                              memory_order_relaxed);
-        atomic_store_explicit(&sr->target_ppm,
-                              atomic_load_explicit(&sr->target_ppm, memory_order_relaxed) +
-                                  (uint64_t)llround(share * 1e6),
-                              memory_order_relaxed);
-        atomic_store_explicit(&sr->recent_decided, recent, memory_order_relaxed);
-        atomic_store_explicit(&sr->recent_strong, recent_strong, memory_order_relaxed);
+        share_count(sr, tier, 2, &share, &thr);
         rq->route_reason = "share";
     } else {
         if (sr)

@@ -172,6 +172,8 @@ snapshot_free(struct daemon_snapshot *s)
     router_model_unref(s->model);
     conf_destroy(s->conf);
     free(s->tiers);
+    free(s->tier_above);
+    free(s->tier_fallback);
     free(s);
 }
 
@@ -211,6 +213,19 @@ snapshot_load(const char *path, char *err, size_t errlen)
             snprintf(err, errlen, "%s: tier '%s': the model %s has no head '%s'", path, b->name,
                      model_path, head);
             goto fail;
+        }
+    }
+    if (s->conf->tier_shares) {
+        /* the share past tier b is the sum of the shares of the tiers after it */
+        s->tier_above = calloc(s->n_tiers, sizeof(double));
+        s->tier_fallback = calloc(s->n_tiers, sizeof(double));
+        if (!s->tier_above || !s->tier_fallback)
+            abort();
+        double past = 0;
+        for (size_t i = s->n_tiers - 1; i > 0; i--) {
+            past += s->conf->tiers[i].share;
+            s->tier_above[i - 1] = past > 1 ? 1 : past;
+            s->tier_fallback[i - 1] = router_model_threshold_for_share(s->model, s->tier_above[i - 1]);
         }
     }
     s->threshold = s->conf->threshold;
@@ -327,12 +342,18 @@ out:
     return rc;
 }
 
-/* Merges the workers' share counters per route (proxy.c writes them). */
+_Static_assert(DAEMON_GAUGES_MAX_TIERS == ROUTER_SHARE_MAX_TIERS, "a gauge per share tier");
+
+/* Merges the workers' share counters per route (proxy.c writes them); names each tier
+ * after its backend in the current config. */
 static void
-share_gauges(struct daemon_gauges *g)
+share_gauges(struct daemon_gauges *g, const struct conf *c)
 {
-    uint64_t target_ppm[DAEMON_GAUGES_MAX_ROUTES] = {0};
-    uint64_t recent[DAEMON_GAUGES_MAX_ROUTES] = {0}, recent_strong[DAEMON_GAUGES_MAX_ROUTES] = {0};
+    uint64_t target_ppm[DAEMON_GAUGES_MAX_ROUTES][ROUTER_SHARE_MAX_TIERS] = {{0}};
+    uint64_t recent[DAEMON_GAUGES_MAX_ROUTES] = {0};
+    uint64_t recent_tier[DAEMON_GAUGES_MAX_ROUTES][ROUTER_SHARE_MAX_TIERS] = {{0}};
+    double cut_sum[DAEMON_GAUGES_MAX_ROUTES][ROUTER_SHARE_MAX_TIERS] = {{0}};
+    unsigned cut_n[DAEMON_GAUGES_MAX_ROUTES][ROUTER_SHARE_MAX_TIERS] = {{0}};
 
     for (unsigned wi = 0; the_server && wi < the_server->n_workers; wi++) {
         struct daemon_worker *w = &the_server->workers[wi];
@@ -340,6 +361,8 @@ share_gauges(struct daemon_gauges *g)
         for (unsigned i = 0; i < n; i++) {
             struct daemon_share_route *r = &w->share[i];
             size_t j = 0;
+            uint64_t decided = atomic_load_explicit(&r->decided, memory_order_relaxed);
+            size_t nt = (size_t)atomic_load_explicit(&r->n_tiers, memory_order_relaxed);
             while (j < g->n_share_routes && strcmp(g->share[j].route, r->name))
                 j++;
             if (j == DAEMON_GAUGES_MAX_ROUTES)
@@ -348,17 +371,45 @@ share_gauges(struct daemon_gauges *g)
                 snprintf(g->share[j].route, sizeof(g->share[j].route), "%s", r->name);
                 g->n_share_routes++;
             }
-            g->share[j].requests += atomic_load_explicit(&r->decided, memory_order_relaxed);
-            g->share[j].strong += atomic_load_explicit(&r->strong, memory_order_relaxed);
-            target_ppm[j] += atomic_load_explicit(&r->target_ppm, memory_order_relaxed);
+            struct daemon_share_gauges *sg = &g->share[j];
+            if (nt > sg->n_tiers)
+                sg->n_tiers = nt;
+            sg->requests += decided;
             recent[j] += atomic_load_explicit(&r->recent_decided, memory_order_relaxed);
-            recent_strong[j] += atomic_load_explicit(&r->recent_strong, memory_order_relaxed);
+            for (size_t t = 0; t < nt && t < ROUTER_SHARE_MAX_TIERS; t++) {
+                sg->tier[t].requests += atomic_load_explicit(&r->tier[t].routed, memory_order_relaxed);
+                target_ppm[j][t] += atomic_load_explicit(&r->tier[t].target_ppm, memory_order_relaxed);
+                recent_tier[j][t] += atomic_load_explicit(&r->tier[t].recent, memory_order_relaxed);
+                if (t + 1 < nt) {
+                    uint64_t bits = atomic_load_explicit(&r->tier[t].cut_bits, memory_order_relaxed);
+                    double cut;
+                    memcpy(&cut, &bits, sizeof(cut));
+                    if (isfinite(cut)) {
+                        cut_sum[j][t] += cut;
+                        cut_n[j][t]++;
+                    }
+                }
+            }
         }
     }
     for (size_t j = 0; j < g->n_share_routes; j++) {
         struct daemon_share_gauges *sg = &g->share[j];
-        sg->target = sg->requests ? (double)target_ppm[j] / 1e6 / (double)sg->requests : NAN;
-        sg->recent = recent[j] ? (double)recent_strong[j] / (double)recent[j] : NAN;
+        uint64_t strong_ppm = 0;
+        sg->strong = sg->requests - sg->tier[0].requests;
+        for (size_t t = 0; t < sg->n_tiers; t++) {
+            struct daemon_share_tier_gauges *tg = &sg->tier[t];
+            /* the route's tiers are the config's (every routed alias uses them) */
+            if (c && t < c->n_tiers)
+                snprintf(tg->backend, sizeof(tg->backend), "%s",
+                         c->backends[c->tiers[t].backend].name);
+            tg->target = sg->requests ? (double)target_ppm[j][t] / 1e6 / (double)sg->requests : NAN;
+            tg->recent = recent[j] ? (double)recent_tier[j][t] / (double)recent[j] : NAN;
+            tg->cut = t + 1 < sg->n_tiers && cut_n[j][t] ? cut_sum[j][t] / cut_n[j][t] : NAN;
+            if (t > 0)
+                strong_ppm += target_ppm[j][t];
+        }
+        sg->target = sg->requests ? (double)strong_ppm / 1e6 / (double)sg->requests : NAN;
+        sg->recent = recent[j] ? 1 - (double)recent_tier[j][0] / (double)recent[j] : NAN;
     }
 }
 
@@ -376,7 +427,10 @@ daemon_gauges_get(struct daemon_gauges *g)
     g->uptime_s = (double)(daemon__now_ns() - start_ns) / 1e9;
     snprintf(g->model_version, sizeof(g->model_version), "%s", router_model_version(s->model));
     g->model_loaded_unix = s->loaded_unix;
-    g->threshold = s->conf->policy == CONF_POLICY_THRESHOLD ? s->threshold : NAN;
+    /* the one cut in force: a share's cuts are per route and worker (share gauges) */
+    g->threshold = s->conf->policy == CONF_POLICY_THRESHOLD && s->conf->strong_share < 0
+                       ? s->threshold
+                       : NAN;
     g->log_queue_depth = g->log_written = g->log_dropped = g->log_failed = -1;
     struct storage *st = daemon__storage();
     if (st) {
@@ -400,7 +454,7 @@ daemon_gauges_get(struct daemon_gauges *g)
         enum breaker_state bs = breaker_state(s->breakers[i], now);
         g->circuit[i] = bs == BREAKER_OPEN ? 2 : bs == BREAKER_HALF_OPEN ? 1 : 0;
     }
-    share_gauges(g);
+    share_gauges(g, s->conf);
     daemon__snapshot_put(s);
     return 0;
 }

@@ -116,8 +116,12 @@ size_t router_policy_pick(enum router_policy_kind kind, const struct router_tier
 /* ---- holding a strong share online ------------------------------------------- */
 
 /* A route's recent scores, for cutting at a target share of them (share.c). One per
- * route and thread: not thread-safe. Memory: 2 bytes per score held plus 4 KB. */
+ * route and thread: not thread-safe. Memory: 2 bytes per score held plus 4 KB. The
+ * same window cuts two tiers (a strong share) or up to ROUTER_SHARE_MAX_TIERS (a share
+ * per tier, cheapest first: the lowest scores go to tier 0). */
 struct router_share;
+
+#define ROUTER_SHARE_MAX_TIERS 16
 
 #define ROUTER_SHARE_BINS 1024           /* score resolution of the window: 1/1024 */
 #define ROUTER_SHARE_MIN_SCORES 50       /* below this many scores, the fallback cut decides */
@@ -156,12 +160,26 @@ void router_share_add(struct router_share *e, double score);
 int router_share_decide(struct router_share *e, double score, double share, double fallback,
                         double *cut);
 
+/* Decides one request among n_tiers tiers (2 to ROUTER_SHARE_MAX_TIERS, cheapest
+ * first) and adds score to the window. above[b] (n_tiers - 1 entries, borrowed) is the
+ * target share of requests sent past tier b, i.e. to tiers b+1 and up; it must not grow
+ * with b (a larger value is taken as the one before). Each boundary is cut as
+ * router_share_decide cuts its one, with its own debt and fallback[b], and one tie draw
+ * for all, so the boundaries nest. cuts (n_tiers - 1 entries, or NULL) gets each
+ * boundary's cut in force. Returns the tier, in [0, n_tiers). */
+size_t router_share_decide_tiers(struct router_share *e, double score, const double *above,
+                                 const double *fallback, size_t n_tiers, double *cuts);
+
 /* Returns the cut router_share_decide would use for share now, or NAN with fewer than
  * ROUTER_SHARE_MIN_SCORES scores. */
 double router_share_cut(const struct router_share *e, double share);
 
-/* Gets the decisions among the scores in the window now, and how many went strong. */
+/* Gets the decisions among the scores in the window now, and how many went strong
+ * (past tier 0). */
 void router_share_recent(const struct router_share *e, size_t *decided, size_t *strong);
+
+/* Returns how many of the decisions among the scores in the window went to tier. */
+size_t router_share_recent_tier(const struct router_share *e, size_t tier);
 
 /* ---- training ----------------------------------------------------------------- */
 

@@ -12,12 +12,14 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "router.h"
 
-#define FLAG_DECIDED 0x4000u /* the score was routed by share ... */
-#define FLAG_STRONG 0x8000u  /* ... to the strong side */
-#define BIN_MASK 0x3fffu
+#define BIN_MASK 0x3ffu       /* ring entry: the score's bin ... */
+#define TIER_SHIFT 10         /* ... the tier it was routed to ... */
+#define TIER_MASK 0xfu
+#define FLAG_DECIDED 0x8000u  /* ... when the share routed it */
 
 struct router_share {
     size_t window;      /* W: scores held at most */
@@ -26,15 +28,19 @@ struct router_share {
     uint16_t *ring;     /* bin | FLAG_* */
     uint32_t tree[ROUTER_SHARE_BINS + 1]; /* Fenwick tree of bin counts, 1-based */
     double horizon;     /* decisions the debt is spread over; 0: no correction */
-    double debt;        /* sum of (strong - target) over decisions, within about
-                         * [-2 horizon target, 2 horizon (1 - target)] */
+    /* per boundary b (between tiers b and b + 1): the sum of (above - target) over
+     * decisions, where above is 1 when the request went to a tier past b; within about
+     * [-2 horizon target, 2 horizon (1 - target)] */
+    double debt[ROUTER_SHARE_MAX_TIERS - 1];
     uint64_t k;         /* decisions made: the tie-breaker's counter */
-    size_t recent_decided, recent_strong; /* flags of the scores in the window */
+    size_t recent_decided; /* scores in the window the share routed ... */
+    size_t recent_tier[ROUTER_SHARE_MAX_TIERS]; /* ... by the tier it chose */
 };
 
 /* Bins are a power of two so the Fenwick descent in find_rank works. */
 _Static_assert((ROUTER_SHARE_BINS & (ROUTER_SHARE_BINS - 1)) == 0, "bins: a power of two");
 _Static_assert(ROUTER_SHARE_BINS <= BIN_MASK + 1, "bins fit beside the flags");
+_Static_assert(ROUTER_SHARE_MAX_TIERS <= TIER_MASK + 1, "tiers fit beside the flags");
 
 static unsigned
 bin_of(double score)
@@ -125,7 +131,7 @@ void
 router_share_set_horizon(struct router_share *e, double horizon)
 {
     e->horizon = horizon > 0 ? horizon : 0;
-    e->debt = 0;
+    memset(e->debt, 0, sizeof(e->debt));
 }
 
 /* Puts an entry in the ring, evicting the oldest when full. */
@@ -135,15 +141,19 @@ push(struct router_share *e, unsigned bin, unsigned flags)
     if (e->n == e->window) {
         uint16_t old = e->ring[e->head];
         tree_add(e->tree, old & BIN_MASK, -1);
-        e->recent_decided -= (old & FLAG_DECIDED) != 0;
-        e->recent_strong -= (old & FLAG_STRONG) != 0;
+        if (old & FLAG_DECIDED) {
+            e->recent_decided--;
+            e->recent_tier[(old >> TIER_SHIFT) & TIER_MASK]--;
+        }
     } else {
         e->n++;
     }
     e->ring[e->head] = (uint16_t)(bin | flags);
     tree_add(e->tree, bin, 1);
-    e->recent_decided += (flags & FLAG_DECIDED) != 0;
-    e->recent_strong += (flags & FLAG_STRONG) != 0;
+    if (flags & FLAG_DECIDED) {
+        e->recent_decided++;
+        e->recent_tier[(flags >> TIER_SHIFT) & TIER_MASK]++;
+    }
     if (++e->head == e->window)
         e->head = 0;
 }
@@ -159,15 +169,15 @@ router_share_add(struct router_share *e, double score)
  * too many, horizon * share too few), and x moves the target that fraction of the way to
  * 0 or 1: a shift up or down of the traffic saturates the correction equally fast. */
 static double
-effective(const struct router_share *e, double share)
+effective(const struct router_share *e, double debt, double share)
 {
     if (e->horizon <= 0 || share <= 0 || share >= 1)
         return share;
-    if (e->debt > 0) {
-        double x = e->debt / (e->horizon * (1 - share));
+    if (debt > 0) {
+        double x = debt / (e->horizon * (1 - share));
         return x >= 1 ? 0 : share * (1 - x);
     }
-    double x = -e->debt / (e->horizon * share);
+    double x = -debt / (e->horizon * share);
     return x >= 1 ? 1 : share + (1 - share) * x;
 }
 
@@ -193,51 +203,93 @@ router_share_cut(const struct router_share *e, double share)
 {
     if (e->n < ROUTER_SHARE_MIN_SCORES)
         return NAN;
-    return cut_of(e, effective(e, share));
+    return cut_of(e, effective(e, e->debt[0], share));
+}
+
+/* A target share clamped to [0,1], NaN as 0. */
+static double
+unit(double share)
+{
+    return !(share > 0) ? 0 : share > 1 ? 1 : share;
+}
+
+size_t
+router_share_decide_tiers(struct router_share *e, double score, const double *above,
+                          const double *fallback, size_t n_tiers, double *cuts)
+{
+    unsigned bin = bin_of(score);
+    size_t tier = 0, upto = 0, over = 0, equal = 0;
+    double u = 0, prev = 1, prev_t = 1;
+    int ranked = e->n >= ROUTER_SHARE_MIN_SCORES;
+
+    if (n_tiers > ROUTER_SHARE_MAX_TIERS)
+        n_tiers = ROUTER_SHARE_MAX_TIERS;
+    if (ranked) {
+        upto = tree_below(e->tree, bin + 1);
+        over = e->n - upto;
+        equal = upto - tree_below(e->tree, bin);
+        /* Weyl sequence k * (golden ratio - 1) mod 1: ties spread evenly over [0,1); one
+         * draw for every boundary, so a request past a higher boundary is past the lower
+         * ones too */
+        u = (double)((e->k * 0x9e3779b97f4a7c15ull) >> 11) * 0x1p-53;
+    }
+    for (size_t b = 0; b + 1 < n_tiers; b++) {
+        double share = unit(above[b]), c;
+        int past;
+        if (share > prev) /* the shares above nest: never more above b than above b - 1 */
+            share = prev;
+        if (share <= 0 || share >= 1) {
+            past = share >= 1;
+            c = past ? 0 : nextafter(1.0, 2.0);
+        } else if (!ranked) {
+            past = score >= fallback[b];
+            c = fallback[b];
+        } else {
+            double t = effective(e, e->debt[b], share);
+            if (t > prev_t) /* corrected too: a higher cut never falls below a lower one */
+                t = prev_t;
+            prev_t = t;
+            /* its rank among the window and itself, its place among its ties drawn by
+             * u: a score above the whole window is past with probability t (n + 1), not
+             * always, so a tiny corrected target stays tiny */
+            past = (double)over + (double)(equal + 1) * u < t * (double)(e->n + 1);
+            c = cuts ? cut_of(e, t) : NAN;
+        }
+        prev = share;
+        if (cuts)
+            cuts[b] = c;
+        if (past && tier == b)
+            tier = b + 1;
+    }
+    e->k++;
+    prev = 1;
+    for (size_t b = 0; e->horizon > 0 && b + 1 < n_tiers; b++) {
+        double share = unit(above[b]);
+        if (share > prev)
+            share = prev;
+        prev = share;
+        if (share <= 0 || share >= 1)
+            continue;
+        /* bounded (no wind-up), but well past where the correction saturates: a bound
+         * reached in steady state would forgive calls and leak share */
+        double *d = &e->debt[b];
+        *d += (double)(tier > b) - share;
+        if (*d > 2 * e->horizon * (1 - share) + 1)
+            *d = 2 * e->horizon * (1 - share) + 1;
+        if (*d < -2 * e->horizon * share - 1)
+            *d = -2 * e->horizon * share - 1;
+    }
+    push(e, bin, FLAG_DECIDED | (unsigned)tier << TIER_SHIFT);
+    return tier;
 }
 
 int
 router_share_decide(struct router_share *e, double score, double share, double fallback,
                     double *cut)
 {
-    unsigned bin = bin_of(score);
-    int strong;
     double c;
+    int strong = (int)router_share_decide_tiers(e, score, &share, &fallback, 2, &c);
 
-    if (!(share >= 0)) /* NaN */
-        share = 0;
-    if (share > 1)
-        share = 1;
-    if (share <= 0 || share >= 1) {
-        strong = share >= 1;
-        c = strong ? 0 : nextafter(1.0, 2.0);
-    } else if (e->n < ROUTER_SHARE_MIN_SCORES) {
-        strong = score >= fallback;
-        c = fallback;
-    } else {
-        double t = effective(e, share);
-        size_t upto = tree_below(e->tree, bin + 1);
-        size_t above = e->n - upto;
-        size_t equal = upto - tree_below(e->tree, bin);
-        /* Weyl sequence k * (golden ratio - 1) mod 1: ties spread evenly over [0,1) */
-        double u = (double)((e->k * 0x9e3779b97f4a7c15ull) >> 11) * 0x1p-53;
-        /* its rank among the window and itself, its place among its ties drawn by u:
-         * a score above the whole window is strong with probability t (n + 1), not
-         * always, so a tiny corrected target stays tiny */
-        strong = (double)above + (double)(equal + 1) * u < t * (double)(e->n + 1);
-        c = cut ? cut_of(e, t) : NAN;
-    }
-    e->k++;
-    if (e->horizon > 0) {
-        /* bounded (no wind-up), but well past where the correction saturates: a bound
-         * reached in steady state would forgive calls and leak share */
-        e->debt += (double)strong - share;
-        if (e->debt > 2 * e->horizon * (1 - share) + 1)
-            e->debt = 2 * e->horizon * (1 - share) + 1;
-        if (e->debt < -2 * e->horizon * share - 1)
-            e->debt = -2 * e->horizon * share - 1;
-    }
-    push(e, bin, FLAG_DECIDED | (strong ? FLAG_STRONG : 0));
     if (cut)
         *cut = c;
     return strong;
@@ -247,5 +299,11 @@ void
 router_share_recent(const struct router_share *e, size_t *decided, size_t *strong)
 {
     *decided = e->recent_decided;
-    *strong = e->recent_strong;
+    *strong = e->recent_decided - e->recent_tier[0];
+}
+
+size_t
+router_share_recent_tier(const struct router_share *e, size_t tier)
+{
+    return tier < ROUTER_SHARE_MAX_TIERS ? e->recent_tier[tier] : 0;
 }

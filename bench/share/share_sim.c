@@ -12,6 +12,9 @@
  *    100 requests after a switch (the reaction), and the jitter (standard deviation of the
  *    share over blocks of 100);
  *  - each with the debt correction on (the daemon's default) and off (the bare quantile);
+ *  - tiers 40/40/20 (router_share_decide_tiers, the daemon's default window and horizon):
+ *    each tier's realised share of requests 301..end per family, and per block of 500 on
+ *    the switching stream;
  *  - ns per router_share_decide (update + query) per window size. */
 #include <math.h>
 #include <stdio.h>
@@ -147,6 +150,64 @@ mixed_stream(const struct family *fam, size_t w, double horizon, double t,
     router_share_destroy(e);
 }
 
+/* Tiers 40/40/20 (above tier 0: 60%, above tier 1: 20%), one family at a time and on the
+ * switching stream, with the daemon's defaults (window 1000, horizon 25). */
+static void
+tiers(const struct router_model *m, const struct family *fam)
+{
+    static const double share[3] = {0.4, 0.4, 0.2};
+    const double above[2] = {0.6, 0.2};
+    double fallback[2];
+
+    for (int b = 0; b < 2; b++)
+        fallback[b] = router_model_threshold_for_share(m, above[b]);
+    printf("\n## Tiers 40/40/20 (window 1000, horizon 25)\n\n");
+    printf("### One family at a time: each tier's share of requests 301..end "
+           "(bar: each +-5)\n\n");
+    printf("| family | tier 0 (40%%) | tier 1 (40%%) | tier 2 (20%%) | bars |\n"
+           "|---|---:|---:|---:|---:|\n");
+    for (int fi = 0; fi < N_FAM; fi++) {
+        struct router_share *e = router_share_new(1000);
+        size_t got[3] = {0}, counted = 0, from = fam[fi].n > 300 ? 300 : 0;
+        for (size_t i = 0; i < fam[fi].n; i++) {
+            size_t t = router_share_decide_tiers(e, fam[fi].score[i], above, fallback, 3, NULL);
+            if (i >= from) {
+                got[t]++;
+                counted++;
+            }
+        }
+        int ok = 1;
+        printf("| %s |", fam_names[fi]);
+        for (int t = 0; t < 3; t++) {
+            double sh = (double)got[t] / (double)counted;
+            ok &= fabs(sh - share[t]) <= 0.05;
+            printf(" %.1f%% |", 100 * sh);
+        }
+        printf(" %s |\n", ok ? "met" : "MISSED");
+        router_share_destroy(e);
+    }
+    printf("\n### Family switching every %d requests (%d blocks): the worst block of %d per "
+           "tier (bar: each +-10)\n\n", BLOCK, N_BLOCKS, BLOCK);
+    struct router_share *e = router_share_new(1000);
+    size_t pos[N_FAM] = {0};
+    double worst[3] = {0};
+    for (size_t b = 0; b < N_BLOCKS; b++) {
+        const struct family *f = &fam[b % N_FAM];
+        size_t got[3] = {0};
+        for (size_t i = 0; i < BLOCK; i++)
+            got[router_share_decide_tiers(e, f->score[pos[b % N_FAM]++ % f->n], above, fallback,
+                                          3, NULL)]++;
+        for (int t = 0; t < 3; t++)
+            if (fabs((double)got[t] / BLOCK - share[t]) > worst[t])
+                worst[t] = fabs((double)got[t] / BLOCK - share[t]);
+    }
+    router_share_destroy(e);
+    printf("| tier 0 (40%%) | tier 1 (40%%) | tier 2 (20%%) |\n|---:|---:|---:|\n");
+    printf("| +-%.1f%s | +-%.1f%s | +-%.1f%s |\n", 100 * worst[0], worst[0] > 0.1 ? " (!)" : "",
+           100 * worst[1], worst[1] > 0.1 ? " (!)" : "", 100 * worst[2],
+           worst[2] > 0.1 ? " (!)" : "");
+}
+
 static double
 now_ns(void)
 {
@@ -244,6 +305,7 @@ main(int argc, char **argv)
                        100 * mx.worst_react, 100 * mx.jitter, 100 * mx.total);
             }
     }
+    tiers(m, fam);
     speed(fam);
     for (int i = 0; i < N_FAM; i++)
         free(fam[i].score);

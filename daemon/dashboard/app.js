@@ -515,6 +515,32 @@
     }
   }
 
+  // strong_share and tier shares, live from the workers (not the window's log): each
+  // tier's target, its share in the recent windows and since start, and the cut in force
+  function drawShares(d) {
+    const tbody = $('table-shares').tBodies[0];
+    tbody.textContent = '';
+    const routes = d.share_routes || [];
+    const pct = (v) => (v == null ? '–' : fmtPct(v));
+    $('shares-hint').textContent = routes.length
+      ? `live, since start: ${routes.map((r) => `${r.route} ${fmtInt(r.requests)}`).join(', ')}`
+      : '';
+    if (!routes.length) return emptyRow(tbody, 6, 'no route holds a share (strong_share, tiers = name:40%)');
+    for (const r of routes) {
+      (r.tiers || []).forEach((t, i) => {
+        const tr = document.createElement('tr');
+        cell(tr, i ? '' : r.route);
+        cell(tr, t.backend || '–');
+        cell(tr, pct(t.target), 'num share');
+        const off = t.recent != null && t.target != null && Math.abs(t.recent - t.target) > 0.05;
+        cell(tr, pct(t.recent), off ? 'num share off' : 'num share');
+        cell(tr, pct(t.total), 'num share');
+        cell(tr, t.cut == null ? '–' : t.cut.toFixed(3), 'num share');
+        tbody.appendChild(tr);
+      });
+    }
+  }
+
   function drawKpis(d, names) {
     const strong = strongName(d, names);
     const mins = d.window_ms / 60000;
@@ -557,6 +583,7 @@
     drawScore(d, colors);
     drawBackends(d, names, colors);
     drawMix(d, names, colors);
+    drawShares(d);
     drawErrors(d);
     drawFallbacks(d, names, colors);
     document.body.dataset.requests = d.requests;

@@ -106,6 +106,20 @@ awk -v a="$t30" -v b="$t70" -v r="$tref" 'BEGIN { d = r - a; if (d < 0) d = -d; 
 share=$(sed 's/^{"score": \([0-9.]*\),.*/\1/' "$dir/scores" |
     awk -v t="$t30" '$1 >= t - 5e-7 { k++ } END { print k / NR }')
 awk -v s="$share" 'BEGIN { exit !(s >= 0.25 && s <= 0.40) }' || fail "calibrated share $share"
+# calibrate --tiers 40,40: two cuts, the second the same as a strong share of 20%, the
+# first as one of 60%; the last tier may name its share; shares past 100% exit 2
+cuts=$("$T" calibrate --model "$dir/a.tmod" --data "$dir/train.jsonl" --tiers 40,40 | tr '\n' ' ')
+t60=$("$T" calibrate --model "$dir/a.tmod" --data "$dir/train.jsonl" --strong-share 0.6)
+t20=$("$T" calibrate --model "$dir/a.tmod" --data "$dir/train.jsonl" --strong-share 0.2)
+[ "$cuts" = "$t60 $t20 " ] || fail "calibrate --tiers 40,40: '$cuts', want '$t60 $t20 '"
+cuts2=$("$T" calibrate --model "$dir/a.tmod" --data "$dir/train.jsonl" --tiers 40%,40%,20% | tr '\n' ' ')
+[ "$cuts2" = "$cuts" ] || fail "calibrate --tiers 40%,40%,20%: '$cuts2'"
+set +e
+"$T" calibrate --model "$dir/a.tmod" --tiers 40,70 >/dev/null 2>&1; [ $? -eq 2 ] || fail "tiers 110% should exit 2"
+"$T" calibrate --model "$dir/a.tmod" --tiers 40,x >/dev/null 2>&1; [ $? -eq 2 ] || fail "tiers 40,x should exit 2"
+"$T" calibrate --model "$dir/a.tmod" --tiers 40 --strong-share 0.3 >/dev/null 2>&1; [ $? -eq 2 ] ||
+    fail "tiers and strong-share together should exit 2"
+set -e
 # the shipped model: heads weak and strong (conf/triage.conf maps backends to them), and
 # a maths problem needs the strong backend more than a greeting does
 if [ -n "${TRIAGE_SOURCE_ROOT:-}" ] && [ -f "$TRIAGE_SOURCE_ROOT/models/default.tmod" ]; then

@@ -1,4 +1,5 @@
 /* test_conf.c - unit tests for conf/conf.c: defaults, values, cross references and errors. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -254,6 +255,65 @@ test_errors(void **state)
     }
 }
 
+/* tiers = name:40%, ...: shares held online; the last tier may take the rest. */
+static void
+test_tier_shares(void **state)
+{
+    (void)state;
+    static const char *const texts[] = {
+        "[router]\nmodel = /m\npolicy = tiers\ntiers = a:40%, b:40%, c\n",
+        "[router]\nmodel = /m\npolicy = tiers\ntiers = a:40%, b:40%, c:20%\n",
+    };
+    char err[256], text[512];
+
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(text, sizeof(text), "%s[backend a]\nurl = http://x\n[backend b]\nurl = http://x\n"
+                 "[backend c]\nurl = http://x\n", texts[i]);
+        struct conf *c = load(text, err, sizeof(err));
+        assert_non_null(c);
+        assert_int_equal(c->tier_shares, 1);
+        assert_int_equal(c->n_tiers, 3);
+        assert_true(fabs(c->tiers[0].share - 0.4) < 1e-12);
+        assert_true(fabs(c->tiers[1].share - 0.4) < 1e-12);
+        assert_true(fabs(c->tiers[2].share - 0.2) < 1e-12);
+        assert_int_equal(c->tiers[2].backend, 2);
+        conf_destroy(c);
+    }
+    /* bars: no shares */
+    struct conf *c = load("[router]\nmodel = /m\npolicy = tiers\ntiers = a:0.8, b\n"
+                          "[backend a]\nurl = http://x\n[backend b]\nurl = http://x\n",
+                          err, sizeof(err));
+    assert_non_null(c);
+    assert_int_equal(c->tier_shares, 0);
+    assert_true(c->tiers[0].share < 0 && c->tiers[1].share < 0);
+    conf_destroy(c);
+
+    static const struct {
+        const char *tiers, *expect;
+    } bad[] = {
+        {"a:40%, b:0.5, c", "give every tier a share"},
+        {"a:40%, b, c", "give every tier a share"},
+        {"a:70%, b:40%, c", "add up to 110%, more than 100%"},
+        {"a:40%, b:40%, c:30%", "add up to 110%, not 100%"},
+        {"a:140%, b", "share 140% for a is outside"},
+        {"a:-1%, b", "share -1% for a is outside"},
+        {"a:x%, b", "no backend called 'a:x%'"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(text, sizeof(text), "[router]\nmodel = /m\npolicy = tiers\ntiers = %s\n"
+                 "[backend a]\nurl = http://x\n[backend b]\nurl = http://x\n"
+                 "[backend c]\nurl = http://x\n", bad[i].tiers);
+        c = load(text, err, sizeof(err));
+        if (c || !strstr(err, bad[i].expect))
+            fail_msg("tiers = %s: expected \"%s\", got \"%s\"", bad[i].tiers, bad[i].expect,
+                     c ? "(loaded)" : err);
+    }
+    c = load("[router]\nmodel = /m\ntiers = a:70%, b\n[backend a]\nurl = http://x\n"
+             "[backend b]\nurl = http://x\n", err, sizeof(err));
+    assert_null(c);
+    assert_non_null(strstr(err, "need policy = tiers"));
+}
+
 static void
 test_missing_file(void **state)
 {
@@ -296,6 +356,7 @@ main(void)
         cmocka_unit_test(test_values_and_lists),
         cmocka_unit_test(test_keys_from_env_and_file),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_tier_shares),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_shipped_example),
         cmocka_unit_test(test_log_level_parse),

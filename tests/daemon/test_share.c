@@ -1,6 +1,7 @@
 /* test_share.c - through the real triaged: strong_share holds the share of strong calls on
- * the route's live scores (config and x-triage-strong-share), /metrics reports target and
- * realised share, and a fixed threshold routes exactly as before.
+ * the route's live scores (config and x-triage-strong-share), tier shares hold each tier's,
+ * /metrics and /v1/stats report target and realised share, and a fixed threshold routes
+ * exactly as before.
  *
  * usage: test_share TRIAGED MOCKLLM MAKE_MODEL
  * Each case starts its own triaged (one worker) with a generated config in front of one
@@ -13,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+
+#include <jansson.h>
 
 #include "harness.h"
 
@@ -42,7 +45,7 @@ prompt_body(char *out, size_t len, const char *model, unsigned i)
 }
 
 struct tally {
-    int n, strong, bad;
+    int n, strong, mid, bad;
     double min_score, max_score;
 };
 
@@ -70,6 +73,7 @@ send_prompts(unsigned port, const char *model, const char *const *headers, unsig
         }
         t->n++;
         t->strong += !strcmp(b, "strong");
+        t->mid += !strcmp(b, "mid");
         const char *rt = h_header(&r, "x-triage-route");
         if (!rt || strcmp(rt, route))
             t->bad++;
@@ -154,6 +158,75 @@ test_config_share(void)
     stop(pid);
 }
 
+/* policy = tiers with tiers = fast:40%, mid:40%, strong: each tier's share held within 6
+ * points over 500 requests; /metrics and /v1/stats report target, realised and cut. */
+static void
+test_tier_shares(void)
+{
+    pid_t pid;
+    struct tally t;
+    char tail[512];
+
+    snprintf(tail, sizeof(tail),
+             "[router]\npolicy = tiers\ntiers = fast:40%%, mid:40%%, strong\nshare_window = 200\n"
+             "[backend mid]\nurl = http://127.0.0.1:%u/v1\nhead = strong\n", env.mock_port);
+    unsigned port = h_start_triaged(&env, "share-tiers", NULL, "path = tiers.db\n", tail, &pid);
+    if (!port) {
+        CHECK(!"triaged started");
+        return;
+    }
+    send_prompts(port, "triage", NULL, 0, 500, "share", &t);
+    double got[3] = {(double)(t.n - t.mid - t.strong) / t.n, (double)t.mid / t.n,
+                     (double)t.strong / t.n};
+    fprintf(stderr, "tiers 40/40/20: %.3f %.3f %.3f of %d, scores %.4f..%.4f\n", got[0], got[1],
+            got[2], t.n, t.min_score, t.max_score);
+    CHECK(t.bad == 0 && t.n == 500);
+    CHECK(fabs(got[0] - 0.4) <= 0.06 && fabs(got[1] - 0.4) <= 0.06 && fabs(got[2] - 0.2) <= 0.06);
+
+    static const char *const names[3] = {"fast", "mid", "strong"};
+    static const double targets[3] = {0.4, 0.4, 0.2};
+    for (int i = 0; i < 3; i++) {
+        char key[160];
+        snprintf(key, sizeof(key),
+                 "triage_route_tier_share{route=\"triage\",tier=\"%s\",kind=\"target\"} ",
+                 names[i]);
+        CHECK(fabs(metric(port, key) - targets[i]) < 1e-6);
+        snprintf(key, sizeof(key),
+                 "triage_route_tier_share{route=\"triage\",tier=\"%s\",kind=\"total\"} ",
+                 names[i]);
+        CHECK(fabs(metric(port, key) - got[i]) < 1e-3);
+    }
+    double cut0 = metric(port, "triage_route_cut{route=\"triage\",tier=\"fast\"} ");
+    double cut1 = metric(port, "triage_route_cut{route=\"triage\",tier=\"mid\"} ");
+    fprintf(stderr, "cuts %.4f %.4f\n", cut0, cut1);
+    CHECK(cut0 >= 0 && cut0 <= cut1 && cut1 <= 1.001);
+    /* no fixed threshold is in force: the stale gauge is gone */
+    CHECK(isnan(metric(port, "triage_routing_threshold ")));
+
+    struct h_resp r;
+    h_get(port, "/v1/stats?window=1h", &r);
+    json_t *j = r.body ? json_loads(r.body, 0, NULL) : NULL;
+    json_t *route = json_array_get(json_object_get(j, "share_routes"), 0);
+    json_t *tiers = json_object_get(route, "tiers");
+    CHECK(r.status == 200 && json_is_array(tiers) && json_array_size(tiers) == 3);
+    const char *rn = json_string_value(json_object_get(route, "route"));
+    CHECK(rn && !strcmp(rn, "triage"));
+    CHECK(json_integer_value(json_object_get(route, "requests")) == 500);
+    for (size_t i = 0; i < json_array_size(tiers) && i < 3; i++) {
+        json_t *ti = json_array_get(tiers, i);
+        const char *b = json_string_value(json_object_get(ti, "backend"));
+        CHECK(b && !strcmp(b, names[i]));
+        CHECK(fabs(json_number_value(json_object_get(ti, "target")) - targets[i]) < 1e-6);
+        CHECK(fabs(json_number_value(json_object_get(ti, "total")) - got[i]) < 1e-3);
+        CHECK(fabs(json_number_value(json_object_get(ti, "recent")) - targets[i]) <= 0.08);
+        CHECK(i == 2 ? json_is_null(json_object_get(ti, "cut"))
+                     : json_is_number(json_object_get(ti, "cut")));
+    }
+    json_decref(j);
+    h_resp_free(&r);
+    stop(pid);
+}
+
 /* No strong_share: the configured threshold decides, score >= threshold is strong. */
 static void
 test_fixed_threshold(void)
@@ -204,6 +277,7 @@ main(int argc, char **argv)
     if (h_env_make_model(&env, NULL) < 0)
         return 1;
     test_config_share();
+    test_tier_shares();
     test_fixed_threshold();
     return h_env_finish(&env);
 }

@@ -127,6 +127,12 @@ expect "fallback count"        '>fast</span></td><td class="num">9</td>'
 expect "fallbacks hint"        '9 of 2,427 requests (0.37%)'
 
 expect "error kind"            '>timeout<'
+# shares held online: a row per tier of each route (2 + 3), 4 figures each
+count "share cells"            '<td class="num share">' 18
+count "share off target"       '<td class="num share off">' 2
+expect "share row"             '<td>think</td><td>fast</td><td class="num share">40.0%</td><td class="num share">40.2%</td><td class="num share">40.2%</td><td class="num share">0.593</td>'
+expect "share last tier"       '<td>strong</td><td class="num share">20.0%</td><td class="num share off">26.0%</td><td class="num share">20.0%</td><td class="num share">–</td>'
+expect "shares hint"           'live, since start: triage 2,306, think 500'
 # share of requests vs spend: two 100% bars of two backends each
 count_in "mix bars"            chart-mix 'class="mix"' 4
 expect "spend share label"     '>93%<'

@@ -237,6 +237,141 @@ test_cut(void **state)
     router_share_destroy(e);
 }
 
+/* ---- tiers: 40/40/20 (above tier 0: 60%, above tier 1: 20%) ---- */
+
+static const double tier_share[3] = {0.4, 0.4, 0.2};
+static const double tier_above[2] = {0.6, 0.2};
+static const double tier_fallback[2] = {0.4, 0.8};
+
+/* Streams n scores from gen through tiers 40/40/20 (window 1000); got[t] gets each tier's
+ * share of decisions [from, n). Checks the boundaries nest (the tier is the count of
+ * boundaries passed, so a cut above is never below the cut under it). */
+static void
+stream_tiers(gen_fn *gen, size_t n, size_t from, double got[3])
+{
+    struct router_share *e = router_share_new(1000);
+    uint64_t rng = 42;
+    size_t count[3] = {0};
+
+    assert_non_null(e);
+    for (size_t i = 0; i < n; i++) {
+        double cuts[2];
+        size_t t = router_share_decide_tiers(e, gen(&rng, i), tier_above, tier_fallback, 3, cuts);
+        assert_true(t < 3);
+        assert_true(cuts[0] <= cuts[1]);
+        if (i >= from)
+            count[t]++;
+    }
+    for (size_t t = 0; t < 3; t++) {
+        got[t] = (double)count[t] / (double)(n - from);
+        assert_int_equal(router_share_recent_tier(e, t) <= 1000, 1);
+    }
+    router_share_destroy(e);
+}
+
+static void
+check_tiers(const char *what, gen_fn *gen, double tol)
+{
+    double got[3];
+
+    stream_tiers(gen, 20000, 1000, got);
+    printf("%-12s tiers: %.4f %.4f %.4f\n", what, got[0], got[1], got[2]);
+    for (size_t t = 0; t < 3; t++)
+        assert_true(fabs(got[t] - tier_share[t]) <= tol);
+}
+
+static void
+test_tiers_stationary(void **state)
+{
+    (void)state;
+    check_tiers("uniform", gen_uniform, 0.01);
+    check_tiers("skewed", gen_skewed, 0.01);
+    check_tiers("narrow", gen_narrow, 0.01);
+}
+
+static void
+test_tiers_adversarial(void **state)
+{
+    (void)state;
+    /* all equal: one tie draw splits them 40/40/20, not all in one tier */
+    check_tiers("equal", gen_equal, 0.01);
+    check_tiers("alternating", gen_alternating, 0.01);
+    check_tiers("increasing", gen_increasing, 0.02);
+    check_tiers("decreasing", gen_decreasing, 0.02);
+}
+
+/* The traffic gets harder, then easier: each tier's share of the window after the shift
+ * is back near its target. */
+static void
+test_tiers_shift(void **state)
+{
+    (void)state;
+    for (int dir = 0; dir < 2; dir++) {
+        struct router_share *e = router_share_new(1000);
+        uint64_t rng = 9;
+        size_t first[3] = {0}, second[3] = {0};
+        for (size_t i = 0; i < 6000; i++) {
+            int hi = (i < 3000) == (dir == 0);
+            double sc = (hi ? 0.6 : 0.2) + 0.2 * uni(&rng);
+            size_t t = router_share_decide_tiers(e, sc, tier_above, tier_fallback, 3, NULL);
+            if (i >= 3000 && i < 4000)
+                first[t]++;
+            else if (i >= 4000 && i < 5000)
+                second[t]++;
+        }
+        for (size_t t = 0; t < 3; t++) {
+            printf("tiers shift %s: tier %zu first window %.3f, second %.3f\n",
+                   dir ? "up" : "down", t, first[t] / 1000.0, second[t] / 1000.0);
+            assert_true(fabs(first[t] / 1000.0 - tier_share[t]) <= 0.05);
+            assert_true(fabs(second[t] / 1000.0 - tier_share[t]) <= 0.02);
+        }
+        router_share_destroy(e);
+    }
+}
+
+/* Two tiers through router_share_decide_tiers decide as router_share_decide; shares that
+ * grow past a boundary are clamped; out-of-range shares are absolute. */
+static void
+test_tiers_edges(void **state)
+{
+    (void)state;
+    struct router_share *a = router_share_new(500), *b = router_share_new(500);
+    uint64_t rng = 3;
+
+    for (size_t i = 0; i < 3000; i++) {
+        double sc = uni(&rng), fb = 0.7, ca, cb;
+        int sa = router_share_decide(a, sc, 0.3, fb, &ca);
+        size_t sb = router_share_decide_tiers(b, sc, (const double[]){0.3}, &fb, 2, &cb);
+        assert_int_equal((size_t)sa, sb);
+        assert_true(ca == cb);
+    }
+    /* above tier 1 more than above tier 0: taken as equal, so tier 1 is never chosen */
+    size_t count[3] = {0};
+    for (size_t i = 0; i < 3000; i++)
+        count[router_share_decide_tiers(b, uni(&rng), (const double[]){0.3, 0.5},
+                                        (const double[]){0.7, 0.5}, 3, NULL)]++;
+    assert_int_equal(count[1], 0);
+    assert_true(fabs(count[2] / 3000.0 - 0.3) <= 0.03);
+    /* 0 and 1 (and NaN as 0) are absolute */
+    for (size_t i = 0; i < 100; i++) {
+        assert_int_equal(router_share_decide_tiers(b, uni(&rng), (const double[]){1, 0},
+                                                   (const double[]){0.5, 0.5}, 3, NULL),
+                         1);
+        assert_int_equal(router_share_decide_tiers(b, uni(&rng), (const double[]){NAN, 1},
+                                                   (const double[]){0.5, 0.5}, 3, NULL),
+                         0);
+    }
+    /* more tiers than ROUTER_SHARE_MAX_TIERS are cut to it */
+    double above[ROUTER_SHARE_MAX_TIERS + 4], fb[ROUTER_SHARE_MAX_TIERS + 4];
+    for (size_t i = 0; i < ROUTER_SHARE_MAX_TIERS + 4; i++)
+        above[i] = 1, fb[i] = 0;
+    assert_int_equal(router_share_decide_tiers(b, 0.5, above, fb, ROUTER_SHARE_MAX_TIERS + 5,
+                                               NULL),
+                     ROUTER_SHARE_MAX_TIERS - 1);
+    router_share_destroy(a);
+    router_share_destroy(b);
+}
+
 int
 main(void)
 {
@@ -244,6 +379,8 @@ main(void)
         cmocka_unit_test(test_stationary), cmocka_unit_test(test_shift),
         cmocka_unit_test(test_adversarial), cmocka_unit_test(test_warmup),
         cmocka_unit_test(test_range), cmocka_unit_test(test_cut),
+        cmocka_unit_test(test_tiers_stationary), cmocka_unit_test(test_tiers_adversarial),
+        cmocka_unit_test(test_tiers_shift), cmocka_unit_test(test_tiers_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
