@@ -140,8 +140,9 @@ void router_share_destroy(struct router_share *e);
 size_t router_share_window(const struct router_share *e);
 size_t router_share_count(const struct router_share *e);
 
-/* Sets the share debt's bound (strong calls made minus promised), in requests all on
- * the wrong side: at the bound the target is moved all the way to 0 or 1. The smaller,
+/* Sets the share debt's bound (strong calls made minus promised), in requests' worth of
+ * the rarer decision: horizon * min(share, 1 - share) calls too many or too few move the
+ * target all the way to 0 or 1. The smaller,
  * the faster the share returns to the target after a change of traffic and the less the
  * rank alone decides; 0 turns the correction off (the bare window quantile). Resets the
  * debt. */
@@ -180,6 +181,54 @@ void router_share_recent(const struct router_share *e, size_t *decided, size_t *
 
 /* Returns how many of the decisions among the scores in the window went to tier. */
 size_t router_share_recent_tier(const struct router_share *e, size_t tier);
+
+/* ---- sticky conversations ------------------------------------------------------ */
+
+/* Which tier each recent conversation was routed to (sticky.c), so that a follow-up
+ * turn is not routed below it. Shared by threads (striped locks inside), reference-
+ * counted. Memory: 24 bytes per entry. Time is the caller's, in seconds. */
+struct router_sticky;
+
+#define ROUTER_STICKY_MAX_ENTRIES (1u << 26)
+#define ROUTER_STICKY_MAX_PREFIXES 8 /* earlier turns of a request looked up at most */
+
+/* A request's conversation digests (router_sticky_digest). */
+struct router_convo {
+    uint64_t full;        /* all its messages: what a later turn looks up */
+    size_t n_prefix;
+    uint64_t prefix[ROUTER_STICKY_MAX_PREFIXES]; /* the messages before each assistant
+                                                  * reply, oldest first (the last 8) */
+};
+
+/* Returns a new table (one reference) of max_entries (4 to ROUTER_STICKY_MAX_ENTRIES,
+ * rounded down to a multiple of 4) whose entries live ttl_s seconds after their last
+ * use, digests keyed by seed; NULL when out of range. Aborts on out-of-memory. */
+struct router_sticky *router_sticky_new(size_t max_entries, uint32_t ttl_s, uint64_t seed);
+
+/* Takes one more reference; returns t. Drops one, freeing t with the last (NULL is
+ * fine). Thread-safe. */
+struct router_sticky *router_sticky_ref(struct router_sticky *t);
+void router_sticky_unref(struct router_sticky *t);
+
+/* Returns the entries t holds at most / their time to live (s). */
+size_t router_sticky_max(const struct router_sticky *t);
+uint32_t router_sticky_ttl(const struct router_sticky *t);
+
+/* Digests an OpenAI "messages" array (borrowed) under salt (borrowed, may be NULL: e.g.
+ * the route and the client's key, so conversations of different clients never meet):
+ * each message by its role, name, tool_call_id, content text and tool call ids, not
+ * its JSON spelling. Returns 0, or -EINVAL for an empty array (out zeroed). */
+int router_sticky_digest(const struct router_sticky *t, const json_t *messages, const char *salt,
+                         struct router_convo *out);
+
+/* Returns the tier remembered for the longest of c's prefixes still alive at now_s (and
+ * keeps it alive another ttl), or -1 when none is: a new conversation. Thread-safe. */
+int router_sticky_lookup(struct router_sticky *t, const struct router_convo *c, uint64_t now_s);
+
+/* Remembers that the request of c went to tier at now_s, replacing the set's entry
+ * nearest to expiry when full. Thread-safe. */
+void router_sticky_remember(struct router_sticky *t, const struct router_convo *c, size_t tier,
+                            uint64_t now_s);
 
 /* ---- training ----------------------------------------------------------------- */
 

@@ -167,6 +167,36 @@ test_adversarial(void **state)
     }
 }
 
+/* A block of 50 prompts each scoring above the whole window (LLMRouter test's MBPP block
+ * after its QA prompts), then traffic harder than the window: over those 200 requests
+ * the share stays within 3 points of the target. The correction's bound is relative to
+ * the rarer decision: a bound of 25 requests' worth of weak calls let about 20 extra
+ * strong calls through at 10% (15.5% over those 200), never repaid. */
+static void
+test_block_above(void **state)
+{
+    (void)state;
+    static const double targets[] = {0.1, 0.3, 0.7};
+    for (size_t ti = 0; ti < 3; ti++) {
+        struct router_share *e = router_share_new(1000);
+        uint64_t rng = 5;
+        size_t strong = 0;
+        for (size_t i = 0; i < 2200; i++) {
+            int block = i >= 2000 && i < 2050;
+            /* and the traffic after the block stays harder than the window's */
+            double sc = block ? 0.9 + 0.1 * uni(&rng)
+                              : i > 2000 ? 0.45 + 0.5 * uni(&rng) : 0.5 * uni(&rng);
+            int s = router_share_decide(e, sc, targets[ti], 0.5, NULL);
+            if (i >= 2000)
+                strong += (size_t)s;
+        }
+        printf("block above the window, target %.2f: %.3f of the 200 after it\n", targets[ti],
+               strong / 200.0);
+        assert_true(fabs(strong / 200.0 - targets[ti]) <= 0.03);
+        router_share_destroy(e);
+    }
+}
+
 /* Below ROUTER_SHARE_MIN_SCORES the fallback cut decides. */
 static void
 test_warmup(void **state)
@@ -377,7 +407,8 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stationary), cmocka_unit_test(test_shift),
-        cmocka_unit_test(test_adversarial), cmocka_unit_test(test_warmup),
+        cmocka_unit_test(test_adversarial), cmocka_unit_test(test_block_above),
+        cmocka_unit_test(test_warmup),
         cmocka_unit_test(test_range), cmocka_unit_test(test_cut),
         cmocka_unit_test(test_tiers_stationary), cmocka_unit_test(test_tiers_adversarial),
         cmocka_unit_test(test_tiers_shift), cmocka_unit_test(test_tiers_edges),
