@@ -73,6 +73,9 @@ static const struct conf_key keys[] = {
     {"router", "threshold", T_DBL, C(threshold), 0, 1, "0.5", NULL},
     {"router", "strong_share", T_DBL, C(strong_share), -1, 1, "-1", NULL},
     {"router", "share_window", T_U32, C(share_window), 10, 1000000, "1000", NULL},
+    {"router", "sticky", T_BOOL, C(sticky), 0, 0, "yes", NULL},
+    {"router", "sticky_ttl_s", T_U32, C(sticky_ttl_s), 1, 604800, "3600", NULL},
+    {"router", "sticky_entries", T_U32, C(sticky_entries), 4, 67108864, "65536", NULL},
 
     {"storage", "path", T_STR, C(db_path), 0, 0, NULL, NULL},
     {"storage", "store_prompts", T_ENUM, C(store_prompts), 0, 0, "hash", store_prompts},

@@ -105,6 +105,9 @@ struct conf {
     double threshold;          /* CONF_POLICY_THRESHOLD: score cut, in [0,1] */
     double strong_share;       /* if >= 0, hold this share of strong calls instead */
     uint32_t share_window;     /* recent scores per route and worker the share is cut on */
+    int sticky;                /* 1: a conversation's follow-up never routes below its tier */
+    uint32_t sticky_ttl_s;     /* a conversation is remembered this long after its last turn */
+    uint32_t sticky_entries;   /* conversation turns remembered at most (24 bytes each) */
     struct conf_tier *tiers;   /* cheapest first; with THRESHOLD exactly two */
     size_t n_tiers;
     int tier_shares;           /* 1: the tiers have shares, held online like strong_share */

@@ -34,6 +34,7 @@ struct daemon_snapshot {
     double threshold;          /* conf threshold, or derived from strong_share */
     double *tier_above;        /* tier shares: the share past tier b, n_tiers - 1 of them */
     double *tier_fallback;     /* ... and the reference cut for it (NULL without shares) */
+    struct router_sticky *sticky; /* conversations' tiers; NULL with sticky = no */
     uint64_t generation;
     double loaded_unix;        /* when it was loaded (s) */
     struct auth_keys *keys;       /* client keys; NULL = no client auth */

@@ -1217,6 +1217,21 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
         tier = router_policy_pick(kind, s->tiers, s->n_tiers, thr, &sc);
         rq->route_reason = kind == ROUTER_POLICY_TIERS ? "tiers" : "threshold";
     }
+    if (s->sticky) {
+        /* a follow-up turn goes no lower than its conversation went (router/sticky.c) */
+        struct router_convo cv;
+        char salt[160];
+        uint64_t now_s = daemon__now_ns() / 1000000000u;
+        snprintf(salt, sizeof(salt), "%s\n%s", c->aliases[alias], rq->key_id ? rq->key_id : "");
+        if (router_sticky_digest(s->sticky, json_object_get(root, "messages"), salt, &cv) == 0) {
+            int was = router_sticky_lookup(s->sticky, &cv, now_s);
+            if (was > (int)tier && (size_t)was < c->n_tiers) {
+                tier = (size_t)was;
+                rq->route_reason = "sticky";
+            }
+            router_sticky_remember(s->sticky, &cv, tier, now_s);
+        }
+    }
     if (tier >= c->n_tiers)
         tier = c->n_tiers - 1;
     rq->backend = (int)c->tiers[tier].backend;

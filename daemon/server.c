@@ -174,6 +174,7 @@ snapshot_free(struct daemon_snapshot *s)
     free(s->tiers);
     free(s->tier_above);
     free(s->tier_fallback);
+    router_sticky_unref(s->sticky);
     free(s);
 }
 
@@ -227,6 +228,20 @@ snapshot_load(const char *path, char *err, size_t errlen)
             s->tier_above[i - 1] = past > 1 ? 1 : past;
             s->tier_fallback[i - 1] = router_model_threshold_for_share(s->model, s->tier_above[i - 1]);
         }
+    }
+    if (s->conf->sticky) {
+        /* a reload keeps the conversations remembered when the table's size and ttl stay */
+        struct daemon_snapshot *old = daemon__snapshot_get();
+        if (old && old->sticky && router_sticky_max(old->sticky) == (s->conf->sticky_entries & ~3u) &&
+            router_sticky_ttl(old->sticky) == s->conf->sticky_ttl_s) {
+            s->sticky = router_sticky_ref(old->sticky);
+        } else {
+            uint64_t seed;
+            if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
+                seed = daemon__now_ns() ^ 0x9e3779b97f4a7c15ull;
+            s->sticky = router_sticky_new(s->conf->sticky_entries, s->conf->sticky_ttl_s, seed);
+        }
+        daemon__snapshot_put(old);
     }
     s->threshold = s->conf->threshold;
     if (s->conf->strong_share >= 0)
