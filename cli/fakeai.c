@@ -97,7 +97,8 @@ struct fakeai_req {
 
 struct chat {
     struct fakeai_chat c;           /* strings point into the copies below */
-    char *model, *content, *extra, *errmsg;
+    char *model, *content, *extra, *errmsg, *tool_name, *tool_input, *prev_id;
+    unsigned seq;                   /* FAKEAI_RESPONSES: the next event's sequence_number */
     uint32_t *offs;                 /* piece i is content[offs[i], offs[i+1]) */
     unsigned n;
     unsigned next;                  /* next piece to stream */
@@ -268,6 +269,9 @@ conn_free(struct fakeai_req *c)
         free(c->chat->content);
         free(c->chat->extra);
         free(c->chat->errmsg);
+        free(c->chat->tool_name);
+        free(c->chat->tool_input);
+        free(c->chat->prev_id);
         free(c->chat->offs);
         free(c->chat);
     }
@@ -430,6 +434,9 @@ conn_finish(struct fakeai_req *c)
         free(c->chat->content);
         free(c->chat->extra);
         free(c->chat->errmsg);
+        free(c->chat->tool_name);
+        free(c->chat->tool_input);
+        free(c->chat->prev_id);
         free(c->chat->offs);
         free(c->chat);
         c->chat = NULL;
@@ -532,6 +539,40 @@ fakeai_req_error(struct fakeai_req *r, int status, const char *message)
     reply_error(r, status, message, NULL);
 }
 
+static const char *
+anthropic_error_type(int status)
+{
+    switch (status) {
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 413: return "request_too_large";
+    case 429: return "rate_limit_error";
+    case 529: return "overloaded_error";
+    default: return status >= 500 ? "api_error" : "invalid_request_error";
+    }
+}
+
+static void
+reply_error_anthropic(struct fakeai_req *r, int status, const char *message, const char *extra)
+{
+    char *b = NULL;
+    size_t len = 0, cap = 0;
+
+    buf_printf(&b, &len, &cap, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":",
+               anthropic_error_type(status));
+    fakeai_json_str(&b, &len, &cap, message, strlen(message));
+    ADD_LIT(&b, &len, &cap, "}}");
+    fakeai_req_reply(r, status, "application/json", extra, b, len);
+    free(b);
+}
+
+void
+fakeai_req_error_anthropic(struct fakeai_req *r, int status, const char *message)
+{
+    reply_error_anthropic(r, status, message, NULL);
+}
+
 /* ---- chat completions ---------------------------------------------------------------- */
 
 static void chat_step(struct fakeai_req *c);
@@ -578,6 +619,127 @@ send_event(struct fakeai_req *c, const char *ev, size_t len)
     conn_writev(c, bufs, 3);
 }
 
+/* The id of a Responses answer: the port names the mock that holds its state. */
+static void
+response_id(char **b, size_t *len, size_t *cap, struct fakeai_req *c)
+{
+    buf_printf(b, len, cap, "\"resp_mock%u_%ld\"", (unsigned)c->lp->srv->port, c->chat->id);
+}
+
+/* The whole Responses answer object (also the payload of its created and completed
+ * events: status "in_progress" without output). */
+static void
+response_object(char **b, size_t *len, size_t *cap, struct fakeai_req *c, int done)
+{
+    struct chat *ch = c->chat;
+
+    ADD_LIT(b, len, cap, "{\"id\":");
+    response_id(b, len, cap, c);
+    buf_printf(b, len, cap, ",\"object\":\"response\",\"created_at\":%ld,\"status\":\"%s\","
+               "\"model\":", ch->created, done ? "completed" : "in_progress");
+    fakeai_json_str(b, len, cap, ch->c.model, strlen(ch->c.model));
+    ADD_LIT(b, len, cap, ",\"previous_response_id\":");
+    if (ch->c.previous_response_id)
+        fakeai_json_str(b, len, cap, ch->c.previous_response_id, strlen(ch->c.previous_response_id));
+    else
+        ADD_LIT(b, len, cap, "null");
+    ADD_LIT(b, len, cap, ",\"output\":[");
+    if (done) {
+        buf_printf(b, len, cap, "{\"type\":\"message\",\"id\":\"msg_mock_%ld\",\"status\":"
+                   "\"completed\",\"role\":\"assistant\",\"content\":[{\"type\":\"output_text\","
+                   "\"annotations\":[],\"text\":", ch->id);
+        fakeai_json_str(b, len, cap, ch->c.content, strlen(ch->c.content));
+        ADD_LIT(b, len, cap, "}]}");
+    }
+    ADD_LIT(b, len, cap, "],\"usage\":");
+    if (done)
+        buf_printf(b, len, cap, "{\"input_tokens\":%ld,\"output_tokens\":%u,\"total_tokens\":%ld,"
+                   "\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens_details\":"
+                   "{\"reasoning_tokens\":0}}", ch->c.prompt_tokens, ch->n,
+                   ch->c.prompt_tokens + (long)ch->n);
+    else
+        ADD_LIT(b, len, cap, "null");
+    ADD_LIT(b, len, cap, "}");
+}
+
+/* A typed Responses event: "event: type" and its data, with the next sequence_number;
+ * rest is the members after them (or ""). */
+static void
+response_event(char **b, size_t *len, size_t *cap, struct chat *ch, const char *type,
+               const char *rest)
+{
+    buf_printf(b, len, cap, "event: %s\ndata: {\"type\":\"%s\",\"sequence_number\":%u%s%s",
+               type, type, ch->seq++, *rest ? "," : "", rest);
+}
+
+/* The Anthropic message object (the answer, or message_start's payload when !done). */
+static void
+message_object(char **b, size_t *len, size_t *cap, struct chat *ch, int done)
+{
+    buf_printf(b, len, cap, "{\"id\":\"msg_mock_%ld\",\"type\":\"message\",\"role\":\"assistant\","
+               "\"model\":", ch->id);
+    fakeai_json_str(b, len, cap, ch->c.model, strlen(ch->c.model));
+    ADD_LIT(b, len, cap, ",\"content\":[");
+    if (done) {
+        ADD_LIT(b, len, cap, "{\"type\":\"text\",\"text\":");
+        fakeai_json_str(b, len, cap, ch->c.content, strlen(ch->c.content));
+        ADD_LIT(b, len, cap, "}");
+        if (ch->c.tool_name) {
+            buf_printf(b, len, cap, ",{\"type\":\"tool_use\",\"id\":\"toolu_mock_%ld\",\"name\":",
+                       ch->id);
+            fakeai_json_str(b, len, cap, ch->c.tool_name, strlen(ch->c.tool_name));
+            buf_printf(b, len, cap, ",\"input\":%s}", ch->c.tool_input);
+        }
+    }
+    buf_printf(b, len, cap, "],\"stop_reason\":%s,\"stop_sequence\":null,\"usage\":"
+               "{\"input_tokens\":%ld,\"output_tokens\":%u}}",
+               !done ? "null" : ch->c.tool_name ? "\"tool_use\"" : "\"end_turn\"",
+               ch->c.prompt_tokens, done ? ch->n : 1u);
+}
+
+/* The events a typed stream opens with, sent with the response head. */
+static void
+send_stream_start(struct fakeai_req *c)
+{
+    struct chat *ch = c->chat;
+    char *b = NULL, *o = NULL;
+    size_t len = 0, cap = 0, olen = 0, ocap = 0;
+
+    if (ch->c.format == FAKEAI_RESPONSES) {
+        ADD_LIT(&o, &olen, &ocap, "\"response\":");
+        response_object(&o, &olen, &ocap, c, 0);
+        response_event(&b, &len, &cap, ch, "response.created", o);
+        ADD_LIT(&b, &len, &cap, "}\n\n");
+        response_event(&b, &len, &cap, ch, "response.in_progress", o);
+        ADD_LIT(&b, &len, &cap, "}\n\n");
+        response_event(&b, &len, &cap, ch, "response.output_item.added", "");
+        buf_printf(&b, &len, &cap, ",\"output_index\":0,\"item\":{\"type\":\"message\",\"id\":"
+                   "\"msg_mock_%ld\",\"status\":\"in_progress\",\"role\":\"assistant\","
+                   "\"content\":[]}}\n\n", ch->id);
+        response_event(&b, &len, &cap, ch, "response.content_part.added", "");
+        buf_printf(&b, &len, &cap, ",\"item_id\":\"msg_mock_%ld\",\"output_index\":0,"
+                   "\"content_index\":0,\"part\":{\"type\":\"output_text\",\"annotations\":[],"
+                   "\"text\":\"\"}}\n\n", ch->id);
+    } else if (ch->c.format == FAKEAI_MESSAGES) {
+        ADD_LIT(&b, &len, &cap, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":");
+        message_object(&b, &len, &cap, ch, 0);
+        ADD_LIT(&b, &len, &cap, "}\n\nevent: content_block_start\ndata: {\"type\":"
+                "\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\","
+                "\"text\":\"\"}}\n\n");
+    }
+    if (len)
+        send_event(c, b, len);
+    free(b);
+    free(o);
+}
+
+/* One piece of content in the answer's own API. */
+static void
+piece_text(char **b, size_t *len, size_t *cap, struct chat *ch, unsigned i)
+{
+    fakeai_json_str(b, len, cap, ch->c.content + ch->offs[i], ch->offs[i + 1] - ch->offs[i]);
+}
+
 static void
 send_piece(struct fakeai_req *c, unsigned i)
 {
@@ -585,6 +747,36 @@ send_piece(struct fakeai_req *c, unsigned i)
     char *b = NULL;
     size_t len = 0, cap = 0;
 
+    if (ch->c.format == FAKEAI_COMPLETIONS) {
+        buf_printf(&b, &len, &cap, "data: {\"id\":\"cmpl-mock-%ld\",\"object\":\"text_completion\","
+                   "\"created\":%ld,\"model\":", ch->id, ch->created);
+        fakeai_json_str(&b, &len, &cap, ch->c.model, strlen(ch->c.model));
+        ADD_LIT(&b, &len, &cap, ",\"choices\":[{\"text\":");
+        piece_text(&b, &len, &cap, ch, i);
+        ADD_LIT(&b, &len, &cap, ",\"index\":0,\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+        send_event(c, b, len);
+        free(b);
+        return;
+    }
+    if (ch->c.format == FAKEAI_RESPONSES) {
+        response_event(&b, &len, &cap, ch, "response.output_text.delta", "");
+        buf_printf(&b, &len, &cap, ",\"item_id\":\"msg_mock_%ld\",\"output_index\":0,"
+                   "\"content_index\":0,\"logprobs\":[],\"delta\":", ch->id);
+        piece_text(&b, &len, &cap, ch, i);
+        ADD_LIT(&b, &len, &cap, "}\n\n");
+        send_event(c, b, len);
+        free(b);
+        return;
+    }
+    if (ch->c.format == FAKEAI_MESSAGES) {
+        ADD_LIT(&b, &len, &cap, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+                "\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":");
+        piece_text(&b, &len, &cap, ch, i);
+        ADD_LIT(&b, &len, &cap, "}}\n\n");
+        send_event(c, b, len);
+        free(b);
+        return;
+    }
     chunk_head(&b, &len, &cap, ch);
     buf_printf(&b, &len, &cap, "\"choices\":[{\"index\":0,\"delta\":{%s\"content\":",
                i == 0 ? "\"role\":\"assistant\"," : "");
@@ -601,6 +793,47 @@ send_piece(struct fakeai_req *c, unsigned i)
     free(b);
 }
 
+/* The events a typed stream ends with. */
+static void
+typed_stream_end(char **b, size_t *len, size_t *cap, struct fakeai_req *c)
+{
+    struct chat *ch = c->chat;
+    char *o = NULL;
+    size_t olen = 0, ocap = 0;
+
+    if (ch->c.format == FAKEAI_RESPONSES) {
+        response_event(b, len, cap, ch, "response.output_text.done", "");
+        buf_printf(b, len, cap, ",\"item_id\":\"msg_mock_%ld\",\"output_index\":0,"
+                   "\"content_index\":0,\"logprobs\":[],\"text\":", ch->id);
+        fakeai_json_str(b, len, cap, ch->c.content, strlen(ch->c.content));
+        ADD_LIT(b, len, cap, "}\n\n");
+        ADD_LIT(&o, &olen, &ocap, "\"response\":");
+        response_object(&o, &olen, &ocap, c, 1);
+        response_event(b, len, cap, ch, "response.completed", o);
+        ADD_LIT(b, len, cap, "}\n\n");
+        free(o);
+        return;
+    }
+    ADD_LIT(b, len, cap, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+            "\"index\":0}\n\n");
+    if (ch->c.tool_name) {
+        buf_printf(b, len, cap, "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+                   "\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_mock_%ld\","
+                   "\"name\":", ch->id);
+        fakeai_json_str(b, len, cap, ch->c.tool_name, strlen(ch->c.tool_name));
+        ADD_LIT(b, len, cap, ",\"input\":{}}}\n\nevent: content_block_delta\ndata: {\"type\":"
+                "\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\","
+                "\"partial_json\":");
+        fakeai_json_str(b, len, cap, ch->c.tool_input, strlen(ch->c.tool_input));
+        ADD_LIT(b, len, cap, "}}\n\nevent: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+                "\"index\":1}\n\n");
+    }
+    buf_printf(b, len, cap, "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":"
+               "{\"stop_reason\":\"%s\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":%u}}"
+               "\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+               ch->c.tool_name ? "tool_use" : "end_turn", ch->n);
+}
+
 static void
 send_stream_end(struct fakeai_req *c)
 {
@@ -608,6 +841,33 @@ send_stream_end(struct fakeai_req *c)
     char *b = NULL;
     size_t len = 0, cap = 0;
 
+    if (ch->c.format == FAKEAI_RESPONSES || ch->c.format == FAKEAI_MESSAGES) {
+        typed_stream_end(&b, &len, &cap, c);
+        send_event(c, b, len);
+        conn_write(c, "0\r\n\r\n", 5);
+        free(b);
+        return;
+    }
+    if (ch->c.format == FAKEAI_COMPLETIONS) {
+        buf_printf(&b, &len, &cap, "data: {\"id\":\"cmpl-mock-%ld\",\"object\":\"text_completion\","
+                   "\"created\":%ld,\"model\":", ch->id, ch->created);
+        fakeai_json_str(&b, &len, &cap, ch->c.model, strlen(ch->c.model));
+        ADD_LIT(&b, &len, &cap, ",\"choices\":[{\"text\":\"\",\"index\":0,\"logprobs\":null,"
+                "\"finish_reason\":\"stop\"}]}\n\n");
+        if (ch->c.include_usage) {
+            buf_printf(&b, &len, &cap, "data: {\"id\":\"cmpl-mock-%ld\",\"object\":"
+                       "\"text_completion\",\"created\":%ld,\"model\":", ch->id, ch->created);
+            fakeai_json_str(&b, &len, &cap, ch->c.model, strlen(ch->c.model));
+            ADD_LIT(&b, &len, &cap, ",\"choices\":[],");
+            append_usage(&b, &len, &cap, ch);
+            ADD_LIT(&b, &len, &cap, "}\n\n");
+        }
+        ADD_LIT(&b, &len, &cap, "data: [DONE]\n\n");
+        send_event(c, b, len);
+        conn_write(c, "0\r\n\r\n", 5);
+        free(b);
+        return;
+    }
     chunk_head(&b, &len, &cap, ch);
     buf_printf(&b, &len, &cap, "\"choices\":[{\"index\":0,\"delta\":{%s},\"logprobs\":null,"
                "\"finish_reason\":\"stop\"}]}\n\n", ch->n == 0 ? "\"role\":\"assistant\",\"content\":\"\"" : "");
@@ -629,6 +889,26 @@ send_full(struct fakeai_req *c)
     struct chat *ch = c->chat;
     char *b = NULL;
     size_t len = 0, cap = 0;
+
+    if (ch->c.format != FAKEAI_CHAT) {
+        if (ch->c.format == FAKEAI_RESPONSES) {
+            response_object(&b, &len, &cap, c, 1);
+        } else if (ch->c.format == FAKEAI_MESSAGES) {
+            message_object(&b, &len, &cap, ch, 1);
+        } else {
+            buf_printf(&b, &len, &cap, "{\"id\":\"cmpl-mock-%ld\",\"object\":\"text_completion\","
+                       "\"created\":%ld,\"model\":", ch->id, ch->created);
+            fakeai_json_str(&b, &len, &cap, ch->c.model, strlen(ch->c.model));
+            ADD_LIT(&b, &len, &cap, ",\"choices\":[{\"text\":");
+            fakeai_json_str(&b, &len, &cap, ch->c.content, strlen(ch->c.content));
+            ADD_LIT(&b, &len, &cap, ",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}],");
+            append_usage(&b, &len, &cap, ch);
+            ADD_LIT(&b, &len, &cap, "}");
+        }
+        fakeai_req_reply(c, 200, "application/json", ch->c.extra_headers, b, len);
+        free(b);
+        return;
+    }
 
     buf_printf(&b, &len, &cap, "{\"id\":\"chatcmpl-mock-%ld\",\"object\":\"chat.completion\","
                "\"created\":%ld,\"model\":", ch->id, ch->created);
@@ -664,8 +944,12 @@ chat_step(struct fakeai_req *c)
                 char msg[128];
                 if (!ch->c.error_message)
                     snprintf(msg, sizeof(msg), "mock error: HTTP %d", ch->c.status);
-                reply_error(c, ch->c.status, ch->c.error_message ? ch->c.error_message : msg,
-                            extra);
+                if (ch->c.format == FAKEAI_MESSAGES)
+                    reply_error_anthropic(c, ch->c.status,
+                                          ch->c.error_message ? ch->c.error_message : msg, extra);
+                else
+                    reply_error(c, ch->c.status, ch->c.error_message ? ch->c.error_message : msg,
+                                extra);
                 free(extra);
                 return;
             }
@@ -690,6 +974,7 @@ chat_step(struct fakeai_req *c)
                 uv_buf_init("\r\n", 2),
             };
             conn_writev(c, bufs, 3);
+            send_stream_start(c);
             ch->next = 0;
             if (ch->c.chunk_delay_ms && ch->n > 0) {
                 uv_timer_start(&c->timer, on_chat_timer, ch->c.chunk_delay_ms, 0);
@@ -743,6 +1028,12 @@ fakeai_req_chat(struct fakeai_req *r, const struct fakeai_chat *cfg)
     ch->content = dup_or_null(content);
     ch->extra = dup_or_null(cfg->extra_headers);
     ch->errmsg = dup_or_null(cfg->error_message);
+    ch->tool_name = dup_or_null(cfg->tool_name);
+    ch->tool_input = dup_or_null(cfg->tool_name ? (cfg->tool_input ? cfg->tool_input : "{}") : NULL);
+    ch->prev_id = dup_or_null(cfg->previous_response_id);
+    ch->c.tool_name = ch->tool_name;
+    ch->c.tool_input = ch->tool_input;
+    ch->c.previous_response_id = ch->prev_id;
     ch->c.model = ch->model;
     ch->c.content = ch->content;
     ch->c.extra_headers = ch->extra;

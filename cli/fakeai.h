@@ -69,6 +69,9 @@ void fakeai_req_reply(struct fakeai_req *r, int status, const char *content_type
 /* Answers with an OpenAI error body {"error":{"message":..,"type":..,"code":..}}. */
 void fakeai_req_error(struct fakeai_req *r, int status, const char *message);
 
+/* Answers with an Anthropic error body {"type":"error","error":{"type":..,"message":..}}. */
+void fakeai_req_error_anthropic(struct fakeai_req *r, int status, const char *message);
+
 enum fakeai_fail {
     FAKEAI_FAIL_NONE = 0,
     FAKEAI_FAIL_CLOSE,          /* after latency_ms, drop the connection with no response */
@@ -76,8 +79,21 @@ enum fakeai_fail {
     FAKEAI_FAIL_DIE_MID_STREAM, /* stream die_after content chunks, then drop the connection */
 };
 
+/* The API an answer is written in (same content, pieces and delays). */
+enum fakeai_format {
+    FAKEAI_CHAT = 0,      /* chat.completion / chat.completion.chunk */
+    FAKEAI_COMPLETIONS,   /* text_completion (legacy /v1/completions) */
+    FAKEAI_RESPONSES,     /* a Responses API response, typed SSE events when streamed */
+    FAKEAI_MESSAGES,      /* an Anthropic message, its typed SSE events when streamed */
+};
+
 /* One chat completion answer, and how to deliver it. */
 struct fakeai_chat {
+    enum fakeai_format format;
+    const char *tool_name;      /* FAKEAI_MESSAGES: also a tool_use block calling it, its
+                                 * input tool_input (a JSON object's text); else NULL */
+    const char *tool_input;
+    const char *previous_response_id; /* FAKEAI_RESPONSES: echoed; NULL = null */
     const char *model;          /* echoed in "model"; borrowed (copied) */
     const char *content;        /* the answer text; borrowed (copied) */
     unsigned chunks;            /* content is cut into this many pieces (tokens); 0 = by words */

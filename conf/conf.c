@@ -41,6 +41,7 @@ static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL}
 static const char *const log_formats[] = {"logfmt", "json", NULL};
 static const char *const store_prompts[] = {"none", "hash", "full", "features", NULL};
 static const char *const policies[] = {"threshold", "tiers", NULL};
+static const char *const apis[] = {"openai", "anthropic", NULL};
 
 #define C(field) offsetof(struct conf, field)
 #define B(field) offsetof(struct conf_backend, field)
@@ -102,6 +103,8 @@ static const struct conf_key keys[] = {
     {"backend", "api_key_file", T_STR, B(api_key_file), 0, 0, NULL, NULL},
     {"backend", "overrides", T_STR, B(overrides), 0, 0, NULL, NULL},
     {"backend", "api_key_header", T_STR, B(api_key_header), 0, 0, NULL, NULL},
+    {"backend", "api", T_ENUM, B(api), 0, 0, "openai", apis},
+    {"backend", "anthropic_version", T_STR, B(anthropic_version), 0, 0, "2023-06-01", NULL},
     {"backend", "price_input", T_DBL, B(price_input), 0, 1e6, "0", NULL},
     {"backend", "price_output", T_DBL, B(price_output), 0, 1e6, "0", NULL},
     {"backend", "connect_timeout_ms", T_U32, B(connect_timeout_ms), 1, 600000, "5000", NULL},
@@ -641,6 +644,13 @@ check_backend(struct parse *p, struct conf_backend *b)
             return -1;
         }
     }
+    for (const char *v = b->anthropic_version; v && *v; v++) {
+        if (*v <= ' ' || *v > '~') { /* it goes into a header line as it is */
+            set_err(p, 0, "backend %s: anthropic_version must be printable ASCII without spaces",
+                    b->name);
+            return -1;
+        }
+    }
     return (p->flags & CONF_LOAD_SKIP_KEYS) ? 0 : resolve_key(p, b);
 }
 
@@ -828,10 +838,18 @@ validate(struct parse *p)
                 "with policy threshold give strong_share");
         return -1;
     }
-    if (c->policy == CONF_POLICY_THRESHOLD && c->n_tiers != 2 && c->n_tiers != 1) {
-        set_err(p, p->tiers_line, "policy threshold routes between two tiers, %zu given",
-                c->n_tiers);
-        return -1;
+    /* the tiers of each API route on their own (/v1/messages among api = anthropic
+     * backends, the OpenAI paths among the others) */
+    size_t per_api[2] = {0, 0};
+    for (size_t i = 0; i < c->n_tiers; i++)
+        per_api[c->backends[c->tiers[i].backend].api]++;
+    for (int a = 0; a < 2; a++) {
+        if (c->policy == CONF_POLICY_THRESHOLD && per_api[a] > 2) {
+            set_err(p, p->tiers_line, "policy threshold routes between two tiers%s, %zu given",
+                    per_api[1] ? (a ? " of api = anthropic" : " of api = openai") : "",
+                    per_api[a]);
+            return -1;
+        }
     }
     if (c->n_tiers == 0) {
         set_err(p, p->tiers_line, "tiers: at least one backend is needed");
@@ -976,6 +994,7 @@ conf_destroy(struct conf *c)
         free(b->overrides);
         free(b->api_key_header);
         free_secret(b->headers); /* it may hold a secret (a token in a header) */
+        free(b->anthropic_version);
     }
     free_list(c->forward_headers, c->n_forward_headers);
     free(c->backends);

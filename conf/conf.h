@@ -25,6 +25,12 @@ enum conf_store_prompts {
                                   * enough to retrain with the same hashing */
 };
 
+/* The API a backend speaks (its [backend] api): which client paths may reach it. */
+enum conf_api {
+    CONF_API_OPENAI = 0, /* /chat/completions, /responses, /completions, /embeddings; Bearer key */
+    CONF_API_ANTHROPIC,  /* /messages; x-api-key and anthropic-version headers */
+};
+
 enum conf_policy {
     CONF_POLICY_THRESHOLD = 0, /* two tiers: score >= threshold goes to the last tier */
     CONF_POLICY_TIERS,         /* N tiers: the cheapest whose predicted success clears its bar */
@@ -45,6 +51,8 @@ struct conf_backend {
     char *headers;         /* extra "Name: value\r\n" lines sent to it ("header = Name: value",
                             * repeatable; names are tokens, values hold no control byte
                             * but HTAB), or NULL */
+    enum conf_api api;     /* the API it speaks (default openai) */
+    char *anthropic_version; /* api = anthropic: the anthropic-version header it is sent */
     double price_input;    /* USD per 1M input tokens */
     double price_output;   /* USD per 1M output tokens */
     uint32_t connect_timeout_ms;

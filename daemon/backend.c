@@ -75,8 +75,14 @@ daemon__backend_headers_fwd(const struct conf_backend *b, int stream, const char
     struct daemon_buf h = {0};
     char line[256];
     /* sized once: a buffer that held the key is never left behind by a realloc */
+    int anthropic = b->api == CONF_API_ANTHROPIC;
+    /* Anthropic's API takes the key bare in x-api-key, and the version it speaks */
+    const char *key_header = b->api_key_header ? b->api_key_header
+                             : anthropic       ? "x-api-key"
+                                               : NULL;
     h.cap = sizeof(line) + (b->api_key ? strlen(b->api_key) : 0) +
-            (b->api_key_header ? strlen(b->api_key_header) : 0) + 16 +
+            (key_header ? strlen(key_header) : 0) + 16 +
+            (anthropic && b->anthropic_version ? strlen(b->anthropic_version) + 24 : 0) +
             (b->headers ? strlen(b->headers) : 0) + (forward ? strlen(forward) : 0) + 1;
     h.data = malloc(h.cap);
     if (!h.data)
@@ -87,12 +93,17 @@ daemon__backend_headers_fwd(const struct conf_backend *b, int stream, const char
                      stream ? "text/event-stream" : "application/json", request_id);
 
     daemon__buf_append(&h, line, (size_t)n);
+    if (anthropic && b->anthropic_version) {
+        daemon__buf_append(&h, "anthropic-version: ", 19);
+        daemon__buf_append(&h, b->anthropic_version, strlen(b->anthropic_version));
+        daemon__buf_append(&h, "\r\n", 2);
+    }
     if (b->api_key) {
-        /* "Authorization: Bearer <key>", or the key bare in api_key_header (Azure) */
-        const char *name = b->api_key_header ? b->api_key_header : "Authorization";
+        /* "Authorization: Bearer <key>", or the key bare in api_key_header (Azure) or
+         * x-api-key (Anthropic) */
+        const char *name = key_header ? key_header : "Authorization";
         daemon__buf_append(&h, name, strlen(name));
-        daemon__buf_append(&h, b->api_key_header ? ": " : ": Bearer ",
-                           b->api_key_header ? 2 : 9);
+        daemon__buf_append(&h, key_header ? ": " : ": Bearer ", key_header ? 2 : 9);
         daemon__buf_append(&h, b->api_key, strlen(b->api_key));
         daemon__buf_append(&h, "\r\n", 2);
     }

@@ -31,6 +31,11 @@ struct daemon_snapshot {
     struct router_model *model;
     struct router_tier *tiers; /* conf->tiers mapped to model heads */
     size_t n_tiers;
+    struct daemon_tierset {    /* the tiers whose backend speaks an API, in tier order */
+        struct router_tier *tiers;
+        size_t *backend;       /* each one's index in conf->backends */
+        size_t n;
+    } by_api[2];               /* by enum conf_api */
     double threshold;          /* conf threshold, or derived from strong_share */
     double *tier_above;        /* tier shares: the share past tier b, n_tiers - 1 of them */
     double *tier_fallback;     /* ... and the reference cut for it (NULL without shares) */
@@ -169,7 +174,9 @@ struct daemon_request {
     int client_gone;         /* the client hung up while we waited: MHD closes on resume */
     const char *error_kind;
 
-    /* chat completions */
+    /* the API paths that reach a backend */
+    const struct daemon_api *api; /* the path's row (also the error dialect), or NULL */
+    int pinned;              /* the backend is fixed (a previous_response_id): no fallback */
     const char *key_id;      /* client key name (borrowed from snap->keys) */
     uint32_t rl_estimate;    /* tokens taken from the rate limit up front */
     int rl_taken;
@@ -229,6 +236,41 @@ struct daemon_request {
 
 typedef void daemon_route_fn(struct daemon_request *rq);
 
+/* The API paths whose requests go to a backend (api.c): one row each. */
+enum daemon_api_id {
+    DAEMON_API_CHAT = 0,     /* POST /v1/chat/completions */
+    DAEMON_API_RESPONSES,    /* POST /v1/responses */
+    DAEMON_API_COMPLETIONS,  /* POST /v1/completions */
+    DAEMON_API_EMBEDDINGS,   /* POST /v1/embeddings */
+    DAEMON_API_MESSAGES,     /* POST /v1/messages (Anthropic) */
+    DAEMON_API__COUNT
+};
+
+struct daemon_api {
+    enum daemon_api_id id;
+    const char *path;          /* the client's path */
+    const char *upstream_path; /* appended to the backend's url ("/chat/completions") */
+    enum conf_api speaks;      /* the backends that serve it */
+    int routed;                /* an alias is scored and routed; 0: only a backend name */
+    int stream_usage;          /* a stream may get stream_options.include_usage added */
+    /* Checks what the path needs of the body (root, borrowed) and returns a new
+     * chat-shaped view for the router and the prompt digest: an object with
+     * "messages" (or the legacy "prompt"), "max_tokens" and "tools", borrowing root's
+     * values. NULL after replying 400. */
+    json_t *(*view)(struct daemon_request *rq, json_t *root);
+};
+
+/* The API row of path, or NULL. */
+const struct daemon_api *daemon__api_find(const char *path);
+/* The relay for every API path: parse, route or pass through, forward (proxy.c). */
+void daemon__api_handle(struct daemon_request *rq);
+
+/* Responses API state (api.c): which backend answered a response id, bounded.
+ * Thread-safe. Remembers backend (a name, copied) for id (len bytes). */
+void daemon__response_ids_put(const char *id, size_t len, const char *backend);
+/* Copies the backend that answered id into out (cap bytes). Returns 1 known, 0 not. */
+int daemon__response_ids_get(const char *id, size_t len, char *out, size_t cap);
+
 /* Runs MHD for w until no resumed connection is pending and rearms its timer.
  * Call after anything that may have woken a connection outside MHD and curl. */
 void daemon__mhd_run(struct daemon_worker *w);
@@ -251,10 +293,56 @@ void daemon__request_reload(void); /* reloads config and model now; any thread *
 void daemon__reply(struct daemon_request *rq, int status, const char *ctype, char *body,
                    size_t len);
 void daemon__reply_json(struct daemon_request *rq, int status, json_t *doc); /* steals doc */
-/* The OpenAI error body {"error":{"message","type","param","code"}}. */
+/* errors.c: the client-facing errors, one table. A kind's row holds its status, OpenAI
+ * type and code, and Anthropic type; the request's API picks the dialect. */
+enum daemon_err {
+    DAEMON_ERR_INVALID_JSON = 0,
+    DAEMON_ERR_NUMBER_OUT_OF_RANGE,
+    DAEMON_ERR_MISSING_MODEL,
+    DAEMON_ERR_MISSING_MESSAGES,
+    DAEMON_ERR_MISSING_INPUT,
+    DAEMON_ERR_MISSING_PROMPT,
+    DAEMON_ERR_INVALID_MESSAGES,
+    DAEMON_ERR_INVALID_INPUT,
+    DAEMON_ERR_INVALID_THRESHOLD,
+    DAEMON_ERR_INVALID_STRONG_SHARE,
+    DAEMON_ERR_INVALID_FRAMING,
+    DAEMON_ERR_INVALID_FEEDBACK,
+    DAEMON_ERR_INVALID_WINDOW,
+    DAEMON_ERR_WRONG_API,          /* the named backend speaks another API */
+    DAEMON_ERR_NOT_ROUTED,         /* an alias on a path that is never routed (embeddings) */
+    DAEMON_ERR_PREVIOUS_RESPONSE_NOT_FOUND,
+    DAEMON_ERR_MISSING_API_KEY,
+    DAEMON_ERR_INVALID_API_KEY,
+    DAEMON_ERR_FORBIDDEN,
+    DAEMON_ERR_MODEL_NOT_FOUND,
+    DAEMON_ERR_NOT_FOUND,
+    DAEMON_ERR_API_NOT_SERVED,     /* no configured backend speaks the path's API */
+    DAEMON_ERR_STORAGE_DISABLED,
+    DAEMON_ERR_UNKNOWN_REQUEST_ID,
+    DAEMON_ERR_METHOD_NOT_ALLOWED,
+    DAEMON_ERR_BODY_TOO_LARGE,
+    DAEMON_ERR_HEADERS_TOO_LARGE,
+    DAEMON_ERR_RATE_LIMITED,
+    DAEMON_ERR_INTERNAL,
+    DAEMON_ERR_RELOAD_FAILED,
+    DAEMON_ERR_STORAGE_ERROR,
+    DAEMON_ERR_BACKEND_UNAVAILABLE,
+    DAEMON_ERR_BACKEND_OVERLOADED,
+    DAEMON_ERR_SHUTTING_DOWN,
+    DAEMON_ERR__COUNT
+};
+/* Replies with kind's error in rq's dialect; fmt's text is cleaned to valid UTF-8. */
+void daemon__reply_err(struct daemon_request *rq, enum daemon_err kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The same for an error no row names (a backend failure: its status and code). */
 void daemon__reply_error(struct daemon_request *rq, int status, const char *type,
                          const char *code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+int daemon__err_status(enum daemon_err kind);
+const char *daemon__err_code(enum daemon_err kind);
+/* 1 when rq's errors take Anthropic's shape (its path is /v1/messages). */
+int daemon__dialect_anthropic(const struct daemon_request *rq);
 /* Sets the response of rq (takes resp) and resumes the connection if suspended. */
 void daemon__set_response(struct daemon_request *rq, int status, struct MHD_Response *resp);
 /* Resumes rq's connection if it is suspended. */
@@ -262,8 +350,7 @@ void daemon__wake(struct daemon_request *rq);
 /* Adds the x-triage-* routing headers for rq to resp. */
 void daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *resp);
 
-/* proxy.c */
-void daemon__chat_completions(struct daemon_request *rq);
+/* proxy.c, api.c */
 void daemon__models(struct daemon_request *rq);
 void daemon__model_get(struct daemon_request *rq); /* GET /v1/models/{id} */
 /* outcomes.c: run on the thread pool, reply from the loop */

@@ -482,6 +482,10 @@ pump(struct daemon_learn *l)
 
         const struct daemon_snapshot *snap = c->lesson->snap;
         const struct conf_backend *b = &snap->conf->backends[c->backend];
+        if (b->api != CONF_API_OPENAI) { /* a chat completion cannot go to it */
+            call_free(c);
+            continue;
+        }
         /* never the backend's last free slots: client requests come first */
         if (b->max_concurrent &&
             atomic_load(&snap->inflight[c->backend]) * 2 >= b->max_concurrent) {
@@ -720,14 +724,15 @@ draw(uint64_t *rng)
     return (double)((*rng * 2685821657736338717ull) >> 11) / 9007199254740992.0;
 }
 
-/* Whether rq may become a lesson: learning on, a routed request answered whole. */
+/* Whether rq may become a lesson: learning on, a routed chat request answered whole. */
 static int
 eligible(const struct daemon_request *rq)
 {
     const struct conf *c = rq->snap ? rq->snap->conf : NULL;
 
+    /* only chat completions: shadow and judge calls are chat completions themselves */
     return c && c->shadow_rate > 0 && c->judge && rq->routed && rq->backend >= 0 &&
-           atomic_load(&learner_started);
+           rq->api && rq->api->id == DAEMON_API_CHAT && atomic_load(&learner_started);
 }
 
 int

@@ -65,7 +65,7 @@ queue_job(struct daemon_request *rq, struct outcome_job *j, uv_work_cb work, uv_
     if (uv_queue_work(&rq->w->loop, &j->work, work, after) < 0) {
         rq->work_pending = 0;
         job_free(j);
-        daemon__reply_error(rq, 500, "server_error", "internal", "cannot queue the query");
+        daemon__reply_err(rq, DAEMON_ERR_INTERNAL, "cannot queue the query");
         return -1;
     }
     return 0;
@@ -76,8 +76,8 @@ need_storage(struct daemon_request *rq)
 {
     if (daemon__storage())
         return 0;
-    daemon__reply_error(rq, 404, "invalid_request_error", "storage_disabled",
-                        "This server keeps no outcome log ([storage] path is not set)");
+    daemon__reply_err(rq, DAEMON_ERR_STORAGE_DISABLED,
+                      "This server keeps no outcome log ([storage] path is not set)");
     return -1;
 }
 
@@ -117,13 +117,13 @@ feedback_after(uv_work_t *w, int status)
                            json_pack("{s:s,s:s,s:b}", "status", "stored", "request_id",
                                      j->request_id, "replaced", j->rc == 1));
     else if (j->rc == -EINVAL)
-        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_feedback", "%s", j->err);
+        daemon__reply_err(rq, DAEMON_ERR_INVALID_FEEDBACK, "%s", j->err);
     else if (j->rc == -ENOENT)
-        daemon__reply_error(rq, 404, "invalid_request_error", "unknown_request_id", "%s",
-                            j->err[0] ? j->err : "no such request id");
+        daemon__reply_err(rq, DAEMON_ERR_UNKNOWN_REQUEST_ID, "%s",
+                          j->err[0] ? j->err : "no such request id");
     else
-        daemon__reply_error(rq, 500, "server_error", "storage_error", "%s",
-                            j->err[0] ? j->err : "the outcome log failed");
+        daemon__reply_err(rq, DAEMON_ERR_STORAGE_ERROR, "%s",
+                          j->err[0] ? j->err : "the outcome log failed");
     job_free(j);
     daemon__mhd_run(rq->w);
 }
@@ -139,9 +139,9 @@ daemon__feedback(struct daemon_request *rq)
     root = json_loadb(rq->body.data ? rq->body.data : "", rq->body.len, 0, &jerr);
     if (!json_is_object(root)) {
         json_decref(root);
-        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_json",
-                            "The body must be a JSON object: {\"request_id\", \"score\" | "
-                            "\"label\", \"source\"}");
+        daemon__reply_err(rq, DAEMON_ERR_INVALID_JSON,
+                          "The body must be a JSON object: {\"request_id\", \"score\" | "
+                          "\"label\", \"source\"}");
         return;
     }
     const char *id = json_string_value(json_object_get(root, "request_id"));
@@ -149,9 +149,9 @@ daemon__feedback(struct daemon_request *rq)
     const char *label = json_string_value(json_object_get(root, "label"));
     if (!id || !*id || (!json_is_number(score) && !label) || (json_is_number(score) && label)) {
         json_decref(root);
-        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_feedback",
-                            "Give \"request_id\" and exactly one of \"score\" (0..1) or "
-                            "\"label\" (\"good\" | \"bad\")");
+        daemon__reply_err(rq, DAEMON_ERR_INVALID_FEEDBACK,
+                          "Give \"request_id\" and exactly one of \"score\" (0..1) or "
+                          "\"label\" (\"good\" | \"bad\")");
         return;
     }
     struct outcome_job *j = calloc(1, sizeof(*j));
@@ -228,7 +228,7 @@ stats_after(uv_work_t *w, int status)
         daemon__reply_json(rq, 200, j->result);
         j->result = NULL;
     } else {
-        daemon__reply_error(rq, 500, "server_error", "storage_error", "%s", j->err);
+        daemon__reply_err(rq, DAEMON_ERR_STORAGE_ERROR, "%s", j->err);
     }
     job_free(j);
     daemon__mhd_run(rq->w);
@@ -247,8 +247,8 @@ daemon__stats(struct daemon_request *rq)
         window = "24h";
     if (strlen(window) >= sizeof(((struct outcome_job *)0)->window) ||
         storage_window_parse(window, &ms) < 0) {
-        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_window",
-                            "window must be one of 15m, 1h, 24h, 7d");
+        daemon__reply_err(rq, DAEMON_ERR_INVALID_WINDOW,
+                          "window must be one of 15m, 1h, 24h, 7d");
         return;
     }
     struct outcome_job *j = calloc(1, sizeof(*j));

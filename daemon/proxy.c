@@ -26,6 +26,7 @@
 #include "prompt_features.h"
 #include "ratelimit.h"
 #include "storage.h"
+#include "text.h"
 
 #define STREAM_HIGH_WATER (1u << 20) /* bytes queued for a slow client before the backend is paused */
 #define STREAM_LOW_WATER (256u << 10)
@@ -473,6 +474,66 @@ scan_completion(struct daemon_request *rq, const char *d, size_t n)
     return seen;
 }
 
+/* Copies the JSON string at [v, vend) (no escapes, NUL-free) into out; 0, or -1. */
+static int
+js_plain_string(const char *v, const char *vend, char *out, size_t cap)
+{
+    size_t l = (size_t)(vend - v);
+
+    if (l < 2 || *v != '"' || memchr(v, '\\', l) || l - 2 >= cap || memchr(v + 1, '\0', l - 2))
+        return -1;
+    memcpy(out, v + 1, l - 2);
+    out[l - 2] = '\0';
+    return 0;
+}
+
+/* Notes usage, the stop reason and (Responses) the response id in an answer or a
+ * stream event of the Responses or Anthropic Messages API, at [p, end) (an object's
+ * bytes): "usage" {input_tokens, output_tokens} at the top or inside "response" or
+ * "message" (Anthropic's message_start); the stop reason from "stop_reason" (also
+ * inside "delta", Anthropic's message_delta) or a Responses "status" past
+ * in_progress; the response's "id" at the top of a Responses answer or inside
+ * "response" of its events. */
+static void
+scan_api(struct daemon_request *rq, const char *p, const char *end, int depth)
+{
+    struct js_member m, u;
+    char text[128];
+    int64_t v;
+
+    if (depth > 1 || !(p = js_object_open(p, end)))
+        return;
+    while (js_next_member(&p, end, &m) == 1) {
+        if (*m.val == '{' && (js_key_is(&m, "response") || js_key_is(&m, "message") ||
+                              js_key_is(&m, "delta"))) {
+            scan_api(rq, m.val, m.vend, depth + 1);
+        } else if (*m.val == '{' && js_key_is(&m, "usage")) {
+            const char *q = m.val + 1;
+            while (js_next_member(&q, m.vend, &u) == 1) {
+                if ((js_key_is(&u, "input_tokens") || js_key_is(&u, "prompt_tokens")) &&
+                    js_integer(u.val, u.vend, &v) == 0)
+                    rq->tokens_in = v;
+                else if ((js_key_is(&u, "output_tokens") || js_key_is(&u, "completion_tokens")) &&
+                         js_integer(u.val, u.vend, &v) == 0)
+                    rq->tokens_out = v;
+            }
+        } else if ((js_key_is(&m, "stop_reason") || js_key_is(&m, "status")) &&
+                   js_plain_string(m.val, m.vend, text, sizeof(text)) == 0 &&
+                   strcmp(text, "in_progress") && strcmp(text, "queued")) {
+            size_t l = strlen(text) < sizeof(rq->finish_reason) ? strlen(text)
+                                                                : sizeof(rq->finish_reason) - 1;
+            memcpy(rq->finish_reason, text, l);
+            rq->finish_reason[l] = '\0';
+        } else if (js_key_is(&m, "id") && rq->api->id == DAEMON_API_RESPONSES &&
+                   rq->backend >= 0 && js_plain_string(m.val, m.vend, text, sizeof(text)) == 0 &&
+                   !strncmp(text, "resp", 4)) {
+            /* a follow-up naming it must come back to this backend */
+            daemon__response_ids_put(text, strlen(text),
+                                     rq->snap->conf->backends[rq->backend].name);
+        }
+    }
+}
+
 /* ---- SSE relay ------------------------------------------------------------------ */
 
 /* Returns 1 if key occurs in d followed (after ':' and blanks) by the byte first. */
@@ -514,6 +575,14 @@ sse_event(struct daemon_request *rq, const char *ev, size_t n)
             if (dl && *d == ' ') {
                 d++;
                 dl--;
+            }
+            if (rq->api->id == DAEMON_API_RESPONSES || rq->api->id == DAEMON_API_MESSAGES) {
+                /* typed events: the ones that carry the response, usage or stop reason */
+                if (dl && *d == '{' && (has_value(d, dl, "\"usage\"", '{') ||
+                                        has_value(d, dl, "\"response\"", '{') ||
+                                        has_value(d, dl, "\"stop_reason\"", '"')))
+                    scan_api(rq, d, d + dl, 0);
+                break;
             }
             /* most chunks carry neither usage nor a finish_reason: skip parsing them */
             if (dl && *d == '{' && (has_value(d, dl, "\"usage\"", '{') ||
@@ -565,11 +634,31 @@ stream_fail(struct daemon_request *rq, const char *kind, const char *code, const
 {
     static const char head[] = "data: {\"error\":{\"message\":";
     static const char type[] = ",\"type\":\"server_error\",\"param\":null,\"code\":";
+    /* the typed streams end with their API's own error event */
+    static const char a_head[] = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":";
+    static const char r_head[] = "event: error\ndata: {\"type\":\"error\",\"code\":";
 
     rq->up_done = 1;
     rq->stream_failed = 1;
     rq->cut = 1;
     rq->error_kind = kind;
+    if (rq->api->id == DAEMON_API_MESSAGES) {
+        const char *at = !strcmp(kind, "shutdown") ? "overloaded_error" : "api_error";
+        daemon__buf_append(&rq->out, a_head, sizeof(a_head) - 1);
+        put_json_string(&rq->out, at, strlen(at));
+        daemon__buf_append(&rq->out, ",\"message\":", 11);
+        put_json_string(&rq->out, msg, strlen(msg));
+        daemon__buf_append(&rq->out, "}}\n\n", 4);
+        return;
+    }
+    if (rq->api->id == DAEMON_API_RESPONSES) {
+        daemon__buf_append(&rq->out, r_head, sizeof(r_head) - 1);
+        put_json_string(&rq->out, code, strlen(code));
+        daemon__buf_append(&rq->out, ",\"message\":", 11);
+        put_json_string(&rq->out, msg, strlen(msg));
+        daemon__buf_append(&rq->out, ",\"param\":null}\n\n", 16);
+        return;
+    }
     daemon__buf_append(&rq->out, head, sizeof(head) - 1);
     put_json_string(&rq->out, msg, strlen(msg));
     daemon__buf_append(&rq->out, type, sizeof(type) - 1);
@@ -763,11 +852,13 @@ next_fallback(struct daemon_request *rq)
 {
     const struct conf *c = rq->snap->conf;
 
-    if (!rq->routed)
-        return 0; /* a client that names a backend gets that backend or its error */
+    if (!rq->routed || rq->pinned)
+        return 0; /* a client that names a backend (or a response it holds) gets that
+                   * backend or its error */
     while (rq->fallback_pos < c->n_fallback) {
         size_t cand = c->fallback[rq->fallback_pos++];
-        if ((int)cand == rq->backend || (int)cand == rq->first_backend)
+        if ((int)cand == rq->backend || (int)cand == rq->first_backend ||
+            c->backends[cand].api != rq->api->speaks)
             continue;
         rq->backend = (int)cand;
         rq->attempt = 0;
@@ -899,7 +990,10 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
         return;
     }
     if (rq->up_status >= 200 && rq->up_status < 300) {
-        if (rq->up_body.data)
+        if (rq->up_body.data && (rq->api->id == DAEMON_API_RESPONSES ||
+                                 rq->api->id == DAEMON_API_MESSAGES))
+            scan_api(rq, rq->up_body.data, rq->up_body.data + rq->up_body.len, 0);
+        else if (rq->up_body.data)
             scan_completion(rq, rq->up_body.data, rq->up_body.len);
         /* the answer goes to MHD next: a sampled request keeps a copy to be judged */
         if (rq->up_body.data && daemon__learn_sample(rq))
@@ -961,9 +1055,9 @@ daemon__proxy_release(struct daemon_request *rq)
     } else if (shutdown_cut && !rq->response) {
         rq->cut = 1;
         rq->error_kind = "shutdown";
-        daemon__reply_error(rq, 503, "server_error", "shutting_down",
-                            "triaged is shutting down: the request was cut at "
-                            "shutdown_timeout_ms");
+        daemon__reply_err(rq, DAEMON_ERR_SHUTTING_DOWN,
+                          "triaged is shutting down: the request was cut at "
+                          "shutdown_timeout_ms");
     }
     if (rq->cut)
         rq->client_aborted = 0; /* MHD calls our own end of the response an error */
@@ -1173,24 +1267,35 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
         share = -1;
     } else if ((h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "x-triage-threshold"))) {
         if (parse_unit(h, &thr) < 0) {
-            daemon__reply_error(rq, 400, "invalid_request_error", "invalid_threshold",
-                                "x-triage-threshold must be a number in [0,1]");
+            daemon__reply_err(rq, DAEMON_ERR_INVALID_THRESHOLD,
+                              "x-triage-threshold must be a number in [0,1]");
             return -1;
         }
         share = -1;
     } else if ((h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
                                                 "x-triage-strong-share"))) {
         if (parse_unit(h, &share) < 0) {
-            daemon__reply_error(rq, 400, "invalid_request_error", "invalid_strong_share",
-                                "x-triage-strong-share must be a number in [0,1]");
+            daemon__reply_err(rq, DAEMON_ERR_INVALID_STRONG_SHARE,
+                              "x-triage-strong-share must be a number in [0,1]");
             return -1;
         }
         /* the cut before the route has a window: the model's reference scores */
         thr = router_model_threshold_for_share(s->model, share);
     }
+    const struct daemon_tierset *ts = &s->by_api[rq->api->speaks];
+    if (ts->n == 0) {
+        daemon__reply_err(rq, DAEMON_ERR_API_NOT_SERVED,
+                          "No tier of '%s' speaks the %s API: routing needs tiers with api = %s",
+                          c->aliases[alias >= 0 ? alias : 0],
+                          rq->api->speaks == CONF_API_ANTHROPIC ? "Anthropic Messages" : "OpenAI",
+                          rq->api->speaks == CONF_API_ANTHROPIC ? "anthropic" : "openai");
+        return -1;
+    }
     if (router_score_request(s->model, root, &sc) < 0) {
-        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_messages",
-                            "'messages' has no text the router can score");
+        daemon__reply_err(rq, rq->api->id == DAEMON_API_CHAT || rq->api->id == DAEMON_API_MESSAGES
+                          ? DAEMON_ERR_INVALID_MESSAGES
+                          : DAEMON_ERR_INVALID_INPUT,
+                          "The request has no text the router can score");
         return -1;
     }
     enum router_policy_kind kind =
@@ -1200,7 +1305,9 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
             ? share_route(rq->w, c->aliases[alias], c->share_window)
             : NULL;
     size_t tier;
-    if (sr && c->tier_shares) {
+    /* tier shares are over the whole tier list: a config whose tiers mix APIs routes
+     * each API by its own tiers' policy instead */
+    if (sr && c->tier_shares && ts->n == s->n_tiers) {
         double cuts[ROUTER_SHARE_MAX_TIERS];
         size_t n = s->n_tiers < ROUTER_SHARE_MAX_TIERS ? s->n_tiers : ROUTER_SHARE_MAX_TIERS;
         tier = router_share_decide_tiers(sr->est, sc.score, s->tier_above, s->tier_fallback, n,
@@ -1214,7 +1321,7 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
     } else {
         if (sr)
             router_share_add(sr->est, sc.score);
-        tier = router_policy_pick(kind, s->tiers, s->n_tiers, thr, &sc);
+        tier = router_policy_pick(kind, ts->tiers, ts->n, thr, &sc);
         rq->route_reason = kind == ROUTER_POLICY_TIERS ? "tiers" : "threshold";
     }
     if (s->sticky) {
@@ -1222,59 +1329,23 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
         struct router_convo cv;
         char salt[160];
         uint64_t now_s = daemon__now_ns() / 1000000000u;
-        snprintf(salt, sizeof(salt), "%s\n%s", c->aliases[alias], rq->key_id ? rq->key_id : "");
+        /* Anthropic conversations apart: their tiers are other backends */
+        snprintf(salt, sizeof(salt), "%s\n%s%s", c->aliases[alias], rq->key_id ? rq->key_id : "",
+                 rq->api->speaks == CONF_API_ANTHROPIC ? "\nanthropic" : "");
         if (router_sticky_digest(s->sticky, json_object_get(root, "messages"), salt, &cv) == 0) {
             int was = router_sticky_lookup(s->sticky, &cv, now_s);
-            if (was > (int)tier && (size_t)was < c->n_tiers) {
+            if (was > (int)tier && (size_t)was < ts->n) {
                 tier = (size_t)was;
                 rq->route_reason = "sticky";
             }
             router_sticky_remember(s->sticky, &cv, tier, now_s);
         }
     }
-    if (tier >= c->n_tiers)
-        tier = c->n_tiers - 1;
-    rq->backend = (int)c->tiers[tier].backend;
+    if (tier >= ts->n)
+        tier = ts->n - 1;
+    rq->backend = (int)ts->backend[tier];
     rq->score = sc.score;
     rq->threshold = kind == ROUTER_POLICY_THRESHOLD ? thr : NAN;
-    return 0;
-}
-
-/* Checks the shape every backend needs of 'messages', as OpenAI does and no stricter:
- * each element an object with a string "role"; "content", when there, a string, null
- * or an array of parts (objects). Nothing more is asked of tool messages or of an
- * assistant's (tool_calls with null or no content are fine). Returns 0, or -1 after
- * replying 400 invalid_messages. */
-static int
-check_messages(struct daemon_request *rq, json_t *messages)
-{
-    size_t i, j;
-    json_t *m, *part;
-
-    json_array_foreach(messages, i, m) {
-        if (!json_is_object(m) || !json_is_string(json_object_get(m, "role"))) {
-            daemon__reply_error(rq, 400, "invalid_request_error", "invalid_messages",
-                                "'messages[%zu]' must be an object with a string 'role'", i);
-            return -1;
-        }
-        json_t *content = json_object_get(m, "content");
-        if (!content || json_is_string(content) || json_is_null(content))
-            continue;
-        if (!json_is_array(content)) {
-            daemon__reply_error(rq, 400, "invalid_request_error", "invalid_messages",
-                                "'messages[%zu].content' must be a string, null or an array "
-                                "of content parts", i);
-            return -1;
-        }
-        json_array_foreach(content, j, part) {
-            if (!json_is_object(part)) {
-                daemon__reply_error(rq, 400, "invalid_request_error", "invalid_messages",
-                                    "'messages[%zu].content[%zu]' must be a content part "
-                                    "(an object)", i, j);
-                return -1;
-            }
-        }
-    }
     return 0;
 }
 
@@ -1308,12 +1379,71 @@ find_splice(struct daemon_request *rq)
     rq->splice_ok = 1;
 }
 
+/* The backend a request naming model b may reach on rq's path: 0, or -1 after
+ * replying (the backend speaks another API). */
+static int
+check_backend_api(struct daemon_request *rq, int b)
+{
+    const struct conf_backend *be = &rq->snap->conf->backends[b];
+
+    if (be->api == rq->api->speaks)
+        return 0;
+    daemon__reply_err(rq, DAEMON_ERR_WRONG_API,
+                      "backend '%s' speaks the %s API: send this request to %s", be->name,
+                      be->api == CONF_API_ANTHROPIC ? "Anthropic Messages" : "OpenAI",
+                      be->api == CONF_API_ANTHROPIC ? "/v1/messages" : "/v1/chat/completions, "
+                      "/v1/responses, ...");
+    return -1;
+}
+
+/* 1 when some backend of the snapshot speaks rq's API. */
+static int
+api_served(const struct daemon_request *rq)
+{
+    const struct conf *c = rq->snap->conf;
+
+    for (size_t i = 0; i < c->n_backends; i++)
+        if (c->backends[i].api == rq->api->speaks)
+            return 1;
+    return 0;
+}
+
+/* A Responses follow-up (previous_response_id) goes to the backend that answered that
+ * response; a routed one whose id no backend is known to hold is refused, never sent
+ * where its state is not. Returns 1 pinned (rq->backend set), 0 no follow-up or
+ * passthrough, -1 after replying. */
+static int
+pin_previous_response(struct daemon_request *rq, json_t *root, int routed)
+{
+    const struct conf *c = rq->snap->conf;
+    json_t *prev = json_object_get(root, "previous_response_id");
+    char name[64], q[128];
+
+    if (rq->api->id != DAEMON_API_RESPONSES || !json_is_string(prev) || !routed)
+        return 0;
+    const char *id = json_string_value(prev);
+    int b = daemon__response_ids_get(id, json_string_length(prev), name, sizeof(name))
+                ? conf_backend_find(c, name)
+                : -1;
+    if (b < 0 || c->backends[b].api != rq->api->speaks) {
+        daemon__reply_err(rq, DAEMON_ERR_PREVIOUS_RESPONSE_NOT_FOUND,
+                          "previous_response_id '%s' was not answered through triage (or is "
+                          "forgotten): name the backend that holds it in 'model'",
+                          text_quote(q, sizeof(q), id, 64));
+        return -1;
+    }
+    rq->backend = b;
+    rq->pinned = 1;
+    rq->route_reason = "previous_response";
+    return 1;
+}
+
 void
-daemon__chat_completions(struct daemon_request *rq)
+daemon__api_handle(struct daemon_request *rq)
 {
     const struct conf *c = rq->snap->conf;
     json_error_t jerr;
-    json_t *root = NULL;
+    json_t *root = NULL, *view = NULL;
     char names[512];
     double thr = NAN;
 
@@ -1326,67 +1456,78 @@ daemon__chat_completions(struct daemon_request *rq)
         char path[128] = "";
         if (js_find_big_number(rq->body.data, rq->body.data + rq->body.len, path,
                                sizeof(path), 0, 0) && path[0])
-            daemon__reply_error(rq, 400, "invalid_request_error", "number_out_of_range",
-                                "'%s' is a number out of range: integers must fit in 64 "
-                                "bits, other numbers in a double", path);
+            daemon__reply_err(rq, DAEMON_ERR_NUMBER_OUT_OF_RANGE,
+                              "'%s' is a number out of range: integers must fit in 64 "
+                              "bits, other numbers in a double", path);
         else
-            daemon__reply_error(rq, 400, "invalid_request_error", "number_out_of_range",
-                                "The request body holds a number out of range: integers "
-                                "must fit in 64 bits, other numbers in a double");
+            daemon__reply_err(rq, DAEMON_ERR_NUMBER_OUT_OF_RANGE,
+                              "The request body holds a number out of range: integers "
+                              "must fit in 64 bits, other numbers in a double");
         return;
     }
     if (!root) {
-        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_json",
-                            "The request body is not valid JSON: %s (line %d, column %d)",
-                            jerr.text, jerr.line, jerr.column);
+        daemon__reply_err(rq, DAEMON_ERR_INVALID_JSON,
+                          "The request body is not valid JSON: %s (line %d, column %d)",
+                          jerr.text, jerr.line, jerr.column);
         return;
     }
     if (!json_is_object(root)) {
-        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_json",
-                            "The request body must be a JSON object");
+        daemon__reply_err(rq, DAEMON_ERR_INVALID_JSON, "The request body must be a JSON object");
         goto out;
     }
     const char *model = json_string_value(json_object_get(root, "model"));
     if (!model || !*model) {
-        daemon__reply_error(rq, 400, "invalid_request_error", "missing_model",
-                            "'model' is required (a string)");
+        daemon__reply_err(rq, DAEMON_ERR_MISSING_MODEL, "'model' is required (a string)");
         goto out;
     }
     rq->requested_model = strdup(model);
     if (!rq->requested_model)
         abort();
-    json_t *messages = json_object_get(root, "messages");
-    if (!json_is_array(messages) || json_array_size(messages) == 0) {
-        daemon__reply_error(rq, 400, "invalid_request_error", "missing_messages",
-                            "'messages' must be a non-empty array");
+    if (!(view = rq->api->view(rq, root)))
         goto out;
-    }
-    if (check_messages(rq, messages) < 0)
-        goto out;
+    json_t *messages = json_object_get(view, "messages");
     json_t *stream = json_object_get(root, "stream");
     rq->stream = json_is_true(stream);
 
     int b = conf_backend_find(c, model);
     int routed = 0;
     if (b >= 0) {
+        if (check_backend_api(rq, b) < 0)
+            goto out;
         rq->backend = b;
         rq->route_reason = "passthrough";
     } else {
         int alias;
         int a = parse_alias(c, model, &thr, &alias);
         if (a < 0) {
-            daemon__reply_error(rq, 400, "invalid_request_error", "invalid_threshold",
-                                "'%s': the threshold after ':' must be a number in [0,1]", model);
+            daemon__reply_err(rq, DAEMON_ERR_INVALID_THRESHOLD,
+                              "'%s': the threshold after ':' must be a number in [0,1]", model);
+            goto out;
+        }
+        if (a == 0 && !api_served(rq)) {
+            daemon__reply_err(rq, DAEMON_ERR_API_NOT_SERVED,
+                              "No backend here speaks the %s API (a backend with api = %s)",
+                              rq->api->speaks == CONF_API_ANTHROPIC ? "Anthropic Messages"
+                              : "OpenAI",
+                              rq->api->speaks == CONF_API_ANTHROPIC ? "anthropic" : "openai");
             goto out;
         }
         if (a == 0) {
             list_models(c, names, sizeof(names));
-            daemon__reply_error(rq, 404, "invalid_request_error", "model_not_found",
-                                "The model '%s' does not exist here; use one of: %s", model,
-                                names);
+            daemon__reply_err(rq, DAEMON_ERR_MODEL_NOT_FOUND,
+                              "The model '%s' does not exist here; use one of: %s", model, names);
             goto out;
         }
-        if (route(rq, root, thr, alias) < 0)
+        if (!rq->api->routed) {
+            daemon__reply_err(rq, DAEMON_ERR_NOT_ROUTED,
+                              "'%s' is a routed alias; %s is passed through, not routed: name "
+                              "a backend in 'model'", model, rq->api->path);
+            goto out;
+        }
+        int pin = pin_previous_response(rq, root, 1);
+        if (pin < 0)
+            goto out;
+        if (!pin && route(rq, view, thr, alias) < 0)
             goto out;
         routed = 1;
     }
@@ -1397,12 +1538,12 @@ daemon__chat_completions(struct daemon_request *rq)
         free(text);
     }
     if (daemon__storage())
-        hash_prompt(rq, root, messages, c->store_prompts);
+        hash_prompt(rq, view, messages, c->store_prompts);
 
     if (rq->snap->ratelimit) {
         json_t *mt = json_object_get(root, "max_completion_tokens");
         if (!json_is_integer(mt))
-            mt = json_object_get(root, "max_tokens");
+            mt = json_object_get(view, "max_tokens");
         json_int_t expect = json_is_integer(mt) ? json_integer_value(mt) : 256;
         uint64_t est = rq->body.len / 4 + (uint64_t)(expect > 0 ? expect : 0);
         uint32_t retry_s = 1;
@@ -1411,9 +1552,9 @@ daemon__chat_completions(struct daemon_request *rq)
                            &retry_s) < 0) {
             char ra[16];
             snprintf(ra, sizeof(ra), "%u", retry_s);
-            daemon__reply_error(rq, 429, "rate_limit_error", "rate_limit_exceeded",
-                                "Rate limit reached for %s; retry in %u s",
-                                rq->key_id ? rq->key_id : "this client", retry_s);
+            daemon__reply_err(rq, DAEMON_ERR_RATE_LIMITED,
+                              "Rate limit reached for %s; retry in %u s",
+                              rq->key_id ? rq->key_id : "this client", retry_s);
             MHD_add_response_header(rq->response, MHD_HTTP_HEADER_RETRY_AFTER, ra);
             goto out;
         }
@@ -1426,6 +1567,7 @@ daemon__chat_completions(struct daemon_request *rq)
     rq->overhead_ms = daemon__ms_since(rq->t_start_ns);
     start_attempt(rq);
 out:
+    json_decref(view);
     json_decref(root);
 }
 
@@ -1456,11 +1598,11 @@ start_attempt(struct daemon_request *rq)
         if (!next_fallback(rq)) {
             rq->error_kind = full ? "overloaded" : "circuit_open";
             if (full)
-                daemon__reply_error(rq, 503, "server_error", "backend_overloaded",
-                                    "backend %s is at its max_concurrent limit", be->name);
+                daemon__reply_err(rq, DAEMON_ERR_BACKEND_OVERLOADED,
+                                  "backend %s is at its max_concurrent limit", be->name);
             else
-                daemon__reply_error(rq, 503, "server_error", "backend_unavailable",
-                                    "backend %s is failing; its circuit is open", be->name);
+                daemon__reply_err(rq, DAEMON_ERR_BACKEND_UNAVAILABLE,
+                                  "backend %s is failing; its circuit is open", be->name);
             return;
         }
         daemon__attempt_failed(rq, skipped, full ? "overloaded" : "circuit_open");
@@ -1476,7 +1618,7 @@ start_attempt(struct daemon_request *rq)
     rq->up_headers.len = 0;
     rq->up_body.len = 0;
 
-    int want_usage = rq->stream && daemon__storage();
+    int want_usage = rq->stream && rq->api->stream_usage && daemon__storage();
     char *body;
     size_t body_len;
     rq->strip_usage = 0;
@@ -1528,7 +1670,7 @@ start_attempt(struct daemon_request *rq)
 
     /* the client's Authorization is never forwarded; the backend's key is */
     char *h = daemon__backend_headers_fwd(be, rq->stream, rq->id, daemon__forward_headers(rq));
-    char *url = daemon__backend_url(be, "/chat/completions");
+    char *url = daemon__backend_url(be, rq->api->upstream_path);
     struct upstream_request ur = {
         .url = url,
         .headers = h,
@@ -1548,8 +1690,8 @@ start_attempt(struct daemon_request *rq)
         breaker_record(rq->snap->breakers[rq->backend], BREAKER_CANCEL, now_ms());
         rq->breaker_open_call = 0;
         release_slot(rq);
-        daemon__reply_error(rq, 500, "server_error", "internal",
-                            "cannot start the call to backend %s", be->name);
+        daemon__reply_err(rq, DAEMON_ERR_INTERNAL,
+                          "cannot start the call to backend %s", be->name);
         return;
     }
     atomic_fetch_add(&daemon__n_upstream_inflight, 1);
@@ -1574,8 +1716,8 @@ daemon__model_get(struct daemon_request *rq)
         daemon__reply_json(rq, 200, model_entry(id));
         return;
     }
-    daemon__reply_error(rq, 404, "invalid_request_error", "model_not_found",
-                        "The model '%s' does not exist here", id);
+    daemon__reply_err(rq, DAEMON_ERR_MODEL_NOT_FOUND,
+                      "The model '%s' does not exist here", id);
 }
 
 void

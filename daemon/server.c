@@ -175,6 +175,10 @@ snapshot_free(struct daemon_snapshot *s)
     free(s->tier_above);
     free(s->tier_fallback);
     router_sticky_unref(s->sticky);
+    for (int a = 0; a < 2; a++) {
+        free(s->by_api[a].tiers);
+        free(s->by_api[a].backend);
+    }
     free(s);
 }
 
@@ -242,6 +246,20 @@ snapshot_load(const char *path, char *err, size_t errlen)
             s->sticky = router_sticky_new(s->conf->sticky_entries, s->conf->sticky_ttl_s, seed);
         }
         daemon__snapshot_put(old);
+    }
+    for (int a = 0; a < 2; a++) {
+        struct daemon_tierset *ts = &s->by_api[a];
+        ts->tiers = calloc(s->n_tiers ? s->n_tiers : 1, sizeof(*ts->tiers));
+        ts->backend = calloc(s->n_tiers ? s->n_tiers : 1, sizeof(*ts->backend));
+        if (!ts->tiers || !ts->backend)
+            abort();
+        for (size_t i = 0; i < s->n_tiers; i++) {
+            size_t b = s->conf->tiers[i].backend;
+            if ((int)s->conf->backends[b].api != a)
+                continue;
+            ts->tiers[ts->n] = s->tiers[i];
+            ts->backend[ts->n++] = b;
+        }
     }
     s->threshold = s->conf->threshold;
     if (s->conf->strong_share >= 0)
@@ -590,37 +608,6 @@ daemon__reply_json(struct daemon_request *rq, int status, json_t *doc)
     daemon__reply(rq, status, "application/json", withnl, len + 1);
 }
 
-void
-daemon__reply_error(struct daemon_request *rq, int status, const char *type, const char *code,
-                    const char *fmt, ...)
-{
-    char raw[1024], msg[1024];
-    va_list ap;
-
-    va_start(ap, fmt);
-    int n = vsnprintf(raw, sizeof(raw), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        n = 0;
-    /* The message may quote client bytes (a path, a model name, the JSON parser's own
-     * text), and vsnprintf may have cut it mid-character: jansson takes only valid
-     * UTF-8, so it is cleaned here, the one place every error passes. */
-    text_utf8_clean(msg, sizeof(msg), raw, (size_t)n < sizeof(raw) ? (size_t)n : sizeof(raw) - 1);
-    if (!rq->error_kind)
-        rq->error_kind = code;
-    json_t *doc = json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", msg, "type", type,
-                            "param", "code", code);
-    if (!doc) { /* only out of memory can get here now */
-        static const char fallback[] =
-            "{\"error\":{\"message\":\"internal error\",\"type\":\"server_error\","
-            "\"param\":null,\"code\":\"internal_error\"}}\n";
-        char *body = strdup(fallback);
-        daemon__reply(rq, status, "application/json", body, body ? sizeof(fallback) - 1 : 0);
-        return;
-    }
-    daemon__reply_json(rq, status, doc);
-}
-
 /* ---- simple endpoints ---------------------------------------------------------- */
 
 static void
@@ -704,8 +691,8 @@ reload_after(uv_work_t *req, int status)
                                      router_model_version(s->model)));
         daemon__snapshot_put(s);
     } else {
-        daemon__reply_error(rq, 500, "server_error", "reload_failed",
-                            "reload failed, the running config is kept: %s", j->err);
+        daemon__reply_err(rq, DAEMON_ERR_RELOAD_FAILED,
+                          "reload failed, the running config is kept: %s", j->err);
     }
     free(j);
     daemon__mhd_run(rq->w);
@@ -755,24 +742,35 @@ check_access(struct daemon_request *rq, enum access a)
     if (a == ACCESS_ADMIN && !s->admin_keys) {
         if (is_loopback(rq))
             return 0;
-        daemon__reply_error(rq, 403, "permission_error", "forbidden",
-                            "admin endpoints answer only on loopback (no admin_keys_file)");
+        daemon__reply_err(rq, DAEMON_ERR_FORBIDDEN,
+                          "admin endpoints answer only on loopback (no admin_keys_file)");
         return -1;
     }
     keys = a == ACCESS_ADMIN ? s->admin_keys : s->keys;
     if (!keys)
         return 0; /* no client keys configured: open */
+    const char *xkey = !authz && daemon__dialect_anthropic(rq)
+                           ? MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "x-api-key")
+                           : NULL;
+    char bearer[4200]; /* Anthropic's clients send their key as x-api-key: checked the same */
+    if (xkey && strlen(xkey) < sizeof(bearer) - 8) {
+        snprintf(bearer, sizeof(bearer), "Bearer %s", xkey);
+        authz = bearer;
+    }
     int rc = auth_check(keys, authz, &name);
+    if (authz == bearer)
+        explicit_bzero(bearer, sizeof(bearer));
     if (rc == 0) {
         rq->key_id = name;
         return 0;
     }
     if (rc == -ENOENT)
-        daemon__reply_error(rq, 401, "invalid_request_error", "missing_api_key",
-                            "This endpoint needs an API key: Authorization: Bearer <key>");
+        daemon__reply_err(rq, DAEMON_ERR_MISSING_API_KEY,
+                          "This endpoint needs an API key: Authorization: Bearer <key>%s",
+                          daemon__dialect_anthropic(rq) ? " (or x-api-key: <key>)" : "");
     else
-        daemon__reply_error(rq, 401, "invalid_request_error", "invalid_api_key",
-                            "The API key is not valid%s", a == ACCESS_ADMIN ? " for admin" : "");
+        daemon__reply_err(rq, DAEMON_ERR_INVALID_API_KEY,
+                          "The API key is not valid%s", a == ACCESS_ADMIN ? " for admin" : "");
     MHD_add_response_header(rq->response, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     return -1;
 }
@@ -789,7 +787,7 @@ ep_admin_reload(struct daemon_request *rq)
     if (uv_queue_work(&rq->w->loop, &j->work, reload_work, reload_after) < 0) {
         rq->work_pending = 0;
         free(j);
-        daemon__reply_error(rq, 500, "server_error", "internal", "cannot queue the reload");
+        daemon__reply_err(rq, DAEMON_ERR_INTERNAL, "cannot queue the reload");
     }
 }
 
@@ -870,7 +868,11 @@ struct daemon_route {
 };
 
 static const struct daemon_route routes[] = {
-    {"POST", "/v1/chat/completions", daemon__chat_completions, ACCESS_CLIENT, 1},
+    {"POST", "/v1/chat/completions", daemon__api_handle, ACCESS_CLIENT, 1},
+    {"POST", "/v1/responses", daemon__api_handle, ACCESS_CLIENT, 1},
+    {"POST", "/v1/completions", daemon__api_handle, ACCESS_CLIENT, 1},
+    {"POST", "/v1/embeddings", daemon__api_handle, ACCESS_CLIENT, 1},
+    {"POST", "/v1/messages", daemon__api_handle, ACCESS_CLIENT, 1},
     {"GET", "/v1/models", daemon__models, ACCESS_CLIENT, 0},
     {"GET", "/v1/models/", daemon__model_get, ACCESS_CLIENT, 0}, /* prefix: /v1/models/{id} */
     {"POST", "/v1/feedback", daemon__feedback, ACCESS_CLIENT, 0},
@@ -1231,20 +1233,20 @@ head_check(struct daemon_request *rq, struct MHD_Connection *conn)
     MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &h);
     size_t size = ci ? ci->header_size : h.bytes + strlen(rq->method) + strlen(rq->path) + 12;
     if (size > max) {
-        daemon__reply_error(rq, 431, "invalid_request_error", "headers_too_large",
-                            "The request head (%zu bytes) is over the limit of %zu bytes", size,
-                            max);
+        daemon__reply_err(rq, DAEMON_ERR_HEADERS_TOO_LARGE,
+                          "The request head (%zu bytes) is over the limit of %zu bytes", size,
+                          max);
         return -1;
     }
     if (h.chunked && h.n_length) {
-        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_framing",
-                            "Transfer-Encoding and Content-Length together are refused");
+        daemon__reply_err(rq, DAEMON_ERR_INVALID_FRAMING,
+                          "Transfer-Encoding and Content-Length together are refused");
         return -1;
     }
     if (h.length_conflict || h.length_bad) {
-        daemon__reply_error(rq, 400, "invalid_request_error", "invalid_framing",
-                            "%s Content-Length is refused",
-                            h.length_conflict ? "A repeated, different" : "An invalid");
+        daemon__reply_err(rq, DAEMON_ERR_INVALID_FRAMING,
+                          "%s Content-Length is refused",
+                          h.length_conflict ? "A repeated, different" : "An invalid");
         return -1;
     }
     return 0;
@@ -1291,31 +1293,33 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
         }
         int found = find_route(method, url, &route, &handler, allow, sizeof(allow));
         rq->outcome = found > 0 && route && route->outcome;
+        /* the path's API, known before anything is answered: errors take its dialect */
+        rq->api = route && route->fn == daemon__api_handle ? daemon__api_find(route->path) : NULL;
         if (head_check(rq, conn) < 0) {
             /* answered: 400 or 431 */
         } else if (w->stopping) {
-            daemon__reply_error(rq, 503, "server_error", "shutting_down",
-                                "the server is shutting down");
+            daemon__reply_err(rq, DAEMON_ERR_SHUTTING_DOWN,
+                              "the server is shutting down");
         } else if (found < 0) {
             char qm[64], qp[256];
-            daemon__reply_error(rq, 404, "invalid_request_error", "not_found",
-                                "Unknown path %s %s", text_quote(qm, sizeof(qm), method, 16),
-                                text_quote(qp, sizeof(qp), url, 64));
+            daemon__reply_err(rq, DAEMON_ERR_NOT_FOUND,
+                              "Unknown path %s %s", text_quote(qm, sizeof(qm), method, 16),
+                              text_quote(qp, sizeof(qp), url, 64));
         } else if (found == 0) {
             char qm[64], qp[256];
-            daemon__reply_error(rq, 405, "invalid_request_error", "method_not_allowed",
-                                "%s is not allowed on %s (allowed: %s)",
-                                text_quote(qm, sizeof(qm), method, 16),
-                                text_quote(qp, sizeof(qp), url, 64), allow);
+            daemon__reply_err(rq, DAEMON_ERR_METHOD_NOT_ALLOWED,
+                              "%s is not allowed on %s (allowed: %s)",
+                              text_quote(qm, sizeof(qm), method, 16),
+                              text_quote(qp, sizeof(qp), url, 64), allow);
             add_header(rq->response, MHD_HTTP_HEADER_ALLOW, allow);
         } else if (check_access(rq, route ? route->access : handler_access(handler)) == 0) {
             const char *cl =
                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
             unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
             if (declared > rq->snap->conf->max_body) {
-                daemon__reply_error(rq, 413, "invalid_request_error", "body_too_large",
-                                    "The request body (%s bytes) is over the limit of %zu bytes",
-                                    cl, rq->snap->conf->max_body);
+                daemon__reply_err(rq, DAEMON_ERR_BODY_TOO_LARGE,
+                                  "The request body (%s bytes) is over the limit of %zu bytes",
+                                  cl, rq->snap->conf->max_body);
             } else if (declared > 0 && declared <= 65536) {
                 /* room for the whole body (and the NUL daemon_buf keeps): one malloc,
                  * not a doubling per piece MHD hands over. Only for common sizes: a
@@ -1354,9 +1358,9 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
     if (rq->phase == PHASE_BODY) {
         rq->phase = PHASE_WAIT;
         if (rq->too_large)
-            daemon__reply_error(rq, 413, "invalid_request_error", "body_too_large",
-                                "The request body is over the limit of %zu bytes",
-                                rq->snap->conf->max_body);
+            daemon__reply_err(rq, DAEMON_ERR_BODY_TOO_LARGE,
+                              "The request body is over the limit of %zu bytes",
+                              rq->snap->conf->max_body);
         else if (rq->route)
             rq->route->fn(rq);
         else if (rq->handler_)

@@ -227,8 +227,77 @@ reply_json(struct fakeai_req *req, int status, json_t *j)
     json_decref(j);
 }
 
+/* Bytes of prompt text in a request of any of the APIs: messages (and Anthropic's
+ * system), a Responses input and instructions, a completions prompt. */
+static size_t
+request_prompt_bytes(json_t *root)
+{
+    json_t *v;
+    size_t i, total = prompt_bytes(json_object_get(root, "messages"));
+
+    if (json_is_string(v = json_object_get(root, "system")) ||
+        json_is_string(v = json_object_get(root, "instructions")))
+        total += json_string_length(v);
+    v = json_object_get(root, "input");
+    if (json_is_string(v))
+        total += json_string_length(v);
+    else if (json_is_array(v))
+        total += prompt_bytes(v);
+    v = json_object_get(root, "prompt");
+    if (json_is_string(v))
+        total += json_string_length(v);
+    json_t *p;
+    json_array_foreach(v, i, p) {
+        if (json_is_string(p))
+            total += json_string_length(p);
+    }
+    return total;
+}
+
+/* What an API's backend must be sent, checked as the real one would: NULL when fine,
+ * else the error message (static or in buf) with *status. */
+static const char *
+check_request(struct fakeai_req *req, enum fakeai_format format, json_t *root, char *buf,
+              size_t cap, int *status)
+{
+    *status = 400;
+    if (format == FAKEAI_MESSAGES) {
+        if (fakeai_req_header(req, "authorization")) {
+            *status = 401;
+            return "mockllm: an Anthropic backend takes its key as x-api-key, not Authorization";
+        }
+        if (!fakeai_req_header(req, "anthropic-version"))
+            return "anthropic-version: header is required";
+        if (!json_is_integer(json_object_get(root, "max_tokens")))
+            return "max_tokens: Field required";
+        json_t *m = json_object_get(root, "messages");
+        if (!json_is_array(m) || json_array_size(m) == 0)
+            return "messages: Field required";
+        return NULL;
+    }
+    if (fakeai_req_header(req, "x-api-key") || fakeai_req_header(req, "anthropic-version"))
+        return "mockllm: an OpenAI backend got Anthropic headers";
+    if (format == FAKEAI_RESPONSES) {
+        json_t *prev = json_object_get(root, "previous_response_id");
+        char mine[48];
+        snprintf(mine, sizeof(mine), "resp_mock%u_", (unsigned)fakeai_server_port(fakeai_req_server(req)));
+        if (json_is_string(prev) && strncmp(json_string_value(prev), mine, strlen(mine))) {
+            /* the state of a response lives where it was made */
+            snprintf(buf, cap, "Previous response with id '%.64s' not found.",
+                     json_string_value(prev));
+            *status = 404;
+            return buf;
+        }
+        if (!json_object_get(root, "input"))
+            return "Missing required parameter: 'input'.";
+    }
+    if (format == FAKEAI_COMPLETIONS && !json_object_get(root, "prompt"))
+        return "Missing required parameter: 'prompt'.";
+    return NULL;
+}
+
 static void
-handle_chat(struct fakeai_req *req, const struct mock_defaults *d)
+handle_chat(struct fakeai_req *req, const struct mock_defaults *d, enum fakeai_format format)
 {
     size_t blen;
     const char *body = fakeai_req_body(req, &blen);
@@ -254,7 +323,27 @@ handle_chat(struct fakeai_req *req, const struct mock_defaults *d)
     }
     json_t *so = json_object_get(root, "stream_options");
     const char *auth = fakeai_req_header(req, "authorization");
+    char why[160];
+    int wstatus;
+    const char *bad = check_request(req, format, root, why, sizeof(why), &wstatus);
+    if (bad) {
+        if (format == FAKEAI_MESSAGES)
+            fakeai_req_error_anthropic(req, wstatus, bad);
+        else
+            fakeai_req_error(req, wstatus, bad);
+        json_decref(root);
+        return;
+    }
+    json_t *tool = json_object_get(mock, "tool");
+    char *tool_input = json_is_object(json_object_get(tool, "input"))
+                           ? json_dumps(json_object_get(tool, "input"), JSON_COMPACT)
+                           : NULL;
+    json_t *prev = json_object_get(root, "previous_response_id");
     struct fakeai_chat c = {
+        .format = format,
+        .tool_name = json_string_value(json_object_get(tool, "name")),
+        .tool_input = tool_input,
+        .previous_response_id = json_string_value(prev),
         .model = json_is_string(model) ? json_string_value(model) : "",
         .latency_ms = (uint32_t)get_int(mock, "latency_ms", d->latency_ms),
         .chunks = (unsigned)get_int(mock, "chunks", d->chunks),
@@ -266,7 +355,7 @@ handle_chat(struct fakeai_req *req, const struct mock_defaults *d)
         .die_after = (unsigned)get_int(mock, "die_after", 0),
         .stamp = json_is_true(json_object_get(mock, "stamp")),
     };
-    size_t pb = prompt_bytes(json_object_get(root, "messages"));
+    size_t pb = request_prompt_bytes(root);
     c.prompt_tokens = pb ? (long)((pb + 3) / 4) : 1;
 
     json_t *content = json_object_get(mock, "content");
@@ -293,12 +382,19 @@ handle_chat(struct fakeai_req *req, const struct mock_defaults *d)
     else if (fail && strcmp(fail, "die_mid_stream") == 0)
         c.fail = FAKEAI_FAIL_DIE_MID_STREAM;
 
-    size_t elen = strlen(c.model) + (auth ? strlen(auth) : 0) + 64;
+    const char *xkey = fakeai_req_header(req, "x-api-key");
+    const char *aver = fakeai_req_header(req, "anthropic-version");
+    size_t elen = strlen(c.model) + (auth ? strlen(auth) : 0) + (xkey ? strlen(xkey) : 0) +
+                  (aver ? strlen(aver) : 0) + strlen(fakeai_req_path(req)) + 160;
     extra = malloc(elen);
     if (!extra)
         abort();
-    snprintf(extra, elen, "x-mock-model: %s\r\n%s%s%s", c.model, auth ? "x-mock-auth: " : "",
-             auth ? auth : "", auth ? "\r\n" : "");
+    /* what the backend got, for the tests to check through the proxy */
+    snprintf(extra, elen, "x-mock-model: %s\r\n%s%s%s%s%s%s%s%s%sx-mock-path: %s\r\n", c.model,
+             auth ? "x-mock-auth: " : "", auth ? auth : "", auth ? "\r\n" : "",
+             xkey ? "x-mock-api-key: " : "", xkey ? xkey : "", xkey ? "\r\n" : "",
+             aver ? "x-mock-anthropic-version: " : "", aver ? aver : "", aver ? "\r\n" : "",
+             fakeai_req_path(req));
     /* a model name must not smuggle line breaks into the response headers */
     for (char *p = extra + 14, *e = p + strlen(c.model); p < e; p++)
         if (*p == '\r' || *p == '\n')
@@ -306,8 +402,101 @@ handle_chat(struct fakeai_req *req, const struct mock_defaults *d)
     c.extra_headers = extra;
 
     fakeai_req_chat(req, &c);
+    free(tool_input);
     free(extra);
     free(gen);
+    json_decref(root);
+}
+
+/* Returns n bytes as new standard base64 text (NUL-terminated). */
+static char *
+base64(const unsigned char *p, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = malloc((n + 2) / 3 * 4 + 1), *q = out;
+
+    if (!out)
+        abort();
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < n ? p[i + 2] : 0);
+        *q++ = tab[v >> 18 & 63];
+        *q++ = tab[v >> 12 & 63];
+        *q++ = i + 1 < n ? tab[v >> 6 & 63] : '=';
+        *q++ = i + 2 < n ? tab[v & 63] : '=';
+    }
+    *q = '\0';
+    return out;
+}
+
+/* POST /v1/embeddings: a vector per input (dimensions, default 8), the same for the
+ * same text, as floats or (encoding_format "base64", the openai SDK's default) the
+ * base64 of little-endian float32s. */
+static void
+handle_embeddings(struct fakeai_req *req)
+{
+    size_t blen;
+    const char *body = fakeai_req_body(req, &blen);
+    json_t *root = json_loadb(body, blen, 0, NULL);
+    json_t *input = json_object_get(root, "input"), *one, *data = json_array();
+    const char *model = json_string_value(json_object_get(root, "model"));
+    const char *fmt = json_string_value(json_object_get(root, "encoding_format"));
+    long dims = get_int(root, "dimensions", 8);
+    size_t i, tokens = 0;
+
+    if (!model || !(json_is_string(input) || json_is_array(input)) || dims < 1 || dims > 4096 ||
+        (fmt && strcmp(fmt, "float") && strcmp(fmt, "base64"))) {
+        fakeai_req_error(req, 400, "mockllm: embeddings need model, input (string or array), "
+                                   "dimensions 1..4096, encoding_format float or base64");
+        json_decref(data);
+        json_decref(root);
+        return;
+    }
+    if (json_is_string(input)) {
+        json_t *arr = json_array();
+        json_array_append(arr, input);
+        input = arr;
+    } else {
+        json_incref(input);
+    }
+    json_array_foreach(input, i, one) {
+        const char *t = json_is_string(one) ? json_string_value(one) : "";
+        size_t tl = strlen(t);
+        uint64_t h = 1469598103934665603ull;
+        for (size_t k = 0; k < tl; k++)
+            h = (h ^ (unsigned char)t[k]) * 1099511628211ull;
+        tokens += tl / 4 + 1;
+        float *vec = malloc((size_t)dims * sizeof(float));
+        if (!vec)
+            abort();
+        for (long k = 0; k < dims; k++) {
+            h ^= h >> 33;
+            h *= 0xff51afd7ed558ccdull;
+            vec[k] = (float)((double)(h >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
+        }
+        json_t *emb;
+        if (fmt && !strcmp(fmt, "base64")) {
+            char *b = base64((const unsigned char *)vec, (size_t)dims * sizeof(float));
+            emb = json_string(b);
+            free(b);
+        } else {
+            emb = json_array();
+            for (long k = 0; k < dims; k++)
+                json_array_append_new(emb, json_real(vec[k]));
+        }
+        free(vec);
+        json_array_append_new(data, json_pack("{s:s,s:I,s:o}", "object", "embedding", "index",
+                                              (json_int_t)i, "embedding", emb));
+    }
+    json_decref(input);
+    json_t *out = json_pack("{s:s,s:o,s:s,s:{s:I,s:I}}", "object", "list", "data", data, "model",
+                            model, "usage", "prompt_tokens", (json_int_t)tokens, "total_tokens",
+                            (json_int_t)tokens);
+    char *s = json_dumps(out, JSON_COMPACT);
+    fakeai_req_reply(req, 200, "application/json", "x-mock-path: /v1/embeddings\r\n", s,
+                     strlen(s));
+    free(s);
+    json_decref(out);
     json_decref(root);
 }
 
@@ -317,21 +506,41 @@ handle(struct fakeai_req *req, void *arg)
     const struct mock_defaults *d = arg;
     const char *method = fakeai_req_method(req), *path = fakeai_req_path(req);
 
+    static const struct {
+        const char *path; /* matched at the end of the path: an Azure deployment's prefix */
+        enum fakeai_format format;
+    } apis[] = {
+        {"/chat/completions", FAKEAI_CHAT},
+        {"/completions", FAKEAI_COMPLETIONS},
+        {"/responses", FAKEAI_RESPONSES},
+        {"/messages", FAKEAI_MESSAGES},
+    };
     size_t plen = strlen(path);
-    static const char chat[] = "/chat/completions";
-    /* /v1/chat/completions, or any prefix (an Azure deployment's path) */
-    if (plen >= sizeof(chat) - 1 && !strcmp(path + plen - (sizeof(chat) - 1), chat)) {
+
+    for (size_t i = 0; i < sizeof(apis) / sizeof(apis[0]); i++) {
+        size_t l = strlen(apis[i].path);
+        if (plen < l || strcmp(path + plen - l, apis[i].path) ||
+            (apis[i].format == FAKEAI_COMPLETIONS && plen >= 17 &&
+             !strcmp(path + plen - 17, "/chat/completions")))
+            continue;
         if (d->heads)
             keep_head(req);
         if (strcmp(method, "POST") != 0)
             fakeai_req_error(req, 405, "use POST");
         else
-            handle_chat(req, d);
-    } else if (strcmp(path, "/_mock/last_head") == 0) {
+            handle_chat(req, d, apis[i].format);
+        return;
+    }
+    if (strcmp(path, "/_mock/last_head") == 0) {
         pthread_mutex_lock(&head_mu);
         json_t *h = last_head ? json_incref(last_head) : json_object();
         pthread_mutex_unlock(&head_mu);
         reply_json(req, 200, h);
+    } else if (strcmp(path, "/v1/embeddings") == 0) {
+        if (strcmp(method, "POST") != 0)
+            fakeai_req_error(req, 405, "use POST");
+        else
+            handle_embeddings(req);
     } else if (strcmp(path, "/_mock/stats") == 0) {
         reply_json(req, 200, fakeai_server_stats(fakeai_req_server(req)));
     } else if (strcmp(path, "/_mock/reset") == 0 && strcmp(method, "POST") == 0) {

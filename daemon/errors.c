@@ -1,0 +1,149 @@
+/* errors.c - every error triaged itself answers a client with: one table, two dialects.
+ *
+ * A caller names a kind (enum daemon_err); the row gives the HTTP status, the OpenAI
+ * error type and code, and the Anthropic error type. The request's API path picks the
+ * dialect: {"error":{"message","type","param","code"}} everywhere, and on
+ * /v1/messages Anthropic's {"type":"error","error":{"type","message"}}. The message is
+ * made valid UTF-8 here, the one place every error passes. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon-int.h"
+#include "log.h"
+#include "text.h"
+
+static const struct {
+    int status;
+    const char *type;  /* OpenAI's error type */
+    const char *code;  /* OpenAI's error code (also the access line's error kind) */
+    const char *atype; /* Anthropic's error type */
+} table[DAEMON_ERR__COUNT] = {
+#define IRE "invalid_request_error"
+#define SE "server_error"
+#define ROW(kind, status, type, code, atype) [DAEMON_ERR_##kind] = {status, type, code, atype}
+    ROW(INVALID_JSON, 400, IRE, "invalid_json", IRE),
+    ROW(NUMBER_OUT_OF_RANGE, 400, IRE, "number_out_of_range", IRE),
+    ROW(MISSING_MODEL, 400, IRE, "missing_model", IRE),
+    ROW(MISSING_MESSAGES, 400, IRE, "missing_messages", IRE),
+    ROW(MISSING_INPUT, 400, IRE, "missing_input", IRE),
+    ROW(MISSING_PROMPT, 400, IRE, "missing_prompt", IRE),
+    ROW(INVALID_MESSAGES, 400, IRE, "invalid_messages", IRE),
+    ROW(INVALID_INPUT, 400, IRE, "invalid_input", IRE),
+    ROW(INVALID_THRESHOLD, 400, IRE, "invalid_threshold", IRE),
+    ROW(INVALID_STRONG_SHARE, 400, IRE, "invalid_strong_share", IRE),
+    ROW(INVALID_FRAMING, 400, IRE, "invalid_framing", IRE),
+    ROW(INVALID_FEEDBACK, 400, IRE, "invalid_feedback", IRE),
+    ROW(INVALID_WINDOW, 400, IRE, "invalid_window", IRE),
+    ROW(WRONG_API, 400, IRE, "wrong_api", IRE),
+    ROW(NOT_ROUTED, 400, IRE, "not_routed", IRE),
+    ROW(PREVIOUS_RESPONSE_NOT_FOUND, 400, IRE, "previous_response_not_found", IRE),
+    ROW(MISSING_API_KEY, 401, IRE, "missing_api_key", "authentication_error"),
+    ROW(INVALID_API_KEY, 401, IRE, "invalid_api_key", "authentication_error"),
+    ROW(FORBIDDEN, 403, "permission_error", "forbidden", "permission_error"),
+    ROW(MODEL_NOT_FOUND, 404, IRE, "model_not_found", "not_found_error"),
+    ROW(NOT_FOUND, 404, IRE, "not_found", "not_found_error"),
+    ROW(API_NOT_SERVED, 404, IRE, "api_not_served", "not_found_error"),
+    ROW(STORAGE_DISABLED, 404, IRE, "storage_disabled", "not_found_error"),
+    ROW(UNKNOWN_REQUEST_ID, 404, IRE, "unknown_request_id", "not_found_error"),
+    ROW(METHOD_NOT_ALLOWED, 405, IRE, "method_not_allowed", IRE),
+    ROW(BODY_TOO_LARGE, 413, IRE, "body_too_large", "request_too_large"),
+    ROW(HEADERS_TOO_LARGE, 431, IRE, "headers_too_large", IRE),
+    ROW(RATE_LIMITED, 429, "rate_limit_error", "rate_limit_exceeded", "rate_limit_error"),
+    ROW(INTERNAL, 500, SE, "internal", "api_error"),
+    ROW(RELOAD_FAILED, 500, SE, "reload_failed", "api_error"),
+    ROW(STORAGE_ERROR, 500, SE, "storage_error", "api_error"),
+    ROW(BACKEND_UNAVAILABLE, 503, SE, "backend_unavailable", "overloaded_error"),
+    ROW(BACKEND_OVERLOADED, 503, SE, "backend_overloaded", "overloaded_error"),
+    ROW(SHUTTING_DOWN, 503, SE, "shutting_down", "overloaded_error"),
+#undef ROW
+#undef SE
+#undef IRE
+};
+
+int
+daemon__err_status(enum daemon_err kind)
+{
+    return table[kind].status;
+}
+
+const char *
+daemon__err_code(enum daemon_err kind)
+{
+    return table[kind].code;
+}
+
+/* Anthropic's error type for a status no row names (a backend failure). */
+static const char *
+anthropic_type(int status)
+{
+    switch (status) {
+    case 400: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 413: return "request_too_large";
+    case 429: return "rate_limit_error";
+    case 503: return "overloaded_error";
+    default: return status >= 500 ? "api_error" : "invalid_request_error";
+    }
+}
+
+int
+daemon__dialect_anthropic(const struct daemon_request *rq)
+{
+    return rq->api && rq->api->speaks == CONF_API_ANTHROPIC;
+}
+
+static void
+reply_v(struct daemon_request *rq, int status, const char *type, const char *code,
+        const char *atype, const char *fmt, va_list ap)
+{
+    char raw[1024], msg[1024];
+    int n = vsnprintf(raw, sizeof(raw), fmt, ap);
+
+    if (n < 0)
+        n = 0;
+    /* The message may quote client bytes (a path, a model name, the JSON parser's own
+     * text), and vsnprintf may have cut it mid-character: jansson takes only valid
+     * UTF-8, so it is cleaned here. */
+    text_utf8_clean(msg, sizeof(msg), raw, (size_t)n < sizeof(raw) ? (size_t)n : sizeof(raw) - 1);
+    if (!rq->error_kind)
+        rq->error_kind = code;
+    json_t *doc = daemon__dialect_anthropic(rq)
+                      ? json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type", atype,
+                                  "message", msg)
+                      : json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", msg, "type", type,
+                                  "param", "code", code);
+    if (!doc) { /* only out of memory can get here now */
+        static const char fallback[] =
+            "{\"error\":{\"message\":\"internal error\",\"type\":\"server_error\","
+            "\"param\":null,\"code\":\"internal_error\"}}\n";
+        char *body = strdup(fallback);
+        daemon__reply(rq, status, "application/json", body, body ? sizeof(fallback) - 1 : 0);
+        return;
+    }
+    daemon__reply_json(rq, status, doc);
+}
+
+void
+daemon__reply_err(struct daemon_request *rq, enum daemon_err kind, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    reply_v(rq, table[kind].status, table[kind].type, table[kind].code, table[kind].atype, fmt, ap);
+    va_end(ap);
+}
+
+void
+daemon__reply_error(struct daemon_request *rq, int status, const char *type, const char *code,
+                    const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    reply_v(rq, status, type, code, anthropic_type(status), fmt, ap);
+    va_end(ap);
+}
