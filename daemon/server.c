@@ -1293,8 +1293,9 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
         }
         int found = find_route(method, url, &route, &handler, allow, sizeof(allow));
         rq->outcome = found > 0 && route && route->outcome;
-        /* the path's API, known before anything is answered: errors take its dialect */
-        rq->api = route && route->fn == daemon__api_handle ? daemon__api_find(route->path) : NULL;
+        /* the path's API, known before anything is answered (a 405 on it too): errors
+         * take its dialect */
+        rq->api = daemon__api_find(url);
         if (head_check(rq, conn) < 0) {
             /* answered: 400 or 431 */
         } else if (w->stopping) {

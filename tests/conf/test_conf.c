@@ -43,6 +43,36 @@ load(const char *text, char *err, size_t errlen)
     "[backend fast]\nurl = http://127.0.0.1:1/v1/\n"                                              \
     "[backend strong]\nurl = https://api.example.com/v1\nmodel = big\n"
 
+/* api = anthropic, its version header, and the tiers of each API counted apart. */
+static void
+test_backend_api(void **state)
+{
+    char err[256];
+    struct conf *c = load(MINIMAL "[backend claude]\nurl = https://api.anthropic.com/v1\n"
+                                  "api = anthropic\n"
+                                  "[backend opus]\nurl = https://api.anthropic.com/v1\n"
+                                  "api = Anthropic\nanthropic_version = 2024-01-01\n"
+                                  "[router]\ntiers = fast, strong, claude, opus\n",
+                          err, sizeof(err));
+
+    (void)state;
+    assert_non_null(c);
+    assert_int_equal(c->backends[0].api, CONF_API_OPENAI);
+    assert_int_equal(c->backends[2].api, CONF_API_ANTHROPIC);
+    assert_string_equal(c->backends[2].anthropic_version, "2023-06-01");
+    assert_string_equal(c->backends[3].anthropic_version, "2024-01-01");
+    conf_destroy(c);
+
+    assert_null(load(MINIMAL "[backend x]\nurl = http://h/v1\napi = gemini\n", err, sizeof(err)));
+    assert_non_null(strstr(err, "api: unknown value 'gemini'"));
+    assert_null(load(MINIMAL "[backend x]\nurl = http://h/v1\napi = anthropic\n"
+                             "anthropic_version = a b\n", err, sizeof(err)));
+    assert_non_null(strstr(err, "anthropic_version"));
+    assert_null(load(MINIMAL "[backend x]\nurl = http://h/v1\n[router]\ntiers = fast, strong, x\n",
+                     err, sizeof(err)));
+    assert_non_null(strstr(err, "two tiers, 3 given"));
+}
+
 static void
 test_defaults(void **state)
 {
@@ -358,6 +388,7 @@ main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_tier_shares),
         cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_backend_api),
         cmocka_unit_test(test_shipped_example),
         cmocka_unit_test(test_log_level_parse),
     };

@@ -154,6 +154,61 @@ test_bad_bytes(void)
     stop(pid);
 }
 
+/* The other API paths (issue 16) with bytes that are not UTF-8, odd shapes and deep
+ * nesting: each gets a JSON error (Anthropic's shape on /v1/messages) and the daemon
+ * lives. */
+static void
+test_bad_bytes_apis(void)
+{
+    pid_t pid;
+    unsigned port = h_start_triaged(&env, "apis", NULL, NULL, NULL, &pid);
+    static char answer[65536];
+    static const struct {
+        const char *path, *body;
+        int status;
+    } cases[] = {
+        {"/v1/responses", "{\"model\":\"triage\",\"input\":\"\xff\xfe\"}", 400},
+        {"/v1/responses", "{\"model\":\"tri\xc3\",\"input\":\"hi\"}", 400},
+        {"/v1/responses", "{\"model\":\"triage\",\"input\":[{\"role\":7}]}", 400},
+        {"/v1/responses", "{\"model\":\"triage\",\"input\":[[[[[[[[[[]]]]]]]]]]}", 400},
+        {"/v1/responses", "{\"model\":\"triage\",\"input\":\"x\",\"previous_response_id\":"
+                          "\"\xc3\xa9\xc3\"}", 400},
+        {"/v1/responses", "{\"model\":\"triage\",\"input\":\"x\",\"previous_response_id\":"
+                          "\"resp_\\u00e9\"}", 400},
+        {"/v1/completions", "{\"model\":\"triage\",\"prompt\":[1,[2,[3]],{\"a\":null}]}", 0},
+        {"/v1/completions", "{\"model\":\"triage\",\"prompt\":true}", 400},
+        {"/v1/embeddings", "{\"model\":\"\xff\",\"input\":\"x\"}", 400},
+        {"/v1/embeddings", "{\"model\":\"fast\",\"input\":null}", 400},
+        {"/v1/messages", "{\"model\":\"triage\",\"messages\":[{\"role\":\"user\","
+                         "\"content\":\"\xff\"}]}", 400},
+        {"/v1/messages", "{\"model\":\"triage\",\"system\":7,\"messages\":[{\"role\":"
+                         "\"user\",\"content\":\"x\"}]}", 400},
+        {"/v1/messages", "[]", 400},
+    };
+
+    if (!port) {
+        CHECK(!"triaged started");
+        return;
+    }
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *req = post(cases[i].path, cases[i].body);
+        int st = h_raw(port, req, strlen(req), answer, sizeof(answer), 5000);
+        json_t *j = json_loads(body_of(answer), 0, NULL); /* valid JSON, valid UTF-8 */
+        json_t *err = json_object_get(j, "error");
+        int anthropic = !strcmp(cases[i].path, "/v1/messages");
+        int ok = (cases[i].status ? st == cases[i].status : st >= 200) && json_is_object(j) &&
+                 (st < 400 || (json_is_string(json_object_get(err, "message")) &&
+                               anthropic == json_is_string(json_object_get(j, "type"))));
+        if (!ok)
+            fprintf(stderr, "  case %zu: %d %.300s\n", i, st, answer);
+        CHECK(ok);
+        CHECK(alive(pid, port));
+        json_decref(j);
+        free(req);
+    }
+    stop(pid);
+}
+
 /* RFC 9112 6.3: a body framed two ways is refused, before any backend is called. */
 static void
 test_smuggling(void)
@@ -402,6 +457,7 @@ main(int argc, char **argv)
     if (h_env_make_model(&env, NULL) < 0)
         return 1;
     test_bad_bytes();
+    test_bad_bytes_apis();
     test_smuggling();
     test_header_limit_exact();
     test_library_errors();

@@ -2,7 +2,8 @@
  * over loopback TCP into a real server running in this process.
  *
  * Set-up (first input): mockllm (tests/mock) as a child process, a config in a fresh
- * /tmp/fuzz-http-PID-XXXXXX with the outcome log on, a dead backend, the shipped model
+ * /tmp/fuzz-http-PID-XXXXXX with the outcome log on, a dead backend, an api = anthropic
+ * backend (/v1/messages), the shipped model
  * models/default.tmod behind the alias "triage", and short timeouts; then
  * daemon_server_create(), /metrics and /dashboard attached as main.c does, and
  * daemon_server_run() on its own thread. At exit the server gets SIGTERM, is joined and
@@ -207,7 +208,7 @@ write_conf(const char *path, unsigned dead_port)
             "log_level = error\n"
             "[auth]\nopen_on_loopback = yes\n"
             "[router]\nmodel = %s/models/default.tmod\naliases = triage\n"
-            "policy = threshold\nstrong_share = 0.3\ntiers = fast, strong\n"
+            "policy = threshold\nstrong_share = 0.3\ntiers = fast, strong, claude\n"
             "fallback = strong, fast\n"
             "[storage]\npath = %s/out.db\nstore_prompts = full\nqueue_size = 1024\n"
             "flush_interval_ms = 20\n"
@@ -227,9 +228,13 @@ write_conf(const char *path, unsigned dead_port)
             "connect_timeout_ms = 100\nmax_retries = 1\nbreaker_failures = 1000\n"
             "[backend slow]\nurl = http://127.0.0.1:%u/v1\nhead = strong\n"
             "first_byte_timeout_ms = 1500\nidle_timeout_ms = 500\ntimeout_ms = 2000\n"
-            "max_retries = 0\nbreaker_failures = 1000\n",
+            "max_retries = 0\nbreaker_failures = 1000\n"
+            "[backend claude]\nurl = http://127.0.0.1:%u/v1\nmodel = mock-claude\nhead = weak\n"
+            "api = anthropic\nconnect_timeout_ms = 200\nfirst_byte_timeout_ms = 400\n"
+            "idle_timeout_ms = 300\ntimeout_ms = 800\nmax_retries = 0\n"
+            "breaker_failures = 1000\n",
             port, src && *src ? src : TRIAGE_SOURCE_ROOT, dir, mock_port, mock_port, mock_port,
-            dead_port, mock_port);
+            dead_port, mock_port, mock_port);
     if (fclose(f) != 0)
         die("cannot write the config");
 }
