@@ -1,8 +1,10 @@
-// openai-sdk.test.mjs - drives triaged with the official openai npm client: plain and streamed
-// completions, usage in streams, an error mapped to the SDK's error class, and triage's
-// routing headers read through the raw response. run.sh starts mockllm + triaged and sets
-// TRIAGE_URL (the daemon's base URL); TRIAGE_HEADERS=0 skips the x-triage-* checks (to run
-// against mockllm alone).
+// openai-sdk.test.mjs - drives triaged with the official openai npm client: chat (plain and
+// streamed, usage in streams, an error mapped to the SDK's error class, triage's routing
+// headers read through the raw response), the Responses API (JSON, streamed typed events,
+// a previous_response_id follow-up kept where its state is), legacy completions and
+// embeddings. run.sh starts the mockllms + triaged and sets TRIAGE_URL (the daemon's base
+// URL) and MOCK_*_URL; TRIAGE_HEADERS=0 skips the x-triage-* checks (to run against
+// mockllm alone).
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 
@@ -118,6 +120,140 @@ test('fields triage does not use reach the backend untouched', async () => {
     assert.deepEqual(got.messages, parts);
     for (const [k, v] of Object.entries(extra)) assert.deepEqual(got[k], v, k);
   }
+});
+
+const lastRequest = async (url) => (await (await fetch(`${url}/_mock/stats`)).json()).last_request;
+
+test('responses: JSON, routed on input and instructions', async () => {
+  const { data: r, response } = await client.responses
+    .create({
+      model: 'triage', instructions: 'Answer with one number.',
+      input: [{ role: 'user', content: [{ type: 'input_text', text: 'What is 2 + 2?' }] }],
+      max_output_tokens: 20, mock: { content: 'The answer is 4.' },
+    })
+    .withResponse();
+  assert.equal(r.object, 'response');
+  assert.equal(r.status, 'completed');
+  assert.equal(r.output_text, 'The answer is 4.'); // the SDK's own reading of the output items
+  assert.equal(r.usage.output_tokens, 4);
+  assert.ok(r.id.startsWith('resp_'));
+  if (!checkHeaders) return;
+  const backend = response.headers.get('x-triage-backend');
+  assert.ok(['fast', 'strong'].includes(backend), `x-triage-backend: ${backend}`);
+  assert.ok(response.headers.get('x-triage-score') !== null);
+  assert.equal(response.headers.get('x-mock-path'), '/v1/responses');
+  const got = await lastRequest(backend === 'fast' ? process.env.MOCK_FAST_URL : process.env.MOCK_STRONG_URL);
+  assert.equal(got.model, backend === 'fast' ? 'mock-fast' : 'mock-strong');
+  assert.equal(got.instructions, 'Answer with one number.');
+  assert.equal(got.max_output_tokens, 20);
+  assert.deepEqual(got.input, [{ role: 'user', content: [{ type: 'input_text', text: 'What is 2 + 2?' }] }]);
+});
+
+test('responses: streamed typed events, as the backend sent them', async () => {
+  const stream = await client.responses.create({
+    model: 'triage', input: 'Count to five.', stream: true,
+    mock: { content: 'one two three four five', chunk_delay_ms: 5 },
+  });
+  const types = [];
+  let text = '';
+  let done = null;
+  let seq = -1;
+  for await (const ev of stream) {
+    types.push(ev.type);
+    assert.ok(ev.sequence_number > seq, 'sequence numbers rise');
+    seq = ev.sequence_number;
+    if (ev.type === 'response.output_text.delta') text += ev.delta;
+    if (ev.type === 'response.completed') done = ev.response;
+  }
+  assert.equal(text, 'one two three four five');
+  assert.equal(types[0], 'response.created');
+  assert.equal(types.at(-1), 'response.completed');
+  assert.equal(types.filter((t) => t === 'response.output_text.delta').length, 5);
+  assert.equal(done.status, 'completed');
+  assert.equal(done.usage.output_tokens, 5);
+});
+
+test('responses: the stream helper and a follow-up on the backend that holds the state', async () => {
+  const first = client.responses.stream({
+    model: 'triage', input: 'Prove that the eigenvalue series converges.', mock: { content: 'Proof sketch.' },
+  });
+  let deltas = '';
+  first.on('response.output_text.delta', (ev) => { deltas += ev.delta; });
+  const final = await first.finalResponse();
+  assert.equal(deltas, 'Proof sketch.');
+  assert.equal(final.output[0].content[0].text, 'Proof sketch.');
+  // follow-ups name only the previous response: triage sends them where it was answered
+  let prev = final.id;
+  for (let i = 0; i < 3; i++) {
+    const { data: r, response } = await client.responses
+      .create({ model: 'triage', input: `And step ${i}?`, previous_response_id: prev, mock: { content: `step ${i}` } })
+      .withResponse();
+    assert.equal(r.output_text, `step ${i}`);
+    assert.equal(r.previous_response_id, prev); // the mock that holds prev answered
+    if (checkHeaders) assert.equal(response.headers.get('x-triage-route'), 'previous_response');
+    prev = r.id;
+  }
+  // an id triage never saw is refused before any backend is asked
+  await assert.rejects(
+    client.responses.create({ model: 'triage', input: 'x', previous_response_id: 'resp_from_elsewhere' }),
+    (err) => {
+      assert.ok(err instanceof OpenAI.BadRequestError, `got ${err?.constructor?.name}: ${err}`);
+      assert.equal(err.code, 'previous_response_not_found');
+      return true;
+    },
+  );
+});
+
+test('completions: routed on the prompt, JSON and stream', async () => {
+  const r = await client.completions.create({
+    model: 'triage', prompt: 'Say this is a test', max_tokens: 7, mock: { content: 'This is a test' },
+  });
+  assert.equal(r.object, 'text_completion');
+  assert.equal(r.choices[0].text, 'This is a test');
+  assert.equal(r.choices[0].finish_reason, 'stop');
+  assert.equal(r.usage.completion_tokens, 4);
+  const stream = await client.completions.create({
+    model: 'fast', prompt: ['Say', 'this'], stream: true, mock: { content: 'a b c' },
+  });
+  let text = '';
+  let finish = null;
+  for await (const chunk of stream) {
+    text += chunk.choices[0]?.text ?? '';
+    finish = chunk.choices[0]?.finish_reason ?? finish;
+    assert.equal(chunk.usage ?? null, null); // the usage triage asked for is not shown
+  }
+  assert.equal(text, 'a b c');
+  assert.equal(finish, 'stop');
+  const got = await lastRequest(process.env.MOCK_FAST_URL);
+  assert.deepEqual(got.prompt, ['Say', 'this']);
+  assert.equal(got.model, 'mock-fast');
+});
+
+test('embeddings: passed through to the backend the model names', async () => {
+  const { data: r, response } = await client.embeddings
+    .create({ model: 'embed', input: ['hello', 'world'], dimensions: 6 })
+    .withResponse();
+  assert.equal(r.data.length, 2);
+  assert.equal(r.data[0].embedding.length, 6); // the SDK asked for base64 and decoded it
+  assert.ok(r.data[0].embedding.every((x) => Number.isFinite(x) && x >= -1 && x <= 1));
+  assert.notDeepEqual(r.data[0].embedding, r.data[1].embedding);
+  assert.ok(r.usage.prompt_tokens > 0);
+  const got = await lastRequest(process.env.MOCK_FAST_URL);
+  assert.equal(got.model, 'text-embedding-mock');
+  assert.deepEqual(got.input, ['hello', 'world']);
+  assert.equal(got.encoding_format, 'base64');
+  if (checkHeaders) {
+    assert.equal(response.headers.get('x-triage-route'), 'passthrough');
+    assert.equal(response.headers.get('x-triage-score'), null);
+  }
+  const floats = await client.embeddings.create({ model: 'embed', input: 'hello', encoding_format: 'float', dimensions: 6 });
+  assert.deepEqual(floats.data[0].embedding.map((x) => x.toFixed(5)), r.data[0].embedding.map((x) => x.toFixed(5)));
+  // embeddings are never routed: an alias is a clear 400
+  await assert.rejects(client.embeddings.create({ model: 'triage', input: 'x' }), (err) => {
+    assert.ok(err instanceof OpenAI.BadRequestError);
+    assert.equal(err.code, 'not_routed');
+    return true;
+  });
 });
 
 let failed = 0;

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# run.sh - the 'clients' suite: starts two mockllm backends and triaged on a generated
-# config, then drives triaged with a real client: the official openai npm package
-# (openai-sdk.test.mjs) or curl (curl.sh), with TRIAGE_URL and MOCK_FAST_URL set.
-# The node client exits 77 (skipped) when node or tests/clients/node_modules is
-# missing (`npm ci` there).
-# Usage: run.sh MOCKLLM TRIAGED MAKE_MODEL {node|curl}
+# run.sh - the 'clients' suite: starts three mockllm backends and triaged on a generated
+# config (OpenAI backends fast and strong, an embeddings backend, Anthropic backends
+# claude-fast and claude-strong), then drives triaged with a real client: the official
+# openai npm package (openai-sdk.test.mjs), the official @anthropic-ai/sdk
+# (anthropic-sdk.test.mjs) or curl (curl.sh), with TRIAGE_URL and MOCK_*_URL set.
+# A node client exits 77 (skipped) when node or its package in tests/clients/node_modules
+# is missing (`npm ci` there).
+# Usage: run.sh MOCKLLM TRIAGED MAKE_MODEL {node|anthropic|curl}
 set -uo pipefail
 mockllm=$1 triaged=$2 make_model=$3 client=${4:-node}
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../lib/free_port.sh"
 
-if [ "$client" = node ]; then
+if [ "$client" != curl ]; then
+    pkg=openai
+    [ "$client" = anthropic ] && pkg=@anthropic-ai/sdk
     command -v node >/dev/null || { echo "node not found: skipped"; exit 77; }
-    [ -f "$here/node_modules/openai/package.json" ] \
-        || { echo "no tests/clients/node_modules (run npm ci there): skipped"; exit 77; }
+    [ -f "$here/node_modules/$pkg/package.json" ] \
+        || { echo "no tests/clients/node_modules/$pkg (run npm ci there): skipped"; exit 77; }
 fi
 
 tmp=$(mktemp -d)
@@ -36,6 +40,7 @@ start_mock() { # start_mock NAME: sets port_NAME
 }
 start_mock fast
 start_mock strong
+start_mock claude
 
 # a tiny predictor model: this suite tests the wire protocol, not routing quality
 "$make_model" "$tmp/model.tmod" || { echo "make_model failed"; exit 1; }
@@ -51,7 +56,7 @@ model = $tmp/model.tmod
 aliases = triage
 policy = threshold
 threshold = 0.5
-tiers = fast, strong
+tiers = fast, strong, claude-fast, claude-strong
 fallback = strong, fast
 [backend fast]
 url = http://127.0.0.1:$port_fast/v1
@@ -65,8 +70,28 @@ model = mock-strong
 price_input = 10
 price_output = 30
 max_retries = 0
+[backend embed]
+url = http://127.0.0.1:$port_fast/v1
+model = text-embedding-mock
+max_retries = 0
+[backend claude-fast]
+url = http://127.0.0.1:$port_fast/v1
+model = claude-haiku-mock
+api = anthropic
+api_key_env = TRIAGE_TEST_ANTHROPIC_KEY
+price_input = 1
+price_output = 5
+max_retries = 0
+[backend claude-strong]
+url = http://127.0.0.1:$port_claude/v1
+model = claude-opus-mock
+api = anthropic
+api_key_env = TRIAGE_TEST_ANTHROPIC_KEY
+price_input = 15
+price_output = 75
+max_retries = 0
 CONF
-"$triaged" -c "$tmp/triage.conf" >"$tmp/triaged.log" 2>&1 &
+TRIAGE_TEST_ANTHROPIC_KEY=sk-ant-backend-key "$triaged" -c "$tmp/triage.conf" >"$tmp/triaged.log" 2>&1 &
 pids+=($!)
 up=
 for _ in $(seq 100); do
@@ -75,9 +100,12 @@ for _ in $(seq 100); do
 done
 [ -n "$up" ] || { echo "triaged did not start"; cat "$tmp/triaged.log"; exit 1; }
 
-export TRIAGE_URL="http://127.0.0.1:$port" MOCK_FAST_URL="http://127.0.0.1:$port_fast"
+export TRIAGE_URL="http://127.0.0.1:$port" MOCK_FAST_URL="http://127.0.0.1:$port_fast" \
+    MOCK_STRONG_URL="http://127.0.0.1:$port_strong" MOCK_CLAUDE_URL="http://127.0.0.1:$port_claude"
 if [ "$client" = node ]; then
     (cd "$here" && node openai-sdk.test.mjs)
+elif [ "$client" = anthropic ]; then
+    (cd "$here" && node anthropic-sdk.test.mjs)
 else
     bash "$here/curl.sh"
 fi
