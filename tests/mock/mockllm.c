@@ -1,4 +1,6 @@
-/* mockllm.c - a fast scriptable OpenAI-compatible backend for triaged's tests and benchmarks.
+/* mockllm.c - a fast scriptable OpenAI- and Anthropic-compatible backend for triaged's tests
+ * and benchmarks: chat completions, Responses, completions, embeddings and Anthropic
+ * Messages (tests/mock/README.md says what each answers and checks).
  *
  * mockllm --port 0 [--listen ADDR] [--latency-ms N] [--chunks N] [--chunk-delay-ms N]
  *         [--content TEXT] [--threads N] [--stamp]
