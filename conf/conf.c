@@ -40,7 +40,7 @@ struct conf_key {
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 static const char *const log_formats[] = {"logfmt", "json", NULL};
 static const char *const store_prompts[] = {"none", "hash", "full", "features", NULL};
-static const char *const policies[] = {"threshold", "tiers", NULL};
+static const char *const policies[] = {"threshold", "tiers", "cascade", NULL};
 static const char *const apis[] = {"openai", "anthropic", NULL};
 
 #define C(field) offsetof(struct conf, field)
@@ -77,6 +77,10 @@ static const struct conf_key keys[] = {
     {"router", "sticky", T_BOOL, C(sticky), 0, 0, "yes", NULL},
     {"router", "sticky_ttl_s", T_U32, C(sticky_ttl_s), 1, 604800, "3600", NULL},
     {"router", "sticky_entries", T_U32, C(sticky_entries), 4, 67108864, "65536", NULL},
+    {"router", "cascade_low", T_DBL, C(cascade_low), 0, 1, "0", NULL},
+    {"router", "cascade_high", T_DBL, C(cascade_high), 0, 1, "1", NULL},
+    {"router", "escalate_at", T_DBL, C(escalate_at), 0, 1, "0.5", NULL},
+    {"router", "cascade_logprobs", T_BOOL, C(cascade_logprobs), 0, 0, "yes", NULL},
 
     {"storage", "path", T_STR, C(db_path), 0, 0, NULL, NULL},
     {"storage", "store_prompts", T_ENUM, C(store_prompts), 0, 0, "hash", store_prompts},
@@ -850,6 +854,16 @@ validate(struct parse *p)
                     per_api[a]);
             return -1;
         }
+    }
+    if (c->policy == CONF_POLICY_CASCADE && c->n_tiers != 2) {
+        set_err(p, p->tiers_line, "policy cascade needs two tiers (fast, strong), %zu given",
+                c->n_tiers);
+        return -1;
+    }
+    if (c->cascade_low > c->cascade_high) {
+        set_err(p, 0, "[router] cascade_low (%g) is above cascade_high (%g)", c->cascade_low,
+                c->cascade_high);
+        return -1;
     }
     if (c->n_tiers == 0) {
         set_err(p, p->tiers_line, "tiers: at least one backend is needed");

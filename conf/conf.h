@@ -34,6 +34,8 @@ enum conf_api {
 enum conf_policy {
     CONF_POLICY_THRESHOLD = 0, /* two tiers: score >= threshold goes to the last tier */
     CONF_POLICY_TIERS,         /* N tiers: the cheapest whose predicted success clears its bar */
+    CONF_POLICY_CASCADE,       /* two tiers: a band of scores is answered by the first tier,
+                                * re-sent to the last when the answer looks unsure */
 };
 
 /* One upstream OpenAI-compatible backend ([backend NAME] section). */
@@ -116,6 +118,10 @@ struct conf {
     int sticky;                /* 1: a conversation's follow-up never routes below its tier */
     uint32_t sticky_ttl_s;     /* a conversation is remembered this long after its last turn */
     uint32_t sticky_entries;   /* conversation turns remembered at most (24 bytes each) */
+    double cascade_low;        /* CONF_POLICY_CASCADE: scores below go to the fast tier alone */
+    double cascade_high;       /* ... at or above, to the strong tier alone; between, the cascade */
+    double escalate_at;        /* ... an escalation score at or above re-sends to strong */
+    int cascade_logprobs;      /* ... ask the fast tier for token log-probabilities */
     struct conf_tier *tiers;   /* cheapest first; with THRESHOLD exactly two */
     size_t n_tiers;
     int tier_shares;           /* 1: the tiers have shares, held online like strong_share */

@@ -224,6 +224,14 @@ struct daemon_request {
     void *prompt_features;      /* store_prompts = features: features_blob_encode's bytes */
     size_t prompt_features_len;
 
+    /* the cascade (cascade.c) */
+    int cascade;             /* DAEMON_CASCADE_*: where the request is in the cascade */
+    int cascade_stream;      /* the client asked for SSE (rq->stream is 0 while held) */
+    int cascade_logprobs;    /* the client asked for logprobs itself: kept in the answer */
+    double escalation;       /* the fast answer's escalation score; NAN when none */
+    int64_t fast_started_ms; /* unix ms: the fast call's start */
+    uint64_t fast_t0_ns;     /* monotonic: the same */
+
     /* the learning loop (learn.c) */
     int lesson;              /* sampled: shadow and judge calls follow its end */
     struct daemon_buf lesson_body; /* a sampled stream's body, kept past the stream's start */
@@ -382,6 +390,39 @@ void daemon__attempt_failed(struct daemon_request *rq, int backend, const char *
 char *daemon__failed_attempts_text(const struct daemon_request *rq);
 /* Returns a new URL for path ("/chat/completions") on backend b, before its query. */
 char *daemon__backend_url(const struct conf_backend *b, const char *path);
+
+/* cascade.c: policy cascade (docs/cascade.md). */
+enum daemon_cascade {
+    DAEMON_CASCADE_NONE = 0,
+    DAEMON_CASCADE_FAST,      /* in the band: the fast answer is awaited, to be held */
+    DAEMON_CASCADE_SERVED,    /* the fast answer was served */
+    DAEMON_CASCADE_ESCALATED, /* the fast answer was judged unsure (or failed): strong call */
+};
+enum daemon_cascade_next {
+    DAEMON_CASCADE_NEXT_RELAY,    /* relay rq->up_body whole as usual */
+    DAEMON_CASCADE_NEXT_SERVED,   /* the response is set (a held answer as SSE) */
+    DAEMON_CASCADE_NEXT_ESCALATE, /* rq now points at the strong tier: start an attempt */
+};
+/* Routing under policy cascade, with the prompt's scores (borrowed) and request (root,
+ * borrowed): sets rq->backend and route_reason; in the band, rq->cascade and holds the
+ * answer (rq->stream 0 until it is judged). */
+void daemon__cascade_route(struct daemon_request *rq, const json_t *root,
+                           const struct router_scores *sc);
+/* Rewrites the fast call's body (req, a copy the caller owns): no stream, logprobs asked. */
+void daemon__cascade_fast_body(const struct daemon_request *rq, json_t *req);
+/* The fast call ended (err, rq->up_status, rq->up_body): judges the answer. Escalating
+ * logs the fast call as its own row. */
+enum daemon_cascade_next daemon__cascade_fast_done(struct daemon_request *rq,
+                                                   enum upstream_error err);
+/* Adds x-triage-escalated and x-triage-escalation-score for a cascaded rq. */
+void daemon__cascade_headers(const struct daemon_request *rq, struct MHD_Response *resp);
+/* Counts a judged fast answer (escalated or served, its tokens) for /v1/stats. */
+void daemon__cascade_count(const struct daemon_request *rq, int escalated, int64_t tin,
+                           int64_t tout);
+/* Since start, every worker: fast answers judged, escalated, what the escalated fast
+ * calls cost and what the served ones saved against the strong tier's prices. */
+void daemon__cascade_gauges(uint64_t *tried, uint64_t *escalated, double *escalation_cost_usd,
+                            double *saved_usd);
 
 /* Writes a new request id ("req_" + 24 hex digits, time-ordered) for unix_ms into out
  * (at least 29 bytes), advancing the caller's generator rng (one per thread). */

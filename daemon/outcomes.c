@@ -225,6 +225,17 @@ stats_after(uv_work_t *w, int status)
         return;
     if (j->result) {
         json_object_set_new(j->result, "share_routes", share_routes_json());
+        /* the cascade's counters since start (cascade.c), beside the log's window */
+        uint64_t tried, escalated;
+        double cost, saved;
+        daemon__cascade_gauges(&tried, &escalated, &cost, &saved);
+        json_t *cj = json_pack("{s:s, s:I, s:I, s:o, s:f, s:f}", "since", "start", "judged",
+                               (json_int_t)tried, "escalated", (json_int_t)escalated,
+                               "escalation_rate",
+                               tried ? json_real((double)escalated / (double)tried) : json_null(),
+                               "escalation_cost_usd", cost, "saved_usd", saved);
+        if (!cj || json_object_set_new(j->result, "cascade", cj) < 0)
+            abort(); /* out of memory aborts, project-wide */
         daemon__reply_json(rq, 200, j->result);
         j->result = NULL;
     } else {

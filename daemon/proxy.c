@@ -968,6 +968,25 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
         daemon__wake(rq);
         return;
     }
+    /* the cascade's fast answer is judged before anything else: a failure escalates */
+    if (rq->cascade == DAEMON_CASCADE_FAST) {
+        switch (daemon__cascade_fast_done(rq, err)) {
+        case DAEMON_CASCADE_NEXT_ESCALATE:
+            rq->up_status = 0;
+            schedule_retry(rq, 0);
+            return;
+        case DAEMON_CASCADE_NEXT_SERVED:
+            return;
+        case DAEMON_CASCADE_NEXT_RELAY:
+            if (!err)
+                break;
+            rq->up_done = 1;
+            rq->error_kind = "client_gone";
+            daemon__reply_error(rq, 502, "server_error", "backend_error", "backend %s: %s",
+                                b->name, upstream_error_message(err));
+            return;
+        }
+    }
     /* nothing has reached the client yet: a failed attempt may be retried */
     int tried = rq->backend;
     if ((retryable || (!err && status_retryable(rq->up_status))) &&
@@ -1298,6 +1317,11 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
                           "The request has no text the router can score");
         return -1;
     }
+    if (c->policy == CONF_POLICY_CASCADE) {
+        daemon__cascade_route(rq, root, &sc);
+        rq->score = sc.score;
+        return 0;
+    }
     enum router_policy_kind kind =
         c->policy == CONF_POLICY_TIERS ? ROUTER_POLICY_TIERS : ROUTER_POLICY_THRESHOLD;
     struct daemon_share_route *sr =
@@ -1622,7 +1646,8 @@ start_attempt(struct daemon_request *rq)
     char *body;
     size_t body_len;
     rq->strip_usage = 0;
-    if (rq->splice_ok && !(rq->routed && be->overrides) && !(want_usage && rq->has_stream_options)) {
+    if (rq->splice_ok && !(rq->routed && be->overrides) && !(want_usage && rq->has_stream_options) &&
+        rq->cascade != DAEMON_CASCADE_FAST) {
         /* the common case: the client's bytes with another model name (and usage asked
          * for), not a re-serialised tree */
         static const char so[] = ",\"stream_options\":{\"include_usage\":true}";
@@ -1652,6 +1677,8 @@ start_attempt(struct daemon_request *rq)
                 json_object_update(req, o);
             json_decref(o);
         }
+        if (rq->cascade == DAEMON_CASCADE_FAST)
+            daemon__cascade_fast_body(rq, req);
         if (want_usage) {
             json_t *so = json_object_get(req, "stream_options");
             if (!json_is_true(json_object_get(so, "include_usage"))) {

@@ -530,6 +530,7 @@ daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *resp)
         snprintf(num, sizeof(num), "%.4f", rq->threshold);
         add_header(resp, "x-triage-threshold", num);
     }
+    daemon__cascade_headers(rq, resp);
     /* triage's own time on the request before it went upstream: body parse,
      * features, score, policy and forward setup (also triage_routing_overhead_seconds) */
     if (!isnan(rq->overhead_ms)) {
@@ -987,6 +988,7 @@ request_new(struct daemon_worker *w, struct MHD_Connection *conn, const char *ur
     rq->slot = -1;
     rq->overhead_ms = NAN;
     rq->score = NAN;
+    rq->escalation = NAN;
     rq->threshold = NAN;
     rq->ttfb_ms = NAN;
     rq->tokens_in = -1;

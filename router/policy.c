@@ -21,3 +21,19 @@ router_policy_pick(enum router_policy_kind kind, const struct router_tier *tiers
     }
     return n_tiers - 1;
 }
+
+enum router_cascade_step
+router_cascade_pick(double score, double low, double high)
+{
+    if (score < low)
+        return ROUTER_CASCADE_FAST;
+    if (score >= high)
+        return ROUTER_CASCADE_STRONG;
+    return ROUTER_CASCADE_TRY;
+}
+
+int
+router_cascade_escalate(double escalation, double at)
+{
+    return !(escalation < at);
+}

@@ -113,6 +113,23 @@ enum router_policy_kind {
 size_t router_policy_pick(enum router_policy_kind kind, const struct router_tier *tiers,
                           size_t n_tiers, double threshold, const struct router_scores *s);
 
+/* The cascade's steps for a prompt scored `score`: the fast tier alone below `low`, the
+ * strong tier alone at or above `high`, in between the fast tier first, its answer
+ * re-sent to the strong one when its escalation score is at or above the cut
+ * (router_cascade_escalate). */
+enum router_cascade_step {
+    ROUTER_CASCADE_FAST,   /* clearly easy */
+    ROUTER_CASCADE_TRY,    /* the band: fast first, maybe escalated */
+    ROUTER_CASCADE_STRONG, /* clearly hard */
+};
+
+/* Returns the step for score (NAN counts as the band) and the band [low, high). */
+enum router_cascade_step router_cascade_pick(double score, double low, double high);
+
+/* Returns 1 when an answer with escalation score `escalation` is re-sent to the strong
+ * tier (escalation >= at; NAN escalates), else 0. */
+int router_cascade_escalate(double escalation, double at);
+
 /* ---- holding a strong share online ------------------------------------------- */
 
 /* A route's recent scores, for cutting at a target share of them (share.c). One per

@@ -718,6 +718,24 @@ test_escalation_default(void **state)
     router_model_unref(m);
 }
 
+static void
+test_cascade_band(void **state)
+{
+    /* [low, high) is the band; below easy, at or above hard */
+    assert_int_equal(router_cascade_pick(0.39999, 0.4, 0.7), ROUTER_CASCADE_FAST);
+    assert_int_equal(router_cascade_pick(0.4, 0.4, 0.7), ROUTER_CASCADE_TRY);
+    assert_int_equal(router_cascade_pick(0.69999, 0.4, 0.7), ROUTER_CASCADE_TRY);
+    assert_int_equal(router_cascade_pick(0.7, 0.4, 0.7), ROUTER_CASCADE_STRONG);
+    assert_int_equal(router_cascade_pick(0.5, 0.5, 0.5), ROUTER_CASCADE_STRONG); /* no band */
+    assert_int_equal(router_cascade_pick(NAN, 0.4, 0.7), ROUTER_CASCADE_TRY);
+    /* escalated at or above the cut; an unknown score escalates */
+    assert_int_equal(router_cascade_escalate(0.5, 0.5), 1);
+    assert_int_equal(router_cascade_escalate(0.49999, 0.5), 0);
+    assert_int_equal(router_cascade_escalate(NAN, 0.5), 1);
+    assert_int_equal(router_cascade_escalate(0.0, 0.0), 1);
+    assert_int_equal(router_cascade_escalate(0.999, 1.0), 0);
+}
+
 int
 main(void)
 {
@@ -734,6 +752,7 @@ main(void)
         cmocka_unit_test(test_train_from_features),
         cmocka_unit_test(test_escalation_learned),
         cmocka_unit_test(test_escalation_default),
+        cmocka_unit_test(test_cascade_band),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     router_thread_cleanup();
