@@ -14,9 +14,10 @@
 enum { SRC_FEEDBACK, SRC_JUDGE, SRC_OFFLINE, SRC_N };
 static const char *const source_names[SRC_N] = {"feedback", "judge", "offline"};
 
-/* A client request row (r or c) is one whose kind is neither shadow nor judge. */
-#define CLIENT_R "(r.kind IS NULL OR r.kind NOT IN ('shadow', 'judge'))"
-#define CLIENT_C "(c.kind IS NULL OR c.kind NOT IN ('shadow', 'judge'))"
+/* A client request row (r or c) is one whose kind is neither shadow, judge nor cascade (an
+ * escalated request's fast call). */
+#define CLIENT_R "(r.kind IS NULL OR r.kind NOT IN ('shadow', 'judge', 'cascade'))"
+#define CLIENT_C "(c.kind IS NULL OR c.kind NOT IN ('shadow', 'judge', 'cascade'))"
 
 /* A client request c with something to train on, and what groups it: its text, else
  * (store_prompts = features) its prompt hash, or its own id when it has none. */

@@ -16,7 +16,7 @@
 #define STATS_RECENT 20  /* recent errors listed */
 
 /* Row kinds as the scan numbers them, and the label sources, in "learning" order. */
-enum { LEARN_CLIENT, LEARN_SHADOW, LEARN_JUDGE };
+enum { LEARN_CLIENT, LEARN_SHADOW, LEARN_JUDGE, LEARN_CASCADE };
 static const char *const sources[3] = {"feedback", "judge", "offline"};
 
 int
@@ -324,8 +324,8 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     uint64_t hist[STATS_BINS] = {0}, routed = 0, total = 0, errors = 0;
     uint64_t costed = 0;
     double baseline = 0, costed_actual = 0, cost_total = 0;
-    uint64_t calls[3] = {0}, labels[3] = {0}; /* [kind] / [source]: see LEARN_* */
-    double calls_cost[3] = {0};
+    uint64_t calls[4] = {0}, labels[3] = {0}; /* [kind] / [source]: see LEARN_* */
+    double calls_cost[4] = {0};
     int64_t tin_total = 0, tout_total = 0;
     uint64_t backend_errors = 0, client_errors = 0, fallbacks = 0;
     struct keys ks = {0};
@@ -362,7 +362,7 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
                            " ifnull(latency_ms, " NO_VALUE "), ifnull(ttfb_ms, " NO_VALUE "),"
                            " ifnull(tokens_in, -1), ifnull(tokens_out, -1), cost_usd,"
                            " ifnull(score, " NO_VALUE "), started_ms, id,"
-                           " CASE kind WHEN 'shadow' THEN 1 WHEN 'judge' THEN 2 ELSE 0 END,"
+                           " CASE kind WHEN 'shadow' THEN 1 WHEN 'judge' THEN 2 WHEN 'cascade' THEN 3 ELSE 0 END,"
                            /* the backend's own error: a 5xx (not ours: shutdown, internal),
                             * or a stream it cut; a 4xx is the client's */
                            " CASE WHEN backend IS NULL OR (status >= 400 AND status < 500)"
@@ -495,7 +495,7 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
                            "SELECT r.backend, count(*), avg(f.score) FROM feedback f"
                            " CROSS JOIN requests r ON r.request_id = f.request_id"
                            " WHERE f.created_ms >= ? AND r.started_ms >= ? AND r.started_ms <= ?"
-                           " AND (r.kind IS NULL OR r.kind NOT IN ('shadow', 'judge'))"
+                           " AND (r.kind IS NULL OR r.kind NOT IN ('shadow', 'judge', 'cascade'))"
                            " GROUP BY r.backend",
                            -1, &st, NULL) != SQLITE_OK)
         goto dberr;
@@ -624,6 +624,10 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
                             json_pack("{s:I, s:o}", "requests", (json_int_t)fallbacks, "pairs",
                                       pairs)) < 0 ||
         json_object_set_new(out, "keys", keys) < 0 ||
+        json_object_set_new(out, "escalations",
+                            json_pack("{s:I, s:f}", "fast_calls",
+                                      (json_int_t)calls[LEARN_CASCADE], "cost_usd",
+                                      calls_cost[LEARN_CASCADE])) < 0 ||
         json_object_set_new(
             out, "learning",
             json_pack("{s:I, s:f, s:I, s:f, s:{s:I, s:I, s:I}}", "shadow_calls",

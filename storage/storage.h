@@ -60,9 +60,11 @@ struct storage_record {
     char *request_id;
     char *kind;               /* NULL or "client": a client request; "shadow": the client
                                * request's prompt sent to another backend; "judge": a
-                               * backend grading an answer. Other values count as client */
-    char *parent_id;          /* shadow/judge: the request_id of the client request whose
-                               * prompt they answered or graded; NULL otherwise */
+                               * backend grading an answer; "cascade": the fast call of an
+                               * escalated request (policy cascade). Other values count as
+                               * client */
+    char *parent_id;          /* shadow/judge/cascade: the request_id of the client request
+                               * whose prompt they answered or graded; NULL otherwise */
     int64_t started_ms;       /* Unix time, ms */
     int64_t finished_ms;
     char *key_id;             /* client key name, never the key */

@@ -571,6 +571,13 @@
     $('kpi-labels-note').textContent = ln
       ? `${fmtUSD((ln.shadow_cost_usd || 0) + (ln.judge_cost_usd || 0))} on ${fmtInt((ln.shadow_calls || 0) + (ln.judge_calls || 0))} shadow + judge calls`
       : '';
+    // the cascade (since the daemon started): escalation rate, what the escalated fast
+    // calls cost and what the served fast answers saved
+    const cs = d.cascade;
+    $('kpi-cascade').textContent = cs && cs.judged ? fmtPct(cs.escalation_rate) : '–';
+    $('kpi-cascade-note').textContent = cs && cs.judged
+      ? `of ${fmtInt(cs.judged)} · cost ${fmtUSD(cs.escalation_cost_usd)} · saved ${fmtUSD(cs.saved_usd)}`
+      : 'no cascade yet';
   }
 
   function render(d) {
