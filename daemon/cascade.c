@@ -14,21 +14,23 @@
 
 void
 daemon__cascade_route(struct daemon_request *rq, const json_t *root,
-                      const struct router_scores *sc)
+                      const struct router_scores *sc, int fast, int strong)
 {
     const struct conf *c = rq->snap->conf;
 
+    rq->cascade_fast = fast;
+    rq->cascade_strong = strong;
     switch (router_cascade_pick(sc->score, c->cascade_low, c->cascade_high)) {
     case ROUTER_CASCADE_FAST:
-        rq->backend = (int)c->tiers[0].backend;
+        rq->backend = fast;
         rq->route_reason = "cascade_easy";
         break;
     case ROUTER_CASCADE_STRONG:
-        rq->backend = (int)c->tiers[c->n_tiers - 1].backend;
+        rq->backend = strong;
         rq->route_reason = "cascade_hard";
         break;
     case ROUTER_CASCADE_TRY:
-        rq->backend = (int)c->tiers[0].backend;
+        rq->backend = fast;
         rq->route_reason = "cascade";
         rq->cascade = DAEMON_CASCADE_FAST;
         /* the answer is held whole until judged: the fast call is never a stream */
@@ -218,7 +220,7 @@ daemon__cascade_fast_done(struct daemon_request *rq, enum upstream_error err)
         daemon__cascade_count(rq, 1, tin, tout);
         rq->cascade = DAEMON_CASCADE_ESCALATED;
         rq->stream = rq->cascade_stream;
-        rq->backend = (int)c->tiers[c->n_tiers - 1].backend;
+        rq->backend = rq->cascade_strong;
         rq->first_backend = rq->backend;
         rq->attempt = 0;
         rq->fallback_pos = 0;
@@ -294,8 +296,8 @@ void
 daemon__cascade_count(const struct daemon_request *rq, int escalated, int64_t tin, int64_t tout)
 {
     const struct conf *c = rq->snap->conf;
-    const struct conf_backend *f = &c->backends[c->tiers[0].backend];
-    const struct conf_backend *s = &c->backends[c->tiers[c->n_tiers - 1].backend];
+    const struct conf_backend *f = &c->backends[rq->cascade_fast];
+    const struct conf_backend *s = &c->backends[rq->cascade_strong];
     double in = tin > 0 ? (double)tin : 0, out = tout > 0 ? (double)tout : 0;
     double fast = (in * f->price_input + out * f->price_output) / 1e6;
 

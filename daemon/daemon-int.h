@@ -228,6 +228,7 @@ struct daemon_request {
     int cascade;             /* DAEMON_CASCADE_*: where the request is in the cascade */
     int cascade_stream;      /* the client asked for SSE (rq->stream is 0 while held) */
     int cascade_logprobs;    /* the client asked for logprobs itself: kept in the answer */
+    int cascade_fast, cascade_strong; /* the two tiers' backends (indices in conf) */
     double escalation;       /* the fast answer's escalation score; NAN when none */
     int64_t fast_started_ms; /* unix ms: the fast call's start */
     uint64_t fast_t0_ns;     /* monotonic: the same */
@@ -407,7 +408,7 @@ enum daemon_cascade_next {
  * borrowed): sets rq->backend and route_reason; in the band, rq->cascade and holds the
  * answer (rq->stream 0 until it is judged). */
 void daemon__cascade_route(struct daemon_request *rq, const json_t *root,
-                           const struct router_scores *sc);
+                           const struct router_scores *sc, int fast, int strong);
 /* Rewrites the fast call's body (req, a copy the caller owns): no stream, logprobs asked. */
 void daemon__cascade_fast_body(const struct daemon_request *rq, json_t *req);
 /* The fast call ended (err, rq->up_status, rq->up_body): judges the answer. Escalating

@@ -1317,8 +1317,9 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
                           "The request has no text the router can score");
         return -1;
     }
-    if (c->policy == CONF_POLICY_CASCADE) {
-        daemon__cascade_route(rq, root, &sc);
+    /* the cascade holds and reads chat completions; other paths route by threshold */
+    if (c->policy == CONF_POLICY_CASCADE && rq->api->id == DAEMON_API_CHAT && ts->n == 2) {
+        daemon__cascade_route(rq, root, &sc, (int)ts->backend[0], (int)ts->backend[1]);
         rq->score = sc.score;
         return 0;
     }
