@@ -96,7 +96,7 @@ budget_settle(double reserved, double actual)
 {
     pthread_mutex_lock(&budget.lock);
     budget.reserved -= reserved;
-    if (budget.reserved < 0)
+    if (budget.reserved < 1e-12) /* no calls running: no rounding residue either */
         budget.reserved = 0;
     if (utc_day() == budget.day)
         budget.spent += actual;

@@ -719,6 +719,11 @@ metrics_render(struct metrics *m, size_t *len)
         put(&b, "triage_learning_spend_usd ");
         put_double(&b, g.learn_spent_usd);
         put(&b, "\n");
+        put_family(&b, "triage_learning_reserved_usd", "gauge",
+                   "Spend reserved by the shadow and judge calls running now.");
+        put(&b, "triage_learning_reserved_usd ");
+        put_double(&b, g.learn_reserved_usd);
+        put(&b, "\n");
         put_family(&b, "triage_learning_budget_usd", "gauge",
                    "The daily cap on shadow + judge spend.");
         put(&b, "triage_learning_budget_usd ");
@@ -893,6 +898,7 @@ server_gauges(struct metrics_gauges *g)
     snprintf(g->model_version, sizeof(g->model_version), "%s", dg.model_version);
     g->learn_budget_usd = dg.learn_budget_usd;
     g->learn_spent_usd = dg.learn.spent_today_usd;
+    g->learn_reserved_usd = dg.learn.reserved_usd;
     g->learn_shadow_calls = dg.learn.shadow_calls;
     g->learn_judge_calls = dg.learn.judge_calls;
     g->learn_labels = dg.learn.labels;

@@ -63,6 +63,7 @@ struct metrics_gauges {
      * learn_budget_usd > 0 (learning configured) */
     double learn_budget_usd;   /* the daily cap */
     double learn_spent_usd;    /* settled this UTC day */
+    double learn_reserved_usd; /* reserved by the calls running now */
     uint64_t learn_shadow_calls, learn_judge_calls, learn_labels, learn_judge_unparseable,
         learn_failed, learn_dropped_queue, learn_dropped_budget, learn_dropped_busy;
     uint64_t learn_judged, learn_retrains, learn_promotions;

@@ -250,8 +250,20 @@ test_budget(void)
     while (metric(port, "triage_learning_dropped_total{reason=\"budget\"} ") <= 0 &&
            h_now_ms() - t0 < WAIT_MS)
         usleep(50 * 1000);
+    /* calls still running settle after the first drop: compare with the log once none
+     * is (nothing reserved, the spend unchanged over two reads) */
+    double spent = -1;
+    for (;;) {
+        double reserved = metric(port, "triage_learning_reserved_usd ");
+        double now = metric(port, "triage_learning_spend_usd ");
+        if ((reserved == 0 && now == spent) || h_now_ms() - t0 >= WAIT_MS) {
+            spent = now;
+            break;
+        }
+        spent = reserved == 0 ? now : -1;
+        usleep(200 * 1000);
+    }
     double dropped = metric(port, "triage_learning_dropped_total{reason=\"budget\"} ");
-    double spent = metric(port, "triage_learning_spend_usd ");
     stop(pid);
     double logged = (double)query("budget", "SELECT CAST(round(sum(cost_usd) * 1e9) AS INTEGER)"
                                             " FROM requests WHERE kind IN ('shadow', 'judge')") /
