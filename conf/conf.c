@@ -13,8 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include <jansson.h>
 
+#include "config.h"
 #include "conf.h"
 
 enum conf_type {
@@ -905,6 +908,32 @@ resolve_path(const char *conf_path, char **field, int uri)
     *field = joined;
 }
 
+/* [learning] base_data when the file does not set it: the labelled sets the shipped
+ * model is trained from (tools/train_default.sh), in the source tree when triage runs
+ * from one, else where they are installed. */
+static void
+default_base_data(struct conf *c)
+{
+    static const char *const sets[] = {"routellm_mmlu.jsonl.gz", "mmlu_pro.jsonl.gz",
+                                       "llmrouter_train.jsonl.gz", "math_train.jsonl.gz"};
+    const char *dir = access(TRIAGE_SOURCE_ROOT "/data/routellm_mmlu.jsonl.gz", R_OK) == 0
+                          ? TRIAGE_SOURCE_ROOT "/data"
+                          : TRIAGE_DATADIR "/data";
+    size_t n = sizeof(sets) / sizeof(sets[0]);
+
+    c->base_data = calloc(n, sizeof(*c->base_data));
+    if (!c->base_data)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(dir) + 1 + strlen(sets[i]) + 1;
+        c->base_data[i] = malloc(len);
+        if (!c->base_data[i])
+            abort();
+        snprintf(c->base_data[i], len, "%s/%s", dir, sets[i]);
+    }
+    c->n_base_data = n;
+}
+
 struct conf *
 conf_load(const char *path, char *err, size_t errlen)
 {
@@ -944,7 +973,9 @@ conf_load_flags(const char *path, unsigned flags, char *err, size_t errlen)
     resolve_path(path, &p.c->keys_file, 0);
     resolve_path(path, &p.c->admin_keys_file, 0);
     resolve_path(path, &p.c->models_dir, 0);
-    if (p.base_data) {
+    if (!p.base_data)
+        default_base_data(p.c);
+    else if (strcmp(p.base_data, "none") != 0) {
         p.c->n_base_data = split_list(p.base_data, &p.c->base_data);
         for (size_t i = 0; i < p.c->n_base_data; i++)
             resolve_path(path, &p.c->base_data[i], 0);

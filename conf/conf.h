@@ -143,7 +143,8 @@ struct conf {
     double shadow_budget_usd_per_day; /* cap on shadow + judge spend per UTC day */
     uint32_t learn_max_concurrent;    /* shadow + judge calls in flight (learning thread) */
     uint32_t retrain_every;    /* judged prompts between automatic retrains; 0 = never */
-    char **base_data;          /* labelled JSONL(.gz) files a retrain adds to the log's */
+    char **base_data;          /* labelled JSONL(.gz) files a retrain adds to the log's
+                                * [the shipped sets; "none" = none] */
     size_t n_base_data;
     char *models_dir;          /* where retrained models are kept [beside the log: models/] */
     double promote_margin;     /* a challenger's held-out APGR must beat the champion's by this */

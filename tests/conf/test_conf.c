@@ -96,7 +96,10 @@ test_defaults(void **state)
     assert_int_equal(c->retrain_every, 500);
     assert_true(c->promote_margin == 0.01);
     assert_int_equal(c->min_holdout, 50);
-    assert_int_equal(c->n_base_data, 0);
+    /* a retrain learns from the shipped sets too unless told otherwise */
+    assert_int_equal(c->n_base_data, 4);
+    assert_non_null(strstr(c->base_data[0], "/data/routellm_mmlu.jsonl.gz"));
+    assert_non_null(strstr(c->base_data[3], "/data/math_train.jsonl.gz"));
     assert_true(c->strong_share < 0);
     assert_null(c->db_path);
     assert_int_equal(c->n_aliases, 1);
@@ -174,6 +177,18 @@ test_values_and_lists(void **state)
     /* relative paths are resolved against the config file's folder */
     assert_string_equal(c->model_path, "/tmp/models/x.tmod");
     assert_string_equal(c->db_path, "/tmp/state/t.db");
+    conf_destroy(c);
+
+    /* base_data: a list resolved like any path, or none at all */
+    c = load(MINIMAL "[learning]\nbase_data = a.jsonl, /abs/b.jsonl.gz\n", err, sizeof(err));
+    assert_non_null(c);
+    assert_int_equal(c->n_base_data, 2);
+    assert_string_equal(c->base_data[0], "/tmp/a.jsonl");
+    assert_string_equal(c->base_data[1], "/abs/b.jsonl.gz");
+    conf_destroy(c);
+    c = load(MINIMAL "[learning]\nbase_data = none\n", err, sizeof(err));
+    assert_non_null(c);
+    assert_int_equal(c->n_base_data, 0);
     conf_destroy(c);
 }
 
