@@ -458,6 +458,8 @@ void daemon__retrain_stop(void);
 const char *daemon__retrain_champion_path(const struct conf *c, char *buf, size_t len);
 /* Retrains run and promotions made since start. */
 void daemon__retrain_gauges(uint64_t *runs, uint64_t *promotions);
+/* Returns 1 while an automatic retrain is training or evaluating. Thread-safe. */
+int daemon__retrain_running(void);
 
 /* mhd_errors.c: libmicrohttpd's own error pages become JSON. Resolves the library's
  * function once (at start: it also links the file in). Returns 0 or -1. */

@@ -28,6 +28,7 @@ struct outcome_job {
     size_t n_prices;
     json_t *result;
     char err[512];
+    char serving[80];      /* the model version the snapshot routes with */
 };
 
 static void
@@ -167,6 +168,34 @@ daemon__feedback(struct daemon_request *rq)
 
 /* ---- stats ---- */
 
+/* Adds section "models" to a stats reply: the version served, the automatic retrains,
+ * and the registry's versions and changes of champion over time (storage_model_timeline).
+ * A registry that cannot be read leaves its lists empty and says why in "error". */
+static void
+add_models(json_t *stats, const char *db_path, const char *serving)
+{
+    uint64_t runs, promotions;
+    char err[256];
+    json_t *timeline = storage_model_timeline(db_path, err, sizeof(err));
+
+    daemon__retrain_gauges(&runs, &promotions);
+    json_t *m = json_pack("{s:s, s:I, s:I, s:b}", "serving", serving, "retrains", (json_int_t)runs,
+                          "promotions", (json_int_t)promotions, "retraining",
+                          daemon__retrain_running());
+    if (!m)
+        abort(); /* out of memory */
+    if (timeline) {
+        json_object_update(m, timeline);
+        json_decref(timeline);
+    } else {
+        json_object_set_new(m, "versions", json_array());
+        json_object_set_new(m, "changes", json_array());
+        json_object_set_new(m, "error", json_string(err));
+    }
+    if (json_object_set_new(stats, "models", m) < 0)
+        abort();
+}
+
 static void
 stats_work(uv_work_t *w)
 {
@@ -174,6 +203,8 @@ stats_work(uv_work_t *w)
 
     j->result = storage_stats(storage_path(daemon__storage()), j->window, j->prices, j->n_prices,
                               0, j->err, sizeof(j->err));
+    if (j->result)
+        add_models(j->result, storage_path(daemon__storage()), j->serving);
 }
 
 /* The routes holding a share, live (not from the log): per tier its backend, the target
@@ -266,6 +297,7 @@ daemon__stats(struct daemon_request *rq)
     if (!j)
         abort();
     snprintf(j->window, sizeof(j->window), "%s", window);
+    snprintf(j->serving, sizeof(j->serving), "%s", rq->snap->model ? router_model_version(rq->snap->model) : "");
     j->n_prices = c->n_backends;
     j->prices = calloc(c->n_backends ? c->n_backends : 1, sizeof(*j->prices));
     if (!j->prices)

@@ -393,3 +393,12 @@ daemon__retrain_gauges(uint64_t *runs, uint64_t *promotions)
     *runs = atomic_load(&rt.runs);
     *promotions = atomic_load(&rt.promotions);
 }
+
+int
+daemon__retrain_running(void)
+{
+    pthread_mutex_lock(&rt.lock);
+    int running = rt.running && !atomic_load(&rt.done);
+    pthread_mutex_unlock(&rt.lock);
+    return running;
+}

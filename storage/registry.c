@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <sqlite3.h>
@@ -478,4 +479,95 @@ fail:
     sqlite3_finalize(st);
     sqlite3_close(db);
     return n;
+}
+
+/* ---- versions over time (/v1/stats "models") --------------------------------------- */
+
+#define TIMELINE_MAX 200 /* versions listed at most, newest first */
+
+static void
+oom(void)
+{
+    fputs("triage: out of memory\n", stderr);
+    abort();
+}
+
+struct timeline {
+    struct storage_model_info *v;
+    size_t n;
+};
+
+static int
+timeline_add(const struct storage_model_info *m, void *arg)
+{
+    struct timeline *t = arg;
+
+    t->v[t->n++] = *m;
+    return t->n == TIMELINE_MAX;
+}
+
+static json_t *
+real_or_null(double x)
+{
+    return isnan(x) ? json_null() : json_real(x);
+}
+
+/* Orders changes by time, oldest first. */
+static int
+cmp_promoted(const void *a, const void *b)
+{
+    const struct storage_model_info *x = *(const struct storage_model_info *const *)a,
+                                    *y = *(const struct storage_model_info *const *)b;
+    return x->promoted_ms < y->promoted_ms ? -1 : x->promoted_ms > y->promoted_ms;
+}
+
+json_t *
+storage_model_timeline(const char *db_path, char *err, size_t errlen)
+{
+    struct timeline t = {calloc(TIMELINE_MAX, sizeof(*t.v)), 0};
+    const struct storage_model_info **changed = calloc(TIMELINE_MAX, sizeof(*changed));
+    json_t *versions = json_array(), *changes = json_array(), *out = NULL;
+    size_t n_changed = 0;
+
+    if (!t.v || !changed || !versions || !changes)
+        oom();
+    if (storage_model_list(db_path, timeline_add, &t, err, errlen) < 0)
+        goto done;
+    for (size_t i = 0; i < t.n; i++) {
+        const struct storage_model_info *m = &t.v[i];
+        json_t *row = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:o, s:o, s:o, s:o}", "version",
+                                m->version, "status", m->status, "source", m->source, "parent",
+                                m->parent, "created_ms", (json_int_t)m->created_ms, "promoted_ms",
+                                (json_int_t)m->promoted_ms, "train_examples",
+                                m->train_examples < 0 ? json_null() : json_integer(m->train_examples),
+                                "holdout_n",
+                                m->holdout_n < 0 ? json_null() : json_integer(m->holdout_n), "apgr",
+                                real_or_null(m->apgr), "parent_apgr", real_or_null(m->parent_apgr));
+        if (!row || json_array_append_new(versions, row) < 0)
+            oom();
+        if (m->promoted_ms > 0)
+            changed[n_changed++] = m;
+    }
+    /* The registry keeps each version's latest promotion: a change back to a version
+     * after a newer one had served is a rollback (or a manual promote of an old one). */
+    qsort(changed, n_changed, sizeof(*changed), cmp_promoted);
+    for (size_t i = 0; i < n_changed; i++) {
+        int back = 0;
+        for (size_t k = 0; k < i && !back; k++)
+            back = changed[k]->created_ms > changed[i]->created_ms;
+        json_t *row = json_pack("{s:I, s:s, s:s}", "ms", (json_int_t)changed[i]->promoted_ms,
+                                "version", changed[i]->version, "kind",
+                                back ? "rollback" : i == 0 ? "first" : "promotion");
+        if (!row || json_array_append_new(changes, row) < 0)
+            oom();
+    }
+    out = json_pack("{s:O, s:O}", "versions", versions, "changes", changes);
+    if (!out)
+        oom();
+done:
+    json_decref(versions);
+    json_decref(changes);
+    free(changed);
+    free(t.v);
+    return out;
 }

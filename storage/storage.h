@@ -310,4 +310,11 @@ typedef int storage_model_fn(const struct storage_model_info *m, void *arg); /* 
 int storage_model_list(const char *db_path, storage_model_fn *fn, void *arg, char *err,
                        size_t errlen);
 
+/* The registry over time, for /v1/stats: returns a new object {"versions": [every
+ * version's row, newest first, at most 200], "changes": [{"ms", "version", "kind"}, oldest
+ * first: when each version last became champion; kind "first", "promotion", or
+ * "rollback" when a newer model had served before]}, or NULL with err (also for a
+ * missing database file). Any thread. */
+json_t *storage_model_timeline(const char *db_path, char *err, size_t errlen);
+
 #endif

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 #include <sqlite3.h>
 
 #include "fixture.h"
@@ -308,6 +309,62 @@ test_rollback_order(void **state)
     assert_int_equal(count_status(f->path, "retired"), 3);
 }
 
+/* storage_model_timeline: every version, newest first, and the changes of champion in
+ * time order, a change back to an older model after a newer one served named a rollback. */
+static void
+test_timeline(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+
+    add(f->path, model("A", "", "shipped", "champion", 1000));
+    struct storage_model_info b = model("B", "A", "retrain", "candidate", 2000);
+    b.apgr = 0.66;
+    b.parent_apgr = 0.6;
+    b.holdout_n = 120;
+    b.train_examples = 39000;
+    add(f->path, b);
+    assert_int_equal(storage_model_promote(f->path, "B", err, sizeof(err)), 0);
+    add(f->path, model("C", "B", "retrain", "candidate", 3000));
+    assert_int_equal(storage_model_promote(f->path, "C", err, sizeof(err)), 0);
+    add(f->path, model("D", "C", "retrain", "candidate", 4000)); /* never served */
+    assert_int_equal(storage_model_rollback(f->path, NULL, err, sizeof(err)), 0); /* C -> B */
+
+    json_t *t = storage_model_timeline(f->path, err, sizeof(err));
+    if (!t)
+        fail_msg("storage_model_timeline: %s", err);
+    json_t *v = json_object_get(t, "versions"), *c = json_object_get(t, "changes");
+    assert_int_equal(json_array_size(v), 4);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(v, 0), "version")), "D");
+    json_t *row_b = json_array_get(v, 2);
+    assert_string_equal(json_string_value(json_object_get(row_b, "version")), "B");
+    assert_string_equal(json_string_value(json_object_get(row_b, "status")), "champion");
+    assert_string_equal(json_string_value(json_object_get(row_b, "parent")), "A");
+    assert_true(json_real_value(json_object_get(row_b, "apgr")) == 0.66);
+    assert_int_equal(json_integer_value(json_object_get(row_b, "holdout_n")), 120);
+    assert_true(json_is_null(json_object_get(json_array_get(v, 0), "apgr")));
+    assert_true(json_is_null(json_object_get(json_array_get(v, 0), "holdout_n")));
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(v, 0), "promoted_ms")), 0);
+
+    /* A first, C promoted, then B back: D never served and makes no change */
+    static const char *const want[][2] = {{"A", "first"}, {"C", "promotion"}, {"B", "rollback"}};
+    assert_int_equal(json_array_size(c), 3);
+    for (size_t i = 0; i < 3; i++) {
+        json_t *e = json_array_get(c, i);
+        assert_string_equal(json_string_value(json_object_get(e, "version")), want[i][0]);
+        assert_string_equal(json_string_value(json_object_get(e, "kind")), want[i][1]);
+        if (i)
+            assert_true(json_integer_value(json_object_get(e, "ms")) >
+                        json_integer_value(json_object_get(json_array_get(c, i - 1), "ms")));
+    }
+    json_decref(t);
+
+    /* no database: an error, not a crash */
+    err[0] = '\0';
+    assert_null(storage_model_timeline("/nonexistent/t.db", err, sizeof(err)));
+    assert_true(err[0] != '\0');
+}
+
 static void
 test_rollback_nothing(void **state)
 {
@@ -584,6 +641,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_promote, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rollback_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rollback_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_timeline, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrate_from_v4, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid, setup, teardown),
