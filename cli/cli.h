@@ -33,4 +33,7 @@ void cli_progress_update(struct cli_progress *p, unsigned long done);
 /* Finishes the bar and moves to a new line. */
 void cli_progress_end(struct cli_progress *p);
 
+/* `triage demo --learn` (demo_learn.c): cmd_demo.c hands it the whole argv. */
+int cli_demo_learn(int argc, char **argv);
+
 #endif

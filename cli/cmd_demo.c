@@ -619,6 +619,8 @@ usage(FILE *f)
             "  --svg FILE           where to write the curve (default triage-demo.svg)\n"
             "  --api-key KEY        client key, if triaged needs one (or $TRIAGE_API_KEY)\n"
             "  --timeout-ms N       per request (default 600000)\n"
+            "  --learn              the learning loop instead: a triaged of its own labels\n"
+            "                       and retrains as GSM8K flows (triage demo --learn --help)\n"
             "\n"
             "Offline, with the example config:\n"
             "  triage replay --answers mixtral-8x7b-instruct --port 9001 --ms-per-token 2 &\n"
@@ -691,6 +693,9 @@ cli_demo(int argc, char **argv)
     char err[512];
     int ch, rc = 1;
 
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--learn"))
+            return cli_demo_learn(argc, argv);
     optind = 1;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
