@@ -207,6 +207,47 @@ print_table(const char *db, json_t *j)
     }
 }
 
+/* The model registry over time (storage_model_timeline): each change of champion, then
+ * the versions with their held-out metrics. */
+static void
+print_models(json_t *models)
+{
+    json_t *changes = json_object_get(models, "changes"), *versions = json_object_get(models, "versions");
+    char t[32], apgr[32], delta[48], n[24];
+    size_t i;
+    json_t *v;
+
+    printf("\nmodel versions: %zu; changes of champion%s\n", json_array_size(versions),
+           json_array_size(changes) ? " (each version's latest)" : ": none");
+    json_array_foreach(changes, i, v) {
+        fmt_time(t, sizeof(t), (int64_t)num(v, "ms"));
+        printf("  %s  %-9s -> %s\n", t, json_string_value(json_object_get(v, "kind")),
+               json_string_value(json_object_get(v, "version")));
+    }
+    if (!json_array_size(versions))
+        return;
+    printf("  %-18s %-9s %-7s %-19s %8s %18s %8s\n", "version", "status", "source", "created",
+           "APGR", "vs parent", "held out");
+    json_array_foreach(versions, i, v) {
+        json_t *a = json_object_get(v, "apgr"), *pa = json_object_get(v, "parent_apgr");
+        fmt_time(t, sizeof(t), (int64_t)num(v, "created_ms"));
+        snprintf(apgr, sizeof(apgr), json_is_number(a) ? "%.3f" : "-", json_number_value(a));
+        if (json_is_number(a) && json_is_number(pa))
+            snprintf(delta, sizeof(delta), "%+.3f (%.8s)", json_number_value(a) - json_number_value(pa),
+                     json_string_value(json_object_get(v, "parent")));
+        else
+            snprintf(delta, sizeof(delta), "-");
+        if (json_is_number(json_object_get(v, "holdout_n")))
+            snprintf(n, sizeof(n), "%.0f", num(v, "holdout_n"));
+        else
+            snprintf(n, sizeof(n), "-");
+        printf("  %-18s %-9s %-7s %-19s %8s %18s %8s\n",
+               json_string_value(json_object_get(v, "version")),
+               json_string_value(json_object_get(v, "status")),
+               json_string_value(json_object_get(v, "source")), t, apgr, delta, n);
+    }
+}
+
 int
 cli_stats(int argc, char **argv)
 {
@@ -305,11 +346,18 @@ cli_stats(int argc, char **argv)
         cli_errorf("stats", "%s", err);
         goto done;
     }
+    /* the registry's versions over time, as /v1/stats "models" has them (without the
+     * running daemon's counters); an outcome log without one has none */
+    json_t *models = storage_model_timeline(db, err, sizeof(err));
+    if (models)
+        json_object_set_new(j, "models", models);
     if (as_json) {
         json_dumpf(j, stdout, JSON_INDENT(2));
         fputc('\n', stdout);
     } else {
         print_table(db, j);
+        if (models)
+            print_models(models);
     }
     json_decref(j);
     rc = fflush(stdout) == 0 ? 0 : 1;

@@ -320,7 +320,7 @@ write_config(struct learn *L, const char *path, unsigned port, unsigned judge_po
         fprintf(f, "threshold = %.17g\n", c->threshold);
     fprintf(f, "[storage]\npath = %s\nstore_prompts = full\nflush_interval_ms = 50\n", L->db);
     fprintf(f, "[learning]\nshadow_rate = %.17g\njudge = demo-judge\n"
-               "shadow_budget_usd_per_day = 10000\nmax_concurrent = 8\nretrain_every = %u\n"
+               "shadow_budget_usd_per_day = 10000\nmax_concurrent = 16\nretrain_every = %u\n"
                "min_holdout = %u\n",
             shadow_rate, L->step, L->min_holdout);
     if (base_data)

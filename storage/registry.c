@@ -549,7 +549,8 @@ storage_model_timeline(const char *db_path, char *err, size_t errlen)
             changed[n_changed++] = m;
     }
     /* The registry keeps each version's latest promotion: a change back to a version
-     * after a newer one had served is a rollback (or a manual promote of an old one). */
+     * after a newer one had served is a rollback (or a manual promote of an old one); a
+     * model without a parent (the shipped one) became champion "first". */
     qsort(changed, n_changed, sizeof(*changed), cmp_promoted);
     for (size_t i = 0; i < n_changed; i++) {
         int back = 0;
@@ -557,7 +558,9 @@ storage_model_timeline(const char *db_path, char *err, size_t errlen)
             back = changed[k]->created_ms > changed[i]->created_ms;
         json_t *row = json_pack("{s:I, s:s, s:s}", "ms", (json_int_t)changed[i]->promoted_ms,
                                 "version", changed[i]->version, "kind",
-                                back ? "rollback" : i == 0 ? "first" : "promotion");
+                                back                         ? "rollback"
+                                : changed[i]->parent[0] == '\0' ? "first"
+                                                                 : "promotion");
         if (!row || json_array_append_new(changes, row) < 0)
             oom();
     }

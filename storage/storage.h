@@ -312,8 +312,9 @@ int storage_model_list(const char *db_path, storage_model_fn *fn, void *arg, cha
 
 /* The registry over time, for /v1/stats: returns a new object {"versions": [every
  * version's row, newest first, at most 200], "changes": [{"ms", "version", "kind"}, oldest
- * first: when each version last became champion; kind "first", "promotion", or
- * "rollback" when a newer model had served before]}, or NULL with err (also for a
+ * first: when each version last became champion (an earlier reign of a version that
+ * came back is not kept); kind "rollback" when a newer model had served before, else
+ * "first" for a model without a parent, else "promotion"]}, or NULL with err (also for a
  * missing database file). Any thread. */
 json_t *storage_model_timeline(const char *db_path, char *err, size_t errlen);
 

@@ -541,6 +541,82 @@
     }
   }
 
+  /* Model versions over time (/v1/stats "models", storage/registry.c): which model served
+   * when, a marker where it changed, and the registry's versions with their held-out
+   * metrics. The registry keeps each version's latest promotion only, so a version that
+   * came back by a rollback shows its latest reign. */
+  function drawModels(d) {
+    const m = d.models;
+    const svg = $('chart-models');
+    const f = frame(svg, { left: 12, right: 12, top: 18, bottom: 22 });
+    const tbody = $('table-models').tBodies[0];
+    tbody.textContent = '';
+    const short = (v) => (v || '').slice(0, 8);
+    if (!m) {
+      $('models-hint').textContent = '';
+      legend($('models-legend'), []);
+      empty(svg, f, 'no model registry (the daemon runs without [storage])');
+      return emptyRow(tbody, 9, 'no model registry');
+    }
+    const versions = m.versions || [], changes = m.changes || [];
+    $('models-hint').textContent = `serving ${short(m.serving)} · ${fmtInt(m.retrains)} retrains, ` +
+      `${fmtInt(m.promotions)} promoted since start${m.retraining ? ' · retraining now' : ''}`;
+    const tl = d.timeline;
+    const t0 = tl ? tl.start_ms : d.from_ms, t1 = tl ? tl.start_ms + tl.buckets * tl.bucket_ms : d.to_ms;
+    const xOf = (t) => f.x0 + ((Math.min(Math.max(t, t0), t1) - t0) / (t1 - t0)) * (f.x1 - f.x0);
+    const colors = {};
+    changes.forEach((c) => {
+      if (!(c.version in colors)) colors[c.version] = PALETTE[Object.keys(colors).length % PALETTE.length];
+    });
+    legend($('models-legend'), [
+      { color: '#1f9d63', kind: 'dash', label: 'promotion' },
+      { color: '#d64545', kind: 'dash', label: 'rollback' }]);
+    /* each change starts a reign that lasts until the next one */
+    const band = add(svg, 'g', { class: 'reigns' });
+    const yTop = f.y1 + 8, h = Math.max(14, f.y0 - f.y1 - 16);
+    changes.forEach((c, i) => {
+      const from = c.ms, to = i + 1 < changes.length ? changes[i + 1].ms : t1;
+      if (to < t0 || from > t1) return;
+      const x = xOf(from), w = Math.max(1, xOf(to) - x);
+      tip(add(band, 'rect', { class: 'reign', 'data-version': c.version, x, y: yTop, width: w,
+                              height: h, fill: colors[c.version] }),
+          `${c.version}: champion from ${fmtClock(from, true)}`);
+      if (w > 64) add(band, 'text', { class: 'reign-label', x: x + 6, y: yTop + h / 2 + 4 }, short(c.version));
+    });
+    let shown = 0;
+    for (const c of changes) {
+      if (c.ms < t0 || c.ms > t1) continue;
+      const x = xOf(c.ms);
+      tip(add(svg, 'line', { class: `marker ${c.kind}`, x1: x, x2: x, y1: f.y1 - 6, y2: f.y0 }),
+          `${fmtClock(c.ms, true)} ${c.kind}: ${c.version}`);
+      add(svg, 'text', { x: x + 3, y: f.y1 + 2 }, c.kind === 'rollback' ? 'rollback' : c.kind === 'first' ? 'first' : 'promoted');
+      shown++;
+    }
+    if (tl) timeAxis(svg, f, tl, (k) => f.x0 + (k / tl.buckets) * (f.x1 - f.x0));
+    if (!changes.length) empty(svg, f, 'no model recorded yet');
+    else if (!shown && !band.firstChild) empty(svg, f, 'no change of model in this window');
+    const pad = (x) => (x == null ? '–' : x.toFixed(3));
+    const withDate = t1 - t0 > 86400000 || versions.some((v) => v.created_ms < t0);
+    for (const v of versions.slice(0, 8)) {
+      const tr = document.createElement('tr');
+      cell(tr, short(v.version), 'id vers');
+      const pill = document.createElement('span');
+      pill.className = 'pill ' + v.status;
+      pill.textContent = v.status;
+      cell(tr, pill);
+      cell(tr, v.source);
+      cell(tr, fmtClock(v.created_ms, withDate));
+      cell(tr, v.promoted_ms ? fmtClock(v.promoted_ms, withDate) : '–');
+      cell(tr, pad(v.apgr), 'num vers');
+      cell(tr, v.apgr != null && v.parent_apgr != null
+        ? `${v.apgr >= v.parent_apgr ? '+' : ''}${(v.apgr - v.parent_apgr).toFixed(3)} (${short(v.parent)})` : '–', 'num vers');
+      cell(tr, v.holdout_n == null ? '–' : fmtInt(v.holdout_n), 'num vers');
+      cell(tr, v.train_examples == null ? '–' : fmtInt(v.train_examples), 'num vers');
+      tbody.appendChild(tr);
+    }
+    if (!versions.length) emptyRow(tbody, 9, 'no model versions yet');
+  }
+
   function drawKpis(d, names) {
     const strong = strongName(d, names);
     const mins = d.window_ms / 60000;
@@ -593,6 +669,8 @@
     drawShares(d);
     drawErrors(d);
     drawFallbacks(d, names, colors);
+
+    drawModels(d);
     document.body.dataset.requests = d.requests;
     document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
   }

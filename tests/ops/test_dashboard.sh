@@ -175,7 +175,17 @@ else
     fail=1
 fi
 
-run_chromium --window-size=1280,1180 --screenshot="$outdir/dashboard.png" "$url" >/dev/null
+# model versions: a reign per change, a marker per change in the window, the rollback
+# named, and the registry's rows newest first
+count_in "model markers"       chart-models 'class="marker ' 3
+count_in "rollback marker"     chart-models 'class="marker rollback"' 1
+count_in "model reigns"        chart-models 'class="reign"' 3
+expect "models hint"           'serving 101de45d · 3 retrains, 2 promoted since start'
+count "model rows"             '<td class="id vers">' 4
+expect "newest version first"  '<td class="id vers">072604a0</td><td><span class="pill retired">retired</span></td><td>retrain</td>'
+expect "held-out delta"        '>+0.037 (a84c7543)<'
+
+run_chromium --window-size=1280,1500 --screenshot="$outdir/dashboard.png" "$url" >/dev/null
 if [ -s "$outdir/dashboard.png" ]; then
     echo "screenshot: $outdir/dashboard.png"
 else

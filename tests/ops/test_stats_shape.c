@@ -109,6 +109,40 @@ same_shape(const json_t *want, const json_t *got, const char *path)
     return bad;
 }
 
+/* The fixture's "models" lists have the shape storage_model_timeline gives a registry
+ * with the shipped model and a promoted retrain; the daemon's counters are there too. */
+static int
+models_shape(const char *dir, json_t *fixture_models)
+{
+    char path[128], err[256] = "";
+    struct storage_model_info m = {.version = "shipped1", .path = "/m/a.tmod", .source = "shipped",
+                                   .status = "champion", .train_examples = -1, .holdout_n = -1,
+                                   .apgr = NAN, .parent_apgr = NAN};
+
+    snprintf(path, sizeof(path), "%s/t.db", dir);
+    assert_int_equal(storage_model_add(path, &m, err, sizeof(err)), 0);
+    m = (struct storage_model_info){.version = "retrain1", .path = "/m/b.tmod", .parent = "shipped1",
+                                    .source = "retrain", .status = "candidate", .created_ms = NOW,
+                                    .train_examples = 39000, .holdout_n = 120, .apgr = 0.6,
+                                    .parent_apgr = 0.55};
+    assert_int_equal(storage_model_add(path, &m, err, sizeof(err)), 0);
+    assert_int_equal(storage_model_promote(path, "retrain1", err, sizeof(err)), 0);
+    json_t *live = storage_model_timeline(path, err, sizeof(err));
+    if (!live)
+        fail_msg("storage_model_timeline: %s", err);
+    int bad = 0;
+    static const char *const daemon_keys[] = {"serving", "retrains", "promotions", "retraining"};
+    for (size_t i = 0; i < 4; i++)
+        if (!json_object_get(fixture_models, daemon_keys[i]))
+            bad = 1, fprintf(stderr, ".models.%s: missing from the fixture\n", daemon_keys[i]);
+    json_t *lists = json_pack("{s:O, s:O}", "versions", json_object_get(fixture_models, "versions"),
+                              "changes", json_object_get(fixture_models, "changes"));
+    bad |= same_shape(lists, live, ".models");
+    json_decref(lists);
+    json_decref(live);
+    return bad;
+}
+
 static void
 test_fixture_matches_storage(void **state)
 {
@@ -180,7 +214,14 @@ test_fixture_matches_storage(void **state)
      * log's: tests/daemon/test_share.c pins its shape */
     assert_non_null(json_object_get(fixture, "share_routes"));
     json_object_del(fixture, "share_routes");
+    /* "models" is the daemon's (daemon/outcomes.c): its lists are the registry's
+     * storage_model_timeline, its counters the daemon's own */
+    json_t *fixture_models = json_incref(json_object_get(fixture, "models"));
+    assert_non_null(fixture_models);
+    json_object_del(fixture, "models");
     int bad = same_shape(fixture, live, "");
+    bad |= models_shape(dir, fixture_models);
+    json_decref(fixture_models);
     json_decref(fixture);
     json_decref(live);
 
