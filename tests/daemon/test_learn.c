@@ -363,6 +363,8 @@ test_retrain(const char *name, double margin, const char *store_prompts)
              "[storage]\npath = %s/%s.db\nstore_prompts = %s\nflush_interval_ms = 10\n"
              "[learning]\nshadow_rate = 1\njudge = judge\nretrain_every = 150\n"
              "min_holdout = 5\npromote_margin = %g\nmax_concurrent = 16\n"
+             /* the log alone: the shipped sets would make each retrain take seconds */
+             "base_data = none\n"
              "[backend fast]\nurl = http://127.0.0.1:%u/v1\nhead = weak\n"
              "[backend strong]\nurl = http://127.0.0.1:%u/v1\nhead = strong\n"
              "[backend judge]\nurl = http://127.0.0.1:%u/v1\n",
