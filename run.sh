@@ -4,6 +4,7 @@
 # with their recorded real answers) and `triaged` with the shipped default model and
 # example config. Ctrl-C stops all three. Then, in another terminal:
 #   build/cli/triage demo            # route the GSM8K test set and print the table
+#   build/cli/triage demo --learn    # the learning loop: labels, retrains, learning curve
 #   curl -s localhost:8080/v1/chat/completions -H 'content-type: application/json' \
 #        -d '{"model":"triage","messages":[{"role":"user","content":"What is 2+2?"}]}'
 set -euo pipefail
