@@ -75,6 +75,8 @@ struct learn {
     unsigned step, concurrency, min_holdout;
 };
 
+static volatile sig_atomic_t interrupted; /* Ctrl-C or SIGTERM: stop what runs, clean up */
+
 /* ---- data ---------------------------------------------------------------------------- */
 
 /* 1 or 0: whether model answered rec right, by its recorded "correct" flag, else by
@@ -477,7 +479,7 @@ send_items(struct learn *L, size_t from, size_t to)
     snprintf(url, sizeof(url), "%s/v1/chat/completions", L->url);
     for (unsigned i = 0; i < L->concurrency; i++)
         idle[i] = &jobs[i];
-    while (done < to) {
+    while (done < to && !interrupted) {
         while (n_idle && next < to) {
             struct job *j = idle[--n_idle];
             json_t *body = json_pack("{s:s,s:[{s:s,s:s}]}", "model", "triage", "messages", "role",
@@ -520,8 +522,10 @@ send_items(struct learn *L, size_t from, size_t to)
             curl_multi_poll(m, NULL, 0, 100, NULL);
     }
     for (unsigned i = 0; i < L->concurrency; i++) {
-        if (jobs[i].h)
+        if (jobs[i].h) {
+            curl_multi_remove_handle(m, jobs[i].h); /* still in flight when interrupted */
             curl_easy_cleanup(jobs[i].h);
+        }
         curl_slist_free_all(jobs[i].hdrs);
         free(jobs[i].body);
         free(jobs[i].resp.p);
@@ -541,7 +545,7 @@ wait_judged(struct learn *L, unsigned long want)
     double last = -1, now = 0;
     int still = 0;
 
-    while ((now = judged_now(L)) < (double)want && still < 300) {
+    while ((now = judged_now(L)) < (double)want && still < 300 && !interrupted) {
         still = now == last ? still + 1 : 0;
         last = now;
         sleep_ms(100);
@@ -571,7 +575,7 @@ wait_retrains(struct learn *L, unsigned long judged)
     json_int_t due = (json_int_t)(judged / L->step);
     int idle = 0;
 
-    for (int i = 0; i < 6000; i++) { /* 10 min at most */
+    for (int i = 0; i < 6000 && !interrupted; i++) { /* 10 min at most */
         json_t *m = stats_models(L);
         json_int_t runs = json_integer_value(json_object_get(m, "retrains"));
         int busy = json_is_true(json_object_get(m, "retraining"));
@@ -930,8 +934,6 @@ remove_dir(const char *dir)
         rmdir(d);
     }
 }
-
-static volatile sig_atomic_t interrupted;
 
 static void
 on_signal(int sig)
