@@ -72,6 +72,14 @@ has "^was: +$B \(now retired\)"
 expect 0 "$T" models --db "$db"
 has "^\* $A champion "
 has "^  $B retired "
+# triage stats shows the versions over time: B promoted, then A back by a rollback.
+expect 0 "$T" stats --db "$db"
+has '^model versions: 2; changes of champion'
+[ "$(grep -E ' (first|promotion|rollback) +-> ' "$dir/out" | awk '{print $3, $5}' | tr '\n' ' ')" = \
+    "promotion $B rollback $A " ] || fail "changes: $(cat "$dir/out")"
+has "^  $B +retired +manual "
+expect 0 "$T" stats --db "$db" --json
+has '"kind": "rollback"'
 
 # Errors, exit 1: unknown version, ambiguous prefix, missing or corrupt file, a file that
 # was replaced, nothing to roll back to.
