@@ -12,7 +12,7 @@
     X("eval", cli_eval, "routing quality of a model: APGR, CPT, AUC")                            \
     X("calibrate", cli_calibrate, "threshold for a target share of strong calls")                \
     X("replay", cli_replay, "serve recorded model answers as an offline OpenAI backend")       \
-    X("demo", cli_demo, "GSM8K through triaged: accuracy and cost per policy, SVG curve")     \
+    X("demo", cli_demo, "GSM8K through triaged: cost and accuracy; --learn: learning curve")     \
     X("stats", cli_stats, "routing statistics from the outcome log")                             \
     X("export", cli_export, "the outcome log's labelled prompts as training JSONL")              \
     X("key", cli_key, "add, list, hash and remove client/admin API keys")                        \
