@@ -1,7 +1,8 @@
 # multilingual.awk - cross-language score statistics: reads the set (JSONL with "id", "lang",
 # "prompt") then `triage score`'s output for it, line for line. Used by bench/multilingual.sh
-# and tests/features/test_multilingual.sh; -v max_mad=X -v max_spread=Y make it fail (exit 1)
-# when the mean absolute deviation from English or the largest spread exceeds them.
+# and tests/features/test_multilingual.sh; -v max_mad=X, -v max_bias=Y and -v max_spread=Z make
+# it fail (exit 1) when the mean absolute deviation from English, a language's mean signed
+# deviation from English (in absolute value) or the largest spread exceeds them.
 function field(line, key,    m) {
     if (!match(line, "\"" key "\": \"[^\"]*\""))
         return ""
@@ -48,6 +49,9 @@ END {
             if (l != "en") { all_n++; all_ad += d < 0 ? -d : d }
         }
         printf "%-6s %8d %+10.4f %10.4f\n", l, n, n ? sd / n : 0, n ? ad / n : 0
+        b = n ? sd / n : 0
+        if (b < 0) b = -b
+        if (b > max_b) { max_b = b; max_b_lang = l }
     }
     max_sp = 0; sum_sp = 0
     for (k = 1; k <= n_ids; k++) {
@@ -74,6 +78,10 @@ END {
            sum_sp / n_ids, max_sp, max_id
     if (max_mad != "" && mad > max_mad + 0) {
         printf "FAIL: mean |d| %.4f > %s\n", mad, max_mad
+        exit 1
+    }
+    if (max_bias != "" && max_b > max_bias + 0) {
+        printf "FAIL: |mean(d)| of %s %.4f > %s\n", max_b_lang, max_b, max_bias
         exit 1
     }
     if (max_spread != "" && max_sp > max_spread + 0) {

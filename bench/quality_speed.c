@@ -37,17 +37,30 @@ static const char *words[] = {
     "and", "with", "Explain", "why", "code", "def", "return", "{", "}", "list", "sorted",
 };
 
-/* Builds a chat request whose body is about `size` bytes. */
+/* The same kind of text in other scripts (German, Russian, Greek, Chinese, Japanese,
+ * full-width digits): the feature pass's non-ASCII path. */
+static const char *words_intl[] = {
+    "das", "Integral", "über", "Größe", "beweise", "dass", "jede", "Gruppe", "Ordnung",
+    "докажите", "что", "интеграл", "функции", "Ελλάδα", "συνάρτηση", "证明", "素数有无穷多个。",
+    "函数的积分", "是多少？", "素数が無限に存在することを証明せよ。", "１７", "x^2", "+",
+    "=", "A.", "B.", "C.", "D.", "élève", "ÉCOLE", "Łódź", "числа", "ＡＢＣ",
+};
+
+/* Builds a chat request whose body is about `size` bytes, of English words (intl 0)
+ * or of words_intl. */
 static char *
-make_body(size_t size, unsigned seed)
+make_body(size_t size, unsigned seed, int intl)
 {
+    const char **list = intl ? words_intl : words;
+    size_t n_list = intl ? sizeof(words_intl) / sizeof(words_intl[0])
+                         : sizeof(words) / sizeof(words[0]);
     size_t cap = size + 256, n = 0;
     char *text = malloc(cap);
     unsigned x = seed;
 
     while (n + 32 < size - 120) {
         x = x * 1103515245 + 12345;
-        const char *w = words[(x >> 16) % (sizeof(words) / sizeof(words[0]))];
+        const char *w = list[(x >> 16) % n_list];
         n += (size_t)snprintf(text + n, cap - n, "%s%s", w, (x >> 8) % 13 == 0 ? ".\n" : " ");
     }
     json_t *req = json_pack("{s:s,s:[{s:s,s:s},{s:s,s:s}],s:i}", "model", "triage", "messages",
@@ -129,17 +142,18 @@ main(int argc, char **argv)
     printf("model %s: %.2f MB, version %s, %u-bit hash\n", path, st.st_size / 1048576.0,
            router_model_version(m), router_model_bits(m));
     printf("load: median %.1f ms\n", loads[3]);
-    size_t sizes[] = {1024, 4096, 16384, 1 << 20};
-    int iters[] = {20000, 5000, 2000, 20};
-    for (size_t k = 0; k < 4; k++) {
-        char *body = make_body(sizes[k], 7 + (unsigned)k);
+    size_t sizes[] = {1024, 4096, 16384, 1 << 20, 1024, 16384};
+    int iters[] = {20000, 5000, 2000, 20, 20000, 2000};
+    for (size_t k = 0; k < 6; k++) {
+        int intl = k >= 4;
+        char *body = make_body(sizes[k], 7 + (unsigned)k, intl);
         double p99, pp99, med = time_body(m, parse_fast, body, iters[k], &p99);
         double parse = time_body(NULL, parse_fast, body, iters[k], &pp99);
         double jmed = time_body(m, parse_jansson, body, iters[k], &pp99);
         double jparse = time_body(NULL, parse_jansson, body, iters[k], &pp99);
-        printf("score %7zu-byte body (parse + features + model): median %8.1f us, p99 %8.1f us"
+        printf("score %7zu-byte %s body (parse + features + model): median %8.1f us, p99 %8.1f us"
                " (parse alone %.1f us; with json_loadb: %.1f us, parse %.1f us)\n",
-               strlen(body), med, p99, parse, jmed, jparse);
+               strlen(body), intl ? "multi-script" : "English", med, p99, parse, jmed, jparse);
         free(body);
     }
     router_model_unref(m);

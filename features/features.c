@@ -34,7 +34,7 @@ enum {
     D_SENTENCES,
     D_AVG_WORD,
     D_UPPER_FRAC,
-    D_NONASCII_FRAC,
+    D_SYMBOL_FRAC,
     D_NEWLINES,
     D_IMAGES,
     D_LONG_WORD_FRAC,
@@ -46,7 +46,7 @@ static const char *const dense_names[FEATURES_N_DENSE] = {
     "log_mc_options", "log_turns",     "log_user_turns", "has_system",
     "log_system_chars", "log_max_tokens", "has_tools",   "log_tools",
     "log_questions", "log_sentences",  "avg_word_len",   "upper_frac",
-    "nonascii_frac", "log_newlines",   "log_images",     "long_word_frac",
+    "symbol_frac", "log_newlines",   "log_images",     "long_word_frac",
 };
 
 /* Bin width multiplier per dense feature: bin = floor(value * scale), in [0, 31]. */
@@ -69,8 +69,9 @@ struct counts {
     uint32_t ascii[128];
     /* integers: a per-character floating-point add would chain 4-cycle latencies */
     uint64_t chars_all, chars_last, words_last, numbers, digits, operators, latex, code;
-    uint64_t mc_options, questions, sentences, word_cps, letters, upper, nonascii, newlines;
+    uint64_t mc_options, questions, sentences, word_cps, letters, upper, symbols, newlines;
     uint64_t long_words;
+    uint64_t unseg_units; /* unsegmented-script characters, by char_weight */
     double turns, user_turns, has_system, system_chars, max_tokens, tools, has_tools, images;
     uint32_t char_grams; /* character 4-grams emitted so far (capped) */
     /* multiple-choice line-start detector: 0 line start, 1 saw '(', 2 saw a
@@ -383,28 +384,147 @@ utf8_encode(uint32_t c, unsigned char out[4])
     return 4;
 }
 
+/* Returns h extended by the UTF-8 bytes of code point f (FNV-1a). */
+static inline uint64_t
+hash_cp(uint64_t h, uint32_t f)
+{
+    unsigned char buf[4];
+    size_t bl = utf8_encode(f, buf);
+
+    for (size_t b = 0; b < bl; b++) {
+        h ^= buf[b];
+        h *= FNV_PRIME;
+    }
+    return h;
+}
+
+/* Zeros of the decimal digit sets that features__norm maps to ASCII '0'..'9'. */
+static const uint32_t digit_zeros[] = {
+    0x660,  0x6f0,  0x7c0,  0x966,  0x9e6,  0xa66,  0xae6,  0xb66,  0xbe6,  0xc66,
+    0xce6,  0xd66,  0xde6,  0xe50,  0xed0,  0xf20,  0x1040, 0x1090, 0x17e0, 0x1810,
+    0x1946, 0x19d0, 0x1a80, 0x1a90, 0x1b50, 0x1bb0, 0x1c40, 0x1c50, 0xa620, 0xa8d0,
+    0xa900, 0xa9d0, 0xa9f0, 0xaa50, 0xabf0,
+};
+
+uint32_t
+features__norm(uint32_t c)
+{
+    if (c < 0xa1)
+        return c;
+    if (c >= 0xff01 && c <= 0xff5e) /* full-width ASCII */
+        return c - 0xfee0;
+    if (c >= 0x1d7ce && c <= 0x1d7ff) /* mathematical bold, double-struck, ... digits */
+        return '0' + (c - 0x1d7ce) % 10;
+    if (c >= 0x660 && c <= 0xabf9) {
+        for (size_t i = 0; i < sizeof(digit_zeros) / sizeof(digit_zeros[0]); i++) {
+            if (c >= digit_zeros[i] && c <= digit_zeros[i] + 9)
+                return '0' + (c - digit_zeros[i]);
+        }
+    }
+    switch (c) {
+    case 0xa1: case 0xbf: /* inverted '!' and '?' open a Spanish sentence: the closing one counts */
+        return ' ';
+    case 0x2212: case 0x2013: case 0xfe63: /* minus sign, en dash, small hyphen-minus */
+        return '-';
+    case 0x2044: case 0x2215: /* fraction and division slashes */
+        return '/';
+    case 0x2217: /* asterisk operator */
+        return '*';
+    case 0xfe62:
+        return '+';
+    case 0xfe66:
+        return '=';
+    case 0x3002: case 0xff61: /* ideographic full stops */
+        return '.';
+    case 0x3001: case 0xff64: /* ideographic commas */
+        return ',';
+    case 0x2018: case 0x2019: case 0x201a: case 0x201b: case 0x2039: case 0x203a:
+        return '\'';
+    case 0xab: case 0xbb: case 0x201c: case 0x201d: case 0x201e: case 0x201f: case 0x300c:
+    case 0x300d: case 0x300e: case 0x300f: case 0x300a: case 0x300b: case 0x3008: case 0x3009:
+        return '"';
+    case 0x30fb: /* katakana middle dot */
+        return 0xb7;
+    case 0x3010: case 0x3014: /* CJK brackets */
+        return '[';
+    case 0x3011: case 0x3015:
+        return ']';
+    default:
+        return c;
+    }
+}
+
 uint32_t
 features__fold(uint32_t c)
 {
     if (c >= 'A' && c <= 'Z')
         return c + 32;
-    if (c < 0x80)
+    if (c < 0xb5)
         return c;
-    if (c >= 0xc0 && c <= 0xde && c != 0xd7) /* Latin-1 capitals */
-        return c + 32;
-    if (c >= 0x391 && c <= 0x3a9 && c != 0x3a2) /* Greek capitals */
-        return c + 32;
-    if (c >= 0x410 && c <= 0x42f) /* Cyrillic capitals */
-        return c + 32;
-    if (c >= 0x400 && c <= 0x40f)
-        return c + 80;
+    if (c < 0x100) {
+        if (c >= 0xc0 && c <= 0xde && c != 0xd7) /* Latin-1 capitals */
+            return c + 32;
+        if (c == 0xb5) /* micro sign: Greek mu */
+            return 0x3bc;
+        return c;
+    }
+    if (c < 0x180) { /* Latin Extended-A: capital, small pairs */
+        if (c == 0x130) /* dotted capital I */
+            return 'i';
+        if (c == 0x178)
+            return 0xff;
+        if (c == 0x17f) /* long s */
+            return 's';
+        if ((c < 0x138 || (c >= 0x14a && c < 0x178)) && !(c & 1))
+            return c + 1;
+        if (((c > 0x138 && c < 0x149) || (c > 0x178 && c < 0x17f)) && (c & 1))
+            return c + 1;
+        return c;
+    }
+    if (c < 0x370)
+        return c;
+    if (c < 0x400) { /* Greek */
+        if (c >= 0x391 && c <= 0x3ab && c != 0x3a2) /* capitals, with dialytika */
+            return c + 32;
+        if (c == 0x386)
+            return 0x3ac;
+        if (c >= 0x388 && c <= 0x38a)
+            return c + 37;
+        if (c == 0x38c)
+            return 0x3cc;
+        if (c == 0x38e || c == 0x38f)
+            return c + 63;
+        if (c == 0x3c2) /* final sigma */
+            return 0x3c3;
+        return c;
+    }
+    if (c < 0x530) { /* Cyrillic and its supplement */
+        if (c <= 0x40f)
+            return c + 80;
+        if (c <= 0x42f)
+            return c + 32;
+        if (c < 0x460)
+            return c;
+        if (c == 0x4c0)
+            return 0x4cf;
+        if (c >= 0x4c1 && c <= 0x4ce)
+            return c & 1 ? c + 1 : c;
+        if ((c <= 0x481 || c >= 0x48a) && !(c & 1))
+            return c + 1;
+        return c;
+    }
+    if (c >= 0x531 && c <= 0x556) /* Armenian */
+        return c + 48;
+    if (c >= 0x1e00 && c <= 0x1eff && !(c & 1) && (c <= 0x1e94 || c >= 0x1ea0)) /* Vietnamese, ... */
+        return c + 1;
     return c;
 }
 
 static bool
 is_upper(uint32_t c)
 {
-    return features__fold(c) != c;
+    /* the micro sign, long s and final sigma fold, but are not capitals */
+    return features__fold(c) != c && c != 0xb5 && c != 0x17f && c != 0x3c2;
 }
 
 static bool
@@ -414,22 +534,43 @@ is_space(uint32_t c)
            c == 0xa0 || (c >= 0x2000 && c <= 0x200b) || c == 0x3000;
 }
 
+unsigned
+features__unseg_weight(uint32_t c)
+{
+    if (c < 0xe00)
+        return 0;
+    if ((c >= 0x4e00 && c <= 0x9fff) || (c >= 0x3400 && c <= 0x4dbf) ||
+        (c >= 0xf900 && c <= 0xfaff) || (c >= 0x20000 && c <= 0x3ffff) ||
+        (c >= 0x3005 && c <= 0x3007)) /* Han, and the ideographic iteration mark and zero */
+        return 3;
+    if (c >= 0xac00 && c <= 0xd7af) /* Hangul syllables */
+        return 3;
+    if ((c >= 0x3040 && c <= 0x30ff && c != 0x30fb) || (c >= 0x31f0 && c <= 0x31ff) ||
+        (c >= 0xff66 && c <= 0xff9f) || (c >= 0xa000 && c <= 0xa4cf)) /* kana, Yi */
+        return 2;
+    if ((c >= 0xe00 && c <= 0xeff) || (c >= 0x1000 && c <= 0x109f) ||
+        (c >= 0x1780 && c <= 0x17ff) || (c >= 0x1100 && c <= 0x11ff) ||
+        (c >= 0x3100 && c <= 0x318f)) /* Thai, Lao, Myanmar, Khmer, Hangul jamo, Bopomofo */
+        return 1;
+    return 0;
+}
+
 /* Word characters: ASCII letters and digits, and non-ASCII outside the
- * punctuation and symbol blocks (letters of other scripts, CJK). */
+ * punctuation and symbol blocks (letters of other scripts). */
 bool
 features__is_word(uint32_t c)
 {
     if (c < 0x80)
         return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
     if (c < 0xc0 || c == 0xd7 || c == 0xf7 || c == 0xfffd)
-        return false;
+        return c == 0xb5; /* micro sign: Greek mu */
     if (c >= 0x2000 && c <= 0x2bff) /* punctuation, arrows, math operators, symbols */
         return false;
     if (c >= 0x3000 && c <= 0x303f) /* CJK punctuation */
         return false;
     if (c >= 0xff00 && c <= 0xff0f)
         return false;
-    return true;
+    return features__unseg_weight(c) == 0;
 }
 
 static bool
@@ -483,6 +624,16 @@ word_end(struct features_scratch *s, enum stream st, uint64_t key, uint32_t cps,
     emit_token(s, st, key);
 }
 
+/* Ends a run of n characters of an unsegmented script whose last one is f: a run
+ * of one, which made no pair, is a token by itself. Returns 0, the new run length. */
+static uint32_t
+unseg_end(struct features_scratch *s, enum stream st, uint32_t f, uint32_t n)
+{
+    if (n == 1)
+        emit_token(s, st, hash_cp(FNV_OFFSET, f));
+    return 0;
+}
+
 /* Multiple-choice options: a line starting with "A." "A)" "(A)" "A:" (A..J). */
 static void
 mc_step(struct counts *c, uint32_t f)
@@ -518,7 +669,12 @@ mc_step(struct counts *c, uint32_t f)
 enum {
     K_WORD = 1, K_DIGIT = 2, K_UPPER = 4, K_SPACE = 8, K_OP = 16, K_LATEX = 32, K_CODE = 64,
     K_SENT = 128,
+    /* non-ASCII only: a script written without spaces between words (Han, kana,
+     * Hangul, Thai, ...), read as character bigrams; its features__unseg_weight is
+     * in the bits from K_WEIGHT_SHIFT up */
+    K_UNSEG = 256,
 };
+#define K_WEIGHT_SHIFT 9
 
 static const uint8_t ascii_class[128] = {
       0,   0,   0,   0,   0,   0,   0,   0,   0,   8,   8,   8,   8,   8,   0,   0,
@@ -534,10 +690,13 @@ static const uint8_t ascii_class[128] = {
 static unsigned
 char_class(uint32_t cp)
 {
-    unsigned k = 0;
+    unsigned k = 0, w;
 
     if (cp < 0x80)
         return ascii_class[cp];
+    w = features__unseg_weight(cp);
+    if (w)
+        return K_UNSEG | w << K_WEIGHT_SHIFT;
     if (features__is_word(cp)) {
         k |= K_WORD;
         if (is_upper(cp))
@@ -550,16 +709,34 @@ char_class(uint32_t cp)
     return k;
 }
 
-/* Counts a non-ASCII character of the last user turn (ASCII ones go to c->ascii). */
+/* Returns how many characters a non-ASCII character of class k counts for in the
+ * length signals: a character of an unsegmented script carries about as much text
+ * as its weight in Latin letters (tests/features/multilingual.jsonl: 583 Chinese
+ * characters say what 2,168 English bytes do), so that a prompt is as long in
+ * every script. */
+static unsigned
+char_weight(unsigned k)
+{
+    return k & K_UNSEG ? k >> K_WEIGHT_SHIFT : 1;
+}
+
+/* Counts a non-ASCII character of the last user turn (ASCII ones go to c->ascii;
+ * digits, full-width forms and the maths and punctuation features__norm maps are
+ * ASCII by now). */
 static void
 count_nonascii(struct counts *c, unsigned k)
 {
-    c->chars_last++;
-    c->nonascii++;
+    c->chars_last += char_weight(k);
+    if (k & K_UNSEG) {
+        c->unseg_units += k >> K_WEIGHT_SHIFT;
+        return;
+    }
     if (k & K_WORD) {
-        c->letters++; /* K_DIGIT is ASCII only */
+        c->letters++;
         if (k & K_UPPER)
             c->upper++;
+    } else if (!(k & K_SPACE)) {
+        c->symbols++;
     }
     if (k & K_OP)
         c->operators++;
@@ -584,6 +761,8 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
     uint64_t win = 0;               /* the last code points, 16 bits each */
     uint32_t win_n = 0, grams = c->char_grams;
     bool last_space = true;         /* runs of whitespace count as one space */
+    uint32_t useg_prev = 0;         /* previous character of an unsegmented run */
+    uint32_t useg_n = 0;            /* the run's length so far */
 
     tok_reset(t);
     c->mc_state = 0;
@@ -592,39 +771,43 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
         unsigned k;
         if (p[i] < 0x80) {
             cp = p[i++];
+        } else {
+            i += utf8_decode(p + i, len - i, &cp);
+            cp = features__norm(cp);
+        }
+        if (cp < 0x80) {
             k = ascii_class[cp];
             f = cp + ((k & K_UPPER) << 3); /* A-Z to a-z */
             if (last)
                 c->ascii[cp]++;
+            else
+                c->chars_all++;
         } else {
-            i += utf8_decode(p + i, len - i, &cp);
             f = features__fold(cp);
             k = char_class(cp);
             if (last)
                 count_nonascii(c, k);
+            else
+                c->chars_all += char_weight(k);
         }
 
         if (last) {
-            /* a sentence ends where a space follows '.', '!' or '?' */
-            c->sentences += (k & K_SPACE) && (prev_k & K_SENT);
+            /* a sentence ends where a space follows '.', '!' or '?' (or, in a script
+             * without spaces, any character does) */
+            c->sentences += (k & (K_SPACE | K_UNSEG)) && (prev_k & K_SENT);
             prev_k = k;
             if (c->mc_state != 3 || (k & K_SPACE)) /* past a line's start, only '\n' matters */
                 mc_step(c, f == '\r' ? '\n' : f);
-        } else {
-            c->chars_all++;
         }
 
         if (k & K_WORD) {
+            if (useg_n)
+                useg_n = unseg_end(s, st, useg_prev, useg_n);
             if (f < 0x80) {
                 word_key ^= f;
                 word_key *= FNV_PRIME;
             } else {
-                unsigned char buf[4];
-                size_t bl = utf8_encode(f, buf);
-                for (size_t b = 0; b < bl; b++) {
-                    word_key ^= buf[b];
-                    word_key *= FNV_PRIME;
-                }
+                word_key = hash_cp(word_key, f);
             }
             word_cps++;
             if (!(k & K_DIGIT))
@@ -636,10 +819,18 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
                 word_cps = 0;
                 word_num = true;
             }
-            if (!(k & K_SPACE)) {
-                unsigned char buf[4];
-                size_t bl = utf8_encode(f, buf);
-                emit_token(s, st, features_hash_token((const char *)buf, bl));
+            if (k & K_UNSEG) {
+                /* no spaces to find words by: each pair of neighbours is a token
+                 * (the FNV-1a of the two folded characters, as a two-letter word's) */
+                if (useg_n)
+                    emit_token(s, st, hash_cp(hash_cp(FNV_OFFSET, useg_prev), f));
+                useg_prev = f;
+                useg_n++;
+            } else {
+                if (useg_n)
+                    useg_n = unseg_end(s, st, useg_prev, useg_n);
+                if (!(k & K_SPACE))
+                    emit_token(s, st, hash_cp(FNV_OFFSET, f));
             }
         }
         if (last && grams < FEATURES_MAX_CHAR_GRAMS && !((k & K_SPACE) && last_space)) {
@@ -656,6 +847,8 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
     }
     if (word_cps)
         word_end(s, st, word_key, word_cps, word_num);
+    if (useg_n)
+        unseg_end(s, st, useg_prev, useg_n);
     if (last) {
         c->char_grams = grams;
         if (prev_k & K_SENT)
@@ -744,6 +937,10 @@ finish(struct features_scratch *s, struct features_vec *out)
     double norm[FEATURES_N_FAMILIES] = {0};
 
     sum_ascii(c);
+    /* an unsegmented run has no words to count: about one word per five of its
+     * weighted characters, four of them letters, as in English */
+    c->words_last += c->unseg_units / 5;
+    c->word_cps += c->unseg_units - c->unseg_units / 5;
 
     d[D_CHARS_ALL] = lg(c->chars_all);
     d[D_CHARS_LAST] = lg(c->chars_last);
@@ -767,7 +964,7 @@ finish(struct features_scratch *s, struct features_vec *out)
     if (d[D_AVG_WORD] > 15.0f)
         d[D_AVG_WORD] = 15.0f;
     d[D_UPPER_FRAC] = frac(c->upper, c->letters);
-    d[D_NONASCII_FRAC] = frac(c->nonascii, c->chars_last);
+    d[D_SYMBOL_FRAC] = frac(c->symbols, c->chars_last);
     d[D_NEWLINES] = lg(c->newlines);
     d[D_IMAGES] = lg(c->images);
     d[D_LONG_WORD_FRAC] = frac(c->long_words, c->words_last);

@@ -1,13 +1,18 @@
 /* prompt_features.h - prompt text and feature vectors from an OpenAI chat request body (named so to not shadow glibc <features.h>).
  *
  * Pure computation, no I/O. The request is walked once: every text fragment is
- * decoded as UTF-8 (invalid bytes become separators), case-folded, tokenised and
- * hashed on the fly, so time is linear in the prompt and memory is bounded by the
- * hash space (2^n_bits buckets), not by the prompt.
+ * decoded as UTF-8 (invalid bytes become separators), normalised so that every script
+ * writes digits and maths alike (full-width forms, Arabic-Indic, Devanagari, Thai, ...
+ * digits, the minus sign, CJK punctuation: ASCII), case-folded (Latin, Greek, Cyrillic,
+ * Armenian), tokenised and hashed on the fly, so time is linear in the prompt and
+ * memory is bounded by the hash space (2^n_bits buckets), not by the prompt.
  *
  * Sparse features (hashed into [0, 2^n_bits)):
  *   - word unigrams and bigrams of the last user turn (numbers folded to their
- *     digit count, so "17" and "42" share a feature),
+ *     digit count, so "17" and "42" share a feature); scripts written without spaces
+ *     (Han, kana, Hangul, Thai, ...) have no words to split: each pair of neighbouring
+ *     characters is a token (a character alone is one), and their characters count
+ *     for 1-3 Latin letters in the length signals, so a prompt is as long in every script,
  *   - character 4-grams of the last user turn (whitespace collapsed), the first
  *     FEATURES_MAX_CHAR_GRAMS of them: past a few KB they add time, not signal,
  *   - word unigrams of the rest of the conversation (system, earlier turns),
@@ -24,9 +29,11 @@
 
 #include <jansson.h>
 
-/* Bump whenever the mapping from text to features changes: model files record it
- * and refuse to load against a different one. */
-#define FEATURES_VERSION 3
+/* Bump whenever the mapping from text to features changes: model files and stored
+ * feature blobs record it, and are refused against a different one. 4: Unicode digits,
+ * maths and punctuation normalised, Latin Extended-A and more folded, unsegmented
+ * scripts as character pairs, nonascii_frac replaced by symbol_frac. */
+#define FEATURES_VERSION 4
 
 #define FEATURES_N_DENSE 24
 #define FEATURES_MAX_CHAR_GRAMS 4096
