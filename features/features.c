@@ -415,7 +415,7 @@ features__norm(uint32_t c)
         return c - 0xfee0;
     if (c >= 0x1d7ce && c <= 0x1d7ff) /* mathematical bold, double-struck, ... digits */
         return '0' + (c - 0x1d7ce) % 10;
-    if (c >= 0x660 && c <= 0xabf9) {
+    if ((c >= 0x660 && c <= 0x1c59) || (c >= 0xa620 && c <= 0xabf9)) { /* not Han, kana */
         for (size_t i = 0; i < sizeof(digit_zeros) / sizeof(digit_zeros[0]); i++) {
             if (c >= digit_zeros[i] && c <= digit_zeros[i] + 9)
                 return '0' + (c - digit_zeros[i]);
@@ -624,14 +624,17 @@ word_end(struct features_scratch *s, enum stream st, uint64_t key, uint32_t cps,
     emit_token(s, st, key);
 }
 
-/* Ends a run of n characters of an unsegmented script whose last one is f: a run
- * of one, which made no pair, is a token by itself. Returns 0, the new run length. */
-static uint32_t
-unseg_end(struct features_scratch *s, enum stream st, uint32_t f, uint32_t n)
+/* True if the n bytes at p start with a character of an unsegmented script: looks
+ * ahead from one such character, so that the ASCII path never has to end a run. */
+static bool
+unseg_next(const unsigned char *p, size_t n)
 {
-    if (n == 1)
-        emit_token(s, st, hash_cp(FNV_OFFSET, f));
-    return 0;
+    uint32_t cp;
+
+    if (n == 0 || p[0] < 0x80)
+        return false;
+    utf8_decode(p, n, &cp);
+    return features__unseg_weight(features__norm(cp)) != 0;
 }
 
 /* Multiple-choice options: a line starting with "A." "A)" "(A)" "A:" (A..J). */
@@ -761,8 +764,7 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
     uint64_t win = 0;               /* the last code points, 16 bits each */
     uint32_t win_n = 0, grams = c->char_grams;
     bool last_space = true;         /* runs of whitespace count as one space */
-    uint32_t useg_prev = 0;         /* previous character of an unsegmented run */
-    uint32_t useg_n = 0;            /* the run's length so far */
+    uint32_t useg_prev = 0;         /* the last character of an unsegmented script */
 
     tok_reset(t);
     c->mc_state = 0;
@@ -771,11 +773,6 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
         unsigned k;
         if (p[i] < 0x80) {
             cp = p[i++];
-        } else {
-            i += utf8_decode(p + i, len - i, &cp);
-            cp = features__norm(cp);
-        }
-        if (cp < 0x80) {
             k = ascii_class[cp];
             f = cp + ((k & K_UPPER) << 3); /* A-Z to a-z */
             if (last)
@@ -783,26 +780,34 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
             else
                 c->chars_all++;
         } else {
-            f = features__fold(cp);
-            k = char_class(cp);
-            if (last)
-                count_nonascii(c, k);
-            else
-                c->chars_all += char_weight(k);
+            i += utf8_decode(p + i, len - i, &cp);
+            cp = features__norm(cp);
+            if (cp < 0x80) { /* a full-width letter, another script's digit, ... */
+                k = ascii_class[cp];
+                f = cp + ((k & K_UPPER) << 3);
+                if (last)
+                    c->ascii[cp]++;
+                else
+                    c->chars_all++;
+            } else {
+                f = features__fold(cp);
+                k = char_class(cp);
+                if (last)
+                    count_nonascii(c, k);
+                else
+                    c->chars_all += char_weight(k);
+            }
         }
 
         if (last) {
             /* a sentence ends where a space follows '.', '!' or '?' (or, in a script
              * without spaces, any character does) */
             c->sentences += (k & (K_SPACE | K_UNSEG)) && (prev_k & K_SENT);
-            prev_k = k;
             if (c->mc_state != 3 || (k & K_SPACE)) /* past a line's start, only '\n' matters */
                 mc_step(c, f == '\r' ? '\n' : f);
         }
 
         if (k & K_WORD) {
-            if (useg_n)
-                useg_n = unseg_end(s, st, useg_prev, useg_n);
             if (f < 0x80) {
                 word_key ^= f;
                 word_key *= FNV_PRIME;
@@ -821,14 +826,14 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
             }
             if (k & K_UNSEG) {
                 /* no spaces to find words by: each pair of neighbours is a token
-                 * (the FNV-1a of the two folded characters, as a two-letter word's) */
-                if (useg_n)
+                 * (the FNV-1a of the two folded characters, as a two-letter word's),
+                 * and a character with no neighbour of its script is one alone */
+                if (prev_k & K_UNSEG)
                     emit_token(s, st, hash_cp(hash_cp(FNV_OFFSET, useg_prev), f));
+                else if (!unseg_next(p + i, len - i))
+                    emit_token(s, st, hash_cp(FNV_OFFSET, f));
                 useg_prev = f;
-                useg_n++;
             } else {
-                if (useg_n)
-                    useg_n = unseg_end(s, st, useg_prev, useg_n);
                 if (!(k & K_SPACE))
                     emit_token(s, st, hash_cp(FNV_OFFSET, f));
             }
@@ -844,11 +849,10 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
                 grams++;
             }
         }
+        prev_k = k;
     }
     if (word_cps)
         word_end(s, st, word_key, word_cps, word_num);
-    if (useg_n)
-        unseg_end(s, st, useg_prev, useg_n);
     if (last) {
         c->char_grams = grams;
         if (prev_k & K_SENT)
