@@ -59,6 +59,7 @@ static const float dense_bin_scale[FEATURES_N_DENSE] = {
 struct tok {
     uint64_t prev_key;   /* previous token's key, for bigrams */
     bool has_prev;
+    uint32_t unseg_prev; /* the last character of an unsegmented script */
 };
 
 /* Counters behind the dense signals. */
@@ -384,8 +385,9 @@ utf8_encode(uint32_t c, unsigned char out[4])
     return 4;
 }
 
-/* Returns h extended by the UTF-8 bytes of code point f (FNV-1a). */
-static inline uint64_t
+/* Returns h extended by the UTF-8 bytes of code point f (FNV-1a). Out of line: only
+ * the unsegmented path calls it, and inlined it cost the ASCII loop registers. */
+static __attribute__((noinline)) uint64_t
 hash_cp(uint64_t h, uint32_t f)
 {
     unsigned char buf[4];
@@ -745,6 +747,24 @@ count_nonascii(struct counts *c, unsigned k)
         c->operators++;
 }
 
+/* Emits the token of character f of an unsegmented script, given whether the one
+ * before was of such a script too (after) and the n bytes that follow it at p: the
+ * pair it makes with the one before, or f alone if it has no neighbour of its script.
+ * Out of line, like the rest of the unsegmented path: the ASCII loop keeps its
+ * registers. */
+static __attribute__((noinline)) void
+unseg_token(struct features_scratch *s, enum stream st, bool after, uint32_t f,
+            const unsigned char *p, size_t n)
+{
+    struct tok *t = &s->tok[st];
+
+    if (after)
+        emit_token(s, st, hash_cp(hash_cp(FNV_OFFSET, t->unseg_prev), f));
+    else if (!unseg_next(p, n))
+        emit_token(s, st, hash_cp(FNV_OFFSET, f));
+    t->unseg_prev = f;
+}
+
 /* Feeds one fragment of text (a message's content or a content part). Inlined
  * into one copy per stream, so the per-character tests on `last` fold away. The
  * current word, the 4-gram window and the gram count are locals, kept in registers:
@@ -764,7 +784,6 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
     uint64_t win = 0;               /* the last code points, 16 bits each */
     uint32_t win_n = 0, grams = c->char_grams;
     bool last_space = true;         /* runs of whitespace count as one space */
-    uint32_t useg_prev = 0;         /* the last character of an unsegmented script */
 
     tok_reset(t);
     c->mc_state = 0;
@@ -812,7 +831,12 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
                 word_key ^= f;
                 word_key *= FNV_PRIME;
             } else {
-                word_key = hash_cp(word_key, f);
+                unsigned char buf[4];
+                size_t bl = utf8_encode(f, buf);
+                for (size_t b = 0; b < bl; b++) {
+                    word_key ^= buf[b];
+                    word_key *= FNV_PRIME;
+                }
             }
             word_cps++;
             if (!(k & K_DIGIT))
@@ -828,14 +852,13 @@ feed_stream(struct features_scratch *s, enum stream st, const char *text, size_t
                 /* no spaces to find words by: each pair of neighbours is a token
                  * (the FNV-1a of the two folded characters, as a two-letter word's),
                  * and a character with no neighbour of its script is one alone */
-                if (prev_k & K_UNSEG)
-                    emit_token(s, st, hash_cp(hash_cp(FNV_OFFSET, useg_prev), f));
-                else if (!unseg_next(p + i, len - i))
-                    emit_token(s, st, hash_cp(FNV_OFFSET, f));
-                useg_prev = f;
+                unseg_token(s, st, prev_k & K_UNSEG, f, p + i, len - i);
             } else {
-                if (!(k & K_SPACE))
-                    emit_token(s, st, hash_cp(FNV_OFFSET, f));
+                if (!(k & K_SPACE)) {
+                    unsigned char buf[4];
+                    size_t bl = utf8_encode(f, buf);
+                    emit_token(s, st, features_hash_token((const char *)buf, bl));
+                }
             }
         }
         if (last && grams < FEATURES_MAX_CHAR_GRAMS && !((k & K_SPACE) && last_space)) {
