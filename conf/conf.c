@@ -86,6 +86,7 @@ static const struct conf_key keys[] = {
     {"router", "cascade_logprobs", T_BOOL, C(cascade_logprobs), 0, 0, "yes", NULL},
 
     {"storage", "path", T_STR, C(db_path), 0, 0, NULL, NULL},
+    {"storage", "url", T_STR, C(db_url), 0, 0, NULL, NULL},
     {"storage", "store_prompts", T_ENUM, C(store_prompts), 0, 0, "hash", store_prompts},
     {"storage", "retention_days", T_U32, C(retention_days), 0, 36500, "30", NULL},
     {"storage", "queue_size", T_U32, C(queue_size), 16, 16777216, "65536", NULL},
@@ -970,6 +971,21 @@ conf_load_flags(const char *path, unsigned flags, char *err, size_t errlen)
 
     resolve_path(path, &p.c->model_path, 0);
     resolve_path(path, &p.c->db_path, 1); /* storage_open takes URIs */
+    if (p.c->db_url) {
+        /* A shared PostgreSQL log instead of the file: everything that reads db_path
+         * (storage_open, stats, export, the registry) takes the URL as it is. */
+        if (p.c->db_path) {
+            set_err(&p, 0, "[storage]: set path (SQLite) or url (PostgreSQL), not both");
+            goto fail;
+        }
+        if (strncmp(p.c->db_url, "postgresql://", 13) && strncmp(p.c->db_url, "postgres://", 11)) {
+            set_err(&p, 0, "[storage] url must start with postgresql:// (or postgres://)");
+            goto fail;
+        }
+        p.c->db_path = xstrdup(p.c->db_url);
+        if (!p.c->models_dir)
+            p.c->models_dir = xstrdup("models"); /* beside the config, below */
+    }
     resolve_path(path, &p.c->keys_file, 0);
     resolve_path(path, &p.c->admin_keys_file, 0);
     resolve_path(path, &p.c->models_dir, 0);
@@ -1054,6 +1070,7 @@ conf_destroy(struct conf *c)
     free(c->db_path);
     free(c->judge);
     free(c->models_dir);
+    free(c->db_url);
     free_list(c->base_data, c->n_base_data);
     free(c);
 }

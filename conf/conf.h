@@ -129,7 +129,9 @@ struct conf {
     size_t n_fallback;
 
     /* [storage] */
-    char *db_path;             /* SQLite file; NULL = no outcome log */
+    char *db_path;             /* SQLite file, or the PostgreSQL URL of [storage] url;
+                                * NULL = no outcome log */
+    char *db_url;              /* [storage] url as written (postgresql://...); NULL = none */
     enum conf_store_prompts store_prompts;
     uint32_t retention_days;   /* 0 = keep forever */
     uint32_t queue_size;       /* records waiting for the writer before new ones are dropped */

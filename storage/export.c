@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include <jansson.h>
-#include <sqlite3.h>
 
 #include "storage.h"
 #include "storage-int.h"
@@ -23,7 +22,8 @@ static const char *const source_names[SRC_N] = {"feedback", "judge", "offline"};
  * (store_prompts = features) its prompt hash, or its own id when it has none. */
 #define HAS_PROMPT "(c.prompt IS NOT NULL OR c.features IS NOT NULL)"
 #define KIND_KEY \
-    "c.prompt IS NULL, ifnull(c.prompt, ifnull(c.prompt_hash, 'request ' || c.id))"
+    "CASE WHEN c.prompt IS NULL THEN 1 ELSE 0 END," \
+    " coalesce(c.prompt, c.prompt_hash, 'request ' || c.id)"
 
 /* The labels of one prompt for one backend, per source. */
 struct outcome {
@@ -190,29 +190,28 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
 {
     struct storage_export_counts c = {0};
     struct group g = {0};
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
+    struct storage__db *db = NULL;
+    struct storage__stmt *st = NULL;
     uint64_t with_prompt, labelled = 0;
     int rc = -EIO;
 
-    db = storage__open_read(db_path, err, errlen);
+    db = storage__db_open(db_path, STORAGE__READ, err, errlen);
     if (!db)
         goto done;
-    if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) /* one snapshot */
+    if (storage__db_begin(db, STORAGE__TX_SNAPSHOT) < 0) /* one snapshot */
         goto dberr;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT ifnull(sum(" CLIENT_R "), 0),"
-                           " ifnull(sum(" CLIENT_R " AND (prompt IS NOT NULL OR"
-                           " features IS NOT NULL)), 0), count(*)"
-                           " FROM requests r",
-                           -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW)
+    if (!(st = storage__prepare(db,
+                           "SELECT coalesce(sum(CASE WHEN " CLIENT_R " THEN 1 ELSE 0 END), 0),"
+                           " coalesce(sum(CASE WHEN " CLIENT_R " AND (prompt IS NOT NULL OR"
+                           " features IS NOT NULL) THEN 1 ELSE 0 END), 0), count(*)"
+                           " FROM requests r")) ||
+        storage__step(st) != 1)
         goto dberr;
-    c.rows = (uint64_t)sqlite3_column_int64(st, 0);
-    with_prompt = (uint64_t)sqlite3_column_int64(st, 1);
+    c.rows = (uint64_t)storage__column_int64(st, 0);
+    with_prompt = (uint64_t)storage__column_int64(st, 1);
     c.no_prompt = c.rows - with_prompt;
-    c.calls = (uint64_t)sqlite3_column_int64(st, 2) - c.rows;
-    sqlite3_finalize(st);
+    c.calls = (uint64_t)storage__column_int64(st, 2) - c.rows;
+    storage__finalize(st);
     st = NULL;
 
     /* Every label of a client request with prompt text or features, as (kind, key,
@@ -224,7 +223,7 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
      * or a shadow call's (whose prompt is its parent's); a row's feedback sources are
      * averaged into one label. Judge rows are not answers and carry none. CROSS JOIN
      * keeps the label tables outside: the requests are looked up by id, not scanned. */
-    if (sqlite3_prepare_v2(
+    if (!(st = storage__prepare(
             db,
             "SELECT " KIND_KEY ", c.id, r.backend, 0, avg(f.score), c.features FROM feedback f"
             " CROSS JOIN requests r ON r.request_id = f.request_id"
@@ -236,16 +235,15 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
             " SELECT " KIND_KEY ", c.id, o.backend,"
             " CASE o.source WHEN 'feedback' THEN 0 WHEN 'judge' THEN 1 ELSE 2 END, o.q,"
             " c.features FROM outcomes o CROSS JOIN requests c ON c.request_id = o.request_id"
-            " WHERE " HAS_PROMPT " AND " CLIENT_C " ORDER BY 1, 2, 3",
-            -1, &st, NULL) != SQLITE_OK)
+            " WHERE " HAS_PROMPT " AND " CLIENT_C " ORDER BY 1, 2, 3")))
         goto dberr;
     int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-        int feat = sqlite3_column_int(st, 0);
-        const char *prompt = (const char *)sqlite3_column_text(st, 1);
-        int64_t id = sqlite3_column_int64(st, 2);
-        const char *backend = (const char *)sqlite3_column_text(st, 3);
-        int src = sqlite3_column_int(st, 4);
+    while ((step = storage__step(st)) == 1) {
+        int feat = (int)storage__column_int64(st, 0);
+        const char *prompt = storage__column_text(st, 1);
+        int64_t id = storage__column_int64(st, 2);
+        const char *backend = storage__column_text(st, 3);
+        int src = (int)storage__column_int64(st, 4);
 
         if (g.prompt && (strcmp(g.prompt, prompt) || feat != !!g.features)) {
             if (group_finish(&g, fn, arg, &c) < 0) {
@@ -258,8 +256,7 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
             g.prompt = storage__strdup(prompt);
             if (feat) {
                 /* a NULL blob reads as 0 bytes: group_emit skips the group then */
-                const void *b = sqlite3_column_blob(st, 6);
-                g.features_len = (size_t)sqlite3_column_bytes(st, 6);
+                const void *b = storage__column_blob(st, 6, &g.features_len);
                 g.features = malloc(g.features_len ? g.features_len : 1);
                 if (!g.features) {
                     fputs("triage: out of memory\n", stderr);
@@ -274,9 +271,9 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
             g.requests++;
             labelled++;
         }
-        group_add(&g, backend, src, sqlite3_column_double(st, 5));
+        group_add(&g, backend, src, storage__column_double(st, 5));
     }
-    if (step != SQLITE_DONE)
+    if (step != 0)
         goto dberr;
     if (group_finish(&g, fn, arg, &c) < 0) {
         rc = -ECANCELED;
@@ -286,10 +283,10 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
     rc = 0;
     goto done;
 dberr:
-    storage__errf(err, errlen, "%s: %s", db_path, sqlite3_errmsg(db));
+    storage__errf(err, errlen, "%s: %s", storage__shown(db_path), storage__db_error(db));
 done:
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    storage__finalize(st);
+    storage__db_close(db);
     group_reset(&g);
     free(g.o);
     if (counts)

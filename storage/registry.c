@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <sqlite3.h>
 
 #include "storage.h"
 #include "storage-int.h"
@@ -37,123 +36,79 @@ field_ok(const char *s, size_t size)
     return n > 0 && n < size;
 }
 
-/* Opens a read-write connection to path (creating the file when create), migrating an
- * older schema through storage_open() first. Returns NULL with err set. */
-static sqlite3 *
+/* Opens a read-write connection to path (creating the database when create),
+ * migrating an older schema first. Returns NULL with err set. */
+static struct storage__db *
 open_rw(const char *path, int create, char *err, size_t errlen)
 {
-    sqlite3 *db = NULL;
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX;
-    int version = 0;
-
-    for (int attempt = 0; attempt < 2; attempt++) {
-        if (sqlite3_open_v2(path, &db, flags | (create ? SQLITE_OPEN_CREATE : 0), NULL) !=
-            SQLITE_OK) {
-            storage__errf(err, errlen, "%s: %s", path, db ? sqlite3_errmsg(db) : "cannot open");
-            goto fail;
-        }
-        sqlite3_busy_timeout(db, STORAGE__BUSY_TIMEOUT_MS);
-        sqlite3_stmt *st = NULL;
-        if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK ||
-            sqlite3_step(st) != SQLITE_ROW) {
-            storage__errf(err, errlen, "%s: reading the schema version: %s", path,
-                          sqlite3_errmsg(db));
-            sqlite3_finalize(st);
-            goto fail;
-        }
-        version = sqlite3_column_int(st, 0);
-        sqlite3_finalize(st);
-        if (version == STORAGE_SCHEMA_VERSION)
-            break;
-        if (version > STORAGE_SCHEMA_VERSION) {
-            storage__errf(err, errlen,
-                          "%s: schema version %d is newer than this triage understands (%d)", path,
-                          version, STORAGE_SCHEMA_VERSION);
-            goto fail;
-        }
-        if (version == 0 && !create) {
-            storage__errf(err, errlen, "%s: not a triage database (no schema)", path);
-            goto fail;
-        }
-        if (attempt == 1) {
-            storage__errf(err, errlen, "%s: schema version %d after migrating", path, version);
-            goto fail;
-        }
-        /* Older (or new): storage_open() owns the migrations; run it once, then reopen. */
-        sqlite3_close(db);
-        db = NULL;
-        struct storage *s = storage_open(path, NULL, err, errlen);
-        if (!s)
-            return NULL;
-        storage_close(s);
-    }
-    /* A database made by storage_open() is in WAL already; this keeps a copy in WAL too. */
-    sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
-    return db;
-fail:
-    sqlite3_close(db);
-    return NULL;
+    return storage__db_open(path, create ? STORAGE__CREATE : STORAGE__WRITE, err, errlen);
 }
 
 static int
-db_error(sqlite3 *db, const char *path, const char *what, char *err, size_t errlen)
+db_error(struct storage__db *db, const char *path, const char *what, char *err, size_t errlen)
 {
-    storage__errf(err, errlen, "%s: %s: %s", path, what, sqlite3_errmsg(db));
+    storage__errf(err, errlen, "%s: %s: %s", storage__shown(path), what, storage__db_error(db));
     return -EIO;
 }
 
 static int
-exec(sqlite3 *db, const char *path, const char *sql, char *err, size_t errlen)
+exec(struct storage__db *db, const char *path, const char *sql, char *err, size_t errlen)
 {
-    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
+    if (storage__db_exec(db, sql) < 0)
         return db_error(db, path, sql, err, errlen);
     return 0;
 }
 
-/* Prepares sql, or returns NULL with err set. */
-static sqlite3_stmt *
-prepare(sqlite3 *db, const char *path, const char *sql, char *err, size_t errlen)
+/* Starts the write transaction every registry change runs in. */
+static int
+begin(struct storage__db *db, const char *path, char *err, size_t errlen)
 {
-    sqlite3_stmt *st = NULL;
+    if (storage__db_begin(db, STORAGE__TX_WRITE) < 0)
+        return db_error(db, path, "BEGIN", err, errlen);
+    return 0;
+}
 
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+/* Prepares sql, or returns NULL with err set. */
+static struct storage__stmt *
+prepare(struct storage__db *db, const char *path, const char *sql, char *err, size_t errlen)
+{
+    struct storage__stmt *st = storage__prepare(db, sql);
+
+    if (!st)
         db_error(db, path, "preparing a registry query", err, errlen);
-        sqlite3_finalize(st);
-        return NULL;
-    }
     return st;
 }
 
 static void
-copy_text(char *dst, size_t size, sqlite3_stmt *st, int col)
+copy_text(char *dst, size_t size, struct storage__stmt *st, int col)
 {
-    const unsigned char *t = sqlite3_column_text(st, col);
-    snprintf(dst, size, "%s", t ? (const char *)t : "");
+    const char *t = storage__column_text(st, col);
+    snprintf(dst, size, "%s", t ? t : "");
 }
 
 static int64_t
-column_count(sqlite3_stmt *st, int col)
+column_count(struct storage__stmt *st, int col)
 {
-    return sqlite3_column_type(st, col) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, col);
+    return storage__column_null(st, col) ? -1 : storage__column_int64(st, col);
 }
 
 static double
-column_real(sqlite3_stmt *st, int col)
+column_real(struct storage__stmt *st, int col)
 {
-    return sqlite3_column_type(st, col) == SQLITE_NULL ? NAN : sqlite3_column_double(st, col);
+    return storage__column_null(st, col) ? NAN : storage__column_double(st, col);
 }
 
 /* Fills m from a row of MODEL_COLUMNS. */
 static void
-row_read(sqlite3_stmt *st, struct storage_model_info *m)
+row_read(struct storage__stmt *st, struct storage_model_info *m)
 {
     memset(m, 0, sizeof(*m));
     copy_text(m->version, sizeof(m->version), st, 0);
     copy_text(m->path, sizeof(m->path), st, 1);
     copy_text(m->parent, sizeof(m->parent), st, 2);
     copy_text(m->source, sizeof(m->source), st, 3);
-    m->created_ms = sqlite3_column_int64(st, 4);
-    m->promoted_ms = sqlite3_column_int64(st, 5);
+    m->created_ms = storage__column_int64(st, 4);
+    m->promoted_ms = storage__column_int64(st, 5);
     m->train_examples = column_count(st, 6);
     m->holdout_n = column_count(st, 7);
     m->apgr = column_real(st, 8);
@@ -164,52 +119,52 @@ row_read(sqlite3_stmt *st, struct storage_model_info *m)
 /* Reads the row selected by sql (one text parameter, NULL = none) into out (may be
  * NULL). Returns 0, -ENOENT when there is no row, -EIO with err. */
 static int
-select_one(sqlite3 *db, const char *path, const char *sql, const char *param,
+select_one(struct storage__db *db, const char *path, const char *sql, const char *param,
            struct storage_model_info *out, char *err, size_t errlen)
 {
-    sqlite3_stmt *st = prepare(db, path, sql, err, errlen);
+    struct storage__stmt *st = prepare(db, path, sql, err, errlen);
     int rc;
 
     if (!st)
         return -EIO;
     if (param)
-        sqlite3_bind_text(st, 1, param, -1, SQLITE_STATIC);
-    switch (sqlite3_step(st)) {
-    case SQLITE_ROW:
+        storage__bind_text(st, 1, param);
+    switch (storage__step(st)) {
+    case 1:
         if (out)
             row_read(st, out);
         rc = 0;
         break;
-    case SQLITE_DONE:
+    case 0:
         rc = -ENOENT;
         break;
     default:
         rc = db_error(db, path, "reading the registry", err, errlen);
     }
-    sqlite3_finalize(st);
+    storage__finalize(st);
     return rc;
 }
 
 /* Runs sql with up to two text parameters and one integer (bound in that order, NULL
  * text skipped), expecting no rows. Returns 0 or -EIO with err. */
 static int
-run(sqlite3 *db, const char *path, const char *sql, const char *a, const char *b, int64_t n,
+run(struct storage__db *db, const char *path, const char *sql, const char *a, const char *b, int64_t n,
     char *err, size_t errlen)
 {
-    sqlite3_stmt *st = prepare(db, path, sql, err, errlen);
+    struct storage__stmt *st = prepare(db, path, sql, err, errlen);
     int i = 1, rc = 0;
 
     if (!st)
         return -EIO;
     if (a)
-        sqlite3_bind_text(st, i++, a, -1, SQLITE_STATIC);
+        storage__bind_text(st, i++, a);
     if (b)
-        sqlite3_bind_text(st, i++, b, -1, SQLITE_STATIC);
-    if (sqlite3_bind_parameter_count(st) >= i)
-        sqlite3_bind_int64(st, i, n);
-    if (sqlite3_step(st) != SQLITE_DONE)
+        storage__bind_text(st, i++, b);
+    if (storage__param_count(st) >= i)
+        storage__bind_int64(st, i, n);
+    if (storage__step(st) != 0)
         rc = db_error(db, path, "writing the registry", err, errlen);
-    sqlite3_finalize(st);
+    storage__finalize(st);
     return rc;
 }
 
@@ -217,18 +172,18 @@ run(sqlite3 *db, const char *path, const char *sql, const char *a, const char *b
  * that promotions are strictly ordered even within one millisecond. Inside the caller's
  * transaction. */
 static int
-next_promotion_ms(sqlite3 *db, const char *path, int64_t *ms, char *err, size_t errlen)
+next_promotion_ms(struct storage__db *db, const char *path, int64_t *ms, char *err, size_t errlen)
 {
-    sqlite3_stmt *st = prepare(db, path, "SELECT max(promoted_ms) FROM models", err, errlen);
+    struct storage__stmt *st = prepare(db, path, "SELECT max(promoted_ms) FROM models", err, errlen);
 
     if (!st)
         return -EIO;
-    if (sqlite3_step(st) != SQLITE_ROW) {
-        sqlite3_finalize(st);
+    if (storage__step(st) != 1) {
+        storage__finalize(st);
         return db_error(db, path, "reading the registry", err, errlen);
     }
-    int64_t last = sqlite3_column_int64(st, 0), now = storage__now_ms();
-    sqlite3_finalize(st);
+    int64_t last = storage__column_int64(st, 0), now = storage__now_ms();
+    storage__finalize(st);
     *ms = now > last ? now : last + 1;
     return 0;
 }
@@ -236,7 +191,7 @@ next_promotion_ms(sqlite3 *db, const char *path, int64_t *ms, char *err, size_t 
 /* Retires the champion (if any, other than version) and makes version champion with
  * promoted_ms = at. Inside the caller's transaction. Returns 0 or -EIO with err. */
 static int
-crown(sqlite3 *db, const char *path, const char *version, int64_t at, char *err, size_t errlen)
+crown(struct storage__db *db, const char *path, const char *version, int64_t at, char *err, size_t errlen)
 {
     if (run(db, path,
             "UPDATE models SET status = 'retired' WHERE status = 'champion' AND version <> ?",
@@ -267,14 +222,14 @@ storage_model_add(const char *db_path, const struct storage_model_info *m, char 
         return -EINVAL;
     }
 
-    sqlite3 *db = open_rw(db_path, 1, err, errlen);
-    sqlite3_stmt *st = NULL;
+    struct storage__db *db = open_rw(db_path, 1, err, errlen);
+    struct storage__stmt *st = NULL;
     int champion = !strcmp(m->status, "champion"), tx = 0, rc = -EIO;
     int64_t promoted = m->promoted_ms;
 
     if (!db)
         return -EIO;
-    if (exec(db, db_path, "BEGIN IMMEDIATE", err, errlen) < 0)
+    if (begin(db, db_path, err, errlen) < 0)
         goto fail;
     tx = 1;
     if (champion) {
@@ -298,22 +253,18 @@ storage_model_add(const char *db_path, const struct storage_model_info *m, char 
                  err, errlen);
     if (!st)
         goto fail;
-    sqlite3_bind_text(st, 1, m->version, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, m->path, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, m->parent, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, m->source, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, m->created_ms ? m->created_ms : storage__now_ms());
-    sqlite3_bind_int64(st, 6, promoted);
-    if (m->train_examples >= 0)
-        sqlite3_bind_int64(st, 7, m->train_examples);
-    if (m->holdout_n >= 0)
-        sqlite3_bind_int64(st, 8, m->holdout_n);
-    if (isfinite(m->apgr))
-        sqlite3_bind_double(st, 9, m->apgr);
-    if (isfinite(m->parent_apgr))
-        sqlite3_bind_double(st, 10, m->parent_apgr);
-    sqlite3_bind_text(st, 11, m->status, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
+    storage__bind_text(st, 1, m->version);
+    storage__bind_text(st, 2, m->path);
+    storage__bind_text(st, 3, m->parent);
+    storage__bind_text(st, 4, m->source);
+    storage__bind_int64(st, 5, m->created_ms ? m->created_ms : storage__now_ms());
+    storage__bind_int64(st, 6, promoted);
+    storage__bind_count(st, 7, m->train_examples);
+    storage__bind_count(st, 8, m->holdout_n);
+    storage__bind_real(st, 9, m->apgr);
+    storage__bind_real(st, 10, m->parent_apgr);
+    storage__bind_text(st, 11, m->status);
+    if (storage__step(st) != 0) {
         db_error(db, db_path, "storing the model", err, errlen);
         goto fail;
     }
@@ -322,10 +273,10 @@ storage_model_add(const char *db_path, const struct storage_model_info *m, char 
     tx = 0;
     rc = 0;
 fail:
-    sqlite3_finalize(st);
+    storage__finalize(st);
     if (tx)
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    sqlite3_close(db);
+        storage__db_rollback(db);
+    storage__db_close(db);
     return rc;
 }
 
@@ -337,7 +288,7 @@ storage_model_champion(const char *db_path, struct storage_model_info *out, char
         storage__errf(err, errlen, "no database or no place for the champion");
         return -EINVAL;
     }
-    sqlite3 *db = open_rw(db_path, 0, err, errlen);
+    struct storage__db *db = open_rw(db_path, 0, err, errlen);
     if (!db)
         return -EIO;
     int rc =
@@ -345,7 +296,7 @@ storage_model_champion(const char *db_path, struct storage_model_info *out, char
                    NULL, out, err, errlen);
     if (rc == -ENOENT)
         storage__errf(err, errlen, "%s: no champion model in the registry", db_path);
-    sqlite3_close(db);
+    storage__db_close(db);
     return rc;
 }
 
@@ -360,10 +311,10 @@ storage_model_promote(const char *db_path, const char *version, char *err, size_
         storage__errf(err, errlen, "promote needs a model version");
         return -EINVAL;
     }
-    sqlite3 *db = open_rw(db_path, 0, err, errlen);
+    struct storage__db *db = open_rw(db_path, 0, err, errlen);
     if (!db)
         return -EIO;
-    if (exec(db, db_path, "BEGIN IMMEDIATE", err, errlen) < 0)
+    if (begin(db, db_path, err, errlen) < 0)
         goto fail;
     tx = 1;
     rc = select_one(db, db_path, "SELECT " MODEL_COLUMNS " FROM models WHERE version = ?", version,
@@ -382,8 +333,8 @@ storage_model_promote(const char *db_path, const char *version, char *err, size_
     rc = 0;
 fail:
     if (tx)
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    sqlite3_close(db);
+        storage__db_rollback(db);
+    storage__db_close(db);
     return rc;
 }
 
@@ -399,10 +350,10 @@ storage_model_rollback(const char *db_path, struct storage_model_info *out, char
         storage__errf(err, errlen, "rollback needs a database");
         return -EINVAL;
     }
-    sqlite3 *db = open_rw(db_path, 0, err, errlen);
+    struct storage__db *db = open_rw(db_path, 0, err, errlen);
     if (!db)
         return -EIO;
-    if (exec(db, db_path, "BEGIN IMMEDIATE", err, errlen) < 0)
+    if (begin(db, db_path, err, errlen) < 0)
         goto fail;
     tx = 1;
     rc = select_one(db, db_path, "SELECT " MODEL_COLUMNS " FROM models WHERE status = 'champion'",
@@ -442,8 +393,8 @@ storage_model_rollback(const char *db_path, struct storage_model_info *out, char
         *out = prev;
 fail:
     if (tx)
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    sqlite3_close(db);
+        storage__db_rollback(db);
+    storage__db_close(db);
     return rc;
 }
 
@@ -457,27 +408,27 @@ storage_model_list(const char *db_path, storage_model_fn *fn, void *arg, char *e
         storage__errf(err, errlen, "list needs a database and a callback");
         return -EINVAL;
     }
-    sqlite3 *db = open_rw(db_path, 0, err, errlen);
+    struct storage__db *db = open_rw(db_path, 0, err, errlen);
     if (!db)
         return -EIO;
-    sqlite3_stmt *st = prepare(
+    struct storage__stmt *st = prepare(
         db, db_path, "SELECT " MODEL_COLUMNS " FROM models ORDER BY created_ms DESC, rowid DESC",
         err, errlen);
     if (!st) {
         n = -EIO;
         goto fail;
     }
-    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    while ((step = storage__step(st)) == 1) {
         row_read(st, &m);
         n++;
         if (fn(&m, arg) != 0)
             break;
     }
-    if (step != SQLITE_ROW && step != SQLITE_DONE)
+    if (step < 0)
         n = db_error(db, db_path, "reading the registry", err, errlen);
 fail:
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    storage__finalize(st);
+    storage__db_close(db);
     return n;
 }
 

@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include <jansson.h>
-#include <sqlite3.h>
 
 #include "storage.h"
 #include "storage-int.h"
@@ -252,7 +251,7 @@ percentiles(struct vec *v)
 }
 
 static void
-recent_add(struct recent *r, size_t *n, int64_t t, sqlite3_stmt *st)
+recent_add(struct recent *r, size_t *n, int64_t t, struct storage__stmt *st)
 {
     size_t at = *n;
 
@@ -270,31 +269,34 @@ recent_add(struct recent *r, size_t *n, int64_t t, sqlite3_stmt *st)
     }
     /* Only the row id now: the scan reads the covering index, the rest is fetched
      * for the final few. */
-    r[at] = (struct recent){.t = t, .rowid = sqlite3_column_int64(st, 9)}; /* id */
+    r[at] = (struct recent){.t = t, .rowid = storage__column_int64(st, 9)}; /* id */
 }
 
 /* Fills in the recent errors' details by row id. */
 static int
-recent_fetch(sqlite3 *db, struct recent *r, size_t n)
+recent_fetch(struct storage__db *db, struct recent *r, size_t n)
 {
-    sqlite3_stmt *st = NULL;
+    struct storage__stmt *st = storage__prepare(
+        db, "SELECT request_id, backend, status, error_kind FROM requests WHERE id = ?");
 
-    if (sqlite3_prepare_v2(db,
-                           "SELECT request_id, backend, status, error_kind FROM requests"
-                           " WHERE id = ?",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (!st)
         return -EIO;
     for (size_t i = 0; i < n; i++) {
-        sqlite3_bind_int64(st, 1, r[i].rowid);
-        if (sqlite3_step(st) == SQLITE_ROW) {
-            r[i].request_id = storage__strdup((const char *)sqlite3_column_text(st, 0));
-            r[i].backend = storage__strdup((const char *)sqlite3_column_text(st, 1));
-            r[i].status = sqlite3_column_int(st, 2);
-            r[i].error_kind = storage__strdup((const char *)sqlite3_column_text(st, 3));
+        storage__bind_int64(st, 1, r[i].rowid);
+        int rc = storage__step(st);
+        if (rc < 0) {
+            storage__finalize(st);
+            return -EIO;
         }
-        sqlite3_reset(st);
+        if (rc == 1) {
+            r[i].request_id = storage__strdup(storage__column_text(st, 0));
+            r[i].backend = storage__strdup(storage__column_text(st, 1));
+            r[i].status = (int)storage__column_int64(st, 2);
+            r[i].error_kind = storage__strdup(storage__column_text(st, 3));
+        }
+        storage__reset(st);
     }
-    sqlite3_finalize(st);
+    storage__finalize(st);
     return 0;
 }
 
@@ -316,8 +318,8 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
               size_t n_prices, int64_t now_ms, char *err, size_t errlen)
 {
     int64_t window_ms;
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
+    struct storage__db *db = NULL;
+    struct storage__stmt *st = NULL;
     struct acc a = {0};
     struct recent recent[STATS_RECENT];
     size_t n_recent = 0;
@@ -347,60 +349,59 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
             prices[i].price_input + prices[i].price_output > top->price_input + top->price_output)
             top = &prices[i];
 
-    db = storage__open_read(db_path, err, errlen);
+    db = storage__db_open(db_path, STORAGE__READ, err, errlen);
     if (!db)
         return NULL;
-    if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) /* one snapshot for all reads */
+    if (storage__db_begin(db, STORAGE__TX_SNAPSHOT) < 0) /* one snapshot for all reads */
         goto dberr;
 
         /* One scan of the window (the covering index alone); everything else is computed
          * in C. NULLs come back as sentinels so each column is one API call: -1 tokens
          * (never stored), NO_VALUE for latencies and the score. */
 #define NO_VALUE "-1e308"
-    if (sqlite3_prepare_v2(db,
-                           "SELECT backend, status >= 400 OR error_kind IS NOT NULL,"
-                           " ifnull(latency_ms, " NO_VALUE "), ifnull(ttfb_ms, " NO_VALUE "),"
-                           " ifnull(tokens_in, -1), ifnull(tokens_out, -1), cost_usd,"
-                           " ifnull(score, " NO_VALUE "), started_ms, id,"
+    if (!(st = storage__prepare(db, "SELECT backend, status >= 400 OR error_kind IS NOT NULL,"
+                           " coalesce(latency_ms, " NO_VALUE "), coalesce(ttfb_ms, " NO_VALUE "),"
+                           " coalesce(tokens_in, -1), coalesce(tokens_out, -1), cost_usd,"
+                           " coalesce(score, " NO_VALUE "), started_ms, id,"
                            " CASE kind WHEN 'shadow' THEN 1 WHEN 'judge' THEN 2 WHEN 'cascade' THEN 3 ELSE 0 END,"
                            /* the backend's own error: a 5xx (not ours: shutdown, internal),
                             * or a stream it cut; a 4xx is the client's */
                            " CASE WHEN backend IS NULL OR (status >= 400 AND status < 500)"
-                           " THEN 0 WHEN status >= 500 THEN ifnull(error_kind, '') NOT IN"
+                           " THEN 0 WHEN status >= 500 THEN CASE WHEN coalesce(error_kind, '') NOT IN"
                            " ('shutdown', 'shutting_down', 'internal', 'internal_error')"
-                           " ELSE error_kind IS NOT NULL AND error_kind NOT IN"
-                           " ('client_aborted', 'client_gone', 'shutdown') END,"
+                           " THEN 1 ELSE 0 END"
+                           " ELSE CASE WHEN error_kind IS NOT NULL AND error_kind NOT IN"
+                           " ('client_aborted', 'client_gone', 'shutdown') THEN 1 ELSE 0 END END,"
                            " key_id, route_reason = 'fallback', failed_attempts,"
                            " status >= 400 AND status < 500"
-                           " FROM requests WHERE started_ms >= ? AND started_ms <= ?",
-                           -1, &st, NULL) != SQLITE_OK)
+                           " FROM requests WHERE started_ms >= ? AND started_ms <= ?")))
         goto dberr;
 #undef NO_VALUE
-    sqlite3_bind_int64(st, 1, from);
-    sqlite3_bind_int64(st, 2, now_ms);
+    storage__bind_int64(st, 1, from);
+    storage__bind_int64(st, 2, now_ms);
     int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        int kind = sqlite3_column_int(st, 10);
+    while ((rc = storage__step(st)) == 1) {
+        int kind = (int)storage__column_int64(st, 10);
         if (kind != LEARN_CLIENT) {
             /* The daemon's own calls: their spend only, so the rest matches what
              * clients sent. */
             calls[kind]++;
-            calls_cost[kind] += sqlite3_column_double(st, 6);
+            calls_cost[kind] += storage__column_double(st, 6);
             continue;
         }
-        const char *name = (const char *)sqlite3_column_text(st, 0);
-        int64_t t = sqlite3_column_int64(st, 8);
-        int64_t tin = sqlite3_column_int64(st, 4), tout = sqlite3_column_int64(st, 5);
-        double cost = sqlite3_column_double(st, 6);
-        int failed = sqlite3_column_int(st, 1);
+        const char *name = storage__column_text(st, 0);
+        int64_t t = storage__column_int64(st, 8);
+        int64_t tin = storage__column_int64(st, 4), tout = storage__column_int64(st, 5);
+        double cost = storage__column_double(st, 6);
+        int failed = (int)storage__column_int64(st, 1);
 
         total++;
         if (failed) {
             errors++;
             recent_add(recent, &n_recent, t, st);
         }
-        client_errors += sqlite3_column_int(st, 15) != 0;
-        const char *key = (const char *)sqlite3_column_text(st, 12);
+        client_errors += (int)storage__column_int64(st, 15) != 0;
+        const char *key = storage__column_text(st, 12);
         if (key) {
             struct key_acc *k = key_get(&ks, key);
             k->requests++;
@@ -411,7 +412,7 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
         }
         /* Attempts it retried or fell back from: errors of those backends, even when
          * the client got an answer from another. */
-        const char *fa = (const char *)sqlite3_column_text(st, 14);
+        const char *fa = storage__column_text(st, 14);
         const char *first = NULL;
         size_t first_len = 0;
         while (fa && *fa) {
@@ -430,18 +431,18 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
         }
         if (!name)
             continue; /* refused before a backend was chosen: not any backend's row */
-        if (sqlite3_column_int(st, 13) && first) {
+        if ((int)storage__column_int64(st, 13) && first) {
             fallbacks++;
             acc_backend_n(&a, first, first_len)->fallbacks_from++;
             pair_add(&fb, first, first_len, name);
         }
         struct backend_acc *b = acc_backend(&a, name);
         b->requests++;
-        if (sqlite3_column_int(st, 11)) {
+        if ((int)storage__column_int64(st, 11)) {
             b->errors++;
             backend_errors++;
         }
-        double lat = sqlite3_column_double(st, 2), ttfb = sqlite3_column_double(st, 3);
+        double lat = storage__column_double(st, 2), ttfb = storage__column_double(st, 3);
         if (lat > -1e307)
             vec_push(&b->latency, lat);
         if (ttfb > -1e307)
@@ -461,7 +462,7 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
             costed_actual += cost;
             baseline += ((double)tin * top->price_input + (double)tout * top->price_output) / 1e6;
         }
-        double sc = sqlite3_column_double(st, 7);
+        double sc = storage__column_double(st, 7);
         if (sc > -1e307) {
             int bin = (int)floor(sc * STATS_BINS);
             if (bin < 0)
@@ -479,9 +480,9 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
         b->bucket_requests[k]++;
         b->bucket_cost[k] += cost;
     }
-    if (rc != SQLITE_DONE)
+    if (rc != 0)
         goto dberr;
-    sqlite3_finalize(st);
+    storage__finalize(st);
     st = NULL;
     if (recent_fetch(db, recent, n_recent) < 0)
         goto dberr;
@@ -489,55 +490,51 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     /* Feedback on the window's requests, per backend. */
     uint64_t fb_total = 0;
     double fb_sum = 0;
-    if (sqlite3_prepare_v2(db,
-                           /* Feedback comes after its request, so created_ms >= from
+    if (!(st = storage__prepare(db, /* Feedback comes after its request, so created_ms >= from
                             * narrows the feedback side; CROSS JOIN keeps it outer. */
                            "SELECT r.backend, count(*), avg(f.score) FROM feedback f"
                            " CROSS JOIN requests r ON r.request_id = f.request_id"
                            " WHERE f.created_ms >= ? AND r.started_ms >= ? AND r.started_ms <= ?"
                            " AND (r.kind IS NULL OR r.kind NOT IN ('shadow', 'judge', 'cascade'))"
-                           " GROUP BY r.backend",
-                           -1, &st, NULL) != SQLITE_OK)
+                           " GROUP BY r.backend")))
         goto dberr;
-    sqlite3_bind_int64(st, 1, from);
-    sqlite3_bind_int64(st, 2, from);
-    sqlite3_bind_int64(st, 3, now_ms);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *name = (const char *)sqlite3_column_text(st, 0);
+    storage__bind_int64(st, 1, from);
+    storage__bind_int64(st, 2, from);
+    storage__bind_int64(st, 3, now_ms);
+    while ((rc = storage__step(st)) == 1) {
+        const char *name = storage__column_text(st, 0);
         if (!name)
             continue; /* a request no backend answered has no backend's feedback */
         struct backend_acc *b = acc_backend(&a, name);
-        b->feedback_n = (uint64_t)sqlite3_column_int64(st, 1);
-        b->feedback_mean = sqlite3_column_double(st, 2);
+        b->feedback_n = (uint64_t)storage__column_int64(st, 1);
+        b->feedback_mean = storage__column_double(st, 2);
         fb_total += b->feedback_n;
         fb_sum += b->feedback_mean * (double)b->feedback_n;
     }
-    if (rc != SQLITE_DONE)
+    if (rc != 0)
         goto dberr;
-    sqlite3_finalize(st);
+    storage__finalize(st);
     st = NULL;
 
     /* Labels gathered in the window, by source; /v1/feedback counts as "feedback". */
-    if (sqlite3_prepare_v2(db,
-                           "SELECT 'feedback', count(*) FROM feedback"
+    if (!(st = storage__prepare(db, "SELECT 'feedback', count(*) FROM feedback"
                            " WHERE created_ms >= ?1 AND created_ms <= ?2"
                            " UNION ALL SELECT source, count(*) FROM outcomes"
-                           " WHERE created_ms >= ?1 AND created_ms <= ?2 GROUP BY source",
-                           -1, &st, NULL) != SQLITE_OK)
+                           " WHERE created_ms >= ?1 AND created_ms <= ?2 GROUP BY source")))
         goto dberr;
-    sqlite3_bind_int64(st, 1, from);
-    sqlite3_bind_int64(st, 2, now_ms);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *src = (const char *)sqlite3_column_text(st, 0);
+    storage__bind_int64(st, 1, from);
+    storage__bind_int64(st, 2, now_ms);
+    while ((rc = storage__step(st)) == 1) {
+        const char *src = storage__column_text(st, 0);
         for (int i = 0; src && i < 3; i++)
             if (!strcmp(src, sources[i]))
-                labels[i] += (uint64_t)sqlite3_column_int64(st, 1);
+                labels[i] += (uint64_t)storage__column_int64(st, 1);
     }
-    if (rc != SQLITE_DONE)
+    if (rc != 0)
         goto dberr;
-    sqlite3_finalize(st);
+    storage__finalize(st);
     st = NULL;
-    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    storage__db_commit(db);
 
     /* Build the document. */
     json_t *backends = json_object();
@@ -640,10 +637,10 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     }
     goto done;
 dberr:
-    storage__errf(err, errlen, "%s: %s", db_path, sqlite3_errmsg(db));
+    storage__errf(err, errlen, "%s: %s", storage__shown(db_path), storage__db_error(db));
 done:
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    storage__finalize(st);
+    storage__db_close(db);
     for (size_t i = 0; i < a.n; i++) {
         free(a.b[i].name);
         free(a.b[i].latency.v);

@@ -8,14 +8,12 @@
 #include <string.h>
 #include <time.h>
 
-#include <sqlite3.h>
-
 #include "storage.h"
 #include "storage-int.h"
 
 /* Out of memory aborts, here as everywhere in triage. */
-static void *
-xcalloc(size_t n, size_t size)
+void *
+storage__calloc(size_t n, size_t size)
 {
     void *p = calloc(n, size);
     if (!p) {
@@ -68,250 +66,81 @@ mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- schema ---- */
+/* ---- the engine boundary ---- */
 
-/* migrations[i] takes a database from user_version i to i + 1. Append only: a
- * shipped migration is never edited. */
-static const char *const migrations[STORAGE_SCHEMA_VERSION] = {
-    /* 0 -> 1: the request log */
-    "CREATE TABLE requests ("
-    " id INTEGER PRIMARY KEY,"
-    " request_id TEXT NOT NULL,"
-    " started_ms INTEGER NOT NULL,"
-    " finished_ms INTEGER,"
-    " key_id TEXT,"
-    " requested_model TEXT,"
-    " backend TEXT,"
-    " route_reason TEXT,"
-    " score REAL,"
-    " threshold REAL,"
-    " model_version TEXT,"
-    " features_digest INTEGER,"
-    " prompt_hash TEXT,"
-    " status INTEGER,"
-    " error_kind TEXT,"
-    " latency_ms REAL,"
-    " ttfb_ms REAL,"
-    " tokens_in INTEGER,"
-    " tokens_out INTEGER,"
-    " finish_reason TEXT,"
-    " cost_usd REAL,"
-    " stream INTEGER,"
-    " prompt TEXT);" /* last: scans of the other columns never touch its overflow pages */
-    "CREATE INDEX requests_started ON requests(started_ms);",
+/* Longest wait between reconnect attempts while the database is away. */
+#define STORAGE__RECONNECT_MAX_MS 5000
 
-    /* 1 -> 2: feedback (no foreign key: it may arrive before the row is written)
-     * and lookups by request id */
-    "CREATE TABLE feedback ("
-    " request_id TEXT NOT NULL,"
-    " source TEXT NOT NULL,"
-    " score REAL NOT NULL,"
-    " label TEXT,"
-    " created_ms INTEGER NOT NULL,"
-    " PRIMARY KEY (request_id, source));"
-    "CREATE INDEX feedback_created ON feedback(created_ms);"
-    "CREATE INDEX requests_request_id ON requests(request_id);",
-
-    /* 2 -> 3: stats scan a window of the index alone instead of looking every row up
-     * in the table (measured 0.96 s -> 0.05 s for 500k rows); it also serves
-     * retention and time filters, so the plain time index goes. */
-    "CREATE INDEX requests_window ON requests(started_ms, backend, status, error_kind,"
-    " latency_ms, ttfb_ms, tokens_in, tokens_out, cost_usd, score);"
-    "DROP INDEX requests_started;",
-
-    /* 3 -> 4: learning. Shadow and judge calls are rows of their own, marked by kind
-     * (NULL = a client request) and tied to the client request by parent_id. Columns
-     * added with ALTER TABLE land after prompt, so the window index gains kind (stats
-     * read it there) and is rebuilt: ~6 s per million rows, once. Outcomes
-     * label one backend's answer to a client request's prompt, per source; no foreign
-     * key, like feedback. */
-    "ALTER TABLE requests ADD COLUMN kind TEXT;"
-    "ALTER TABLE requests ADD COLUMN parent_id TEXT;"
-    "DROP INDEX requests_window;"
-    "CREATE INDEX requests_window ON requests(started_ms, backend, status, error_kind,"
-    " latency_ms, ttfb_ms, tokens_in, tokens_out, cost_usd, score, kind);"
-    "CREATE TABLE outcomes ("
-    " request_id TEXT NOT NULL,"
-    " backend TEXT NOT NULL,"
-    " source TEXT NOT NULL,"
-    " q REAL NOT NULL,"
-    " detail TEXT,"
-    " created_ms INTEGER NOT NULL,"
-    " PRIMARY KEY (request_id, backend, source));"
-    "CREATE INDEX outcomes_created ON outcomes(created_ms);",
-
-    /* 4 -> 5: the model registry (registry.c): every predictor version with its metrics
-     * and lineage. The partial unique index allows one champion at most. Unknown counts
-     * and APGRs are NULL. */
-    "CREATE TABLE models ("
-    " version TEXT PRIMARY KEY,"
-    " path TEXT NOT NULL,"
-    " parent TEXT NOT NULL DEFAULT '',"
-    " source TEXT NOT NULL,"
-    " created_ms INTEGER NOT NULL,"
-    " promoted_ms INTEGER NOT NULL DEFAULT 0,"
-    " train_examples INTEGER,"
-    " holdout_n INTEGER,"
-    " apgr REAL,"
-    " parent_apgr REAL,"
-    " status TEXT NOT NULL);"
-    "CREATE UNIQUE INDEX models_champion ON models(status) WHERE status = 'champion';"
-    "CREATE INDEX models_created ON models(created_ms);",
-
-    /* 5 -> 6: store_prompts = features keeps the request's hashed feature vector
-     * (features_blob_encode) instead of its text, to retrain from without user text.
-     * ALTER TABLE adds it after the other columns, out of the stats index. */
-    "ALTER TABLE requests ADD COLUMN features BLOB;",
-
-    /* 6 -> 7: honest backend errors and per-key figures. failed_attempts lists the
-     * attempts a request retried or fell back from ("backend kind,backend kind"), so a
-     * dead backend that a fallback hides still shows its errors; the window index is
-     * rebuilt with it, key_id and route_reason so stats read them from the index alone
-     * (a rebuild of ~6 s per million rows, once). */
-    "ALTER TABLE requests ADD COLUMN failed_attempts TEXT;"
-    "DROP INDEX requests_window;"
-    "CREATE INDEX requests_window ON requests(started_ms, backend, status, error_kind,"
-    " latency_ms, ttfb_ms, tokens_in, tokens_out, cost_usd, score, kind, key_id,"
-    " route_reason, failed_attempts);",
-};
-
-static int
-exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
+int
+storage__is_pg(const char *target)
 {
-    char *msg = NULL;
-
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        storage__errf(err, errlen, "%s", msg ? msg : sqlite3_errmsg(db));
-        sqlite3_free(msg);
-        return -EIO;
-    }
-    return 0;
+    return target && (!strncmp(target, "postgresql://", 13) || !strncmp(target, "postgres://", 11));
 }
 
-static int
-user_version(sqlite3 *db, int *version, char *err, size_t errlen)
+const char *
+storage__shown(const char *target)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = -EIO;
+    static _Thread_local char buf[512];
 
-    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW) {
-        storage__errf(err, errlen, "reading the schema version: %s", sqlite3_errmsg(db));
-        goto fail;
-    }
-    *version = sqlite3_column_int(st, 0);
-    rc = 0;
-fail:
-    sqlite3_finalize(st);
-    return rc;
+    if (!storage__is_pg(target))
+        return target;
+    /* scheme://user:password@host... -> scheme://user:***@host... */
+    const char *auth = strstr(target, "://") + 3, *at = strchr(auth, '@');
+    const char *colon = strchr(auth, ':');
+    if (!at || !colon || colon > at)
+        return target;
+    snprintf(buf, sizeof(buf), "%.*s:***%s", (int)(colon - target), target, at);
+    return buf;
 }
 
-static int
-check_version(const char *path, int version, char *err, size_t errlen)
+struct storage__db *
+storage__db_open(const char *target, enum storage__mode mode, char *err, size_t errlen)
 {
-    if (version > STORAGE_SCHEMA_VERSION) {
-        storage__errf(err, errlen,
-                      "%s: schema version %d is newer than this triage understands (%d); "
-                      "use a newer triage or another database file",
-                      path, version, STORAGE_SCHEMA_VERSION);
-        return -EPROTO;
+    if (!target || !*target) {
+        storage__errf(err, errlen, "storage: no database path or URL");
+        return NULL;
     }
-    return 0;
+    return (storage__is_pg(target) ? &storage__pg : &storage__sqlite)->open(target, mode, err,
+                                                                             errlen);
 }
 
-/* Applies every migration above the database's version, each in its own transaction. */
-static int
-migrate(sqlite3 *db, const char *path, char *err, size_t errlen)
+void
+storage__db_rollback(struct storage__db *db)
 {
-    char sql[64];
-    int version;
-
-    if (user_version(db, &version, err, errlen) < 0)
-        return -EIO;
-    if (check_version(path, version, err, errlen) < 0)
-        return -EPROTO;
-    while (version < STORAGE_SCHEMA_VERSION) {
-        if (exec(db, "BEGIN IMMEDIATE", err, errlen) < 0)
-            return -EIO;
-        /* Re-read inside the lock: another process may have migrated meanwhile. */
-        if (user_version(db, &version, err, errlen) < 0 ||
-            check_version(path, version, err, errlen) < 0) {
-            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-            return -EIO;
-        }
-        if (version >= STORAGE_SCHEMA_VERSION) {
-            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-            break;
-        }
-        snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", version + 1);
-        char e[256] = "";
-        if (exec(db, migrations[version], e, sizeof(e)) < 0 || exec(db, sql, e, sizeof(e)) < 0 ||
-            exec(db, "COMMIT", e, sizeof(e)) < 0) {
-            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-            storage__errf(err, errlen, "%s: migrating schema %d -> %d: %s", path, version,
-                          version + 1, e);
-            return -EIO;
-        }
-        version++;
-    }
-    return 0;
+    /* Engines note an error only when a call fails: the failure that made us roll
+     * back stays the one reported, unless the ROLLBACK itself fails. */
+    db->e->exec(db, "ROLLBACK");
 }
 
-sqlite3 *
-storage__open_read(const char *path, char *err, size_t errlen)
+void
+storage__bind_real(struct storage__stmt *st, int i, double v)
 {
-    sqlite3 *db = NULL;
-    int version;
+    if (isfinite(v))
+        st->e->bind_double(st, i, v);
+    else
+        st->e->bind_null(st, i);
+}
 
-    /* NOMUTEX: a read connection lives on one thread; the per-call mutex cost ~15% of
-     * a stats scan. */
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX,
-                        NULL) != SQLITE_OK) {
-        storage__errf(err, errlen, "%s: %s", path, db ? sqlite3_errmsg(db) : "cannot open");
-        goto fail;
-    }
-    sqlite3_busy_timeout(db, STORAGE__BUSY_TIMEOUT_MS);
-    /* Scans read pages through the map instead of copying them with read(). */
-    sqlite3_exec(db, "PRAGMA mmap_size=268435456", NULL, NULL, NULL);
-    if (user_version(db, &version, err, errlen) < 0)
-        goto fail;
-    if (version == 0) {
-        storage__errf(err, errlen, "%s: not a triage database (no schema)", path);
-        goto fail;
-    }
-    if (check_version(path, version, err, errlen) < 0)
-        goto fail;
-    if (version < STORAGE_SCHEMA_VERSION) {
-        storage__errf(err, errlen,
-                      "%s: schema version %d is older than %d; start triaged on it once "
-                      "(it migrates at start)",
-                      path, version, STORAGE_SCHEMA_VERSION);
-        goto fail;
-    }
-    return db;
-fail:
-    sqlite3_close(db);
-    return NULL;
+void
+storage__bind_count(struct storage__stmt *st, int i, int64_t v)
+{
+    if (v >= 0)
+        st->e->bind_int64(st, i, v);
+    else
+        st->e->bind_null(st, i);
 }
 
 /* ---- the writer ---- */
 
-/* A queued label (storage_outcome_submit): one allocation, strings after the struct. */
-struct outcome {
-    const char *request_id, *backend, *source, *detail; /* detail may be NULL */
-    double q;
-    int64_t created_ms;
-};
+#define outcome storage__outcome
 
 struct storage {
     char *path;
     struct storage_options opt;
-    sqlite3 *db; /* the writer thread's connection */
-    sqlite3_stmt *insert;
-    sqlite3_stmt *retain_requests;
-    sqlite3_stmt *retain_feedback;
-    sqlite3_stmt *insert_outcome;
-    sqlite3_stmt *retain_outcomes;
+    struct storage__db *db; /* the writer thread's connection; NULL while away */
+    struct storage__stmt *insert_outcome;
+    int64_t reconnect_ms;   /* CLOCK_MONOTONIC ms of the next attempt while away */
+    uint32_t reconnect_wait; /* ms, doubling up to STORAGE__RECONNECT_MAX_MS */
 
     pthread_t thread;
     int thread_started;
@@ -323,6 +152,7 @@ struct storage {
     struct storage_record **batch; /* being written; still visible to storage_feedback */
     uint32_t batch_n;
     int stop;
+    int gave_up;  /* stopping with the database away: what is left is counted failed */
     int flushers; /* threads waiting in storage_flush */
     struct storage_counters c;
     /* after the records' fields, which storage_submit touches, to keep their layout */
@@ -332,15 +162,8 @@ struct storage {
     uint32_t obatch_n;
 
     pthread_mutex_t fb_lock; /* serialises storage_feedback on fb_db */
-    sqlite3 *fb_db;
+    struct storage__db *fb_db;
 };
-
-static const char insert_sql[] =
-    "INSERT INTO requests (request_id, started_ms, finished_ms, key_id, requested_model,"
-    " backend, route_reason, score, threshold, model_version, features_digest, prompt_hash,"
-    " status, error_kind, latency_ms, ttfb_ms, tokens_in, tokens_out, finish_reason, cost_usd,"
-    " stream, prompt, kind, parent_id, features, failed_attempts)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 /* Last write wins: a judge may grade again, a grader may correct itself. */
 static const char insert_outcome_sql[] =
@@ -348,130 +171,88 @@ static const char insert_outcome_sql[] =
     " VALUES (?,?,?,?,?,?) ON CONFLICT (request_id, backend, source) DO UPDATE"
     " SET q = excluded.q, detail = excluded.detail, created_ms = excluded.created_ms";
 
-static void
-bind_text(sqlite3_stmt *st, int i, const char *s)
-{
-    if (s)
-        sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, i);
-}
-
-static void
-bind_real(sqlite3_stmt *st, int i, double v)
-{
-    if (isfinite(v))
-        sqlite3_bind_double(st, i, v);
-    else
-        sqlite3_bind_null(st, i);
-}
-
-static void
-bind_count(sqlite3_stmt *st, int i, int64_t v)
-{
-    if (v >= 0)
-        sqlite3_bind_int64(st, i, v);
-    else
-        sqlite3_bind_null(st, i);
-}
-
-/* Puts db's latest error into why (STORAGE_ERROR_MAX bytes): SQLite's text and the
- * extended result code. Call before a ROLLBACK, which replaces the error. */
-static void
-error_text(sqlite3 *db, char *why)
-{
-    snprintf(why, STORAGE_ERROR_MAX, "%s (sqlite error %d)", sqlite3_errmsg(db),
-             sqlite3_extended_errcode(db));
-}
-
-/* Inserts r. Returns 0, or -EIO with the error in why. */
+/* Inserts or overwrites o. Returns 0 or -EIO. */
 static int
-insert_one(struct storage *s, const struct storage_record *r, char *why)
+insert_outcome(struct storage *s, const struct outcome *o)
 {
-    sqlite3_stmt *st = s->insert;
-    int rc;
+    struct storage__stmt *st = s->insert_outcome;
 
-    bind_text(st, 1, r->request_id ? r->request_id : "");
-    sqlite3_bind_int64(st, 2, r->started_ms);
-    sqlite3_bind_int64(st, 3, r->finished_ms);
-    bind_text(st, 4, r->key_id);
-    bind_text(st, 5, r->requested_model);
-    bind_text(st, 6, r->backend);
-    bind_text(st, 7, r->route_reason);
-    bind_real(st, 8, r->score);
-    bind_real(st, 9, r->threshold);
-    bind_text(st, 10, r->model_version);
-    sqlite3_bind_int64(st, 11, (int64_t)r->features_digest); /* the bit pattern */
-    bind_text(st, 12, r->prompt_hash);
-    sqlite3_bind_int(st, 13, r->status);
-    bind_text(st, 14, r->error_kind);
-    bind_real(st, 15, r->latency_ms);
-    bind_real(st, 16, r->ttfb_ms);
-    bind_count(st, 17, r->tokens_in);
-    bind_count(st, 18, r->tokens_out);
-    bind_text(st, 19, r->finish_reason);
-    bind_real(st, 20, r->cost_usd);
-    sqlite3_bind_int(st, 21, r->stream);
-    bind_text(st, 22, r->prompt);
-    bind_text(st, 23, r->kind);
-    bind_text(st, 24, r->parent_id);
-    if (r->features && r->features_len <= INT_MAX)
-        sqlite3_bind_blob(st, 25, r->features, (int)r->features_len, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 25);
-    bind_text(st, 26, r->failed_attempts);
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE)
-        error_text(s->db, why);
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return rc == SQLITE_DONE ? 0 : -EIO;
+    if (!st && !(st = s->insert_outcome = storage__prepare(s->db, insert_outcome_sql)))
+        return -EIO;
+    storage__bind_text(st, 1, o->request_id);
+    storage__bind_text(st, 2, o->backend);
+    storage__bind_text(st, 3, o->source);
+    storage__bind_double(st, 4, o->q);
+    storage__bind_text(st, 5, o->detail);
+    storage__bind_int64(st, 6, o->created_ms);
+    int rc = storage__step(st);
+    storage__reset(st);
+    return rc < 0 ? -EIO : 0;
 }
 
-/* Inserts or overwrites o. Returns 0, or -EIO with the error in why. */
-static int
-insert_outcome(struct storage *s, const struct outcome *o, char *why)
+/* Drops the writer's connection (it went away); the next batch reconnects. */
+static void
+disconnect(struct storage *s)
 {
-    sqlite3_stmt *st = s->insert_outcome;
-    int rc;
+    storage__finalize(s->insert_outcome);
+    s->insert_outcome = NULL;
+    storage__db_close(s->db);
+    s->db = NULL;
+}
 
-    bind_text(st, 1, o->request_id);
-    bind_text(st, 2, o->backend);
-    bind_text(st, 3, o->source);
-    sqlite3_bind_double(st, 4, o->q);
-    bind_text(st, 5, o->detail);
-    sqlite3_bind_int64(st, 6, o->created_ms);
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE)
-        error_text(s->db, why);
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return rc == SQLITE_DONE ? 0 : -EIO;
+/* Connects the writer when it is away, at most once per backoff step (250 ms doubling
+ * to STORAGE__RECONNECT_MAX_MS). Returns 0 connected, -EIO with why. */
+static int
+connect_writer(struct storage *s, char *why)
+{
+    char e[512];
+
+    if (s->db)
+        return 0;
+    int64_t now = mono_ms();
+    if (now < s->reconnect_ms) {
+        snprintf(why, STORAGE_ERROR_MAX, "%s", s->c.last_error);
+        return -EIO;
+    }
+    s->db = storage__db_open(s->path, STORAGE__WRITE, e, sizeof(e));
+    if (s->db) {
+        s->reconnect_wait = 0;
+        return 0;
+    }
+    s->reconnect_wait = s->reconnect_wait ? s->reconnect_wait * 2 : 250;
+    if (s->reconnect_wait > STORAGE__RECONNECT_MAX_MS)
+        s->reconnect_wait = STORAGE__RECONNECT_MAX_MS;
+    s->reconnect_ms = now + s->reconnect_wait;
+    snprintf(why, STORAGE_ERROR_MAX, "%.*s", STORAGE_ERROR_MAX - 1, e);
+    return -EIO;
 }
 
 /* Writes the records b[0..n) and the outcomes o[0..no) in one transaction. Returns
- * 0, or -EIO (rolled back) with the error in why (STORAGE_ERROR_MAX bytes). */
+ * 0, -EIO (rolled back) with the error in why (STORAGE_ERROR_MAX bytes), or -ENOTCONN
+ * when the database is away (the batch is worth keeping: nothing was wrong with it). */
 static int
 write_batch(struct storage *s, struct storage_record **b, uint32_t n, struct outcome **o,
             uint32_t no, char *why)
 {
-    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-        error_text(s->db, why);
-        return -EIO;
-    }
-    for (uint32_t i = 0; i < n; i++)
-        if (insert_one(s, b[i], why) < 0)
-            goto fail;
-    for (uint32_t i = 0; i < no; i++)
-        if (insert_outcome(s, o[i], why) < 0)
-            goto fail;
-    if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-        error_text(s->db, why);
+    if (connect_writer(s, why) < 0)
+        return -ENOTCONN;
+    if (storage__db_begin(s->db, STORAGE__TX_BATCH) < 0)
         goto fail;
-    }
+    if (n && s->db->e->insert_records(s->db, b, n) < 0)
+        goto fail;
+    for (uint32_t i = 0; i < no; i++)
+        if (insert_outcome(s, o[i]) < 0)
+            goto fail;
+    if (storage__db_commit(s->db) < 0)
+        goto fail;
     return 0;
 fail:
-    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    snprintf(why, STORAGE_ERROR_MAX, "%s", storage__db_error(s->db));
+    storage__db_rollback(s->db);
+    if (storage__db_gone(s->db)) {
+        disconnect(s);
+        return -ENOTCONN;
+    }
     return -EIO;
 }
 
@@ -501,42 +282,29 @@ wait_until(struct storage *s, pthread_cond_t *cond, int64_t deadline_ms)
 static int
 retention_step(struct storage *s, char *why)
 {
+    static const char *const tables[] = {"requests", "feedback", "outcomes"};
     int64_t cutoff = storage__now_ms() - (int64_t)s->opt.retention_days * 86400000;
     int n = 0;
 
-    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-        error_text(s->db, why);
+    if (connect_writer(s, why) < 0)
         return -EIO;
+    if (storage__db_begin(s->db, STORAGE__TX_BATCH) < 0)
+        goto fail;
+    for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
+        int d = s->db->e->delete_before(s->db, tables[i], cutoff, s->opt.retention_batch);
+        if (d < 0)
+            goto fail;
+        if (d > n)
+            n = d; /* keep going while any table has a full batch */
     }
-    sqlite3_bind_int64(s->retain_requests, 1, cutoff);
-    sqlite3_bind_int(s->retain_requests, 2, (int)s->opt.retention_batch);
-    if (sqlite3_step(s->retain_requests) != SQLITE_DONE)
-        goto fail;
-    n = sqlite3_changes(s->db);
-    sqlite3_reset(s->retain_requests);
-    sqlite3_bind_int64(s->retain_feedback, 1, cutoff);
-    sqlite3_bind_int(s->retain_feedback, 2, (int)s->opt.retention_batch);
-    if (sqlite3_step(s->retain_feedback) != SQLITE_DONE)
-        goto fail;
-    if (sqlite3_changes(s->db) > n)
-        n = sqlite3_changes(s->db); /* keep going while any table has a full batch */
-    sqlite3_reset(s->retain_feedback);
-    sqlite3_bind_int64(s->retain_outcomes, 1, cutoff);
-    sqlite3_bind_int(s->retain_outcomes, 2, (int)s->opt.retention_batch);
-    if (sqlite3_step(s->retain_outcomes) != SQLITE_DONE)
-        goto fail;
-    if (sqlite3_changes(s->db) > n)
-        n = sqlite3_changes(s->db);
-    sqlite3_reset(s->retain_outcomes);
-    if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+    if (storage__db_commit(s->db) < 0)
         goto fail;
     return n;
 fail:
-    error_text(s->db, why); /* before the resets and the ROLLBACK replace it */
-    sqlite3_reset(s->retain_requests);
-    sqlite3_reset(s->retain_feedback);
-    sqlite3_reset(s->retain_outcomes);
-    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    snprintf(why, STORAGE_ERROR_MAX, "%s", storage__db_error(s->db));
+    storage__db_rollback(s->db);
+    if (storage__db_gone(s->db))
+        disconnect(s);
     return -EIO;
 }
 
@@ -585,20 +353,40 @@ writer_main(void *arg)
             s->batch_n = n;
             s->obatch_n = no;
 
-            int ok = 0;
-            for (int attempt = 0; attempt < STORAGE_WRITE_ATTEMPTS; attempt++) {
-                if (attempt) {
-                    /* Back off 250 ms, 500 ms, ... unless we are stopping. */
-                    int64_t until = mono_ms() + (250 << (attempt - 1));
-                    while (!s->stop && mono_ms() < until)
-                        wait_until(s, &s->wake, until);
-                }
+            int ok = 0, attempt = 0;
+            for (;;) {
                 pthread_mutex_unlock(&s->lock);
-                ok = write_batch(s, s->batch, n, s->obatch, no, why) == 0;
+                int rc = s->gave_up ? -ENOTCONN : write_batch(s, s->batch, n, s->obatch, no, why);
                 pthread_mutex_lock(&s->lock);
-                if (ok)
+                if (rc == 0) {
+                    ok = 1;
+                    break;
+                }
+                if (s->gave_up)
                     break;
                 note_failure(s, why);
+                if (rc == -ENOTCONN) {
+                    /* The database is away: nothing is wrong with the batch, so it
+                     * waits (and the queue behind it fills; only a full queue drops)
+                     * until a reconnect succeeds. A stop tries once more at once. */
+                    if (s->stop) {
+                        if (attempt++) {
+                            s->gave_up = 1; /* the rest fail at once: stop does not wait */
+                            break;
+                        }
+                        s->reconnect_ms = 0;
+                        continue;
+                    }
+                    while (!s->stop && mono_ms() < s->reconnect_ms)
+                        wait_until(s, &s->wake, s->reconnect_ms);
+                    continue;
+                }
+                if (++attempt >= STORAGE_WRITE_ATTEMPTS)
+                    break;
+                /* Back off 250 ms, 500 ms, ... unless we are stopping. */
+                int64_t until = mono_ms() + (250 << (attempt - 1));
+                while (!s->stop && mono_ms() < until)
+                    wait_until(s, &s->wake, until);
             }
             if (ok) {
                 s->c.written += n;
@@ -651,9 +439,8 @@ writer_main(void *arg)
 struct storage *
 storage_open(const char *path, const struct storage_options *opt, char *err, size_t errlen)
 {
-    struct storage *s = xcalloc(1, sizeof(*s));
+    struct storage *s = storage__calloc(1, sizeof(*s));
     pthread_condattr_t ca;
-    char e[512] = "";
 
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_init(&s->fb_lock, NULL);
@@ -682,62 +469,14 @@ storage_open(const char *path, const struct storage_options *opt, char *err, siz
         s->opt.retention_interval_ms = 300000;
     if (!s->opt.retention_batch)
         s->opt.retention_batch = 1000;
-    s->ring = xcalloc(s->opt.queue_size, sizeof(*s->ring));
-    s->batch = xcalloc(s->opt.batch_size, sizeof(*s->batch));
-    s->oring = xcalloc(s->opt.queue_size, sizeof(*s->oring));
-    s->obatch = xcalloc(s->opt.batch_size, sizeof(*s->obatch));
+    s->ring = storage__calloc(s->opt.queue_size, sizeof(*s->ring));
+    s->batch = storage__calloc(s->opt.batch_size, sizeof(*s->batch));
+    s->oring = storage__calloc(s->opt.queue_size, sizeof(*s->oring));
+    s->obatch = storage__calloc(s->opt.batch_size, sizeof(*s->obatch));
 
-    if (sqlite3_open_v2(path, &s->db,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI |
-                            SQLITE_OPEN_NOMUTEX,
-                        NULL) != SQLITE_OK) {
-        storage__errf(err, errlen, "%s: %s", path, s->db ? sqlite3_errmsg(s->db) : "cannot open");
+    s->db = storage__db_open(path, STORAGE__CREATE, err, errlen);
+    if (!s->db)
         goto fail;
-    }
-    sqlite3_busy_timeout(s->db, STORAGE__BUSY_TIMEOUT_MS);
-    /* A read-only file opens read-only: we still start (writes are counted as failed). */
-    if (!sqlite3_db_readonly(s->db, "main")) {
-        int version = 0;
-        if (user_version(s->db, &version, err, errlen) < 0 ||
-            check_version(path, version, err, errlen) < 0)
-            goto fail;
-        if (exec(s->db, "PRAGMA journal_mode=WAL", e, sizeof(e)) < 0) {
-            storage__errf(err, errlen, "%s: enabling WAL: %s", path, e);
-            goto fail;
-        }
-        if (migrate(s->db, path, err, errlen) < 0)
-            goto fail;
-    } else {
-        int version = 0;
-        if (user_version(s->db, &version, err, errlen) < 0 ||
-            check_version(path, version, err, errlen) < 0)
-            goto fail;
-        if (version < STORAGE_SCHEMA_VERSION) {
-            storage__errf(err, errlen, "%s: read-only and schema version %d needs migrating", path,
-                          version);
-            goto fail;
-        }
-    }
-    exec(s->db, "PRAGMA synchronous=NORMAL", NULL, 0);
-    if (sqlite3_prepare_v3(s->db, insert_sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL) !=
-            SQLITE_OK ||
-        sqlite3_prepare_v3(s->db,
-                           "DELETE FROM requests WHERE id IN (SELECT id FROM requests"
-                           " WHERE started_ms < ? LIMIT ?)",
-                           -1, SQLITE_PREPARE_PERSISTENT, &s->retain_requests, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v3(s->db,
-                           "DELETE FROM feedback WHERE rowid IN (SELECT rowid FROM feedback"
-                           " WHERE created_ms < ? LIMIT ?)",
-                           -1, SQLITE_PREPARE_PERSISTENT, &s->retain_feedback, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v3(s->db, insert_outcome_sql, -1, SQLITE_PREPARE_PERSISTENT,
-                           &s->insert_outcome, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v3(s->db,
-                           "DELETE FROM outcomes WHERE rowid IN (SELECT rowid FROM outcomes"
-                           " WHERE created_ms < ? LIMIT ?)",
-                           -1, SQLITE_PREPARE_PERSISTENT, &s->retain_outcomes, NULL) != SQLITE_OK) {
-        storage__errf(err, errlen, "%s: preparing statements: %s", path, sqlite3_errmsg(s->db));
-        goto fail;
-    }
     if (pthread_create(&s->thread, NULL, writer_main, s) != 0) {
         storage__errf(err, errlen, "storage: cannot start the writer thread");
         goto fail;
@@ -827,13 +566,8 @@ storage_close(struct storage *s)
         storage_record_free(s->ring[(s->head + i) % s->opt.queue_size]);
     for (uint32_t i = 0; s->oring && i < s->ocount; i++)
         free(s->oring[(s->ohead + i) % s->opt.queue_size]);
-    sqlite3_finalize(s->insert);
-    sqlite3_finalize(s->retain_requests);
-    sqlite3_finalize(s->retain_feedback);
-    sqlite3_finalize(s->insert_outcome);
-    sqlite3_finalize(s->retain_outcomes);
-    sqlite3_close(s->db);
-    sqlite3_close(s->fb_db);
+    disconnect(s);
+    storage__db_close(s->fb_db);
     pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->fb_lock);
     pthread_cond_destroy(&s->wake);
@@ -855,7 +589,7 @@ storage_path(const struct storage *s)
 struct storage_record *
 storage_record_new(void)
 {
-    struct storage_record *r = xcalloc(1, sizeof(*r));
+    struct storage_record *r = storage__calloc(1, sizeof(*r));
 
     r->score = NAN;
     r->threshold = NAN;
@@ -923,7 +657,7 @@ storage_outcome_submit(struct storage *s, const char *request_id, const char *ba
         ldet = utf8_cut(detail, STORAGE_DETAIL_MAX);
 
     /* One allocation: the struct, then the four strings. */
-    struct outcome *o = xcalloc(1, sizeof(*o) + lid + lbe + lsrc + ldet + 4);
+    struct outcome *o = storage__calloc(1, sizeof(*o) + lid + lbe + lsrc + ldet + 4);
     char *p = (char *)(o + 1);
     o->request_id = memcpy(p, request_id, lid);
     p += lid + 1;
@@ -970,22 +704,18 @@ pending_has(struct storage *s, const char *request_id)
     return found;
 }
 
-/* Runs a one-row query with text parameters; returns 1 row, 0 none, -EIO. */
-static int
-query_exists(sqlite3 *db, const char *sql, const char *a, const char *b)
+int
+storage__exists(struct storage__db *db, const char *sql, const char *a, const char *b)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = -EIO;
+    struct storage__stmt *st = storage__prepare(db, sql);
 
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        goto fail;
-    sqlite3_bind_text(st, 1, a, -1, SQLITE_STATIC);
+    if (!st)
+        return -EIO;
+    storage__bind_text(st, 1, a);
     if (b)
-        sqlite3_bind_text(st, 2, b, -1, SQLITE_STATIC);
-    int step = sqlite3_step(st);
-    rc = step == SQLITE_ROW ? 1 : step == SQLITE_DONE ? 0 : -EIO;
-fail:
-    sqlite3_finalize(st);
+        storage__bind_text(st, 2, b);
+    int rc = storage__step(st);
+    storage__finalize(st);
     return rc;
 }
 
@@ -993,7 +723,7 @@ int
 storage_feedback(struct storage *s, const char *request_id, double score, const char *label,
                  const char *source, char *err, size_t errlen)
 {
-    sqlite3_stmt *st = NULL;
+    struct storage__stmt *st = NULL;
     int rc = -EIO;
 
     if (!s || !request_id || !*request_id || strlen(request_id) > 256) {
@@ -1030,56 +760,54 @@ storage_feedback(struct storage *s, const char *request_id, double score, const 
 
     pthread_mutex_lock(&s->fb_lock);
     if (!s->fb_db) {
-        if (sqlite3_open_v2(s->path, &s->fb_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, NULL) !=
-            SQLITE_OK) {
-            storage__errf(err, errlen, "feedback: %s", sqlite3_errmsg(s->fb_db));
-            sqlite3_close(s->fb_db);
-            s->fb_db = NULL;
+        char e[512];
+        s->fb_db = storage__db_open(s->path, STORAGE__WRITE, e, sizeof(e));
+        if (!s->fb_db) {
+            storage__errf(err, errlen, "feedback: %s", e);
             goto fail;
         }
-        sqlite3_busy_timeout(s->fb_db, STORAGE__BUSY_TIMEOUT_MS);
-        exec(s->fb_db, "PRAGMA synchronous=NORMAL", NULL, 0);
     }
     if (!known) {
-        int r = query_exists(s->fb_db, "SELECT 1 FROM requests WHERE request_id = ? LIMIT 1",
-                             request_id, NULL);
-        if (r < 0) {
-            storage__errf(err, errlen, "feedback: %s", sqlite3_errmsg(s->fb_db));
-            goto fail;
-        }
+        int r = storage__exists(s->fb_db, "SELECT 1 FROM requests WHERE request_id = ? LIMIT 1",
+                                request_id, NULL);
+        if (r < 0)
+            goto dberr;
         if (r == 0) {
             storage__errf(err, errlen, "unknown request id");
             rc = -ENOENT;
             goto fail;
         }
     }
-    int existed = query_exists(
+    int existed = storage__exists(
         s->fb_db, "SELECT 1 FROM feedback WHERE request_id = ? AND source = ?", request_id, source);
-    if (existed < 0) {
-        storage__errf(err, errlen, "feedback: %s", sqlite3_errmsg(s->fb_db));
-        goto fail;
-    }
-    if (sqlite3_prepare_v2(s->fb_db,
-                           "INSERT INTO feedback (request_id, source, score, label, created_ms)"
-                           " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id, source) DO UPDATE"
-                           " SET score = excluded.score, label = excluded.label,"
-                           " created_ms = excluded.created_ms",
-                           -1, &st, NULL) != SQLITE_OK) {
-        storage__errf(err, errlen, "feedback: %s", sqlite3_errmsg(s->fb_db));
-        goto fail;
-    }
-    sqlite3_bind_text(st, 1, request_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, source, -1, SQLITE_STATIC);
-    sqlite3_bind_double(st, 3, score);
-    bind_text(st, 4, label);
-    sqlite3_bind_int64(st, 5, storage__now_ms());
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        storage__errf(err, errlen, "feedback: %s", sqlite3_errmsg(s->fb_db));
-        goto fail;
-    }
+    if (existed < 0)
+        goto dberr;
+    st = storage__prepare(s->fb_db,
+                          "INSERT INTO feedback (request_id, source, score, label, created_ms)"
+                          " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id, source) DO UPDATE"
+                          " SET score = excluded.score, label = excluded.label,"
+                          " created_ms = excluded.created_ms");
+    if (!st)
+        goto dberr;
+    storage__bind_text(st, 1, request_id);
+    storage__bind_text(st, 2, source);
+    storage__bind_double(st, 3, score);
+    storage__bind_text(st, 4, label);
+    storage__bind_int64(st, 5, storage__now_ms());
+    if (storage__step(st) < 0)
+        goto dberr;
     rc = existed ? 1 : 0;
+    goto fail;
+dberr:
+    storage__errf(err, errlen, "feedback: %s", storage__db_error(s->fb_db));
+    if (storage__db_gone(s->fb_db)) {
+        storage__finalize(st);
+        st = NULL;
+        storage__db_close(s->fb_db); /* reconnect on the next call */
+        s->fb_db = NULL;
+    }
 fail:
-    sqlite3_finalize(st);
+    storage__finalize(st);
     pthread_mutex_unlock(&s->fb_lock);
     return rc;
 }
