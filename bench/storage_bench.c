@@ -4,7 +4,8 @@
  * Submits RECORDS realistic records from THREADS threads (in time order over the last
  * 24 h; -r: random times, the worst case for the time index),
  * times until the writer has committed them all (storage_close drains), then times
- * storage_stats over the window. -k keeps the database file. */
+ * storage_stats over the window. -k keeps the database file. DB may be a postgresql://
+ * URL (an empty database: the bench does not clear it). */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>

@@ -9,21 +9,31 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
 
 #include "../daemon/auth.h"
 #include "commands.h"
+#include "conf.h"
+#include "storage.h"
 
 static void
 usage(FILE *f)
 {
     fprintf(f,
-            "usage: triage key add --file FILE NAME      new random key for NAME: appends its\n"
+            "usage: triage key add --file FILE NAME [--budget-usd AMOUNT/day|AMOUNT/month]\n"
+            "                                            new random key for NAME: appends its\n"
             "                                            hash to FILE (created 0600) and prints\n"
-            "                                            the key once on stdout\n"
-            "       triage key list --file FILE          the key names in FILE, one per key\n"
+            "                                            the key once on stdout; with a USD\n"
+            "                                            budget for NAME per UTC day or month\n"
+            "       triage key list --file FILE [--db DB | --config CONF]\n"
+            "                                            the key names in FILE, one per key,\n"
+            "                                            with their budgets; with the outcome\n"
+            "                                            log (a file or postgresql:// URL) what\n"
+            "                                            each spent this period (budget's, or\n"
+            "                                            today)\n"
             "       triage key hash NAME < KEY           the FILE line for an existing key read\n"
             "                                            from stdin (first line)\n"
             "       triage key remove --file FILE NAME   drop every key of NAME from FILE\n"
@@ -31,18 +41,37 @@ usage(FILE *f)
             "FILE is the [auth] keys_file or admin_keys_file of triage.conf: lines\n"
             "\"<name> <sha256-hex of the key>\", # comments and blank lines. Names are 1-64 of\n"
             "[A-Za-z0-9._@+-]; one name may hold several keys (rotation). Send a key as\n"
-            "\"Authorization: Bearer <key>\". The daemon rereads FILE on SIGHUP.\n");
+            "\"Authorization: Bearer <key>\". The daemon rereads FILE on SIGHUP. A budget is\n"
+            "enforced by triaged from the outcome log (429 budget_exceeded once spent).\n");
 }
 
 /* Parses [--file F | --file=F | -f F] [NAME] after the action. Returns 0, or 2 after
  * printing a usage error; 1 if --help was asked for (usage printed). */
+struct key_opts {
+    const char *budget; /* --budget-usd */
+    const char *db;     /* --db */
+    const char *config; /* --config */
+};
+
 static int
-parse_args(int argc, char **argv, const char **file, const char **name)
+parse_args(int argc, char **argv, const char **file, const char **name, struct key_opts *o)
 {
     *file = NULL;
     *name = NULL;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
+        const char **opt = !strcmp(a, "--budget-usd") ? &o->budget
+                           : !strcmp(a, "--db")       ? &o->db
+                           : !strcmp(a, "--config")   ? &o->config
+                                                      : NULL;
+        if (opt) {
+            if (++i == argc) {
+                cli_errorf("key", "%s needs a value", a);
+                return 2;
+            }
+            *opt = argv[i];
+            continue;
+        }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 1;
@@ -118,20 +147,38 @@ warn_mode(const char *file, int fd)
 }
 
 static int
-key_add(const char *file, const char *name)
+key_add(const char *file, const char *name, const char *budget)
 {
-    char key[AUTH_KEY_LEN + 1], hex[2 * AUTH_HASH_LEN + 1], line[AUTH_NAME_MAX + 70];
+    char key[AUTH_KEY_LEN + 1], hex[2 * AUTH_HASH_LEN + 1], line[AUTH_NAME_MAX + 140];
+    char extra[80] = "";
     struct auth_keys *k = NULL;
     int fd = -1, r, status = 1;
+    double usd = 0, had_usd = 0;
+    enum auth_budget_period period = AUTH_BUDGET_NONE;
 
     if (!auth_name_valid(name)) {
         cli_errorf("key", "invalid name '%s': 1-64 of letters, digits and . _ - @ +", name);
+        return 2;
+    }
+    if (budget && auth_budget_parse(budget, &usd, &period) < 0) {
+        cli_errorf("key", "--budget-usd wants AMOUNT/day or AMOUNT/month (AMOUNT in USD > 0), "
+                          "not '%s'", budget);
         return 2;
     }
     k = load(file, 1);
     if (!k)
         return 1;
     size_t have = count_name(k, name);
+    enum auth_budget_period had = auth_keys_budget(k, name, &had_usd);
+    if (budget && had != AUTH_BUDGET_NONE && (had != period || had_usd != usd)) {
+        cli_errorf("key", "%s already has a budget of %g/%s on its other keys: remove them first "
+                          "or give the same budget", name, had_usd,
+                   had == AUTH_BUDGET_MONTH ? "month" : "day");
+        goto fail;
+    }
+    if (budget)
+        snprintf(extra, sizeof(extra), " budget_usd=%.17g/%s", usd,
+                 period == AUTH_BUDGET_MONTH ? "month" : "day");
 
     fd = open(file, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -151,7 +198,8 @@ key_add(const char *file, const char *name)
         goto fail;
     }
     auth_key_hash_hex(key, strlen(key), hex);
-    int n = snprintf(line, sizeof(line), "%s%s %s\n", last == '\n' ? "" : "\n", name, hex);
+    int n = snprintf(line, sizeof(line), "%s%s %s%s\n", last == '\n' ? "" : "\n", name, hex,
+                     extra);
     if ((r = write_all(fd, line, (size_t)n)) < 0 || (r = fsync(fd) < 0 ? -errno : 0) < 0) {
         cli_errorf("key", "%s: %s", file, strerror(-r));
         goto fail;
@@ -177,17 +225,74 @@ fail:
     return status;
 }
 
+/* One line per key: its name; its budget when it has one; with a log, what its name
+ * spent in the budget's period (or today, UTC). */
 static int
-key_list(const char *file)
+key_list(const char *file, const struct key_opts *o)
 {
     struct auth_keys *k = load(file, 0);
+    struct conf *cf = NULL;
+    const char *db = o->db;
+    char err[512];
+    int status = 1;
+    size_t n = auth_keys_count(k);
+    const char **names = NULL;
+    int64_t *since = NULL;
+    double *spent = NULL;
+    struct timespec ts;
 
     if (!k)
         return 1;
-    for (size_t i = 0; i < auth_keys_count(k); i++)
-        printf("%s\n", auth_keys_name(k, i));
+    if (!db && o->config) {
+        cf = conf_load_flags(o->config, CONF_LOAD_SKIP_KEYS, err, sizeof(err));
+        if (!cf) {
+            cli_errorf("key", "%s", err);
+            goto fail;
+        }
+        db = cf->db_path;
+        if (!db) {
+            cli_errorf("key", "%s has no [storage] path or url; give --db", o->config);
+            goto fail;
+        }
+    }
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    names = calloc(n ? n : 1, sizeof(*names));
+    since = calloc(n ? n : 1, sizeof(*since));
+    spent = calloc(n ? n : 1, sizeof(*spent));
+    if (!names || !since || !spent)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        double usd;
+        names[i] = auth_keys_name(k, i);
+        since[i] = auth_budget_period_start(auth_keys_budget(k, names[i], &usd), now);
+    }
+    if (db && storage_key_spend(db, names, since, n, spent, err, sizeof(err)) < 0) {
+        cli_errorf("key", "%s", err);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        double usd = 0;
+        enum auth_budget_period p = auth_keys_budget(k, names[i], &usd);
+        const char *per = p == AUTH_BUDGET_MONTH ? "month" : "day";
+        printf("%s", names[i]);
+        if (p != AUTH_BUDGET_NONE)
+            printf("  budget $%.6g/%s", usd, per);
+        if (db && p != AUTH_BUDGET_NONE)
+            printf("  spent $%.6g this %s, $%.6g left", spent[i], per,
+                   spent[i] < usd ? usd - spent[i] : 0.0);
+        else if (db)
+            printf("  spent $%.6g today", spent[i]);
+        putchar('\n');
+    }
+    status = 0;
+fail:
+    free(names);
+    free(since);
+    free(spent);
+    conf_destroy(cf);
     auth_keys_unref(k);
-    return 0;
+    return status;
 }
 
 static int
@@ -312,6 +417,7 @@ int
 cli_key(int argc, char **argv)
 {
     const char *file, *name;
+    struct key_opts o = {0};
 
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
@@ -319,7 +425,7 @@ cli_key(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *action = argv[1];
-    int r = parse_args(argc, argv, &file, &name);
+    int r = parse_args(argc, argv, &file, &name, &o);
     if (r)
         return r == 1 ? 0 : r;
     int wants_file = strcmp(action, "hash") != 0;
@@ -341,10 +447,18 @@ cli_key(int argc, char **argv)
         cli_errorf("key", wants_name ? "%s needs a NAME" : "%s takes no NAME", action);
         return 2;
     }
+    if (o.budget && strcmp(action, "add")) {
+        cli_errorf("key", "--budget-usd goes with add");
+        return 2;
+    }
+    if ((o.db || o.config) && strcmp(action, "list")) {
+        cli_errorf("key", "--db and --config go with list");
+        return 2;
+    }
     if (!strcmp(action, "add"))
-        return key_add(file, name);
+        return key_add(file, name, o.budget);
     if (!strcmp(action, "list"))
-        return key_list(file);
+        return key_list(file, &o);
     if (!strcmp(action, "hash"))
         return key_hash(name);
     return key_remove(file, name);

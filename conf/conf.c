@@ -71,6 +71,8 @@ static const struct conf_key keys[] = {
     {"auth", "stats_need_admin", T_BOOL, C(stats_need_admin), 0, 0, "no", NULL},
     {"auth", "rate_limit_rpm", T_U32, C(rate_limit_rpm), 0, 10000000, "0", NULL},
     {"auth", "rate_limit_tpm", T_U32, C(rate_limit_tpm), 0, 4000000000.0, "0", NULL},
+    {"auth", "rate_limit_replicas", T_U32, C(rate_limit_replicas), 1, 1000, "1", NULL},
+    {"auth", "budget_refresh_ms", T_U32, C(budget_refresh_ms), 50, 600000, "1000", NULL},
 
     {"router", "model", T_STR, C(model_path), 0, 0, NULL, NULL},
     {"router", "policy", T_ENUM, C(policy), 0, 0, "threshold", policies},

@@ -106,6 +106,8 @@ struct conf {
     int stats_need_admin;      /* 1: /v1/stats and /metrics need an admin key */
     uint32_t rate_limit_rpm;   /* requests per minute per client key; 0 = unlimited */
     uint32_t rate_limit_tpm;   /* tokens per minute per client key; 0 = unlimited */
+    uint32_t rate_limit_replicas; /* replicas sharing the limits: each enforces 1/N [1] */
+    uint32_t budget_refresh_ms;   /* how often key budgets re-read spend from the log [1000] */
 
     /* [router] */
     char *model_path;          /* predictor model file */

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -25,6 +26,8 @@ struct auth_entry {
     unsigned char hash[AUTH_HASH_LEN];
     char name[AUTH_NAME_MAX + 1];
     unsigned line; /* for duplicate-key messages */
+    enum auth_budget_period period; /* AUTH_BUDGET_NONE: no budget field */
+    double budget_usd;
 };
 
 struct auth_keys {
@@ -150,9 +153,88 @@ parse_line(const unsigned char *p, const unsigned char *end, struct auth_entry *
 
     while (p < end && is_blank(*p))
         p++;
-    if (p < end)
-        return "unexpected text after the hash";
+    if (p < end) {
+        /* optional: budget_usd=AMOUNT/day|month */
+        static const char field[] = "budget_usd=";
+        char text[48];
+        const unsigned char *b = p;
+        while (p < end && !is_blank(*p))
+            p++;
+        size_t blen = (size_t)(p - b);
+        if (blen <= sizeof(field) - 1 || memcmp(b, field, sizeof(field) - 1))
+            return "unexpected text after the hash (only budget_usd=AMOUNT/day or /month may follow)";
+        blen -= sizeof(field) - 1;
+        if (blen >= sizeof(text))
+            return "budget_usd: expected AMOUNT/day or AMOUNT/month";
+        memcpy(text, b + sizeof(field) - 1, blen);
+        text[blen] = '\0';
+        if (auth_budget_parse(text, &e->budget_usd, &e->period) < 0)
+            return "budget_usd: expected AMOUNT/day or AMOUNT/month, AMOUNT a number of USD > 0";
+        while (p < end && is_blank(*p))
+            p++;
+        if (p < end)
+            return "unexpected text after the budget";
+    }
     return NULL;
+}
+
+int
+auth_budget_parse(const char *text, double *usd, enum auth_budget_period *period)
+{
+    char *end;
+
+    if (!text || !*text || *text == '-' || *text == '+' || *text == ' ')
+        return -EINVAL;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || !(v > 0) || v > 1e12 || *end != '/')
+        return -EINVAL;
+    if (!strcmp(end, "/day"))
+        *period = AUTH_BUDGET_DAY;
+    else if (!strcmp(end, "/month"))
+        *period = AUTH_BUDGET_MONTH;
+    else
+        return -EINVAL;
+    *usd = v;
+    return 0;
+}
+
+int64_t
+auth_budget_period_start(enum auth_budget_period p, int64_t now_ms)
+{
+    if (p != AUTH_BUDGET_MONTH)
+        return now_ms - now_ms % 86400000;
+    time_t t = (time_t)(now_ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    tm.tm_mday = 1;
+    tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+    return (int64_t)timegm(&tm) * 1000;
+}
+
+int64_t
+auth_budget_period_end(enum auth_budget_period p, int64_t now_ms)
+{
+    if (p != AUTH_BUDGET_MONTH)
+        return now_ms - now_ms % 86400000 + 86400000;
+    time_t t = (time_t)(now_ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    tm.tm_mday = 1;
+    tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+    tm.tm_mon++; /* timegm carries December + 1 into January */
+    return (int64_t)timegm(&tm) * 1000;
+}
+
+enum auth_budget_period
+auth_keys_budget(const struct auth_keys *k, const char *name, double *usd)
+{
+    for (size_t i = 0; k && name && i < k->n; i++)
+        if (k->e[i].period != AUTH_BUDGET_NONE && !strcmp(k->e[i].name, name)) {
+            *usd = k->e[i].budget_usd;
+            return k->e[i].period;
+        }
+    return AUTH_BUDGET_NONE;
 }
 
 struct auth_keys *
@@ -204,6 +286,19 @@ auth_keys_parse(const char *text, size_t len, const char *path, char *err, size_
         e->line = line;
         k->n++;
         p = next;
+    }
+
+    /* A name's keys share one budget: two different ones would be ambiguous. */
+    for (size_t i = 0; i < k->n; i++) {
+        if (k->e[i].period == AUTH_BUDGET_NONE)
+            continue;
+        for (size_t j = 0; j < i; j++)
+            if (k->e[j].period != AUTH_BUDGET_NONE && !strcmp(k->e[i].name, k->e[j].name) &&
+                (k->e[j].period != k->e[i].period || k->e[j].budget_usd != k->e[i].budget_usd)) {
+                seterr(err, errlen, "%s:%u: budget for %s differs from line %u's", path,
+                       k->e[i].line, k->e[i].name, k->e[j].line);
+                goto fail;
+            }
     }
 
     /* One hash on two lines would make the name a key maps to ambiguous. */

@@ -4,7 +4,11 @@
  *
  *     # comment                  ('#' at the start of a line, after optional blanks)
  *     <name> <sha256-hex>        e.g.  ci-runner 9f86d081884c7d659a2feaa0c55ad015...
+ *     <name> <sha256-hex> budget_usd=50/day      (or =AMOUNT/month: a USD budget)
  *
+ * A budget (optional) caps what the name's requests may cost per UTC day or month
+ * (daemon/budget.c enforces it from the outcome log); every line of one name that
+ * carries a budget must carry the same one.
  * <name> is 1-64 characters of [A-Za-z0-9._@+-]; it names the client in logs and
  * rate limits and may repeat (several keys for one client while rotating keys).
  * <sha256-hex> is the 64-hex-digit SHA-256 of the whole key as the client sends it
@@ -18,6 +22,7 @@
 #define TRIAGE_AUTH_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define AUTH_HASH_LEN 32           /* bytes of SHA-256 */
 #define AUTH_NAME_MAX 64           /* longest key name, without the NUL */
@@ -26,6 +31,23 @@
 #define AUTH_KEYS_MAX 100000       /* entries per file; more is an error */
 
 struct auth_keys;
+
+enum auth_budget_period { AUTH_BUDGET_NONE, AUTH_BUDGET_DAY, AUTH_BUDGET_MONTH };
+
+/* Parses a budget "AMOUNT/day" or "AMOUNT/month" (AMOUNT a decimal number of USD > 0).
+ * Returns 0, or -EINVAL leaving the outputs untouched. */
+int auth_budget_parse(const char *text, double *usd, enum auth_budget_period *period);
+
+/* Returns the Unix ms at which the UTC day or month holding now_ms starts. */
+int64_t auth_budget_period_start(enum auth_budget_period p, int64_t now_ms);
+
+/* Returns the Unix ms at which the UTC day or month holding now_ms ends. */
+int64_t auth_budget_period_end(enum auth_budget_period p, int64_t now_ms);
+
+/* The budget of name (borrowed) in k: returns its period and sets *usd, or returns
+ * AUTH_BUDGET_NONE when none of its lines has one. */
+enum auth_budget_period auth_keys_budget(const struct auth_keys *k, const char *name,
+                                         double *usd);
 
 /* Reads and parses the key file at path. Returns a new set (refcount 1) or NULL with
  * "path:line: message" (or "path: message") in err. An empty file is a valid empty set. */

@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "backoff.h"
+#include "budget.h"
 #include "conf.h"
 #include "hooks.h"
 #include "router.h"
@@ -178,6 +179,7 @@ struct daemon_request {
     const struct daemon_api *api; /* the path's row (also the error dialect), or NULL */
     int pinned;              /* the backend is fixed (a previous_response_id): no fallback */
     const char *key_id;      /* client key name (borrowed from snap->keys) */
+    struct budget_state budget; /* the key's budget as admitted (limited 0: none) */
     uint32_t rl_estimate;    /* tokens taken from the rate limit up front */
     int rl_taken;
     char *requested_model;
@@ -296,6 +298,9 @@ extern int64_t daemon__start_unix;
 struct daemon_snapshot *daemon__snapshot_get(void);     /* returns a new reference */
 void daemon__snapshot_put(struct daemon_snapshot *s);   /* drops one; NULL is fine */
 struct storage *daemon__storage(void);                  /* NULL without [storage] path */
+struct budget *daemon__budget(void);   /* NULL without a log and a keys file */
+/* Adds the x-triage-budget-* headers of rq's key (none without a budget). */
+void daemon__add_budget_headers(struct daemon_request *rq, struct MHD_Response *resp);
 void daemon__request_reload(void); /* reloads config and model now; any thread */
 
 /* Replies: take body (malloc'd); add the request id header; wake the connection. */

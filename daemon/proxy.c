@@ -20,6 +20,7 @@
 
 #include "backoff.h"
 #include "breaker.h"
+#include "budget.h"
 #include "config.h"
 #include "daemon-int.h"
 #include "log.h"
@@ -1565,6 +1566,20 @@ daemon__api_handle(struct daemon_request *rq)
     if (daemon__storage())
         hash_prompt(rq, view, messages, c->store_prompts);
 
+    if (budget_check(daemon__budget(), rq->key_id, rq->started_unix_ms, &rq->budget) < 0) {
+        const struct budget_state *bs = &rq->budget;
+        char ra[24];
+        int64_t wait_s = (bs->reset_ms - rq->started_unix_ms + 999) / 1000;
+        snprintf(ra, sizeof(ra), "%lld", (long long)(wait_s > 0 ? wait_s : 1));
+        daemon__reply_error(rq, 429, "insufficient_quota", "budget_exceeded",
+                            "The budget of %s is spent: $%.2f of $%.2f per %s (UTC); it resets "
+                            "in %s s",
+                            rq->key_id, bs->spent_usd, bs->limit_usd, bs->period, ra);
+        MHD_add_response_header(rq->response, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+        daemon__add_budget_headers(rq, rq->response);
+        rq->budget.limited = 0; /* nothing to charge: it never went upstream */
+        goto out;
+    }
     if (rq->snap->ratelimit) {
         json_t *mt = json_object_get(root, "max_completion_tokens");
         if (!json_is_integer(mt))

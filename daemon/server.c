@@ -31,6 +31,7 @@
 #include "daemon-int.h"
 #include "log.h"
 #include "notify.h"
+#include "budget.h"
 #include "ratelimit.h"
 #include "server.h"
 #include "storage.h"
@@ -99,6 +100,7 @@ struct daemon_server {
     unsigned n_workers;
     unsigned n_started;
     struct storage *storage;
+    struct budget *budget; /* per-key budgets: with a log and a keys file */
     struct daemon_snapshot *initial; /* the snapshot at start, for daemon_server_conf */
     int exit_code;
     int stopping;
@@ -183,6 +185,13 @@ snapshot_free(struct daemon_snapshot *s)
 }
 
 /* Loads config and model into a new snapshot (one reference), or NULL with err. */
+/* One replica's share of a limit split over n replicas, rounded up; 0 stays unlimited. */
+static uint32_t
+share(uint32_t limit, uint32_t n)
+{
+    return n > 1 && limit ? (uint32_t)(((uint64_t)limit + n - 1) / n) : limit;
+}
+
 static struct daemon_snapshot *
 snapshot_load(const char *path, char *err, size_t errlen)
 {
@@ -287,7 +296,11 @@ snapshot_load(const char *path, char *err, size_t errlen)
     for (size_t i = 0; i < s->conf->n_backends; i++)
         atomic_init(&s->inflight[i], 0);
     if (s->conf->rate_limit_rpm || s->conf->rate_limit_tpm)
-        s->ratelimit = ratelimit_create(s->conf->rate_limit_rpm, s->conf->rate_limit_tpm, 0);
+        /* Behind a balancer each of N replicas sees about 1/N of a key's traffic:
+         * each enforces its share (rounded up), so the sum is the configured limit. */
+        s->ratelimit = ratelimit_create(
+            share(s->conf->rate_limit_rpm, s->conf->rate_limit_replicas),
+            share(s->conf->rate_limit_tpm, s->conf->rate_limit_replicas), 0);
     s->loaded_unix = (double)time(NULL);
     return s;
 fail:
@@ -337,6 +350,12 @@ daemon__storage(void)
     return the_server ? the_server->storage : NULL;
 }
 
+struct budget *
+daemon__budget(void)
+{
+    return the_server ? the_server->budget : NULL;
+}
+
 /* Reloads config and model from the server's config path. Thread-safe; keeps the
  * old snapshot on failure. Returns 0 or -1 with err. */
 static int
@@ -365,6 +384,8 @@ reload(char *err, size_t errlen)
         log_warnx("reload: a [storage] path change needs a restart; ignored");
     daemon__snapshot_put(old);
     snapshot_publish(s);
+    if (the_server->budget)
+        budget_configure(the_server->budget, s->keys); /* budgets from the new key file */
     atomic_fetch_add(&n_reloads, 1);
     log_info("reloaded %s (generation %llu, model %s)", the_server->conf_path,
              (unsigned long long)s->generation, router_model_version(s->model));
@@ -537,6 +558,23 @@ daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *resp)
         snprintf(num, sizeof(num), "%.0f", rq->overhead_ms * 1000);
         add_header(resp, "x-triage-overhead-us", num);
     }
+    daemon__add_budget_headers(rq, resp);
+}
+
+void
+daemon__add_budget_headers(struct daemon_request *rq, struct MHD_Response *resp)
+{
+    char num[48];
+    const struct budget_state *b = &rq->budget;
+
+    if (!b->limited)
+        return;
+    snprintf(num, sizeof(num), "%.6f", b->limit_usd);
+    add_header(resp, "x-triage-budget-limit-usd", num);
+    snprintf(num, sizeof(num), "%.6f", b->spent_usd < b->limit_usd ? b->limit_usd - b->spent_usd : 0.0);
+    add_header(resp, "x-triage-budget-remaining-usd", num);
+    snprintf(num, sizeof(num), "%lld", (long long)(b->reset_ms / 1000));
+    add_header(resp, "x-triage-budget-reset", num); /* Unix seconds: the period's end */
 }
 
 static void gone_unwatch(struct daemon_request *rq);
@@ -1068,6 +1106,8 @@ store_record(struct daemon_request *rq, double latency_ms, double cost)
      * of it, refused early (400, 401, 413, 431, a body cut off) or answered, so the log
      * counts what clients sent. Other paths (404s, probes, stats) are in the access log
      * and the metrics only. */
+    if (rq->budget.limited)
+        budget_charge(daemon__budget(), rq->key_id, cost);
     if (!st || !(rq->requested_model || rq->outcome))
         return;
     struct storage_record *r = storage_record_new();
@@ -2147,8 +2187,14 @@ daemon_server_create(const char *conf_path, char *err, size_t errlen)
         char why[512];
         srv->storage = storage_open(c->db_path, &so, why, sizeof(why));
         if (!srv->storage) {
-            snprintf(err, errlen, "outcome log %s: %s", c->db_path, why);
+            snprintf(err, errlen, "outcome log: %s", why);
             goto fail;
+        }
+        /* Budgets read spend from the log: a keys file without budgets costs a thread
+         * that reads nothing. */
+        if (c->keys_file) {
+            srv->budget = budget_create(c->db_path, srv->storage, c->budget_refresh_ms);
+            budget_configure(srv->budget, snap->keys);
         }
     }
 
@@ -2232,6 +2278,8 @@ daemon_server_run(struct daemon_server *srv)
         uv_thread_join(&srv->workers[i].thread);
     daemon__learn_stop();   /* after the workers: they hand it lessons */
     daemon__retrain_stop(); /* it may still be reading the log */
+    budget_destroy(srv->budget); /* it flushes the log: before the log closes */
+    srv->budget = NULL;
     if (srv->storage) {
         storage_close(srv->storage); /* drains the queue */
         srv->storage = NULL;
@@ -2258,6 +2306,7 @@ daemon_server_destroy(struct daemon_server *srv)
         uv_run(&srv->loop, UV_RUN_DEFAULT);
         uv_loop_close(&srv->loop);
     }
+    budget_destroy(srv->budget);
     storage_close(srv->storage);
     pthread_mutex_lock(&snap_lock);
     struct daemon_snapshot *s = current_snap;

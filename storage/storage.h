@@ -246,6 +246,14 @@ int storage_export_training(const char *db_path, storage_export_fn *fn, void *ar
 int storage_export_jsonl(const char *db_path, FILE *out, struct storage_export_counts *counts,
                          char *err, size_t errlen);
 
+/* ---- spend per key (budgets; call off the event loop) ---- */
+
+/* For each of the n keys (borrowed), sums the cost_usd of its client requests started
+ * at or after since_ms[i] into usd[i] (caller's). One read connection to db_path (a
+ * file or a postgresql:// URL). Returns 0 or -EIO with err. */
+int storage_key_spend(const char *db_path, const char *const *keys, const int64_t *since_ms,
+                      size_t n, double *usd, char *err, size_t errlen);
+
 /* ---- the model registry (`triage models`, the daemon's retraining; any thread) ----
  *
  * Every predictor model version the daemon has served or evaluated, with its metrics
