@@ -329,7 +329,7 @@ lite_error(struct storage__db *db)
 }
 
 static int
-lite_gone(struct storage__db *db)
+lite_gone(struct storage__db *db __attribute__((unused)))
 {
     return 0; /* a file does not go away between calls */
 }
