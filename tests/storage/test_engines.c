@@ -51,7 +51,9 @@ make(int i, int64_t t0)
     r->key_id = xstrdup(i % 3 ? "team-a" : "team\tb\\c");
     r->requested_model = xstrdup("auto");
     r->backend = xstrdup(backends[i % 3]);
-    r->route_reason = xstrdup("threshold");
+    r->route_reason = xstrdup(i % 9 == 2 ? "fallback" : "threshold");
+    if (i % 9 == 2)
+        r->failed_attempts = xstrdup("strong upstream_5xx,fast\ttimeout");
     if (i % 4) {
         r->score = (i % 97) / 97.0;
         r->threshold = 0.5;
