@@ -16,7 +16,7 @@ static void
 export_usage(FILE *f)
 {
     fprintf(
-        f, "usage: triage export --db FILE [--config CONF] [--out FILE.jsonl]\n"
+        f, "usage: triage export --db FILE|URL [--config CONF] [--out FILE.jsonl]\n"
            "  Writes one line per distinct prompt of the clients' requests, as train --data reads:\n"
            "  {\"messages\": [...], \"outcomes\": {\"<backend>\": q}, \"sources\": {\"<backend>\": S}}\n"
            "  q in [0,1] for every backend with a label: S is the first source present of\n"
@@ -24,7 +24,8 @@ export_usage(FILE *f)
            "  prompt. Needs store_prompts = full (or features: the line then carries the\n"
            "  encoded feature vector and the prompt hash instead of messages); requests without any\n"
            "  label are skipped. --config CONF writes head names ([backend NAME] head)\n"
-           "  instead of backend names. Without --out, writes to stdout.\n");
+           "  instead of backend names. Without --out, writes to stdout. --db takes the SQLite\n"
+           "  file or a postgresql:// URL ([storage] url: the log replicas share).\n");
 }
 
 struct sink {

@@ -17,7 +17,8 @@ stats_usage(FILE *f)
 {
     fprintf(f, "usage: triage stats [--db FILE | --config FILE] [--window 15m|1h|24h|7d] [--json]\n"
                "                    [--price NAME=IN:OUT]...\n"
-               "  --db FILE       the outcome log (default: [storage] path of --config)\n"
+               "  --db FILE       the outcome log, a file or a postgresql:// URL (default: [storage]\n"
+               "                  path or url of --config)\n"
                "  --config FILE   read backend prices from this config (for the saving figure;\n"
                "                  backend keys must resolve, as for the daemon)\n"
                "  --price N=I:O   backend N costs I USD per 1M input, O per 1M output tokens\n"

@@ -120,6 +120,9 @@ static const char *
 parse_line(const unsigned char *p, const unsigned char *end, struct auth_entry *e)
 {
     const unsigned char *name = p;
+
+    e->period = AUTH_BUDGET_NONE; /* the entry is unzeroed array space */
+    e->budget_usd = 0;
     while (p < end && !is_blank(*p))
         p++;
     size_t nlen = (size_t)(p - name);
@@ -162,7 +165,7 @@ parse_line(const unsigned char *p, const unsigned char *end, struct auth_entry *
             p++;
         size_t blen = (size_t)(p - b);
         if (blen <= sizeof(field) - 1 || memcmp(b, field, sizeof(field) - 1))
-            return "unexpected text after the hash (only budget_usd=AMOUNT/day or /month may follow)";
+            return "unexpected text after the hash";
         blen -= sizeof(field) - 1;
         if (blen >= sizeof(text))
             return "budget_usd: expected AMOUNT/day or AMOUNT/month";

@@ -335,6 +335,58 @@ out:
     return NULL;
 }
 
+/* The champion watch: with a shared (PostgreSQL) log another replica may promote a
+ * model; every CHAMPION_WATCH_S seconds a short thread reads the registry's champion
+ * and reloads when it is not the model served (and its file is here). */
+#define CHAMPION_WATCH_S 5
+
+static struct {
+    pthread_t thread;
+    int running;
+    atomic_int done;
+    unsigned ticks;
+    char requested[80]; /* the version a reload was asked for: asked once */
+} cw;
+
+static void *
+watch_main(void *arg)
+{
+    struct daemon_snapshot *s = arg;
+    struct storage_model_info m;
+    char err[256];
+    struct stat st;
+
+    if (storage_model_champion(s->conf->db_path, &m, err, sizeof(err)) == 0 &&
+        strcmp(m.version, router_model_version(s->model)) && strcmp(m.version, cw.requested) &&
+        stat(m.path, &st) == 0) {
+        snprintf(cw.requested, sizeof(cw.requested), "%s", m.version);
+        log_info("registry: the champion is now %s (promoted by another replica or triage "
+                 "models): reloading", m.version);
+        daemon__request_reload();
+    }
+    daemon__snapshot_put(s);
+    atomic_store(&cw.done, 1);
+    return NULL;
+}
+
+static void
+watch_tick(struct daemon_snapshot *s)
+{
+    if (cw.running && atomic_load(&cw.done)) {
+        pthread_join(cw.thread, NULL);
+        cw.running = 0;
+    }
+    const char *db = s->conf->db_path;
+    if (cw.running || !db || strncmp(db, "postgres", 8) || ++cw.ticks % CHAMPION_WATCH_S)
+        return;
+    atomic_store(&cw.done, 0);
+    atomic_fetch_add(&s->refs, 1); /* the thread's reference */
+    if (pthread_create(&cw.thread, NULL, watch_main, s) == 0)
+        cw.running = 1;
+    else
+        daemon__snapshot_put(s);
+}
+
 void
 daemon__retrain_tick(void)
 {
@@ -342,6 +394,7 @@ daemon__retrain_tick(void)
 
     if (!s)
         return;
+    watch_tick(s);
     const struct conf *c = s->conf;
     uint64_t judged = daemon__learn_judged();
     pthread_mutex_lock(&rt.lock);
@@ -374,6 +427,10 @@ daemon__retrain_tick(void)
 void
 daemon__retrain_stop(void)
 {
+    if (cw.running) { /* the main loop has stopped: no tick races this */
+        pthread_join(cw.thread, NULL);
+        cw.running = 0;
+    }
     pthread_mutex_lock(&rt.lock);
     if (rt.running) {
         pthread_join(rt.thread, NULL); /* a retrain takes seconds; a stop waits for it */

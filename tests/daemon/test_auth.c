@@ -308,6 +308,54 @@ test_name_valid(void **state)
     assert_false(auth_name_valid(n));
 }
 
+static void
+test_budgets(void **state)
+{
+    char err[256] = "", text[512];
+    double usd = 0;
+    enum auth_budget_period p = AUTH_BUDGET_NONE;
+
+    assert_int_equal(auth_budget_parse("50/day", &usd, &p), 0);
+    assert_true(usd == 50 && p == AUTH_BUDGET_DAY);
+    assert_int_equal(auth_budget_parse("0.25/month", &usd, &p), 0);
+    assert_true(usd == 0.25 && p == AUTH_BUDGET_MONTH);
+    const char *bad[] = {"", "50", "50/week", "0/day", "-1/day", "nan/day", "inf/day", "1e13/day",
+                         "/day", "5 /day", "50/day ", "+5/day"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (auth_budget_parse(bad[i], &usd, &p) != -EINVAL)
+            fail_msg("accepted budget \"%s\"", bad[i]);
+
+    /* On the key line; two keys of one name share its budget; others have none. */
+    snprintf(text, sizeof(text), "a %s budget_usd=12.5/day\na %s\nb %s\n", HASH_ABC,
+             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ae",
+             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015af");
+    struct auth_keys *k = parse(text, err, sizeof(err));
+    assert_non_null(k);
+    assert_int_equal(auth_keys_budget(k, "a", &usd), AUTH_BUDGET_DAY);
+    assert_true(usd == 12.5);
+    assert_int_equal(auth_keys_budget(k, "b", &usd), AUTH_BUDGET_NONE);
+    assert_int_equal(auth_keys_budget(k, "zz", &usd), AUTH_BUDGET_NONE);
+    auth_keys_unref(k);
+
+    snprintf(text, sizeof(text), "a %s budget=5/day\n", HASH_ABC);
+    expect_error(text, "/etc/triage/keys:1: unexpected text after the hash");
+    snprintf(text, sizeof(text), "a %s budget_usd=5/week\n", HASH_ABC);
+    expect_error(text, "/etc/triage/keys:1: budget_usd: expected AMOUNT/day or AMOUNT/month, "
+                       "AMOUNT a number of USD > 0");
+    snprintf(text, sizeof(text), "a %s budget_usd=5/day x\n", HASH_ABC);
+    expect_error(text, "/etc/triage/keys:1: unexpected text after the budget");
+    snprintf(text, sizeof(text), "a %s budget_usd=5/day\na %s budget_usd=6/day\n", HASH_ABC,
+             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ae");
+    expect_error(text, "/etc/triage/keys:2: budget for a differs from line 1's");
+
+    /* UTC periods: 2026-12-07 10:00:00 UTC. */
+    int64_t t = 1796637600000LL;
+    assert_int_equal(auth_budget_period_start(AUTH_BUDGET_DAY, t), 1796601600000LL);
+    assert_int_equal(auth_budget_period_end(AUTH_BUDGET_DAY, t), 1796688000000LL);
+    assert_int_equal(auth_budget_period_start(AUTH_BUDGET_MONTH, t), 1796083200000LL);
+    assert_int_equal(auth_budget_period_end(AUTH_BUDGET_MONTH, t), 1798761600000LL);
+}
+
 int
 main(void)
 {
@@ -323,6 +371,7 @@ main(void)
         cmocka_unit_test(test_check),
         cmocka_unit_test(test_generate),
         cmocka_unit_test(test_name_valid),
+        cmocka_unit_test(test_budgets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
