@@ -51,6 +51,7 @@ static const struct {
     ROW(BODY_TOO_LARGE, 413, IRE, "body_too_large", "request_too_large"),
     ROW(HEADERS_TOO_LARGE, 431, IRE, "headers_too_large", IRE),
     ROW(RATE_LIMITED, 429, "rate_limit_error", "rate_limit_exceeded", "rate_limit_error"),
+    ROW(BUDGET_EXCEEDED, 429, "insufficient_quota", "budget_exceeded", "rate_limit_error"),
     ROW(INTERNAL, 500, SE, "internal", "api_error"),
     ROW(RELOAD_FAILED, 500, SE, "reload_failed", "api_error"),
     ROW(STORAGE_ERROR, 500, SE, "storage_error", "api_error"),

@@ -1571,10 +1571,10 @@ daemon__api_handle(struct daemon_request *rq)
         char ra[24];
         int64_t wait_s = (bs->reset_ms - rq->started_unix_ms + 999) / 1000;
         snprintf(ra, sizeof(ra), "%lld", (long long)(wait_s > 0 ? wait_s : 1));
-        daemon__reply_error(rq, 429, "insufficient_quota", "budget_exceeded",
-                            "The budget of %s is spent: $%.2f of $%.2f per %s (UTC); it resets "
-                            "in %s s",
-                            rq->key_id, bs->spent_usd, bs->limit_usd, bs->period, ra);
+        daemon__reply_err(rq, DAEMON_ERR_BUDGET_EXCEEDED,
+                          "The budget of %s is spent: $%.2f of $%.2f per %s (UTC); it resets "
+                          "in %s s",
+                          rq->key_id, bs->spent_usd, bs->limit_usd, bs->period, ra);
         MHD_add_response_header(rq->response, MHD_HTTP_HEADER_RETRY_AFTER, ra);
         daemon__add_budget_headers(rq, rq->response);
         rq->budget.limited = 0; /* nothing to charge: it never went upstream */
