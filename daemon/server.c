@@ -1658,14 +1658,15 @@ log_watch(void)
     if (sc.write_errors > reported && (!reported || now_ms - warned_ms >= LOG_WARN_EVERY_MS)) {
         log_warnx("outcome log %s: write failed: %s; so far %llu failed writes (each batch is "
                   "tried %d times) and %llu rows lost",
-                  storage_path(st), sc.last_error, (unsigned long long)sc.write_errors,
+                  storage_target_shown(storage_path(st)), sc.last_error,
+                  (unsigned long long)sc.write_errors,
                   STORAGE_WRITE_ATTEMPTS, (unsigned long long)sc.failed);
         reported = sc.write_errors;
         warned_ms = now_ms;
         failing = 1;
     } else if (failing && !sc.degraded) {
-        log_info("outcome log %s: writes succeed again; %llu rows lost so far", storage_path(st),
-                 (unsigned long long)sc.failed);
+        log_info("outcome log %s: writes succeed again; %llu rows lost so far",
+                 storage_target_shown(storage_path(st)), (unsigned long long)sc.failed);
         failing = 0;
     }
 }

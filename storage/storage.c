@@ -85,12 +85,21 @@ storage__shown(const char *target)
     if (!storage__is_pg(target))
         return target;
     /* scheme://user:password@host... -> scheme://user:***@host... */
-    const char *auth = strstr(target, "://") + 3, *at = strchr(auth, '@');
+    const char *auth = strstr(target, "://") + 3, *at = NULL;
+    for (const char *p = auth; *p && *p != '/' && *p != '?'; p++) /* the authority's last @ */
+        if (*p == '@')
+            at = p;
     const char *colon = strchr(auth, ':');
     if (!at || !colon || colon > at)
         return target;
     snprintf(buf, sizeof(buf), "%.*s:***%s", (int)(colon - target), target, at);
     return buf;
+}
+
+const char *
+storage_target_shown(const char *target)
+{
+    return storage__shown(target);
 }
 
 struct storage__db *

@@ -150,6 +150,11 @@ void storage_close(struct storage *s);
 /* Returns the database path given to storage_open (borrowed, lives as long as s). */
 const char *storage_path(const struct storage *s);
 
+/* Returns target (a database path or postgresql:// URL) fit for a log line: a URL's
+ * password shown as ***. Borrowed: target itself, or a per-thread buffer valid until the
+ * thread's next call. */
+const char *storage_target_shown(const char *target);
+
 /* Returns a new zeroed record with score/threshold/ttfb NaN and tokens -1. Aborts on OOM. */
 struct storage_record *storage_record_new(void);
 

@@ -960,6 +960,20 @@ test_retention(void **state)
                      1);
 }
 
+/* What a log line may show of a database target: never a URL's password. */
+static void
+test_target_shown(void **state)
+{
+    (void)state;
+    assert_string_equal(storage_target_shown("/var/lib/triage/triage.db"),
+                        "/var/lib/triage/triage.db");
+    assert_string_equal(storage_target_shown("postgresql://triage:s3cret@db:5432/triage"),
+                        "postgresql://triage:***@db:5432/triage");
+    assert_string_equal(storage_target_shown("postgres://triage@db/triage"),
+                        "postgres://triage@db/triage");
+    assert_string_equal(storage_target_shown("postgresql://u:p@ss@h/d"), "postgresql://u:***@h/d");
+}
+
 int
 main(void)
 {
@@ -977,6 +991,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_export_features, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_learning, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
+        cmocka_unit_test(test_target_shown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
