@@ -154,10 +154,17 @@ features_json_escape_in8(const char *p)
  * absent), and when token log-probabilities are given: their mean, minimum and the
  * share of tokens below even odds; whether the last number has a fractional part, words
  * of rounding ("rounded", "nearest", "whole"), and the share of the prompt's numbers the
- * answer never mentions. Bump FEATURES_ANSWER_VERSION when the mapping changes:
- * escalation models record it. */
-#define FEATURES_N_ANSWER 19
-#define FEATURES_ANSWER_VERSION 1
+ * answer never mentions. Version 2 appends the answer's arithmetic: how many results
+ * ("... = c"), how many computations "a op b = c" were checked and how many of those are
+ * wrong, whether the final number is none of the results, and the prompt's count of
+ * distinct numbers and its size. Signals are only ever appended, so version N's are the
+ * first FEATURES_N_ANSWER_V(N) of a later one's. Bump FEATURES_ANSWER_VERSION when the
+ * mapping changes: escalation models record it. */
+#define FEATURES_N_ANSWER 25
+#define FEATURES_ANSWER_VERSION 2
+
+/* Returns how many answer signals version v had (0 for an unknown version). */
+#define FEATURES_N_ANSWER_V(v) ((v) == 1 ? 19u : (v) == 2 ? 25u : 0u)
 
 /* Fills out with the signals of text (len bytes, borrowed, any bytes; NULL = empty), the
  * prompt it answers (its last user turn, prompt_len bytes, borrowed; NULL = unknown), its

@@ -28,6 +28,8 @@
  *   format 2 only (a model with a learned escalation model, escalate.c), then:
  *     u32 n_esc (ROUTER__ESC_N), FEATURES_ANSWER_VERSION, n_train;
  *     f32 mean[n_esc], scale[n_esc], w[n_esc], bias
+ *       (a section of an older answer signals version has that version's n_esc,
+ *       FEATURES_N_ANSWER_V; it loads, the signals added since weighted 0)
  *     u32 rows, a bitmap of 2^n_bits bits, then per set bit one f16 (w_sparse)
  *   A model without one is written as format 1, which loads with the signals-only
  *   default escalation.
@@ -546,8 +548,8 @@ payload_write(const struct router_model *m, struct wbuf *b)
     free(bitmap);
 }
 
-/* Bytes of the escalation section of format 2 before its sparse rows. */
-#define ESC_BYTES (4u * 3 + 4u * (3 * ROUTER__ESC_N + 1) + 4u)
+/* Bytes of the escalation section of format 2 before its sparse rows, with n inputs. */
+#define ESC_BYTES(n) (4u * 3 + 4u * (3 * (n) + 1) + 4u)
 
 void
 router__model_finish(struct router_model *m)
@@ -681,7 +683,9 @@ router__set_err(char *err, size_t errlen, const char *fmt, ...)
 static struct router_model *
 payload_read(const unsigned char *data, size_t len, uint32_t format, char *err, size_t errlen)
 {
-    uint64_t esc_bytes = format >= 2 ? ESC_BYTES : 0;
+    /* at least: the escalation section of the oldest answer signals (its inputs are read
+     * from the section; b.off == len at the end checks the rest) */
+    uint64_t esc_bytes = format >= 2 ? ESC_BYTES(FEATURES_N_ANSWER_V(1)) : 0;
     struct rbuf b = {data, len, 0, 0};
     struct router_model *m = NULL;
     uint32_t n_bits, dim, n_heads, n_dense, n_ref, rows;
@@ -782,9 +786,26 @@ payload_read(const unsigned char *data, size_t len, uint32_t format, char *err, 
     if (esc_bytes) {
         uint32_t n_esc = rb_u32(&b), aversion = rb_u32(&b);
         m->esc.n_train = rb_u32(&b);
-        rb_f32s(&b, m->esc.mean, ROUTER__ESC_N);
-        rb_f32s(&b, m->esc.scale, ROUTER__ESC_N);
-        rb_f32s(&b, m->esc.w, ROUTER__ESC_N);
+        /* an escalation model made for older answer signals reads theirs; the signals
+         * added since get weight 0 (they are appended), so it scores as it did */
+        if (!b.bad && (aversion > FEATURES_ANSWER_VERSION || FEATURES_N_ANSWER_V(aversion) == 0)) {
+            router__set_err(err, errlen,
+                            "escalation model made for answer signals version %u, this build "
+                            "has %u",
+                            aversion, FEATURES_ANSWER_VERSION);
+            goto fail;
+        }
+        if (!b.bad && n_esc != FEATURES_N_ANSWER_V(aversion)) {
+            router__set_err(err, errlen,
+                            "escalation model has %u inputs, answer signals version %u have %u",
+                            n_esc, aversion, FEATURES_N_ANSWER_V(aversion));
+            goto fail;
+        }
+        if (b.bad)
+            n_esc = 0;
+        rb_f32s(&b, m->esc.mean, n_esc);
+        rb_f32s(&b, m->esc.scale, n_esc);
+        rb_f32s(&b, m->esc.w, n_esc);
         rb_f32s(&b, &m->esc.bias, 1);
         uint32_t esc_rows = rb_u32(&b);
         const unsigned char *esc_bitmap = rb_take(&b, nb / 8);
@@ -812,18 +833,6 @@ payload_read(const unsigned char *data, size_t len, uint32_t format, char *err, 
         }
         if (esc_seen != esc_rows) {
             router__set_err(err, errlen, "bad escalation row count");
-            goto fail;
-        }
-        if (n_esc != ROUTER__ESC_N) {
-            router__set_err(err, errlen, "escalation model has %u inputs, this build has %u",
-                            n_esc, (unsigned)ROUTER__ESC_N);
-            goto fail;
-        }
-        if (aversion != FEATURES_ANSWER_VERSION) {
-            router__set_err(err, errlen,
-                            "escalation model made for answer signals version %u, this build "
-                            "has %u",
-                            aversion, FEATURES_ANSWER_VERSION);
             goto fail;
         }
         if (!all_finite(m->esc.mean, ROUTER__ESC_N) || !all_finite(m->esc.scale, ROUTER__ESC_N) ||

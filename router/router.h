@@ -266,7 +266,9 @@ void router_dataset_destroy(struct router_dataset *d);
  * it comes from (see set_bias); "answers" {"<head>": "text" | {"text", "finish_reason",
  * "logprobs": [numbers]}} and "answer_signals" {"<head>": [FEATURES_N_ANSWER numbers]}
  * are heads' answers, kept (as signals) for those with an outcome: the fast (weak) head's
- * teach the escalation model (router_train); other fields are ignored, and a missing "outcomes" adds
+ * teach the escalation model (router_train); signals of an older answer signals version
+ * (FEATURES_N_ANSWER_V numbers) are skipped, the rest of the line kept; other fields are
+ * ignored, and a missing "outcomes" adds
  * an unlabelled example (for scoring). Heads are created in order of first appearance.
  * Returns 0, -EINVAL (no text, bad outcome, malformed features), -EPROTO (features of
  * another FEATURES_VERSION or n_bits than d's: refused and counted, see

@@ -147,7 +147,9 @@ router_dataset_outcome(const struct router_dataset *d, size_t i, int head)
 
 /* Reads one answer of an example into sig and *text and *len (NULL, 0 without text): a
  * string (the text), an object {"text", "finish_reason", "logprobs": [numbers]}, or (from
- * "answer_signals") an array of FEATURES_N_ANSWER numbers. Returns 0 or -EINVAL. */
+ * "answer_signals") an array of FEATURES_N_ANSWER numbers. Returns 0, 1 for an array of
+ * an older answer signals version (FEATURES_N_ANSWER_V: nothing read, the answer teaches
+ * nothing, its example stays), or -EINVAL. */
 static int
 answer_read(const json_t *example, const json_t *v, int signals, float sig[FEATURES_N_ANSWER],
             const char **text, size_t *len)
@@ -158,8 +160,14 @@ answer_read(const json_t *example, const json_t *v, int signals, float sig[FEATU
     *text = NULL;
     *len = 0;
     if (signals) {
-        if (!json_is_array(v) || json_array_size(v) != FEATURES_N_ANSWER)
+        if (!json_is_array(v))
             return -EINVAL;
+        if (json_array_size(v) != FEATURES_N_ANSWER) {
+            for (unsigned ver = 1; ver < FEATURES_ANSWER_VERSION; ver++)
+                if (json_array_size(v) == FEATURES_N_ANSWER_V(ver))
+                    return 1;
+            return -EINVAL;
+        }
         for (size_t k = 0; k < FEATURES_N_ANSWER; k++) {
             const json_t *x = json_array_get(v, k);
             if (!json_is_number(x) || !isfinite(json_number_value(x)))
@@ -213,9 +221,10 @@ answers_add(struct router_dataset *d, const json_t *example, size_t ex, int chec
             float sig[FEATURES_N_ANSWER];
             const char *text;
             size_t len;
-            if (answer_read(example, v, kind, sig, &text, &len) < 0)
+            int rc = answer_read(example, v, kind, sig, &text, &len);
+            if (rc < 0)
                 return -EINVAL;
-            if (check)
+            if (check || rc > 0)
                 continue;
             int h = router_dataset_head_find(d, name);
             if (h < 0 || isnan(d->ex[ex].q[h]))

@@ -470,11 +470,91 @@ test_answer_signals(void **state)
     json_decref(resp);
 }
 
+/* The answer's arithmetic signals of text (NUL-terminated) answering prompt. */
+static void
+arith_of(const char *prompt, const char *text, float *s)
+{
+    features_answer_signals(text, strlen(text), prompt, prompt ? strlen(prompt) : 0, "stop", NULL,
+                            0, s);
+}
+
+static void
+test_answer_arithmetic(void **state)
+{
+    float s[FEATURES_N_ANSWER];
+    const char *prompt = "Janet's ducks lay 16 eggs a day. She eats 3 and bakes with 4. "
+                         "She sells the rest at $2 each. How much does she make?";
+
+    (void)state;
+    /* right, with a GSM8K calculator annotation: 4 results, 3 checked, none wrong */
+    arith_of(prompt,
+             "She has 16 - 3 = 13 eggs left, then 13 - 4 = 9.\n"
+             "She makes 9 * $2 = $<<9*2=18>>18.\n#### 18",
+             s);
+    assert_float_equal(s[answer_index("results")], log1p(3), 1e-6);
+    assert_float_equal(s[answer_index("arith_checked")], log1p(3), 1e-6);
+    assert_float_equal(s[answer_index("arith_wrong")], 0, 0);
+    assert_float_equal(s[answer_index("final_unresulted")], 0, 0);
+    assert_float_equal(s[answer_index("prompt_numbers")], log1p(4), 1e-6);
+    assert_float_equal(s[answer_index("prompt_bytes")], log1p(strlen(prompt)), 1e-5);
+
+    /* one slip (13 - 4 = 10), and a final number no computation gave */
+    arith_of(prompt, "16 - 3 = 13\n13 - 4 = 10\n10 * 2 = 20\n#### 22", s);
+    assert_float_equal(s[answer_index("results")], log1p(3), 1e-6);
+    assert_float_equal(s[answer_index("arith_checked")], log1p(3), 1e-6);
+    assert_float_equal(s[answer_index("arith_wrong")], log1p(1), 1e-6);
+    assert_float_equal(s[answer_index("final_unresulted")], 1, 0);
+
+    /* precedence, parentheses, x and the signs, thousands, chained results, decimals as
+     * shown, a negative result; a percentage is not evaluated; "==" and "<=" are no '=' */
+    arith_of(NULL,
+             "2 + 3 * 4 = 14; (2 + 3) x 4 = 20; 6 \xc3\x97 7 = 42; 9 \xc3\xb7 3 = 3;\n"
+             "1,000 + 250 = 1,250 - 50 = 1200; 10 / 3 = 3.33; 3 - 5 = -2; 2 \\times 8 = 16\n"
+             "20% * 50 = 10; 1 + 1 == 2; 3 <= 4\n#### 16",
+             s);
+    assert_float_equal(s[answer_index("results")], log1p(10), 1e-6);
+    assert_float_equal(s[answer_index("arith_checked")], log1p(9), 1e-6);
+    assert_float_equal(s[answer_index("arith_wrong")], 0, 0);
+    assert_float_equal(s[answer_index("final_unresulted")], 0, 0);
+    assert_float_equal(s[answer_index("prompt_numbers")], 0, 0);
+    assert_float_equal(s[answer_index("prompt_bytes")], 0, 0);
+
+    /* wrong by more than the shown rounding; a division by zero and words are not checked */
+    arith_of(NULL, "10 / 3 = 3.4\n5 / 0 = 7\nfive plus 2 = 7\nso the answer is 7", s);
+    assert_float_equal(s[answer_index("results")], log1p(3), 1e-6);
+    assert_float_equal(s[answer_index("arith_checked")], log1p(1), 1e-6);
+    assert_float_equal(s[answer_index("arith_wrong")], log1p(1), 1e-6);
+    assert_float_equal(s[answer_index("final_unresulted")], 0, 0);
+
+    /* no computation at all: nothing to check, and nothing unresulted */
+    arith_of(prompt, "She makes 18 dollars.", s);
+    assert_float_equal(s[answer_index("results")], 0, 0);
+    assert_float_equal(s[answer_index("arith_checked")], 0, 0);
+    assert_float_equal(s[answer_index("final_unresulted")], 0, 0);
+
+    /* a run too long to evaluate, a number too long to read: counted, not checked */
+    char big[4096];
+    size_t n = 0;
+    for (int i = 0; i < 60; i++)
+        n += (size_t)snprintf(big + n, sizeof(big) - n, "1 + ");
+    n += (size_t)snprintf(big + n, sizeof(big) - n, "1 = 61\n");
+    n += (size_t)snprintf(big + n, sizeof(big) - n, "1 + %s = 2", "123456789012345678901234567890123456789012345");
+    arith_of(NULL, big, s);
+    assert_float_equal(s[answer_index("results")], log1p(2), 1e-6);
+    assert_float_equal(s[answer_index("arith_checked")], 0, 0);
+
+    /* version 1's signals are the first ones of this version's, in the same order */
+    assert_int_equal(FEATURES_N_ANSWER_V(FEATURES_ANSWER_VERSION), FEATURES_N_ANSWER);
+    assert_string_equal(features_answer_name(FEATURES_N_ANSWER_V(1) - 1), "prompt_numbers_unused");
+    assert_int_equal(FEATURES_N_ANSWER_V(FEATURES_ANSWER_VERSION + 1), 0);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_answer_signals),
+        cmocka_unit_test(test_answer_arithmetic),
         cmocka_unit_test(test_exact_ids_and_values),
         cmocka_unit_test(test_repeats_use_log_tf),
         cmocka_unit_test(test_folding_and_numbers),

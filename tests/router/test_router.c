@@ -642,6 +642,16 @@ test_escalation_learned(void **state)
     assert_int_equal(router_dataset_add(d, j), -EINVAL);
     json_decref(j);
     assert_int_equal(router_dataset_size(d), 200);
+    /* signals of an older answer signals version: the line stays, its answer teaches nothing */
+    json_t *sigs = json_array();
+    for (size_t k = 0; k < FEATURES_N_ANSWER_V(1); k++)
+        json_array_append_new(sigs, json_real(0.5));
+    j = json_pack("{s:s,s:{s:i},s:{s:o}}", "prompt", "x", "outcomes", "weak", 1, "answer_signals",
+                  "weak", sigs);
+    assert_int_equal(router_dataset_add(d, j), 0);
+    json_decref(j);
+    assert_int_equal(router_dataset_size(d), 201);
+    assert_int_equal(router_dataset_answers(d), 200);
 
     router_train_opts_default(&o);
     o.epochs = 2;
@@ -677,6 +687,50 @@ test_escalation_learned(void **state)
         file[24 + i] = (unsigned char)(crc >> (8 * i));
     assert_null(router_model_load_buffer(file, len, err, sizeof(err)));
     assert_non_null(strstr(err, "answer signals version"));
+    file[off] = FEATURES_ANSWER_VERSION;
+
+    /* a section of answer signals version 1 (19 inputs) loads and scores as the same model
+     * with the signals added since weighted 0 */
+    const size_t n1 = FEATURES_N_ANSWER_V(1), n = FEATURES_N_ANSWER;
+    size_t head = off - 4, tail = off + 8 + 4 * (3 * n + 1);
+    unsigned char *old = malloc(len);
+    size_t olen = 0;
+    memcpy(old, file, head);
+    olen = head;
+    uint32_t hdr[3] = {(uint32_t)n1, 1, 200};
+    memcpy(old + olen, hdr, sizeof(hdr));
+    olen += sizeof(hdr);
+    for (int part = 0; part < 3; part++) {
+        memcpy(old + olen, file + off + 8 + 4 * n * (size_t)part, 4 * n1);
+        olen += 4 * n1;
+    }
+    memcpy(old + olen, file + off + 8 + 4 * 3 * n, 4); /* bias */
+    olen += 4;
+    memcpy(old + olen, file + tail, len - tail);
+    olen += len - tail;
+    uint32_t plen = (uint32_t)(olen - ROUTER__HEADER_SIZE);
+    memcpy(old + 16, &plen, 4); /* the model files are little-endian, like this test's hosts */
+    crc = router_crc32(old + ROUTER__HEADER_SIZE, olen - ROUTER__HEADER_SIZE);
+    for (int i = 0; i < 4; i++)
+        old[24 + i] = (unsigned char)(crc >> (8 * i));
+    struct router_model *o1 = router_model_load_buffer(old, olen, err, sizeof(err));
+    assert_non_null(o1);
+    assert_int_equal(router_model_escalation_examples(o1), 200);
+    for (size_t k = n1; k < n; k++)
+        m->esc.w[k] = 0;
+    const char *arith = "12 + 30 = 41 apples.\n#### 41";
+    assert_true(fabs(escalation(o1, "Tom has 12 apples and buys 30 more", arith, "stop") -
+                     escalation(m, "Tom has 12 apples and buys 30 more", arith, "stop")) < 1e-6);
+    /* ... but not with another count of inputs than its version has */
+    uint32_t bad_n = (uint32_t)n;
+    memcpy(old + head, &bad_n, 4);
+    crc = router_crc32(old + ROUTER__HEADER_SIZE, olen - ROUTER__HEADER_SIZE);
+    for (int i = 0; i < 4; i++)
+        old[24 + i] = (unsigned char)(crc >> (8 * i));
+    assert_null(router_model_load_buffer(old, olen, err, sizeof(err)));
+    assert_non_null(strstr(err, "inputs"));
+    router_model_unref(o1);
+    free(old);
     router_model_unref(l);
     free(file);
     unlink(path);
