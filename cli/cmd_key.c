@@ -1,6 +1,6 @@
 /* cmd_key.c - `triage key`: create, list, hash and remove client/admin bearer keys in a key file.
  *
- * The key file holds only "<name> <sha256-hex>" lines (format in daemon/auth.h); a new
+ * The key file holds only "<name> <sha256-hex>" lines (format in daemon/guard/auth.h); a new
  * key is printed once and never stored. The file is always parsed first, so a broken
  * file is reported instead of being appended to. */
 #include <errno.h>
@@ -14,7 +14,7 @@
 
 #include <openssl/crypto.h>
 
-#include "../daemon/auth.h"
+#include "../daemon/guard/auth.h"
 #include "commands.h"
 #include "conf.h"
 #include "storage.h"

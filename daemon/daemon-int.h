@@ -12,12 +12,11 @@
 #include <microhttpd.h>
 #include <uv.h>
 
-#include "backoff.h"
-#include "budget.h"
 #include "conf.h"
+#include "guard/guard.h"
 #include "hooks.h"
 #include "router.h"
-#include "upstream.h"
+#include "upstream/upstream.h"
 
 struct storage;
 struct auth_keys;

@@ -4,12 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
 #include "conf.h"
-#include "dashboard.h"
+#include "config.h"
 #include "hooks.h"
 #include "log.h"
-#include "metrics.h"
+#include "ops/ops.h"
 #include "server.h"
 
 static void

@@ -18,14 +18,11 @@
 
 #include <openssl/evp.h>
 
-#include "backoff.h"
-#include "breaker.h"
-#include "budget.h"
 #include "config.h"
 #include "daemon-int.h"
+#include "guard/guard.h"
 #include "log.h"
 #include "prompt_features.h"
-#include "ratelimit.h"
 #include "storage.h"
 #include "text.h"
 

@@ -25,14 +25,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "auth.h"
-#include "breaker.h"
 #include "config.h"
 #include "daemon-int.h"
+#include "guard/guard.h"
 #include "log.h"
 #include "notify.h"
-#include "budget.h"
-#include "ratelimit.h"
 #include "server.h"
 #include "storage.h"
 #include "text.h"

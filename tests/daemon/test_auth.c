@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "auth.h"
+#include "guard/guard.h"
 
 /* SHA-256("abc"), the FIPS 180-2 example. */
 #define HASH_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

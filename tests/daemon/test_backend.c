@@ -14,9 +14,9 @@
 
 #include <jansson.h>
 
-#include "auth.h"
+#include "guard/guard.h"
 #include "harness.h"
-#include "upstream.h"
+#include "upstream/upstream.h"
 
 static struct h_env env;
 

@@ -7,7 +7,7 @@
 
 #include <cmocka.h>
 
-#include "backoff.h"
+#include "guard/guard.h"
 
 static void
 test_bounds(void **state)

@@ -7,7 +7,7 @@
 
 #include <cmocka.h>
 
-#include "breaker.h"
+#include "guard/guard.h"
 
 /* Records n failures at time t (each let through first). */
 static void

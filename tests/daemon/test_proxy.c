@@ -22,7 +22,7 @@
 #include <openssl/evp.h>
 #include <sqlite3.h>
 
-#include "auth.h"
+#include "guard/guard.h"
 #include "daemon-int.h"
 #include "harness.h"
 #include "prompt_features.h"

@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "ratelimit.h"
+#include "guard/guard.h"
 
 static void
 test_rpm_boundary(void **state)

@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "upstream.h"
+#include "upstream/upstream.h"
 
 struct result {
     int pause_next; /* cb_data pauses (takes nothing) once when set */

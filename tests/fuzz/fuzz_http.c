@@ -56,11 +56,10 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "dashboard.h"
 #include "fuzz.h"
 #include "harness.h"
 #include "hooks.h"
-#include "metrics.h"
+#include "ops/ops.h"
 #include "server.h"
 
 #define MARK "\xf5\xf5"

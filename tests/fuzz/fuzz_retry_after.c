@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backoff.h"
+#include "guard/guard.h"
 #include "fuzz.h"
 
 int

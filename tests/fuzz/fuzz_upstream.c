@@ -1,6 +1,6 @@
 /* fuzz_upstream.c - fuzz target for the plain-HTTP upstream client's response parser.
  *
- * Each input is a backend's whole answer: a fresh upstream client (daemon/upstream.h)
+ * Each input is a backend's whole answer: a fresh upstream client (daemon/upstream/upstream.h)
  * posts a request to a listening socket of ours on loopback, we read the request, write
  * the input back and close the connection, and the loop runs until the call ends. The
  * first byte picks how: the rest in one write, or in pieces of 1-16 bytes with a loop
@@ -24,7 +24,7 @@
 #include <uv.h>
 
 #include "fuzz.h"
-#include "upstream.h"
+#include "upstream/upstream.h"
 
 static uv_loop_t loop;
 static int listen_fd = -1;

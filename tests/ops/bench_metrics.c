@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "metrics.h"
+#include "ops/ops.h"
 
 #define N 2000000
 #define MAX_THREADS 16

@@ -12,7 +12,7 @@
 
 #include <microhttpd.h>
 
-#include "dashboard.h"
+#include "ops/ops.h"
 
 static char *stats;
 static size_t stats_len;

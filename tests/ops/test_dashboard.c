@@ -1,5 +1,5 @@
-/* test_dashboard.c - unit tests for daemon/dashboard.c: the embedded files are found by
- * URL path and are byte-for-byte the files in daemon/dashboard/. */
+/* test_dashboard.c - unit tests for daemon/ops/dashboard.c: the embedded files are found by
+ * URL path and are byte-for-byte the files in daemon/ops/dashboard/. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,16 +9,16 @@
 
 #include <cmocka.h>
 
-#include "dashboard.h"
+#include "ops/ops.h"
 
-/* Reads daemon/dashboard/name from the source tree into a new buffer. */
+/* Reads daemon/ops/dashboard/name from the source tree into a new buffer. */
 static char *
 read_source(const char *name, size_t *len)
 {
     const char *root = getenv("TRIAGE_SOURCE_ROOT");
     char path[4096];
     assert_non_null(root);
-    snprintf(path, sizeof(path), "%s/daemon/dashboard/%s", root, name);
+    snprintf(path, sizeof(path), "%s/daemon/ops/dashboard/%s", root, name);
     FILE *f = fopen(path, "rb");
     assert_non_null(f);
     fseek(f, 0, SEEK_END);

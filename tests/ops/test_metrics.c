@@ -1,4 +1,4 @@
-/* test_metrics.c - unit tests for daemon/metrics.c: exact exposition text, bucket math,
+/* test_metrics.c - unit tests for daemon/ops/metrics.c: exact exposition text, bucket math,
  * label handling, gauges, concurrent recording, and `promtool check metrics`.
  *
  * Run with the argument "promtool" it only pipes a rendered registry through
@@ -18,7 +18,7 @@
 #include <cmocka.h>
 
 #include "config.h"
-#include "metrics.h"
+#include "ops/ops.h"
 
 /* A request with every optional field unknown. */
 static struct metrics_request

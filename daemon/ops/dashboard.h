@@ -1,4 +1,4 @@
-/* dashboard.h - the web dashboard's static files (daemon/dashboard/), built into the binary.
+/* dashboard.h - the web dashboard's static files (daemon/ops/dashboard/), built into the binary.
  *
  * The page (GET /dashboard) draws its charts in the browser from GET /v1/stats; this
  * module only finds the embedded files. Nothing is read from disk at run time. */

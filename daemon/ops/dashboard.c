@@ -5,7 +5,7 @@
 #include "dashboard.h"
 #include "hooks.h"
 
-/* Defined in the generated dashboard-assets.c (daemon/dashboard/embed.c). */
+/* Defined in the generated dashboard-assets.c (daemon/ops/dashboard/embed.c). */
 extern const struct dashboard_asset dashboard__assets[];
 extern const size_t dashboard__n_assets;
 

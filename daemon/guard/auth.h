@@ -7,7 +7,7 @@
  *     <name> <sha256-hex> budget_usd=50/day      (or =AMOUNT/month: a USD budget)
  *
  * A budget (optional) caps what the name's requests may cost per UTC day or month
- * (daemon/budget.c enforces it from the outcome log); every line of one name that
+ * (daemon/guard/budget.c enforces it from the outcome log); every line of one name that
  * carries a budget must carry the same one.
  * <name> is 1-64 characters of [A-Za-z0-9._@+-]; it names the client in logs and
  * rate limits and may repeat (several keys for one client while rotating keys).
