@@ -1,77 +1,87 @@
-/* upstream-int.h - what the upstream client's two transports share: curl (upstream.c, any
- * URL) and the plain HTTP/1.1 client (upstream_h1.c, http:// URLs). Not a public API. */
+/* upstream-int.h - the generic upstream client (upstream.c) and its transports: curl
+ * (upstream_curl.c, any URL) and the plain HTTP/1.1 client (upstream_h1.c, http:// URLs).
+ * Not a public API.
+ *
+ * Each transport's call embeds struct upstream_call as its first member and fills its
+ * table of functions (struct upstream_transport); the generic code - the API, the
+ * deadlines, the list of running calls - knows a transport only through that table,
+ * and a transport's state hangs off struct upstream as an object of its own. */
 #ifndef TRIAGE_UPSTREAM_INT_H
 #define TRIAGE_UPSTREAM_INT_H
 
 #include "upstream.h"
 
-#define UPSTREAM_EASY_POOL 64 /* finished curl handles kept for the next calls */
+#define UPSTREAM_DETAIL_MAX 256 /* bytes of a failure's detail text */
 
-struct upstream_sock;
-struct h1_conn;
-struct h1_origin;
+struct upstream_transport;
 
+/* The common part of one backend exchange; the first member of a transport's call. */
 struct upstream_call {
+    const struct upstream_transport *tp; /* the transport carrying it */
     struct upstream *u;
-    CURL *easy; /* the curl transport's handle; NULL for a plain-HTTP call */
-    struct curl_slist *headers; /* the curl transport's request headers */
     char *body;
     size_t body_len;
     struct upstream_callbacks cb;
     void *ctx;
-    uint64_t connect_deadline;    /* loop ms, 0 = none (plain HTTP: curl keeps its own) */
+    uint64_t connect_deadline;    /* loop ms, 0 = none (curl keeps its own) */
     uint64_t first_byte_deadline; /* loop ms, 0 until the request is written */
     uint32_t first_byte_timeout_ms;
-    uint64_t total_deadline;      /* loop ms, 0 = none (plain HTTP only) */
+    uint64_t total_deadline;      /* loop ms, 0 = none (curl keeps its own) */
     uint64_t last_data;           /* loop ms */
     uint32_t idle_timeout_ms;
     int got_headers;
     int paused;
-    int reusable; /* ended normally, never paused: its easy handle may serve another call */
     int ever_paused;
-    enum upstream_error forced; /* set when we abort the transfer ourselves */
-    char errbuf[CURL_ERROR_SIZE];
-    struct upstream_call *prev, *next;
-
-    /* the plain-HTTP transport */
-    struct h1_conn *h1;           /* the connection carrying it, NULL while none */
-    struct h1_origin *origin;
-    char *head;                   /* the request line and headers, kept for a retry */
-    size_t head_len;
-    int retried;                  /* already re-sent once on a fresh connection */
-    int resuming;                 /* on u->resume, to be fed its saved bytes */
-    struct upstream_call *resume_next;
+    enum upstream_error forced;   /* set when we abort the transfer ourselves */
+    char detail[UPSTREAM_DETAIL_MAX]; /* the failure's text, when a transport keeps one */
+    struct upstream_call *prev, *next; /* u->calls: every call the sweep watches */
 };
+
+/* What a transport does. Per client: init (its state on u; 0 or -1), start (a new call
+ * for r, linked, when the transport takes r->url; else NULL with r untouched; the last
+ * transport takes any URL, and its NULL is a failure), shutdown (cancel
+ * and close everything, from upstream_destroy; no callbacks), free (its state, once
+ * the client's last handle has closed; NULL is fine). Per call: release (take c off
+ * the transport and free it; no callback), unpause (resume a paused c). */
+struct upstream_transport {
+    const char *name;
+    int (*init)(struct upstream *u);
+    struct upstream_call *(*start)(struct upstream *u, struct upstream_request *r);
+    void (*shutdown)(struct upstream *u);
+    void (*free)(struct upstream *u);
+    void (*release)(struct upstream_call *c);
+    void (*unpause)(struct upstream_call *c);
+};
+
+/* The transports, in the order upstream_start offers them a call. */
+extern const struct upstream_transport upstream__h1_transport;   /* upstream_h1.c */
+extern const struct upstream_transport upstream__curl_transport; /* upstream_curl.c */
+
+struct upstream_h1;
+struct upstream_curl;
 
 struct upstream {
     uv_loop_t *loop;
-    CURLM *multi;
-    uv_timer_t timer; /* curl's timeout */
     uv_timer_t sweep; /* our deadlines */
     struct upstream_call *calls;
     size_t n_calls;
-    struct upstream_sock *socks;
-    struct upstream_sock **by_fd; /* every sock in socks, by fd */
-    size_t n_by_fd;
-    CURL *easy_pool[UPSTREAM_EASY_POOL];
-    unsigned n_easy;
     void (*after)(void *);
     void *after_ctx;
-    int open_handles; /* uv handles not yet closed */
+    int open_handles; /* uv handles not yet closed (every transport's) */
     int destroying;
     void (*on_closed)(void *);
     void *closed_ctx;
-
-    /* the plain-HTTP transport */
-    struct h1_origin *origins;     /* scheme-less host:port of every backend seen */
-    size_t n_idle;                 /* kept-alive connections waiting for a call */
-    uv_idle_t resume;              /* feeds unpaused calls their saved bytes */
-    struct upstream_call *resume_head;
-    char *rbuf;                    /* every read lands here, and is consumed at once */
-    int corked;                    /* requests wait on the cork list (upstream_cork) */
-    struct h1_conn *cork_head, *cork_tail;
-    unsigned n_cork;               /* requests on it */
+    struct upstream_h1 *h1;     /* the plain-HTTP transport's state */
+    struct upstream_curl *curl; /* the curl transport's state */
 };
+
+/* Fills c's common part for a call of tp from r (takes r->body) and arms its deadlines:
+ * connect and total only when with_deadlines (curl keeps its own). */
+void upstream__call_init(struct upstream_call *c, const struct upstream_transport *tp,
+                         struct upstream *u, struct upstream_request *r, int with_deadlines);
+
+/* Puts c on u's list of running calls (the sweep runs while the list is not empty). */
+void upstream__call_link(struct upstream_call *c);
 
 /* Ends c with err: takes it off its transport, frees it, then reports (the callback
  * may start or cancel other calls). From the loop, outside transport callbacks. */
@@ -88,29 +98,11 @@ int upstream__header_line(const char *line, size_t len, const char **name, size_
  * and any wait before are not counted). */
 void upstream__request_sent(struct upstream_call *c);
 
-/* Runs after a batch of transport activity: finished curl calls, then u->after. */
+/* Runs after a batch of transport activity: u->after (e.g. the server's flush). */
 void upstream__after_activity(struct upstream *u);
 
 /* One of u's uv handles finished closing (frees u when it was the last one while
  * upstream_destroy runs). */
 void upstream__handle_closed(struct upstream *u);
-
-/* ---- the plain HTTP/1.1 transport (upstream_h1.c) ---- */
-
-/* Sets up u's part (called by upstream_create). */
-void upstream__h1_init(struct upstream *u);
-
-/* Starts c (already on u->calls) for url when it is a plain http:// URL this
- * transport takes. Returns 0 when started, 1 when curl should take the URL. */
-int upstream__h1_start(struct upstream_call *c, const char *url, const char *headers);
-
-/* Takes c off its connection (closed: a half-read response cannot be reused). */
-void upstream__h1_detach(struct upstream_call *c);
-
-/* Resumes a paused plain-HTTP call (its saved bytes are fed from the loop). */
-void upstream__h1_unpause(struct upstream_call *c);
-
-/* Closes every idle connection and frees the origins (from upstream_destroy). */
-void upstream__h1_destroy(struct upstream *u);
 
 #endif

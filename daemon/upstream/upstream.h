@@ -1,10 +1,10 @@
-/* upstream.h - the upstream HTTP client: one curl multi handle per worker, driven by its libuv loop.
+/* upstream.h - the upstream HTTP client, one per worker, driven by its libuv loop.
  *
- * No thread ever waits on a backend: curl's socket API tells us which sockets to
- * watch (uv_poll) and when to wake (uv_timer); calls report back through the
- * callbacks below, always from the loop thread and never from inside another
- * curl call, so a callback may start or cancel other calls. Connections to a
- * backend are kept alive and reused across calls (curl's connection cache). */
+ * No thread ever waits on a backend: http:// calls go over libuv TCP handles, the
+ * rest through curl's socket API (which tells us which sockets to watch and when to
+ * wake); calls report back through the callbacks below, always from the loop thread
+ * and never from inside another transport call, so a callback may start or cancel
+ * other calls. Connections to a backend are kept alive and reused across calls. */
 #ifndef TRIAGE_UPSTREAM_H
 #define TRIAGE_UPSTREAM_H
 

@@ -6,9 +6,9 @@
  * a few hundred bytes of HTTP). This transport does only what a backend exchange
  * needs: one POST, a response framed by Content-Length, chunked encoding or the
  * connection's end, and kept-alive connections reused per origin. https:// and
- * anything unusual in a URL (user info) still go to curl (upstream.c).
+ * anything unusual in a URL (user info) still go to curl (upstream_curl.c).
  *
- * Each read lands in one buffer per client (u->rbuf) and is parsed at once, so an
+ * Each read lands in one buffer per client (its rbuf) and is parsed at once, so an
  * open stream holds no buffer of its own; only bytes a paused call has not taken
  * yet are copied aside (the pause contract of upstream.h: they come again). */
 #include <ctype.h>
@@ -80,6 +80,37 @@ struct h1_conn {
     size_t saved_len, saved_cap;
 };
 
+/* The transport's state on one client (struct upstream's h1). */
+struct upstream_h1 {
+    struct h1_origin *origins;     /* scheme-less host:port of every backend seen */
+    size_t n_idle;                 /* kept-alive connections waiting for a call */
+    uv_idle_t resume;              /* feeds unpaused calls their saved bytes */
+    struct upstream_call *resume_head;
+    char *rbuf;                    /* every read lands here, and is consumed at once */
+    int corked;                    /* requests wait on the cork list (upstream_cork) */
+    struct h1_conn *cork_head, *cork_tail;
+    unsigned n_cork;               /* requests on it */
+};
+
+/* One call: the common part first (upstream-int.h), then this transport's. */
+struct h1_call {
+    struct upstream_call super;
+    struct h1_conn *conn;         /* the connection carrying it, NULL while none */
+    struct h1_origin *origin;
+    char *head;                   /* the request line and headers, kept for a retry */
+    size_t head_len;
+    int retried;                  /* already re-sent once on a fresh connection */
+    int resuming;                 /* on resume_head, to be fed its saved bytes */
+    struct upstream_call *resume_next;
+};
+
+/* c's own part: every call this file sees is one of its own. */
+static struct h1_call *
+h1c(struct upstream_call *c)
+{
+    return (struct h1_call *)c;
+}
+
 enum feed_result { FEED_MORE, FEED_DONE, FEED_PAUSED, FEED_ERROR, FEED_REFUSED };
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -120,7 +151,7 @@ idle_unlink(struct h1_conn *k)
     if (k->next)
         k->next->prev = k->prev;
     k->prev = k->next = NULL;
-    k->u->n_idle--;
+    k->u->h1->n_idle--;
 }
 
 static void
@@ -131,14 +162,14 @@ cork_unlink(struct h1_conn *k)
     if (k->cork_prev)
         k->cork_prev->cork_next = k->cork_next;
     else
-        u->cork_head = k->cork_next;
+        u->h1->cork_head = k->cork_next;
     if (k->cork_next)
         k->cork_next->cork_prev = k->cork_prev;
     else
-        u->cork_tail = k->cork_prev;
+        u->h1->cork_tail = k->cork_prev;
     k->cork_prev = k->cork_next = NULL;
     k->corked = 0;
-    u->n_cork--;
+    u->h1->n_cork--;
 }
 
 /* Closes k (whatever it was doing) and takes it off its call. */
@@ -152,7 +183,7 @@ conn_close(struct h1_conn *k)
     if (k->corked)
         cork_unlink(k);
     if (k->call) {
-        k->call->h1 = NULL;
+        h1c(k->call)->conn = NULL;
         k->call = NULL;
     }
     k->state = C_CLOSING;
@@ -183,7 +214,7 @@ static void
 defer_error(struct upstream_call *c, enum upstream_error err, const char *detail)
 {
     c->forced = err;
-    snprintf(c->errbuf, sizeof(c->errbuf), "%s", detail);
+    snprintf(c->detail, sizeof(c->detail), "%s", detail);
     resume_push(c);
 }
 
@@ -212,7 +243,7 @@ on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     struct h1_conn *k = h->data;
 
     (void)suggested;
-    *buf = uv_buf_init(k->u->rbuf, READ_BUF);
+    *buf = uv_buf_init(k->u->h1->rbuf, READ_BUF);
 }
 
 /* The backend ended the connection (or it failed) while c was on it. A reused
@@ -228,8 +259,8 @@ conn_lost(struct h1_conn *k, int err)
         upstream__call_finish(c, UPSTREAM_OK, NULL);
         return;
     }
-    if (k->reused && !k->got_bytes && !c->retried) {
-        c->retried = 1;
+    if (k->reused && !k->got_bytes && !h1c(c)->retried) {
+        h1c(c)->retried = 1;
         conn_close(k);
         conn_open(c);
         return;
@@ -257,10 +288,10 @@ static int
 send_request(struct h1_conn *k)
 {
     struct upstream_call *c = k->call;
-    uv_buf_t b[2] = {uv_buf_init(c->head, (unsigned)c->head_len),
+    uv_buf_t b[2] = {uv_buf_init(h1c(c)->head, (unsigned)h1c(c)->head_len),
                      uv_buf_init(c->body ? c->body : "", (unsigned)c->body_len)};
     unsigned nb = c->body_len ? 2 : 1;
-    size_t total = c->head_len + (nb == 2 ? c->body_len : 0);
+    size_t total = h1c(c)->head_len + (nb == 2 ? c->body_len : 0);
     int n = uv_try_write((uv_stream_t *)&k->tcp, b, nb);
 
     if (n == UV_EAGAIN || n == UV_ENOSYS)
@@ -295,8 +326,8 @@ conn_send(struct h1_conn *k)
     int rc = send_request(k);
 
     if (rc < 0) {
-        if (k->reused && !c->retried) {
-            c->retried = 1;
+        if (k->reused && !h1c(c)->retried) {
+            h1c(c)->retried = 1;
             conn_close(k);
             conn_open(c);
             return;
@@ -311,7 +342,7 @@ cork_flush(struct upstream *u)
 {
     struct h1_conn *k;
 
-    while ((k = u->cork_head) != NULL) {
+    while ((k = u->h1->cork_head) != NULL) {
         cork_unlink(k);
         conn_send(k);
     }
@@ -325,22 +356,22 @@ conn_attach(struct h1_conn *k, struct upstream_call *c)
     struct upstream *u = k->u;
 
     k->call = c;
-    c->h1 = k;
+    h1c(c)->conn = k;
     c->connect_deadline = 0;
     parser_reset(k);
     k->state = C_ACTIVE;
-    if (!u->corked) {
+    if (!u->h1->corked) {
         conn_send(k);
         return;
     }
     k->corked = 1;
-    k->cork_prev = u->cork_tail;
-    if (u->cork_tail)
-        u->cork_tail->cork_next = k;
+    k->cork_prev = u->h1->cork_tail;
+    if (u->h1->cork_tail)
+        u->h1->cork_tail->cork_next = k;
     else
-        u->cork_head = k;
-    u->cork_tail = k;
-    if (++u->n_cork == UPSTREAM_CORK_MAX)
+        u->h1->cork_head = k;
+    u->h1->cork_tail = k;
+    if (++u->h1->n_cork == UPSTREAM_CORK_MAX)
         cork_flush(u);
 }
 
@@ -404,7 +435,7 @@ static void
 conn_open(struct upstream_call *c)
 {
     struct upstream *u = c->u;
-    struct h1_origin *o = c->origin;
+    struct h1_origin *o = h1c(c)->origin;
     struct h1_conn *k = calloc(1, sizeof(*k));
 
     if (!k)
@@ -412,7 +443,7 @@ conn_open(struct upstream_call *c)
     k->u = u;
     k->origin = o;
     k->call = c;
-    c->h1 = k;
+    h1c(c)->conn = k;
     uv_tcp_init(u->loop, &k->tcp);
     k->tcp.data = k;
     u->open_handles++;
@@ -693,10 +724,10 @@ feed(struct h1_conn *k, const char *p, size_t n, size_t *rest, const char **why)
             c->last_data = uv_now(k->u->loop);
             if (!k->writing) {
                 /* answered: the request cannot be sent again, so its copy goes */
-                free(c->head);
+                free(h1c(c)->head);
                 free(c->body);
-                c->head = c->body = NULL;
-                c->head_len = c->body_len = 0;
+                h1c(c)->head = c->body = NULL;
+                h1c(c)->head_len = c->body_len = 0;
             }
             body_framing(k);
             c->cb.on_headers_done(c->ctx, k->status);
@@ -801,9 +832,9 @@ conn_release(struct h1_conn *k)
     struct upstream *u = k->u;
     struct h1_origin *o = k->origin;
 
-    k->call->h1 = NULL;
+    h1c(k->call)->conn = NULL;
     k->call = NULL;
-    if (u->destroying || u->n_idle >= MAX_IDLE) {
+    if (u->destroying || u->h1->n_idle >= MAX_IDLE) {
         conn_close(k);
         return;
     }
@@ -814,7 +845,7 @@ conn_release(struct h1_conn *k)
     if (o->idle)
         o->idle->prev = k;
     o->idle = k;
-    u->n_idle++;
+    u->h1->n_idle++;
     uv_unref((uv_handle_t *)&k->tcp); /* an idle connection keeps no loop alive */
 }
 
@@ -881,22 +912,22 @@ on_resume(uv_idle_t *h)
     struct upstream_call *c;
 
     /* one at a time off the list: a callback may cancel a call that is still on it */
-    while ((c = u->resume_head) != NULL) {
-        u->resume_head = c->resume_next;
-        c->resuming = 0;
-        c->resume_next = NULL;
+    while ((c = u->h1->resume_head) != NULL) {
+        u->h1->resume_head = h1c(c)->resume_next;
+        h1c(c)->resuming = 0;
+        h1c(c)->resume_next = NULL;
         if (c->forced) {
-            upstream__call_finish(c, c->forced, c->errbuf);
+            upstream__call_finish(c, c->forced, c->detail);
             continue;
         }
-        struct h1_conn *k = c->h1;
+        struct h1_conn *k = h1c(c)->conn;
         if (!k || c->paused)
             continue;
         /* the saved bytes go through the read buffer: parsing may save again */
         size_t n = k->saved_len;
-        memcpy(u->rbuf, k->saved, n);
+        memcpy(u->h1->rbuf, k->saved, n);
         k->saved_len = 0;
-        if (take_input(k, u->rbuf, n) == FEED_MORE)
+        if (take_input(k, u->h1->rbuf, n) == FEED_MORE)
             uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read);
     }
     uv_idle_stop(h);
@@ -908,19 +939,12 @@ resume_push(struct upstream_call *c)
 {
     struct upstream *u = c->u;
 
-    if (!c->resuming) {
-        c->resuming = 1;
-        c->resume_next = u->resume_head;
-        u->resume_head = c;
+    if (!h1c(c)->resuming) {
+        h1c(c)->resuming = 1;
+        h1c(c)->resume_next = u->h1->resume_head;
+        u->h1->resume_head = c;
     }
-    uv_idle_start(&u->resume, on_resume);
-}
-
-void
-upstream__h1_unpause(struct upstream_call *c)
-{
-    if (c->h1)
-        resume_push(c);
+    uv_idle_start(&u->h1->resume, on_resume);
 }
 
 /* ---- the transport's entry points --------------------------------------------------- */
@@ -949,7 +973,7 @@ origin_get(struct upstream *u, const char *auth, size_t len)
 {
     struct h1_origin *o;
 
-    for (o = u->origins; o; o = o->next)
+    for (o = u->h1->origins; o; o = o->next)
         if (strlen(o->authority) == len && memcmp(o->authority, auth, len) == 0)
             return o;
     const char *host = auth, *host_end, *colon;
@@ -989,8 +1013,8 @@ origin_get(struct upstream *u, const char *auth, size_t len)
     if (!o->authority || !o->host)
         abort();
     snprintf(o->port, sizeof(o->port), "%lu", port);
-    o->next = u->origins;
-    u->origins = o;
+    o->next = u->h1->origins;
+    u->h1->origins = o;
     return o;
 }
 
@@ -999,34 +1023,41 @@ static void
 build_head(struct upstream_call *c, const char *path, const char *headers)
 {
     size_t hlen = headers ? strlen(headers) : 0;
-    size_t cap = 256 + strlen(path) + strlen(c->origin->authority) + hlen, len = 0;
+    size_t cap = 256 + strlen(path) + strlen(h1c(c)->origin->authority) + hlen, len = 0;
     char *out = malloc(cap);
 
     if (!out)
         abort();
     len += (size_t)snprintf(out + len, cap - len, "POST %s%s HTTP/1.1\r\nHost: %s\r\n",
-                            *path == '/' ? "" : "/", path, c->origin->authority);
+                            *path == '/' ? "" : "/", path, h1c(c)->origin->authority);
     memcpy(out + len, headers, hlen);
     len += hlen;
     len += (size_t)snprintf(out + len, cap - len, "Content-Length: %zu\r\n\r\n", c->body_len);
-    c->head = out;
-    c->head_len = len;
+    h1c(c)->head = out;
+    h1c(c)->head_len = len;
 }
 
-int
-upstream__h1_start(struct upstream_call *c, const char *url, const char *headers)
+/* Takes r when its URL is a plain http:// one this transport serves: a new call, linked. */
+static struct upstream_call *
+h1_start(struct upstream *u, struct upstream_request *r)
 {
-    struct upstream *u = c->u;
     const char *auth, *path;
     size_t auth_len;
 
-    if (split_url(url, &auth, &auth_len, &path) != 0)
-        return 1;
-    c->origin = origin_get(u, auth, auth_len);
-    if (!c->origin)
-        return 1; /* curl says what is wrong with it */
-    build_head(c, path, headers);
-    struct h1_conn *k = c->origin->idle;
+    if (split_url(r->url, &auth, &auth_len, &path) != 0)
+        return NULL;
+    struct h1_origin *o = origin_get(u, auth, auth_len);
+    if (!o)
+        return NULL; /* curl says what is wrong with it */
+    struct h1_call *hc = calloc(1, sizeof(*hc));
+    if (!hc)
+        abort();
+    struct upstream_call *c = &hc->super;
+    upstream__call_init(c, &upstream__h1_transport, u, r, 1);
+    upstream__call_link(c);
+    hc->origin = o;
+    build_head(c, path, r->headers);
+    struct h1_conn *k = o->idle;
     if (k) {
         idle_unlink(k);
         uv_ref((uv_handle_t *)&k->tcp);
@@ -1034,48 +1065,66 @@ upstream__h1_start(struct upstream_call *c, const char *url, const char *headers
     } else {
         conn_open(c);
     }
-    return 0;
+    return c;
 }
 
 void
 upstream_cork(struct upstream *u)
 {
-    u->corked = 1;
+    u->h1->corked = 1;
 }
 
 void
 upstream_uncork(struct upstream *u)
 {
-    u->corked = 0;
+    u->h1->corked = 0;
     cork_flush(u);
 }
 
-void
-upstream__h1_detach(struct upstream_call *c)
+/* Takes c off its connection (closed: a half-read response cannot be reused) and the
+ * resume list, and frees it. */
+static void
+h1_release(struct upstream_call *c)
 {
     struct upstream *u = c->u;
 
-    if (c->resuming) {
-        struct upstream_call **pp = &u->resume_head;
+    if (h1c(c)->resuming) {
+        struct upstream_call **pp = &u->h1->resume_head;
         while (*pp && *pp != c)
-            pp = &(*pp)->resume_next;
+            pp = &h1c(*pp)->resume_next;
         if (*pp)
-            *pp = c->resume_next;
-        c->resuming = 0;
+            *pp = h1c(c)->resume_next;
+        h1c(c)->resuming = 0;
     }
-    if (c->h1)
-        conn_close(c->h1); /* mid-exchange: the connection cannot carry another */
+    if (h1c(c)->conn)
+        conn_close(h1c(c)->conn); /* mid-exchange: the connection cannot carry another */
+    free(h1c(c)->head);
+    free(h1c(c));
 }
 
-void
-upstream__h1_init(struct upstream *u)
+/* Resumes a paused call: its saved bytes are fed from the loop. */
+static void
+h1_unpause(struct upstream_call *c)
 {
-    u->rbuf = malloc(READ_BUF);
-    if (!u->rbuf)
+    if (h1c(c)->conn)
+        resume_push(c);
+}
+
+static int
+h1_init(struct upstream *u)
+{
+    struct upstream_h1 *t = calloc(1, sizeof(*t));
+
+    if (!t)
         abort();
-    uv_idle_init(u->loop, &u->resume);
-    u->resume.data = u;
+    t->rbuf = malloc(READ_BUF);
+    if (!t->rbuf)
+        abort();
+    u->h1 = t;
+    uv_idle_init(u->loop, &t->resume);
+    t->resume.data = u;
     u->open_handles++;
+    return 0;
 }
 
 static void
@@ -1084,19 +1133,41 @@ on_resume_closed(uv_handle_t *h)
     upstream__handle_closed(h->data);
 }
 
-void
-upstream__h1_destroy(struct upstream *u)
+/* Closes every idle connection and frees the origins (from upstream_destroy). */
+static void
+h1_shutdown(struct upstream *u)
 {
-    while (u->origins) {
-        struct h1_origin *o = u->origins;
+    struct upstream_h1 *t = u->h1;
+
+    while (t->origins) {
+        struct h1_origin *o = t->origins;
         while (o->idle)
             conn_close(o->idle);
-        u->origins = o->next;
+        t->origins = o->next;
         free(o->authority);
         free(o->host);
         free(o);
     }
-    u->resume_head = NULL;
-    uv_idle_stop(&u->resume);
-    uv_close((uv_handle_t *)&u->resume, on_resume_closed);
+    t->resume_head = NULL;
+    uv_idle_stop(&t->resume);
+    uv_close((uv_handle_t *)&t->resume, on_resume_closed);
 }
+
+static void
+h1_free(struct upstream *u)
+{
+    if (u->h1)
+        free(u->h1->rbuf);
+    free(u->h1);
+    u->h1 = NULL;
+}
+
+const struct upstream_transport upstream__h1_transport = {
+    .name = "h1",
+    .init = h1_init,
+    .start = h1_start,
+    .shutdown = h1_shutdown,
+    .free = h1_free,
+    .release = h1_release,
+    .unpause = h1_unpause,
+};
