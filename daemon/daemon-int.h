@@ -136,6 +136,9 @@ struct daemon_conn {
     uint64_t t_ref_ns;  /* connected, or the previous request ended (monotonic) */
     uint64_t t_line_ns; /* the request line of the next request arrived, or 0 */
     int kept;           /* a request was served: the connection is kept alive */
+    int anthropic;      /* the current request line's path takes Anthropic's errors
+                         * (for answers written before a request exists: the 408,
+                         * libmicrohttpd's own pages) */
 };
 
 /* One HTTP request (MHD's per-request context). Freed when MHD says it ended. */
@@ -322,6 +325,7 @@ enum daemon_err {
     DAEMON_ERR_INVALID_FRAMING,
     DAEMON_ERR_INVALID_FEEDBACK,
     DAEMON_ERR_INVALID_WINDOW,
+    DAEMON_ERR_INVALID_REQUEST,    /* not valid HTTP (libmicrohttpd's own page) */
     DAEMON_ERR_WRONG_API,          /* the named backend speaks another API */
     DAEMON_ERR_NOT_ROUTED,         /* an alias on a path that is never routed (embeddings) */
     DAEMON_ERR_PREVIOUS_RESPONSE_NOT_FOUND,
@@ -334,6 +338,7 @@ enum daemon_err {
     DAEMON_ERR_STORAGE_DISABLED,
     DAEMON_ERR_UNKNOWN_REQUEST_ID,
     DAEMON_ERR_METHOD_NOT_ALLOWED,
+    DAEMON_ERR_READ_TIMEOUT,       /* the request did not arrive within read_timeout_ms */
     DAEMON_ERR_BODY_TOO_LARGE,
     DAEMON_ERR_HEADERS_TOO_LARGE,
     DAEMON_ERR_RATE_LIMITED,
@@ -341,9 +346,11 @@ enum daemon_err {
     DAEMON_ERR_INTERNAL,
     DAEMON_ERR_RELOAD_FAILED,
     DAEMON_ERR_STORAGE_ERROR,
+    DAEMON_ERR_HTTP_FAILED,        /* libmicrohttpd could not handle the request */
     DAEMON_ERR_BACKEND_UNAVAILABLE,
     DAEMON_ERR_BACKEND_OVERLOADED,
     DAEMON_ERR_SHUTTING_DOWN,
+    DAEMON_ERR_HTTP_VERSION,       /* neither HTTP/1.0 nor HTTP/1.1 */
     DAEMON_ERR__COUNT
 };
 /* Replies with kind's error in rq's dialect; fmt's text is cleaned to valid UTF-8. */
@@ -357,6 +364,13 @@ int daemon__err_status(enum daemon_err kind);
 const char *daemon__err_code(enum daemon_err kind);
 /* 1 when rq's errors take Anthropic's shape (its path is /v1/messages). */
 int daemon__dialect_anthropic(const struct daemon_request *rq);
+/* The same for a path (borrowed, without its query) before any request exists. */
+int daemon__path_anthropic(const char *path);
+/* Returns a new error body (JSON and a newline; *len bytes) for kind in a dialect
+ * (anthropic: 1 for Anthropic's shape), for an answer written outside a request:
+ * libmicrohttpd's own pages, the read deadline's 408. NULL when memory runs out. */
+char *daemon__err_body(enum daemon_err kind, int anthropic, size_t *len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* Sets the response of rq (takes resp) and resumes the connection if suspended. */
 void daemon__set_response(struct daemon_request *rq, int status, struct MHD_Response *resp);
 /* Resumes rq's connection if it is suspended. */

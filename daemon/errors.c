@@ -36,6 +36,7 @@ static const struct {
     ROW(INVALID_FRAMING, 400, IRE, "invalid_framing", IRE),
     ROW(INVALID_FEEDBACK, 400, IRE, "invalid_feedback", IRE),
     ROW(INVALID_WINDOW, 400, IRE, "invalid_window", IRE),
+    ROW(INVALID_REQUEST, 400, IRE, "invalid_request", IRE),
     ROW(WRONG_API, 400, IRE, "wrong_api", IRE),
     ROW(NOT_ROUTED, 400, IRE, "not_routed", IRE),
     ROW(PREVIOUS_RESPONSE_NOT_FOUND, 400, IRE, "previous_response_not_found", IRE),
@@ -48,6 +49,7 @@ static const struct {
     ROW(STORAGE_DISABLED, 404, IRE, "storage_disabled", "not_found_error"),
     ROW(UNKNOWN_REQUEST_ID, 404, IRE, "unknown_request_id", "not_found_error"),
     ROW(METHOD_NOT_ALLOWED, 405, IRE, "method_not_allowed", IRE),
+    ROW(READ_TIMEOUT, 408, IRE, "read_timeout", IRE),
     ROW(BODY_TOO_LARGE, 413, IRE, "body_too_large", "request_too_large"),
     ROW(HEADERS_TOO_LARGE, 431, IRE, "headers_too_large", IRE),
     ROW(RATE_LIMITED, 429, "rate_limit_error", "rate_limit_exceeded", "rate_limit_error"),
@@ -55,9 +57,11 @@ static const struct {
     ROW(INTERNAL, 500, SE, "internal", "api_error"),
     ROW(RELOAD_FAILED, 500, SE, "reload_failed", "api_error"),
     ROW(STORAGE_ERROR, 500, SE, "storage_error", "api_error"),
+    ROW(HTTP_FAILED, 500, SE, "internal_error", "api_error"),
     ROW(BACKEND_UNAVAILABLE, 503, SE, "backend_unavailable", "overloaded_error"),
     ROW(BACKEND_OVERLOADED, 503, SE, "backend_overloaded", "overloaded_error"),
     ROW(SHUTTING_DOWN, 503, SE, "shutting_down", "overloaded_error"),
+    ROW(HTTP_VERSION, 505, IRE, "http_version_not_supported", IRE),
 #undef ROW
 #undef SE
 #undef IRE
@@ -97,26 +101,34 @@ daemon__dialect_anthropic(const struct daemon_request *rq)
     return rq->api && rq->api->speaks == CONF_API_ANTHROPIC;
 }
 
-static void
-reply_v(struct daemon_request *rq, int status, const char *type, const char *code,
-        const char *atype, const char *fmt, va_list ap)
+/* Returns a new error document in a dialect, or NULL when memory runs out. The message
+ * may quote client bytes (a path, a model name, the JSON parser's own text), and
+ * vsnprintf may have cut it mid-character: jansson takes only valid UTF-8, so it is
+ * cleaned here. */
+static json_t *
+err_doc(int anthropic, const char *type, const char *code, const char *atype, const char *fmt,
+        va_list ap)
 {
     char raw[1024], msg[1024];
     int n = vsnprintf(raw, sizeof(raw), fmt, ap);
 
     if (n < 0)
         n = 0;
-    /* The message may quote client bytes (a path, a model name, the JSON parser's own
-     * text), and vsnprintf may have cut it mid-character: jansson takes only valid
-     * UTF-8, so it is cleaned here. */
     text_utf8_clean(msg, sizeof(msg), raw, (size_t)n < sizeof(raw) ? (size_t)n : sizeof(raw) - 1);
+    return anthropic ? json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type", atype,
+                                 "message", msg)
+                     : json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", msg, "type", type,
+                                 "param", "code", code);
+}
+
+static void
+reply_v(struct daemon_request *rq, int status, const char *type, const char *code,
+        const char *atype, const char *fmt, va_list ap)
+{
+    json_t *doc = err_doc(daemon__dialect_anthropic(rq), type, code, atype, fmt, ap);
+
     if (!rq->error_kind)
         rq->error_kind = code;
-    json_t *doc = daemon__dialect_anthropic(rq)
-                      ? json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type", atype,
-                                  "message", msg)
-                      : json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", msg, "type", type,
-                                  "param", "code", code);
     if (!doc) { /* only out of memory can get here now */
         static const char fallback[] =
             "{\"error\":{\"message\":\"internal error\",\"type\":\"server_error\","
@@ -126,6 +138,38 @@ reply_v(struct daemon_request *rq, int status, const char *type, const char *cod
         return;
     }
     daemon__reply_json(rq, status, doc);
+}
+
+char *
+daemon__err_body(enum daemon_err kind, int anthropic, size_t *len, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    json_t *doc = err_doc(anthropic, table[kind].type, table[kind].code, table[kind].atype, fmt, ap);
+    va_end(ap);
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    if (!text)
+        return NULL;
+    size_t n = strlen(text);
+    char *withnl = realloc(text, n + 2); /* the newline every JSON answer ends with */
+    if (!withnl) {
+        free(text);
+        return NULL;
+    }
+    withnl[n] = '\n';
+    withnl[n + 1] = '\0';
+    *len = n + 1;
+    return withnl;
+}
+
+int
+daemon__path_anthropic(const char *path)
+{
+    const struct daemon_api *api = daemon__api_find(path);
+
+    return api && api->speaks == CONF_API_ANTHROPIC;
 }
 
 void

@@ -7,6 +7,7 @@
  * N workers share the port through SO_REUSEPORT. The main thread only handles
  * signals, reloads and the systemd watchdog. */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -1431,6 +1432,7 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             dc->t_ref_ns = daemon__now_ns();
         dc->t_line_ns = 0;
         dc->kept = 1;
+        dc->anthropic = 0;
         rq->dconn = NULL;
     }
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
@@ -1848,8 +1850,33 @@ on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
     }
 }
 
+/* 1 when uri (a request line's target, borrowed) names a path whose errors take
+ * Anthropic's shape. The path is read as on_access will see it: up to the query, %XX
+ * decoded (libmicrohttpd's unescaping); one too long for any API path is none. */
+static int
+uri_anthropic(const char *uri)
+{
+    char path[64];
+    size_t n = 0;
+
+    for (const char *p = uri; *p && *p != '?'; p++) {
+        char ch = *p;
+        if (ch == '%' && isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2])) {
+            char hex[3] = {p[1], p[2], '\0'};
+            ch = (char)strtol(hex, NULL, 16);
+            p += 2;
+        }
+        if (n + 1 >= sizeof(path))
+            return 0;
+        path[n++] = ch;
+    }
+    path[n] = '\0';
+    return daemon__path_anthropic(path);
+}
+
 /* MHD_OPTION_URI_LOG_CALLBACK: the request line of a new request has arrived, which
- * on a kept-alive connection is the best sign of when the request began. */
+ * on a kept-alive connection is the best sign of when the request began, and names
+ * the path whose dialect the answers written before on_access take. */
 static void *
 on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
 {
@@ -1858,9 +1885,10 @@ on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
     struct daemon_conn *dc = ci ? ci->socket_context : NULL;
 
     (void)cls;
-    (void)uri;
-    if (dc)
+    if (dc) {
         dc->t_line_ns = daemon__now_ns();
+        dc->anthropic = uri && uri_anthropic(uri);
+    }
     return NULL; /* on_access still sees *con_cls == NULL on its first call */
 }
 
@@ -1873,25 +1901,28 @@ on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
  * every read_timeout_ms / 4 (25 ms..1 s) cuts the late ones: a 408 written straight to
  * the socket (MHD has sent nothing yet), then shutdown, which MHD sees as a close. */
 
-static const char timeout_body[] =
-    "{\"error\":{\"message\":\"The request did not arrive within read_timeout_ms\","
-    "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"read_timeout\"}}\n";
-
 static void
 cut_connection(struct daemon_conn *dc)
 {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(dc->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-
-    char answer[512];
+    /* the path's dialect: the request's own once its head is in, else its request line's */
+    int anthropic = dc->rq ? daemon__dialect_anthropic(dc->rq) : dc->anthropic;
+    size_t blen = 0;
+    char *body = daemon__err_body(DAEMON_ERR_READ_TIMEOUT, anthropic, &blen,
+                                  "The request did not arrive within read_timeout_ms");
+    char answer[1024];
     int n = snprintf(answer, sizeof(answer),
                      "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
                      "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
-                     sizeof(timeout_body) - 1, timeout_body);
+                     body ? blen : 0, body ? body : "");
 
+    free(body);
     if (!ci)
         return;
-    if (send(ci->connect_fd, answer, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+    if (n < 0 || (size_t)n >= sizeof(answer))
+        n = 0; /* cannot happen: the body is ours, ~150 bytes */
+    if (n > 0 && send(ci->connect_fd, answer, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
         log_debug("read timeout: cannot send the 408: %s", strerror(errno));
     shutdown(ci->connect_fd, SHUT_RDWR);
     dc->t_ref_ns = UINT64_MAX; /* cut once */

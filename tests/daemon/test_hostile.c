@@ -1,5 +1,6 @@
 /* test_hostile.c - one request, any bytes, from a client with no key: the daemon
- * answers with an OpenAI-shaped error and goes on serving. Raw sockets, because the
+ * answers with an OpenAI-shaped error (Anthropic-shaped on /v1/messages) and goes on
+ * serving. Raw sockets, because the
  * bytes that killed it (issue 13) are ones a well-behaved client library never sends.
  *
  * usage: test_hostile TRIAGED MOCKLLM MAKE_MODEL */
@@ -65,6 +66,30 @@ json_error_is(const char *answer, int status, const char *code)
              json_is_string(json_object_get(json_object_get(j, "error"), "message"));
     if (!ok)
         fprintf(stderr, "  not the JSON error %s: %.300s\n", code ? code : "", body_of(answer));
+    json_decref(j);
+    return ok;
+}
+
+/* The raw answer is status with an Anthropic-shaped error of type type. */
+static int
+anthropic_error_is(const char *answer, int status, const char *type)
+{
+    int st = 0;
+    json_error_t e;
+
+    if (sscanf(answer, "HTTP/1.%*d %d", &st) != 1 || st != status) {
+        fprintf(stderr, "  wanted %d, got: %.200s\n", status, answer);
+        return 0;
+    }
+    json_t *j = json_loads(body_of(answer), JSON_DISABLE_EOF_CHECK, &e); /* answers may follow */
+    json_t *err = json_object_get(j, "error");
+    const char *t = json_string_value(json_object_get(err, "type"));
+    int ok = json_is_string(json_object_get(j, "type")) &&
+             !strcmp(json_string_value(json_object_get(j, "type")), "error") && t &&
+             !strcmp(t, type) && json_is_string(json_object_get(err, "message")) &&
+             !json_object_get(err, "code") && strstr(answer, "Content-Type: application/json");
+    if (!ok)
+        fprintf(stderr, "  not the Anthropic error %s: %.300s\n", type, body_of(answer));
     json_decref(j);
     return ok;
 }
@@ -343,52 +368,121 @@ test_library_errors(void)
     stop(pid);
 }
 
+/* libmicrohttpd's own pages take the dialect of the request line's path: Anthropic's
+ * on /v1/messages (query and %XX as on_access reads them), OpenAI's elsewhere and when
+ * the library refuses the request line before reading its path (an HTTP version it
+ * does not speak), also on a connection whose last request was /v1/messages. */
+static void
+test_library_errors_dialect(void)
+{
+    pid_t pid;
+    unsigned port = h_start_triaged(&env, "library-dialect", "max_header = 4k", NULL, NULL, &pid);
+    static char answer[65536];
+    const char colon[] = "POST /v1/messages HTTP/1.1\r\nHost x\r\n\r\n";
+    const char colon_q[] = "POST /v1/%6dessages?beta=true HTTP/1.1\r\nHost x\r\n\r\n";
+    const char colon_chat[] = "POST /v1/chat/completions HTTP/1.1\r\nHost x\r\n\r\n";
+    const char v2[] = "POST /v1/messages HTTP/2.0\r\nHost: x\r\n\r\n";
+    const char chunk[] = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\nfffffffffffffffffffff\r\n{}\r\n0\r\n\r\n";
+    const char kept[] = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        "Content-Length: 2\r\n\r\n[]"
+                        "GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n";
+
+    if (!port) {
+        CHECK(!"triaged started");
+        return;
+    }
+    h_raw(port, colon, sizeof(colon) - 1, answer, sizeof(answer), 5000);
+    CHECK(anthropic_error_is(answer, 400, "invalid_request_error"));
+    h_raw(port, colon_q, sizeof(colon_q) - 1, answer, sizeof(answer), 5000);
+    CHECK(anthropic_error_is(answer, 400, "invalid_request_error"));
+    h_raw(port, colon_chat, sizeof(colon_chat) - 1, answer, sizeof(answer), 5000);
+    CHECK(json_error_is(answer, 400, "invalid_request"));
+    h_raw(port, v2, sizeof(v2) - 1, answer, sizeof(answer), 5000);
+    CHECK(json_error_is(answer, 505, "http_version_not_supported")); /* refused unread */
+    h_raw(port, chunk, sizeof(chunk) - 1, answer, sizeof(answer), 5000);
+    CHECK(anthropic_error_is(answer, 413, "request_too_large"));
+    char *big = repeat("POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-Filler: ", "a", 20000,
+                       "\r\n\r\n");
+    h_raw(port, big, strlen(big), answer, sizeof(answer), 5000);
+    free(big);
+    CHECK(anthropic_error_is(answer, 431, "invalid_request_error"));
+    /* the first answer (400 on /v1/messages, Anthropic's), then the refused request
+     * line's: its path is never read, so its page is OpenAI's, not the last request's */
+    h_raw(port, kept, sizeof(kept) - 1, answer, sizeof(answer), 5000);
+    const char *second = strstr(answer + 1, "HTTP/1.1 ");
+    CHECK(anthropic_error_is(answer, 400, "invalid_request_error"));
+    CHECK(second && json_error_is(second, 505, "http_version_not_supported"));
+    CHECK(alive(pid, port));
+    stop(pid);
+}
+
 /* A head trickling in, one byte every 100 ms, is cut at read_timeout_ms with a 408,
- * on a new connection and on a kept-alive one. */
+ * on a new connection and on a kept-alive one; once a request line has named
+ * /v1/messages the 408 is Anthropic-shaped, for a head and for a body still coming in. */
 static void
 test_slow_head(void)
 {
     pid_t pid;
     unsigned port = h_start_triaged(&env, "slowhead", "read_timeout_ms = 500", NULL, NULL, &pid);
-    const char head[] = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-                        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    static const char *const heads[] = {
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        /* sent whole, then nothing more: a head begun, and a body begun */
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\n",
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 200\r\n\r\n{",
+    };
     static char got[8192];
 
     if (!port) {
         CHECK(!"triaged started");
         return;
     }
-    for (int kept = 0; kept < 2; kept++) {
-        int fd = h_dial(port, 100);
-        CHECK(fd >= 0);
-        if (kept) {
-            const char first[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-            char buf[1024];
-            CHECK(send(fd, first, sizeof(first) - 1, MSG_NOSIGNAL) > 0);
-            CHECK(recv(fd, buf, sizeof(buf), 0) > 0);
+    for (size_t h = 0; h < sizeof(heads) / sizeof(heads[0]); h++)
+        for (int kept = 0; kept < 2; kept++) {
+            const char *head = heads[h];
+            size_t hl = strlen(head), i = 0;
+            int fd = h_dial(port, h ? 3000 : 100); /* a byte per receive's wait (100 ms) */
+            CHECK(fd >= 0);
+            if (kept) {
+                const char first[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+                char buf[1024];
+                CHECK(send(fd, first, sizeof(first) - 1, MSG_NOSIGNAL) > 0);
+                CHECK(recv(fd, buf, sizeof(buf), 0) > 0);
+            }
+            double t0 = h_now_ms();
+            int closed = 0;
+            size_t len = 0;
+            got[0] = '\0';
+            if (h > 0) {
+                /* no byte of ours is left unread when the socket is cut, which would make
+                 * the close a reset that can drop the 408 on its way */
+                CHECK(send(fd, head, hl, MSG_NOSIGNAL) > 0);
+                i = hl;
+            }
+            for (; i < hl && !closed && h_now_ms() - t0 < 8000; i++) {
+                if (send(fd, head + i, 1, MSG_NOSIGNAL) < 0)
+                    break;
+                ssize_t r = recv(fd, got + len, sizeof(got) - 1 - len, 0); /* waits 100 ms */
+                if (r == 0 || (r < 0 && errno == ECONNRESET))
+                    closed = 1;
+                else if (r > 0)
+                    got[len += (size_t)r] = '\0';
+            }
+            if (!closed)
+                closed = h_read_to_close(fd, got + len, sizeof(got) - len) == 1;
+            double took = h_now_ms() - t0;
+            fprintf(stderr, "slow %s (%s, %s connection): cut after %.0f ms\n",
+                    h == 2 ? "body" : "head", h ? "/v1/messages" : "/healthz",
+                    kept ? "kept-alive" : "new", took);
+            CHECK(closed && took < 4000);
+            if (h == 0)
+                CHECK(json_error_is(got, 408, "read_timeout"));
+            else
+                CHECK(anthropic_error_is(got, 408, "invalid_request_error"));
+            close(fd);
         }
-        double t0 = h_now_ms();
-        int closed = 0;
-        size_t len = 0;
-        got[0] = '\0';
-        for (size_t i = 0; i < sizeof(head) - 1 && !closed && h_now_ms() - t0 < 8000; i++) {
-            if (send(fd, head + i, 1, MSG_NOSIGNAL) < 0)
-                break;
-            ssize_t r = recv(fd, got + len, sizeof(got) - 1 - len, 0); /* waits 100 ms */
-            if (r == 0 || (r < 0 && errno == ECONNRESET))
-                closed = 1;
-            else if (r > 0)
-                got[len += (size_t)r] = '\0';
-        }
-        if (!closed)
-            closed = h_read_to_close(fd, got + len, sizeof(got) - len) == 1;
-        double took = h_now_ms() - t0;
-        fprintf(stderr, "slow head (%s connection): cut after %.0f ms\n", kept ? "kept-alive" : "new",
-                took);
-        CHECK(closed && took < 4000);
-        CHECK(strstr(got, "408 Request Timeout") && strstr(got, "\"read_timeout\""));
-        close(fd);
-    }
     CHECK(alive(pid, port));
     stop(pid);
 }
@@ -461,6 +555,7 @@ main(int argc, char **argv)
     test_smuggling();
     test_header_limit_exact();
     test_library_errors();
+    test_library_errors_dialect();
     test_slow_head();
     test_hangup_during_job();
     return h_env_finish(&env);
