@@ -32,25 +32,23 @@ struct fwd_scan {
     struct daemon_buf out;
 };
 
-static enum MHD_Result
-fwd_one(void *cls, enum MHD_ValueKind kind, const char *name, const char *value)
+static void
+fwd_one(void *cls, const char *name, const char *value)
 {
     struct fwd_scan *s = cls;
-    (void)kind;
 
     if (!name || !value || !forwarded(s->c, name))
-        return MHD_YES;
+        return;
     size_t nlen = strlen(name), vlen = strlen(value);
     /* MHD refuses CR and LF in a header; a bare control byte is dropped here, never
      * sent on, and a line curl would cut (over 1 KiB) is not sent either */
     if (!conf_header_name_valid(name, nlen) || !conf_header_value_valid(value, vlen) ||
         nlen + vlen + 4 > 1000)
-        return MHD_YES;
+        return;
     daemon__buf_append(&s->out, name, nlen);
     daemon__buf_append(&s->out, ": ", 2);
     daemon__buf_append(&s->out, value, vlen);
     daemon__buf_append(&s->out, "\r\n", 2);
-    return MHD_YES;
 }
 
 const char *
@@ -60,7 +58,7 @@ daemon__forward_headers(struct daemon_request *rq)
         return rq->fwd_headers;
     rq->fwd_done = 1;
     struct fwd_scan s = {.c = rq->snap->conf};
-    MHD_get_connection_values(rq->conn, MHD_HEADER_KIND, fwd_one, &s);
+    daemon__request_headers_each(rq, fwd_one, &s);
     if (s.out.len) {
         daemon__buf_append(&s.out, "", 1);
         rq->fwd_headers = s.out.data;

@@ -258,12 +258,8 @@ daemon__cascade_fast_done(struct daemon_request *rq, enum upstream_error err)
     const json_t *so = json_object_get(rq->up_json, "stream_options");
     completion_to_sse(doc, json_is_true(json_object_get(so, "include_usage")), &sse);
     json_decref(doc);
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer_with_free_callback(sse.len, sse.data, free);
-    if (!r)
-        abort();
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    struct daemon_response *r = daemon__response_buffer(sse.data, sse.len, "text/event-stream");
+    daemon__response_header(r, "Cache-Control", "no-cache");
     daemon__add_route_headers(rq, r);
     daemon__buf_free(&rq->up_body);
     rq->up_done = 1;
@@ -273,17 +269,17 @@ daemon__cascade_fast_done(struct daemon_request *rq, enum upstream_error err)
 }
 
 void
-daemon__cascade_headers(const struct daemon_request *rq, struct MHD_Response *resp)
+daemon__cascade_headers(const struct daemon_request *rq, struct daemon_response *resp)
 {
     char num[32];
 
     if (rq->cascade == DAEMON_CASCADE_NONE || rq->cascade == DAEMON_CASCADE_FAST)
         return;
-    MHD_add_response_header(resp, "x-triage-escalated",
+    daemon__response_header(resp, "x-triage-escalated",
                             rq->cascade == DAEMON_CASCADE_ESCALATED ? "1" : "0");
     if (!isnan(rq->escalation)) {
         snprintf(num, sizeof(num), "%.4f", rq->escalation);
-        MHD_add_response_header(resp, "x-triage-escalation-score", num);
+        daemon__response_header(resp, "x-triage-escalation-score", num);
     }
 }
 

@@ -8,8 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <sys/types.h>
+
 #include <jansson.h>
-#include <microhttpd.h>
 #include <uv.h>
 
 #include "conf.h"
@@ -20,6 +21,9 @@
 
 struct storage;
 struct auth_keys;
+struct MHD_Daemon;     /* libmicrohttpd's: only server.c and mhd_errors.c call it */
+struct MHD_Connection;
+struct daemon_response; /* an answer being built, opaque (the front end's, server.c) */
 struct breaker;
 struct ratelimit;
 
@@ -164,7 +168,7 @@ struct daemon_request {
     const struct handler *handler_;     /* a registered one (hooks.h) */
 
     /* the response */
-    struct MHD_Response *response; /* ready to queue */
+    struct daemon_response *response; /* ready to queue */
     int status;
     int suspended;
     int streaming;           /* an SSE response is being relayed */
@@ -302,7 +306,7 @@ void daemon__snapshot_put(struct daemon_snapshot *s);   /* drops one; NULL is fi
 struct storage *daemon__storage(void);                  /* NULL without [storage] path */
 struct budget *daemon__budget(void);   /* NULL without a log and a keys file */
 /* Adds the x-triage-budget-* headers of rq's key (none without a budget). */
-void daemon__add_budget_headers(struct daemon_request *rq, struct MHD_Response *resp);
+void daemon__add_budget_headers(struct daemon_request *rq, struct daemon_response *resp);
 void daemon__request_reload(void); /* reloads config and model now; any thread */
 
 /* Replies: take body (malloc'd); add the request id header; wake the connection. */
@@ -372,11 +376,39 @@ int daemon__path_anthropic(const char *path);
 char *daemon__err_body(enum daemon_err kind, int anthropic, size_t *len, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* Sets the response of rq (takes resp) and resumes the connection if suspended. */
-void daemon__set_response(struct daemon_request *rq, int status, struct MHD_Response *resp);
+void daemon__set_response(struct daemon_request *rq, int status, struct daemon_response *resp);
 /* Resumes rq's connection if it is suspended. */
 void daemon__wake(struct daemon_request *rq);
 /* Adds the x-triage-* routing headers for rq to resp. */
-void daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *resp);
+void daemon__add_route_headers(struct daemon_request *rq, struct daemon_response *resp);
+
+/* The HTTP front end (server.c) as the rest of the daemon sees it: answers, streams and
+ * the request's head. No file but server.c and mhd_errors.c includes libmicrohttpd's header. */
+/* Returns a new whole answer of len bytes with content type ctype (borrowed; NULL:
+ * none). Takes body (malloc'd; NULL: an empty one). Out of memory aborts. */
+struct daemon_response *daemon__response_buffer(char *body, size_t len, const char *ctype);
+/* What a stream's reader returns when it has no bytes to give (else a count > 0). */
+#define DAEMON_STREAM_WAIT ((ssize_t)0)  /* none yet: rq is suspended until daemon__wake */
+#define DAEMON_STREAM_END ((ssize_t)-1)  /* the body is complete */
+#define DAEMON_STREAM_FAIL ((ssize_t)-2) /* cut short: the chunked body stays unterminated
+                                          * and the client's connection is shut at once */
+typedef ssize_t daemon_stream_read_fn(struct daemon_request *rq, char *buf, size_t max);
+/* Returns a new streamed answer (chunked) for rq with content type ctype (borrowed),
+ * its body pulled from read in blocks of up to block bytes. Out of memory aborts. */
+struct daemon_response *daemon__response_stream(struct daemon_request *rq, const char *ctype,
+                                                size_t block, daemon_stream_read_fn *read);
+/* Adds a header to resp (both strings borrowed, copied). */
+void daemon__response_header(struct daemon_response *resp, const char *name, const char *value);
+/* Returns the value of rq's request header name (borrowed, valid while the connection
+ * is), or NULL: absent, or the connection is gone. */
+const char *daemon__request_header(const struct daemon_request *rq, const char *name);
+/* Returns the value of rq's query argument name (as daemon__request_header). */
+const char *daemon__request_query(const struct daemon_request *rq, const char *name);
+/* Calls fn for each of rq's request headers (strings borrowed for the call); nothing
+ * once the connection is gone. */
+void daemon__request_headers_each(const struct daemon_request *rq,
+                                  void (*fn)(void *ctx, const char *name, const char *value),
+                                  void *ctx);
 
 /* proxy.c, api.c */
 void daemon__models(struct daemon_request *rq);
@@ -435,7 +467,7 @@ void daemon__cascade_fast_body(const struct daemon_request *rq, json_t *req);
 enum daemon_cascade_next daemon__cascade_fast_done(struct daemon_request *rq,
                                                    enum upstream_error err);
 /* Adds x-triage-escalated and x-triage-escalation-score for a cascaded rq. */
-void daemon__cascade_headers(const struct daemon_request *rq, struct MHD_Response *resp);
+void daemon__cascade_headers(const struct daemon_request *rq, struct daemon_response *resp);
 /* Counts a judged fast answer (escalated or served, its tokens) for /v1/stats. */
 void daemon__cascade_count(const struct daemon_request *rq, int escalated, int64_t tin,
                            int64_t tout);

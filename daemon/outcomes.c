@@ -280,7 +280,7 @@ void
 daemon__stats(struct daemon_request *rq)
 {
     const struct conf *c = rq->snap->conf;
-    const char *window = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "window");
+    const char *window = daemon__request_query(rq, "window");
     int64_t ms;
 
     if (need_storage(rq) < 0)

@@ -50,7 +50,7 @@ header_relayed(const char *name, size_t n)
 }
 
 static void
-add_relayed_headers(struct daemon_request *rq, struct MHD_Response *resp)
+add_relayed_headers(struct daemon_request *rq, struct daemon_response *resp)
 {
     const char *p = rq->up_headers.data;
     const char *end = p + rq->up_headers.len;
@@ -58,7 +58,7 @@ add_relayed_headers(struct daemon_request *rq, struct MHD_Response *resp)
     while (p && p < end) {
         const char *name = p;
         const char *value = name + strlen(name) + 1;
-        MHD_add_response_header(resp, name, value);
+        daemon__response_header(resp, name, value);
         p = value + strlen(value) + 1;
     }
     daemon__add_route_headers(rq, resp);
@@ -664,25 +664,10 @@ stream_fail(struct daemon_request *rq, const char *kind, const char *code, const
     daemon__buf_append(&rq->out, "}}\n\n", 4);
 }
 
-/* The client's connection ends now. MHD in turbo mode neither shuts down nor closes a
- * connection that a reader ended until something happens on its socket, so the client
- * would wait out the idle timeout for an answer that is over; the shutdown sends the
- * FIN at once (after every byte given to MHD so far: it asks for more only when it has
- * sent what it had) and wakes MHD to close the socket. */
-static void
-cut_client(struct daemon_request *rq)
-{
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-
-    if (ci)
-        shutdown(ci->connect_fd, SHUT_RDWR);
-}
-
+/* The stream's body for the front end: what is queued, else the end, else a wait. */
 static ssize_t
-stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+stream_reader(struct daemon_request *rq, char *buf, size_t max)
 {
-    struct daemon_request *rq = cls;
     struct daemon_buf *o = &rq->out;
 
     if (rq->up_paused && rq->call && o->len - o->off < STREAM_LOW_WATER) {
@@ -703,15 +688,10 @@ stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         }
         return (ssize_t)n;
     }
-    if (rq->up_done || rq->w->tearing_down) {
-        if (!rq->stream_failed)
-            return MHD_CONTENT_READER_END_OF_STREAM;
-        cut_client(rq); /* the chunked body stays unterminated: the client sees it failed */
-        return MHD_CONTENT_READER_END_WITH_ERROR;
-    }
-    rq->suspended = 1;
-    MHD_suspend_connection(rq->conn);
-    return 0;
+    if (rq->up_done || rq->w->tearing_down)
+        /* a failed one stays unterminated: the client sees it failed */
+        return rq->stream_failed ? DAEMON_STREAM_FAIL : DAEMON_STREAM_END;
+    return DAEMON_STREAM_WAIT;
 }
 
 /* ---- upstream callbacks ----------------------------------------------------------- */
@@ -748,12 +728,9 @@ up_headers_done(void *ctx, long status)
         !strstr(rq->up_content_type, "text/event-stream"))
         return; /* relayed whole when it ends */
     rq->streaming = 1;
-    struct MHD_Response *r =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_reader, rq, NULL);
-    if (!r)
-        abort();
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, rq->up_content_type);
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    struct daemon_response *r =
+        daemon__response_stream(rq, rq->up_content_type, STREAM_BLOCK, stream_reader);
+    daemon__response_header(r, "Cache-Control", "no-cache");
     add_relayed_headers(rq, r);
     daemon__set_response(rq, (int)status, r);
     /* The stream has begun: no retry or fallback can follow, so what only they need
@@ -1021,12 +998,8 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
     char *body = rq->up_body.data;
     size_t len = rq->up_body.len;
     memset(&rq->up_body, 0, sizeof(rq->up_body));
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer_with_free_callback(len, body ? body : strdup(""), free);
-    if (!r)
-        abort();
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
-                            rq->up_content_type ? rq->up_content_type : "application/json");
+    struct daemon_response *r = daemon__response_buffer(
+        body, len, rq->up_content_type ? rq->up_content_type : "application/json");
     add_relayed_headers(rq, r);
     daemon__set_response(rq, (int)rq->up_status, r);
 }
@@ -1282,15 +1255,14 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
     if (!isnan(thr_override)) {
         thr = thr_override;
         share = -1;
-    } else if ((h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "x-triage-threshold"))) {
+    } else if ((h = daemon__request_header(rq, "x-triage-threshold"))) {
         if (parse_unit(h, &thr) < 0) {
             daemon__reply_err(rq, DAEMON_ERR_INVALID_THRESHOLD,
                               "x-triage-threshold must be a number in [0,1]");
             return -1;
         }
         share = -1;
-    } else if ((h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
-                                                "x-triage-strong-share"))) {
+    } else if ((h = daemon__request_header(rq, "x-triage-strong-share"))) {
         if (parse_unit(h, &share) < 0) {
             daemon__reply_err(rq, DAEMON_ERR_INVALID_STRONG_SHARE,
                               "x-triage-strong-share must be a number in [0,1]");
@@ -1572,7 +1544,7 @@ daemon__api_handle(struct daemon_request *rq)
                           "The budget of %s is spent: $%.2f of $%.2f per %s (UTC); it resets "
                           "in %s s",
                           rq->key_id, bs->spent_usd, bs->limit_usd, bs->period, ra);
-        MHD_add_response_header(rq->response, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+        daemon__response_header(rq->response, "Retry-After", ra);
         daemon__add_budget_headers(rq, rq->response);
         rq->budget.limited = 0; /* nothing to charge: it never went upstream */
         goto out;
@@ -1592,7 +1564,7 @@ daemon__api_handle(struct daemon_request *rq)
             daemon__reply_err(rq, DAEMON_ERR_RATE_LIMITED,
                               "Rate limit reached for %s; retry in %u s",
                               rq->key_id ? rq->key_id : "this client", retry_s);
-            MHD_add_response_header(rq->response, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+            daemon__response_header(rq->response, "Retry-After", ra);
             goto out;
         }
         rq->rl_taken = 1;

@@ -26,6 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <microhttpd.h>
+
 #include "config.h"
 #include "daemon-int.h"
 #include "guard/guard.h"
@@ -524,6 +526,20 @@ daemon__request_reload(void)
 
 /* ---- replies ---------------------------------------------------------------- */
 
+/* The rest of the daemon holds libmicrohttpd's responses as struct daemon_response, a
+ * type never defined (daemon-int.h): these two are the only conversions. */
+static struct MHD_Response *
+mhd_response(struct daemon_response *r)
+{
+    return (struct MHD_Response *)(void *)r;
+}
+
+static struct daemon_response *
+our_response(struct MHD_Response *r)
+{
+    return (struct daemon_response *)(void *)r;
+}
+
 static void
 add_header(struct MHD_Response *r, const char *name, const char *value)
 {
@@ -532,8 +548,131 @@ add_header(struct MHD_Response *r, const char *name, const char *value)
 }
 
 void
-daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *resp)
+daemon__response_header(struct daemon_response *resp, const char *name, const char *value)
 {
+    add_header(mhd_response(resp), name, value);
+}
+
+struct daemon_response *
+daemon__response_buffer(char *body, size_t len, const char *ctype)
+{
+    if (!body) {
+        body = strdup("");
+        if (!body)
+            abort();
+        len = 0;
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback(len, body, free);
+    if (!r)
+        abort();
+    if (ctype)
+        add_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    return our_response(r);
+}
+
+/* A streamed answer's reader: the request and the daemon's reader for it. */
+struct stream_src {
+    struct daemon_request *rq;
+    daemon_stream_read_fn *read;
+};
+
+/* The client's connection ends now. MHD in turbo mode neither shuts down nor closes a
+ * connection that a reader ended until something happens on its socket, so the client
+ * would wait out the idle timeout for an answer that is over; the shutdown sends the
+ * FIN at once (after every byte given to MHD so far: it asks for more only when it has
+ * sent what it had) and wakes MHD to close the socket. */
+static void
+cut_client(struct daemon_request *rq)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+    if (ci)
+        shutdown(ci->connect_fd, SHUT_RDWR);
+}
+
+static ssize_t
+stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct stream_src *src = cls;
+    struct daemon_request *rq = src->rq;
+    ssize_t n = src->read(rq, buf, max);
+
+    (void)pos;
+    if (n > 0)
+        return n;
+    if (n == DAEMON_STREAM_END)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    if (n == DAEMON_STREAM_FAIL) {
+        cut_client(rq);
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    rq->suspended = 1; /* DAEMON_STREAM_WAIT: until daemon__wake */
+    MHD_suspend_connection(rq->conn);
+    return 0;
+}
+
+struct daemon_response *
+daemon__response_stream(struct daemon_request *rq, const char *ctype, size_t block,
+                        daemon_stream_read_fn *read)
+{
+    struct stream_src *src = malloc(sizeof(*src));
+
+    if (!src)
+        abort();
+    src->rq = rq;
+    src->read = read;
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, block, stream_read, src, free);
+    if (!r)
+        abort();
+    if (ctype)
+        add_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    return our_response(r);
+}
+
+const char *
+daemon__request_header(const struct daemon_request *rq, const char *name)
+{
+    return rq->conn ? MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, name) : NULL;
+}
+
+const char *
+daemon__request_query(const struct daemon_request *rq, const char *name)
+{
+    return rq->conn ? MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name) : NULL;
+}
+
+/* daemon__request_headers_each's visitor: the daemon's callback and its context. */
+struct header_visit {
+    void (*fn)(void *ctx, const char *name, const char *value);
+    void *ctx;
+};
+
+static enum MHD_Result
+visit_header(void *cls, enum MHD_ValueKind kind, const char *name, const char *value)
+{
+    struct header_visit *v = cls;
+
+    (void)kind;
+    v->fn(v->ctx, name, value);
+    return MHD_YES;
+}
+
+void
+daemon__request_headers_each(const struct daemon_request *rq,
+                             void (*fn)(void *ctx, const char *name, const char *value), void *ctx)
+{
+    struct header_visit v = {fn, ctx};
+
+    if (rq->conn)
+        MHD_get_connection_values(rq->conn, MHD_HEADER_KIND, visit_header, &v);
+}
+
+void
+daemon__add_route_headers(struct daemon_request *rq, struct daemon_response *dresp)
+{
+    struct MHD_Response *resp = mhd_response(dresp);
     char num[32];
 
     add_header(resp, "x-triage-request-id", rq->id);
@@ -549,19 +688,20 @@ daemon__add_route_headers(struct daemon_request *rq, struct MHD_Response *resp)
         snprintf(num, sizeof(num), "%.4f", rq->threshold);
         add_header(resp, "x-triage-threshold", num);
     }
-    daemon__cascade_headers(rq, resp);
+    daemon__cascade_headers(rq, dresp);
     /* triage's own time on the request before it went upstream: body parse,
      * features, score, policy and forward setup (also triage_routing_overhead_seconds) */
     if (!isnan(rq->overhead_ms)) {
         snprintf(num, sizeof(num), "%.0f", rq->overhead_ms * 1000);
         add_header(resp, "x-triage-overhead-us", num);
     }
-    daemon__add_budget_headers(rq, resp);
+    daemon__add_budget_headers(rq, dresp);
 }
 
 void
-daemon__add_budget_headers(struct daemon_request *rq, struct MHD_Response *resp)
+daemon__add_budget_headers(struct daemon_request *rq, struct daemon_response *dresp)
 {
+    struct MHD_Response *resp = mhd_response(dresp);
     char num[48];
     const struct budget_state *b = &rq->budget;
 
@@ -589,10 +729,10 @@ daemon__wake(struct daemon_request *rq)
 }
 
 void
-daemon__set_response(struct daemon_request *rq, int status, struct MHD_Response *resp)
+daemon__set_response(struct daemon_request *rq, int status, struct daemon_response *resp)
 {
     if (rq->response)
-        MHD_destroy_response(rq->response);
+        MHD_destroy_response(mhd_response(rq->response));
     rq->response = resp;
     rq->status = status;
     daemon__wake(rq);
@@ -601,19 +741,8 @@ daemon__set_response(struct daemon_request *rq, int status, struct MHD_Response 
 void
 daemon__reply(struct daemon_request *rq, int status, const char *ctype, char *body, size_t len)
 {
-    struct MHD_Response *r;
+    struct daemon_response *r = daemon__response_buffer(body, len, ctype);
 
-    if (!body) {
-        body = strdup("");
-        if (!body)
-            abort();
-        len = 0;
-    }
-    r = MHD_create_response_from_buffer_with_free_callback(len, body, free);
-    if (!r)
-        abort();
-    if (ctype)
-        add_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     daemon__add_route_headers(rq, r);
     daemon__set_response(rq, status, r);
 }
@@ -808,7 +937,7 @@ check_access(struct daemon_request *rq, enum access a)
     else
         daemon__reply_err(rq, DAEMON_ERR_INVALID_API_KEY,
                           "The API key is not valid%s", a == ACCESS_ADMIN ? " for admin" : "");
-    MHD_add_response_header(rq->response, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    daemon__response_header(rq->response, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     return -1;
 }
 
@@ -843,15 +972,12 @@ run_handler(struct daemon_request *rq, const struct handler *h)
     struct daemon_http_reply reply = {.status = 200};
 
     h->fn(h->ctx, &req, &reply);
-    struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback(
-        reply.len, reply.body ? reply.body : strdup(""), free);
-    if (!r)
-        abort();
-    add_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
-               reply.content_type ? reply.content_type : "application/json");
+    struct daemon_response *r = daemon__response_buffer(
+        reply.body, reply.body ? reply.len : 0,
+        reply.content_type ? reply.content_type : "application/json");
     for (int i = 0; i < DAEMON_REPLY_MAX_HEADERS; i++)
         if (reply.headers[i].name && reply.headers[i].value)
-            add_header(r, reply.headers[i].name, reply.headers[i].value);
+            daemon__response_header(r, reply.headers[i].name, reply.headers[i].value);
     daemon__add_route_headers(rq, r);
     daemon__set_response(rq, reply.status ? reply.status : 200, r);
 }
@@ -1187,7 +1313,7 @@ request_finish(struct daemon_request *rq)
         store_record(rq, latency, cost);
     }
     if (rq->response)
-        MHD_destroy_response(rq->response);
+        MHD_destroy_response(mhd_response(rq->response));
     if (rq->prev)
         rq->prev->next = rq->next;
     else
@@ -1217,9 +1343,10 @@ request_finish(struct daemon_request *rq)
 static enum MHD_Result
 queue_response(struct daemon_request *rq)
 {
-    enum MHD_Result ret = MHD_queue_response(rq->conn, (unsigned)rq->status, rq->response);
+    enum MHD_Result ret =
+        MHD_queue_response(rq->conn, (unsigned)rq->status, mhd_response(rq->response));
 
-    MHD_destroy_response(rq->response);
+    MHD_destroy_response(mhd_response(rq->response));
     rq->response = NULL;
     rq->phase = PHASE_REPLIED;
     return ret;
@@ -1352,7 +1479,7 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
                               "%s is not allowed on %s (allowed: %s)",
                               text_quote(qm, sizeof(qm), method, 16),
                               text_quote(qp, sizeof(qp), url, 64), allow);
-            add_header(rq->response, MHD_HTTP_HEADER_ALLOW, allow);
+            daemon__response_header(rq->response, MHD_HTTP_HEADER_ALLOW, allow);
         } else if (check_access(rq, route ? route->access : handler_access(handler)) == 0) {
             const char *cl =
                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
