@@ -6,11 +6,17 @@
  * the final number (the rule `triage replay --judge` judges by), flipped with probability
  * --noise. From the first half's labels alone it trains one model with `triage train`'s
  * settings: the prompt router (heads weak/strong) and the escalation model (the weak
- * head's judged answers). On the second half it prints accuracy (by the true grade) and
- * cost for always-fast, always-strong, random routing, prompt-only routing and the cascade,
- * each at the operating point chosen on the first half: the smallest strong share (or
- * escalation share) whose out-of-fold accuracy (5 folds, judge labels) reaches the target
- * share of always-strong's. Token counts are bytes / 4; prices in USD per 1M tokens. */
+ * head's judged answers). Operating points are chosen on the first half alone, out of
+ * fold (5 folds, judge labels): the smallest strong share (or escalation share) from which
+ * on the accuracy stays at or above the target share of always-strong's (plus --margin).
+ * The cascade's point becomes a score cut, escalate_at (the out-of-fold score at that
+ * share), applied as is to the second half's scores, as a daemon would apply it; prompt-only
+ * and random routing keep their share. On the second half it prints accuracy (by the true
+ * grade) and cost for always-fast, always-strong, random, prompt-only routing and the
+ * cascade. --dev prints the first half's out-of-fold figures only (what may be tuned on)
+ * and leaves the second half untouched. Token counts are bytes / 4; prices in USD per 1M
+ * tokens; the cascade pays the fast call on every question, escalated ones the strong
+ * call too. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,12 +37,13 @@ struct item {
 };
 
 static struct {
+    int dev; /* first half only: out-of-fold figures there, the second half untouched */
     int routellm_truth; /* accuracy by RouteLLM's own labels instead of the final number */
-    double noise, target;
+    double noise, target, margin;
     unsigned long seed;
     double fast_in, fast_out, strong_in, strong_out;
     const char *weak_name, *strong_name;
-} opt = {0, 0.0, 0.95, 1, 0.6, 0.6, 10, 30, "mixtral-8x7b-instruct", "gpt-4-1106-preview"};
+} opt = {0, 0, 0.0, 0.95, 0.0, 1, 0.6, 0.6, 10, 30, "mixtral-8x7b-instruct", "gpt-4-1106-preview"};
 
 static uint64_t
 mix64(uint64_t z)
@@ -128,6 +135,13 @@ enum policy { P_PROMPT, P_CASCADE, P_RANDOM };
 
 /* Runs a policy on items idx sending the top `share` of them by key to strong (for
  * P_RANDOM, a seeded draw), graded by the truth (judge = 0) or the judge labels. */
+static int
+cmp_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
 static struct result
 run(enum policy p, const struct item *items, const size_t *idx, size_t n, const double *key,
     double share, int judge)
@@ -179,32 +193,71 @@ run(enum policy p, const struct item *items, const size_t *idx, size_t n, const 
 #define FOLDS 5
 #define STEPS 100
 
-/* Picks the smallest share (in steps of 1%) whose out-of-fold accuracy by judge labels on
- * the first half reaches the target share of always-strong's there. */
+/* Picks the operating point on the first half: the smallest share (in steps of 1%) from
+ * which on the out-of-fold accuracy by judge labels stays at or above the target share
+ * of always-strong's there (plus --margin): the first crossing of a noisy curve would be
+ * an optimistic pick. */
 static double
 pick_share(enum policy p, const struct item *items, const size_t *idx, size_t n, const double *oof)
 {
     struct result all = run(P_PROMPT, items, idx, n, oof, 1.0, 1);
+    double pick = 1.0;
 
-    for (int s = 0; s <= STEPS; s++) {
+    for (int s = STEPS; s >= 0; s--) {
         struct result r = run(p, items, idx, n, oof, (double)s / STEPS, 1);
-        if (r.acc >= opt.target * all.acc)
-            return (double)s / STEPS;
+        if (r.acc < (opt.target + opt.margin) * all.acc)
+            break;
+        pick = (double)s / STEPS;
     }
-    return 1.0;
+    return pick;
+}
+
+/* Returns the score cut that sends the top `share` of scores[0..n) on: the escalate_at
+ * a daemon would be configured with (escalated when the score is at or above it). */
+static double
+cut_at_share(const double *scores, size_t n, double share)
+{
+    double *sorted = malloc(n * sizeof(double)), cut;
+    size_t k = (size_t)floor(share * (double)n + 0.5);
+
+    memcpy(sorted, scores, n * sizeof(double));
+    qsort(sorted, n, sizeof(double), cmp_desc);
+    cut = k == 0 ? INFINITY : sorted[k - 1];
+    free(sorted);
+    return cut;
+}
+
+/* The cascade on items idx escalating the answers whose score is at or above cut,
+ * graded by the truth. */
+static struct result
+run_cut(const struct item *items, const size_t *idx, size_t n, const double *score, double cut)
+{
+    struct result r = {0, 0, 0};
+
+    for (size_t i = 0; i < n; i++) {
+        const struct item *it = &items[idx[i]];
+        int strong = router_cascade_escalate(score[i], cut);
+        r.cost += cost_fast(it) + (strong ? cost_strong(it) : 0);
+        r.acc += strong ? it->ok_strong : it->ok_weak;
+        r.strong_share += strong;
+    }
+    r.acc /= (double)n;
+    r.strong_share /= (double)n;
+    return r;
 }
 
 static void
 row(const char *name, struct result r, struct result strong, const char *note)
 {
-    printf("| %-26s | %5.1f%% | %5.1f%% | %8.4f | %5.1f%% | %5.1f%% | %s\n", name, 100 * r.acc,
+    printf("| %-26s | %5.1f%% | %5.1f%% | %8.4f | %5.1f%% | %5.1f%% | %s |\n", name, 100 * r.acc,
            100 * r.acc / strong.acc, r.cost, 100 * r.cost / strong.cost, 100 * r.strong_share, note);
 }
 
 static void
 usage(void)
 {
-    fprintf(stderr, "usage: cascade_bench [--noise P] [--seed N] [--target F] [--routellm-labels] "
+    fprintf(stderr, "usage: cascade_bench [--dev] [--noise P] [--seed N] [--target F] [--margin F] "
+                    "[--routellm-labels] "
                     "[--prices FAST_IN,FAST_OUT,STRONG_IN,STRONG_OUT] < gsm8k.jsonl\n");
     exit(2);
 }
@@ -221,8 +274,12 @@ main(int argc, char **argv)
             opt.noise = atof(argv[++i]);
         else if (i + 1 < argc && strcmp(argv[i], "--seed") == 0)
             opt.seed = strtoul(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--dev") == 0)
+            opt.dev = 1;
         else if (strcmp(argv[i], "--routellm-labels") == 0)
             opt.routellm_truth = 1;
+        else if (i + 1 < argc && strcmp(argv[i], "--margin") == 0)
+            opt.margin = atof(argv[++i]);
         else if (i + 1 < argc && strcmp(argv[i], "--target") == 0)
             opt.target = atof(argv[++i]);
         else if (i + 1 < argc && strcmp(argv[i], "--prices") == 0) {
@@ -298,6 +355,29 @@ main(int argc, char **argv)
     double share_prompt = pick_share(P_PROMPT, items, first, h, oof_p);
     double share_casc = pick_share(P_CASCADE, items, first, h, oof_e);
     double share_rand = pick_share(P_RANDOM, items, first, h, oof_p);
+    double escalate_at = cut_at_share(oof_e, h, share_casc);
+    {
+        /* the first half's own out-of-fold figures: what choices may be tuned on */
+        double *qw = malloc(h * sizeof(double)), *qs = malloc(h * sizeof(double));
+        struct router_eval ev_p, ev_e;
+        for (size_t i = 0; i < h; i++) {
+            qw[i] = items[i].q_weak;
+            qs[i] = 1.0;
+        }
+        router_eval_routing(oof_p, qw, qs, h, &ev_p);
+        router_eval_routing(oof_e, qw, qs, h, &ev_e);
+        struct result all = run(P_PROMPT, items, first, h, oof_p, 1.0, 1);
+        struct result r = run(P_CASCADE, items, first, h, oof_e, share_casc, 1);
+        printf("First half, out of fold (%d folds, judge labels): AUC for the fast answer failing: "
+               "prompt score %.3f, escalation score %.3f; cascade escalating %.0f%% (escalate_at "
+               "%.3f): %.1f%% of always-strong's accuracy at %.1f%% of its cost.\n",
+               FOLDS, ev_p.auc, ev_e.auc, 100 * share_casc, escalate_at, 100 * r.acc / all.acc,
+               100 * r.cost / all.cost);
+        free(qw);
+        free(qs);
+        if (opt.dev)
+            return 0; /* the second half untouched */
+    }
 
     /* the model of the whole first half, tested on the second */
     struct router_model *m = train(items, first, h);
@@ -310,7 +390,7 @@ main(int argc, char **argv)
     struct result strong = run(P_PROMPT, items, second, n2, ps, 1.0, 0);
     struct result fast = run(P_PROMPT, items, second, n2, ps, 0.0, 0);
     struct result prompt = run(P_PROMPT, items, second, n2, ps, share_prompt, 0);
-    struct result casc = run(P_CASCADE, items, second, n2, es, share_casc, 0);
+    struct result casc = run_cut(items, second, n2, es, escalate_at);
     struct result rnd = run(P_RANDOM, items, second, n2, ps, share_rand, 0);
 
     printf("GSM8K replay: %zu questions; trained on the first %zu (judge labels, noise %.2f; "
@@ -336,7 +416,7 @@ main(int argc, char **argv)
     }
     printf("\n");
     printf("| policy                     | accuracy | of strong | cost USD | of strong | strong "
-           "calls | operating point\n");
+           "calls | operating point |\n");
     printf("|---|---|---|---|---|---|---|\n");
     char note[128];
     row("always-fast", fast, strong, "");
@@ -345,7 +425,8 @@ main(int argc, char **argv)
     row("random", rnd, strong, note);
     snprintf(note, sizeof(note), "strong share %.0f%%", 100 * share_prompt);
     row("prompt-only routing", prompt, strong, note);
-    snprintf(note, sizeof(note), "escalation share %.0f%%", 100 * share_casc);
+    snprintf(note, sizeof(note), "escalate_at %.3f (%.0f%% on the first half)", escalate_at,
+             100 * share_casc);
     row("cascade", casc, strong, note);
 
     /* the whole curve on the second half, for reference (not an honest operating point) */

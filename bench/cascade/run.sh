@@ -2,7 +2,8 @@
 # bench/cascade/run.sh - the cascade against prompt-only routing, offline and prequential, on
 # the GSM8K replay data (data/replay/gsm8k.jsonl.gz: both models' recorded answers): models
 # learned from judge labels of the first half, tested on the second (cascade_bench.c says how).
-# usage: bench/cascade/run.sh [--noise P] [--seed N] [--target F] [--prices FI,FO,SI,SO]
+# usage: bench/cascade/run.sh [--dev] [--noise P] [--seed N] [--target F] [--margin F]
+#                             [--routellm-labels] [--prices FI,FO,SI,SO]
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${TMPDIR:-/tmp}/triage-cascade-bench

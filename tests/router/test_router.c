@@ -738,6 +738,38 @@ test_escalation_learned(void **state)
     router_dataset_destroy(d);
 }
 
+/* The answer words' step is chosen by cross-validation: when only a word tells good
+ * answers from bad (the signals are the same), it is kept and learned. */
+static void
+test_escalation_words(void **state)
+{
+    struct router_dataset *d = router_dataset_new(12);
+    struct router_train_opts o;
+    char buf[512], err[128];
+
+    (void)state;
+    for (int i = 0; i < 200; i++) {
+        int bad = i % 3 == 0;
+        snprintf(buf, sizeof(buf),
+                 "{\"prompt\":\"Tom has 12 fruit and buys 30 more, question %d\","
+                 "\"outcomes\":{\"weak\":%d,\"strong\":1},\"answers\":{\"weak\":"
+                 "\"He has 42 %s.\"}}",
+                 i, !bad, bad ? "pears" : "apples");
+        json_t *j = json_loads(buf, 0, NULL);
+        assert_int_equal(router_dataset_add(d, j), 0);
+        json_decref(j);
+    }
+    router_train_opts_default(&o);
+    o.epochs = 2;
+    struct router_model *m = router_train(d, NULL, 0, &o, err, sizeof(err));
+    assert_non_null(m);
+    double e_bad = escalation(m, "Tom has 12 fruit and buys 30 more", "He has 42 pears.", "stop");
+    double e_good = escalation(m, "Tom has 12 fruit and buys 30 more", "He has 42 apples.", "stop");
+    assert_true(e_bad > 0.6 && e_good < 0.2);
+    router_model_unref(m);
+    router_dataset_destroy(d);
+}
+
 static void
 test_escalation_default(void **state)
 {
@@ -805,6 +837,7 @@ main(void)
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_train_from_features),
         cmocka_unit_test(test_escalation_learned),
+        cmocka_unit_test(test_escalation_words),
         cmocka_unit_test(test_escalation_default),
         cmocka_unit_test(test_cascade_band),
     };
