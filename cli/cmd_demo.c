@@ -1,6 +1,8 @@
 /* cmd_demo.c - `triage demo`: sends the GSM8K test prompts through a running triaged as
  * always-fast, always-strong and routed at a few thresholds, grades every answer, and
- * prints accuracy, cost and strong-call share, plus the cost-quality curve as SVG. */
+ * prints accuracy, cost and strong-call share, plus the cost-quality curve as SVG; and the
+ * cascade: the always-fast run's answers scored by the model file's escalation model, the
+ * escalated ones answered as the always-strong run answered them. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -20,6 +22,8 @@
 #include "commands.h"
 #include "conf.h"
 #include "grade.h"
+#include "prompt_features.h"
+#include "router.h"
 
 /* a source tree's copy first, then the installed one */
 #define DEFAULT_DATA TRIAGE_SOURCE_ROOT "/data/replay/gsm8k.jsonl.gz"
@@ -31,12 +35,17 @@
 struct item {
     char *prompt;
     double reference;
+    /* what the two fixed runs got, for the cascade: [0] always-fast, [1] always-strong */
+    int answered[2], ok[2];
+    double cost[2], secs[2];     /* USD; s */
+    double escalation;           /* the fast answer's escalation score, NAN without one */
 };
 
 struct run {
     char label[64];              /* for the table */
     char model[96];              /* sent as "model" */
-    double threshold;            /* routed runs; NAN for the fixed ones */
+    double threshold;            /* routed runs; NAN for the fixed ones; escalate_at for the cascade */
+    int cascade;                 /* replayed from the fixed runs' answers, no requests of its own */
     int fixed_backend;           /* index for the fixed runs, -1 for routed */
     unsigned long n, correct, errors, strong;
     unsigned long unknown;       /* answers whose backend (hence cost) is unknown */
@@ -63,6 +72,7 @@ struct demo {
     size_t n_runs;
     int strong;                  /* backend index of the strong (last) tier */
     size_t score_run;            /* the run whose x-triage-score is kept in scores, or SIZE_MAX */
+    struct router_model *model;  /* the config's model file, for the cascade; NULL without one */
     double *scores;              /* [n_items] */
     const char *url;
     char auth[512];
@@ -128,6 +138,8 @@ load_items(struct demo *d, const char *path, size_t limit)
         if (!d->items[d->n_items].prompt)
             abort();
         d->items[d->n_items].reference = strtod(ref, NULL);
+        memset(d->items[d->n_items].answered, 0, sizeof(d->items[d->n_items].answered));
+        d->items[d->n_items].escalation = NAN;
         d->n_items++;
         json_decref(j);
     }
@@ -239,6 +251,36 @@ answering_backend(const struct demo *d, const struct job *j, json_t *resp)
     return -1;
 }
 
+/* Keeps what fixed run j->run (0 fast, 1 strong) got for its item, and for the fast run
+ * the answer's escalation score, as triaged's cascade would score it. */
+static void
+remember(struct demo *d, const struct job *j, const json_t *resp, const char *content, int ok,
+         int b, double secs)
+{
+    struct item *it = &d->items[j->item];
+    int k = (int)j->run;
+
+    it->answered[k] = 1;
+    it->ok[k] = ok;
+    it->secs[k] = secs;
+    it->cost[k] = 0;
+    if (b >= 0) {
+        const json_t *u = json_object_get(resp, "usage");
+        double in = (double)json_integer_value(json_object_get(u, "prompt_tokens"));
+        double out = (double)json_integer_value(json_object_get(u, "completion_tokens"));
+        it->cost[k] = (in * d->conf->backends[b].price_input + out * d->conf->backends[b].price_output) / 1e6;
+    }
+    if (k == 0 && d->model) {
+        float sig[FEATURES_N_ANSWER];
+        json_t *req = json_pack("{s:[{s:s,s:s}]}", "messages", "role", "user", "content", it->prompt);
+        double e;
+        if (features_answer_from_response(req, resp, sig) == 0 &&
+            router_escalation_score(d->model, req, content, strlen(content), sig, &e) == 0)
+            it->escalation = e;
+        json_decref(req);
+    }
+}
+
 static void
 job_done(struct demo *d, struct job *j, CURLcode rc)
 {
@@ -260,7 +302,8 @@ job_done(struct demo *d, struct job *j, CURLcode rc)
         json_decref(resp);
         return;
     }
-    if (grade_is_correct(content, d->items[j->item].reference))
+    int ok = grade_is_correct(content, d->items[j->item].reference);
+    if (ok)
         r->correct++;
     int b = answering_backend(d, j, resp);
     if (b == d->strong)
@@ -273,6 +316,8 @@ job_done(struct demo *d, struct job *j, CURLcode rc)
         double out = (double)json_integer_value(json_object_get(u, "completion_tokens"));
         r->cost += (in * d->conf->backends[b].price_input + out * d->conf->backends[b].price_output) / 1e6;
     }
+    if (j->run < 2)
+        remember(d, j, resp, content, ok, b, secs);
     json_decref(resp);
 }
 
@@ -370,6 +415,43 @@ add_auto_runs(struct demo *d)
     }
     free(sorted);
     return added;
+}
+
+/* Adds the cascade's run at escalate_at: every prompt pays the fast run's answer; those
+ * whose escalation score is at or above it (or whose fast answer failed) are answered as
+ * the strong run answered them, paying both calls and waiting for both. Returns 0, or -1
+ * when the runs cannot tell (no model file). */
+static int
+add_cascade_run(struct demo *d, double escalate_at)
+{
+    if (!d->model || d->n_runs == MAX_RUNS)
+        return -1;
+    struct run *r = &d->runs[d->n_runs++];
+    memset(r, 0, sizeof(*r));
+    snprintf(r->label, sizeof(r->label), "cascade (escalate_at %g)", escalate_at);
+    r->threshold = escalate_at;
+    r->fixed_backend = -1;
+    r->cascade = 1;
+    for (size_t i = 0; i < d->n_items; i++) {
+        const struct item *it = &d->items[i];
+        int up = !it->answered[0] || router_cascade_escalate(it->escalation, escalate_at);
+        r->n++;
+        r->cost += it->answered[0] ? it->cost[0] : 0;
+        r->latency += it->secs[0];
+        if (!up) {
+            r->correct += (unsigned long)it->ok[0];
+            continue;
+        }
+        r->strong++;
+        r->latency += it->secs[1];
+        if (!it->answered[1]) {
+            r->errors++;
+            continue;
+        }
+        r->cost += it->cost[1];
+        r->correct += (unsigned long)it->ok[1];
+    }
+    return 0;
 }
 
 /* ---- output -------------------------------------------------------------------------- */
@@ -510,10 +592,27 @@ write_svg(const struct demo *d, const char *path)
                    "stroke-width=\"2\"/>\n", L + 12, T + 34, L + 42, T + 34);
         svg_text(f, L + 48, T + 38, "start", NULL, "triage at thresholds t");
     }
-    /* the routed curve, in order of cost, from always-fast to always-strong */
-    size_t order[MAX_RUNS], n = 0;
-    for (size_t i = 0; i < d->n_runs; i++)
-        order[n++] = i;
+    /* the routed curve, in order of cost, from always-fast to always-strong; the cascade's
+     * points a curve of their own from always-fast */
+    size_t order[MAX_RUNS], n = 0, corder[MAX_RUNS], cn = 0;
+    corder[cn++] = 0;
+    for (size_t i = 0; i < d->n_runs; i++) {
+        if (d->runs[i].cascade)
+            corder[cn++] = i;
+        else
+            order[n++] = i;
+    }
+    if (cn > 1) {
+        fprintf(f, "<polyline fill=\"none\" stroke=\"#f4a261\" stroke-width=\"2\" points=\"");
+        for (size_t i = 0; i < cn; i++) {
+            const struct run *r = &d->runs[corder[i]];
+            fprintf(f, "%.1f,%.1f ", PX(r->n ? r->cost * 1000 / (double)r->n : 0), PY(accuracy(r)));
+        }
+        fprintf(f, "\"/>\n");
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#f4a261\" "
+                   "stroke-width=\"2\"/>\n", L + 12, T + 52, L + 42, T + 52);
+        svg_text(f, L + 48, T + 56, "start", NULL, "cascade at escalate_at e");
+    }
     for (size_t i = 1; i < n; i++)
         for (size_t k = i; k > 0 && d->runs[order[k]].cost < d->runs[order[k - 1]].cost; k--) {
             size_t t = order[k];
@@ -531,12 +630,12 @@ write_svg(const struct demo *d, const char *path)
         const struct run *r = &d->runs[i];
         fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"5\" fill=\"%s\"/>\n",
                 PX(r->n ? r->cost * 1000 / (double)r->n : 0), PY(accuracy(r)),
-                i == 0 ? "#457b9d" : i == 1 ? "#e63946" : "#2a9d8f");
+                i == 0 ? "#457b9d" : i == 1 ? "#e63946" : r->cascade ? "#f4a261" : "#2a9d8f");
     }
     /* labels go where they overlap no other label, point or the legend */
     struct box used[3 * MAX_RUNS + 1];
     size_t n_used = 0;
-    used[n_used++] = (struct box){L, T, L + 200, T + 44};
+    used[n_used++] = (struct box){L, T, L + 200, T + 62};
     for (size_t i = 0; i < d->n_runs; i++) {
         const struct run *r = &d->runs[i];
         double x = PX(r->n ? r->cost * 1000 / (double)r->n : 0), y = PY(accuracy(r));
@@ -548,6 +647,9 @@ write_svg(const struct demo *d, const char *path)
         char lab[96];
         if (i < 2)
             snprintf(lab, sizeof(lab), "%s", r->label);
+        else if (r->cascade)
+            snprintf(lab, sizeof(lab), "e=%.3g (%.0f%% escalated)", r->threshold,
+                     r->n ? 100.0 * (double)r->strong / (double)r->n : 0);
         else if (isnan(r->threshold))
             snprintf(lab, sizeof(lab), "configured (%.0f%% strong)",
                      r->n ? 100.0 * (double)r->strong / (double)r->n : 0);
@@ -605,7 +707,11 @@ usage(FILE *f)
             "the fast backend, always the strong one, and routed (\"<alias>:<t>\") at each\n"
             "threshold; grades each answer by its final number against the reference and\n"
             "prints a markdown table of accuracy, cost (usage tokens x the config's prices)\n"
-            "and strong-call share, and writes the cost-quality curve as SVG.\n"
+            "and strong-call share, and writes the cost-quality curve as SVG. The cascade's\n"
+            "rows need no requests of their own: the always-fast run's answers are scored by\n"
+            "the config's model file's escalation model, as triaged's policy = cascade scores\n"
+            "them, and those at or above escalate_at (the config's, then cuts escalating\n"
+            "about 25, 50 and 75%%) take the always-strong run's answer, paying both calls.\n"
             "\n"
             "  --url URL            triaged's base URL (default http://127.0.0.1:8080)\n"
             "  --config FILE        for tiers, prices, alias (default %s)\n"
@@ -652,6 +758,9 @@ demo_free(struct demo *d)
         free(d->items[i].prompt);
     free(d->items);
     free(d->scores);
+    if (d->model)
+        router_model_unref(d->model);
+    router_thread_cleanup();
     conf_destroy(d->conf);
 }
 
@@ -737,6 +846,11 @@ cli_demo(int argc, char **argv)
         cli_errorf("demo", "%s: needs two tiers and a routed alias", conf_path);
         goto out;
     }
+    d.model = d.conf->model_path ? router_model_load(d.conf->model_path, err, sizeof(err)) : NULL;
+    if (!d.model && !d.conf->model_path)
+        snprintf(err, sizeof(err), "the config names no model file");
+    if (!d.model)
+        fprintf(stderr, "triage demo: no cascade rows: %s\n", err);
     add_fixed(&d, 0, "fast");
     d.strong = add_fixed(&d, d.conf->n_tiers - 1, "strong");
     int automatic = strcmp(thresholds, "auto") == 0;
@@ -783,6 +897,27 @@ cli_demo(int argc, char **argv)
             run_all(&d, first, "pass 2/2", (unsigned)conc);
     }
     curl_global_cleanup();
+    if (d.model) {
+        /* the configured escalate_at, then the cuts that escalate about 25, 50 and 75% of
+         * the answers by their scores */
+        static const double shares[] = {0.25, 0.50, 0.75};
+        double *sorted = malloc(d.n_items * sizeof(double));
+        size_t n = 0;
+        if (!sorted)
+            abort();
+        for (size_t i = 0; i < d.n_items; i++)
+            if (!isnan(d.items[i].escalation))
+                sorted[n++] = d.items[i].escalation;
+        qsort(sorted, n, sizeof(double), cmp_double);
+        add_cascade_run(&d, d.conf->escalate_at);
+        for (size_t k = 0; n && k < sizeof(shares) / sizeof(*shares); k++) {
+            size_t top = (size_t)ceil(shares[k] * (double)n);
+            double at = sorted[n - (top ? top : 1)];
+            if (fabs(at - d.conf->escalate_at) > 1e-9)
+                add_cascade_run(&d, at);
+        }
+        free(sorted);
+    }
     print_table(&d);
     if (write_svg(&d, svg) < 0)
         goto out;

@@ -5,7 +5,9 @@
  * labels (shadow calls + judge) and retrains, and after each step scores the champion
  * of the registry on the other half, which never flows: the learning curve of judged
  * prompts -> APGR and cost at equal quality, against the shipped model and random
- * routing, as a table and an SVG. */
+ * routing, as a table and an SVG; and the cascade's curve: the champion's escalation model
+ * scoring the fast tier's recorded answers of the unseen half, and what the cascade then
+ * costs at the same quality. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -33,6 +35,7 @@
 #include "cli.h"
 #include "conf.h"
 #include "grade.h"
+#include "prompt_features.h"
 #include "router.h"
 #include "storage.h"
 
@@ -45,6 +48,7 @@
 struct item {
     char *prompt;
     double q[2];   /* did the fast / strong tier's model answer it right (1 or 0) */
+    char *fast;    /* the fast tier's model's recorded answer, NULL without one */
 };
 
 /* One point of the curve: the champion after some judged prompts. */
@@ -52,6 +56,8 @@ struct point {
     unsigned long sent, judged;
     char version[80];
     double apgr, cpt80;         /* on the unseen half */
+    double esc80;               /* the cascade's escalated share for 80% of the gain, NAN
+                                 * without the fast tier's answers */
     char note[160];             /* what the retrain of this step decided */
 };
 
@@ -70,7 +76,7 @@ struct learn {
     unsigned long calls[2], errors;
     struct point *points;
     size_t n_points;
-    double shipped_apgr, shipped_cpt80;
+    double shipped_apgr, shipped_cpt80, shipped_esc80;
     unsigned long promotions;
     unsigned step, concurrency, min_holdout;
 };
@@ -143,6 +149,10 @@ load_items(struct learn *L, const char *path, size_t limit, uint64_t seed)
             abort();
         it->q[0] = q0;
         it->q[1] = q1;
+        const char *fast = json_string_value(json_object_get(json_object_get(j, "answers"), models[0]));
+        it->fast = fast ? strdup(fast) : NULL;
+        if (fast && !it->fast)
+            abort();
         json_decref(j);
     }
     gzclose(f);
@@ -156,8 +166,10 @@ load_items(struct learn *L, const char *path, size_t limit, uint64_t seed)
         L->items[i - 1] = L->items[k];
         L->items[k] = t;
     }
-    while (limit && L->n_items > limit)
+    while (limit && L->n_items > limit) {
         free(L->items[--L->n_items].prompt);
+        free(L->items[L->n_items].fast);
+    }
     if (L->n_items < 20) {
         cli_errorf("demo", "%s: %zu prompts; --learn needs at least 20", path, L->n_items);
         return -1;
@@ -621,6 +633,53 @@ evaluate(const struct learn *L, const struct router_model *m, double *apgr, doub
     return rc;
 }
 
+static int
+cmp_score_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The cascade on the unseen half with m's escalation model: the smallest share of fast
+ * answers escalated (by escalation score, highest first) whose accuracy recovers
+ * CPT_SHARE of the gap between the fast and the strong tier. Returns it, or NAN when the
+ * fast tier's recorded answers are missing. */
+static double
+evaluate_cascade(const struct learn *L, const struct router_model *m)
+{
+    size_t n = L->n_items - L->test_from;
+    double *key = malloc(2 * n * sizeof(double)), qw = 0, qs = 0, esc = NAN;
+
+    if (!key)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        const struct item *it = &L->items[L->test_from + i];
+        float sig[FEATURES_N_ANSWER];
+        double e;
+        if (!it->fast)
+            goto out;
+        json_t *req = json_pack("{s:[{s:s,s:s}]}", "messages", "role", "user", "content", it->prompt);
+        features_answer_signals(it->fast, strlen(it->fast), it->prompt, strlen(it->prompt), NULL,
+                                NULL, 0, sig);
+        if (router_escalation_score(m, req, it->fast, strlen(it->fast), sig, &e) < 0)
+            e = 1; /* unscorable: escalated, as triaged does */
+        json_decref(req);
+        key[2 * i] = e;
+        key[2 * i + 1] = it->q[1] - it->q[0]; /* what escalating it gains */
+        qw += it->q[0];
+        qs += it->q[1];
+    }
+    qsort(key, n, 2 * sizeof(double), cmp_score_desc);
+    double want = qw + CPT_SHARE * (qs - qw), acc = qw;
+    size_t k = 0;
+    while (acc < want - 1e-9 && k < n)
+        acc += key[2 * k++ + 1];
+    esc = (double)k / (double)n;
+out:
+    free(key);
+    return esc;
+}
+
 /* The newest retrained version of the registry. */
 struct newest {
     struct storage_model_info m;
@@ -667,6 +726,7 @@ add_point(struct learn *L, unsigned long sent, unsigned long judged, int64_t ste
     snprintf(p->version, sizeof(p->version), "%s", router_model_version(m));
     if (evaluate(L, m, &p->apgr, &p->cpt80) < 0)
         p->apgr = p->cpt80 = NAN;
+    p->esc80 = evaluate_cascade(L, m);
     router_model_unref(m);
     if (step_start_ms && storage_model_list(L->db, find_newest, &nw, err, sizeof(err)) >= 0 &&
         nw.found && nw.m.created_ms >= step_start_ms) {
@@ -704,11 +764,20 @@ usd_per_1k(const struct learn *L, double s)
     return 1000 * (s * call_cost(L, 1) + (1 - s) * call_cost(L, 0));
 }
 
+/* USD per 1,000 prompts of the cascade escalating a share e: every prompt pays the fast
+ * call, the escalated ones the strong call too. */
+static double
+cascade_usd_per_1k(const struct learn *L, double e)
+{
+    return 1000 * (call_cost(L, 0) + e * call_cost(L, 1));
+}
+
 static void
 print_row(const struct learn *L, const struct point *p)
 {
-    printf("| %lu | %lu | %.16s | %.3f | %.1f%% | %.3g | %s |\n", p->sent, p->judged, p->version,
-           p->apgr, 100 * p->cpt80, usd_per_1k(L, p->cpt80), p->note);
+    printf("| %lu | %lu | %.16s | %.3f | %.1f%% | %.3g | %.1f%% | %.3g | %s |\n", p->sent,
+           p->judged, p->version, p->apgr, 100 * p->cpt80, usd_per_1k(L, p->cpt80),
+           100 * p->esc80, cascade_usd_per_1k(L, p->esc80), p->note);
 }
 
 /* A value as the panel shows it: APGR to 3 decimals, dollars to 3 digits. */
@@ -822,6 +891,12 @@ point_cost(const struct learn *L, const struct point *p)
     return usd_per_1k(L, p->cpt80);
 }
 
+static double
+point_cascade_cost(const struct learn *L, const struct point *p)
+{
+    return cascade_usd_per_1k(L, p->esc80);
+}
+
 static int
 write_svg(const struct learn *L, const char *path)
 {
@@ -832,9 +907,11 @@ write_svg(const struct learn *L, const char *path)
         cli_errorf("demo", "%s: %s", path, strerror(errno));
         return -1;
     }
-    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"760\" height=\"620\" "
-               "viewBox=\"0 0 760 620\" font-family=\"sans-serif\" font-size=\"12\">\n"
-               "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    int cascade = !isnan(L->shipped_esc80) && !isnan(usd_per_1k(L, 0.5));
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"760\" height=\"%d\" "
+               "viewBox=\"0 0 760 %d\" font-family=\"sans-serif\" font-size=\"12\">\n"
+               "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+            cascade ? 910 : 620, cascade ? 910 : 620);
     snprintf(title, sizeof(title),
              "triage demo --learn: the router learns GSM8K from judge labels (%zu unseen prompts)",
              L->n_items - L->test_from);
@@ -845,6 +922,11 @@ write_svg(const struct learn *L, const char *path)
         svg_panel(f, L, 330, 290,
                   "USD per 1,000 prompts at 80% of strong's quality gain (lower is better)",
                   point_cost, usd_per_1k(L, L->shipped_cpt80), usd_per_1k(L, CPT_SHARE), 1);
+    if (cascade)
+        svg_panel(f, L, 620, 290,
+                  "The cascade: USD per 1,000 prompts at 80% of strong's quality gain",
+                  point_cascade_cost, cascade_usd_per_1k(L, L->shipped_esc80),
+                  usd_per_1k(L, CPT_SHARE), 1);
     fprintf(f, "</svg>\n");
     if (fclose(f) != 0) {
         cli_errorf("demo", "%s: %s", path, strerror(errno));
@@ -1101,6 +1183,7 @@ cli_demo_learn(int argc, char **argv)
         goto out;
     L.shipped_apgr = L.points[0].apgr;
     L.shipped_cpt80 = L.points[0].cpt80;
+    L.shipped_esc80 = L.points[0].esc80;
     for (size_t sent = 0; sent < L.n_flow && !interrupted;) {
         size_t to = sent + L.step < L.n_flow ? sent + L.step : L.n_flow;
         struct timespec ts;
@@ -1134,8 +1217,9 @@ cli_demo_learn(int argc, char **argv)
     json_t *ln = json_object_get(stats, "learning"), *models = json_object_get(stats, "models");
 
     printf("| prompts sent | judged | champion | APGR, unseen half | strong calls for 80%% of the "
-           "gain | USD per 1k prompts there | retrain of the step |\n");
-    printf("|---:|---:|---|---:|---:|---:|---|\n");
+           "gain | USD per 1k prompts there | cascade: escalated for 80%% of the gain | USD per 1k "
+           "prompts there | retrain of the step |\n");
+    printf("|---:|---:|---|---:|---:|---:|---:|---:|---|\n");
     for (size_t i = 0; i < L.n_points; i++)
         print_row(&L, &L.points[i]);
     const struct point *last = &L.points[L.n_points - 1];
@@ -1147,6 +1231,12 @@ cli_demo_learn(int argc, char **argv)
            "%.3g, learned %.3g; always strong %.3g.\n",
            usd_per_1k(&L, CPT_SHARE), usd_per_1k(&L, L.shipped_cpt80), usd_per_1k(&L, last->cpt80),
            usd_per_1k(&L, 1));
+    if (!isnan(last->esc80))
+        printf("The cascade there (the champion's escalation model on the fast tier's answers, "
+               "every prompt paying the fast call): shipped %.3g, learned %.3g USD per 1,000 "
+               "prompts (%.0f%% escalated).\n",
+               cascade_usd_per_1k(&L, L.shipped_esc80), cascade_usd_per_1k(&L, last->esc80),
+               100 * last->esc80);
     if (L.promotions)
         printf("Promotions: %lu of %zu retrains.\n", L.promotions, L.n_points - 1);
     else
@@ -1180,10 +1270,13 @@ out:
     else
         remove_dir(L.dir);
 out_conf:
-    for (size_t i = 0; i < L.n_items; i++)
+    for (size_t i = 0; i < L.n_items; i++) {
         free(L.items[i].prompt);
+        free(L.items[i].fast);
+    }
     free(L.items);
     free(L.points);
     conf_destroy(L.conf);
+    router_thread_cleanup();
     return rc;
 }

@@ -60,6 +60,9 @@ awk -v f="$fast" -v s="$strong" 'BEGIN { exit !(f > 0 && s > 9.9 * f && s < 10.1
     || fail "costs fast=$fast strong=$strong"
 # no x-triage-backend from a bare replay: the routed run's cost is flagged, not invented
 grep -q 'Note: 7 answers of triage (triage:0.5)' "$tmp/out" || fail "unknown-backend note"
+# no model file: no cascade rows, and it says why
+grep -q 'no cascade rows: .*none.tmod' "$tmp/err" || fail "no-model cascade note"
+grep -q '^| cascade' "$tmp/out" && fail "cascade rows without a model"
 grep -q '<svg' "$tmp/curve.svg" && grep -q '</svg>' "$tmp/curve.svg" || fail "svg"
 [ "$(grep -c '<circle' "$tmp/curve.svg")" = 3 ] || fail "svg points"
 
@@ -96,6 +99,7 @@ log_level = warn
 model = $tmp/model.tmod
 aliases = triage
 tiers = fast, strong
+escalate_at = 0
 [backend fast]
 url = http://127.0.0.1:$(awk '{print $3}' "$tmp/w.port")/v1
 model = w
@@ -125,6 +129,19 @@ grep -q '^| triage (triage:0\.[0-9]*) |' "$tmp/out" || fail "e2e: no threshold r
 grep -q '^| triage (triage:0\.[0-9]*) | [0-9.]*% | [0-9.]*% | [0-9.e-]* | [0-9.e-]* | 14\.3% |' "$tmp/out" \
     || fail "e2e: top-share threshold"
 grep -q 'Note:' "$tmp/out" && fail "e2e: triaged named no backend"
-awk -F'|' '/^\| (always|triage)/ { if ($9 + 0 != 0) bad = 1 } END { exit bad }' "$tmp/out" \
+awk -F'|' '/^\| (always|triage|cascade)/ { if ($9 + 0 != 0) bad = 1 } END { exit bad }' "$tmp/out" \
     || fail "e2e: errors"
+# the cascade, replayed from the fixed runs' answers: at escalate_at 0 every answer
+# escalates (strong's accuracy, both calls paid); at the cuts from the scores fewer do,
+# and every row pays at least the fast calls
+grep -q '^| cascade (escalate_at 0) | 71.4% | .* | 100.0% |' "$tmp/out" || fail "e2e: cascade row"
+fast=$(awk -F'|' '/^\| always fast/ {print $5}' "$tmp/out")
+strong=$(awk -F'|' '/^\| always strong/ {print $5}' "$tmp/out")
+all=$(awk -F'|' '/^\| cascade \(escalate_at 0\)/ {print $5}' "$tmp/out")
+awk -v f="$fast" -v s="$strong" -v a="$all" 'BEGIN { exit !(a > 0.99 * (f + s) && a < 1.01 * (f + s)) }' \
+    || fail "e2e: cascade cost $all, fast $fast + strong $strong"
+[ "$(grep -c '^| cascade (escalate_at 0\.' "$tmp/out")" -ge 1 ] || fail "e2e: cascade cuts"
+awk -F'|' -v f="$fast" '/^\| cascade/ { if ($5 + 0 < f - 1e-9 || $7 + 0 > 100) bad = 1 } END { exit bad }' \
+    "$tmp/out" || fail "e2e: cascade rows pay the fast calls"
+grep -q 'cascade at escalate_at e' "$tmp/e2e.svg" || fail "e2e: cascade curve in the svg"
 echo ok

@@ -55,10 +55,14 @@ CONF
 # the table: the shipped model, then one row per step with 20, 40, 60 judged prompts
 grep -q '^| 0 | 0 | [0-9a-f]* | 0\.[0-9]* | .* | the shipped model |$' "$tmp/out" || fail "no shipped row"
 for n in 20 40 60; do
-    grep -qE "^\| $n \| $n \| [0-9a-f]+ \| [01]\.[0-9]{3} \| [0-9.]+% \| [0-9.e+-]+ \| (promoted: held-out APGR|kept: held-out APGR .*\((too few held out|not better by the margin)\))" \
+    grep -qE "^\| $n \| $n \| [0-9a-f]+ \| [01]\.[0-9]{3} \| [0-9.]+% \| [0-9.e+-]+ \| [0-9.]+% \| [0-9.e+-]+ \| (promoted: held-out APGR|kept: held-out APGR .*\((too few held out|not better by the margin)\))" \
         "$tmp/out" || fail "no decided retrain after $n judged prompts"
 done
 [ "$(grep -c '^| [0-9]* | [0-9]* | ' "$tmp/out")" = 4 ] || fail "expected 4 curve points"
+# the cascade's curve: the champion's escalation model on the fast tier's recorded answers
+grep -qE '^The cascade there \(.*\): shipped [0-9.e+-]+, learned [0-9.e+-]+ USD per 1,000 prompts \([0-9]+% escalated\)\.$' \
+    "$tmp/out" || fail "no cascade summary"
+grep -q '>The cascade: USD per 1,000 prompts' "$tmp/curve.svg" || fail "no cascade panel"
 # the summary names the outcome: promotions, or why there were none
 grep -qE '^(Promotions: [1-3] of 3 retrains\.|No promotion: kept: held-out APGR .*)$' "$tmp/out" ||
     fail "no promotion summary"
