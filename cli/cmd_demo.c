@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <strings.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -21,15 +20,11 @@
 #include "cli.h"
 #include "commands.h"
 #include "conf.h"
+#include "demo_run.h"
 #include "grade.h"
 #include "prompt_features.h"
 #include "router.h"
 
-/* a source tree's copy first, then the installed one */
-#define DEFAULT_DATA TRIAGE_SOURCE_ROOT "/data/replay/gsm8k.jsonl.gz"
-#define INSTALLED_DATA TRIAGE_DATADIR "/replay/gsm8k.jsonl.gz"
-#define DEFAULT_CONF TRIAGE_SOURCE_ROOT "/conf/triage.conf"
-#define INSTALLED_CONF TRIAGE_SYSCONFDIR "/triage.conf"
 #define MAX_RUNS 16
 
 struct item {
@@ -53,17 +48,6 @@ struct run {
     double latency;              /* s, summed */
 };
 
-struct job {
-    CURL *h;
-    struct curl_slist *hdrs;
-    size_t run, item;
-    char *body;                  /* request */
-    char *resp;                  /* response body */
-    size_t len, cap;
-    char backend[64];            /* x-triage-backend */
-    double score;                /* x-triage-score, or NAN */
-};
-
 struct demo {
     struct conf *conf;
     struct item *items;
@@ -77,30 +61,10 @@ struct demo {
     const char *url;
     char auth[512];
     long timeout_ms;
+    size_t first_run;            /* run_all: the runs from this one on are being sent */
 };
 
 /* ---- data ---------------------------------------------------------------------------- */
-
-/* Reads one line of any length into *line (growing it); returns its length or -1 at the end. */
-static long
-gz_line(gzFile f, char **line, size_t *cap)
-{
-    size_t len = 0;
-
-    for (;;) {
-        if (*cap - len < 2) {
-            *cap = *cap ? *cap * 2 : 65536;
-            *line = realloc(*line, *cap);
-            if (!*line)
-                abort(); /* out of memory */
-        }
-        if (!gzgets(f, *line + len, (int)(*cap - len)))
-            return len ? (long)len : -1;
-        len += strlen(*line + len);
-        if (len && (*line)[len - 1] == '\n')
-            return (long)len;
-    }
-}
 
 static int
 load_items(struct demo *d, const char *path, size_t limit)
@@ -116,7 +80,7 @@ load_items(struct demo *d, const char *path, size_t limit)
         cli_errorf("demo", "%s: %s", path, strerror(errno ? errno : ENOENT));
         return -1;
     }
-    while ((!limit || d->n_items < limit) && (len = gz_line(f, &line, &cap)) >= 0) {
+    while ((!limit || d->n_items < limit) && (len = demo_gz_line(f, &line, &cap)) >= 0) {
         lineno++;
         if (len <= 1)
             continue;
@@ -156,94 +120,17 @@ fail:
 
 /* ---- requests ------------------------------------------------------------------------ */
 
-static size_t
-on_body(char *p, size_t sz, size_t n, void *arg)
-{
-    struct job *j = arg;
-    size_t add = sz * n;
-
-    if (j->len + add + 1 > j->cap) {
-        j->cap = (j->len + add + 1) * 2;
-        j->resp = realloc(j->resp, j->cap);
-        if (!j->resp)
-            abort();
-    }
-    memcpy(j->resp + j->len, p, add);
-    j->len += add;
-    j->resp[j->len] = '\0';
-    return add;
-}
-
-static size_t
-on_header(char *p, size_t sz, size_t n, void *arg)
-{
-    struct job *j = arg;
-    size_t len = sz * n;
-    static const char bname[] = "x-triage-backend:", sname[] = "x-triage-score:";
-
-    if (len > sizeof(bname) && strncasecmp(p, bname, sizeof(bname) - 1) == 0) {
-        const char *v = p + sizeof(bname) - 1;
-        size_t vl = len - (sizeof(bname) - 1);
-        while (vl && (*v == ' ' || *v == '\t'))
-            v++, vl--;
-        while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
-            vl--;
-        snprintf(j->backend, sizeof(j->backend), "%.*s", (int)vl, v);
-    } else if (len > sizeof(sname) && strncasecmp(p, sname, sizeof(sname) - 1) == 0) {
-        char v[32];
-        snprintf(v, sizeof(v), "%.*s", (int)(len - (sizeof(sname) - 1)), p + sizeof(sname) - 1);
-        char *end;
-        double x = strtod(v, &end);
-        if (end != v)
-            j->score = x;
-    }
-    return len;
-}
-
-static void
-job_start(struct demo *d, CURLM *m, struct job *j, size_t run, size_t item)
-{
-    char url[1024];
-    json_t *body = json_pack("{s:s,s:[{s:s,s:s}]}", "model", d->runs[run].model, "messages",
-                             "role", "user", "content", d->items[item].prompt);
-
-    j->run = run;
-    j->item = item;
-    j->len = 0;
-    j->backend[0] = '\0';
-    j->score = NAN;
-    free(j->body);
-    j->body = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    if (!j->h) {
-        j->h = curl_easy_init();
-        j->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-        if (d->auth[0])
-            j->hdrs = curl_slist_append(j->hdrs, d->auth);
-    }
-    snprintf(url, sizeof(url), "%s/v1/chat/completions", d->url);
-    curl_easy_setopt(j->h, CURLOPT_URL, url);
-    curl_easy_setopt(j->h, CURLOPT_HTTPHEADER, j->hdrs);
-    curl_easy_setopt(j->h, CURLOPT_POSTFIELDS, j->body);
-    curl_easy_setopt(j->h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(j->h, CURLOPT_WRITEDATA, j);
-    curl_easy_setopt(j->h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(j->h, CURLOPT_HEADERDATA, j);
-    curl_easy_setopt(j->h, CURLOPT_TIMEOUT_MS, d->timeout_ms);
-    curl_easy_setopt(j->h, CURLOPT_PRIVATE, j);
-    curl_multi_add_handle(m, j->h);
-}
-
-/* Which backend answered: the daemon's header, else the fixed run's, else by upstream model. */
+/* Which backend answered run's request: the daemon's header, else the fixed run's, else
+ * by upstream model. */
 static int
-answering_backend(const struct demo *d, const struct job *j, json_t *resp)
+answering_backend(const struct demo *d, size_t run, const char *backend, json_t *resp)
 {
-    int b = j->backend[0] ? conf_backend_find(d->conf, j->backend) : -1;
+    int b = backend[0] ? conf_backend_find(d->conf, backend) : -1;
 
     if (b >= 0)
         return b;
-    if (d->runs[j->run].fixed_backend >= 0)
-        return d->runs[j->run].fixed_backend;
+    if (d->runs[run].fixed_backend >= 0)
+        return d->runs[run].fixed_backend;
     const char *model = json_string_value(json_object_get(resp, "model"));
     for (size_t i = 0; model && i < d->conf->n_backends; i++)
         if (d->conf->backends[i].model && strcmp(d->conf->backends[i].model, model) == 0)
@@ -254,11 +141,11 @@ answering_backend(const struct demo *d, const struct job *j, json_t *resp)
 /* Keeps what fixed run j->run (0 fast, 1 strong) got for its item, and for the fast run
  * the answer's escalation score, as triaged's cascade would score it. */
 static void
-remember(struct demo *d, const struct job *j, const json_t *resp, const char *content, int ok,
+remember(struct demo *d, size_t run, size_t item, const json_t *resp, const char *content, int ok,
          int b, double secs)
 {
-    struct item *it = &d->items[j->item];
-    int k = (int)j->run;
+    struct item *it = &d->items[item];
+    int k = (int)run;
 
     it->answered[k] = 1;
     it->ok[k] = ok;
@@ -281,20 +168,28 @@ remember(struct demo *d, const struct job *j, const json_t *resp, const char *co
     }
 }
 
-static void
-job_done(struct demo *d, struct job *j, CURLcode rc)
+static char *
+request_body(void *arg, size_t k)
 {
-    struct run *r = &d->runs[j->run];
-    long status = 0;
-    double secs = 0;
+    const struct demo *d = arg;
 
-    curl_easy_getinfo(j->h, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_getinfo(j->h, CURLINFO_TOTAL_TIME, &secs);
+    return demo_chat_body(d->runs[d->first_run + k / d->n_items].model,
+                          d->items[k % d->n_items].prompt);
+}
+
+static void
+request_done(void *arg, size_t k, const struct demo_reply *rp)
+{
+    struct demo *d = arg;
+    size_t run = d->first_run + k / d->n_items, item = k % d->n_items;
+    struct run *r = &d->runs[run];
+
     r->n++;
-    r->latency += secs;
-    if (j->run == d->score_run)
-        d->scores[j->item] = j->score;
-    json_t *resp = rc == CURLE_OK && status == 200 ? json_loadb(j->resp, j->len, 0, NULL) : NULL;
+    r->latency += rp->secs;
+    if (run == d->score_run)
+        d->scores[item] = rp->score;
+    json_t *resp = rp->rc == CURLE_OK && rp->status == 200 ? json_loadb(rp->body, rp->len, 0, NULL)
+                                                           : NULL;
     const char *content = json_string_value(json_object_get(
         json_object_get(json_array_get(json_object_get(resp, "choices"), 0), "message"), "content"));
     if (!content) {
@@ -302,10 +197,10 @@ job_done(struct demo *d, struct job *j, CURLcode rc)
         json_decref(resp);
         return;
     }
-    int ok = grade_is_correct(content, d->items[j->item].reference);
+    int ok = grade_is_correct(content, d->items[item].reference);
     if (ok)
         r->correct++;
-    int b = answering_backend(d, j, resp);
+    int b = answering_backend(d, run, rp->backend, resp);
     if (b == d->strong)
         r->strong++;
     if (b < 0)
@@ -316,8 +211,8 @@ job_done(struct demo *d, struct job *j, CURLcode rc)
         double out = (double)json_integer_value(json_object_get(u, "completion_tokens"));
         r->cost += (in * d->conf->backends[b].price_input + out * d->conf->backends[b].price_output) / 1e6;
     }
-    if (j->run < 2)
-        remember(d, j, resp, content, ok, b, secs);
+    if (run < 2)
+        remember(d, run, item, resp, content, ok, b, rp->secs);
     json_decref(resp);
 }
 
@@ -325,52 +220,20 @@ job_done(struct demo *d, struct job *j, CURLcode rc)
 static void
 run_all(struct demo *d, size_t first, const char *label, unsigned concurrency)
 {
-    CURLM *m = curl_multi_init();
-    struct job *jobs = calloc(concurrency, sizeof(*jobs));
-    struct job **idle = calloc(concurrency, sizeof(*idle));
-    size_t n_idle = concurrency, next = 0, total = d->n_items * (d->n_runs - first), done = 0;
-    struct cli_progress bar;
+    struct demo_post p = {
+        .url = d->url,
+        .auth = d->auth[0] ? d->auth : NULL,
+        .total = d->n_items * (d->n_runs - first),
+        .concurrency = concurrency,
+        .timeout_ms = d->timeout_ms,
+        .progress = label,
+        .body = request_body,
+        .done = request_done,
+        .arg = d,
+    };
 
-    if (!jobs || !idle)
-        abort();
-    for (unsigned i = 0; i < concurrency; i++)
-        idle[i] = &jobs[i];
-    curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)concurrency);
-    cli_progress_start(&bar, label, total);
-    while (done < total) {
-        while (n_idle && next < total) {
-            job_start(d, m, idle[--n_idle], first + next / d->n_items, next % d->n_items);
-            next++;
-        }
-        int running;
-        curl_multi_perform(m, &running);
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(m, &left)) != NULL) {
-            if (msg->msg != CURLMSG_DONE)
-                continue;
-            struct job *j;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&j);
-            CURLcode rc = msg->data.result;
-            curl_multi_remove_handle(m, j->h);
-            job_done(d, j, rc);
-            idle[n_idle++] = j;
-            cli_progress_update(&bar, ++done);
-        }
-        if (done < total)
-            curl_multi_poll(m, NULL, 0, 100, NULL);
-    }
-    cli_progress_end(&bar);
-    for (unsigned i = 0; i < concurrency; i++) {
-        if (jobs[i].h)
-            curl_easy_cleanup(jobs[i].h);
-        curl_slist_free_all(jobs[i].hdrs);
-        free(jobs[i].body);
-        free(jobs[i].resp);
-    }
-    free(jobs);
-    free(idle);
-    curl_multi_cleanup(m);
+    d->first_run = first;
+    demo_post_all(&p);
 }
 
 static int
@@ -507,13 +370,6 @@ boxes_overlap(const struct box *a, const struct box *b)
     return a->x0 < b->x1 && b->x0 < a->x1 && a->y0 < b->y1 && b->y0 < a->y1;
 }
 
-static void
-svg_text(FILE *f, double x, double y, const char *anchor, const char *style, const char *text)
-{
-    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\" %s>%s</text>\n", x, y, anchor,
-            style ? style : "", text);
-}
-
 /* Returns 1, 2 or 5 times a power of ten, at least x. */
 static double
 nice_step(double x)
@@ -556,7 +412,7 @@ write_svg(const struct demo *d, const char *path)
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
     char title[160];
     snprintf(title, sizeof(title), "triage demo: accuracy vs cost on %zu GSM8K prompts", d->n_items);
-    svg_text(f, W / 2, 28, "middle", "font-size=\"16\"", title);
+    demo_svg_text(f, W / 2, 28, "middle", "font-size=\"16\"", title);
     /* axes, grid and ticks */
     for (int i = 0; i <= 5; i++) {
         double c = xmax * i / 5;
@@ -564,18 +420,18 @@ write_svg(const struct demo *d, const char *path)
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", PX(c), PY(ymin),
                 PX(c), PY(ymax));
         snprintf(lab, sizeof(lab), "%.3g", c);
-        svg_text(f, PX(c), H - B + 18, "middle", NULL, lab);
+        demo_svg_text(f, PX(c), H - B + 18, "middle", NULL, lab);
     }
     for (double a = ymin; a <= ymax + 1e-9; a += ystep) {
         char lab[32];
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", PX(0), PY(a),
                 PX(xmax), PY(a));
         snprintf(lab, sizeof(lab), "%.0f%%", a * 100);
-        svg_text(f, L - 8, PY(a) + 4, "end", NULL, lab);
+        demo_svg_text(f, L - 8, PY(a) + 4, "end", NULL, lab);
     }
     fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n",
             L, T, W - L - R, H - T - B);
-    svg_text(f, (L + W - R) / 2, H - 18, "middle", NULL, "cost, USD per 1,000 prompts");
+    demo_svg_text(f, (L + W - R) / 2, H - 18, "middle", NULL, "cost, USD per 1,000 prompts");
     fprintf(f, "<text transform=\"translate(18 %.1f) rotate(-90)\" text-anchor=\"middle\">accuracy</text>\n",
             (T + H - B) / 2);
     /* random routing: the straight line between the two fixed policies */
@@ -587,10 +443,10 @@ write_svg(const struct demo *d, const char *path)
                    "stroke-dasharray=\"6 4\"/>\n", x0, y0, x1, y1);
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#999\" "
                    "stroke-dasharray=\"6 4\"/>\n", L + 12, T + 16, L + 42, T + 16);
-        svg_text(f, L + 48, T + 20, "start", NULL, "random routing");
+        demo_svg_text(f, L + 48, T + 20, "start", NULL, "random routing");
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#2a9d8f\" "
                    "stroke-width=\"2\"/>\n", L + 12, T + 34, L + 42, T + 34);
-        svg_text(f, L + 48, T + 38, "start", NULL, "triage at thresholds t");
+        demo_svg_text(f, L + 48, T + 38, "start", NULL, "triage at thresholds t");
     }
     /* the routed curve, in order of cost, from always-fast to always-strong; the cascade's
      * points a curve of their own from always-fast */
@@ -611,7 +467,7 @@ write_svg(const struct demo *d, const char *path)
         fprintf(f, "\"/>\n");
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#f4a261\" "
                    "stroke-width=\"2\"/>\n", L + 12, T + 52, L + 42, T + 52);
-        svg_text(f, L + 48, T + 56, "start", NULL, "cascade at escalate_at e");
+        demo_svg_text(f, L + 48, T + 56, "start", NULL, "cascade at escalate_at e");
     }
     for (size_t i = 1; i < n; i++)
         for (size_t k = i; k > 0 && d->runs[order[k]].cost < d->runs[order[k - 1]].cost; k--) {
@@ -681,16 +537,11 @@ write_svg(const struct demo *d, const char *path)
         if (pick.x1 == 0) /* nothing fits inside the plot: left of the point */
             pick = (struct box){x - 10 - w, y - 19, x - 10, y - 5}, end = 1;
         used[n_used++] = pick;
-        svg_text(f, end ? pick.x1 : pick.x0, pick.y1 - 3, end ? "end" : "start", NULL, lab);
+        demo_svg_text(f, end ? pick.x1 : pick.x0, pick.y1 - 3, end ? "end" : "start", NULL, lab);
     }
 #undef PX
 #undef PY
-    fprintf(f, "</svg>\n");
-    if (fclose(f) != 0) {
-        cli_errorf("demo", "%s: %s", path, strerror(errno));
-        return -1;
-    }
-    return 0;
+    return demo_svg_close(f, path);
 }
 
 /* ---- main ---------------------------------------------------------------------------- */
@@ -733,7 +584,7 @@ usage(FILE *f)
             "  triage replay --answers gpt-4-1106-preview --port 9002 --ms-per-token 10 &\n"
             "  triaged -c conf/triage.conf &\n"
             "  triage demo --limit 300\n",
-            DEFAULT_CONF, DEFAULT_DATA);
+            demo_default_conf(), demo_default_data());
 }
 
 static int
@@ -794,8 +645,7 @@ cli_demo(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct demo d = {.url = "http://127.0.0.1:8080", .timeout_ms = 600000, .score_run = SIZE_MAX};
-    const char *conf_path = access(DEFAULT_CONF, R_OK) == 0 ? DEFAULT_CONF : INSTALLED_CONF;
-    const char *data = access(DEFAULT_DATA, R_OK) == 0 ? DEFAULT_DATA : INSTALLED_DATA;
+    const char *conf_path = demo_default_conf(), *data = demo_default_data();
     const char *svg = "triage-demo.svg";
     const char *thresholds = "auto", *key = getenv("TRIAGE_API_KEY");
     unsigned long limit = 0, conc = 64, timeout = 600000;

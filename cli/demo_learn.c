@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -34,15 +33,12 @@
 #include "config.h"
 #include "cli.h"
 #include "conf.h"
+#include "demo_run.h"
 #include "grade.h"
 #include "prompt_features.h"
 #include "router.h"
 #include "storage.h"
 
-#define DEFAULT_DATA TRIAGE_SOURCE_ROOT "/data/replay/gsm8k.jsonl.gz"
-#define INSTALLED_DATA TRIAGE_DATADIR "/replay/gsm8k.jsonl.gz"
-#define DEFAULT_CONF TRIAGE_SOURCE_ROOT "/conf/triage.conf"
-#define INSTALLED_CONF TRIAGE_SYSCONFDIR "/triage.conf"
 #define CPT_SHARE 0.8 /* cost is compared where routing recovers 80% of the quality gap */
 
 struct item {
@@ -79,6 +75,7 @@ struct learn {
     double shipped_apgr, shipped_cpt80, shipped_esc80;
     unsigned long promotions;
     unsigned step, concurrency, min_holdout;
+    size_t send_from;           /* send_items: the first item being sent */
 };
 
 static volatile sig_atomic_t interrupted; /* Ctrl-C or SIGTERM: stop what runs, clean up */
@@ -107,16 +104,15 @@ load_items(struct learn *L, const char *path, size_t limit, uint64_t seed)
     gzFile f = gzopen(path, "rb");
     const char *models[2] = {L->conf->backends[L->tier[0]].model,
                              L->conf->backends[L->tier[1]].model};
-    size_t cap = 0;
-    char buf[65536];
+    size_t cap = 0, line_cap = 0;
+    char *buf = NULL;
     unsigned long lineno = 0;
 
     if (!f) {
         cli_errorf("demo", "%s: %s", path, strerror(errno ? errno : ENOENT));
         return -1;
     }
-    /* records are single lines well under 64k (prompt + two answers) */
-    while (gzgets(f, buf, sizeof(buf))) {
+    while (demo_gz_line(f, &buf, &line_cap) >= 0) {
         lineno++;
         json_t *j = json_loads(buf, 0, NULL);
         const char *prompt = json_string_value(json_object_get(j, "prompt"));
@@ -156,6 +152,7 @@ load_items(struct learn *L, const char *path, size_t limit, uint64_t seed)
         json_decref(j);
     }
     gzclose(f);
+    free(buf);
     /* a seeded Fisher-Yates shuffle (splitmix64), then the first limit */
     for (size_t i = L->n_items; i > 1; i--) {
         uint64_t z = (seed += 0x9e3779b97f4a7c15ull);
@@ -178,6 +175,7 @@ load_items(struct learn *L, const char *path, size_t limit, uint64_t seed)
     return 0;
 fail:
     gzclose(f);
+    free(buf);
     return -1;
 }
 
@@ -354,53 +352,6 @@ write_config(struct learn *L, const char *path, unsigned port, unsigned judge_po
 
 /* ---- HTTP ---------------------------------------------------------------------------- */
 
-struct buf {
-    char *p;
-    size_t len, cap;
-};
-
-static size_t
-on_data(char *p, size_t sz, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    size_t add = sz * n;
-
-    if (b->len + add + 1 > b->cap) {
-        b->cap = (b->len + add + 1) * 2;
-        b->p = realloc(b->p, b->cap);
-        if (!b->p)
-            abort();
-    }
-    memcpy(b->p + b->len, p, add);
-    b->len += add;
-    b->p[b->len] = '\0';
-    return add;
-}
-
-/* GETs url + path into a new string (free()), or NULL. */
-static char *
-http_get(const char *url, const char *path)
-{
-    CURL *h = curl_easy_init();
-    struct buf b = {0};
-    char full[256];
-    long status = 0;
-
-    snprintf(full, sizeof(full), "%s%s", url, path);
-    curl_easy_setopt(h, CURLOPT_URL, full);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
-    CURLcode rc = curl_easy_perform(h);
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(h);
-    if (rc != CURLE_OK || status != 200) {
-        free(b.p);
-        return NULL;
-    }
-    return b.p;
-}
-
 /* The value of metric name (no labels) in a Prometheus text page, or NAN. */
 static double
 metric(const char *page, const char *name)
@@ -416,50 +367,31 @@ metric(const char *page, const char *name)
 static double
 judged_now(const struct learn *L)
 {
-    char *page = http_get(L->url, "/metrics");
+    char *page = demo_http_get(L->url, "/metrics");
     double v = metric(page, "triage_learning_judged_prompts_total");
 
     free(page);
     return v;
 }
 
-struct job {
-    CURL *h;
-    struct curl_slist *hdrs;
-    char *body;
-    struct buf resp;
-    char backend[64];
-};
-
-static size_t
-on_header(char *p, size_t sz, size_t n, void *arg)
+static char *
+request_body(void *arg, size_t k)
 {
-    struct job *j = arg;
-    size_t len = sz * n;
-    static const char name[] = "x-triage-backend:";
+    const struct learn *L = arg;
 
-    if (len > sizeof(name) && strncasecmp(p, name, sizeof(name) - 1) == 0) {
-        const char *v = p + sizeof(name) - 1;
-        size_t vl = len - (sizeof(name) - 1);
-        while (vl && (*v == ' ' || *v == '\t'))
-            v++, vl--;
-        while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
-            vl--;
-        snprintf(j->backend, sizeof(j->backend), "%.*s", (int)vl, v);
-    }
-    return len;
+    return demo_chat_body("triage", L->items[L->send_from + k].prompt);
 }
 
 static void
-job_done(struct learn *L, struct job *j, CURLcode rc)
+request_done(void *arg, size_t k, const struct demo_reply *r)
 {
-    long status = 0;
-
-    curl_easy_getinfo(j->h, CURLINFO_RESPONSE_CODE, &status);
-    json_t *resp = rc == CURLE_OK && status == 200 ? json_loadb(j->resp.p, j->resp.len, 0, NULL)
-                                                   : NULL;
-    int b = conf_backend_find(L->conf, j->backend);
+    struct learn *L = arg;
+    json_t *resp = r->rc == CURLE_OK && r->status == 200 ? json_loadb(r->body, r->len, 0, NULL)
+                                                         : NULL;
+    int b = conf_backend_find(L->conf, r->backend);
     json_t *u = json_object_get(resp, "usage");
+
+    (void)k;
     if (!resp || b < 0) {
         L->errors++;
     } else {
@@ -480,71 +412,19 @@ job_done(struct learn *L, struct job *j, CURLcode rc)
 static void
 send_items(struct learn *L, size_t from, size_t to)
 {
-    CURLM *m = curl_multi_init();
-    struct job *jobs = calloc(L->concurrency, sizeof(*jobs));
-    struct job **idle = calloc(L->concurrency, sizeof(*idle));
-    size_t n_idle = L->concurrency, next = from, done = from;
-    char url[128];
+    struct demo_post p = {
+        .url = L->url,
+        .total = to - from,
+        .concurrency = L->concurrency,
+        .timeout_ms = 600000L,
+        .stop = &interrupted,
+        .body = request_body,
+        .done = request_done,
+        .arg = L,
+    };
 
-    if (!jobs || !idle)
-        abort();
-    snprintf(url, sizeof(url), "%s/v1/chat/completions", L->url);
-    for (unsigned i = 0; i < L->concurrency; i++)
-        idle[i] = &jobs[i];
-    while (done < to && !interrupted) {
-        while (n_idle && next < to) {
-            struct job *j = idle[--n_idle];
-            json_t *body = json_pack("{s:s,s:[{s:s,s:s}]}", "model", "triage", "messages", "role",
-                                     "user", "content", L->items[next++].prompt);
-            free(j->body);
-            j->body = json_dumps(body, JSON_COMPACT);
-            json_decref(body);
-            j->resp.len = 0;
-            j->backend[0] = '\0';
-            if (!j->h) {
-                j->h = curl_easy_init();
-                j->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-            }
-            curl_easy_setopt(j->h, CURLOPT_URL, url);
-            curl_easy_setopt(j->h, CURLOPT_HTTPHEADER, j->hdrs);
-            curl_easy_setopt(j->h, CURLOPT_POSTFIELDS, j->body);
-            curl_easy_setopt(j->h, CURLOPT_WRITEFUNCTION, on_data);
-            curl_easy_setopt(j->h, CURLOPT_WRITEDATA, &j->resp);
-            curl_easy_setopt(j->h, CURLOPT_HEADERFUNCTION, on_header);
-            curl_easy_setopt(j->h, CURLOPT_HEADERDATA, j);
-            curl_easy_setopt(j->h, CURLOPT_TIMEOUT_MS, 600000L);
-            curl_easy_setopt(j->h, CURLOPT_PRIVATE, j);
-            curl_multi_add_handle(m, j->h);
-        }
-        int running, left;
-        curl_multi_perform(m, &running);
-        CURLMsg *msg;
-        while ((msg = curl_multi_info_read(m, &left)) != NULL) {
-            if (msg->msg != CURLMSG_DONE)
-                continue;
-            struct job *j;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&j);
-            CURLcode rc = msg->data.result;
-            curl_multi_remove_handle(m, j->h);
-            job_done(L, j, rc);
-            idle[n_idle++] = j;
-            done++;
-        }
-        if (done < to)
-            curl_multi_poll(m, NULL, 0, 100, NULL);
-    }
-    for (unsigned i = 0; i < L->concurrency; i++) {
-        if (jobs[i].h) {
-            curl_multi_remove_handle(m, jobs[i].h); /* still in flight when interrupted */
-            curl_easy_cleanup(jobs[i].h);
-        }
-        curl_slist_free_all(jobs[i].hdrs);
-        free(jobs[i].body);
-        free(jobs[i].resp.p);
-    }
-    free(jobs);
-    free(idle);
-    curl_multi_cleanup(m);
+    L->send_from = from;
+    demo_post_all(&p);
 }
 
 /* ---- waiting for the loop ------------------------------------------------------------ */
@@ -569,7 +449,7 @@ wait_judged(struct learn *L, unsigned long want)
 static json_t *
 stats_models(const struct learn *L)
 {
-    char *page = http_get(L->url, "/v1/stats?window=24h");
+    char *page = demo_http_get(L->url, "/v1/stats?window=24h");
     json_t *j = page ? json_loads(page, 0, NULL) : NULL;
     json_t *m = json_incref(json_object_get(j, "models"));
 
@@ -790,13 +670,6 @@ fmt_value(char *out, size_t len, double v, int dollars)
         snprintf(out, len, "%.3f", v);
 }
 
-static void
-svg_text(FILE *f, double x, double y, const char *anchor, const char *extra, const char *text)
-{
-    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\" %s>%s</text>\n", x, y, anchor,
-            extra ? extra : "", text);
-}
-
 /* One panel: the curve of value(point) over judged prompts, with the shipped model's
  * and random routing's levels, and a marker at each promotion. */
 static void
@@ -820,7 +693,7 @@ svg_panel(FILE *f, const struct learn *L, double top, double height, const char 
 #define X(v) (Lm + (v) / xmax * (W - Lm - Rm))
 #define Y(v) (y1 - ((v) - ymin) / (ymax - ymin) * (y1 - y0))
     char lab[96];
-    svg_text(f, Lm, top + 14, "start", "font-size=\"14\"", title);
+    demo_svg_text(f, Lm, top + 14, "start", "font-size=\"14\"", title);
     fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
                "stroke=\"#333\"/>\n", Lm, y0, W - Lm - Rm, y1 - y0);
     for (int k = 0; k <= 4; k++) {
@@ -828,14 +701,14 @@ svg_panel(FILE *f, const struct learn *L, double top, double height, const char 
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>\n",
                 Lm, Y(v), W - Rm, Y(v));
         fmt_value(lab, sizeof(lab), v, dollars);
-        svg_text(f, Lm - 6, Y(v) + 4, "end", NULL, lab);
+        demo_svg_text(f, Lm - 6, Y(v) + 4, "end", NULL, lab);
     }
     for (int k = 0; k <= 5; k++) {
         double v = xmax * k / 5;
         snprintf(lab, sizeof(lab), "%.0f", v);
-        svg_text(f, X(v), y1 + 16, "middle", NULL, lab);
+        demo_svg_text(f, X(v), y1 + 16, "middle", NULL, lab);
     }
-    svg_text(f, (Lm + W - Rm) / 2, y1 + 32, "middle", NULL, "judged prompts (shadow + judge labels)");
+    demo_svg_text(f, (Lm + W - Rm) / 2, y1 + 32, "middle", NULL, "judged prompts (shadow + judge labels)");
     /* promotions: where the model changed */
     for (size_t i = 0; i < L->n_points; i++)
         if (!strncmp(L->points[i].note, "promoted", 8))
@@ -853,7 +726,7 @@ svg_panel(FILE *f, const struct learn *L, double top, double height, const char 
         snprintf(lab, sizeof(lab), "%s (", levels[k].name);
         fmt_value(lab + strlen(lab), sizeof(lab) - strlen(lab), levels[k].v, dollars);
         strncat(lab, ")", sizeof(lab) - strlen(lab) - 1);
-        svg_text(f, W - Rm + 8, Y(levels[k].v) + 4 + (k && fabs(Y(levels[0].v) - Y(levels[1].v)) < 14
+        demo_svg_text(f, W - Rm + 8, Y(levels[k].v) + 4 + (k && fabs(Y(levels[0].v) - Y(levels[1].v)) < 14
                                                            ? (Y(levels[1].v) > Y(levels[0].v) ? 8 : -8)
                                                            : 0),
                  "start", NULL, lab);
@@ -872,7 +745,7 @@ svg_panel(FILE *f, const struct learn *L, double top, double height, const char 
         snprintf(lab, sizeof(lab), "learning triage (");
         fmt_value(lab + strlen(lab), sizeof(lab) - strlen(lab), value(L, last), dollars);
         strncat(lab, ")", sizeof(lab) - strlen(lab) - 1);
-        svg_text(f, W - Rm + 8, Y(value(L, last)) + 4, "start", "fill=\"#2a9d8f\"", lab);
+        demo_svg_text(f, W - Rm + 8, Y(value(L, last)) + 4, "start", "fill=\"#2a9d8f\"", lab);
     }
 #undef X
 #undef Y
@@ -915,7 +788,7 @@ write_svg(const struct learn *L, const char *path)
     snprintf(title, sizeof(title),
              "triage demo --learn: the router learns GSM8K from judge labels (%zu unseen prompts)",
              L->n_items - L->test_from);
-    svg_text(f, 380, 24, "middle", "font-size=\"15\"", title);
+    demo_svg_text(f, 380, 24, "middle", "font-size=\"15\"", title);
     svg_panel(f, L, 40, 290, "APGR on the prompts not yet seen (higher is better)", point_apgr,
               L->shipped_apgr, 0.5, 0);
     if (!isnan(usd_per_1k(L, 0.5)))
@@ -927,12 +800,7 @@ write_svg(const struct learn *L, const char *path)
                   "The cascade: USD per 1,000 prompts at 80% of strong's quality gain",
                   point_cascade_cost, cascade_usd_per_1k(L, L->shipped_esc80),
                   usd_per_1k(L, CPT_SHARE), 1);
-    fprintf(f, "</svg>\n");
-    if (fclose(f) != 0) {
-        cli_errorf("demo", "%s: %s", path, strerror(errno));
-        return -1;
-    }
-    return 0;
+    return demo_svg_close(f, path);
 }
 
 /* ---- main ---------------------------------------------------------------------------- */
@@ -975,7 +843,7 @@ usage(FILE *f)
             "  --keep               keep the demo's folder (config, log, models, daemon log)\n"
             "\n"
             "Offline: ./run.sh in one terminal, then: triage demo --learn\n",
-            DEFAULT_CONF, DEFAULT_DATA);
+            demo_default_conf(), demo_default_data());
 }
 
 static int
@@ -1045,8 +913,7 @@ cli_demo_learn(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct learn L = {.step = 100, .concurrency = 8, .min_holdout = 20};
-    const char *conf_path = access(DEFAULT_CONF, R_OK) == 0 ? DEFAULT_CONF : INSTALLED_CONF;
-    const char *data = access(DEFAULT_DATA, R_OK) == 0 ? DEFAULT_DATA : INSTALLED_DATA;
+    const char *conf_path = demo_default_conf(), *data = demo_default_data();
     const char *svg = "triage-learn.svg", *base_data = NULL, *triaged = NULL;
     double limit = 0, shadow_rate = 1, v, seed = 1;
     int keep = 0, ch, rc = 1;
@@ -1159,7 +1026,7 @@ cli_demo_learn(int argc, char **argv)
     const char *triaged_argv[] = {triaged, "--config", path, NULL};
     L.triaged_pid = spawn(triaged_argv, "/dev/null", errf);
     char *up = NULL;
-    for (int i = 0; i < 200 && L.triaged_pid > 0 && !(up = http_get(L.url, "/healthz")); i++) {
+    for (int i = 0; i < 200 && L.triaged_pid > 0 && !(up = demo_http_get(L.url, "/healthz")); i++) {
         if (waitpid(L.triaged_pid, NULL, WNOHANG) == L.triaged_pid) {
             L.triaged_pid = 0;
             break;
@@ -1211,7 +1078,7 @@ cli_demo_learn(int argc, char **argv)
     }
 
     /* what the loop cost and what the daemon reports */
-    char *page = http_get(L.url, "/v1/stats?window=24h");
+    char *page = demo_http_get(L.url, "/v1/stats?window=24h");
     json_t *stats = page ? json_loads(page, 0, NULL) : NULL;
     free(page);
     json_t *ln = json_object_get(stats, "learning"), *models = json_object_get(stats, "models");
