@@ -297,6 +297,10 @@ header_cb(char *buf, size_t size, size_t n, void *userp)
     if (end == 0) {
         long status = 0;
         curl_easy_getinfo(cc->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status > 599 && !c->got_headers) {
+            c->forced = UPSTREAM_ERR_PROTOCOL; /* HTTP has no such status */
+            return 0;
+        }
         if (status >= 200 && !c->got_headers) {
             c->got_headers = 1;
             c->last_data = uv_now(c->u->loop);

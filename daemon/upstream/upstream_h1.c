@@ -532,7 +532,7 @@ parse_head(struct h1_conn *k, const char *head, size_t len, const char **why)
     }
     k->http10 = p[7] == '0';
     k->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
-    if (k->status < 100) {
+    if (k->status < 100 || k->status > 599) { /* HTTP has no others; a client may choke */
         *why = "an invalid status code";
         return -1;
     }

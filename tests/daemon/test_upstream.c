@@ -589,6 +589,19 @@ test_bad_responses(uv_loop_t *loop, struct upstream *u)
     scripted(loop, u, "SPDY/9 200 OK\r\n\r\n", 0, 0, &r);
     CHECK(r.done == 1 && r.err == UPSTREAM_ERR_PROTOCOL && r.headers_done == 0);
 
+    /* a status HTTP does not have is not relayed (a client may choke on it), by either
+     * transport (a URL with user info goes through curl) */
+    scripted(loop, u, "HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n", 0, 0, &r);
+    CHECK(r.done == 1 && r.err == UPSTREAM_ERR_PROTOCOL && r.headers_done == 0);
+    char url[128];
+    pthread_mutex_lock(&srv.mu);
+    srv.response = "HTTP/1.1 999 Odd\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+    srv.trickle = srv.keep = 0;
+    pthread_mutex_unlock(&srv.mu);
+    snprintf(url, sizeof(url), "http://x@127.0.0.1:%u/v1/chat/completions", srv.port);
+    run_call(loop, u, url, "{\"model\":\"c\"}", 0, &r);
+    CHECK(r.done == 1 && r.err == UPSTREAM_ERR_PROTOCOL && r.headers_done == 0);
+
     scripted(loop, u, "HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n", 0, 0, &r);
     CHECK(r.err == UPSTREAM_ERR_PROTOCOL);
 
