@@ -28,9 +28,12 @@ on_dashboard(void *ctx, const struct daemon_http_request *req, struct daemon_htt
     (void)ctx;
     const struct dashboard_asset *a = dashboard_find(req->path);
     if (!a) {
-        static const char nf[] = "not found\n";
+        /* the error every other unknown path gets (the path is not echoed) */
+        static const char nf[] = "{\"error\":{\"message\":\"No such dashboard file\","
+                                 "\"type\":\"invalid_request_error\",\"param\":null,"
+                                 "\"code\":\"not_found\"}}\n";
         reply->status = 404;
-        reply->content_type = "text/plain; charset=utf-8";
+        reply->content_type = "application/json";
         reply->body = malloc(sizeof(nf));
         if (!reply->body)
             abort();

@@ -154,6 +154,9 @@ test_bad_bytes(void)
         {post("/v1/chat/completions", "{\"model\":\"fast\",\"messages\":[{\"role\":\"user\","
                                       "\"content\":\"\xff\xfe\"}]}"),
          400, "invalid_json"},
+        /* under a prefix another module serves: its own 404 is JSON too */
+        {strdup("GET /dashboard/%ff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 404,
+         "not_found"},
     };
     char *m1 = repeat("{\"model\":\"a", "\xc3\xa9", 600,
                       "\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
