@@ -120,9 +120,12 @@ completion_to_sse(const json_t *doc, int with_usage, struct daemon_buf *out)
         const json_t *msg = json_object_get(ch, "message");
         json_t *delta = json_is_object(msg) ? json_deep_copy(msg) : json_object();
         json_t *c1 = json_object(), *c2 = json_object(), *arr1 = json_array(), *arr2 = json_array();
-        json_t *e1 = json_pack("{s:O,s:o}", "index", json_object_get(ch, "index"), "delta", delta);
-        json_t *e2 = json_pack("{s:O,s:o,s:O}", "index", json_object_get(ch, "index"), "delta",
-                               json_object(), "finish_reason", json_object_get(ch, "finish_reason"));
+        /* a backend may leave out index or finish_reason: the position, null */
+        json_t *index = json_object_get(ch, "index");
+        index = json_is_integer(index) ? json_incref(index) : json_integer((json_int_t)i);
+        json_t *e1 = json_pack("{s:O,s:o}", "index", index, "delta", delta);
+        json_t *e2 = json_pack("{s:o,s:o,s:O?}", "index", index, "delta", json_object(),
+                               "finish_reason", json_object_get(ch, "finish_reason"));
         if (!c1 || !c2 || !arr1 || !arr2 || !e1 || !e2)
             abort();
         if (json_object_get(ch, "logprobs"))
