@@ -46,30 +46,44 @@ curl -sf "localhost:$port/healthz" >/dev/null || fail "triaged did not start"
 easy() { echo "what is $1 plus $2 in total"; }
 hard() { echo "derive the asymptotic eigenvalue spacing of operator $1 and prove convergence"; }
 
-# ask BACKEND TEXT -> prints the request id
-ask() {
-    curl -s -D - -o /dev/null "localhost:$port/v1/chat/completions" \
-        -H 'content-type: application/json' \
-        -d "{\"model\":\"$1\",\"messages\":[{\"role\":\"user\",\"content\":\"$2\"}]}" |
-        tr -d '\r' | awk -F': ' 'tolower($1) == "x-triage-request-id" {print $2}'
-}
-feedback() { # ID SCORE
-    local code
-    code=$(curl -s -o "$tmp/fb" -w '%{http_code}' "localhost:$port/v1/feedback" \
-        -H 'content-type: application/json' \
-        -d "{\"request_id\":\"$1\",\"score\":$2,\"source\":\"grader\"}")
-    [ "$code" = 200 ] || fail "feedback $1: HTTP $code $(cat "$tmp/fb")"
+# label_all < LINES, each "BACKEND SCORE TEXT": asks BACKEND the TEXT, then gives
+# the answer the feedback SCORE. One curl process for all the asks, one for all the
+# feedback, on kept-alive connections (a process per request took most of this test's
+# time under ASan).
+label_all() {
+    local n=0 backend score text scores=()
+    rm -rf "$tmp/h" && mkdir "$tmp/h"
+    : >"$tmp/ask.cfg"
+    while read -r backend score text; do
+        n=$((n + 1))
+        scores[n]=$score
+        [ $n = 1 ] || echo next >>"$tmp/ask.cfg"
+        printf 'url = "http://127.0.0.1:%s/v1/chat/completions"\nheader = "content-type: application/json"\ndata = "{\\"model\\":\\"%s\\",\\"messages\\":[{\\"role\\":\\"user\\",\\"content\\":\\"%s\\"}]}"\ndump-header = "%s"\noutput = "/dev/null"\n' \
+            "$port" "$backend" "$text" "$tmp/h/$n.head" >>"$tmp/ask.cfg"
+    done
+    curl -s -K "$tmp/ask.cfg" || fail "asks: curl failed"
+    # the request ids, one line "N ID" per answer, in order
+    seq 1 "$n" | sed "s|.*|$tmp/h/&.head|" | xargs awk -F': ' \
+        'FNR == 1 { f++ } tolower($1) == "x-triage-request-id" { sub(/\r$/, "", $2); print f, $2 }' \
+        >"$tmp/ids"
+    [ "$(wc -l <"$tmp/ids")" = "$n" ] || fail "asks: $(wc -l <"$tmp/ids") request ids for $n asks"
+    : >"$tmp/fb.cfg"
+    local i id
+    while read -r i id; do
+        [ "$i" = 1 ] || echo next >>"$tmp/fb.cfg"
+        printf 'url = "http://127.0.0.1:%s/v1/feedback"\nheader = "content-type: application/json"\ndata = "{\\"request_id\\":\\"%s\\",\\"score\\":%s,\\"source\\":\\"grader\\"}"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n' \
+            "$port" "$id" "${scores[i]}" >>"$tmp/fb.cfg"
+    done <"$tmp/ids"
+    curl -s -K "$tmp/fb.cfg" >"$tmp/fb.codes" || fail "feedback: curl failed"
+    [ "$(grep -c '^200$' "$tmp/fb.codes")" = "$n" ] || fail "feedback: $(sort "$tmp/fb.codes" | uniq -c)"
 }
 
 # The log: every prompt answered by both backends; the grader says fast fails the
 # hard ones, strong answers everything.
-for i in $(seq 1 30); do
+label_all < <(for i in $(seq 1 30); do
     e=$(easy "$i" "$((i * 7 % 13))") h=$(hard "$i")
-    feedback "$(ask fast "$e")" 1
-    feedback "$(ask strong "$e")" 1
-    feedback "$(ask fast "$h")" 0
-    feedback "$(ask strong "$h")" 1
-done
+    printf 'fast 1 %s\nstrong 1 %s\nfast 0 %s\nstrong 1 %s\n' "$e" "$e" "$h" "$h"
+done)
 
 "$triage" train --db "$tmp/log.db" --weak fast --strong strong --out "$tmp/new.tmod" \
     2>"$tmp/train.log" || fail "triage train --db: $(cat "$tmp/train.log")"
@@ -110,13 +124,10 @@ sed -e 's/^store_prompts = full/store_prompts = features/' -e 's/^path = log.db/
 pids[1]=$!
 for _ in $(seq 100); do curl -sf "localhost:$port/healthz" >/dev/null && break; sleep 0.05; done
 curl -sf "localhost:$port/healthz" >/dev/null || fail "triaged (features) did not start"
-for i in $(seq 1 20); do
+label_all < <(for i in $(seq 1 20); do
     e=$(easy "$i" "$((i * 7 % 13))") h=$(hard "$i")
-    feedback "$(ask fast "$e")" 1
-    feedback "$(ask strong "$e")" 1
-    feedback "$(ask fast "$h")" 0
-    feedback "$(ask strong "$h")" 1
-done
+    printf 'fast 1 %s\nstrong 1 %s\nfast 0 %s\nstrong 1 %s\n' "$e" "$e" "$h" "$h"
+done)
 route "$(hard 7)" >/dev/null # a routed request stores its vector too
 kill "${pids[1]}" # the writer drains at exit
 wait "${pids[1]}" 2>/dev/null
