@@ -906,11 +906,29 @@ release_slot(struct daemon_request *rq)
     }
 }
 
+/* Returns 1 when b holds one JSON object (UTF-8, as jansson checks it), else 0. */
+static int
+answer_is_json(const struct daemon_buf *b)
+{
+    json_t *j = b->data ? json_loadb(b->data, b->len, 0, NULL) : NULL;
+    int ok = json_is_object(j);
+
+    json_decref(j);
+    return ok;
+}
+
 static void
 up_done(void *ctx, enum upstream_error err, const char *detail)
 {
     struct daemon_request *rq = ctx;
     const struct conf_backend *b = &rq->snap->conf->backends[rq->backend];
+
+    /* Every API answers JSON: a 2xx answer held whole that is not (HTML, cut short,
+     * invalid UTF-8) is the backend's failure like invalid HTTP, never a 200 whose body
+     * no client can read. */
+    if (!err && !rq->streaming && rq->up_status >= 200 && rq->up_status < 300 &&
+        !answer_is_json(&rq->up_body))
+        err = UPSTREAM_ERR_BAD_ANSWER;
     int failed = (err && err != UPSTREAM_ERR_INTERNAL) || rq->up_status >= 500;
     /* too large comes back too large: not worth a retry or a fallback */
     int retryable = err && err != UPSTREAM_ERR_INTERNAL && err != UPSTREAM_ERR_TOO_LARGE;

@@ -40,6 +40,8 @@ static const struct {
     [UPSTREAM_ERR_TOO_LARGE] = {502, "response_too_large",
                                 "the backend's response is larger than max_response",
                                 "the backend's response is larger than max_response"},
+    [UPSTREAM_ERR_BAD_ANSWER] = {502, "bad_answer", "the backend's answer is not valid JSON",
+                                 "the backend's answer is not valid JSON"},
 };
 
 int

@@ -26,6 +26,7 @@ enum upstream_error {
     UPSTREAM_ERR_OVERLOADED, /* refused locally: the backend is at max_concurrent or open: 503 */
     UPSTREAM_ERR_INTERNAL,   /* our side failed (out of resources, aborted write): 500 */
     UPSTREAM_ERR_TOO_LARGE,  /* the caller refused the data (on_data returned -1): 502 */
+    UPSTREAM_ERR_BAD_ANSWER, /* valid HTTP, but a 2xx answer the caller cannot read (not JSON): 502 */
     UPSTREAM_ERR__COUNT
 };
 

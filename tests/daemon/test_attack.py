@@ -535,9 +535,10 @@ def rows(d):
 
 
 def check_backend_answer(case, path, out, sc):
-    """What a broken backend gets the client: an answer with a status HTTP has; when it is
-    triage's own error (a code backend_*), one in the path's dialect. What the backend
-    sent with a valid status and framing is relayed as it came (daemon/README.md)."""
+    """What a broken backend gets the client: an answer with a status HTTP has; a 2xx one
+    held whole is a JSON object; triage's own error (a code backend_*) is in the path's
+    dialect. The backend's own errors (4xx, 5xx) and its streams' events are relayed as
+    they came (daemon/README.md)."""
     a = answers(out)
     if not a:
         fail("%s: no HTTP answer: %r" % (case, out[:200]))
@@ -552,7 +553,9 @@ def check_backend_answer(case, path, out, sc):
     try:
         j = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        return
+        j = None
+    if 200 <= status <= 299 and not isinstance(j, dict):
+        fail("%s: %d with a body that is not a JSON object: %r" % (case, status, body[:200]))
     e = j.get("error") if isinstance(j, dict) else None
     if isinstance(e, dict) and str(e.get("code", "")).startswith("backend_") or \
             isinstance(e, dict) and e.get("type") in ("api_error", "overloaded_error") and \
