@@ -53,7 +53,7 @@ static void
 add_relayed_headers(struct daemon_request *rq, struct daemon_response *resp)
 {
     const char *p = rq->up_headers.data;
-    const char *end = p + rq->up_headers.len;
+    const char *end = p ? p + rq->up_headers.len : NULL; /* none relayed: no buffer */
 
     while (p && p < end) {
         const char *name = p;
@@ -848,7 +848,7 @@ static const char *
 relayed_header(struct daemon_request *rq, const char *want)
 {
     const char *p = rq->up_headers.data;
-    const char *end = p + rq->up_headers.len;
+    const char *end = p ? p + rq->up_headers.len : NULL; /* none relayed: no buffer */
 
     while (p && p < end) {
         const char *value = p + strlen(p) + 1;
