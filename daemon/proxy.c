@@ -906,15 +906,172 @@ release_slot(struct daemon_request *rq)
     }
 }
 
-/* Returns 1 when b holds one JSON object (UTF-8, as jansson checks it), else 0. */
+/* ---- is an answer JSON? -------------------------------------------------------------
+ *
+ * A whole answer is checked against RFC 8259's grammar, its strings as UTF-8, without
+ * building a tree (a jansson parse costs a malloc per value on every answer). */
+
+#define JS_MAX_DEPTH 1024 /* deeper is refused, as jansson refuses past 2048 */
+
+static int
+js_hex4(const char *p, const char *end, unsigned *u)
+{
+    *u = 0;
+    if (end - p < 4)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0)
+            return -1;
+        *u = *u << 4 | (unsigned)d;
+    }
+    return 0;
+}
+
+/* *pp at a '"': advances past the closing quote. Returns 0, or -1 for a control byte,
+ * a bad escape, a lone surrogate or bytes that are not UTF-8. */
+static int
+js_check_string(const char **pp, const char *end)
+{
+    const char *p = *pp + 1;
+    unsigned u, lo;
+
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
+            *pp = p + 1;
+            return 0;
+        }
+        if (c < 0x20)
+            return -1;
+        if (c >= 0x80) {
+            size_t n = text_utf8_seq((const unsigned char *)p, (size_t)(end - p));
+            if (!n)
+                return -1;
+            p += n;
+            continue;
+        }
+        if (c != '\\') {
+            p++;
+            continue;
+        }
+        if (++p >= end)
+            return -1;
+        if (*p != 'u') {
+            if (!*p || !strchr("\"\\/bfnrt", *p))
+                return -1;
+            p++;
+            continue;
+        }
+        if (js_hex4(p + 1, end, &u) < 0)
+            return -1;
+        p += 5;
+        if (u >= 0xdc00 && u <= 0xdfff)
+            return -1;
+        if (u >= 0xd800 && u <= 0xdbff) {
+            if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || js_hex4(p + 2, end, &lo) < 0 ||
+                lo < 0xdc00 || lo > 0xdfff)
+                return -1;
+            p += 6;
+        }
+    }
+    return -1;
+}
+
+static int
+js_digits(const char **pp, const char *end)
+{
+    const char *p = *pp;
+
+    while (p < end && *p >= '0' && *p <= '9')
+        p++;
+    if (p == *pp)
+        return -1;
+    *pp = p;
+    return 0;
+}
+
+/* Advances *pp past one JSON value (leading whitespace skipped), at most depth levels
+ * deep. Returns 0, or -1 when there is none. */
+static int
+js_check(const char **pp, const char *end, int depth)
+{
+    const char *p = js_ws(*pp, end);
+
+    if (p >= end)
+        return -1;
+    if (*p == '"') {
+        if (js_check_string(&p, end) < 0)
+            return -1;
+    } else if (*p == '{' || *p == '[') {
+        char close = *p == '{' ? '}' : ']';
+        if (depth == 0)
+            return -1;
+        p = js_ws(p + 1, end);
+        if (p < end && *p == close) {
+            *pp = p + 1;
+            return 0;
+        }
+        for (;;) {
+            if (close == '}') {
+                if (p >= end || *p != '"' || js_check_string(&p, end) < 0)
+                    return -1;
+                p = js_ws(p, end);
+                if (p >= end || *p++ != ':')
+                    return -1;
+            }
+            if (js_check(&p, end, depth - 1) < 0)
+                return -1;
+            p = js_ws(p, end);
+            if (p < end && *p == ',') {
+                p = js_ws(p + 1, end);
+                continue;
+            }
+            if (p < end && *p == close)
+                break;
+            return -1;
+        }
+        p++;
+    } else if (*p == 't' || *p == 'f' || *p == 'n') {
+        const char *lit = *p == 't' ? "true" : *p == 'f' ? "false" : "null";
+        size_t n = strlen(lit);
+        if ((size_t)(end - p) < n || memcmp(p, lit, n))
+            return -1;
+        p += n;
+    } else {
+        if (*p == '-')
+            p++;
+        if (p < end && *p == '0')
+            p++;
+        else if (p >= end || *p < '1' || *p > '9' || js_digits(&p, end) < 0)
+            return -1;
+        if (p < end && *p == '.' && (p++, js_digits(&p, end) < 0))
+            return -1;
+        if (p < end && (*p == 'e' || *p == 'E')) {
+            p++;
+            if (p < end && (*p == '+' || *p == '-'))
+                p++;
+            if (js_digits(&p, end) < 0)
+                return -1;
+        }
+    }
+    *pp = p;
+    return 0;
+}
+
+/* Returns 1 when b holds one JSON object and nothing but whitespace after it, else 0. */
 static int
 answer_is_json(const struct daemon_buf *b)
 {
-    json_t *j = b->data ? json_loadb(b->data, b->len, 0, NULL) : NULL;
-    int ok = json_is_object(j);
+    const char *p = b->data, *end;
 
-    json_decref(j);
-    return ok;
+    if (!p)
+        return 0;
+    end = p + b->len;
+    p = js_ws(p, end);
+    return p < end && *p == '{' && js_check(&p, end, JS_MAX_DEPTH) == 0 && js_ws(p, end) == end;
 }
 
 static void
