@@ -64,7 +64,8 @@ router_escalation_score(const struct router_model *m, const json_t *request, con
             for (size_t i = 0; i < fv.n; i++)
                 z += m->esc.w_sparse[fv.ids[i]] * fv.vals[i];
     }
-    *out = 1.0 / (1.0 + exp(-z));
+    /* a model whose sums overflow (inf - inf) is unsure of this answer: escalate */
+    *out = isnan(z) ? 1.0 : 1.0 / (1.0 + exp(-z));
     return 0;
 }
 

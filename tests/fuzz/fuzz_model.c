@@ -1,8 +1,9 @@
 /* fuzz_model.c - fuzz target for model files: router_model_load_buffer on arbitrary bytes, then scoring with what loads.
  *
  * Most random inputs fail the checksum, so when the first byte is odd the input
- * after it becomes the payload of a file with a correct header: that reaches the
- * payload parser's bounds checks. */
+ * after it becomes the payload of a file with a correct header (format 2, with an
+ * escalation section, when its bit 1 is set too): that reaches the payload parser's
+ * bounds checks. A model that loads scores a request and a fast answer. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,7 +34,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!buf)
             abort();
         memcpy(buf, "TRIAGEM", 8);
-        put_u32(buf + 8, 1);
+        put_u32(buf + 8, data[0] & 2 ? 2 : 1);
         put_u32(buf + 12, FEATURES_VERSION);
         put_u32(buf + 16, (uint32_t)(size - 1));
         put_u32(buf + 20, 0);
@@ -52,10 +53,18 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                 "Prove that 2 + 2 = 4. A. yes B. no", "max_tokens", 64);
         if (router_score_request(m, req, &s) != 0 || s.n_heads != router_model_n_heads(m))
             abort();
-        json_decref(req);
         for (size_t i = 0; i < router_model_n_heads(m); i++)
             if (router_model_head_find(m, router_model_head_name(m, i)) < 0)
                 abort();
+        static const char answer[] = "3 + 4 = 8, maybe.\n#### 8";
+        float sig[FEATURES_N_ANSWER];
+        double e = -1;
+        features_answer_signals(answer, sizeof(answer) - 1, "Prove that 2 + 2 = 4.", 21, "stop",
+                                NULL, 0, sig);
+        if (router_escalation_score(m, req, answer, sizeof(answer) - 1, sig, &e) != 0 ||
+            !(e >= 0 && e <= 1))
+            abort();
+        json_decref(req);
         double t = router_model_threshold_for_share(m, 0.5);
         (void)t;
         router_model_unref(m);
