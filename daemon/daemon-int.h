@@ -368,6 +368,9 @@ int daemon__err_status(enum daemon_err kind);
 const char *daemon__err_code(enum daemon_err kind);
 /* 1 when rq's errors take Anthropic's shape (its path is /v1/messages). */
 int daemon__dialect_anthropic(const struct daemon_request *rq);
+/* 1 when rq's errors take Anthropic's shape: its path is /v1/messages, or one under
+ * /v1/messages/ that triage does not serve (a 404 an Anthropic client reads). */
+int daemon__err_anthropic(const struct daemon_request *rq);
 /* The same for a path (borrowed, without its query) before any request exists. */
 int daemon__path_anthropic(const char *path);
 /* Returns a new error body (JSON and a newline; *len bytes) for kind in a dialect

@@ -125,7 +125,7 @@ static void
 reply_v(struct daemon_request *rq, int status, const char *type, const char *code,
         const char *atype, const char *fmt, va_list ap)
 {
-    json_t *doc = err_doc(daemon__dialect_anthropic(rq), type, code, atype, fmt, ap);
+    json_t *doc = err_doc(daemon__err_anthropic(rq), type, code, atype, fmt, ap);
 
     if (!rq->error_kind)
         rq->error_kind = code;
@@ -164,12 +164,28 @@ daemon__err_body(enum daemon_err kind, int anthropic, size_t *len, const char *f
     return withnl;
 }
 
+/* 1 when path is under /v1/messages/ (count_tokens, batches, ...): Anthropic's paths,
+ * whose errors an Anthropic client parses in its own shape although triage serves none. */
+static int
+under_messages(const char *path)
+{
+    static const char prefix[] = "/v1/messages/";
+
+    return !strncmp(path, prefix, sizeof(prefix) - 1);
+}
+
 int
 daemon__path_anthropic(const char *path)
 {
     const struct daemon_api *api = daemon__api_find(path);
 
-    return api && api->speaks == CONF_API_ANTHROPIC;
+    return api ? api->speaks == CONF_API_ANTHROPIC : under_messages(path);
+}
+
+int
+daemon__err_anthropic(const struct daemon_request *rq)
+{
+    return rq->api ? daemon__dialect_anthropic(rq) : rq->path && under_messages(rq->path);
 }
 
 void

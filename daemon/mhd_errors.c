@@ -137,7 +137,7 @@ MHD_queue_response(struct MHD_Connection *connection, unsigned int status_code,
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     const struct daemon_conn *dc = ci ? ci->socket_context : NULL;
-    int anthropic = dc && (dc->rq ? daemon__dialect_anthropic(dc->rq) : dc->anthropic);
+    int anthropic = dc && (dc->rq ? daemon__err_anthropic(dc->rq) : dc->anthropic);
     struct MHD_Response *r = anthropic ? page_response(last_row, 1) : NULL;
     if (!r)
         return real_queue(connection, status_code, response);

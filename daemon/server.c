@@ -2034,7 +2034,7 @@ cut_connection(struct daemon_conn *dc)
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(dc->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     /* the path's dialect: the request's own once its head is in, else its request line's */
-    int anthropic = dc->rq ? daemon__dialect_anthropic(dc->rq) : dc->anthropic;
+    int anthropic = dc->rq ? daemon__err_anthropic(dc->rq) : dc->anthropic;
     size_t blen = 0;
     char *body = daemon__err_body(DAEMON_ERR_READ_TIMEOUT, anthropic, &blen,
                                   "The request did not arrive within read_timeout_ms");

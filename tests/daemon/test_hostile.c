@@ -372,9 +372,10 @@ test_library_errors(void)
 }
 
 /* libmicrohttpd's own pages take the dialect of the request line's path: Anthropic's
- * on /v1/messages (query and %XX as on_access reads them), OpenAI's elsewhere and when
- * the library refuses the request line before reading its path (an HTTP version it
- * does not speak), also on a connection whose last request was /v1/messages. */
+ * on /v1/messages and under it (query and %XX as on_access reads them; the 404 of a
+ * path under it too), OpenAI's elsewhere and when the library refuses the request line
+ * before reading its path (an HTTP version it does not speak), also on a connection
+ * whose last request was /v1/messages. */
 static void
 test_library_errors_dialect(void)
 {
@@ -410,6 +411,27 @@ test_library_errors_dialect(void)
     h_raw(port, big, strlen(big), answer, sizeof(answer), 5000);
     free(big);
     CHECK(anthropic_error_is(answer, 431, "invalid_request_error"));
+    /* a path under /v1/messages that triage does not serve: Anthropic's 404 (its SDKs ask
+     * for /v1/messages/count_tokens); elsewhere, and on a longer name, OpenAI's */
+    static const struct {
+        const char *req;
+        int anthropic;
+    } unknown[] = {
+        {"POST /v1/messages/count_tokens HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", 1},
+        {"GET /v1/messages/batches?limit=1 HTTP/1.1\r\nHost: x\r\n\r\n", 1},
+        {"GET /v1/messages/batches HTTP/1.1\r\nHost x\r\n\r\n", 1}, /* the library's 400 */
+        {"POST /v1/messagesx HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", 0},
+        {"POST /v1/chat/completions/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", 0},
+    };
+    for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
+        int library = strstr(unknown[i].req, "Host x") != NULL;
+        h_raw(port, unknown[i].req, strlen(unknown[i].req), answer, sizeof(answer), 5000);
+        if (unknown[i].anthropic)
+            CHECK(anthropic_error_is(answer, library ? 400 : 404,
+                                     library ? "invalid_request_error" : "not_found_error"));
+        else
+            CHECK(json_error_is(answer, 404, "not_found"));
+    }
     /* the first answer (400 on /v1/messages, Anthropic's), then the refused request
      * line's: its path is never read, so its page is OpenAI's, not the last request's */
     h_raw(port, kept, sizeof(kept) - 1, answer, sizeof(answer), 5000);
