@@ -79,12 +79,12 @@ load_db(struct router_dataset *d, struct headmap *heads, const char *path)
     }
     fprintf(stderr,
             "triage train: %s: %llu requests, %zu labelled prompts (outcomes from feedback "
-            "%llu, judge %llu, offline %llu); skipped %llu without prompt text, %llu without "
-            "a label\n",
+            "%llu, judge %llu, offline %llu; %llu labelled cascade fast answers); skipped "
+            "%llu without prompt text, %llu without a label\n",
             path, (unsigned long long)n.rows, router_dataset_size(d) - before,
             (unsigned long long)n.by_feedback, (unsigned long long)n.by_judge,
-            (unsigned long long)n.by_offline, (unsigned long long)n.no_prompt,
-            (unsigned long long)n.no_outcome);
+            (unsigned long long)n.by_offline, (unsigned long long)n.answers,
+            (unsigned long long)n.no_prompt, (unsigned long long)n.no_outcome);
     if (n.no_prompt > 0)
         fprintf(stderr, "triage train: %s: %llu requests have no prompt text: retraining from "
                         "the log needs [storage] store_prompts = full or features\n",

@@ -595,6 +595,43 @@ append_usage(char **b, size_t *len, size_t *cap, const struct chat *ch)
                ch->c.prompt_tokens + (long)ch->n);
 }
 
+/* Appends the "logprobs" value of pieces [i0, i1): null unless asked, else OpenAI's
+ * {"content": [{"token", "logprob", "bytes", "top_logprobs"}], "refusal": null}. */
+static void
+append_logprobs(char **b, size_t *len, size_t *cap, const struct chat *ch, unsigned i0,
+                unsigned i1)
+{
+    if (!ch->c.logprobs) {
+        ADD_LIT(b, len, cap, "null");
+        return;
+    }
+    ADD_LIT(b, len, cap, "{\"content\":[");
+    for (unsigned i = i0; i < i1; i++) {
+        const char *tok = ch->c.content + ch->offs[i];
+        size_t tlen = ch->offs[i + 1] - ch->offs[i];
+        if (i > i0)
+            ADD_LIT(b, len, cap, ",");
+        ADD_LIT(b, len, cap, "{\"token\":");
+        fakeai_json_str(b, len, cap, tok, tlen);
+        buf_printf(b, len, cap, ",\"logprob\":%.6g,\"bytes\":[", ch->c.logprob);
+        for (size_t k = 0; k < tlen; k++)
+            buf_printf(b, len, cap, "%s%u", k ? "," : "", (unsigned)(unsigned char)tok[k]);
+        ADD_LIT(b, len, cap, "],\"top_logprobs\":[");
+        for (unsigned k = 0; k < ch->c.top_logprobs; k++) {
+            if (k == 0) {
+                ADD_LIT(b, len, cap, "{\"token\":");
+                fakeai_json_str(b, len, cap, tok, tlen);
+            } else {
+                buf_printf(b, len, cap, ",{\"token\":\"<alt %u>\"", k);
+            }
+            /* the alternatives each a nat less likely than the one before */
+            buf_printf(b, len, cap, ",\"logprob\":%.6g,\"bytes\":null}", ch->c.logprob - k);
+        }
+        ADD_LIT(b, len, cap, "]}");
+    }
+    ADD_LIT(b, len, cap, "],\"refusal\":null}");
+}
+
 static void
 chunk_head(char **b, size_t *len, size_t *cap, const struct chat *ch)
 {
@@ -788,7 +825,9 @@ send_piece(struct fakeai_req *c, unsigned i)
     } else {
         fakeai_json_str(&b, &len, &cap, ch->c.content + ch->offs[i], ch->offs[i + 1] - ch->offs[i]);
     }
-    ADD_LIT(&b, &len, &cap, "},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+    ADD_LIT(&b, &len, &cap, "},\"logprobs\":");
+    append_logprobs(&b, &len, &cap, ch, i, i + 1);
+    ADD_LIT(&b, &len, &cap, ",\"finish_reason\":null}]}\n\n");
     send_event(c, b, len);
     free(b);
 }
@@ -916,7 +955,9 @@ send_full(struct fakeai_req *c)
     ADD_LIT(&b, &len, &cap, ",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"message\":"
             "{\"role\":\"assistant\",\"content\":");
     fakeai_json_str(&b, &len, &cap, ch->c.content, strlen(ch->c.content));
-    ADD_LIT(&b, &len, &cap, "},\"logprobs\":null,\"finish_reason\":\"stop\"}],");
+    ADD_LIT(&b, &len, &cap, "},\"logprobs\":");
+    append_logprobs(&b, &len, &cap, ch, 0, ch->n);
+    ADD_LIT(&b, &len, &cap, ",\"finish_reason\":\"stop\"}],");
     append_usage(&b, &len, &cap, ch);
     ADD_LIT(&b, &len, &cap, "}");
     fakeai_req_reply(c, 200, "application/json", ch->c.extra_headers, b, len);

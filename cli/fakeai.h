@@ -110,6 +110,11 @@ struct fakeai_chat {
     const char *extra_headers;  /* NULL or header lines ending in "\r\n"; copied */
     int stamp;                  /* stream: each piece's text becomes " mockts:" and the send
                                  * time (CLOCK_MONOTONIC ns, 19 digits), for latency benches */
+    int logprobs;               /* FAKEAI_CHAT: choices[].logprobs.content[], one entry per
+                                 * piece (token, logprob, bytes, top_logprobs), as OpenAI does
+                                 * for "logprobs": true; else "logprobs": null */
+    unsigned top_logprobs;      /* alternatives per token (0-20): the token, then "<alt N>" */
+    double logprob;             /* every token's log-probability (<= 0) */
 };
 
 /* Answers with a chat completion, after the delays in c; copies everything it needs. */

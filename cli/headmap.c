@@ -137,6 +137,15 @@ headmap_apply(struct headmap *m, json_t *example)
     json_object_set_new(example, "outcomes", mapped);
     if (sources)
         json_object_set(example, "sources", src);
+    /* a cascade fast answer teaches its head's escalation model: the first one per head */
+    json_t *answers = json_object_get(example, "answer_signals");
+    if (json_is_object(answers)) {
+        json_t *by_head = json_object();
+        json_object_foreach(answers, name, v)
+            if (!json_object_get(by_head, headmap_head(m, name)))
+                json_object_set(by_head, headmap_head(m, name), v);
+        json_object_set_new(example, "answer_signals", by_head);
+    }
     json_decref(sum);
     json_decref(cnt);
     json_decref(src);

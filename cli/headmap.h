@@ -16,7 +16,7 @@ struct headmap *headmap_load(const char *cmd, const char *path);
 const char *headmap_head(const struct headmap *m, const char *name);
 
 /* Rewrites a training example (borrowed) from the outcome log in place: the keys of
- * "outcomes" (and "sources") become head names. Backends sharing a head give it the
+ * "outcomes" (and "sources", "answer_signals") become head names. Backends sharing a head give it the
  * mean of their q and the best source (feedback, judge, offline). A backend the config
  * does not name keeps its name, with a warning on stderr the first time. NULL m: no-op. */
 void headmap_apply(struct headmap *m, json_t *example);

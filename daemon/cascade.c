@@ -53,17 +53,21 @@ daemon__cascade_fast_body(const struct daemon_request *rq, json_t *req)
 }
 
 /* Logs the fast call of an escalated request as a row of its own (kind "cascade", the
- * client request its parent): what escalation cost. */
+ * client request its parent, id "<parent>.fast": storage/export.c finds it so): what
+ * escalation cost, and the answer's signals (answer, taken; NULL: none) that its judge
+ * label or feedback trains the escalation model with. */
 static void
 log_fast_call(struct daemon_request *rq, int64_t tin, int64_t tout, const char *finish,
-              const char *error_kind)
+              const char *error_kind, void *answer, size_t answer_len)
 {
     struct storage *st = daemon__storage();
     const struct conf_backend *b = &rq->snap->conf->backends[rq->backend];
     char id[48];
 
-    if (!st)
+    if (!st) {
+        free(answer);
         return;
+    }
     struct storage_record *r = storage_record_new();
     double latency = daemon__ms_since(rq->fast_t0_ns);
     snprintf(id, sizeof(id), "%s.fast", rq->id);
@@ -85,6 +89,8 @@ log_fast_call(struct daemon_request *rq, int64_t tin, int64_t tout, const char *
     r->finish_reason = finish ? strdup(finish) : NULL;
     r->cost_usd = (tin > 0 ? (double)tin * b->price_input : 0) / 1e6 +
                   (tout > 0 ? (double)tout * b->price_output : 0) / 1e6;
+    r->answer = answer;
+    r->answer_len = answer_len;
     if (!r->request_id || !r->kind || !r->parent_id || !r->backend || !r->route_reason)
         abort(); /* out of memory aborts, project-wide */
     if (storage_submit(st, r) < 0)
@@ -172,6 +178,8 @@ daemon__cascade_fast_done(struct daemon_request *rq, enum upstream_error err)
     json_t *doc = NULL;
     int64_t tin = -1, tout = -1;
     char finish[32] = "";
+    void *blob = NULL;
+    size_t blob_len = 0;
 
     if (err)
         fail = upstream_error_name(err);
@@ -196,19 +204,30 @@ daemon__cascade_fast_done(struct daemon_request *rq, enum upstream_error err)
         const json_t *content = json_object_get(
             json_object_get(json_array_get(json_object_get(doc, "choices"), 0), "message"),
             "content");
+        const char *text = json_is_string(content) ? json_string_value(content) : "";
+        size_t text_len = json_is_string(content) ? json_string_length(content) : 0;
         double e;
         if (features_answer_from_response(rq->up_json, doc, sig) < 0 ||
-            router_escalation_score(rq->snap->model, rq->up_json,
-                                    json_is_string(content) ? json_string_value(content) : "",
-                                    json_is_string(content) ? json_string_length(content) : 0,
-                                    sig, &e) < 0)
+            router_escalation_score(rq->snap->model, rq->up_json, text, text_len, sig, &e) < 0) {
             fail = "bad_answer"; /* no message to judge: the strong tier answers */
-        else
+        } else {
             rq->escalation = e;
+            /* kept on the row of the call that wrote it: judged later, it teaches the
+             * escalation model. Its hashed words only where the log may keep what the
+             * prompt hashes to (store_prompts = features or full) */
+            if (daemon__storage())
+                blob = router_answer_blob(rq->snap->model, text, text_len, sig,
+                                          c->store_prompts == CONF_STORE_PROMPTS_FULL ||
+                                              c->store_prompts == CONF_STORE_PROMPTS_FEATURES,
+                                          &blob_len);
+        }
     }
 
     if (rq->client_gone) {
-        /* nobody to answer: no strong call for a client that hung up while we held */
+        /* nobody to answer: no strong call for a client that hung up while we held; the
+         * client's row is the fast call's */
+        rq->cascade_answer = blob;
+        rq->cascade_answer_len = blob_len;
         json_decref(doc);
         rq->cascade = DAEMON_CASCADE_SERVED;
         rq->stream = rq->cascade_stream;
@@ -218,7 +237,10 @@ daemon__cascade_fast_done(struct daemon_request *rq, enum upstream_error err)
         if (fail)
             log_info("request %s: cascade: the fast answer from %s failed (%s): escalating",
                      rq->id, c->backends[rq->backend].name, fail);
-        log_fast_call(rq, tin, tout, finish[0] ? finish : NULL, fail);
+        /* a sampled lesson grades this answer as it was held (learn.c) */
+        if (!fail && daemon__learn_sample(rq))
+            daemon__buf_append(&rq->lesson_fast, rq->up_body.data, rq->up_body.len);
+        log_fast_call(rq, tin, tout, finish[0] ? finish : NULL, fail, blob, blob_len);
         json_decref(doc);
         daemon__cascade_count(rq, 1, tin, tout);
         rq->cascade = DAEMON_CASCADE_ESCALATED;
@@ -234,6 +256,8 @@ daemon__cascade_fast_done(struct daemon_request *rq, enum upstream_error err)
      * asked for them too */
     rq->cascade = DAEMON_CASCADE_SERVED;
     rq->stream = rq->cascade_stream;
+    rq->cascade_answer = blob;
+    rq->cascade_answer_len = blob_len;
     daemon__cascade_count(rq, 0, tin, tout);
     int changed = 0;
     if (!rq->cascade_logprobs) {
@@ -261,6 +285,9 @@ daemon__cascade_fast_done(struct daemon_request *rq, enum upstream_error err)
     const json_t *so = json_object_get(rq->up_json, "stream_options");
     completion_to_sse(doc, json_is_true(json_object_get(so, "include_usage")), &sse);
     json_decref(doc);
+    /* the held answer goes out whole, as a stream: a sampled lesson grades it as is */
+    if (daemon__learn_sample(rq))
+        daemon__buf_append(&rq->lesson_answer, rq->up_body.data, rq->up_body.len);
     struct daemon_response *r = daemon__response_buffer(sse.data, sse.len, "text/event-stream");
     daemon__response_header(r, "Cache-Control", "no-cache");
     daemon__add_route_headers(rq, r);

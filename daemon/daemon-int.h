@@ -240,9 +240,14 @@ struct daemon_request {
     double escalation;       /* the fast answer's escalation score; NAN when none */
     int64_t fast_started_ms; /* unix ms: the fast call's start */
     uint64_t fast_t0_ns;     /* monotonic: the same */
+    void *cascade_answer;    /* the served fast answer as the log keeps it (router_answer_blob),
+                              * for the client's row; cascade_answer_len bytes */
+    size_t cascade_answer_len;
 
     /* the learning loop (learn.c) */
     int lesson;              /* sampled: shadow and judge calls follow its end */
+    int lesson_drawn;        /* the sample was drawn (once per request) */
+    struct daemon_buf lesson_fast; /* an escalated cascade's fast answer, judged as is */
     struct daemon_buf lesson_body; /* a sampled stream's body, kept past the stream's start */
     struct daemon_buf lesson_answer; /* a sampled whole answer, as the client got it */
 

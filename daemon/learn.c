@@ -172,7 +172,9 @@ struct offer {
     char parent_id[40];
     struct daemon_buf body;       /* the client's request bytes (taken from the request) */
     struct daemon_buf answer;     /* the answer as the client got it; empty for a stream */
+    struct daemon_buf fast;       /* an escalated cascade's fast answer (a chat completion) */
     int backend;
+    int fast_backend;             /* the backend that wrote fast */
     int64_t tokens_in, tokens_out;
 };
 
@@ -546,6 +548,7 @@ offer_free(struct offer *o)
     daemon__snapshot_put(o->snap);
     daemon__buf_free(&o->body);
     daemon__buf_free(&o->answer);
+    daemon__buf_free(&o->fast);
     free(o);
 }
 
@@ -584,11 +587,20 @@ teach(struct daemon_learn *l, struct offer *o)
      * streamed prompt costs one more call but still labels both sides. */
     if (answer)
         enqueue_judge(l, s, o->backend, answer, alen);
+    /* An escalated cascade's fast answer is graded as it was held: the label then belongs
+     * to the answer whose signals the log keeps (cascade.c), and its tier needs no
+     * shadow call. */
+    json_t *fast_doc = o->fast.data ? json_loadb(o->fast.data, o->fast.len, 0, NULL) : NULL;
+    size_t flen = 0;
+    const char *fast = fast_doc ? answer_text(fast_doc, &flen) : NULL;
+    if (fast)
+        enqueue_judge(l, s, o->fast_backend, fast, flen);
     for (size_t i = 0; i < c->n_tiers; i++) {
         int b = (int)c->tiers[i].backend;
-        if (b != o->backend || !answer)
+        if ((b != o->backend || !answer) && !(fast && b == o->fast_backend))
             enqueue_shadow(l, s, b);
     }
+    json_decref(fast_doc);
     json_decref(answer_doc);
     lesson_put(s);
 }
@@ -738,6 +750,9 @@ eligible(const struct daemon_request *rq)
 int
 daemon__learn_sample(struct daemon_request *rq)
 {
+    if (rq->lesson_drawn) /* a cascade asks when its fast answer is in, and again later */
+        return rq->lesson;
+    rq->lesson_drawn = 1;
     if (!eligible(rq) || draw(&rq->w->learn_rng) >= rq->snap->conf->shadow_rate)
         return 0;
     rq->lesson = 1;
@@ -750,13 +765,13 @@ daemon__learn_offer(struct daemon_request *rq)
     struct daemon_learn *l = &learner;
 
     /* Sampled when the answer began (a stream, its body kept in lesson_body) or was
-     * relayed whole (kept in lesson_answer). Only a complete, successful answer
-     * teaches. The worker only hands the bytes over: parsing and every call happen on
-     * the learning thread. */
+     * relayed whole (kept in lesson_answer; a cascade's held answer, streamed to the
+     * client, too). Only a complete, successful answer teaches. The worker only hands
+     * the bytes over: parsing and every call happen on the learning thread. */
     if (!rq->lesson || !eligible(rq) || rq->status != 200 || rq->error_kind ||
         rq->client_aborted || rq->stream_failed)
         return;
-    struct daemon_buf *body = rq->streaming ? &rq->lesson_body : &rq->body;
+    struct daemon_buf *body = rq->lesson_body.data ? &rq->lesson_body : &rq->body;
     if (!body->data || (!rq->streaming && !rq->lesson_answer.data))
         return;
     struct offer *o = calloc(1, sizeof(*o));
@@ -767,10 +782,13 @@ daemon__learn_offer(struct daemon_request *rq)
     snprintf(o->parent_id, sizeof(o->parent_id), "%s", rq->id);
     o->body = *body; /* taken: the request is about to free it anyway */
     memset(body, 0, sizeof(*body));
-    if (!rq->streaming) {
+    if (rq->lesson_answer.data) {
         o->answer = rq->lesson_answer;
         memset(&rq->lesson_answer, 0, sizeof(rq->lesson_answer));
     }
+    o->fast = rq->lesson_fast;
+    memset(&rq->lesson_fast, 0, sizeof(rq->lesson_fast));
+    o->fast_backend = rq->cascade_fast;
     o->backend = rq->backend;
     o->tokens_in = rq->tokens_in;
     o->tokens_out = rq->tokens_out;

@@ -95,6 +95,7 @@ add_logged(json_t *example, void *arg)
     struct retrain_job *j = arg;
     const struct conf *c = j->snap->conf;
     json_t *outcomes = json_object_get(example, "outcomes"), *heads = json_object();
+    json_t *answers = json_object_get(example, "answer_signals"), *by_head = json_object();
     const char *backend;
     json_t *q;
 
@@ -103,9 +104,16 @@ add_logged(json_t *example, void *arg)
         const char *head = b >= 0 && c->backends[b].head ? c->backends[b].head : backend;
         json_object_set(heads, head, q);
     }
+    /* the cascade's judged fast answers (signals and hashed words): they teach the
+     * challenger's escalation model */
+    json_object_foreach(answers, backend, q) {
+        int b = conf_backend_find(c, backend);
+        json_object_set(by_head, b >= 0 && c->backends[b].head ? c->backends[b].head : backend, q);
+    }
     /* the prompt as text, or as its stored feature vector */
     json_t *ex = json_deep_copy(example);
     json_object_set_new(ex, "outcomes", heads);
+    json_object_set_new(ex, "answer_signals", by_head);
     json_object_del(ex, "sources");
     size_t before = router_dataset_size(j->d);
     if (ex && router_dataset_add(j->d, ex) == 0 && router_dataset_size(j->d) > before) {

@@ -1264,6 +1264,9 @@ store_record(struct daemon_request *rq, double latency_ms, double cost)
     r->cost_usd = cost;
     r->stream = rq->streaming;
     r->failed_attempts = daemon__failed_attempts_text(rq);
+    r->answer = rq->cascade_answer;
+    r->answer_len = rq->cascade_answer_len;
+    rq->cascade_answer = NULL;
     if (storage_submit(st, r) < 0)
         log_debug("outcome log queue full: record %s dropped", rq->id);
 }
@@ -1325,6 +1328,8 @@ request_finish(struct daemon_request *rq)
     daemon__buf_free(&rq->body);
     daemon__buf_free(&rq->lesson_body);
     daemon__buf_free(&rq->lesson_answer);
+    daemon__buf_free(&rq->lesson_fast);
+    free(rq->cascade_answer);
     daemon__buf_free(&rq->up_headers);
     daemon__buf_free(&rq->up_body);
     daemon__buf_free(&rq->sse);

@@ -159,14 +159,15 @@ b64_value(unsigned char c)
     return -1;
 }
 
-int
-features_blob_decode_base64(struct features_scratch *s, const char *text, size_t len,
-                            struct features_vec *out)
+/* Decodes padded base64 text (len bytes) into a new buffer (free()) of *n bytes. Returns
+ * 0 or -EINVAL. */
+static int
+b64_decode(const char *text, size_t len, unsigned char **out, size_t *n_out)
 {
     unsigned char *buf;
     size_t n = 0;
     uint32_t acc = 0;
-    int bits = 0, rc;
+    int bits = 0;
 
     if (!text || len % 4)
         return -EINVAL;
@@ -190,7 +191,145 @@ features_blob_decode_base64(struct features_scratch *s, const char *text, size_t
         acc &= (1u << bits) - 1;
     }
     /* leftover bits must be zero padding, or two texts would decode alike */
-    rc = acc ? -EINVAL : features_blob_decode(s, buf, n, out);
+    if (acc) {
+        free(buf);
+        return -EINVAL;
+    }
+    *out = buf;
+    *n_out = n;
+    return 0;
+}
+
+int
+features_blob_decode_base64(struct features_scratch *s, const char *text, size_t len,
+                            struct features_vec *out)
+{
+    unsigned char *buf;
+    size_t n;
+    int rc = b64_decode(text, len, &buf, &n);
+
+    if (rc < 0)
+        return rc;
+    rc = features_blob_decode(s, buf, n, out);
+    free(buf);
+    return rc;
+}
+
+/* ---- a fast answer as stored ------------------------------------------------------
+ *
+ * Layout (little-endian), FEATURES_ANSWER_BLOB_HEADER bytes then three arrays:
+ *   0  'T' 'A'             magic
+ *   2  u8  format          FEATURES_ANSWER_BLOB_FORMAT
+ *   3  u8  n_bits          hash space of the words' ids; 0: no words kept
+ *   4  u32 version         FEATURES_VERSION of the extractor (the words' hashing); 0
+ *                          without words
+ *   8  u32 answer_version  FEATURES_ANSWER_VERSION (the signals' meaning)
+ *  12  u32 n_signals       FEATURES_N_ANSWER
+ *  16  u32 count           distinct sparse features of the answer's text (0 without)
+ *  20  f32 signals[n_signals]
+ *      u32 ids[count]      in the extractor's order
+ *      f32 vals[count] */
+
+size_t
+features_answer_blob_size(size_t n)
+{
+    return FEATURES_ANSWER_BLOB_HEADER + 4 * (size_t)FEATURES_N_ANSWER + 8 * n;
+}
+
+void *
+features_answer_blob_encode(const float *signals, const struct features_vec *words,
+                            unsigned n_bits, size_t *len)
+{
+    size_t n = words ? words->n : 0, size = features_answer_blob_size(n);
+    unsigned char *b = malloc(size), *p;
+
+    if (!b)
+        abort(); /* out of memory aborts, project-wide */
+    b[0] = 'T';
+    b[1] = 'A';
+    b[2] = FEATURES_ANSWER_BLOB_FORMAT;
+    b[3] = words ? (unsigned char)n_bits : 0;
+    put_u32(b + 4, words ? FEATURES_VERSION : 0); /* no words, no hashing to name */
+    put_u32(b + 8, FEATURES_ANSWER_VERSION);
+    put_u32(b + 12, FEATURES_N_ANSWER);
+    put_u32(b + 16, (uint32_t)n);
+    p = b + FEATURES_ANSWER_BLOB_HEADER;
+    for (size_t j = 0; j < FEATURES_N_ANSWER; j++, p += 4)
+        put_f32(p, signals[j]);
+    for (size_t i = 0; i < n; i++, p += 4)
+        put_u32(p, words->ids[i]);
+    for (size_t i = 0; i < n; i++, p += 4)
+        put_f32(p, words->vals[i]);
+    *len = size;
+    return b;
+}
+
+int
+features_answer_blob_decode(struct features_scratch *s, const void *data, size_t len,
+                            float signals[FEATURES_N_ANSWER], struct features_vec *words)
+{
+    const unsigned char *b = data, *p;
+    unsigned n_bits = features_scratch_bits(s);
+    uint32_t *ids, *tmp;
+    float *vals;
+    size_t n;
+
+    if (!b || len < FEATURES_ANSWER_BLOB_HEADER || b[0] != 'T' || b[1] != 'A' ||
+        b[2] != FEATURES_ANSWER_BLOB_FORMAT)
+        return -EINVAL;
+    n = get_u32(b + 16);
+    if ((b[3] == 0 && (n != 0 || get_u32(b + 4) != 0)) ||
+        (b[3] != 0 && (b[3] < FEATURES_MIN_BITS || b[3] > FEATURES_MAX_BITS || n > (1u << b[3]))))
+        return -EINVAL;
+    /* signals of another version mean other things: useless to a model of these */
+    if (get_u32(b + 8) != FEATURES_ANSWER_VERSION || get_u32(b + 12) != FEATURES_N_ANSWER)
+        return -EPROTO;
+    if (len != features_answer_blob_size(n))
+        return -EINVAL;
+    p = b + FEATURES_ANSWER_BLOB_HEADER;
+    for (size_t j = 0; j < FEATURES_N_ANSWER; j++, p += 4) {
+        signals[j] = get_f32(p);
+        if (!isfinite(signals[j]))
+            return -EINVAL;
+    }
+    /* words hashed otherwise would train the wrong weights: the signals alone then */
+    int other_hashing = b[3] && (get_u32(b + 4) != FEATURES_VERSION || b[3] != n_bits);
+    if (other_hashing)
+        n = 0;
+    features__scratch_arrays(s, n, &ids, &vals, &tmp);
+    for (size_t i = 0; i < n; i++, p += 4) {
+        ids[i] = get_u32(p);
+        if (ids[i] >> n_bits)
+            return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++, p += 4) {
+        vals[i] = get_f32(p);
+        if (!isfinite(vals[i]))
+            return -EINVAL;
+    }
+    memcpy(tmp, ids, n * sizeof(*tmp));
+    qsort(tmp, n, sizeof(*tmp), cmp_u32);
+    for (size_t i = 1; i < n; i++)
+        if (tmp[i] == tmp[i - 1])
+            return -EINVAL;
+    words->n = n;
+    words->ids = ids;
+    words->vals = vals;
+    memset(words->dense, 0, sizeof(words->dense));
+    return other_hashing;
+}
+
+int
+features_answer_blob_decode_base64(struct features_scratch *s, const char *text, size_t len,
+                                   float signals[FEATURES_N_ANSWER], struct features_vec *words)
+{
+    unsigned char *buf;
+    size_t n;
+    int rc = b64_decode(text, len, &buf, &n);
+
+    if (rc < 0)
+        return rc;
+    rc = features_answer_blob_decode(s, buf, n, signals, words);
     free(buf);
     return rc;
 }

@@ -189,4 +189,33 @@ const char *features_request_last_user(const json_t *request, size_t *len);
 /* Returns answer signal i's name (static), or NULL when i is out of range. */
 const char *features_answer_name(size_t i);
 
+/* A fast answer as the outcome log keeps it (requests.answer): its signals and, when the
+ * operator lets the log keep what the text hashes to, its text's sparse features
+ * (features_extract_text), enough for the escalation model to learn from without the
+ * text. Layout in blob.c. */
+#define FEATURES_ANSWER_BLOB_FORMAT 1
+#define FEATURES_ANSWER_BLOB_HEADER 20
+
+/* Returns the encoded size of an answer with n sparse features. */
+size_t features_answer_blob_size(size_t n);
+
+/* Encodes signals (FEATURES_N_ANSWER, borrowed) and words (borrowed; NULL: the signals
+ * alone), extracted with a scratch of n_bits, into a new buffer (free()) of *len bytes.
+ * Aborts on out of memory. */
+void *features_answer_blob_encode(const float *signals, const struct features_vec *words,
+                                  unsigned n_bits, size_t *len);
+
+/* Decodes len bytes at data (borrowed, any bytes) into signals and *words (pointing into
+ * s like an extraction; n 0 when the blob kept no words). Returns 0; 1 when its words were
+ * hashed with another FEATURES_VERSION or n_bits than s's (the signals are decoded, words
+ * n is 0); -EPROTO for a well-formed blob of another FEATURES_ANSWER_VERSION; -EINVAL for
+ * anything features_answer_blob_encode did not write. */
+int features_answer_blob_decode(struct features_scratch *s, const void *data, size_t len,
+                                float signals[FEATURES_N_ANSWER], struct features_vec *words);
+
+/* Same for the blob as padded base64 text (len bytes, borrowed), how exports carry it. */
+int features_answer_blob_decode_base64(struct features_scratch *s, const char *text, size_t len,
+                                       float signals[FEATURES_N_ANSWER],
+                                       struct features_vec *words);
+
 #endif

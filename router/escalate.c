@@ -74,3 +74,14 @@ router_model_escalation_examples(const struct router_model *m)
 {
     return m->has_esc ? m->esc.n_train : 0;
 }
+
+void *
+router_answer_blob(const struct router_model *m, const char *answer, size_t len,
+                   const float *signals, int with_words, size_t *blob_len)
+{
+    struct features_vec fv;
+    int words = with_words && len > 0 &&
+                features_extract_text(router__thread_scratch(m->n_bits), answer, len, &fv) == 0;
+
+    return features_answer_blob_encode(signals, words ? &fv : NULL, m->n_bits, blob_len);
+}

@@ -387,6 +387,13 @@ double router_dataset_dense(const struct router_dataset *d, size_t i, size_t j);
 int router_escalation_score(const struct router_model *m, const json_t *request, const char *answer,
                             size_t len, const float *signals, double *out);
 
+/* Returns a fast answer as the outcome log keeps it (features_answer_blob_encode, a new
+ * buffer of *blob_len bytes, free()): its FEATURES_N_ANSWER signals (borrowed) and, with
+ * with_words, its text's (len bytes, borrowed) hashed features in m's hash space, what
+ * a learned escalation model reads. Aborts on out of memory. */
+void *router_answer_blob(const struct router_model *m, const char *answer, size_t len,
+                         const float *signals, int with_words, size_t *blob_len);
+
 /* Returns how many judged fast answers m's escalation model learned from, 0 when m
  * scores answers by the default. */
 size_t router_model_escalation_examples(const struct router_model *m);

@@ -147,18 +147,28 @@ router_dataset_outcome(const struct router_dataset *d, size_t i, int head)
 
 /* Reads one answer of an example into sig and *text and *len (NULL, 0 without text): a
  * string (the text), an object {"text", "finish_reason", "logprobs": [numbers]}, or (from
- * "answer_signals") an array of FEATURES_N_ANSWER numbers. Returns 0, 1 for an array of
- * an older answer signals version (FEATURES_N_ANSWER_V: nothing read, the answer teaches
- * nothing, its example stays), or -EINVAL. */
+ * "answer_signals") an array of FEATURES_N_ANSWER numbers or the base64 of a stored answer
+ * (features_answer_blob_encode: the outcome log's), whose hashed words then go to *words
+ * (pointing into d's scratch, n 0 without) instead of a text. Returns 0, 1 for an array of
+ * an older answer signals version (FEATURES_N_ANSWER_V) or a stored answer of other
+ * signals (nothing read, the answer teaches nothing, its example stays), or -EINVAL. */
 static int
-answer_read(const json_t *example, const json_t *v, int signals, float sig[FEATURES_N_ANSWER],
-            const char **text, size_t *len)
+answer_read(struct router_dataset *d, const json_t *example, const json_t *v, int signals,
+            float sig[FEATURES_N_ANSWER], const char **text, size_t *len,
+            struct features_vec *words)
 {
     size_t plen;
     const char *prompt = features_request_last_user(example, &plen);
 
     *text = NULL;
     *len = 0;
+    words->n = 0;
+    if (signals && json_is_string(v)) {
+        /* words hashed for another model are dropped (1): the signals still teach */
+        int rc = features_answer_blob_decode_base64(d->scratch, json_string_value(v),
+                                                    json_string_length(v), sig, words);
+        return rc == -EPROTO ? 1 : rc < 0 ? rc : 0;
+    }
     if (signals) {
         if (!json_is_array(v))
             return -EINVAL;
@@ -204,7 +214,8 @@ answer_read(const json_t *example, const json_t *v, int signals, float sig[FEATU
 }
 
 /* Adds example ex's answers ("answers", "answer_signals") by heads it has an outcome for.
- * Checked first (check = 1: nothing added) so a bad line changes nothing. */
+ * Checked first (check = 1: nothing added) so a bad line changes nothing; a stored answer
+ * of other signals is skipped, not an error. */
 static int
 answers_add(struct router_dataset *d, const json_t *example, size_t ex, int check)
 {
@@ -221,7 +232,8 @@ answers_add(struct router_dataset *d, const json_t *example, size_t ex, int chec
             float sig[FEATURES_N_ANSWER];
             const char *text;
             size_t len;
-            int rc = answer_read(example, v, kind, sig, &text, &len);
+            struct features_vec fv;
+            int rc = answer_read(d, example, v, kind, sig, &text, &len, &fv);
             if (rc < 0)
                 return -EINVAL;
             if (check || rc > 0)
@@ -239,8 +251,9 @@ answers_add(struct router_dataset *d, const json_t *example, size_t ex, int chec
             memcpy(r->sig, sig, sizeof(sig));
             r->off = d->naf;
             r->n = 0;
-            struct features_vec fv;
-            if (len > 0 && features_extract_text(d->scratch, text, len, &fv) == 0) {
+            if (len > 0 && features_extract_text(d->scratch, text, len, &fv) < 0)
+                fv.n = 0;
+            if (fv.n > 0) {
                 if (d->naf + fv.n > d->capaf) {
                     while (d->naf + fv.n > d->capaf)
                         d->capaf = d->capaf ? d->capaf * 2 : 65536;

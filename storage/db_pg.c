@@ -134,6 +134,9 @@ static const char *const migrations[] = {
     "CREATE INDEX requests_window ON requests(started_ms, backend, status, error_kind,"
     " latency_ms, ttfb_ms, tokens_in, tokens_out, cost_usd, score, kind, key_id,"
     " route_reason, failed_attempts);",
+
+    /* 7 -> 8 */
+    "ALTER TABLE requests ADD COLUMN answer BYTEA;",
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORAGE_SCHEMA_VERSION,
                "one PostgreSQL migration per schema version");
@@ -142,7 +145,7 @@ static const char copy_sql[] =
     "COPY requests (request_id, started_ms, finished_ms, key_id, requested_model,"
     " backend, route_reason, score, threshold, model_version, features_digest, prompt_hash,"
     " status, error_kind, latency_ms, ttfb_ms, tokens_in, tokens_out, finish_reason, cost_usd,"
-    " stream, prompt, kind, parent_id, features, failed_attempts) FROM STDIN";
+    " stream, prompt, kind, parent_id, features, failed_attempts, answer) FROM STDIN";
 
 /* Keeps the error of res (NULL: the connection's) and whether the connection is gone:
  * closed, or a server-side error of class 08 (connection), 57P (shutdown) or 53300
@@ -782,6 +785,8 @@ pg_insert_records(struct storage__db *db, struct storage_record *const *recs, ui
         copy_bytea(&b, r->features, r->features_len);
         buf_add(&b, "\t", 1);
         copy_text(&b, r->failed_attempts);
+        buf_add(&b, "\t", 1);
+        copy_bytea(&b, r->answer, r->answer_len);
         buf_add(&b, "\n", 1);
     }
 

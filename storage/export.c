@@ -30,6 +30,8 @@ struct outcome {
     char *backend;
     double sum[SRC_N];
     uint64_t n[SRC_N];
+    unsigned char *answer; /* the first labelled cascade fast answer by it (requests.answer) */
+    size_t answer_len;
 };
 
 /* One distinct prompt text (or, for requests logged with features instead of text, one
@@ -51,15 +53,20 @@ group_reset(struct group *g)
     g->prompt = NULL;
     free(g->features);
     g->features = NULL;
-    for (size_t i = 0; i < g->n; i++)
+    for (size_t i = 0; i < g->n; i++) {
         free(g->o[i].backend);
+        free(g->o[i].answer);
+    }
     g->n = 0;
     g->last_id = 0;
     g->requests = 0;
 }
 
+/* Counts a label of backend's answer; answer (borrowed, NULL: none) is the stored
+ * answer it graded, kept when the backend has none yet. */
 static void
-group_add(struct group *g, const char *backend, int src, double q)
+group_add(struct group *g, const char *backend, int src, double q, const void *answer,
+          size_t answer_len)
 {
     struct outcome *o = NULL;
 
@@ -81,6 +88,15 @@ group_add(struct group *g, const char *backend, int src, double q)
     }
     o->sum[src] += q;
     o->n[src]++;
+    if (answer && answer_len && !o->answer) {
+        o->answer = malloc(answer_len);
+        if (!o->answer) {
+            fputs("triage: out of memory\n", stderr);
+            abort();
+        }
+        memcpy(o->answer, answer, answer_len);
+        o->answer_len = answer_len;
+    }
 }
 
 /* Returns len bytes (borrowed) as new padded base64 text (RFC 4648). Aborts on OOM. */
@@ -137,7 +153,7 @@ group_emit(struct group *g, storage_export_fn *fn, void *arg, struct storage_exp
             return 1;
         }
     }
-    json_t *outcomes = json_object(), *sources = json_object();
+    json_t *outcomes = json_object(), *sources = json_object(), *answers = json_object();
     for (size_t i = 0; i < g->n; i++) {
         const struct outcome *o = &g->o[i];
         int src = 0;
@@ -145,6 +161,10 @@ group_emit(struct group *g, storage_export_fn *fn, void *arg, struct storage_exp
             src++;
         json_object_set_new(outcomes, o->backend, json_real(o->sum[src] / (double)o->n[src]));
         json_object_set_new(sources, o->backend, json_string(source_names[src]));
+        if (o->answer) {
+            json_object_set_new(answers, o->backend, base64(o->answer, o->answer_len));
+            c->answers++;
+        }
         if (src == SRC_FEEDBACK)
             c->by_feedback++;
         else if (src == SRC_JUDGE)
@@ -161,6 +181,9 @@ group_emit(struct group *g, storage_export_fn *fn, void *arg, struct storage_exp
         ex = json_pack("{s:O, s:o, s:o}", "messages", messages, "outcomes", outcomes, "sources",
                        sources);
     }
+    if (json_object_size(answers))
+        json_object_set(ex, "answer_signals", answers);
+    json_decref(answers);
     if (fn(ex, arg) != 0)
         rc = -ECANCELED;
     json_decref(ex);
@@ -220,21 +243,28 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
      * identical prompts (retries, the same question sent to several backends) become
      * one example, then by request to count them.
      * Feedback labels the backend of the row it was posted on: the client request's,
-     * or a shadow call's (whose prompt is its parent's); a row's feedback sources are
-     * averaged into one label. Judge rows are not answers and carry none. CROSS JOIN
-     * keeps the label tables outside: the requests are looked up by id, not scanned. */
+     * or a shadow or cascade fast call's (whose prompt is its parent's); a row's feedback
+     * sources are averaged into one label. Judge rows are not answers and carry none.
+     * CROSS JOIN keeps the label tables outside: the requests are looked up by id, not
+     * scanned. The last column is the cascade fast answer the label graded (schema 8):
+     * the row's own for feedback; for an outcome, the client row's when its backend
+     * answered, else its escalated fast call's ("<id>.fast", cascade.c), by the index. */
     if (!(st = storage__prepare(
             db,
-            "SELECT " KIND_KEY ", c.id, r.backend, 0, avg(f.score), c.features FROM feedback f"
+            "SELECT " KIND_KEY ", c.id, r.backend, 0, avg(f.score), c.features, r.answer"
+            " FROM feedback f"
             " CROSS JOIN requests r ON r.request_id = f.request_id"
             " CROSS JOIN requests c ON c.request_id ="
-            " (CASE WHEN r.kind = 'shadow' THEN r.parent_id ELSE r.request_id END)"
+            " (CASE WHEN r.kind IN ('shadow', 'cascade') THEN r.parent_id ELSE r.request_id END)"
             " WHERE r.backend IS NOT NULL AND (r.kind IS NULL OR r.kind <> 'judge')"
             " AND " HAS_PROMPT " AND " CLIENT_C " GROUP BY r.id, c.id"
             " UNION ALL"
             " SELECT " KIND_KEY ", c.id, o.backend,"
             " CASE o.source WHEN 'feedback' THEN 0 WHEN 'judge' THEN 1 ELSE 2 END, o.q,"
-            " c.features FROM outcomes o CROSS JOIN requests c ON c.request_id = o.request_id"
+            " c.features, CASE WHEN c.backend = o.backend THEN c.answer ELSE"
+            " (SELECT a.answer FROM requests a WHERE a.request_id = c.request_id || '.fast'"
+            " AND a.backend = o.backend) END"
+            " FROM outcomes o CROSS JOIN requests c ON c.request_id = o.request_id"
             " WHERE " HAS_PROMPT " AND " CLIENT_C " ORDER BY 1, 2, 3")))
         goto dberr;
     int step;
@@ -271,7 +301,9 @@ storage_export_training(const char *db_path, storage_export_fn *fn, void *arg,
             g.requests++;
             labelled++;
         }
-        group_add(&g, backend, src, storage__column_double(st, 5));
+        size_t alen = 0;
+        const void *answer = storage__column_blob(st, 7, &alen);
+        group_add(&g, backend, src, storage__column_double(st, 5), answer, alen);
     }
     if (step != 0)
         goto dberr;

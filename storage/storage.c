@@ -628,6 +628,7 @@ storage_record_free(struct storage_record *rec)
     free(rec->error_kind);
     free(rec->finish_reason);
     free(rec->failed_attempts);
+    free(rec->answer);
     free(rec);
 }
 

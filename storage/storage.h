@@ -41,7 +41,7 @@
 #include <jansson.h>
 
 /* The schema version this build writes; older databases are migrated forward at open. */
-#define STORAGE_SCHEMA_VERSION 7
+#define STORAGE_SCHEMA_VERSION 8
 
 /* Attempts per batch before a write error drops it (counted in counters.failed). */
 #define STORAGE_WRITE_ATTEMPTS 3
@@ -91,6 +91,11 @@ struct storage_record {
     int stream;               /* 1 for SSE responses */
     char *failed_attempts;    /* attempts retried or fallen back from before the answer:
                                * "backend kind" pairs joined by ","; NULL: none */
+    void *answer;             /* the cascade's fast answer as its escalation model reads it
+                               * (features_answer_blob_encode: signals, and hashed words
+                               * with store_prompts = features or full), on the row of
+                               * the call that wrote it; answer_len bytes; NULL: none */
+    size_t answer_len;
 };
 
 /* Zero in any field means its default (shown in brackets). */
@@ -225,10 +230,14 @@ struct storage_export_counts {
     uint64_t by_feedback;   /* outcomes emitted, by the source that was chosen */
     uint64_t by_judge;
     uint64_t by_offline;
+    uint64_t answers;       /* labelled cascade fast answers emitted ("answer_signals") */
 };
 
 /* Called once per training example with {"messages": [...], "outcomes": {"<backend>": q},
- * "sources": {"<backend>": "feedback"|"judge"|"offline"}} (borrowed: incref to keep);
+ * "sources": {"<backend>": "feedback"|"judge"|"offline"}} (borrowed: incref to keep),
+ * and "answer_signals": {"<backend>": "<base64 of the stored answer>"} for backends whose
+ * labelled answer was a cascade fast answer with its signals stored (the first such
+ * answer of the prompt's requests);
  * a prompt logged with store_prompts = features has {"features": "<base64 of the
  * stored vector>", "prompt_hash": "<hex>"} instead of "messages" (router_dataset_add
  * reads either). Return nonzero to stop the export (it then returns -ECANCELED). */

@@ -31,7 +31,7 @@ CONF
     2>"$dir/train.err" || fail "train: $(cat "$dir/train.err")"
 grep -q 'maps backends to heads: fast -> weak, strong -> strong' "$dir/train.err" \
     || fail "mapping not shown: $(cat "$dir/train.err")"
-grep -q '50 labelled prompts (outcomes from feedback 0, judge 90, offline 0)' "$dir/train.err" \
+grep -q '50 labelled prompts (outcomes from feedback 0, judge 90, offline 0; 0 labelled cascade fast answers)' "$dir/train.err" \
     || fail "train summary: $(cat "$dir/train.err")"
 grep -q '2 heads' "$dir/train.err" || fail "heads: $(cat "$dir/train.err")"
 if grep -q "no outcomes named" "$dir/train.err"; then fail "score pair not found"; fi

@@ -405,6 +405,87 @@ test_blob_rejects(void **state)
     features_scratch_destroy(s);
 }
 
+/* A stored answer (signals and hashed words) decodes to the same numbers, from bytes and
+ * base64; a model of other bits gets the signals alone (1); other signals are refused
+ * (-EPROTO); anything else not written by the encoder is -EINVAL. */
+static void
+test_answer_blob(void **state)
+{
+    struct features_scratch *s = features_scratch_new(BITS), *o = features_scratch_new(BITS + 1);
+    struct features_vec a, b;
+    float sig[FEATURES_N_ANSWER], got[FEATURES_N_ANSWER];
+    size_t len, wlen;
+    const float nan = NAN;
+
+    (void)state;
+    for (size_t j = 0; j < FEATURES_N_ANSWER; j++)
+        sig[j] = (float)j * 0.25f - 1.0f;
+    assert_int_equal(features_extract_text(s, "The answer is 42, maybe.", 24, &a), 0);
+    assert_true(a.n >= 2);
+    unsigned char *blob = features_answer_blob_encode(sig, &a, BITS, &len);
+    assert_int_equal(len, features_answer_blob_size(a.n));
+    assert_int_equal(features_answer_blob_decode(s, blob, len, got, &b), 0);
+    assert_memory_equal(sig, got, sizeof(sig));
+    assert_int_equal(b.n, a.n);
+    assert_memory_equal(a.ids, b.ids, a.n * sizeof(uint32_t));
+    assert_memory_equal(a.vals, b.vals, a.n * sizeof(float));
+    char *text = b64(blob, len);
+    memset(got, 0, sizeof(got));
+    assert_int_equal(features_answer_blob_decode_base64(s, text, strlen(text), got, &b), 0);
+    assert_memory_equal(sig, got, sizeof(sig));
+    assert_int_equal(b.n, a.n);
+    /* another hash space: the signals still, no words */
+    memset(got, 0, sizeof(got));
+    assert_int_equal(features_answer_blob_decode(o, blob, len, got, &b), 1);
+    assert_memory_equal(sig, got, sizeof(sig));
+    assert_int_equal(b.n, 0);
+    /* signals alone */
+    unsigned char *bare = features_answer_blob_encode(sig, NULL, BITS, &wlen);
+    assert_int_equal(wlen, features_answer_blob_size(0));
+    assert_int_equal(features_answer_blob_decode(o, bare, wlen, got, &b), 0);
+    assert_int_equal(b.n, 0);
+
+    unsigned char *p = malloc(len + 8);
+    size_t ids = FEATURES_ANSWER_BLOB_HEADER + 4 * FEATURES_N_ANSWER, vals = ids + 4 * a.n;
+#define TRY(want, n, edit)                                                                  \
+    do {                                                                                   \
+        memcpy(p, blob, len);                                                              \
+        edit;                                                                              \
+        assert_int_equal(features_answer_blob_decode(s, p, (n), got, &b), (want));         \
+    } while (0)
+    TRY(0, len, (void)0);
+    TRY(-EINVAL, 0, (void)0);
+    TRY(-EINVAL, FEATURES_ANSWER_BLOB_HEADER - 1, (void)0);
+    TRY(-EINVAL, len - 1, (void)0);
+    TRY(-EINVAL, len + 1, p[len] = 0);
+    TRY(-EINVAL, len, p[1] = 'F');
+    TRY(-EINVAL, len, p[2] = FEATURES_ANSWER_BLOB_FORMAT + 1);
+    TRY(-EINVAL, len, p[3] = FEATURES_MAX_BITS + 1);
+    TRY(-EINVAL, len, p[3] = 0); /* words without a hash space */
+    TRY(-EPROTO, len, put32(p + 8, FEATURES_ANSWER_VERSION + 1));
+    TRY(-EPROTO, len, put32(p + 12, FEATURES_N_ANSWER + 1));
+    TRY(1, len, put32(p + 4, FEATURES_VERSION + 1));
+    TRY(-EINVAL, len, put32(p + 16, (uint32_t)a.n + 1));
+    TRY(-EINVAL, len, put32(p + 16, UINT32_MAX));
+    TRY(-EINVAL, len, memcpy(p + FEATURES_ANSWER_BLOB_HEADER, &nan, 4));
+    TRY(-EINVAL, len, put32(p + ids, 1u << BITS));
+    TRY(-EINVAL, len, memcpy(p + ids + 4, p + ids, 4));
+    TRY(-EINVAL, len, memcpy(p + vals, &nan, 4));
+#undef TRY
+    memcpy(p, bare, wlen);
+    put32(p + 4, FEATURES_VERSION); /* no words, yet a hashing named: not the encoder's */
+    assert_int_equal(features_answer_blob_decode(s, p, wlen, got, &b), -EINVAL);
+    assert_int_equal(features_answer_blob_decode(s, NULL, 0, got, &b), -EINVAL);
+    assert_int_equal(features_answer_blob_decode_base64(s, text, strlen(text) - 1, got, &b),
+                     -EINVAL);
+    free(p);
+    free(text);
+    free(bare);
+    free(blob);
+    features_scratch_destroy(s);
+    features_scratch_destroy(o);
+}
+
 static size_t
 answer_index(const char *name)
 {
@@ -565,6 +646,7 @@ main(void)
         cmocka_unit_test(test_big_prompt_is_bounded),
         cmocka_unit_test(test_blob_round_trip),
         cmocka_unit_test(test_blob_rejects),
+        cmocka_unit_test(test_answer_blob),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,10 +3,14 @@
  * Messages (tests/mock/README.md says what each answers and checks).
  *
  * mockllm --port 0 [--listen ADDR] [--latency-ms N] [--chunks N] [--chunk-delay-ms N]
- *         [--content TEXT] [--threads N] [--stamp]
- * prints "listening on <port>" once ready. A request may override the defaults with a
+ *         [--content TEXT] [--rule SUBSTR=TEXT]... [--threads N] [--stamp]
+ * prints "listening on <port>" once ready. --rule: a request whose body holds SUBSTR is
+ * answered TEXT (the first such rule; e.g. a judge grading by what the answer says).
+ * A chat request with "logprobs": true gets choices[].logprobs.content[] (one entry per
+ * piece; "top_logprobs": N alternatives each). A request may override the defaults with a
  * top-level "mock" object: latency_ms, chunks, chunk_delay_ms, content, status,
- * retry_after, fail ("close" | "hang" | "die_mid_stream"), die_after, stamp; and
+ * retry_after, fail ("close" | "hang" | "die_mid_stream"), die_after, stamp, logprob
+ * (every token's log-probability, default -0.1); and
  * by_model, {"<model>": {...}}: members that replace those above when the request's
  * "model" is <model> (a proxy sends each backend its own model name, so one request
  * can fail on one backend and succeed on its fallback).
@@ -68,6 +72,8 @@ keep_head(struct fakeai_req *req)
     pthread_mutex_unlock(&head_mu);
 }
 
+#define MOCK_MAX_RULES 8
+
 struct mock_defaults {
     uint32_t latency_ms;
     unsigned chunks;       /* 0 = content by words */
@@ -75,6 +81,10 @@ struct mock_defaults {
     const char *content;   /* NULL = generated from chunks */
     int stamp;             /* 1: stamped pieces (see the top of the file) */
     int heads;             /* 1: keep each chat request's head for /_mock/last_head */
+    const char *rule_in[MOCK_MAX_RULES];  /* --rule SUBSTR=TEXT: a request whose body holds */
+    const char *rule_out[MOCK_MAX_RULES]; /* SUBSTR is answered TEXT (the first rule wins) */
+    size_t rule_in_len[MOCK_MAX_RULES];
+    unsigned n_rules;
 };
 
 /* ---- send-time stamps ------------------------------------------------------------------
@@ -298,6 +308,16 @@ check_request(struct fakeai_req *req, enum fakeai_format format, json_t *root, c
     return NULL;
 }
 
+/* The content of the first --rule whose text is in the body, or NULL. */
+static const char *
+rule_content(const struct mock_defaults *d, const char *body, size_t blen)
+{
+    for (unsigned i = 0; i < d->n_rules; i++)
+        if (memmem(body, blen, d->rule_in[i], d->rule_in_len[i]))
+            return d->rule_out[i];
+    return NULL;
+}
+
 static void
 handle_chat(struct fakeai_req *req, const struct mock_defaults *d, enum fakeai_format format)
 {
@@ -356,7 +376,15 @@ handle_chat(struct fakeai_req *req, const struct mock_defaults *d, enum fakeai_f
         .retry_after = get_int(mock, "retry_after", 0),
         .die_after = (unsigned)get_int(mock, "die_after", 0),
         .stamp = json_is_true(json_object_get(mock, "stamp")),
+        .logprobs = format == FAKEAI_CHAT && json_is_true(json_object_get(root, "logprobs")),
+        .logprob = -0.1,
     };
+    json_t *top = json_object_get(root, "top_logprobs");
+    if (json_is_integer(top) && json_integer_value(top) > 0)
+        c.top_logprobs = json_integer_value(top) > 20 ? 20u : (unsigned)json_integer_value(top);
+    json_t *lp = json_object_get(mock, "logprob");
+    if (json_is_number(lp) && json_number_value(lp) <= 0)
+        c.logprob = json_number_value(lp);
     size_t pb = request_prompt_bytes(root);
     c.prompt_tokens = pb ? (long)((pb + 3) / 4) : 1;
 
@@ -368,6 +396,8 @@ handle_chat(struct fakeai_req *req, const struct mock_defaults *d, enum fakeai_f
         c.chunks = 0; /* one piece per placeholder: each starts with the mark's space */
     } else if (json_is_string(content))
         c.content = json_string_value(content);
+    else if ((c.content = rule_content(d, body, blen)))
+        ;
     else if (d->content)
         c.content = d->content;
     else {
@@ -557,7 +587,8 @@ static void
 usage(FILE *f)
 {
     fprintf(f, "usage: mockllm [--port N] [--listen ADDR] [--latency-ms N] [--chunks N]\n"
-               "               [--chunk-delay-ms N] [--content TEXT] [--threads N] [--stamp] [--heads]\n"
+               "               [--chunk-delay-ms N] [--content TEXT] [--rule SUBSTR=TEXT]...\n"
+               "               [--threads N] [--stamp] [--heads]\n"
                "A scriptable OpenAI-compatible backend: prints \"listening on PORT\" when ready.\n");
 }
 
@@ -607,6 +638,18 @@ main(int argc, char **argv)
         }
         if (strcmp(a, "--content") == 0) {
             d.content = val;
+            continue;
+        }
+        if (strcmp(a, "--rule") == 0) {
+            const char *eq = strchr(val, '=');
+            if (!eq || eq == val || d.n_rules == MOCK_MAX_RULES) {
+                fprintf(stderr, "mockllm: --rule SUBSTR=TEXT (at most %d): %s\n", MOCK_MAX_RULES,
+                        val);
+                return 2;
+            }
+            d.rule_in[d.n_rules] = val;
+            d.rule_in_len[d.n_rules] = (size_t)(eq - val);
+            d.rule_out[d.n_rules++] = eq + 1;
             continue;
         }
         if (parse_num(val, 0xFFFFFFFFul, &v) < 0) {

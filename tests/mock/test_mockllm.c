@@ -85,6 +85,69 @@ test_plain(void)
     h_resp_free(&r);
 }
 
+/* "logprobs": true gets OpenAI's choices[].logprobs.content[] (token, logprob, bytes,
+ * top_logprobs), one entry per piece, in JSON and in each SSE chunk; without it, null. */
+static void
+test_logprobs(void)
+{
+    struct h_resp r;
+
+    h_chat(port,
+           "{\"model\":\"m\",\"logprobs\":true,\"top_logprobs\":2,\"messages\":[{\"role\":"
+           "\"user\",\"content\":\"hi\"}],\"mock\":{\"content\":\"Hi there\",\"logprob\":-1.5}}",
+           &r);
+    CHECK(r.status == 200);
+    json_t *j = json_loads(r.body ? r.body : "", 0, NULL);
+    json_t *lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    json_t *content = json_object_get(lp, "content");
+    CHECK(json_array_size(content) == 2);
+    json_t *t0 = json_array_get(content, 0), *t1 = json_array_get(content, 1);
+    CHECK(json_is_string(json_object_get(t0, "token")) &&
+          !strcmp(json_string_value(json_object_get(t0, "token")), "Hi"));
+    CHECK(json_is_string(json_object_get(t1, "token")) &&
+          !strcmp(json_string_value(json_object_get(t1, "token")), " there"));
+    CHECK(json_real_value(json_object_get(t0, "logprob")) == -1.5);
+    CHECK(json_array_size(json_object_get(t0, "bytes")) == 2 &&
+          json_integer_value(json_array_get(json_object_get(t0, "bytes"), 0)) == 'H');
+    json_t *top = json_object_get(t1, "top_logprobs");
+    CHECK(json_array_size(top) == 2 &&
+          !strcmp(json_string_value(json_object_get(json_array_get(top, 0), "token")), " there") &&
+          json_real_value(json_object_get(json_array_get(top, 1), "logprob")) == -2.5);
+    CHECK(json_object_get(lp, "refusal") && json_is_null(json_object_get(lp, "refusal")));
+    json_decref(j);
+    h_resp_free(&r);
+
+    /* not asked: null, as OpenAI answers */
+    h_chat(port, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", &r);
+    j = json_loads(r.body ? r.body : "", 0, NULL);
+    lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    CHECK(lp && json_is_null(lp));
+    json_decref(j);
+    h_resp_free(&r);
+
+    /* streamed: each content chunk carries its own token's entry */
+    h_chat(port,
+           "{\"model\":\"m\",\"stream\":true,\"logprobs\":true,\"messages\":[{\"role\":"
+           "\"user\",\"content\":\"hi\"}],\"mock\":{\"content\":\"Hi there\"}}",
+           &r);
+    CHECK(r.status == 200 && r.body);
+    int entries = 0;
+    for (const char *p = r.body; p && (p = strstr(p, "data: {")) != NULL; p++) {
+        const char *end = strstr(p, "\n\n");
+        json_t *ev = end ? json_loadb(p + 6, (size_t)(end - p - 6), 0, NULL) : NULL;
+        json_t *ch = json_array_get(json_object_get(ev, "choices"), 0);
+        json_t *c = json_object_get(json_object_get(ch, "logprobs"), "content");
+        if (json_is_string(json_object_get(json_object_get(ch, "delta"), "content"))) {
+            CHECK(json_array_size(c) == 1 &&
+                  json_real_value(json_object_get(json_array_get(c, 0), "logprob")) == -0.1);
+            entries++;
+        }
+        json_decref(ev);
+    }
+    CHECK(entries == 2);
+    h_resp_free(&r);
+}
+
 static void
 test_stream(void)
 {
@@ -363,6 +426,7 @@ main(int argc, char **argv)
     curl_global_init(CURL_GLOBAL_DEFAULT);
 
     test_plain();
+    test_logprobs();
     test_stream();
     test_errors();
     test_stats_and_cancel();
