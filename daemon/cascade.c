@@ -91,6 +91,7 @@ log_fast_call(struct daemon_request *rq, int64_t tin, int64_t tout, const char *
                   (tout > 0 ? (double)tout * b->price_output : 0) / 1e6;
     r->answer = answer;
     r->answer_len = answer_len;
+    r->escalation = rq->escalation;
     if (!r->request_id || !r->kind || !r->parent_id || !r->backend || !r->route_reason)
         abort(); /* out of memory aborts, project-wide */
     if (storage_submit(st, r) < 0)

@@ -1267,6 +1267,8 @@ store_record(struct daemon_request *rq, double latency_ms, double cost)
     r->answer = rq->cascade_answer;
     r->answer_len = rq->cascade_answer_len;
     rq->cascade_answer = NULL;
+    if (rq->cascade)
+        r->escalation = rq->escalation;
     if (storage_submit(st, r) < 0)
         log_debug("outcome log queue full: record %s dropped", rq->id);
 }

@@ -136,7 +136,8 @@ static const char *const migrations[] = {
     " route_reason, failed_attempts);",
 
     /* 7 -> 8 */
-    "ALTER TABLE requests ADD COLUMN answer BYTEA;",
+    "ALTER TABLE requests ADD COLUMN answer BYTEA;"
+    "ALTER TABLE requests ADD COLUMN escalation DOUBLE PRECISION;",
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORAGE_SCHEMA_VERSION,
                "one PostgreSQL migration per schema version");
@@ -145,7 +146,8 @@ static const char copy_sql[] =
     "COPY requests (request_id, started_ms, finished_ms, key_id, requested_model,"
     " backend, route_reason, score, threshold, model_version, features_digest, prompt_hash,"
     " status, error_kind, latency_ms, ttfb_ms, tokens_in, tokens_out, finish_reason, cost_usd,"
-    " stream, prompt, kind, parent_id, features, failed_attempts, answer) FROM STDIN";
+    " stream, prompt, kind, parent_id, features, failed_attempts, answer, escalation)"
+    " FROM STDIN";
 
 /* Keeps the error of res (NULL: the connection's) and whether the connection is gone:
  * closed, or a server-side error of class 08 (connection), 57P (shutdown) or 53300
@@ -787,6 +789,8 @@ pg_insert_records(struct storage__db *db, struct storage_record *const *recs, ui
         copy_text(&b, r->failed_attempts);
         buf_add(&b, "\t", 1);
         copy_bytea(&b, r->answer, r->answer_len);
+        buf_add(&b, "\t", 1);
+        copy_real(&b, r->escalation);
         buf_add(&b, "\n", 1);
     }
 

@@ -133,9 +133,11 @@ static const char *const migrations[] = {
     " route_reason, failed_attempts);",
 
     /* 7 -> 8: the cascade's fast answer, as the escalation model reads it (its signals
-     * and hashed words, features_answer_blob_encode), on the row of the call that wrote
-     * it: judged or given feedback, it trains the escalation model. Outside the index. */
-    "ALTER TABLE requests ADD COLUMN answer BLOB;",
+     * and hashed words, features_answer_blob_encode), and the escalation score it got,
+     * on the row of the call that wrote it: judged or given feedback, it trains the
+     * escalation model; the scores show where escalate_at cuts. Outside the index. */
+    "ALTER TABLE requests ADD COLUMN answer BLOB;"
+    "ALTER TABLE requests ADD COLUMN escalation REAL;",
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORAGE_SCHEMA_VERSION,
                "one SQLite migration per schema version");
@@ -144,8 +146,8 @@ static const char insert_sql[] =
     "INSERT INTO requests (request_id, started_ms, finished_ms, key_id, requested_model,"
     " backend, route_reason, score, threshold, model_version, features_digest, prompt_hash,"
     " status, error_kind, latency_ms, ttfb_ms, tokens_in, tokens_out, finish_reason, cost_usd,"
-    " stream, prompt, kind, parent_id, features, failed_attempts, answer)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    " stream, prompt, kind, parent_id, features, failed_attempts, answer, escalation)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 /* Keeps db's latest error: SQLite's text and the extended result code. */
 static void
@@ -535,6 +537,7 @@ lite_insert_records(struct storage__db *db, struct storage_record *const *recs, 
             sqlite3_bind_blob(st, 27, r->answer, (int)r->answer_len, SQLITE_STATIC);
         else
             sqlite3_bind_null(st, 27);
+        bind_real(st, 28, r->escalation);
         int rc = sqlite3_step(st);
         if (rc != SQLITE_DONE)
             note_error(d);

@@ -604,6 +604,7 @@ storage_record_new(void)
     r->threshold = NAN;
     r->latency_ms = NAN;
     r->ttfb_ms = NAN;
+    r->escalation = NAN;
     r->tokens_in = -1;
     r->tokens_out = -1;
     return r;

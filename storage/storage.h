@@ -96,6 +96,8 @@ struct storage_record {
                                * with store_prompts = features or full), on the row of
                                * the call that wrote it; answer_len bytes; NULL: none */
     size_t answer_len;
+    double escalation;        /* that answer's escalation score (router_escalation_score);
+                               * NaN: none */
 };
 
 /* Zero in any field means its default (shown in brackets). */
@@ -160,7 +162,8 @@ const char *storage_path(const struct storage *s);
  * thread's next call. */
 const char *storage_target_shown(const char *target);
 
-/* Returns a new zeroed record with score/threshold/ttfb NaN and tokens -1. Aborts on OOM. */
+/* Returns a new zeroed record with score/threshold/ttfb/escalation NaN and tokens -1.
+ * Aborts on OOM. */
 struct storage_record *storage_record_new(void);
 
 /* Frees a record and its strings. NULL is fine. */

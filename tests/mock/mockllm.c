@@ -18,7 +18,7 @@
  * stamp (for bench/streams): every content piece is " mockts:" and 19 digits, the mock's
  * CLOCK_MONOTONIC time in ns taken just before the piece is written to the socket.
  *
- * --heads: GET /_mock/last_head answers the last chat request's path, query and headers
+ * --heads: GET /_mock/last_head answers the last chat request's path, query, headers and body
  * ({"path", "query", "headers": {lower-case name: value}}), for tests of what a proxy
  * sends; any path ending in /chat/completions is a chat path (an Azure deployment's). */
 #include <ctype.h>
@@ -64,8 +64,12 @@ keep_head(struct fakeai_req *req)
             json_object_set_new(h, lower, json_string(value));
         }
     }
-    json_t *head = json_pack("{s:s,s:s,s:o}", "path", fakeai_req_path(req), "query",
-                             fakeai_req_query(req), "headers", h);
+    size_t blen;
+    const char *body = fakeai_req_body(req, &blen);
+    json_t *jb = body ? json_stringn(body, blen) : NULL; /* NULL: not UTF-8 */
+    json_t *head = json_pack("{s:s,s:s,s:o,s:o}", "path", fakeai_req_path(req), "query",
+                             fakeai_req_query(req), "headers", h, "body",
+                             jb ? jb : json_null());
     pthread_mutex_lock(&head_mu);
     json_decref(last_head);
     last_head = head;
