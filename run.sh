@@ -11,9 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Install what building and running needs when it is missing (Debian 12):
-# .ci/packages-run only. The test tools (.ci/packages: chromium, prometheus, nginx,
+# .ci/packages-run only (SQLite's log needs no more: the PostgreSQL store is built only
+# when libpq-dev is there, see README). The test tools (.ci/packages: chromium, prometheus, nginx,
 # wrk, clang, cmocka, ...) are for `bash .ci/run`, not for a user's machine.
-if ! pkg-config --exists libmicrohttpd libcurl libuv jansson sqlite3 libpq libcrypto zlib 2>/dev/null \
+if ! pkg-config --exists libmicrohttpd libcurl libuv jansson sqlite3 libcrypto zlib 2>/dev/null \
     || ! command -v meson >/dev/null || ! command -v ninja >/dev/null \
     || ! command -v cc >/dev/null; then
     sudo=""

@@ -430,7 +430,8 @@ cli_models(int argc, char **argv)
         return 2;
     }
     /* Only add may start a log; elsewhere a missing file is most likely a typo. */
-    if (strcmp(action, "add") && access(db, F_OK) < 0 && errno == ENOENT) {
+    if (strcmp(action, "add") && !storage_target_is_pg(db) && access(db, F_OK) < 0 &&
+        errno == ENOENT) {
         cli_errorf("models", "%s: no such file (the outcome log, [storage] path)", db);
         return 1;
     }

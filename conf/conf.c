@@ -984,6 +984,13 @@ conf_load_flags(const char *path, unsigned flags, char *err, size_t errlen)
             set_err(&p, 0, "[storage] url must start with postgresql:// (or postgres://)");
             goto fail;
         }
+#if !TRIAGE_HAVE_POSTGRESQL
+        set_err(&p, 0,
+                "[storage] url: this triage was built without PostgreSQL support; rebuild "
+                "with libpq-dev installed (meson setup -Dpostgresql=enabled) or use [storage] "
+                "path (SQLite)");
+        goto fail;
+#endif
         p.c->db_path = xstrdup(p.c->db_url);
         if (!p.c->models_dir)
             p.c->models_dir = xstrdup("models"); /* beside the config, below */

@@ -100,7 +100,7 @@ struct storage__db {
 };
 
 extern const struct storage__engine storage__sqlite;
-extern const struct storage__engine storage__pg;
+extern const struct storage__engine storage__pg; /* only with TRIAGE_HAVE_POSTGRESQL */
 
 /* Returns 1 when target names a PostgreSQL database (a postgresql:// or postgres:// URL). */
 int storage__is_pg(const char *target);

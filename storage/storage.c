@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "config.h"
 #include "storage.h"
 #include "storage-int.h"
 
@@ -102,6 +103,12 @@ storage_target_shown(const char *target)
     return storage__shown(target);
 }
 
+int
+storage_target_is_pg(const char *target)
+{
+    return storage__is_pg(target);
+}
+
 struct storage__db *
 storage__db_open(const char *target, enum storage__mode mode, char *err, size_t errlen)
 {
@@ -109,8 +116,14 @@ storage__db_open(const char *target, enum storage__mode mode, char *err, size_t 
         storage__errf(err, errlen, "storage: no database path or URL");
         return NULL;
     }
-    return (storage__is_pg(target) ? &storage__pg : &storage__sqlite)->open(target, mode, err,
-                                                                             errlen);
+    if (!storage__is_pg(target))
+        return storage__sqlite.open(target, mode, err, errlen);
+#if TRIAGE_HAVE_POSTGRESQL
+    return storage__pg.open(target, mode, err, errlen);
+#else
+    storage__errf(err, errlen, "%s: %s", storage__shown(target), STORAGE_NO_POSTGRESQL);
+    return NULL;
+#endif
 }
 
 void

@@ -162,6 +162,15 @@ const char *storage_path(const struct storage *s);
  * thread's next call. */
 const char *storage_target_shown(const char *target);
 
+/* Returns 1 when target is a postgresql:// (postgres://) URL, not a SQLite file. */
+int storage_target_is_pg(const char *target);
+
+/* Why a postgresql:// target is refused by a build without libpq (meson option
+ * postgresql: auto builds the engine when libpq-dev is there). */
+#define STORAGE_NO_POSTGRESQL                                                               \
+    "this triage was built without PostgreSQL support; rebuild with libpq-dev installed "  \
+    "(meson setup -Dpostgresql=enabled) or use a SQLite file ([storage] path, --db FILE)"
+
 /* Returns a new zeroed record with score/threshold/ttfb/escalation NaN and tokens -1.
  * Aborts on OOM. */
 struct storage_record *storage_record_new(void);

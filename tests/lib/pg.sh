@@ -2,6 +2,8 @@
 # pg_start DIR: initdb + pg_ctl start in DIR (socket there, TCP off), creates database
 # "triage" and sets PG_URL. pg_stop: stops it. Without the server binaries (Debian's
 # postgresql package) pg_start prints why and exits 77, meson's "skipped".
+# A build without the PostgreSQL engine (meson option postgresql, no libpq-dev) has
+# TRIAGE_POSTGRESQL=disabled in the test environment: pg_start skips (77) too.
 # As root, the server runs as the "postgres" user (initdb refuses root).
 
 pg_bin() {
@@ -23,6 +25,9 @@ pg_as() {
 
 pg_start() {
     PG_DIR=$1
+    if [ "${TRIAGE_POSTGRESQL:-}" = disabled ]; then
+        echo "SKIP: this build has no PostgreSQL engine (-Dpostgresql=disabled, or no libpq-dev)"; exit 77
+    fi
     PG_BIN=$(pg_bin) || { echo "SKIP: PostgreSQL server binaries (initdb, pg_ctl) not found; install Debian's postgresql package"; exit 77; }
     if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
         echo "SKIP: running as root and there is no postgres user to run the server as"; exit 77

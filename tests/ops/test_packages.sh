@@ -32,6 +32,14 @@ for pair in libmicrohttpd:libmicrohttpd-dev libcurl:libcurl4-openssl-dev libuv:l
     grep -q "dependency('$dep')" "$root/meson.build" || bad "meson.build no longer needs $dep: update this test"
     grep -qx "$pkg" "$run_list" || bad "$pkg (for $dep) is missing from .ci/packages-run"
 done
+# Optional libraries (meson feature options) are CI's, not a user's: the PostgreSQL
+# store builds when libpq-dev is there and is not needed to run the SQLite default.
+grep -q "dependency('libpq', required : get_option('postgresql'))" "$root/meson.build" \
+    || bad "meson.build no longer makes libpq optional: update this test"
+grep -qx libpq-dev "$run_list" && bad "libpq-dev (optional, [storage] url) is in .ci/packages-run"
+grep -qx libpq-dev "$ci_list" || bad "libpq-dev is missing from .ci/packages (CI builds the PostgreSQL engine)"
+grep -q -- '-Dpostgresql=enabled' "$root/.ci/run" || bad ".ci/run does not build with -Dpostgresql=enabled"
+grep -q 'pkg-config --exists.*libpq' "$root/run.sh" && bad "run.sh still probes for libpq"
 for pkg in meson ninja-build pkg-config build-essential; do
     grep -qx "$pkg" "$run_list" || bad "$pkg is missing from .ci/packages-run"
 done
