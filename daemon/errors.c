@@ -58,6 +58,7 @@ static const struct {
     ROW(RELOAD_FAILED, 500, SE, "reload_failed", "api_error"),
     ROW(STORAGE_ERROR, 500, SE, "storage_error", "api_error"),
     ROW(HTTP_FAILED, 500, SE, "internal_error", "api_error"),
+    ROW(STORAGE_UNAVAILABLE, 503, SE, "storage_unavailable", "overloaded_error"),
     ROW(BACKEND_UNAVAILABLE, 503, SE, "backend_unavailable", "overloaded_error"),
     ROW(BACKEND_OVERLOADED, 503, SE, "backend_overloaded", "overloaded_error"),
     ROW(SHUTTING_DOWN, 503, SE, "shutting_down", "overloaded_error"),

@@ -122,6 +122,9 @@ feedback_after(uv_work_t *w, int status)
     else if (j->rc == -ENOENT)
         daemon__reply_err(rq, DAEMON_ERR_UNKNOWN_REQUEST_ID, "%s",
                           j->err[0] ? j->err : "no such request id");
+    else if (j->rc == -ENOTCONN)
+        daemon__reply_err(rq, DAEMON_ERR_STORAGE_UNAVAILABLE,
+                          "the outcome log is unreachable; retry later: %s", j->err);
     else
         daemon__reply_err(rq, DAEMON_ERR_STORAGE_ERROR, "%s",
                           j->err[0] ? j->err : "the outcome log failed");
@@ -203,6 +206,7 @@ stats_work(uv_work_t *w)
 
     j->result = storage_stats(storage_path(daemon__storage()), j->window, j->prices, j->n_prices,
                               0, j->err, sizeof(j->err));
+    j->rc = j->result ? 0 : -errno;
     if (j->result)
         add_models(j->result, storage_path(daemon__storage()), j->serving);
 }
@@ -269,6 +273,9 @@ stats_after(uv_work_t *w, int status)
             abort(); /* out of memory aborts, project-wide */
         daemon__reply_json(rq, 200, j->result);
         j->result = NULL;
+    } else if (j->rc == -ENOTCONN) {
+        daemon__reply_err(rq, DAEMON_ERR_STORAGE_UNAVAILABLE,
+                          "the outcome log is unreachable; retry later: %s", j->err);
     } else {
         daemon__reply_err(rq, DAEMON_ERR_STORAGE_ERROR, "%s", j->err);
     }

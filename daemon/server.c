@@ -2353,6 +2353,12 @@ daemon_server_create(const char *conf_path, char *err, size_t errlen)
             snprintf(err, errlen, "outcome log: %s", why);
             goto fail;
         }
+        struct storage_counters sc;
+        storage_get_counters(srv->storage, &sc);
+        if (sc.degraded) /* PostgreSQL away at start: rows queue, the writer retries */
+            log_warnx("outcome log unreachable, starting anyway (rows queue until it is "
+                      "back): %s",
+                      sc.last_error);
         /* Budgets read spend from the log: a keys file without budgets costs a thread
          * that reads nothing. */
         if (c->keys_file) {

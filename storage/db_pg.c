@@ -265,6 +265,7 @@ quiet(void *arg, const char *message)
 }
 
 static void pg_close(struct storage__db *db);
+static int pg_gone(struct storage__db *db);
 
 static struct storage__db *
 pg_open(const char *url, enum storage__mode mode, char *err, size_t errlen)
@@ -281,6 +282,15 @@ pg_open(const char *url, enum storage__mode mode, char *err, size_t errlen)
     if (!d->c || PQstatus(d->c) != CONNECTION_OK) {
         note_error(d, NULL);
         storage__errf(err, errlen, "%s: %s", shown, d->c ? d->err : "out of memory");
+        /* Away (worth a retry) only when no server answers or it is starting or
+         * stopping; one that accepts connections refused ours (a wrong user, password
+         * or database), or the URL is malformed: waiting fixes neither. */
+        PGPing ping = PQpingParams(keys, vals, 1);
+        if (ping == PQPING_OK || ping == PQPING_NO_ATTEMPT) {
+            pg_close(&d->base);
+            errno = EIO;
+            return NULL;
+        }
         goto fail;
     }
     PQsetNoticeProcessor(d->c, quiet, NULL);
@@ -311,8 +321,10 @@ pg_open(const char *url, enum storage__mode mode, char *err, size_t errlen)
         migrate(d, shown, err, errlen) < 0)
         goto fail;
     return &d->base;
-fail:
+fail:;
+    int away = pg_gone(&d->base);
     pg_close(&d->base);
+    errno = away ? ENOTCONN : EIO;
     return NULL;
 }
 
@@ -353,7 +365,7 @@ pg_error(struct storage__db *db)
 static int
 pg_gone(struct storage__db *db)
 {
-    return DB(db)->gone || PQstatus(DB(db)->c) != CONNECTION_OK;
+    return !DB(db)->c || DB(db)->gone || PQstatus(DB(db)->c) != CONNECTION_OK;
 }
 
 static int64_t

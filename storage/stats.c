@@ -334,9 +334,11 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     struct pairs fb = {0};
     json_t *out = NULL;
     const struct storage_price *top = NULL;
+    int away = 0; /* the server went away: errno ENOTCONN for the caller */
 
     if (storage_window_parse(window, &window_ms) < 0) {
         storage__errf(err, errlen, "window must be one of 15m, 1h, 24h, 7d");
+        errno = EINVAL;
         return NULL;
     }
     if (!now_ms)
@@ -351,7 +353,7 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
 
     db = storage__db_open(db_path, STORAGE__READ, err, errlen);
     if (!db)
-        return NULL;
+        return NULL; /* errno ENOTCONN or EIO */
     if (storage__db_begin(db, STORAGE__TX_SNAPSHOT) < 0) /* one snapshot for all reads */
         goto dberr;
 
@@ -638,6 +640,7 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
     goto done;
 dberr:
     storage__errf(err, errlen, "%s: %s", storage__shown(db_path), storage__db_error(db));
+    away = storage__db_gone(db);
 done:
     storage__finalize(st);
     storage__db_close(db);
@@ -660,5 +663,7 @@ done:
         free(recent[i].backend);
         free(recent[i].error_kind);
     }
+    if (!out)
+        errno = away ? ENOTCONN : EIO;
     return out;
 }

@@ -110,7 +110,8 @@ int storage__is_pg(const char *target);
 const char *storage__shown(const char *target);
 
 /* Opens target with the engine its form names (see above). Returns NULL with err set
- * ("target: why"; a URL's password never appears in it). */
+ * ("target: why"; a URL's password never appears in it) and errno ENOTCONN when the
+ * server could not be reached (PostgreSQL away: worth a retry), else EIO. */
 struct storage__db *storage__db_open(const char *target, enum storage__mode mode, char *err,
                                      size_t errlen);
 

@@ -116,12 +116,17 @@ storage__db_open(const char *target, enum storage__mode mode, char *err, size_t 
         storage__errf(err, errlen, "storage: no database path or URL");
         return NULL;
     }
-    if (!storage__is_pg(target))
-        return storage__sqlite.open(target, mode, err, errlen);
+    if (!storage__is_pg(target)) {
+        struct storage__db *db = storage__sqlite.open(target, mode, err, errlen);
+        if (!db)
+            errno = EIO;
+        return db;
+    }
 #if TRIAGE_HAVE_POSTGRESQL
-    return storage__pg.open(target, mode, err, errlen);
+    return storage__pg.open(target, mode, err, errlen); /* sets errno */
 #else
     storage__errf(err, errlen, "%s: %s", storage__shown(target), STORAGE_NO_POSTGRESQL);
+    errno = EIO;
     return NULL;
 #endif
 }
@@ -222,6 +227,15 @@ disconnect(struct storage *s)
     s->db = NULL;
 }
 
+/* How the writer and feedback (re)connect: a SQLite file was created by storage_open();
+ * a PostgreSQL database may have been away then, so its schema is made on the first
+ * connection that reaches it (under the advisory lock: replicas migrate once). */
+static enum storage__mode
+write_mode(const struct storage *s)
+{
+    return storage__is_pg(s->path) ? STORAGE__CREATE : STORAGE__WRITE;
+}
+
 /* Connects the writer when it is away, at most once per backoff step (250 ms doubling
  * to STORAGE__RECONNECT_MAX_MS). Returns 0 connected, -EIO with why. */
 static int
@@ -236,7 +250,7 @@ connect_writer(struct storage *s, char *why)
         snprintf(why, STORAGE_ERROR_MAX, "%s", s->c.last_error);
         return -EIO;
     }
-    s->db = storage__db_open(s->path, STORAGE__WRITE, e, sizeof(e));
+    s->db = storage__db_open(s->path, write_mode(s), e, sizeof(e));
     if (s->db) {
         s->reconnect_wait = 0;
         return 0;
@@ -497,8 +511,17 @@ storage_open(const char *path, const struct storage_options *opt, char *err, siz
     s->obatch = storage__calloc(s->opt.batch_size, sizeof(*s->obatch));
 
     s->db = storage__db_open(path, STORAGE__CREATE, err, errlen);
-    if (!s->db)
+    if (!s->db && storage__is_pg(path) && errno == ENOTCONN) {
+        /* PostgreSQL is away: start anyway (routing needs no database). Records queue
+         * and the writer connects with its backoff, as after a lost connection. */
+        s->c.degraded = 1;
+        s->c.last_error_ms = mono_ms();
+        snprintf(s->c.last_error, sizeof(s->c.last_error), "%s", err ? err : "unreachable");
+        s->reconnect_wait = 250;
+        s->reconnect_ms = mono_ms() + s->reconnect_wait;
+    } else if (!s->db) {
         goto fail;
+    }
     if (pthread_create(&s->thread, NULL, writer_main, s) != 0) {
         storage__errf(err, errlen, "storage: cannot start the writer thread");
         goto fail;
@@ -785,8 +808,10 @@ storage_feedback(struct storage *s, const char *request_id, double score, const 
     pthread_mutex_lock(&s->fb_lock);
     if (!s->fb_db) {
         char e[512];
-        s->fb_db = storage__db_open(s->path, STORAGE__WRITE, e, sizeof(e));
+        s->fb_db = storage__db_open(s->path, write_mode(s), e, sizeof(e));
         if (!s->fb_db) {
+            if (errno == ENOTCONN)
+                rc = -ENOTCONN;
             storage__errf(err, errlen, "feedback: %s", e);
             goto fail;
         }
@@ -825,6 +850,7 @@ storage_feedback(struct storage *s, const char *request_id, double score, const 
 dberr:
     storage__errf(err, errlen, "feedback: %s", storage__db_error(s->fb_db));
     if (storage__db_gone(s->fb_db)) {
+        rc = -ENOTCONN;
         storage__finalize(st);
         st = NULL;
         storage__db_close(s->fb_db); /* reconnect on the next call */

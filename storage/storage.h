@@ -200,7 +200,8 @@ int storage_outcome_submit(struct storage *s, const char *request_id, const char
  * NaN. Checks the database and the writer's pending queue for the request id.
  * A repeat for the same (request_id, source) overwrites the earlier feedback.
  * Returns 0 stored (new), 1 stored (overwrote an earlier one), -EINVAL invalid
- * input (→ 400), -ENOENT unknown request id (→ 404), -EIO database error (→ 500);
+ * input (→ 400), -ENOENT unknown request id (→ 404), -ENOTCONN the database server
+ * cannot be reached (PostgreSQL away: → 503, retry), -EIO database error (→ 500);
  * err gets a message for the client. Thread-safe (one connection, serialised). */
 int storage_feedback(struct storage *s, const char *request_id, double score,
                      const char *label, const char *source, char *err, size_t errlen);
@@ -223,7 +224,9 @@ int storage_window_parse(const char *window, int64_t *ms);
  * under "learning" with the labels gathered in the window. Opens its own read-only
  * connection to db_path.
  * prices (borrowed, may be NULL/0) feed the saving estimate; without them "saving" is
- * null. Returns a new reference, or NULL with err set (bad window, database error).
+ * null. Returns a new reference, or NULL with err set (bad window, database error) and
+ * errno EINVAL (bad window), ENOTCONN (the server cannot be reached: PostgreSQL away) or
+ * EIO.
  * The JSON layout is documented in storage/README.md. */
 json_t *storage_stats(const char *db_path, const char *window, const struct storage_price *prices,
                       size_t n_prices, int64_t now_ms, char *err, size_t errlen);
