@@ -138,6 +138,10 @@ static const char *const migrations[] = {
     /* 7 -> 8 */
     "ALTER TABLE requests ADD COLUMN answer BYTEA;"
     "ALTER TABLE requests ADD COLUMN escalation DOUBLE PRECISION;",
+
+    /* 8 -> 9 */
+    "CREATE INDEX requests_key_spend ON requests(key_id, started_ms, kind, cost_usd)"
+    " WHERE key_id IS NOT NULL;",
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORAGE_SCHEMA_VERSION,
                "one PostgreSQL migration per schema version");

@@ -138,6 +138,13 @@ static const char *const migrations[] = {
      * escalation model; the scores show where escalate_at cuts. Outside the index. */
     "ALTER TABLE requests ADD COLUMN answer BLOB;"
     "ALTER TABLE requests ADD COLUMN escalation REAL;",
+
+    /* 8 -> 9: budgets. storage_key_spend() sums a key's cost since the start of its day
+     * or month: without this it walked requests_window over every key's rows of the
+     * period. Partial: rows without a key (auth off) are not indexed; covering, so the
+     * sum reads the index alone. */
+    "CREATE INDEX requests_key_spend ON requests(key_id, started_ms, kind, cost_usd)"
+    " WHERE key_id IS NOT NULL;",
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORAGE_SCHEMA_VERSION,
                "one SQLite migration per schema version");

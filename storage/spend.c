@@ -14,7 +14,8 @@ storage_key_spend(const char *db_path, const char *const *keys, const int64_t *s
 
     if (!db)
         return -EIO;
-    /* Client rows only: the daemon's own shadow and judge calls are not the key's. */
+    /* Client rows only: the daemon's own shadow and judge calls are not the key's.
+     * requests_key_spend (schema 9) covers it: a range of one key's rows, no table. */
     st = storage__prepare(db, "SELECT coalesce(sum(cost_usd), 0) FROM requests"
                               " WHERE key_id = ? AND started_ms >= ?"
                               " AND (kind IS NULL OR kind NOT IN ('shadow', 'judge'))");

@@ -880,6 +880,61 @@ test_migrate_from_v5(void **state)
                      0);
 }
 
+
+/* Budgets: a key's spend since a time, client rows only, read through requests_key_spend
+ * (schema 9) rather than a walk of the window index over every key's rows. */
+static void
+test_key_spend_index(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+    struct storage *s = storage_open(f->path, NULL, err, sizeof(err));
+    assert_non_null(s);
+    const char *keys[] = {"alice", "alice", "alice", "bob", "alice"};
+    const char *kinds[] = {NULL, "shadow", NULL, NULL, "judge"};
+    const int64_t t[] = {1000, 2000, 3000, 3000, 4000};
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "k%d", i);
+        struct storage_record *r = make_record(id, t[i]);
+        r->key_id = strdup(keys[i]);
+        r->kind = kinds[i] ? strdup(kinds[i]) : NULL;
+        r->cost_usd = 0.25 * (i + 1);
+        assert_int_equal(storage_submit(s, r), 0);
+    }
+    struct storage_record *nokey = make_record("nokey", 3000);
+    assert_int_equal(storage_submit(s, nokey), 0);
+    assert_int_equal(storage_flush(s, 10000), 0);
+
+    const char *names[] = {"alice", "alice", "bob", "carol"};
+    const int64_t since[] = {0, 2500, 0, 0};
+    double usd[4] = {-1, -1, -1, -1};
+    assert_int_equal(storage_key_spend(f->path, names, since, 4, usd, err, sizeof(err)), 0);
+    assert_true(fabs(usd[0] - (0.25 + 0.75)) < 1e-12); /* not the shadow nor the judge row */
+    assert_true(fabs(usd[1] - 0.75) < 1e-12);
+    assert_true(fabs(usd[2] - 1.0) < 1e-12);
+    assert_true(usd[3] == 0.0);
+
+    /* The plan: the partial covering index, no table access. */
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "EXPLAIN QUERY PLAN SELECT coalesce(sum(cost_usd), 0)"
+                                        " FROM requests WHERE key_id = ? AND started_ms >= ?"
+                                        " AND (kind IS NULL OR kind NOT IN ('shadow', 'judge'))",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    int found = 0;
+    while (sqlite3_step(st) == SQLITE_ROW)
+        found |= strstr((const char *)sqlite3_column_text(st, 3),
+                        "COVERING INDEX requests_key_spend") != NULL;
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    assert_true(found);
+    storage_close(s);
+}
+
 int
 main(void)
 {
@@ -900,6 +955,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_outcome_submit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outcome_close_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outcome_queue_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_spend_index, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
