@@ -5,7 +5,10 @@
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${TMPDIR:-/tmp}/triage-storage-bench
-cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -I"$root/storage" \
+# storage.c reads TRIAGE_HAVE_POSTGRESQL from meson's config.h: this build has libpq.
+mkdir -p "$out.inc"
+echo '#define TRIAGE_HAVE_POSTGRESQL 1' >"$out.inc/config.h"
+cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -I"$root/storage" -I"$out.inc" \
     "$root/bench/storage_bench.c" "$root/storage/storage.c" "$root/storage/stats.c" \
     "$root/storage/export.c" "$root/storage/registry.c" "$root/storage/db_sqlite.c" \
     "$root/storage/db_pg.c" -o "$out" \

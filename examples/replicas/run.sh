@@ -5,7 +5,10 @@
 # (tests/mock/mockllm) answers, so no API key is needed. Ctrl-C stops everything and
 # removes the directory.
 #
-# usage: examples/replicas/run.sh [BUILD_DIR]   (default: build; meson setup build && ninja -C build)
+# usage: examples/replicas/run.sh [BUILD_DIR] [--once]
+#   BUILD_DIR default: build (meson setup build && ninja -C build). --once: stop after the
+#   summary, exit 1 unless every replica's /v1/stats counts the 6 requests sent (the
+#   suite runs it so: tests/ops/meson.build, 'replicas example').
 # Then:  curl -s localhost:$PORT/v1/chat/completions -H "authorization: Bearer $KEY" \
 #            -d '{"model":"triage","messages":[{"role":"user","content":"hi"}]}'
 #        curl -s localhost:$PORT/v1/stats -H "authorization: Bearer $KEY"   (any replica: the same)
@@ -14,13 +17,16 @@
 # postgres user (initdb refuses root).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+once=0
+[ "${2:-}" = --once ] && once=1
 build=$(cd "${1:-$root/build}" && pwd)
 for exe in daemon/triaged cli/triage tests/mock/mockllm tests/ops/toy_model; do
     [ -x "$build/$exe" ] || { echo "missing $build/$exe: build first (meson setup build && ninja -C build)"; exit 1; }
 done
-command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx)"; exit 1; }
+command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx)"; exit $((once ? 77 : 1)); }
 source "$root/tests/lib/pg.sh"
 source "$root/tests/lib/free_port.sh"
+source "$root/examples/replicas/lib.sh" # shared with tests/ops/test_replicas.sh
 
 dir=$(mktemp -d /tmp/triage-replicas.XXXXXX)
 chmod 755 "$dir"
@@ -38,9 +44,9 @@ pg_start "$dir/pg"
 echo "PostgreSQL: $PG_URL"
 
 # 2. A fake backend and a routing model (a real deployment points at real backends).
-"$build/tests/mock/mockllm" --port 0 --latency-ms 20 >"$dir/mock.out" 2>&1 &
-pids+=($!)
-until mport=$(sed -n 's/.*listening on \([0-9]*\).*/\1/p' "$dir/mock.out") && [ -n "$mport" ]; do sleep 0.1; done
+replicas_mock "$dir" "$build/tests/mock/mockllm" --latency-ms 20
+pids+=("$MOCK_PID")
+mport=$MOCK_PORT
 "$build/tests/ops/toy_model" "$dir/model.tmod"
 
 # 3. One client key with a budget of $1 per day.
@@ -84,64 +90,38 @@ head = strong
 price_input = 2.5
 price_output = 10
 CONF
-    "$build/daemon/triaged" --config "$dir/r$i.conf" 2>"$dir/r$i.log" &
-    pids+=($!)
-done
-for p in "${ports[@]}"; do
-    until curl -sf "http://127.0.0.1:$p/healthz" >/dev/null; do sleep 0.1; done
+    replicas_start "$build/daemon/triaged" "$dir/r$i.conf" "$dir/r$i.log" "$port"
+    pids+=("$REPLICA_PID")
 done
 
 # 5. nginx in front: round robin, a replica that refuses connections is skipped.
-nport=$(free_port)
-mkdir -p "$dir/nginx"
-cat >"$dir/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $dir/nginx/nginx.pid;
-error_log $dir/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $dir/nginx/body;
-    proxy_temp_path $dir/nginx/proxy;
-    fastcgi_temp_path $dir/nginx/fastcgi;
-    uwsgi_temp_path $dir/nginx/uwsgi;
-    scgi_temp_path $dir/nginx/scgi;
-    upstream triage {
-        server 127.0.0.1:${ports[0]} max_fails=1 fail_timeout=5s;
-        server 127.0.0.1:${ports[1]} max_fails=1 fail_timeout=5s;
-        server 127.0.0.1:${ports[2]} max_fails=1 fail_timeout=5s;
-        keepalive 32;
-    }
-    server {
-        listen 127.0.0.1:$nport;
-        location / {
-            proxy_pass http://triage;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;              # SSE streams through
-            proxy_next_upstream error timeout; # never resend a POST a replica has read
-        }
-    }
-}
-CONF
-nginx -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log" &
-pids+=($!)
-until curl -s -o /dev/null "http://127.0.0.1:$nport/healthz"; do sleep 0.1; done
+replicas_nginx "$dir" 5s "${ports[@]}"
+pids+=("$NGINX_PID")
+nport=$NGINX_PORT
 
 for n in 1 2 3 4 5 6; do
     curl -s -o /dev/null "http://127.0.0.1:$nport/v1/chat/completions" -H "authorization: Bearer $key" \
         -d '{"model":"triage","messages":[{"role":"user","content":"hello number '$n'"}]}'
 done
-sleep 1
 echo
 echo "nginx:    http://127.0.0.1:$nport  (replicas on ${ports[*]})"
 echo "key:      $key   (budget \$1/day; DIR=$dir)"
 echo "URL:      $PG_URL"
+same=1
 for p in "${ports[@]}"; do
-    printf 'replica %s /v1/stats: requests %s\n' "$p" \
-        "$(curl -s "http://127.0.0.1:$p/v1/stats?window=1h" -H "authorization: Bearer $key" | sed -n 's/.*"requests": *\([0-9]*\).*/\1/p' | head -1)"
+    for _ in $(seq 100); do # the rows reach PostgreSQL within a flush_interval_ms or so
+        n=$(curl -s "http://127.0.0.1:$p/v1/stats?window=1h" -H "authorization: Bearer $key" |
+            grep -o '"requests": *[0-9]*' | head -1 | grep -o '[0-9]*$')
+        [ "$n" = 6 ] && break
+        sleep 0.1
+    done
+    printf 'replica %s /v1/stats: requests %s\n' "$p" "$n"
+    [ "$n" = 6 ] || same=0
 done
 "$build/cli/triage" key list --file "$dir/keys" --db "$PG_URL"
+if [ "$once" = 1 ]; then
+    [ "$same" = 1 ] && echo "ok: every replica counts the 6 requests" && exit 0
+    echo "FAIL: a replica's stats miss requests"; exit 1
+fi
 echo "Ctrl-C stops it all."
 wait
