@@ -20,6 +20,7 @@
 struct pg_db {
     struct storage__db base;
     PGconn *c;
+    int staged;      /* triage_batch exists (the writer's connection) */
     int gone;        /* the latest failure was the connection */
     int64_t changes; /* rows changed by the latest command */
     char err[STORAGE_ERROR_MAX];
@@ -142,16 +143,32 @@ static const char *const migrations[] = {
     /* 8 -> 9 */
     "CREATE INDEX requests_key_spend ON requests(key_id, started_ms, kind, cost_usd)"
     " WHERE key_id IS NOT NULL;",
+
+    /* 9 -> 10: one row per request id, so a batch written again after a COMMIT whose
+     * answer was lost (the writer cannot tell it from one that failed) adds nothing:
+     * the writer inserts ... ON CONFLICT (request_id) DO NOTHING. Copies such a retry
+     * made before this version are removed first, the earliest kept. */
+    "DELETE FROM requests a USING requests b WHERE a.request_id = b.request_id AND a.id > b.id;"
+    "CREATE UNIQUE INDEX requests_request_id_unique ON requests(request_id);"
+    "DROP INDEX requests_request_id;",
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORAGE_SCHEMA_VERSION,
                "one PostgreSQL migration per schema version");
 
-static const char copy_sql[] =
-    "COPY requests (request_id, started_ms, finished_ms, key_id, requested_model,"
-    " backend, route_reason, score, threshold, model_version, features_digest, prompt_hash,"
-    " status, error_kind, latency_ms, ttfb_ms, tokens_in, tokens_out, finish_reason, cost_usd,"
-    " stream, prompt, kind, parent_id, features, failed_attempts, answer, escalation)"
-    " FROM STDIN";
+/* The writer's batch: COPY into a per-connection temporary table, then one INSERT ...
+ * SELECT that skips the ids already there. A batch retried after a COMMIT whose answer
+ * was lost (committed or not: the writer cannot tell) thus adds each row once. */
+#define RECORD_COLUMNS                                                                           \
+    "request_id, started_ms, finished_ms, key_id, requested_model, backend, route_reason,"     \
+    " score, threshold, model_version, features_digest, prompt_hash, status, error_kind,"      \
+    " latency_ms, ttfb_ms, tokens_in, tokens_out, finish_reason, cost_usd, stream, prompt,"    \
+    " kind, parent_id, features, failed_attempts, answer, escalation"
+static const char staging_sql[] =
+    "CREATE TEMP TABLE IF NOT EXISTS triage_batch ON COMMIT DELETE ROWS AS SELECT "
+    RECORD_COLUMNS " FROM requests WITH NO DATA";
+static const char copy_sql[] = "COPY triage_batch (" RECORD_COLUMNS ") FROM STDIN";
+static const char insert_sql[] = "INSERT INTO requests (" RECORD_COLUMNS ") SELECT "
+    RECORD_COLUMNS " FROM triage_batch ON CONFLICT (request_id) DO NOTHING";
 
 /* Keeps the error of res (NULL: the connection's) and whether the connection is gone:
  * closed, or a server-side error of class 08 (connection), 57P (shutdown) or 53300
@@ -355,6 +372,11 @@ pg_begin(struct storage__db *db, enum storage__tx kind)
         }
         return 0;
     case STORAGE__TX_BATCH:
+        /* The batch's staging table, once per connection and outside the transaction
+         * (a rollback would drop it again). */
+        if (!DB(db)->staged && pg_exec(db, staging_sql) < 0)
+            return -EIO;
+        DB(db)->staged = 1;
         break;
     }
     return pg_exec(db, "BEGIN");
@@ -742,7 +764,8 @@ copy_bytea(struct buf *b, const unsigned char *p, size_t len)
     }
 }
 
-/* One COPY for the whole batch: one round trip, no per-row parsing of an INSERT. */
+/* One COPY for the whole batch (no per-row parsing of an INSERT) into triage_batch, then
+ * one INSERT ... SELECT ... ON CONFLICT DO NOTHING into requests (see staging_sql). */
 static int
 pg_insert_records(struct storage__db *db, struct storage_record *const *recs, uint32_t n)
 {
@@ -830,6 +853,8 @@ pg_insert_records(struct storage__db *db, struct storage_record *const *recs, ui
         rc = 0;
     PQclear(res);
     drain(d);
+    if (rc == 0)
+        rc = pg_exec(db, insert_sql);
 done:
     free(b.p);
     return rc;

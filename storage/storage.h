@@ -41,7 +41,7 @@
 #include <jansson.h>
 
 /* The schema version this build writes; older databases are migrated forward at open. */
-#define STORAGE_SCHEMA_VERSION 9
+#define STORAGE_SCHEMA_VERSION 10
 
 /* Attempts per batch before a write error drops it (counted in counters.failed). */
 #define STORAGE_WRITE_ATTEMPTS 3

@@ -325,6 +325,33 @@ main(int argc, char **argv)
           "rows after the outage: %s", st ? "" : err);
     json_decref(st);
 
+    /* A batch written again (what the writer does after a COMMIT whose answer was lost:
+     * it cannot tell whether it committed) adds no row: request ids are unique and the
+     * insert skips those already there (schema 10). */
+    int64_t until = now + (N + 2000) * 37; /* past the new rows below */
+    st = storage_stats(pg, "24h", NULL, 0, until, err, sizeof(err));
+    json_int_t before = st ? json_integer_value(json_object_get(st, "requests")) : -1;
+    json_decref(st);
+    s = storage_open(pg, &o, err, sizeof(err));
+    CHECK(s, "reopen: %s", err);
+    if (!s)
+        return 1;
+    for (int i = 0; i < 300; i++) /* the outage's rows again, and 10 new ones */
+        storage_submit(s, make(N + i, now));
+    for (int i = 0; i < 10; i++) /* shadow and judge rows count apart: keep these client rows */
+        storage_submit(s, make(N + 1000 + i * 13, now));
+    CHECK(storage_flush(s, 30000) == 0, "flush the repeat");
+    storage_get_counters(s, &c);
+    CHECK(c.failed == 0 && !c.degraded, "repeat: failed %llu (%s)", (unsigned long long)c.failed,
+          c.last_error);
+    storage_close(s);
+    st = storage_stats(pg, "24h", NULL, 0, until, err, sizeof(err));
+    json_int_t after = st ? json_integer_value(json_object_get(st, "requests")) : -1;
+    json_decref(st);
+    CHECK(before > 0 && after == before + 10,
+          "a batch written twice: %lld client rows before, %lld after (want %lld)",
+          (long long)before, (long long)after, (long long)before + 10);
+
     /* A URL's password never shows in an error. */
     CHECK(!storage_stats("postgresql://u:sekrit@127.0.0.1:1/x", "1h", NULL, 0, 0, err,
                          sizeof(err)) &&
