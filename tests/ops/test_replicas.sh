@@ -13,6 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 . "$root/tests/lib/free_port.sh"
 . "$root/tests/lib/pg.sh"
+. "$root/examples/replicas/lib.sh" # the mock, a replica's start, nginx: as the example
 N=${REPLICAS_REQUESTS:-10000}
 
 command -v nginx >/dev/null || { echo "SKIP: nginx not found (Debian package nginx)"; exit 77; }
@@ -38,14 +39,9 @@ psql_q() { "$PG_BIN/psql" -qAt -h "$PG_DIR" -U triage -d triage -c "$1"; }
 pg_start "$tmp/pg" || { echo "could not start PostgreSQL"; exit 1; }
 "$toy_model" "$tmp/toy.tmod" || { echo "cannot build the toy model"; exit 1; }
 
-"$mockllm" --port 0 --latency-ms 1 --threads 2 >"$tmp/mock.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do
-    mport=$(sed -n 's/.*listening on \([0-9]*\).*/\1/p' "$tmp/mock.out")
-    [ -n "$mport" ] && break
-    sleep 0.1
-done
-[ -n "$mport" ] || { echo "mockllm did not start"; exit 1; }
+replicas_mock "$tmp" "$mockllm" --latency-ms 1 --threads 2 || exit 1
+pids+=("$MOCK_PID")
+mport=$MOCK_PORT
 
 # Keys: "load" for the traffic, "capped" for the budget (its budget is set later).
 load_key=sk-triage-loadloadloadloadloadloadloadloadloadloadloa
@@ -88,14 +84,8 @@ CONF
 }
 start_replica() { # start_replica I: on its port (kept across restarts)
     write_conf "$1"
-    "$triaged" --config "$tmp/r$1.conf" 2>>"$tmp/r$1.err" &
-    rpid[$1]=$!
-    for _ in $(seq 300); do
-        curl -sf "http://127.0.0.1:${rport[$1]}/healthz" >/dev/null 2>&1 && return 0
-        kill -0 "${rpid[$1]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "replica $1 did not start"; cat "$tmp/r$1.err"; exit 1
+    replicas_start "$triaged" "$tmp/r$1.conf" "$tmp/r$1.err" "${rport[$1]}" || exit 1
+    rpid[$1]=$REPLICA_PID
 }
 for i in 1 2 3; do
     rport[$i]=$(free_port)
@@ -103,45 +93,9 @@ for i in 1 2 3; do
 done
 echo "replicas on ${rport[1]} ${rport[2]} ${rport[3]}, log $PG_URL"
 
-nport=$(free_port)
-mkdir -p "$tmp/nginx"
-cat >"$tmp/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $tmp/nginx/body;
-    proxy_temp_path $tmp/nginx/proxy;
-    fastcgi_temp_path $tmp/nginx/fastcgi;
-    uwsgi_temp_path $tmp/nginx/uwsgi;
-    scgi_temp_path $tmp/nginx/scgi;
-    upstream triage {
-        server 127.0.0.1:${rport[1]} max_fails=1 fail_timeout=2s;
-        server 127.0.0.1:${rport[2]} max_fails=1 fail_timeout=2s;
-        server 127.0.0.1:${rport[3]} max_fails=1 fail_timeout=2s;
-        keepalive 32;
-    }
-    server {
-        listen 127.0.0.1:$nport;
-        location / {
-            proxy_pass http://triage;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_next_upstream error timeout;
-            add_header x-upstream \$upstream_addr always;
-        }
-    }
-}
-CONF
-nginx -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" &
-pids+=($!)
-for _ in $(seq 50); do
-    curl -s -o /dev/null "http://127.0.0.1:$nport/healthz" && break
-    sleep 0.1
-done
+replicas_nginx "$tmp" 2s "${rport[1]}" "${rport[2]}" "${rport[3]}" || exit 1
+pids+=("$NGINX_PID")
+nport=$NGINX_PORT
 
 # The load: replica 2 killed with SIGKILL at a third, replica 3 restarted (SIGTERM,
 # start) at two thirds, while the client keeps sending.
