@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "daemon-int.h"
 #include "log.h"
@@ -96,13 +97,48 @@ dup_or_null(const char *s)
 
 /* ---- feedback ---- */
 
+/* How long after its request feedback may arrive before the request's row: a row waits
+ * in its replica's queue for flush_interval_ms normally, longer while the database is
+ * away (but then feedback cannot be stored either). */
+#define FEEDBACK_EARLY_MS 600000
+
+/* 1 when feedback on id may come before its row: the log is shared by replicas
+ * (PostgreSQL), so another replica may still hold the row in its queue, and id is one of
+ * ours (daemon__make_id: "req_", 12 hex digits of its start in Unix ms, 12 random) that
+ * started within FEEDBACK_EARLY_MS (a minute of clock skew allowed the other way). */
+static int
+feedback_may_be_early(const char *id)
+{
+    static const char hex[] = "0123456789abcdef";
+    struct timespec ts;
+    int64_t started = 0;
+
+    if (!storage_target_is_pg(storage_path(daemon__storage())) || strlen(id) != 28 ||
+        strncmp(id, "req_", 4))
+        return 0;
+    for (int i = 4; i < 28; i++) {
+        const char *digit = strchr(hex, id[i]);
+        if (!id[i] || !digit)
+            return 0;
+        if (i < 16)
+            started = started * 16 + (digit - hex);
+    }
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return started > now - FEEDBACK_EARLY_MS && started < now + 60000;
+}
+
 static void
 feedback_work(uv_work_t *w)
 {
     struct outcome_job *j = w->data;
 
-    j->rc = storage_feedback(daemon__storage(), j->request_id, j->score, j->label, j->source,
-                             j->err, sizeof(j->err));
+    if (feedback_may_be_early(j->request_id))
+        j->rc = storage_feedback_early(daemon__storage(), j->request_id, j->score, j->label,
+                                       j->source, j->err, sizeof(j->err));
+    else
+        j->rc = storage_feedback(daemon__storage(), j->request_id, j->score, j->label,
+                                 j->source, j->err, sizeof(j->err));
 }
 
 static void
@@ -113,7 +149,14 @@ feedback_after(uv_work_t *w, int status)
 
     if (job_orphaned(j))
         return;
-    if (j->rc >= 0)
+    if (j->rc == 2) /* stored before its request's row reached the shared log */
+        daemon__reply_json(rq, 202,
+                           json_pack("{s:s,s:s,s:b,s:s}", "status", "pending", "request_id",
+                                     j->request_id, "replaced", 0, "message",
+                                     "stored; the request is not in the shared log yet (its "
+                                     "row may still be queued on the replica that served "
+                                     "it): the feedback counts once the row is written"));
+    else if (j->rc >= 0)
         daemon__reply_json(rq, 200,
                            json_pack("{s:s,s:s,s:b}", "status", "stored", "request_id",
                                      j->request_id, "replaced", j->rc == 1));

@@ -766,9 +766,11 @@ storage__exists(struct storage__db *db, const char *sql, const char *a, const ch
     return rc;
 }
 
-int
-storage_feedback(struct storage *s, const char *request_id, double score, const char *label,
-                 const char *source, char *err, size_t errlen)
+/* storage_feedback() and storage_feedback_early(): early says an unknown id is stored
+ * (returning 2) rather than refused. */
+static int
+feedback(struct storage *s, const char *request_id, double score, const char *label,
+         const char *source, int early, char *err, size_t errlen)
 {
     struct storage__stmt *st = NULL;
     int rc = -EIO;
@@ -821,11 +823,12 @@ storage_feedback(struct storage *s, const char *request_id, double score, const 
                                 request_id, NULL);
         if (r < 0)
             goto dberr;
-        if (r == 0) {
+        if (r == 0 && !early) {
             storage__errf(err, errlen, "unknown request id");
             rc = -ENOENT;
             goto fail;
         }
+        known = r;
     }
     int existed = storage__exists(
         s->fb_db, "SELECT 1 FROM feedback WHERE request_id = ? AND source = ?", request_id, source);
@@ -845,7 +848,7 @@ storage_feedback(struct storage *s, const char *request_id, double score, const 
     storage__bind_int64(st, 5, storage__now_ms());
     if (storage__step(st) < 0)
         goto dberr;
-    rc = existed ? 1 : 0;
+    rc = !known ? 2 : existed ? 1 : 0;
     goto fail;
 dberr:
     storage__errf(err, errlen, "feedback: %s", storage__db_error(s->fb_db));
@@ -860,4 +863,18 @@ fail:
     storage__finalize(st);
     pthread_mutex_unlock(&s->fb_lock);
     return rc;
+}
+
+int
+storage_feedback(struct storage *s, const char *request_id, double score, const char *label,
+                 const char *source, char *err, size_t errlen)
+{
+    return feedback(s, request_id, score, label, source, 0, err, errlen);
+}
+
+int
+storage_feedback_early(struct storage *s, const char *request_id, double score,
+                       const char *label, const char *source, char *err, size_t errlen)
+{
+    return feedback(s, request_id, score, label, source, 1, err, errlen);
 }

@@ -206,6 +206,17 @@ int storage_outcome_submit(struct storage *s, const char *request_id, const char
 int storage_feedback(struct storage *s, const char *request_id, double score,
                      const char *label, const char *source, char *err, size_t errlen);
 
+/* As storage_feedback(), for a request id the log does not have yet but may get: in a
+ * log shared by replicas (PostgreSQL), the request's row may still be queued on the
+ * replica that served it. The feedback is stored all the same (readers join feedback to
+ * its request at read time, so it counts once the row is written; if the row never
+ * comes, it counts nowhere and retention removes it). Returns 0 or 1 as
+ * storage_feedback() when the request is known, 2 stored before its request, and the
+ * same errors but -ENOENT. The caller decides which ids may be early (the daemon: its
+ * own id format, started within the last minutes). */
+int storage_feedback_early(struct storage *s, const char *request_id, double score,
+                           const char *label, const char *source, char *err, size_t errlen);
+
 /* ---- stats (GET /v1/stats, `triage stats`; call off the event loop) ---- */
 
 /* A backend's prices, for costing the "everything to the most expensive" baseline. */

@@ -1,11 +1,13 @@
 #!/bin/bash
-# test_pg_away.sh - a replica starts while its PostgreSQL outcome log is down (#18):
-# triaged starts (routing needs no database) and answers, /v1/stats and /v1/feedback
-# answer 503 storage_unavailable, /readyz says degraded; once PostgreSQL is up the
-# writer connects with its backoff, makes the schema in the empty database and writes
-# every queued row.
+# test_pg_replica.sh - one replica's life with a PostgreSQL outcome log (#18):
+# it starts while the log is down: triaged starts (routing needs no database) and
+# answers, /v1/stats and /v1/feedback answer 503 storage_unavailable, /readyz says
+# degraded; once PostgreSQL is up the writer connects with its backoff, makes the
+# schema in the empty database and writes every queued row. Then feedback on a request
+# still queued on a second replica is taken (202 pending) and counts once that row is
+# written; and a server that refuses the login stops the start.
 #
-# Usage: test_pg_away.sh TRIAGED MOCKLLM TOY_MODEL
+# Usage: test_pg_replica.sh TRIAGED MOCKLLM TOY_MODEL
 # Skips (77) without PostgreSQL's server binaries or in a build without the engine.
 set -u
 triaged=$1 mockllm=$2 toy_model=$3
@@ -14,7 +16,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 . "$root/tests/lib/pg.sh"
 N=40
 
-tmp=$(mktemp -d /tmp/triage-pg-away.XXXXXX)
+tmp=$(mktemp -d /tmp/triage-pg-replica.XXXXXX)
 chmod 755 "$tmp"
 pids=()
 cleanup() {
@@ -121,6 +123,54 @@ check "/v1/stats answers 200 again with $N requests ($code)" \
 code=$(curl -s -o "$tmp/fb.json" -w '%{http_code}' "http://127.0.0.1:$port/v1/feedback" \
     -H 'content-type: application/json' -d '{"request_id":"'"$first"'","label":"good"}')
 check "/v1/feedback is stored ($code)" [ "$code" = 200 ]
+
+# Feedback on a request whose row is still queued on another replica (#18): replica B
+# holds its rows for a minute; A takes the feedback (202 pending) and it counts once B's
+# row is written. Ids that are not ours, or too old to be queued, still get 404.
+fb_count() { # fb_count PORT: the feedback count of that replica's 15 min stats
+    curl -s "http://127.0.0.1:$1/v1/stats?window=15m" |
+        python3 -c "import json,sys; print(json.load(sys.stdin)['feedback']['count'])"
+}
+bport=$(free_port)
+sed -e "s|^port = .*|port = $bport|" -e "s|^flush_interval_ms = .*|flush_interval_ms = 60000|" \
+    "$tmp/r.conf" >"$tmp/b.conf"
+"$triaged" --config "$tmp/b.conf" 2>"$tmp/b.err" &
+bpid=$!
+pids+=($bpid)
+for _ in $(seq 300); do
+    curl -sf "http://127.0.0.1:$bport/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -s -o /dev/null -D "$tmp/hb" "http://127.0.0.1:$bport/v1/chat/completions" \
+    -H 'content-type: application/json' \
+    -d '{"model":"triage","messages":[{"role":"user","content":"queued on B"}]}'
+idb=$(tr -d '\r' <"$tmp/hb" | sed -n 's/^x-triage-request-id: *//Ip')
+before=$(fb_count "$port")
+code=$(curl -s -o "$tmp/fb.json" -w '%{http_code}' "http://127.0.0.1:$port/v1/feedback" \
+    -H 'content-type: application/json' -d '{"request_id":"'"$idb"'","label":"good"}')
+check "feedback to A on B's queued request $idb: 202 pending ($code: $(head -c 160 "$tmp/fb.json"))" \
+    sh -c "[ '$code' = 202 ] && grep -q '\"pending\"' '$tmp/fb.json'"
+check "it does not count while the row is queued ($(fb_count "$port") = $before)" \
+    [ "$(fb_count "$port")" = "$before" ]
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/v1/feedback" \
+    -H 'content-type: application/json' -d '{"request_id":"req_000000000001aaaaaaaaaaaa","label":"good"}')
+check "feedback on an id too old to be queued anywhere: 404 ($code)" [ "$code" = 404 ]
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/v1/feedback" \
+    -H 'content-type: application/json' -d '{"request_id":"nope","label":"good"}')
+check "feedback on an id that is not triage's: 404 ($code)" [ "$code" = 404 ]
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$bport/v1/feedback" \
+    -H 'content-type: application/json' -d '{"request_id":"'"$idb"'","label":"bad"}')
+check "feedback to B itself (its own queue knows the id): 200 ($code)" [ "$code" = 200 ]
+kill -TERM "$bpid" # drains B's queue
+wait "$bpid"
+pids=("${pids[@]/$bpid}")
+n=0
+for _ in $(seq 100); do
+    n=$(fb_count "$port")
+    [ "$n" = $((before + 1)) ] && break
+    sleep 0.1
+done
+check "once B's row is written the feedback counts on A ($n = $before + 1)" [ "$n" = $((before + 1)) ]
 
 # A server that answers but refuses the login is a config error, not an outage.
 bad_url=${PG_URL/triage?/nosuchdb?}
