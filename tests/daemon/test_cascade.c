@@ -27,17 +27,6 @@
 
 static struct h_env env;
 static unsigned fast_port;
-static int failures;
-
-#define CCHECK(cond, ...)                                                                        \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                 \
-            fprintf(stderr, __VA_ARGS__);                                                        \
-            fputc('\n', stderr);                                                                 \
-            failures++;                                                                          \
-        }                                                                                        \
-    } while (0)
 
 /* Starts triaged with policy cascade: fast at fast_url, strong at the shared mock;
  * router_extra and fast_extra are lines of [router] and [backend fast]. */
@@ -122,49 +111,49 @@ test_served(void)
     snprintf(fast_url, sizeof(fast_url), "http://127.0.0.1:%u/v1", fast_port);
     unsigned port = start("served", fast_url, "escalate_at = 0.99", NULL, &pid);
     if (!port) {
-        failures++;
+        h_failures++;
         return;
     }
     mock_reset(env.mock_port);
     mock_reset(fast_port);
     h_chat(port, body_plain, &r);
-    CCHECK(r.status == 200, "served: status %ld", r.status);
-    CCHECK(h_header(&r, "x-triage-route") && !strcmp(h_header(&r, "x-triage-route"), "cascade"),
-          "served: route %s", h_header(&r, "x-triage-route"));
-    CCHECK(h_header(&r, "x-triage-escalated") && !strcmp(h_header(&r, "x-triage-escalated"), "0"),
-          "served: escalated %s", h_header(&r, "x-triage-escalated"));
-    CCHECK(h_header(&r, "x-triage-escalation-score") != NULL, "served: no escalation score");
-    CCHECK(h_header(&r, "x-triage-backend") && !strcmp(h_header(&r, "x-triage-backend"), "fast"),
-          "served: backend %s", h_header(&r, "x-triage-backend"));
-    CCHECK(!strcmp(content_of(&r, buf, sizeof(buf)), "The answer is 42."), "served: content '%s'",
-          buf);
-    CCHECK(!strstr(r.body ? r.body : "", "logprobs"), "served: logprobs not asked for, yet sent");
+    CHECKF(r.status == 200, "served: status %ld", r.status);
+    CHECKF(h_header(&r, "x-triage-route") && !strcmp(h_header(&r, "x-triage-route"), "cascade"),
+           "served: route %s", h_header(&r, "x-triage-route"));
+    CHECKF(h_header(&r, "x-triage-escalated") && !strcmp(h_header(&r, "x-triage-escalated"), "0"),
+           "served: escalated %s", h_header(&r, "x-triage-escalated"));
+    CHECKF(h_header(&r, "x-triage-escalation-score") != NULL, "served: no escalation score");
+    CHECKF(h_header(&r, "x-triage-backend") && !strcmp(h_header(&r, "x-triage-backend"), "fast"),
+           "served: backend %s", h_header(&r, "x-triage-backend"));
+    CHECKF(!strcmp(content_of(&r, buf, sizeof(buf)), "The answer is 42."), "served: content '%s'",
+           buf);
+    CHECKF(!strstr(r.body ? r.body : "", "logprobs"), "served: logprobs not asked for, yet sent");
     h_resp_free(&r);
-    CCHECK(mock_requests(fast_port) == 1 && mock_requests(env.mock_port) == 0,
-          "served: fast %ld, strong %ld calls", mock_requests(fast_port),
-          mock_requests(env.mock_port));
+    CHECKF(mock_requests(fast_port) == 1 && mock_requests(env.mock_port) == 0,
+           "served: fast %ld, strong %ld calls", mock_requests(fast_port),
+           mock_requests(env.mock_port));
 
     /* a streaming client gets the held answer as a stream */
     h_chat(port, body_stream, &r);
     struct h_sse s;
     h_parse_sse(r.body ? r.body : "", &s);
-    CCHECK(r.status == 200 && s.done && !s.bad && !strcmp(s.content, "The answer is 42."),
-          "served stream: status %ld done %d bad %d content '%s'", r.status, s.done, s.bad,
-          s.content);
-    CCHECK(h_header(&r, "content-type") && strstr(h_header(&r, "content-type"), "event-stream"),
-          "served stream: content type %s", h_header(&r, "content-type"));
-    CCHECK(h_header(&r, "x-triage-escalated") && !strcmp(h_header(&r, "x-triage-escalated"), "0"),
-          "served stream: escalated %s", h_header(&r, "x-triage-escalated"));
+    CHECKF(r.status == 200 && s.done && !s.bad && !strcmp(s.content, "The answer is 42."),
+           "served stream: status %ld done %d bad %d content '%s'", r.status, s.done, s.bad,
+           s.content);
+    CHECKF(h_header(&r, "content-type") && strstr(h_header(&r, "content-type"), "event-stream"),
+           "served stream: content type %s", h_header(&r, "content-type"));
+    CHECKF(h_header(&r, "x-triage-escalated") && !strcmp(h_header(&r, "x-triage-escalated"), "0"),
+           "served stream: escalated %s", h_header(&r, "x-triage-escalated"));
     h_resp_free(&r);
 
     /* /v1/stats counts the judged answers since start */
     h_get(port, "/v1/stats", &r);
     json_t *j = json_loads(r.body ? r.body : "", 0, NULL);
     json_t *c = json_object_get(j, "cascade");
-    CCHECK(json_integer_value(json_object_get(c, "judged")) == 2 &&
-              json_integer_value(json_object_get(c, "escalated")) == 0 &&
-              json_real_value(json_object_get(c, "saved_usd")) > 0,
-          "served: /v1/stats cascade %s", r.body ? r.body : "");
+    CHECKF(json_integer_value(json_object_get(c, "judged")) == 2 &&
+               json_integer_value(json_object_get(c, "escalated")) == 0 &&
+               json_real_value(json_object_get(c, "saved_usd")) > 0,
+           "served: /v1/stats cascade %s", r.body ? r.body : "");
     json_decref(j);
     h_resp_free(&r);
     h_stop(pid, SIGTERM);
@@ -187,51 +176,51 @@ test_edges(void)
         h_chat(port, body_stream, &r);
         struct h_sse s;
         h_parse_sse(r.body ? r.body : "", &s);
-        CCHECK(r.status == 200 && s.done && strcmp(s.content, "The answer is 42.") != 0 &&
-                  s.content[0],
-              "escalated: status %ld content '%s'", r.status, s.content);
-        CCHECK(h_header(&r, "x-triage-escalated") &&
-                  !strcmp(h_header(&r, "x-triage-escalated"), "1"),
-              "escalated: escalated %s", h_header(&r, "x-triage-escalated"));
-        CCHECK(h_header(&r, "x-triage-backend") &&
-                  !strcmp(h_header(&r, "x-triage-backend"), "strong"),
-              "escalated: backend %s", h_header(&r, "x-triage-backend"));
+        CHECKF(r.status == 200 && s.done && strcmp(s.content, "The answer is 42.") != 0 &&
+                   s.content[0],
+               "escalated: status %ld content '%s'", r.status, s.content);
+        CHECKF(h_header(&r, "x-triage-escalated") &&
+                   !strcmp(h_header(&r, "x-triage-escalated"), "1"),
+               "escalated: escalated %s", h_header(&r, "x-triage-escalated"));
+        CHECKF(h_header(&r, "x-triage-backend") &&
+                   !strcmp(h_header(&r, "x-triage-backend"), "strong"),
+               "escalated: backend %s", h_header(&r, "x-triage-backend"));
         h_resp_free(&r);
-        CCHECK(mock_requests(fast_port) == 1 && mock_requests(env.mock_port) == 1,
-              "escalated: fast %ld, strong %ld calls", mock_requests(fast_port),
-              mock_requests(env.mock_port));
+        CHECKF(mock_requests(fast_port) == 1 && mock_requests(env.mock_port) == 1,
+               "escalated: fast %ld, strong %ld calls", mock_requests(fast_port),
+               mock_requests(env.mock_port));
         h_stop(pid, SIGTERM);
     } else {
-        failures++;
+        h_failures++;
     }
 
     port = start("hard", fast_url, "cascade_high = 0", NULL, &pid);
     if (port) {
         mock_reset(fast_port);
         h_chat(port, body_plain, &r);
-        CCHECK(r.status == 200 && h_header(&r, "x-triage-route") &&
-                  !strcmp(h_header(&r, "x-triage-route"), "cascade_hard") &&
-                  !h_header(&r, "x-triage-escalated"),
-              "hard: status %ld route %s", r.status, h_header(&r, "x-triage-route"));
-        CCHECK(mock_requests(fast_port) == 0, "hard: the fast tier was called");
+        CHECKF(r.status == 200 && h_header(&r, "x-triage-route") &&
+                   !strcmp(h_header(&r, "x-triage-route"), "cascade_hard") &&
+                   !h_header(&r, "x-triage-escalated"),
+               "hard: status %ld route %s", r.status, h_header(&r, "x-triage-route"));
+        CHECKF(mock_requests(fast_port) == 0, "hard: the fast tier was called");
         h_resp_free(&r);
         h_stop(pid, SIGTERM);
     } else {
-        failures++;
+        h_failures++;
     }
 
     port = start("easy", fast_url, "cascade_low = 1\ncascade_high = 1", NULL, &pid);
     if (port) {
         h_chat(port, body_plain, &r);
-        CCHECK(r.status == 200 && h_header(&r, "x-triage-route") &&
-                  !strcmp(h_header(&r, "x-triage-route"), "cascade_easy") &&
-                  h_header(&r, "x-triage-backend") &&
-                  !strcmp(h_header(&r, "x-triage-backend"), "fast"),
-              "easy: status %ld route %s", r.status, h_header(&r, "x-triage-route"));
+        CHECKF(r.status == 200 && h_header(&r, "x-triage-route") &&
+                   !strcmp(h_header(&r, "x-triage-route"), "cascade_easy") &&
+                   h_header(&r, "x-triage-backend") &&
+                   !strcmp(h_header(&r, "x-triage-backend"), "fast"),
+               "easy: status %ld route %s", r.status, h_header(&r, "x-triage-route"));
         h_resp_free(&r);
         h_stop(pid, SIGTERM);
     } else {
-        failures++;
+        h_failures++;
     }
 }
 
@@ -267,23 +256,23 @@ test_fast_fails(void)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         unsigned port = start(cases[i].name, cases[i].url, NULL, cases[i].fast_extra, &pid);
         if (!port) {
-            failures++;
+            h_failures++;
             continue;
         }
         mock_reset(fast_port);
         mock_reset(env.mock_port);
         h_chat(port, cases[i].body, &r);
         const char *esc = h_header(&r, "x-triage-escalated");
-        CCHECK(r.status == 200 && esc && !strcmp(esc, "1"), "%s: status %ld escalated %s",
+        CHECKF(r.status == 200 && esc && !strcmp(esc, "1"), "%s: status %ld escalated %s",
                cases[i].name, r.status, esc);
         const char *be = h_header(&r, "x-triage-backend");
-        CCHECK(be && !strcmp(be, "strong"), "%s: backend %s", cases[i].name, be);
+        CHECKF(be && !strcmp(be, "strong"), "%s: backend %s", cases[i].name, be);
         content_of(&r, buf, sizeof(buf));
-        CCHECK(buf[0] && strcmp(buf, "The answer is 42.") != 0, "%s: content '%s'", cases[i].name,
+        CHECKF(buf[0] && strcmp(buf, "The answer is 42.") != 0, "%s: content '%s'", cases[i].name,
                buf);
         h_resp_free(&r);
         /* no retry of the fast call: the strong tier is the fallback */
-        CCHECK(mock_requests(fast_port) == (cases[i].url == down ? 0 : 1) &&
+        CHECKF(mock_requests(fast_port) == (cases[i].url == down ? 0 : 1) &&
                    mock_requests(env.mock_port) == 1,
                "%s: fast %ld strong %ld calls", cases[i].name, mock_requests(fast_port),
                mock_requests(env.mock_port));
@@ -295,8 +284,10 @@ test_fast_fails(void)
                  " f.backend = 'fast' AND f.error_kind = '%s' AND c.kind IS NULL AND"
                  " c.backend = 'strong' AND c.status = 200 AND c.error_kind IS NULL",
                  cases[i].error);
-        CCHECK(query_double(cases[i].name, sql) == 1, "%s: no failed fast row with %s beside a "
-               "successful client row", cases[i].name, cases[i].error);
+        CHECKF(query_double(cases[i].name, sql) == 1,
+               "%s: no failed fast row with %s beside a "
+               "successful client row",
+               cases[i].name, cases[i].error);
     }
 }
 
@@ -313,7 +304,7 @@ test_hangup(void)
     snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1", fast_port);
     unsigned port = start("hangup", url, "escalate_at = 0", NULL, &pid);
     if (!port) {
-        failures++;
+        h_failures++;
         return;
     }
     mock_reset(env.mock_port);
@@ -323,15 +314,15 @@ test_hangup(void)
     struct h_req q = {.method = "POST", .path = "/v1/chat/completions", .body = slow,
                       .timeout_ms = 400};
     h_do(port, &q, &r);
-    CCHECK(r.status == 0 || r.rc != 0, "hangup: the client got an answer (%ld)", r.status);
+    CHECKF(r.status == 0 || r.rc != 0, "hangup: the client got an answer (%ld)", r.status);
     h_resp_free(&r);
     usleep(4000 * 1000); /* the fast answer arrives (2.5 s) and would be escalated */
-    CCHECK(mock_requests(env.mock_port) == 0, "hangup: strong called %ld times for nobody",
-          mock_requests(env.mock_port));
+    CHECKF(mock_requests(env.mock_port) == 0, "hangup: strong called %ld times for nobody",
+           mock_requests(env.mock_port));
     /* the held call was dropped, not waited for */
     h_get(fast_port, "/_mock/stats", &r);
     json_t *st = json_loads(r.body ? r.body : "", 0, NULL);
-    CCHECK(json_integer_value(json_object_get(st, "cancelled")) == 1 &&
+    CHECKF(json_integer_value(json_object_get(st, "cancelled")) == 1 &&
                json_integer_value(json_object_get(st, "requests")) == 1,
            "hangup: the fast call was not cancelled: %s", r.body ? r.body : "");
     json_decref(st);
@@ -340,14 +331,14 @@ test_hangup(void)
     double rows = wait_double("hangup", "SELECT count(*) FROM requests WHERE kind IS NULL AND"
                                         " route_reason = 'cascade' AND backend = 'fast' AND"
                                         " error_kind = 'client_gone'");
-    CCHECK(rows == 1, "hangup: %g rows for the hung-up request (all rows: %g)", rows,
+    CHECKF(rows == 1, "hangup: %g rows for the hung-up request (all rows: %g)", rows,
            query_double("hangup", "SELECT count(*) FROM requests"));
-    CCHECK(query_double("hangup", "SELECT count(*) FROM requests WHERE backend = 'strong'") == 0,
+    CHECKF(query_double("hangup", "SELECT count(*) FROM requests WHERE backend = 'strong'") == 0,
            "hangup: a strong row");
     h_get(port, "/healthz", &r);
-    CCHECK(r.status == 200, "hangup: daemon unhealthy after (%ld)", r.status);
+    CHECKF(r.status == 200, "hangup: daemon unhealthy after (%ld)", r.status);
     h_resp_free(&r);
-    CCHECK(h_stop(pid, SIGTERM) == 0, "hangup: triaged did not exit cleanly");
+    CHECKF(h_stop(pid, SIGTERM) == 0, "hangup: triaged did not exit cleanly");
 }
 
 /* The value of sql's first column over case name's log (a double; NAN on error or NULL). */
@@ -395,16 +386,16 @@ test_exact_edges(void)
 
     unsigned port = start("probe", fast_url, "escalate_at = 1", NULL, &pid);
     if (!port) {
-        failures++;
+        h_failures++;
         return;
     }
     h_chat(port, body_plain, &r);
-    CCHECK(r.status == 200, "probe: status %ld", r.status);
+    CHECKF(r.status == 200, "probe: status %ld", r.status);
     h_resp_free(&r);
     h_stop(pid, SIGTERM);
     double sc = query_double("probe", "SELECT score FROM requests WHERE kind IS NULL");
     double e = query_double("probe", "SELECT escalation FROM requests WHERE kind IS NULL");
-    CCHECK(sc > 0 && sc < 1 && e > 0 && e < 1, "probe: score %.17g escalation %.17g", sc, e);
+    CHECKF(sc > 0 && sc < 1 && e > 0 && e < 1, "probe: score %.17g escalation %.17g", sc, e);
     if (!(sc > 0 && sc < 1 && e > 0 && e < 1))
         return;
 
@@ -426,7 +417,7 @@ test_exact_edges(void)
                  cases[i].more);
         port = start(cases[i].name, fast_url, extra, NULL, &pid);
         if (!port) {
-            failures++;
+            h_failures++;
             continue;
         }
         h_chat(port, body_plain, &r);
@@ -435,19 +426,19 @@ test_exact_edges(void)
             snprintf(route, sizeof(route), "%s", h_header(&r, "x-triage-route"));
         if (h_header(&r, "x-triage-escalated"))
             snprintf(esc, sizeof(esc), "%s", h_header(&r, "x-triage-escalated"));
-        CCHECK(r.status == 200 && !strcmp(route, cases[i].route),
+        CHECKF(r.status == 200 && !strcmp(route, cases[i].route),
                "%s: status %ld route %s, want %s", cases[i].name, r.status, route, cases[i].route);
-        CCHECK(!strcmp(esc, cases[i].escalated ? cases[i].escalated : ""),
+        CHECKF(!strcmp(esc, cases[i].escalated ? cases[i].escalated : ""),
                "%s: escalated %s, want %s", cases[i].name, esc, cases[i].escalated);
         h_resp_free(&r);
         h_stop(pid, SIGTERM);
         /* the same prompt, the same answer: the same scores, to the bit */
         double sc2 = query_double(cases[i].name, "SELECT score FROM requests WHERE kind IS NULL");
-        CCHECK(sc2 == sc, "%s: score %.17g, the probe's %.17g", cases[i].name, sc2, sc);
+        CHECKF(sc2 == sc, "%s: score %.17g, the probe's %.17g", cases[i].name, sc2, sc);
         if (cases[i].escalated) {
             double e2 =
                 query_double(cases[i].name, "SELECT escalation FROM requests WHERE kind IS NULL");
-            CCHECK(e2 == e, "%s: escalation %.17g, the probe's %.17g", cases[i].name, e2, e);
+            CHECKF(e2 == e, "%s: escalation %.17g, the probe's %.17g", cases[i].name, e2, e);
         }
     }
 }
@@ -527,14 +518,14 @@ test_logprobs(void)
     snprintf(fast_url, sizeof(fast_url), "http://127.0.0.1:%u/v1", fast_port);
     unsigned port = start("logprobs", fast_url, "escalate_at = 1", NULL, &pid);
     if (!port) {
-        failures++;
+        h_failures++;
         return;
     }
 
     /* JSON, not asked */
     h_chat(port, body_plain, &r);
     json_t *sent = fast_last_body();
-    CCHECK(json_is_true(json_object_get(sent, "logprobs")) &&
+    CHECKF(json_is_true(json_object_get(sent, "logprobs")) &&
                json_is_false(json_object_get(sent, "stream")) &&
                !json_object_get(sent, "stream_options") && !json_object_get(sent, "top_logprobs"),
            "the fast call did not ask for logprobs: %s", r.body ? r.body : "");
@@ -545,7 +536,7 @@ test_logprobs(void)
              "\"system_fingerprint\":null,\"choices\":[{\"index\":0,%s,\"finish_reason\":\"stop\"}],"
              "%s}",
              id, created, msg, usage);
-    CCHECK(r.status == 200 && r.body && !strcmp(r.body, want),
+    CHECKF(r.status == 200 && r.body && !strcmp(r.body, want),
            "JSON, not asked:\n got  %s\n want %s", r.body ? r.body : "", want);
     h_resp_free(&r);
 
@@ -562,8 +553,8 @@ test_logprobs(void)
     expected_logprobs(want, sizeof(want), 2);
     snprintf(want + strlen(want), sizeof(want) - strlen(want), ",\"finish_reason\":\"stop\"}],%s}",
              usage);
-    CCHECK(r.status == 200 && r.body && !strcmp(r.body, want),
-           "JSON, asked:\n got  %s\n want %s", r.body ? r.body : "", want);
+    CHECKF(r.status == 200 && r.body && !strcmp(r.body, want), "JSON, asked:\n got  %s\n want %s",
+           r.body ? r.body : "", want);
     h_resp_free(&r);
 
     /* SSE, not asked */
@@ -578,7 +569,7 @@ test_logprobs(void)
              "%s\"delta\":{\"role\":\"assistant\",\"content\":\"The answer is 42.\"}}]}\n\n"
              "%s\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
              head, head);
-    CCHECK(r.status == 200 && r.body && !strcmp(r.body, want),
+    CHECKF(r.status == 200 && r.body && !strcmp(r.body, want),
            "SSE, not asked:\n got  %s\n want %s", r.body ? r.body : "", want);
     h_resp_free(&r);
 
@@ -604,8 +595,8 @@ test_logprobs(void)
     }
     snprintf(want + strlen(want), sizeof(want) - strlen(want),
              "}]}\n\n%s\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n", head);
-    CCHECK(r.status == 200 && r.body && !strcmp(r.body, want),
-           "SSE, asked:\n got  %s\n want %s", r.body ? r.body : "", want);
+    CHECKF(r.status == 200 && r.body && !strcmp(r.body, want), "SSE, asked:\n got  %s\n want %s",
+           r.body ? r.body : "", want);
     h_resp_free(&r);
     h_stop(pid, SIGTERM);
 
@@ -634,7 +625,7 @@ test_logprobs(void)
         if (!strcmp(features_answer_name(j), "lp_mean"))
             mean = j;
     }
-    CCHECK(decoded >= 0 && has < FEATURES_N_ANSWER && mean < FEATURES_N_ANSWER && sig[has] == 1 &&
+    CHECKF(decoded >= 0 && has < FEATURES_N_ANSWER && mean < FEATURES_N_ANSWER && sig[has] == 1 &&
                fabsf(sig[mean] + 0.1f) < 1e-4f,
            "the stored signals: decoded %d has_logprobs %g lp_mean %g", decoded,
            decoded >= 0 && has < FEATURES_N_ANSWER ? sig[has] : -1.0,
@@ -662,6 +653,5 @@ main(int argc, char **argv)
     test_exact_edges();
     test_logprobs();
     h_stop(fast_pid, SIGTERM);
-    h_failures += failures; /* a failed run keeps its directory (logs, databases) */
     return h_env_finish(&env);
 }

@@ -17,26 +17,13 @@
 #include <unistd.h>
 
 #include <jansson.h>
-#include <sqlite3.h>
 
 #include "harness.h"
 
 #define N_PROMPTS 40
-#define WAIT_MS 60000
 
 static struct h_env env;
 static const char *triage_cli;
-static int failures;
-
-#define CCHECK(cond, ...)                                                                        \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                 \
-            fprintf(stderr, __VA_ARGS__);                                                        \
-            fputc('\n', stderr);                                                                 \
-            failures++;                                                                          \
-        }                                                                                        \
-    } while (0)
 
 /* Starts triaged (policy cascade, every prompt in the band, store_prompts = full) with
  * model file `model` and, when judge_port is set, the learning loop grading every answer. */
@@ -74,36 +61,6 @@ start(const char *name, const char *model, unsigned judge_port, pid_t *pid)
         return 0;
     }
     return port;
-}
-
-/* One integer from the log db of case name (-1 on error). */
-static long long
-query(const char *name, const char *sql)
-{
-    char path[512];
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    long long v = -1;
-
-    snprintf(path, sizeof(path), "%s/%s.db", env.dir, name);
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
-}
-
-/* Polls sql until it gives at least want, within WAIT_MS. */
-static long long
-wait_for(const char *name, const char *sql, long long want)
-{
-    double t0 = h_now_ms();
-    long long v;
-
-    while ((v = query(name, sql)) < want && h_now_ms() - t0 < WAIT_MS)
-        usleep(100 * 1000);
-    return v;
 }
 
 /* A chat request for prompt number i whose fast answer is sure (0: a stated result, tokens
@@ -161,12 +118,12 @@ test_learn_from_log(void)
                      "--rule", "not sure=Wrong.\nRating: [[2]]", NULL};
 
     if (h_spawn_mock(jargv, &judge_pid, &judge_port) < 0) {
-        failures++;
+        h_failures++;
         return;
     }
     unsigned port = start("log", "m.tmod", judge_port, &pid);
     if (!port) {
-        failures++;
+        h_failures++;
         h_stop(judge_pid, SIGTERM);
         return;
     }
@@ -175,7 +132,7 @@ test_learn_from_log(void)
     for (int i = 0; i < N_PROMPTS; i++) {
         int esc = 0;
         double e = escalation_of(port, i, i % 2, &esc);
-        CCHECK(e >= 0, "prompt %d: no escalation score", i);
+        CHECKF(e >= 0, "prompt %d: no escalation score", i);
         n_escalated += esc;
         if (i == 0)
             sure_default = e;
@@ -183,38 +140,45 @@ test_learn_from_log(void)
             unsure_default = e;
     }
     /* the default escalates the unsure answers and serves the sure ones: both paths */
-    CCHECK(n_escalated == N_PROMPTS / 2, "%d of %d escalated by the default", n_escalated,
+    CHECKF(n_escalated == N_PROMPTS / 2, "%d of %d escalated by the default", n_escalated,
            N_PROMPTS);
 
     /* every fast answer judged: one label per prompt for the fast backend */
     long long labels =
-        wait_for("log", "SELECT count(*) FROM outcomes WHERE backend = 'fast'", N_PROMPTS);
-    CCHECK(labels == N_PROMPTS, "fast labels %lld", labels);
+        h_db_wait(&env, "log", "SELECT count(*) FROM outcomes WHERE backend = 'fast'", N_PROMPTS);
+    CHECKF(labels == N_PROMPTS, "fast labels %lld", labels);
     h_stop(pid, SIGTERM);
     h_stop(judge_pid, SIGTERM);
 
     /* the signals sit on the row of the call that wrote the answer: the client's row when
      * served, the fast call's (kind cascade, "<id>.fast") when escalated */
-    CCHECK(query("log", "SELECT count(*) FROM requests WHERE kind IS NULL AND backend = 'fast'"
-                        " AND answer IS NOT NULL") == N_PROMPTS / 2,
+    CHECKF(h_db_int(&env, "log",
+                    "SELECT count(*) FROM requests WHERE kind IS NULL AND backend = 'fast'"
+                    " AND answer IS NOT NULL") == N_PROMPTS / 2,
            "served rows with an answer: %lld",
-           query("log", "SELECT count(*) FROM requests WHERE kind IS NULL AND answer IS NOT NULL"));
-    CCHECK(query("log", "SELECT count(*) FROM requests WHERE kind = 'cascade' AND answer IS NOT"
-                        " NULL AND request_id = parent_id || '.fast'") == N_PROMPTS / 2,
+           h_db_int(&env, "log",
+                    "SELECT count(*) FROM requests WHERE kind IS NULL AND answer IS NOT NULL"));
+    CHECKF(h_db_int(&env, "log",
+                    "SELECT count(*) FROM requests WHERE kind = 'cascade' AND answer IS NOT"
+                    " NULL AND request_id = parent_id || '.fast'") == N_PROMPTS / 2,
            "escalated fast rows with an answer: %lld",
-           query("log", "SELECT count(*) FROM requests WHERE kind = 'cascade'"));
-    CCHECK(query("log", "SELECT count(*) FROM requests WHERE answer IS NOT NULL AND"
-                        " length(answer) > 200") == N_PROMPTS,
+           h_db_int(&env, "log", "SELECT count(*) FROM requests WHERE kind = 'cascade'"));
+    CHECKF(h_db_int(&env, "log",
+                    "SELECT count(*) FROM requests WHERE answer IS NOT NULL AND"
+                    " length(answer) > 200") == N_PROMPTS,
            "answers without their hashed words");
     /* the held fast answer was judged as it was: no shadow call to the fast tier */
-    CCHECK(query("log", "SELECT count(*) FROM requests WHERE kind = 'shadow' AND backend = 'fast'")
-               == 0,
+    CHECKF(h_db_int(&env, "log",
+                    "SELECT count(*) FROM requests WHERE kind = 'shadow' AND backend = 'fast'") ==
+               0,
            "shadow calls to the fast tier: %lld",
-           query("log", "SELECT count(*) FROM requests WHERE kind = 'shadow' AND backend = 'fast'"));
+           h_db_int(&env, "log",
+                    "SELECT count(*) FROM requests WHERE kind = 'shadow' AND backend = 'fast'"));
     /* the unsure answers were graded 2, the sure ones 9 */
-    CCHECK(query("log", "SELECT count(*) FROM outcomes o JOIN requests r ON r.request_id ="
-                        " o.request_id || '.fast' WHERE o.backend = 'fast' AND o.q < 0.2")
-               == N_PROMPTS / 2,
+    CHECKF(h_db_int(&env, "log",
+                    "SELECT count(*) FROM outcomes o JOIN requests r ON r.request_id ="
+                    " o.request_id || '.fast' WHERE o.backend = 'fast' AND o.q < 0.2") ==
+               N_PROMPTS / 2,
            "the escalated answers' labels are not the held answers' grades");
 
     /* triage train --db learns the escalation model from them */
@@ -224,13 +188,13 @@ test_learn_from_log(void)
     char *targv[] = {(char *)triage_cli, "train", "--db", db, "--out", out, "--strong",
                      "strong", "--weak", "fast", "--bits", "10", NULL};
     int rc = h_run(targv, text, sizeof(text));
-    CCHECK(rc == 0, "triage train exited %d: %s", rc, text);
+    CHECKF(rc == 0, "triage train exited %d: %s", rc, text);
     char want[128];
     snprintf(want, sizeof(want), "%d labelled cascade fast answers", N_PROMPTS);
-    CCHECK(strstr(text, want) != NULL, "train did not read the answers: %s", text);
+    CHECKF(strstr(text, want) != NULL, "train did not read the answers: %s", text);
     snprintf(want, sizeof(want), "escalation model (cascade) learned from %d judged answers",
              N_PROMPTS);
-    CCHECK(strstr(text, want) != NULL, "no escalation model learned: %s", text);
+    CHECKF(strstr(text, want) != NULL, "no escalation model learned: %s", text);
 
     /* a triaged serving the new model scores answers by it: not the default's scores,
      * and it tells sure from unsure on prompts it never saw */
@@ -242,14 +206,14 @@ test_learn_from_log(void)
     }
     port = start("learned", "learned.tmod", 0, &pid);
     if (!port) {
-        failures++;
+        h_failures++;
         return;
     }
     double sure = escalation_of(port, 1000, 0, NULL), unsure = escalation_of(port, 1001, 1, NULL);
     double mid = escalation_of(port, 2000, 2, NULL);
-    CCHECK(sure >= 0 && unsure >= 0 && sure < 0.5 && unsure > 0.5,
-           "learned: sure %.4f unsure %.4f", sure, unsure);
-    CCHECK(mid >= 0 && mid_default >= 0 && mid != mid_default,
+    CHECKF(sure >= 0 && unsure >= 0 && sure < 0.5 && unsure > 0.5, "learned: sure %.4f unsure %.4f",
+           sure, unsure);
+    CHECKF(mid >= 0 && mid_default >= 0 && mid != mid_default,
            "the learned model scores like the default (%.4f / %.4f)", mid, mid_default);
     fprintf(stderr, "escalation score, default model: sure %.4f unsure %.4f neither %.4f; "
                     "learned: sure %.4f unsure %.4f neither %.4f\n",
@@ -271,6 +235,5 @@ main(int argc, char **argv)
     if (h_env_make_model(&env, NULL) < 0)
         return 1;
     test_learn_from_log();
-    h_failures += failures; /* a failed run keeps its directory (logs, databases) */
     return h_env_finish(&env);
 }

@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include <jansson.h>
-#include <sqlite3.h>
 #include <zlib.h>
 
 #include "harness.h"
@@ -60,37 +59,6 @@ stop(pid_t pid)
 {
     int status = h_stop(pid, SIGTERM);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-}
-
-/* One integer from the log db of case name (-1 on error). */
-static long long
-query(const char *name, const char *sql)
-{
-    char path[512];
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    long long v = -1;
-
-    snprintf(path, sizeof(path), "%s/%s.db", env.dir, name);
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
-}
-
-/* Polls sql until it gives want (or more with at_least), within WAIT_MS. */
-static long long
-wait_for(const char *name, const char *sql, long long want, int at_least)
-{
-    double t0 = h_now_ms();
-    long long v;
-
-    while ((v = query(name, sql)) != want && !(at_least && v > want) &&
-           h_now_ms() - t0 < WAIT_MS)
-        usleep(50 * 1000);
-    return v;
 }
 
 /* A metric's value from /metrics (the first line starting with line), or -1. */
@@ -156,25 +124,29 @@ test_labels(void)
     h_resp_free(&r);
 
     const int prompts = N_REQUESTS + 1;
-    long long labels = wait_for("labels", "SELECT count(*) FROM outcomes", 2 * prompts, 1);
+    long long labels = h_db_wait(&env, "labels", "SELECT count(*) FROM outcomes", 2 * prompts);
     fprintf(stderr, "labels: %lld judge labels for %d prompts\n", labels, prompts);
     CHECK(labels == 2 * prompts);
     /* both sides of every prompt, from the judge, with the grade's q */
-    CHECK(query("labels", "SELECT count(DISTINCT request_id) FROM outcomes") == prompts);
-    CHECK(query("labels", "SELECT count(*) FROM outcomes WHERE source = 'judge' AND"
-                          " abs(q - 7.0 / 9) < 1e-9") == 2 * prompts);
-    CHECK(query("labels", "SELECT count(*) FROM (SELECT request_id FROM outcomes"
-                          " GROUP BY request_id HAVING count(DISTINCT backend) = 2)") == prompts);
+    CHECK(h_db_int(&env, "labels", "SELECT count(DISTINCT request_id) FROM outcomes") == prompts);
+    CHECK(h_db_int(&env, "labels",
+                   "SELECT count(*) FROM outcomes WHERE source = 'judge' AND"
+                   " abs(q - 7.0 / 9) < 1e-9") == 2 * prompts);
+    CHECK(h_db_int(&env, "labels",
+                   "SELECT count(*) FROM (SELECT request_id FROM outcomes"
+                   " GROUP BY request_id HAVING count(DISTINCT backend) = 2)") == prompts);
     CHECK(metric(port, "triage_learning_labels_total ") == 2 * prompts);
     stop(pid);
     /* a shadow row per prompt (two for the stream), a judge row per answer, each
      * pointing at its prompt */
-    CHECK(query("labels", "SELECT count(*) FROM requests WHERE kind = 'shadow'") ==
+    CHECK(h_db_int(&env, "labels", "SELECT count(*) FROM requests WHERE kind = 'shadow'") ==
           N_REQUESTS + 2);
-    CHECK(query("labels", "SELECT count(*) FROM requests WHERE kind = 'judge'") == 2 * prompts);
-    CHECK(query("labels", "SELECT count(*) FROM requests c WHERE c.kind IN ('shadow', 'judge')"
-                          " AND NOT EXISTS (SELECT 1 FROM requests p WHERE"
-                          " p.request_id = c.parent_id)") == 0);
+    CHECK(h_db_int(&env, "labels", "SELECT count(*) FROM requests WHERE kind = 'judge'") ==
+          2 * prompts);
+    CHECK(h_db_int(&env, "labels",
+                   "SELECT count(*) FROM requests c WHERE c.kind IN ('shadow', 'judge')"
+                   " AND NOT EXISTS (SELECT 1 FROM requests p WHERE"
+                   " p.request_id = c.parent_id)") == 0);
     h_stop(jpid, SIGTERM);
 }
 
@@ -198,7 +170,7 @@ test_no_label(void)
         CHECK(metric(port, "triage_learning_unparseable_total ") == 2 * N_REQUESTS);
         CHECK(metric(port, "triage_learning_labels_total ") == 0);
         stop(pid);
-        CHECK(query("nonsense", "SELECT count(*) FROM outcomes") == 0);
+        CHECK(h_db_int(&env, "nonsense", "SELECT count(*) FROM outcomes") == 0);
     } else {
         CHECK(!"triaged started");
     }
@@ -217,8 +189,9 @@ test_no_label(void)
         usleep(50 * 1000);
     CHECK(metric(port, "triage_learning_failed_total ") == 2 * N_REQUESTS);
     stop(pid);
-    CHECK(query("down", "SELECT count(*) FROM outcomes") == 0);
-    CHECK(query("down", "SELECT count(*) FROM requests WHERE kind IS NULL AND status = 200") ==
+    CHECK(h_db_int(&env, "down", "SELECT count(*) FROM outcomes") == 0);
+    CHECK(h_db_int(&env, "down",
+                   "SELECT count(*) FROM requests WHERE kind IS NULL AND status = 200") ==
           N_REQUESTS);
 }
 
@@ -265,8 +238,9 @@ test_budget(void)
     }
     double dropped = metric(port, "triage_learning_dropped_total{reason=\"budget\"} ");
     stop(pid);
-    double logged = (double)query("budget", "SELECT CAST(round(sum(cost_usd) * 1e9) AS INTEGER)"
-                                            " FROM requests WHERE kind IN ('shadow', 'judge')") /
+    double logged = (double)h_db_int(&env, "budget",
+                                     "SELECT CAST(round(sum(cost_usd) * 1e9) AS INTEGER)"
+                                     " FROM requests WHERE kind IN ('shadow', 'judge')") /
                     1e9;
     fprintf(stderr, "budget: cap $%.2f, spent $%.6f (log: $%.6f), %.0f calls dropped\n", cap,
             spent, logged, dropped);
@@ -395,7 +369,7 @@ test_retrain(const char *name, double margin, const char *store_prompts)
             free(bodies[i]);
     }
     /* a retrain once 150 prompts are judged: its challenger lands in the registry */
-    long long models = wait_for(name, "SELECT count(*) FROM models", 2, 1);
+    long long models = h_db_wait(&env, name, "SELECT count(*) FROM models", 2);
     CHECK(models == 2);
     if (margin < 0) {
         double t0 = h_now_ms();
@@ -418,21 +392,24 @@ test_retrain(const char *name, double margin, const char *store_prompts)
     stop(pid);
 
     /* the lineage: the shipped model first, then the challenger with its metrics */
-    CHECK(query(name, "SELECT count(*) FROM models WHERE source = 'shipped'") == 1);
-    CHECK(query(name, "SELECT count(*) FROM models WHERE source = 'retrain' AND parent ="
-                      " (SELECT version FROM models WHERE source = 'shipped') AND holdout_n >= 5"
-                      " AND train_examples > 0 AND apgr IS NOT NULL") == 1);
-    CHECK(query(name, "SELECT count(*) FROM models WHERE status = 'champion'") == 1);
+    CHECK(h_db_int(&env, name, "SELECT count(*) FROM models WHERE source = 'shipped'") == 1);
+    CHECK(h_db_int(&env, name,
+                   "SELECT count(*) FROM models WHERE source = 'retrain' AND parent ="
+                   " (SELECT version FROM models WHERE source = 'shipped') AND holdout_n >= 5"
+                   " AND train_examples > 0 AND apgr IS NOT NULL") == 1);
+    CHECK(h_db_int(&env, name, "SELECT count(*) FROM models WHERE status = 'champion'") == 1);
     if (!strcmp(store_prompts, "features")) /* trained without any prompt text kept */
-        CHECK(query(name, "SELECT count(*) FROM requests WHERE prompt IS NOT NULL") == 0);
+        CHECK(h_db_int(&env, name, "SELECT count(*) FROM requests WHERE prompt IS NOT NULL") == 0);
     if (margin < 0) {
         CHECK(strcmp(before, after) != 0);
-        CHECK(query(name, "SELECT count(*) FROM models WHERE status = 'champion' AND"
-                          " source = 'retrain'") == 1);
+        CHECK(h_db_int(&env, name,
+                       "SELECT count(*) FROM models WHERE status = 'champion' AND"
+                       " source = 'retrain'") == 1);
     } else {
         CHECK(strcmp(before, after) == 0);
-        CHECK(query(name, "SELECT count(*) FROM models WHERE status = 'champion' AND"
-                          " source = 'shipped'") == 1);
+        CHECK(h_db_int(&env, name,
+                       "SELECT count(*) FROM models WHERE status = 'champion' AND"
+                       " source = 'shipped'") == 1);
     }
 out:
     h_stop(fpid, SIGTERM);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <sqlite3.h>
 
 #include "harness.h"
 
@@ -483,6 +484,34 @@ h_start_triaged(struct h_env *e, const char *name, const char *server_extra,
         return 0;
     }
     return port;
+}
+
+long long
+h_db_int(const struct h_env *e, const char *name, const char *sql)
+{
+    char path[512];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    long long v = -1;
+
+    snprintf(path, sizeof(path), "%s/%s.db", e->dir, name);
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+long long
+h_db_wait(const struct h_env *e, const char *name, const char *sql, long long want)
+{
+    double t0 = h_now_ms();
+    long long v;
+
+    while ((v = h_db_int(e, name, sql)) < want && h_now_ms() - t0 < 60000)
+        usleep(50 * 1000);
+    return v;
 }
 
 int

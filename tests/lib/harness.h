@@ -18,6 +18,17 @@ extern int h_failures;
         }                                                                                          \
     } while (0)
 
+/* CHECK with a message: printf-style arguments say what was seen. */
+#define CHECKF(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            h_failures++;                                                                          \
+        }                                                                                          \
+    } while (0)
+
 /* A finished exchange. Body and header block are NUL-terminated. */
 struct h_resp {
     CURLcode rc;
@@ -127,6 +138,13 @@ int h_env_make_model(struct h_env *e, const char *seed);
  * failure (after saying why). */
 unsigned h_start_triaged(struct h_env *e, const char *name, const char *server_extra,
                          const char *storage_extra, const char *tail, pid_t *pid);
+
+/* The first column of sql's first row over NAME.db in e->dir (the log of the triaged
+ * started as NAME) as an integer; -1 when the database, the query or the row fails. */
+long long h_db_int(const struct h_env *e, const char *name, const char *sql);
+
+/* Polls h_db_int until it gives at least want, for 60 s at most; returns the last value. */
+long long h_db_wait(const struct h_env *e, const char *name, const char *sql, long long want);
 
 /* A raw TCP connection to 127.0.0.1:port whose receives time out after timeout_ms;
  * -1 on failure. */
