@@ -65,7 +65,7 @@ send_prompts(unsigned port, const char *model, const char *const *headers, unsig
         struct h_req req = {.path = "/v1/chat/completions", .body = body, .headers = headers};
         prompt_body(body, sizeof(body), model, first + (unsigned)i);
         h_do(port, &req, &r);
-        const char *b = h_header(&r, "x-triage-backend"); /* a static copy: use it now */
+        const char *b = h_header(&r, "x-triage-backend");
         if (r.status != 200 || !b) {
             t->bad++;
             h_resp_free(&r);
@@ -245,7 +245,6 @@ test_fixed_threshold(void)
         struct h_resp r;
         prompt_body(body, sizeof(body), "triage", i);
         h_chat(port, body, &r);
-        /* h_header returns a static copy: one header at a time */
         const char *v = h_header(&r, "x-triage-backend");
         int strong = v && !strcmp(v, "strong");
         v = h_header(&r, "x-triage-score");

@@ -33,7 +33,7 @@ ask(unsigned port, const char *model, const char *messages, const char *backend,
     snprintf(body, sizeof(body), "{\"model\":\"%s\",\"messages\":%s}", model, messages);
     h_chat(port, body, &r);
     char b[64] = "", rt[64] = "";
-    const char *v = h_header(&r, "x-triage-backend"); /* a static copy: one at a time */
+    const char *v = h_header(&r, "x-triage-backend");
     if (v)
         snprintf(b, sizeof(b), "%s", v);
     v = h_header(&r, "x-triage-route");

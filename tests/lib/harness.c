@@ -57,6 +57,14 @@ on_data(char *p, size_t sz, size_t n, void *arg)
     if (!*buf)
         abort();
     memcpy(*buf + *len, p, add);
+    if (!s->is_body) { /* the same bytes again, each line ended by a NUL for h_header */
+        r->head_values = realloc(r->head_values, *len + add + 1);
+        if (!r->head_values)
+            abort();
+        for (size_t i = 0; i < add; i++)
+            r->head_values[*len + i] = p[i] == '\r' || p[i] == '\n' ? '\0' : p[i];
+        r->head_values[*len + add] = '\0';
+    }
     *len += add;
     (*buf)[*len] = '\0';
     return add;
@@ -154,16 +162,16 @@ h_resp_free(struct h_resp *r)
 {
     free(r->body);
     free(r->head);
+    free(r->head_values);
     memset(r, 0, sizeof(*r));
 }
 
 const char *
 h_header(const struct h_resp *r, const char *name)
 {
-    static char val[1024];
     size_t nl = strlen(name);
 
-    for (const char *p = r->head; p && *p;) {
+    for (const char *p = r->head; p && *p && r->head_values;) {
         const char *e = strstr(p, "\r\n");
         if (!e)
             break;
@@ -171,8 +179,7 @@ h_header(const struct h_resp *r, const char *name)
             const char *v = p + nl + 1;
             while (*v == ' ')
                 v++;
-            snprintf(val, sizeof(val), "%.*s", (int)(e - v), v);
-            return val;
+            return r->head_values + (v - r->head); /* the same bytes, ended where e is */
         }
         p = e + 2;
     }

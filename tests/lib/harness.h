@@ -37,6 +37,7 @@ struct h_resp {
     size_t len;
     char *head;
     size_t hlen;
+    char *head_values;    /* head with every CR and LF made a NUL: h_header's answers */
     double first_byte_ms; /* from the start to the first body byte, -1 when none */
     double total_ms;
     long connects; /* new connections the exchange made (0: a kept-alive one was reused) */
@@ -70,7 +71,9 @@ void h_chat(unsigned port, const char *body, struct h_resp *r);
 
 void h_resp_free(struct h_resp *r);
 
-/* Returns header name's value from r (static copy, case-insensitive), or NULL. */
+/* Returns the value of r's first header called name (case-insensitive), or NULL. It
+ * points into r (borrowed): valid until h_resp_free(r), so values of several headers
+ * can be held at once (once the exchange is done; while it runs, until more arrive). */
 const char *h_header(const struct h_resp *r, const char *name);
 
 /* Returns error.code of an OpenAI error body (static copy) or "". */
