@@ -13,17 +13,18 @@
 #include <jansson.h>
 #include <uv.h>
 
+#include "api/api.h"
 #include "conf.h"
 #include "guard/guard.h"
 #include "hooks.h"
+#include "http/http.h"
 #include "router.h"
 #include "upstream/upstream.h"
 
 struct storage;
 struct auth_keys;
-struct MHD_Daemon;     /* libmicrohttpd's: only server.c and mhd_errors.c call it */
+struct MHD_Daemon;     /* libmicrohttpd's: only server.c and http/mhd_errors.c call it */
 struct MHD_Connection;
-struct daemon_response; /* an answer being built, opaque (the front end's, server.c) */
 struct breaker;
 struct ratelimit;
 
@@ -258,41 +259,6 @@ struct daemon_request {
 
 typedef void daemon_route_fn(struct daemon_request *rq);
 
-/* The API paths whose requests go to a backend (api.c): one row each. */
-enum daemon_api_id {
-    DAEMON_API_CHAT = 0,     /* POST /v1/chat/completions */
-    DAEMON_API_RESPONSES,    /* POST /v1/responses */
-    DAEMON_API_COMPLETIONS,  /* POST /v1/completions */
-    DAEMON_API_EMBEDDINGS,   /* POST /v1/embeddings */
-    DAEMON_API_MESSAGES,     /* POST /v1/messages (Anthropic) */
-    DAEMON_API__COUNT
-};
-
-struct daemon_api {
-    enum daemon_api_id id;
-    const char *path;          /* the client's path */
-    const char *upstream_path; /* appended to the backend's url ("/chat/completions") */
-    enum conf_api speaks;      /* the backends that serve it */
-    int routed;                /* an alias is scored and routed; 0: only a backend name */
-    int stream_usage;          /* a stream may get stream_options.include_usage added */
-    /* Checks what the path needs of the body (root, borrowed) and returns a new
-     * chat-shaped view for the router and the prompt digest: an object with
-     * "messages" (or the legacy "prompt"), "max_tokens" and "tools", borrowing root's
-     * values. NULL after replying 400. */
-    json_t *(*view)(struct daemon_request *rq, json_t *root);
-};
-
-/* The API row of path, or NULL. */
-const struct daemon_api *daemon__api_find(const char *path);
-/* The relay for every API path: parse, route or pass through, forward (proxy.c). */
-void daemon__api_handle(struct daemon_request *rq);
-
-/* Responses API state (api.c): which backend answered a response id, bounded.
- * Thread-safe. Remembers backend (a name, copied) for id (len bytes). */
-void daemon__response_ids_put(const char *id, size_t len, const char *backend);
-/* Copies the backend that answered id into out (cap bytes). Returns 1 known, 0 not. */
-int daemon__response_ids_get(const char *id, size_t len, char *out, size_t cap);
-
 /* Runs MHD for w until no resumed connection is pending and rearms its timer.
  * Call after anything that may have woken a connection outside MHD and curl. */
 void daemon__mhd_run(struct daemon_worker *w);
@@ -314,117 +280,9 @@ struct budget *daemon__budget(void);   /* NULL without a log and a keys file */
 void daemon__add_budget_headers(struct daemon_request *rq, struct daemon_response *resp);
 void daemon__request_reload(void); /* reloads config and model now; any thread */
 
-/* Replies: take body (malloc'd); add the request id header; wake the connection. */
-void daemon__reply(struct daemon_request *rq, int status, const char *ctype, char *body,
-                   size_t len);
-void daemon__reply_json(struct daemon_request *rq, int status, json_t *doc); /* steals doc */
-/* errors.c: the client-facing errors, one table. A kind's row holds its status, OpenAI
- * type and code, and Anthropic type; the request's API picks the dialect. */
-enum daemon_err {
-    DAEMON_ERR_INVALID_JSON = 0,
-    DAEMON_ERR_NUMBER_OUT_OF_RANGE,
-    DAEMON_ERR_MISSING_MODEL,
-    DAEMON_ERR_MISSING_MESSAGES,
-    DAEMON_ERR_MISSING_INPUT,
-    DAEMON_ERR_MISSING_PROMPT,
-    DAEMON_ERR_INVALID_MESSAGES,
-    DAEMON_ERR_INVALID_INPUT,
-    DAEMON_ERR_INVALID_THRESHOLD,
-    DAEMON_ERR_INVALID_STRONG_SHARE,
-    DAEMON_ERR_INVALID_FRAMING,
-    DAEMON_ERR_INVALID_FEEDBACK,
-    DAEMON_ERR_INVALID_WINDOW,
-    DAEMON_ERR_INVALID_REQUEST,    /* not valid HTTP (libmicrohttpd's own page) */
-    DAEMON_ERR_WRONG_API,          /* the named backend speaks another API */
-    DAEMON_ERR_NOT_ROUTED,         /* an alias on a path that is never routed (embeddings) */
-    DAEMON_ERR_PREVIOUS_RESPONSE_NOT_FOUND,
-    DAEMON_ERR_MISSING_API_KEY,
-    DAEMON_ERR_INVALID_API_KEY,
-    DAEMON_ERR_FORBIDDEN,
-    DAEMON_ERR_MODEL_NOT_FOUND,
-    DAEMON_ERR_NOT_FOUND,
-    DAEMON_ERR_API_NOT_SERVED,     /* no configured backend speaks the path's API */
-    DAEMON_ERR_STORAGE_DISABLED,
-    DAEMON_ERR_UNKNOWN_REQUEST_ID,
-    DAEMON_ERR_METHOD_NOT_ALLOWED,
-    DAEMON_ERR_READ_TIMEOUT,       /* the request did not arrive within read_timeout_ms */
-    DAEMON_ERR_BODY_TOO_LARGE,
-    DAEMON_ERR_HEADERS_TOO_LARGE,
-    DAEMON_ERR_RATE_LIMITED,
-    DAEMON_ERR_BUDGET_EXCEEDED,
-    DAEMON_ERR_INTERNAL,
-    DAEMON_ERR_RELOAD_FAILED,
-    DAEMON_ERR_STORAGE_ERROR,
-    DAEMON_ERR_HTTP_FAILED,        /* libmicrohttpd could not handle the request */
-    DAEMON_ERR_STORAGE_UNAVAILABLE,
-    DAEMON_ERR_BACKEND_UNAVAILABLE,
-    DAEMON_ERR_BACKEND_OVERLOADED,
-    DAEMON_ERR_SHUTTING_DOWN,
-    DAEMON_ERR_HTTP_VERSION,       /* neither HTTP/1.0 nor HTTP/1.1 */
-    DAEMON_ERR__COUNT
-};
-/* Replies with kind's error in rq's dialect; fmt's text is cleaned to valid UTF-8. */
-void daemon__reply_err(struct daemon_request *rq, enum daemon_err kind, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-/* The same for an error no row names (a backend failure: its status and code). */
-void daemon__reply_error(struct daemon_request *rq, int status, const char *type,
-                         const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-int daemon__err_status(enum daemon_err kind);
-const char *daemon__err_code(enum daemon_err kind);
-/* 1 when rq's errors take Anthropic's shape (its path is /v1/messages). */
-int daemon__dialect_anthropic(const struct daemon_request *rq);
-/* 1 when rq's errors take Anthropic's shape: its path is /v1/messages, or one under
- * /v1/messages/ that triage does not serve (a 404 an Anthropic client reads). */
-int daemon__err_anthropic(const struct daemon_request *rq);
-/* The same for a path (borrowed, without its query) before any request exists. */
-int daemon__path_anthropic(const char *path);
-/* Returns a new error body (JSON and a newline; *len bytes) for kind in a dialect
- * (anthropic: 1 for Anthropic's shape), for an answer written outside a request:
- * libmicrohttpd's own pages, the read deadline's 408. NULL when memory runs out. */
-char *daemon__err_body(enum daemon_err kind, int anthropic, size_t *len, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-/* Sets the response of rq (takes resp) and resumes the connection if suspended. */
-void daemon__set_response(struct daemon_request *rq, int status, struct daemon_response *resp);
-/* Resumes rq's connection if it is suspended. */
-void daemon__wake(struct daemon_request *rq);
-/* Adds the x-triage-* routing headers for rq to resp. */
-void daemon__add_route_headers(struct daemon_request *rq, struct daemon_response *resp);
-
-/* The HTTP front end (server.c) as the rest of the daemon sees it: answers, streams and
- * the request's head. No file but server.c and mhd_errors.c includes libmicrohttpd's header. */
-/* Returns a new whole answer of len bytes with content type ctype (borrowed; NULL:
- * none). Takes body (malloc'd; NULL: an empty one). Out of memory aborts. */
-struct daemon_response *daemon__response_buffer(char *body, size_t len, const char *ctype);
-/* What a stream's reader returns when it has no bytes to give (else a count > 0). */
-#define DAEMON_STREAM_WAIT ((ssize_t)0)  /* none yet: rq is suspended until daemon__wake */
-#define DAEMON_STREAM_END ((ssize_t)-1)  /* the body is complete */
-#define DAEMON_STREAM_FAIL ((ssize_t)-2) /* cut short: the chunked body stays unterminated
-                                          * and the client's connection is shut at once */
-typedef ssize_t daemon_stream_read_fn(struct daemon_request *rq, char *buf, size_t max);
-/* Returns a new streamed answer (chunked) for rq with content type ctype (borrowed),
- * its body pulled from read in blocks of up to block bytes. Out of memory aborts. */
-struct daemon_response *daemon__response_stream(struct daemon_request *rq, const char *ctype,
-                                                size_t block, daemon_stream_read_fn *read);
-/* Adds a header to resp (both strings borrowed, copied). */
-void daemon__response_header(struct daemon_response *resp, const char *name, const char *value);
-/* Returns the value of rq's request header name (borrowed, valid while the connection
- * is), or NULL: absent, or the connection is gone. */
-const char *daemon__request_header(const struct daemon_request *rq, const char *name);
-/* Returns the value of rq's query argument name (as daemon__request_header). */
-const char *daemon__request_query(const struct daemon_request *rq, const char *name);
-/* Calls fn for each of rq's request headers (strings borrowed for the call); nothing
- * once the connection is gone. */
-void daemon__request_headers_each(const struct daemon_request *rq,
-                                  void (*fn)(void *ctx, const char *name, const char *value),
-                                  void *ctx);
-
 /* proxy.c, api.c */
 void daemon__models(struct daemon_request *rq);
 void daemon__model_get(struct daemon_request *rq); /* GET /v1/models/{id} */
-/* outcomes.c: run on the thread pool, reply from the loop */
-void daemon__feedback(struct daemon_request *rq);
-void daemon__stats(struct daemon_request *rq);
 /* Called when the request ends, before it is freed: cancels the backend call. */
 void daemon__proxy_release(struct daemon_request *rq);
 
@@ -520,10 +378,6 @@ const char *daemon__retrain_champion_path(const struct conf *c, char *buf, size_
 void daemon__retrain_gauges(uint64_t *runs, uint64_t *promotions);
 /* Returns 1 while an automatic retrain is training or evaluating. Thread-safe. */
 int daemon__retrain_running(void);
-
-/* mhd_errors.c: libmicrohttpd's own error pages become JSON. Resolves the library's
- * function once (at start: it also links the file in). Returns 0 or -1. */
-int daemon__mhd_errors_install(void);
 
 /* Milliseconds between two monotonic ns stamps. */
 double daemon__ms_since(uint64_t t0_ns);

@@ -1,4 +1,4 @@
-/* test_api.c - through the real triaged: the API paths of daemon/api.c (Responses,
+/* test_api.c - through the real triaged: the API paths of daemon/api/api.c (Responses,
  * completions, embeddings, Anthropic Messages) against mockllm backends that check
  * what they receive: routing, passthrough, what reaches the backend, typed SSE events
  * relayed as they come, a Responses follow-up kept on the backend holding its state,

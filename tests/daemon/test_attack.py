@@ -209,7 +209,7 @@ def answers(out):
     return res
 
 
-# Errors libmicrohttpd answers before the path is known (daemon/mhd_errors.c): OpenAI's
+# Errors libmicrohttpd answers before the path is known (daemon/http/mhd_errors.c): OpenAI's
 # shape on every path, /v1/messages too.
 MHD_CODES = ("headers_too_large", "invalid_request", "http_version_not_supported",
              "body_too_large")

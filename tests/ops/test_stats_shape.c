@@ -214,7 +214,7 @@ test_fixture_matches_storage(void **state)
      * log's: tests/daemon/test_share.c pins its shape */
     assert_non_null(json_object_get(fixture, "share_routes"));
     json_object_del(fixture, "share_routes");
-    /* "models" is the daemon's (daemon/outcomes.c): its lists are the registry's
+    /* "models" is the daemon's (daemon/api/outcomes.c): its lists are the registry's
      * storage_model_timeline, its counters the daemon's own */
     json_t *fixture_models = json_incref(json_object_get(fixture, "models"));
     assert_non_null(fixture_models);

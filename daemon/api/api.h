@@ -1,0 +1,55 @@
+/* api.h - daemon/api/'s boundary: the API paths and their thin handlers.
+ *
+ * One row per path that reaches a backend (api.c: the request's view for the router,
+ * the Responses ids), and the handlers of the paths triage answers itself: feedback
+ * and stats (outcomes.c). */
+#ifndef TRIAGE_DAEMON_API_H
+#define TRIAGE_DAEMON_API_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "conf.h"
+
+struct daemon_request; /* the daemon's request (daemon-int.h) */
+
+/* The API paths whose requests go to a backend (api.c): one row each. */
+enum daemon_api_id {
+    DAEMON_API_CHAT = 0,     /* POST /v1/chat/completions */
+    DAEMON_API_RESPONSES,    /* POST /v1/responses */
+    DAEMON_API_COMPLETIONS,  /* POST /v1/completions */
+    DAEMON_API_EMBEDDINGS,   /* POST /v1/embeddings */
+    DAEMON_API_MESSAGES,     /* POST /v1/messages (Anthropic) */
+    DAEMON_API__COUNT
+};
+
+struct daemon_api {
+    enum daemon_api_id id;
+    const char *path;          /* the client's path */
+    const char *upstream_path; /* appended to the backend's url ("/chat/completions") */
+    enum conf_api speaks;      /* the backends that serve it */
+    int routed;                /* an alias is scored and routed; 0: only a backend name */
+    int stream_usage;          /* a stream may get stream_options.include_usage added */
+    /* Checks what the path needs of the body (root, borrowed) and returns a new
+     * chat-shaped view for the router and the prompt digest: an object with
+     * "messages" (or the legacy "prompt"), "max_tokens" and "tools", borrowing root's
+     * values. NULL after replying 400. */
+    json_t *(*view)(struct daemon_request *rq, json_t *root);
+};
+
+/* The API row of path, or NULL. */
+const struct daemon_api *daemon__api_find(const char *path);
+/* The relay for every API path: parse, route or pass through, forward (proxy.c). */
+void daemon__api_handle(struct daemon_request *rq);
+
+/* Responses API state (api.c): which backend answered a response id, bounded.
+ * Thread-safe. Remembers backend (a name, copied) for id (len bytes). */
+void daemon__response_ids_put(const char *id, size_t len, const char *backend);
+/* Copies the backend that answered id into out (cap bytes). Returns 1 known, 0 not. */
+int daemon__response_ids_get(const char *id, size_t len, char *out, size_t cap);
+
+/* outcomes.c: run on the thread pool, reply from the loop */
+void daemon__feedback(struct daemon_request *rq);
+void daemon__stats(struct daemon_request *rq);
+#endif
