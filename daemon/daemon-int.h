@@ -23,7 +23,7 @@
 
 struct storage;
 struct auth_keys;
-struct MHD_Daemon;     /* libmicrohttpd's: only server.c and http/mhd_errors.c call it */
+struct MHD_Daemon;     /* libmicrohttpd's: only http/ calls it */
 struct MHD_Connection;
 struct breaker;
 struct ratelimit;
@@ -259,12 +259,14 @@ struct daemon_request {
 
 typedef void daemon_route_fn(struct daemon_request *rq);
 
-/* Runs MHD for w until no resumed connection is pending and rearms its timer.
- * Call after anything that may have woken a connection outside MHD and curl. */
-void daemon__mhd_run(struct daemon_worker *w);
-
 /* A request whose thread-pool job ended after MHD let go of it: frees it. */
 void daemon__request_orphan_done(struct daemon_request *rq);
+/* Returns a new request for the head of method and url (both borrowed, copied) on
+ * conn, on worker w, holding a reference to the current snapshot. */
+struct daemon_request *daemon__request_new(struct daemon_worker *w, struct MHD_Connection *conn,
+                                           const char *url, const char *method);
+/* The end of a request: its log line, events and outcome record; frees rq. */
+void daemon__request_finish(struct daemon_request *rq);
 
 /* Backend calls running, all workers (for gauges). */
 extern atomic_uint_fast64_t daemon__n_upstream_inflight;
@@ -279,6 +281,9 @@ struct budget *daemon__budget(void);   /* NULL without a log and a keys file */
 /* Adds the x-triage-budget-* headers of rq's key (none without a budget). */
 void daemon__add_budget_headers(struct daemon_request *rq, struct daemon_response *resp);
 void daemon__request_reload(void); /* reloads config and model now; any thread */
+/* Reloads config, model and keys as a new snapshot. Thread-safe. Returns 0, or -1 with
+ * the reason in err (the running snapshot is kept). */
+int daemon__reload(char *err, size_t errlen);
 
 /* proxy.c, api.c */
 void daemon__models(struct daemon_request *rq);

@@ -1,9 +1,10 @@
 /* http.h - daemon/http/'s boundary: the HTTP front end as the rest of the daemon sees it.
  *
  * Answers (whole or streamed), the request's head, and every client-facing error from
- * one table (errors.c) in the request's dialect. Only daemon/http/ (and server.c, until
- * its libmicrohttpd glue moves here) includes libmicrohttpd's header; its types never
- * appear here. The functions keep the core's daemon__ prefix for now. */
+ * one table (errors.c) in the request's dialect; the worker's side: its HTTP server,
+ * started, quiesced and stopped (http.c). Only daemon/http/ includes libmicrohttpd's
+ * header; its types never appear here. The functions keep the core's daemon__ prefix
+ * for now. */
 #ifndef TRIAGE_DAEMON_HTTP_H
 #define TRIAGE_DAEMON_HTTP_H
 
@@ -13,7 +14,9 @@
 
 #include <jansson.h>
 
+struct conf;
 struct daemon_request;  /* the daemon's request (daemon-int.h) */
+struct daemon_worker;   /* a worker thread (daemon-int.h) */
 struct daemon_response; /* an answer being built, opaque: a libmicrohttpd response */
 
 /* Replies: take body (malloc'd); add the request id header; wake the connection. */
@@ -93,8 +96,8 @@ void daemon__wake(struct daemon_request *rq);
 /* Adds the x-triage-* routing headers for rq to resp. */
 void daemon__add_route_headers(struct daemon_request *rq, struct daemon_response *resp);
 
-/* The HTTP front end (server.c) as the rest of the daemon sees it: answers, streams and
- * the request's head. No file but server.c and mhd_errors.c includes libmicrohttpd's header. */
+/* The HTTP front end (http.c) as the rest of the daemon sees it: answers, streams and
+ * the request's head. */
 /* Returns a new whole answer of len bytes with content type ctype (borrowed; NULL:
  * none). Takes body (malloc'd; NULL: an empty one). Out of memory aborts. */
 struct daemon_response *daemon__response_buffer(char *body, size_t len, const char *ctype);
@@ -124,4 +127,23 @@ void daemon__request_headers_each(const struct daemon_request *rq,
 /* mhd_errors.c: libmicrohttpd's own error pages become JSON. Resolves the library's
  * function once (at start: it also links the file in). Returns 0 or -1. */
 int daemon__mhd_errors_install(void);
+/* The worker's side of the front end (http.c). */
+/* Starts w's HTTP server on w->listen_fd (taken) for c (v6: the socket is IPv6) and
+ * its read-deadline sweep. Returns 0, or -1 with err. */
+int daemon__http_start(struct daemon_worker *w, const struct conf *c, int v6, char *err,
+                       size_t errlen);
+/* Stops accepting: the listening socket is closed, open connections go on. */
+void daemon__http_quiesce(struct daemon_worker *w);
+/* Stops w's HTTP server: every connection ends, every request is finished. */
+void daemon__http_stop(struct daemon_worker *w);
+/* Runs MHD for w until no resumed connection is pending and rearms its timer.
+ * Call after anything that may have woken a connection outside MHD and curl. */
+void daemon__mhd_run(struct daemon_worker *w);
+/* Frees resp (an answer never queued); NULL is fine. */
+void daemon__response_free(struct daemon_response *resp);
+/* Watches the sockets of w's requests that have waited GONE_AFTER_MS for a hang-up. */
+void daemon__gone_watch_waiting(struct daemon_worker *w);
+/* Stops watching rq's socket (none: nothing). */
+void daemon__gone_unwatch(struct daemon_request *rq);
+
 #endif

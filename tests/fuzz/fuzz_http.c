@@ -199,7 +199,7 @@ write_conf(const char *path, unsigned dead_port)
     if (!f)
         die("cannot write the config");
     /* Short timeouts keep every request's life well under INFLIGHT_CAP_MS; "slow"
-     * outlives GONE_AFTER_MS (server.c) so the hang-up watch can be reached. */
+     * outlives GONE_AFTER_MS (daemon/http/http.c) so the hang-up watch can be reached. */
     fprintf(f,
             "[server]\nlisten = 127.0.0.1\nport = %u\nworkers = 1\nmax_body = 16k\n"
             "max_header = 4k\nmax_response = 16k\nmax_connections = 64\n"

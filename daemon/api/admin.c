@@ -1,0 +1,102 @@
+/* admin.c - the endpoints triage answers about itself: /healthz, /readyz (the snapshot
+ * and the outcome log's state) and POST /admin/reload (on the thread pool). */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "daemon-int.h"
+#include "storage.h"
+
+void
+daemon__healthz(struct daemon_request *rq)
+{
+    daemon__reply_json(rq, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+void
+daemon__readyz(struct daemon_request *rq)
+{
+    const struct conf *c = rq->snap->conf;
+
+    if (rq->w->stopping) {
+        daemon__reply_json(rq, 503, json_pack("{s:s}", "status", "stopping"));
+        return;
+    }
+    json_t *backends = json_array();
+    for (size_t i = 0; i < c->n_backends; i++)
+        json_array_append_new(backends, json_string(c->backends[i].name));
+    /* A failing outcome log (disk full, read-only) degrades, it does not stop
+     * serving: still 200, with the log's state for operators and probes. Degraded
+     * lasts [storage] degraded_hold_ms past the last failure, not just until the next
+     * good write, so probes see a flapping disk. Storage's clock is CLOCK_MONOTONIC too. */
+    struct storage_counters sc = {0};
+    if (daemon__storage())
+        storage_get_counters(daemon__storage(), &sc);
+    int64_t since_failure_ms = (int64_t)(daemon__now_ns() / 1000000u) - sc.last_error_ms;
+    int degraded = sc.degraded || (sc.last_error_ms > 0 &&
+                                   since_failure_ms < (int64_t)c->degraded_hold_ms);
+    daemon__reply_json(rq, 200,
+                       json_pack("{s:s,s:s,s:I,s:o,s:b,s:b,s:I}", "status",
+                                 degraded ? "degraded" : "ready", "model",
+                                 router_model_version(rq->snap->model), "generation",
+                                 (json_int_t)rq->snap->generation, "backends", backends,
+                                 "storage", daemon__storage() != NULL, "storage_degraded",
+                                 degraded, "log_rows_failed", (json_int_t)sc.failed));
+}
+
+struct reload_job {
+    uv_work_t work;
+    struct daemon_request *rq;
+    int rc;
+    char err[512];
+};
+
+static void
+reload_work(uv_work_t *req)
+{
+    struct reload_job *j = req->data;
+
+    j->rc = daemon__reload(j->err, sizeof(j->err));
+}
+
+static void
+reload_after(uv_work_t *req, int status)
+{
+    struct reload_job *j = req->data;
+    struct daemon_request *rq = j->rq;
+
+    if (rq->orphaned) {
+        free(j);
+        daemon__request_orphan_done(rq);
+        return;
+    }
+    rq->work_pending = 0;
+    if (j->rc == 0) {
+        struct daemon_snapshot *s = daemon__snapshot_get();
+        daemon__reply_json(rq, 200,
+                           json_pack("{s:s,s:I,s:s}", "status", "reloaded", "generation",
+                                     (json_int_t)s->generation, "model",
+                                     router_model_version(s->model)));
+        daemon__snapshot_put(s);
+    } else {
+        daemon__reply_err(rq, DAEMON_ERR_RELOAD_FAILED,
+                          "reload failed, the running config is kept: %s", j->err);
+    }
+    free(j);
+    daemon__mhd_run(rq->w);
+}
+
+void
+daemon__admin_reload(struct daemon_request *rq)
+{
+    struct reload_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        abort();
+    j->rq = rq;
+    j->work.data = j;
+    rq->work_pending = 1;
+    if (uv_queue_work(&rq->w->loop, &j->work, reload_work, reload_after) < 0) {
+        rq->work_pending = 0;
+        free(j);
+        daemon__reply_err(rq, DAEMON_ERR_INTERNAL, "cannot queue the reload");
+    }
+}
