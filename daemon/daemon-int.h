@@ -165,8 +165,7 @@ struct daemon_request {
     struct daemon_buf body;
     int too_large;
     int outcome;             /* a path whose requests are outcome-log rows */
-    const struct daemon_route *route;   /* a built-in endpoint, or */
-    const struct handler *handler_;     /* a registered one (hooks.h) */
+    const struct daemon_route *route;   /* its row of the route table (http.c) */
 
     /* the response */
     struct daemon_response *response; /* ready to queue */
@@ -256,8 +255,6 @@ struct daemon_request {
     int work_pending; /* a thread-pool job points at this request */
     int orphaned;     /* MHD is done with it; free when the job ends */
 };
-
-typedef void daemon_route_fn(struct daemon_request *rq);
 
 /* A request whose thread-pool job ended after MHD let go of it: frees it. */
 void daemon__request_orphan_done(struct daemon_request *rq);

@@ -1189,6 +1189,11 @@ daemon_server_create(const char *conf_path, char *err, size_t errlen)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     srv->curl_ready = 1;
     signal(SIGPIPE, SIG_IGN);
+    int rc = daemon__api_routes(); /* the paths triaged serves itself (api/routes.c) */
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot add the API's routes: %s", strerror(-rc));
+        goto fail;
+    }
 
     snap = snapshot_load(conf_path, err, errlen);
     if (!snap)

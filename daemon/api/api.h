@@ -57,4 +57,7 @@ void daemon__healthz(struct daemon_request *rq);
 void daemon__readyz(struct daemon_request *rq);
 void daemon__admin_reload(struct daemon_request *rq);
 
+/* routes.c: adds every path triaged serves itself to the route table (http.h), once
+ * per process. At start, before the workers. Returns 0 or a negative errno. */
+int daemon__api_routes(void);
 #endif

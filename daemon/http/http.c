@@ -26,33 +26,118 @@
 #include "log.h"
 #include "text.h"
 
-#define MAX_HANDLERS 32
+#define MAX_ROUTES 48 /* the API paths and what other modules register (hooks.h) */
 #define POOL_SLACK 4096 /* MHD connection memory beyond max_header: response headers, reads */
 
-/* ---- hooks registry (filled before the workers start, read-only after) ---- */
+/* ---- the route table (filled before the workers start, read-only after) ---- */
 
-struct handler {
+enum route_match {
+    MATCH_EXACT = 0,
+    MATCH_UNDER,  /* path ends in '/': a path strictly under it (/v1/models/{id}) */
+    MATCH_PREFIX, /* hooks.h's DAEMON_HANDLER_PREFIX: path, path/..., or under a path/ */
+};
+
+struct daemon_route {
     const char *method;
     const char *path;
-    unsigned flags;
-    daemon_handler_fn *fn;
+    size_t path_len;
+    enum route_match match;
+    enum daemon_access access;
+    int outcome;             /* every request here becomes an outcome-log row */
+    daemon_route_fn *fn;     /* the daemon's own handler, or */
+    daemon_handler_fn *hook; /* one registered through hooks.h, with its ctx */
     void *ctx;
 };
 
-static struct handler handlers[MAX_HANDLERS];
-static size_t n_handlers;
+static struct daemon_route routes[MAX_ROUTES];
+static size_t n_routes;
+
+static int
+route_add(struct daemon_route r)
+{
+    for (size_t i = 0; i < n_routes; i++)
+        if (!strcmp(routes[i].method, r.method) && !strcmp(routes[i].path, r.path))
+            return -EEXIST;
+    if (n_routes == MAX_ROUTES)
+        return -ENOSPC;
+    r.path_len = strlen(r.path);
+    routes[n_routes++] = r;
+    return 0;
+}
+
+int
+daemon__route_add(const char *method, const char *path, enum daemon_access access,
+                  unsigned flags, daemon_route_fn *fn)
+{
+    size_t plen = strlen(path);
+
+    return route_add((struct daemon_route){
+        .method = method,
+        .path = path,
+        .match = (flags & DAEMON_ROUTE_UNDER) && plen && path[plen - 1] == '/' ? MATCH_UNDER
+                                                                              : MATCH_EXACT,
+        .access = access,
+        .outcome = (flags & DAEMON_ROUTE_OUTCOME) != 0,
+        .fn = fn,
+    });
+}
 
 int
 daemon_handler_register(const char *method, const char *path, unsigned flags,
                         daemon_handler_fn *fn, void *ctx)
 {
-    for (size_t i = 0; i < n_handlers; i++)
-        if (!strcmp(handlers[i].method, method) && !strcmp(handlers[i].path, path))
-            return -EEXIST;
-    if (n_handlers == MAX_HANDLERS)
-        return -ENOSPC;
-    handlers[n_handlers++] = (struct handler){method, path, flags, fn, ctx};
+    return route_add((struct daemon_route){
+        .method = method,
+        .path = path,
+        .match = flags & DAEMON_HANDLER_PREFIX ? MATCH_PREFIX : MATCH_EXACT,
+        .access = flags & DAEMON_HANDLER_ADMIN   ? DAEMON_ACCESS_ADMIN
+                  : flags & DAEMON_HANDLER_STATS ? DAEMON_ACCESS_STATS
+                                                 : DAEMON_ACCESS_PUBLIC,
+        .hook = fn,
+        .ctx = ctx,
+    });
+}
+
+static int
+route_matches(const struct daemon_route *r, const char *path)
+{
+    size_t plen = r->path_len;
+
+    switch (r->match) {
+    case MATCH_EXACT:
+        return !strcmp(r->path, path);
+    case MATCH_UNDER:
+        return !strncmp(r->path, path, plen) && path[plen];
+    case MATCH_PREFIX:
+        return !strncmp(r->path, path, plen) &&
+               (path[plen] == '\0' || path[plen] == '/' || r->path[plen - 1] == '/');
+    }
     return 0;
+}
+
+/* Finds the route for method and path, in the order the routes were added. Returns 1
+ * found (*route set), 0 path known but not for this method (allow filled with the
+ * methods it takes), -1 unknown path. A HEAD request takes a GET route. */
+static int
+find_route(const char *method, const char *path, const struct daemon_route **route,
+           char *allow, size_t allowlen)
+{
+    int path_known = 0;
+    const char *m = !strcmp(method, "HEAD") ? "GET" : method;
+
+    allow[0] = '\0';
+    for (size_t i = 0; i < n_routes; i++) {
+        if (!route_matches(&routes[i], path))
+            continue;
+        if (!strcmp(routes[i].method, m)) {
+            *route = &routes[i];
+            return 1;
+        }
+        path_known = 1;
+        snprintf(allow + strlen(allow), allowlen - strlen(allow), "%s%s", allow[0] ? ", " : "",
+                 routes[i].method);
+    }
+    return path_known ? 0 : -1;
 }
 
 /* ---- replies ---------------------------------------------------------------- */
@@ -280,13 +365,11 @@ is_loopback(struct daemon_request *rq)
     return 0;
 }
 
-enum access { ACCESS_PUBLIC = 0, ACCESS_CLIENT, ACCESS_ADMIN, ACCESS_STATS };
-
 /* Checks rq against the access rule; replies 401/403 and returns -1 when refused.
  * Client endpoints need a key from keys_file when there is one; admin endpoints
  * need a key from admin_keys_file, or without one come from loopback. */
 static int
-check_access(struct daemon_request *rq, enum access a)
+check_access(struct daemon_request *rq, enum daemon_access a)
 {
     const struct daemon_snapshot *s = rq->snap;
     const char *authz = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
@@ -294,18 +377,18 @@ check_access(struct daemon_request *rq, enum access a)
     const char *name = NULL;
     const struct auth_keys *keys;
 
-    if (a == ACCESS_STATS)
-        a = s->conf->stats_need_admin ? ACCESS_ADMIN : ACCESS_CLIENT;
-    if (a == ACCESS_PUBLIC)
+    if (a == DAEMON_ACCESS_STATS)
+        a = s->conf->stats_need_admin ? DAEMON_ACCESS_ADMIN : DAEMON_ACCESS_CLIENT;
+    if (a == DAEMON_ACCESS_PUBLIC)
         return 0;
-    if (a == ACCESS_ADMIN && !s->admin_keys) {
+    if (a == DAEMON_ACCESS_ADMIN && !s->admin_keys) {
         if (is_loopback(rq))
             return 0;
         daemon__reply_err(rq, DAEMON_ERR_FORBIDDEN,
                           "admin endpoints answer only on loopback (no admin_keys_file)");
         return -1;
     }
-    keys = a == ACCESS_ADMIN ? s->admin_keys : s->keys;
+    keys = a == DAEMON_ACCESS_ADMIN ? s->admin_keys : s->keys;
     if (!keys)
         return 0; /* no client keys configured: open */
     const char *xkey = !authz && daemon__dialect_anthropic(rq)
@@ -329,14 +412,15 @@ check_access(struct daemon_request *rq, enum access a)
                           daemon__dialect_anthropic(rq) ? " (or x-api-key: <key>)" : "");
     else
         daemon__reply_err(rq, DAEMON_ERR_INVALID_API_KEY,
-                          "The API key is not valid%s", a == ACCESS_ADMIN ? " for admin" : "");
+                          "The API key is not valid%s",
+                          a == DAEMON_ACCESS_ADMIN ? " for admin" : "");
     daemon__response_header(rq->response, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     return -1;
 }
 
 /* A registered handler (hooks.h). */
 static void
-run_handler(struct daemon_request *rq, const struct handler *h)
+run_hook(struct daemon_request *rq, const struct daemon_route *h)
 {
     struct daemon_http_request req = {
         .method = rq->method,
@@ -348,7 +432,7 @@ run_handler(struct daemon_request *rq, const struct handler *h)
     };
     struct daemon_http_reply reply = {.status = 200};
 
-    h->fn(h->ctx, &req, &reply);
+    h->hook(h->ctx, &req, &reply);
     struct daemon_response *r = daemon__response_buffer(
         reply.body, reply.body ? reply.len : 0,
         reply.content_type ? reply.content_type : "application/json");
@@ -395,88 +479,6 @@ daemon_request_client(const struct daemon_http_request *r)
     else
         return "-";
     return text;
-}
-
-/* ---- routing table ------------------------------------------------------------ */
-
-struct daemon_route {
-    const char *method;
-    const char *path;
-    daemon_route_fn *fn;
-    enum access access;
-    int outcome; /* every request here becomes an outcome-log row, even one refused early */
-};
-
-static const struct daemon_route routes[] = {
-    {"POST", "/v1/chat/completions", daemon__api_handle, ACCESS_CLIENT, 1},
-    {"POST", "/v1/responses", daemon__api_handle, ACCESS_CLIENT, 1},
-    {"POST", "/v1/completions", daemon__api_handle, ACCESS_CLIENT, 1},
-    {"POST", "/v1/embeddings", daemon__api_handle, ACCESS_CLIENT, 1},
-    {"POST", "/v1/messages", daemon__api_handle, ACCESS_CLIENT, 1},
-    {"GET", "/v1/models", daemon__models, ACCESS_CLIENT, 0},
-    {"GET", "/v1/models/", daemon__model_get, ACCESS_CLIENT, 0}, /* prefix: /v1/models/{id} */
-    {"POST", "/v1/feedback", daemon__feedback, ACCESS_CLIENT, 0},
-    {"GET", "/v1/stats", daemon__stats, ACCESS_STATS, 0},
-    {"GET", "/healthz", daemon__healthz, ACCESS_PUBLIC, 0},
-    {"GET", "/readyz", daemon__readyz, ACCESS_PUBLIC, 0},
-    {"POST", "/admin/reload", daemon__admin_reload, ACCESS_ADMIN, 0},
-};
-
-static enum access
-handler_access(const struct handler *h)
-{
-    if (h->flags & DAEMON_HANDLER_ADMIN)
-        return ACCESS_ADMIN;
-    if (h->flags & DAEMON_HANDLER_STATS)
-        return ACCESS_STATS;
-    return ACCESS_PUBLIC;
-}
-
-#define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
-
-/* Finds the route or handler for rq. Returns 1 found (one of *route, *handler
- * set), 0 path known but not for this method (allow filled), -1 unknown path. */
-static int
-find_route(const char *method, const char *path, const struct daemon_route **route,
-           const struct handler **handler, char *allow, size_t allowlen)
-{
-    int path_known = 0;
-    const char *m = !strcmp(method, "HEAD") ? "GET" : method;
-
-    allow[0] = '\0';
-    for (size_t i = 0; i < N_ROUTES; i++) {
-        size_t plen = strlen(routes[i].path);
-        int prefix = routes[i].path[plen - 1] == '/';
-        if (prefix ? strncmp(routes[i].path, path, plen) || !path[plen]
-                   : strcmp(routes[i].path, path))
-            continue;
-        if (!strcmp(routes[i].method, m)) {
-            *route = &routes[i];
-            return 1;
-        }
-        path_known = 1;
-        snprintf(allow + strlen(allow), allowlen - strlen(allow), "%s%s", allow[0] ? ", " : "",
-                 routes[i].method);
-    }
-    for (size_t i = 0; i < n_handlers; i++) {
-        const struct handler *h = &handlers[i];
-        size_t plen = strlen(h->path);
-        int match = (h->flags & DAEMON_HANDLER_PREFIX)
-                        ? !strncmp(h->path, path, plen) && (path[plen] == '\0' ||
-                                                             path[plen] == '/' ||
-                                                             h->path[plen - 1] == '/')
-                        : !strcmp(h->path, path);
-        if (!match)
-            continue;
-        if (!strcmp(h->method, m)) {
-            *handler = h;
-            return 1;
-        }
-        path_known = 1;
-        snprintf(allow + strlen(allow), allowlen - strlen(allow), "%s%s", allow[0] ? ", " : "",
-                 h->method);
-    }
-    return path_known ? 0 : -1;
 }
 
 static enum MHD_Result
@@ -587,7 +589,6 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
 
     if (!rq) {
         const struct daemon_route *route = NULL;
-        const struct handler *handler = NULL;
         char allow[128];
 
         rq = daemon__request_new(w, conn, url, method);
@@ -597,8 +598,8 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
             /* cannot happen once started; refuse rather than crash */
             return MHD_NO;
         }
-        int found = find_route(method, url, &route, &handler, allow, sizeof(allow));
-        rq->outcome = found > 0 && route && route->outcome;
+        int found = find_route(method, url, &route, allow, sizeof(allow));
+        rq->outcome = found > 0 && route->outcome;
         /* the path's API, known before anything is answered (a 405 on it too): errors
          * take its dialect */
         rq->api = daemon__api_find(url);
@@ -619,7 +620,7 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
                               text_quote(qm, sizeof(qm), method, 16),
                               text_quote(qp, sizeof(qp), url, 64), allow);
             daemon__response_header(rq->response, MHD_HTTP_HEADER_ALLOW, allow);
-        } else if (check_access(rq, route ? route->access : handler_access(handler)) == 0) {
+        } else if (check_access(rq, route->access) == 0) {
             const char *cl =
                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
             unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
@@ -637,7 +638,6 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
                     abort();
             }
             rq->route = route;
-            rq->handler_ = handler;
         }
         if (rq->response)
             return queue_response(rq);
@@ -668,10 +668,10 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
             daemon__reply_err(rq, DAEMON_ERR_BODY_TOO_LARGE,
                               "The request body is over the limit of %zu bytes",
                               rq->snap->conf->max_body);
+        else if (rq->route && rq->route->hook)
+            run_hook(rq, rq->route);
         else if (rq->route)
             rq->route->fn(rq);
-        else if (rq->handler_)
-            run_handler(rq, rq->handler_);
     }
     if (rq->response)
         return queue_response(rq);

@@ -127,6 +127,29 @@ void daemon__request_headers_each(const struct daemon_request *rq,
 /* mhd_errors.c: libmicrohttpd's own error pages become JSON. Resolves the library's
  * function once (at start: it also links the file in). Returns 0 or -1. */
 int daemon__mhd_errors_install(void);
+/* The route table (http.c): every path triaged serves, the API's (api/routes.c) and
+ * what other modules register through hooks.h, matched in the order they were added.
+ * Filled before the workers start, read-only after. */
+typedef void daemon_route_fn(struct daemon_request *rq);
+/* Who may call a route: checked before its handler runs (401, 403 otherwise). */
+enum daemon_access {
+    DAEMON_ACCESS_PUBLIC = 0,
+    DAEMON_ACCESS_CLIENT, /* a key from keys_file when there is one */
+    DAEMON_ACCESS_ADMIN,  /* a key from admin_keys_file, or without one a loopback client */
+    DAEMON_ACCESS_STATS,  /* admin when stats_need_admin, else client */
+};
+enum {
+    DAEMON_ROUTE_UNDER = 1 << 0,   /* path ends in '/': the paths strictly under it */
+    DAEMON_ROUTE_OUTCOME = 1 << 1, /* each request is an outcome-log row, even one refused
+                                    * before its handler ran */
+};
+/* Serves method on path with fn once the body is in, for callers access allows
+ * (flags: DAEMON_ROUTE_*). Borrows the strings (use literals). A HEAD request takes
+ * a GET route. Returns 0, -EEXIST when method and path are taken, -ENOSPC when the
+ * table is full. */
+int daemon__route_add(const char *method, const char *path, enum daemon_access access,
+                      unsigned flags, daemon_route_fn *fn);
+
 /* The worker's side of the front end (http.c). */
 /* Starts w's HTTP server on w->listen_fd (taken) for c (v6: the socket is IPv6) and
  * its read-deadline sweep. Returns 0, or -1 with err. */
