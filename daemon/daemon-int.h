@@ -282,9 +282,11 @@ void daemon__request_reload(void); /* reloads config and model now; any thread *
  * the reason in err (the running snapshot is kept). */
 int daemon__reload(char *err, size_t errlen);
 
-/* proxy.c, api.c */
-void daemon__models(struct daemon_request *rq);
-void daemon__model_get(struct daemon_request *rq); /* GET /v1/models/{id} */
+/* proxy.c */
+/* "triage" or "triage:0.35" for an alias of c (model borrowed). Returns 1 routed (*thr
+ * set or NaN, *alias its index in c->aliases), 0 not an alias, -1 an alias with a bad
+ * threshold suffix. */
+int daemon__parse_alias(const struct conf *c, const char *model, double *thr, int *alias);
 /* Called when the request ends, before it is freed: cancels the backend call. */
 void daemon__proxy_release(struct daemon_request *rq);
 

@@ -1,4 +1,4 @@
-/* proxy.c - POST /v1/chat/completions and GET /v1/models: pick a backend, rewrite, relay JSON or SSE.
+/* proxy.c - the relay under every API path: pick a backend, rewrite, relay JSON or SSE.
  *
  * A request names a backend (passed through, upstream model substituted) or a
  * routed alias (scored by the predictor, a policy picks the tier). The body is
@@ -1318,8 +1318,8 @@ alias_find(const struct conf *c, const char *name)
 /* "triage" or "triage:0.35" for a configured alias. Returns 1 routed (*thr set
  * or NaN, *alias its index in c->aliases), 0 not an alias, -1 an alias with a bad
  * threshold suffix. */
-static int
-parse_alias(const struct conf *c, const char *model, double *thr, int *alias)
+int
+daemon__parse_alias(const struct conf *c, const char *model, double *thr, int *alias)
 {
     *thr = NAN;
     if ((*alias = alias_find(c, model)) >= 0)
@@ -1668,7 +1668,7 @@ daemon__api_handle(struct daemon_request *rq)
         rq->route_reason = "passthrough";
     } else {
         int alias;
-        int a = parse_alias(c, model, &thr, &alias);
+        int a = daemon__parse_alias(c, model, &thr, &alias);
         if (a < 0) {
             daemon__reply_err(rq, DAEMON_ERR_INVALID_THRESHOLD,
                               "'%s': the threshold after ':' must be a number in [0,1]", model);
@@ -1882,40 +1882,4 @@ start_attempt(struct daemon_request *rq)
         return;
     }
     atomic_fetch_add(&daemon__n_upstream_inflight, 1);
-}
-
-static json_t *
-model_entry(const char *id)
-{
-    return json_pack("{s:s,s:s,s:I,s:s}", "id", id, "object", "model", "created",
-                     (json_int_t)daemon__start_unix, "owned_by", "triage");
-}
-
-void
-daemon__model_get(struct daemon_request *rq)
-{
-    const struct conf *c = rq->snap->conf;
-    const char *id = rq->path + strlen("/v1/models/");
-    double thr;
-    int alias;
-
-    if (conf_backend_find(c, id) >= 0 || parse_alias(c, id, &thr, &alias) == 1) {
-        daemon__reply_json(rq, 200, model_entry(id));
-        return;
-    }
-    daemon__reply_err(rq, DAEMON_ERR_MODEL_NOT_FOUND,
-                      "The model '%s' does not exist here", id);
-}
-
-void
-daemon__models(struct daemon_request *rq)
-{
-    const struct conf *c = rq->snap->conf;
-    json_t *data = json_array();
-
-    for (size_t i = 0; i < c->n_aliases; i++)
-        json_array_append_new(data, model_entry(c->aliases[i]));
-    for (size_t i = 0; i < c->n_backends; i++)
-        json_array_append_new(data, model_entry(c->backends[i].name));
-    daemon__reply_json(rq, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
 }

@@ -52,6 +52,10 @@ int daemon__response_ids_get(const char *id, size_t len, char *out, size_t cap);
 /* outcomes.c: run on the thread pool, reply from the loop */
 void daemon__feedback(struct daemon_request *rq);
 void daemon__stats(struct daemon_request *rq);
+/* models.c: GET /v1/models (the aliases and the backends), GET /v1/models/{id}. */
+void daemon__models(struct daemon_request *rq);
+void daemon__model_get(struct daemon_request *rq);
+
 /* admin.c: GET /healthz, GET /readyz, POST /admin/reload (on the thread pool). */
 void daemon__healthz(struct daemon_request *rq);
 void daemon__readyz(struct daemon_request *rq);
