@@ -35,7 +35,8 @@ usage(FILE *f)
             "                    (store_prompts = full) or feature vectors (features; give the\n"
             "                    serving model's --bits) and their labels per backend (judge,\n"
             "                    feedback, offline; as `triage export` writes them);\n"
-            "                    repeatable, mixes with --data\n"
+            "                    repeatable, mixes with --data: beside --data, each logged\n"
+            "                    prompt counts as often as a daemon retrain counts it\n"
             "  --config CONF     the daemon's config: the log's backend names become the heads\n"
             "                    that score them ([backend NAME] head, default NAME), and\n"
             "                    --strong/--weak may name backends. Without it, backend names\n"
@@ -180,6 +181,7 @@ cli_train(int argc, char **argv)
     for (size_t i = 0; i < n_data; i++)
         if (jsonl_load_dataset("train", d, data[i], NULL) < 0)
             goto fail;
+    size_t n_base = router_dataset_size(d); /* --data: the base; --db: the log */
     for (size_t i = 0; i < n_dbs; i++)
         if (load_db(d, heads, dbs[i]) < 0)
             goto fail;
@@ -193,7 +195,17 @@ cli_train(int argc, char **argv)
     cli_progress_start(&bar, "training", 1);
     o.progress = on_progress;
     o.progress_arg = &bar;
-    struct router_model *m = router_train(d, NULL, 0, &o, err, sizeof(err));
+    /* with a log, the daemon's retraining recipe: each logged prompt counts
+     * router_log_weight times beside the --data examples */
+    size_t n = router_dataset_size(d), *idx = malloc(n * sizeof(*idx));
+    if (!idx)
+        abort();
+    for (size_t i = 0; i < n; i++)
+        idx[i] = i;
+    struct router_model *m = n_dbs ? router_train_log(d, idx, n_base, idx + n_base, n - n_base,
+                                                      &o, err, sizeof(err))
+                                   : router_train(d, NULL, 0, &o, err, sizeof(err));
+    free(idx);
     cli_progress_end(&bar);
     if (!m) {
         cli_errorf("train", "%s", err);

@@ -7,7 +7,8 @@
  *     the config's heads) are split by a hash of their text: one in five is held out, the
  *     same prompts every time, so no model is ever compared on what it trained on;
  *  2. a challenger is trained on [learning] base_data (the shipped sets) plus the rest,
- *     each of the log's prompts counted LOG_WEIGHT times;
+ *     by router_train_log (the recipe `triage train --db` shares: how much each of the
+ *     log's prompts counts beside the base data);
  *  3. champion and challenger are scored on the held-out prompts that have both sides'
  *     labels: APGR between the cheapest and the strongest tier's heads;
  *  4. the challenger is kept under [learning] models_dir and recorded in the registry
@@ -33,12 +34,6 @@
 #include "storage.h"
 
 #define HOLDOUT_EVERY 5 /* one judged prompt in five is held out */
-/* Each judged prompt of the log is trained on this many times, so a few hundred of the
- * user's prompts are not drowned by the ~39,000 of the shipped sets. On GSM8K (400
- * judged prompts, the shipped sets beside them, APGR on 657 unseen ones): x1 0.621,
- * x5 0.645, x20 0.642, the log alone 0.644; shipped model 0.592. */
-#define LOG_WEIGHT 5
-#define LOG_WEIGHT_TEXT "5"
 
 static struct {
     pthread_mutex_t lock;
@@ -53,7 +48,8 @@ static struct {
 struct retrain_job {
     struct daemon_snapshot *snap; /* the champion and the config it runs with */
     struct router_dataset *d;
-    size_t *train_idx, n_train, cap_train;
+    size_t *train_idx, n_train, cap_train; /* base data */
+    size_t *log_idx, n_log, cap_log;       /* the log's judged prompts trained on */
     size_t *hold_idx, n_hold, cap_hold;
     size_t log_examples;
 };
@@ -120,8 +116,7 @@ add_logged(json_t *example, void *arg)
         if (prompt_hash(example) % HOLDOUT_EVERY == 0)
             push(&j->hold_idx, &j->n_hold, &j->cap_hold, before);
         else
-            for (int k = 0; k < LOG_WEIGHT; k++)
-                push(&j->train_idx, &j->n_train, &j->cap_train, before);
+            push(&j->log_idx, &j->n_log, &j->cap_log, before);
         j->log_examples++;
     }
     json_decref(ex);
@@ -265,7 +260,7 @@ retrain_main(void *arg)
     const char *weak_name = tier_head(c, 0), *strong_name = tier_head(c, c->n_tiers - 1);
     int weak = router_dataset_head_find(j->d, weak_name),
         strong = router_dataset_head_find(j->d, strong_name);
-    if (weak < 0 || strong < 0 || j->n_train == 0) {
+    if (weak < 0 || strong < 0 || base + j->n_log == 0) {
         log_info("retrain: skipped: no labels for heads %s and %s yet", weak_name, strong_name);
         goto out;
     }
@@ -274,8 +269,8 @@ retrain_main(void *arg)
     router_train_opts_tuned(&o); /* as `triage train` does */
     o.weak = weak_name;
     o.strong = strong_name;
-    struct router_model *challenger = router_train(j->d, j->train_idx, j->n_train, &o, err,
-                                                   sizeof(err));
+    struct router_model *challenger = router_train_log(j->d, j->train_idx, base, j->log_idx,
+                                                       j->n_log, &o, err, sizeof(err));
     if (!challenger) {
         log_warnx("retrain: training failed: %s", err);
         goto out;
@@ -292,7 +287,7 @@ retrain_main(void *arg)
     snprintf(m.source, sizeof(m.source), "retrain");
     snprintf(m.status, sizeof(m.status), "candidate");
     m.created_ms = unix_ms();
-    m.train_examples = (int64_t)(base + (j->n_train - base) / LOG_WEIGHT); /* distinct */
+    m.train_examples = (int64_t)(base + j->n_log); /* distinct */
     m.holdout_n = (int64_t)n_chal;
     m.apgr = apgr_chal;
     m.parent_apgr = apgr_champ;
@@ -318,10 +313,9 @@ retrain_main(void *arg)
     int better = c->promote_margin <= -1 ||
                  (n_chal >= c->min_holdout && !isnan(apgr_chal) &&
                   (isnan(apgr_champ) || apgr_chal >= apgr_champ + c->promote_margin));
-    log_info("retrain: challenger %s trained on %zu examples (%zu from the log, each x"
-             LOG_WEIGHT_TEXT ", %zu base) in "
-             "%.1f s; held-out APGR %.4f vs champion %s %.4f on %zu prompts: %s",
-             m.version, j->n_train, (j->n_train - base) / LOG_WEIGHT, base,
+    log_info("retrain: challenger %s trained on %zu examples (%zu from the log, each x%u, "
+             "%zu base) in %.1f s; held-out APGR %.4f vs champion %s %.4f on %zu prompts: %s",
+             m.version, base + j->n_log, j->n_log, router_log_weight(j->n_log, base), base,
              (double)(daemon__now_ns() - t0) / 1e9, apgr_chal, m.parent, apgr_champ, n_chal,
              better ? "promoted" : n_chal < c->min_holdout ? "kept (too few held-out prompts)"
                                                             : "kept (not better by the margin)");
@@ -336,6 +330,7 @@ retrain_main(void *arg)
 out:
     router_dataset_destroy(j->d);
     free(j->train_idx);
+    free(j->log_idx);
     free(j->hold_idx);
     daemon__snapshot_put(j->snap);
     free(j);

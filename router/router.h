@@ -338,6 +338,21 @@ void router_train_opts_tuned(struct router_train_opts *o);
 struct router_model *router_train(const struct router_dataset *d, const size_t *idx, size_t n_idx,
                                   const struct router_train_opts *o, char *err, size_t errlen);
 
+/* ---- retraining from the outcome log ------------------------------------------------- */
+
+/* How many times each of n_log judged prompts of the outcome log counts beside n_base
+ * labelled base examples when a challenger is trained (router_train_log): 1 without base
+ * examples. */
+unsigned router_log_weight(size_t n_log, size_t n_base);
+
+/* Trains a challenger the one way daemon/retrain.c and `triage train --db` do: d's base
+ * examples base[0..n_base) (the shipped sets, borrowed) once each and the log's judged
+ * prompts log[0..n_log) (borrowed) router_log_weight(n_log, n_base) times each, with o.
+ * Returns a new model with one reference, or NULL with a reason in err. */
+struct router_model *router_train_log(const struct router_dataset *d, const size_t *base,
+                                      size_t n_base, const size_t *log, size_t n_log,
+                                      const struct router_train_opts *o, char *err, size_t errlen);
+
 /* Scores an already extracted feature vector. Returns 0. */
 struct features_vec;
 int router_score_features(const struct router_model *m, const struct features_vec *fv,

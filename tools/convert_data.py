@@ -3,7 +3,7 @@
 
 Every output line is {"prompt": ..., "outcomes": {"weak": q, "strong": q}, ...extra fields}:
 `triage train` reads prompt/messages and outcomes and ignores the rest ("set", "group",
-"level", "weak_model", "strong_model", "synthetic"). Run from the repository root:
+"task", "level", "weak_model", "strong_model", "synthetic"). Run from the repository root:
 
     python3 tools/convert_data.py [/work/shared/data]
 
@@ -88,10 +88,17 @@ def gsm8k_test_questions():
         return [" ".join(json.loads(l)["question"].split()) for l in f if l.strip()]
 
 
-def llmrouter(fname, setname, held_out):
+def llmrouter(fname, queries, setname, held_out):
     weak, strong = "mistral-7b-instruct-v0.3", "llama-3.1-nemotron-51b-instruct"
     with gzip.open(os.path.join(SRC, "llmrouter", fname), "rt") as f:
         data = json.load(f)
+    # the task family of each question ("task": gsm8k, mbpp, ...), from LLMRouter's query
+    # file; the 6 questions listed under two tasks take the first name in sorted order
+    tasks = {}
+    with gzip.open(os.path.join(SRC, "llmrouter", queries), "rt") as f:
+        for l in f:
+            r = json.loads(l)
+            tasks.setdefault(r["query"], set()).add(r["task_name"])
     rows, dropped = [], 0
     for d in data:
         text = " ".join(d["question"].split())
@@ -102,6 +109,7 @@ def llmrouter(fname, setname, held_out):
         rows.append({"prompt": d["question"],
                      "outcomes": {"weak": round(float(s[weak]), 4), "strong": round(float(s[strong]), 4)},
                      "set": setname, "group": str(d.get("cluster_id", "")),
+                     "task": sorted(tasks.get(d["question"], {""}))[0],
                      "weak_model": weak, "strong_model": strong})
     if dropped:
         print(f"{fname}: dropped {dropped} prompts that hold a GSM8K test question", file=sys.stderr)
@@ -140,8 +148,10 @@ def main():
                                               "gsm8k_contaminated_prompts.jsonl", "routellm-gsm8k", mix, gsm))
     write("mmlu_pro.jsonl.gz", mmlu_pro())
     held_out = gsm8k_test_questions()
-    write("llmrouter_train.jsonl.gz", llmrouter("dcrouter_train.json.gz", "llmrouter", held_out))
-    write("llmrouter_test.jsonl.gz", llmrouter("dcrouter_test.json.gz", "llmrouter-test", []))
+    write("llmrouter_train.jsonl.gz", llmrouter("dcrouter_train.json.gz", "default_query_train.jsonl.gz", "llmrouter",
+                                                         held_out))
+    write("llmrouter_test.jsonl.gz", llmrouter("dcrouter_test.json.gz", "default_query_test.jsonl.gz",
+                                                        "llmrouter-test", []))
     write("math_train.jsonl.gz", math("math_train.jsonl.gz", "math-train", True))
     write("math_test.jsonl.gz", math("math_test.jsonl.gz", "math-test", False))
     for sub, lic in [("routellm", "LICENSE_Apache2.txt"), ("mmlu_pro", "LICENSE_Apache2.txt"),
