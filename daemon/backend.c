@@ -58,7 +58,7 @@ daemon__forward_headers(struct daemon_request *rq)
         return rq->fwd_headers;
     rq->fwd_done = 1;
     struct fwd_scan s = {.c = rq->snap->conf};
-    daemon__request_headers_each(rq, fwd_one, &s);
+    http_request_headers_each(rq, fwd_one, &s);
     if (s.out.len) {
         daemon__buf_append(&s.out, "", 1);
         rq->fwd_headers = s.out.data;

@@ -289,28 +289,28 @@ daemon__cascade_fast_done(struct daemon_request *rq, enum upstream_error err)
     /* the held answer goes out whole, as a stream: a sampled lesson grades it as is */
     if (daemon__learn_sample(rq))
         daemon__buf_append(&rq->lesson_answer, rq->up_body.data, rq->up_body.len);
-    struct daemon_response *r = daemon__response_buffer(sse.data, sse.len, "text/event-stream");
-    daemon__response_header(r, "Cache-Control", "no-cache");
+    struct http_response *r = http_response_buffer(sse.data, sse.len, "text/event-stream");
+    http_response_header(r, "Cache-Control", "no-cache");
     daemon__add_route_headers(rq, r);
     daemon__buf_free(&rq->up_body);
     rq->up_done = 1;
     rq->streaming = 1; /* logged as a stream: the client got one */
-    daemon__set_response(rq, 200, r);
+    http_set_response(rq, 200, r);
     return DAEMON_CASCADE_NEXT_SERVED;
 }
 
 void
-daemon__cascade_headers(const struct daemon_request *rq, struct daemon_response *resp)
+daemon__cascade_headers(const struct daemon_request *rq, struct http_response *resp)
 {
     char num[32];
 
     if (rq->cascade == DAEMON_CASCADE_NONE || rq->cascade == DAEMON_CASCADE_FAST)
         return;
-    daemon__response_header(resp, "x-triage-escalated",
+    http_response_header(resp, "x-triage-escalated",
                             rq->cascade == DAEMON_CASCADE_ESCALATED ? "1" : "0");
     if (!isnan(rq->escalation)) {
         snprintf(num, sizeof(num), "%.4f", rq->escalation);
-        daemon__response_header(resp, "x-triage-escalation-score", num);
+        http_response_header(resp, "x-triage-escalation-score", num);
     }
 }
 

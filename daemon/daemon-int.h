@@ -165,10 +165,10 @@ struct daemon_request {
     struct daemon_buf body;
     int too_large;
     int outcome;             /* a path whose requests are outcome-log rows */
-    const struct daemon_route *route;   /* its row of the route table (http.c) */
+    const struct http_route *route;   /* its row of the route table (http.c) */
 
     /* the response */
-    struct daemon_response *response; /* ready to queue */
+    struct http_response *response; /* ready to queue */
     int status;
     int suspended;
     int streaming;           /* an SSE response is being relayed */
@@ -276,13 +276,17 @@ void daemon__snapshot_put(struct daemon_snapshot *s);   /* drops one; NULL is fi
 struct storage *daemon__storage(void);                  /* NULL without [storage] path */
 struct budget *daemon__budget(void);   /* NULL without a log and a keys file */
 /* Adds the x-triage-budget-* headers of rq's key (none without a budget). */
-void daemon__add_budget_headers(struct daemon_request *rq, struct daemon_response *resp);
+void daemon__add_budget_headers(struct daemon_request *rq, struct http_response *resp);
+/* Adds the x-triage-* routing headers for rq to resp (and the budget's). */
+void daemon__add_route_headers(struct daemon_request *rq, struct http_response *resp);
 void daemon__request_reload(void); /* reloads config and model now; any thread */
 /* Reloads config, model and keys as a new snapshot. Thread-safe. Returns 0, or -1 with
  * the reason in err (the running snapshot is kept). */
 int daemon__reload(char *err, size_t errlen);
 
 /* proxy.c */
+/* The relay for every API path: parse, route or pass through, forward. */
+void daemon__api_handle(struct daemon_request *rq);
 /* "triage" or "triage:0.35" for an alias of c (model borrowed). Returns 1 routed (*thr
  * set or NaN, *alias its index in c->aliases), 0 not an alias, -1 an alias with a bad
  * threshold suffix. */
@@ -338,7 +342,7 @@ void daemon__cascade_fast_body(const struct daemon_request *rq, json_t *req);
 enum daemon_cascade_next daemon__cascade_fast_done(struct daemon_request *rq,
                                                    enum upstream_error err);
 /* Adds x-triage-escalated and x-triage-escalation-score for a cascaded rq. */
-void daemon__cascade_headers(const struct daemon_request *rq, struct daemon_response *resp);
+void daemon__cascade_headers(const struct daemon_request *rq, struct http_response *resp);
 /* Counts a judged fast answer (escalated or served, its tokens) for /v1/stats. */
 void daemon__cascade_count(const struct daemon_request *rq, int escalated, int64_t tin,
                            int64_t tout);

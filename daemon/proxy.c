@@ -50,7 +50,7 @@ header_relayed(const char *name, size_t n)
 }
 
 static void
-add_relayed_headers(struct daemon_request *rq, struct daemon_response *resp)
+add_relayed_headers(struct daemon_request *rq, struct http_response *resp)
 {
     const char *p = rq->up_headers.data;
     const char *end = p ? p + rq->up_headers.len : NULL; /* none relayed: no buffer */
@@ -58,7 +58,7 @@ add_relayed_headers(struct daemon_request *rq, struct daemon_response *resp)
     while (p && p < end) {
         const char *name = p;
         const char *value = name + strlen(name) + 1;
-        daemon__response_header(resp, name, value);
+        http_response_header(resp, name, value);
         p = value + strlen(value) + 1;
     }
     daemon__add_route_headers(rq, resp);
@@ -526,7 +526,7 @@ scan_api(struct daemon_request *rq, const char *p, const char *end, int depth)
                    rq->backend >= 0 && js_plain_string(m.val, m.vend, text, sizeof(text)) == 0 &&
                    !strncmp(text, "resp", 4)) {
             /* a follow-up naming it must come back to this backend */
-            daemon__response_ids_put(text, strlen(text),
+            api_response_ids_put(text, strlen(text),
                                      rq->snap->conf->backends[rq->backend].name);
         }
     }
@@ -690,8 +690,8 @@ stream_reader(struct daemon_request *rq, char *buf, size_t max)
     }
     if (rq->up_done || rq->w->tearing_down)
         /* a failed one stays unterminated: the client sees it failed */
-        return rq->stream_failed ? DAEMON_STREAM_FAIL : DAEMON_STREAM_END;
-    return DAEMON_STREAM_WAIT;
+        return rq->stream_failed ? HTTP_STREAM_FAIL : HTTP_STREAM_END;
+    return HTTP_STREAM_WAIT;
 }
 
 /* ---- upstream callbacks ----------------------------------------------------------- */
@@ -728,11 +728,11 @@ up_headers_done(void *ctx, long status)
         !strstr(rq->up_content_type, "text/event-stream"))
         return; /* relayed whole when it ends */
     rq->streaming = 1;
-    struct daemon_response *r =
-        daemon__response_stream(rq, rq->up_content_type, STREAM_BLOCK, stream_reader);
-    daemon__response_header(r, "Cache-Control", "no-cache");
+    struct http_response *r =
+        http_response_stream(rq, rq->up_content_type, STREAM_BLOCK, stream_reader);
+    http_response_header(r, "Cache-Control", "no-cache");
     add_relayed_headers(rq, r);
-    daemon__set_response(rq, (int)status, r);
+    http_set_response(rq, (int)status, r);
     /* The stream has begun: no retry or fallback can follow, so what only they need
      * goes now. A long stream then holds ~2 KB less (10,000 of them, 20 MB). */
     json_decref(rq->up_json);
@@ -765,7 +765,7 @@ up_data(void *ctx, const char *buf, size_t len)
         return 1;
     }
     sse_feed(rq, buf, len);
-    daemon__wake(rq);
+    http_wake(rq);
     return 0;
 }
 
@@ -803,7 +803,7 @@ on_retry(uv_timer_t *t)
     struct daemon_worker *w = rq->w;
     rq->retry_timer = NULL;
     start_attempt(rq);
-    daemon__mhd_run(w); /* start_attempt may have replied */
+    http_run(w); /* start_attempt may have replied */
 }
 
 static void
@@ -1115,7 +1115,7 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
             sse_event(rq, rq->sse.data, rq->sse.len); /* a last event without its blank line */
         }
         rq->sse.len = rq->sse.off = 0;
-        daemon__wake(rq);
+        http_wake(rq);
         return;
     }
     /* the cascade's fast answer is judged before anything else: a failure escalates */
@@ -1132,7 +1132,7 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
                 break;
             rq->up_done = 1;
             rq->error_kind = "client_gone";
-            daemon__reply_error(rq, 502, "server_error", "backend_error", "backend %s: %s",
+            http_reply_error(rq, 502, "server_error", "backend_error", "backend %s: %s",
                                 b->name, upstream_error_message(err));
             return;
         }
@@ -1153,7 +1153,7 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
         char code[48];
         snprintf(code, sizeof(code), "backend_%s", upstream_error_name(err));
         rq->error_kind = upstream_error_name(err);
-        daemon__reply_error(rq, status, "server_error", code, "backend %s: %s", b->name,
+        http_reply_error(rq, status, "server_error", code, "backend %s: %s", b->name,
                             rq->up_status ? upstream_error_message_midway(err)
                                           : upstream_error_message(err));
         return;
@@ -1173,10 +1173,10 @@ up_done(void *ctx, enum upstream_error err, const char *detail)
     char *body = rq->up_body.data;
     size_t len = rq->up_body.len;
     memset(&rq->up_body, 0, sizeof(rq->up_body));
-    struct daemon_response *r = daemon__response_buffer(
+    struct http_response *r = http_response_buffer(
         body, len, rq->up_content_type ? rq->up_content_type : "application/json");
     add_relayed_headers(rq, r);
-    daemon__set_response(rq, (int)rq->up_status, r);
+    http_set_response(rq, (int)rq->up_status, r);
 }
 
 void
@@ -1220,7 +1220,7 @@ daemon__proxy_release(struct daemon_request *rq)
     } else if (shutdown_cut && !rq->response) {
         rq->cut = 1;
         rq->error_kind = "shutdown";
-        daemon__reply_err(rq, DAEMON_ERR_SHUTTING_DOWN,
+        http_reply_err(rq, HTTP_ERR_SHUTTING_DOWN,
                           "triaged is shutting down: the request was cut at "
                           "shutdown_timeout_ms");
     }
@@ -1430,16 +1430,16 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
     if (!isnan(thr_override)) {
         thr = thr_override;
         share = -1;
-    } else if ((h = daemon__request_header(rq, "x-triage-threshold"))) {
+    } else if ((h = http_request_header(rq, "x-triage-threshold"))) {
         if (parse_unit(h, &thr) < 0) {
-            daemon__reply_err(rq, DAEMON_ERR_INVALID_THRESHOLD,
+            http_reply_err(rq, HTTP_ERR_INVALID_THRESHOLD,
                               "x-triage-threshold must be a number in [0,1]");
             return -1;
         }
         share = -1;
-    } else if ((h = daemon__request_header(rq, "x-triage-strong-share"))) {
+    } else if ((h = http_request_header(rq, "x-triage-strong-share"))) {
         if (parse_unit(h, &share) < 0) {
-            daemon__reply_err(rq, DAEMON_ERR_INVALID_STRONG_SHARE,
+            http_reply_err(rq, HTTP_ERR_INVALID_STRONG_SHARE,
                               "x-triage-strong-share must be a number in [0,1]");
             return -1;
         }
@@ -1448,7 +1448,7 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
     }
     const struct daemon_tierset *ts = &s->by_api[rq->api->speaks];
     if (ts->n == 0) {
-        daemon__reply_err(rq, DAEMON_ERR_API_NOT_SERVED,
+        http_reply_err(rq, HTTP_ERR_API_NOT_SERVED,
                           "No tier of '%s' speaks the %s API: routing needs tiers with api = %s",
                           c->aliases[alias >= 0 ? alias : 0],
                           rq->api->speaks == CONF_API_ANTHROPIC ? "Anthropic Messages" : "OpenAI",
@@ -1456,9 +1456,9 @@ route(struct daemon_request *rq, json_t *root, double thr_override, int alias)
         return -1;
     }
     if (router_score_request(s->model, root, &sc) < 0) {
-        daemon__reply_err(rq, rq->api->id == DAEMON_API_CHAT || rq->api->id == DAEMON_API_MESSAGES
-                          ? DAEMON_ERR_INVALID_MESSAGES
-                          : DAEMON_ERR_INVALID_INPUT,
+        http_reply_err(rq, rq->api->id == DAEMON_API_CHAT || rq->api->id == DAEMON_API_MESSAGES
+                          ? HTTP_ERR_INVALID_MESSAGES
+                          : HTTP_ERR_INVALID_INPUT,
                           "The request has no text the router can score");
         return -1;
     }
@@ -1558,7 +1558,7 @@ check_backend_api(struct daemon_request *rq, int b)
 
     if (be->api == rq->api->speaks)
         return 0;
-    daemon__reply_err(rq, DAEMON_ERR_WRONG_API,
+    http_reply_err(rq, HTTP_ERR_WRONG_API,
                       "backend '%s' speaks the %s API: send this request to %s", be->name,
                       be->api == CONF_API_ANTHROPIC ? "Anthropic Messages" : "OpenAI",
                       be->api == CONF_API_ANTHROPIC ? "/v1/messages" : "/v1/chat/completions, "
@@ -1592,11 +1592,11 @@ pin_previous_response(struct daemon_request *rq, json_t *root, int routed)
     if (rq->api->id != DAEMON_API_RESPONSES || !json_is_string(prev) || !routed)
         return 0;
     const char *id = json_string_value(prev);
-    int b = daemon__response_ids_get(id, json_string_length(prev), name, sizeof(name))
+    int b = api_response_ids_get(id, json_string_length(prev), name, sizeof(name))
                 ? conf_backend_find(c, name)
                 : -1;
     if (b < 0 || c->backends[b].api != rq->api->speaks) {
-        daemon__reply_err(rq, DAEMON_ERR_PREVIOUS_RESPONSE_NOT_FOUND,
+        http_reply_err(rq, HTTP_ERR_PREVIOUS_RESPONSE_NOT_FOUND,
                           "previous_response_id '%s' was not answered through triage (or is "
                           "forgotten): name the backend that holds it in 'model'",
                           text_quote(q, sizeof(q), id, 64));
@@ -1626,28 +1626,28 @@ daemon__api_handle(struct daemon_request *rq)
         char path[128] = "";
         if (js_find_big_number(rq->body.data, rq->body.data + rq->body.len, path,
                                sizeof(path), 0, 0) && path[0])
-            daemon__reply_err(rq, DAEMON_ERR_NUMBER_OUT_OF_RANGE,
+            http_reply_err(rq, HTTP_ERR_NUMBER_OUT_OF_RANGE,
                               "'%s' is a number out of range: integers must fit in 64 "
                               "bits, other numbers in a double", path);
         else
-            daemon__reply_err(rq, DAEMON_ERR_NUMBER_OUT_OF_RANGE,
+            http_reply_err(rq, HTTP_ERR_NUMBER_OUT_OF_RANGE,
                               "The request body holds a number out of range: integers "
                               "must fit in 64 bits, other numbers in a double");
         return;
     }
     if (!root) {
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_JSON,
+        http_reply_err(rq, HTTP_ERR_INVALID_JSON,
                           "The request body is not valid JSON: %s (line %d, column %d)",
                           jerr.text, jerr.line, jerr.column);
         return;
     }
     if (!json_is_object(root)) {
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_JSON, "The request body must be a JSON object");
+        http_reply_err(rq, HTTP_ERR_INVALID_JSON, "The request body must be a JSON object");
         goto out;
     }
     const char *model = json_string_value(json_object_get(root, "model"));
     if (!model || !*model) {
-        daemon__reply_err(rq, DAEMON_ERR_MISSING_MODEL, "'model' is required (a string)");
+        http_reply_err(rq, HTTP_ERR_MISSING_MODEL, "'model' is required (a string)");
         goto out;
     }
     rq->requested_model = strdup(model);
@@ -1670,12 +1670,12 @@ daemon__api_handle(struct daemon_request *rq)
         int alias;
         int a = daemon__parse_alias(c, model, &thr, &alias);
         if (a < 0) {
-            daemon__reply_err(rq, DAEMON_ERR_INVALID_THRESHOLD,
+            http_reply_err(rq, HTTP_ERR_INVALID_THRESHOLD,
                               "'%s': the threshold after ':' must be a number in [0,1]", model);
             goto out;
         }
         if (a == 0 && !api_served(rq)) {
-            daemon__reply_err(rq, DAEMON_ERR_API_NOT_SERVED,
+            http_reply_err(rq, HTTP_ERR_API_NOT_SERVED,
                               "No backend here speaks the %s API (a backend with api = %s)",
                               rq->api->speaks == CONF_API_ANTHROPIC ? "Anthropic Messages"
                               : "OpenAI",
@@ -1684,12 +1684,12 @@ daemon__api_handle(struct daemon_request *rq)
         }
         if (a == 0) {
             list_models(c, names, sizeof(names));
-            daemon__reply_err(rq, DAEMON_ERR_MODEL_NOT_FOUND,
+            http_reply_err(rq, HTTP_ERR_MODEL_NOT_FOUND,
                               "The model '%s' does not exist here; use one of: %s", model, names);
             goto out;
         }
         if (!rq->api->routed) {
-            daemon__reply_err(rq, DAEMON_ERR_NOT_ROUTED,
+            http_reply_err(rq, HTTP_ERR_NOT_ROUTED,
                               "'%s' is a routed alias; %s is passed through, not routed: name "
                               "a backend in 'model'", model, rq->api->path);
             goto out;
@@ -1715,11 +1715,11 @@ daemon__api_handle(struct daemon_request *rq)
         char ra[24];
         int64_t wait_s = (bs->reset_ms - rq->started_unix_ms + 999) / 1000;
         snprintf(ra, sizeof(ra), "%lld", (long long)(wait_s > 0 ? wait_s : 1));
-        daemon__reply_err(rq, DAEMON_ERR_BUDGET_EXCEEDED,
+        http_reply_err(rq, HTTP_ERR_BUDGET_EXCEEDED,
                           "The budget of %s is spent: $%.2f of $%.2f per %s (UTC); it resets "
                           "in %s s",
                           rq->key_id, bs->spent_usd, bs->limit_usd, bs->period, ra);
-        daemon__response_header(rq->response, "Retry-After", ra);
+        http_response_header(rq->response, "Retry-After", ra);
         daemon__add_budget_headers(rq, rq->response);
         rq->budget.limited = 0; /* nothing to charge: it never went upstream */
         goto out;
@@ -1736,10 +1736,10 @@ daemon__api_handle(struct daemon_request *rq)
                            &retry_s) < 0) {
             char ra[16];
             snprintf(ra, sizeof(ra), "%u", retry_s);
-            daemon__reply_err(rq, DAEMON_ERR_RATE_LIMITED,
+            http_reply_err(rq, HTTP_ERR_RATE_LIMITED,
                               "Rate limit reached for %s; retry in %u s",
                               rq->key_id ? rq->key_id : "this client", retry_s);
-            daemon__response_header(rq->response, "Retry-After", ra);
+            http_response_header(rq->response, "Retry-After", ra);
             goto out;
         }
         rq->rl_taken = 1;
@@ -1782,10 +1782,10 @@ start_attempt(struct daemon_request *rq)
         if (!next_fallback(rq)) {
             rq->error_kind = full ? "overloaded" : "circuit_open";
             if (full)
-                daemon__reply_err(rq, DAEMON_ERR_BACKEND_OVERLOADED,
+                http_reply_err(rq, HTTP_ERR_BACKEND_OVERLOADED,
                                   "backend %s is at its max_concurrent limit", be->name);
             else
-                daemon__reply_err(rq, DAEMON_ERR_BACKEND_UNAVAILABLE,
+                http_reply_err(rq, HTTP_ERR_BACKEND_UNAVAILABLE,
                                   "backend %s is failing; its circuit is open", be->name);
             return;
         }
@@ -1877,7 +1877,7 @@ start_attempt(struct daemon_request *rq)
         breaker_record(rq->snap->breakers[rq->backend], BREAKER_CANCEL, now_ms());
         rq->breaker_open_call = 0;
         release_slot(rq);
-        daemon__reply_err(rq, DAEMON_ERR_INTERNAL,
+        http_reply_err(rq, HTTP_ERR_INTERNAL,
                           "cannot start the call to backend %s", be->name);
         return;
     }

@@ -490,36 +490,36 @@ daemon__request_reload(void)
 }
 
 void
-daemon__add_route_headers(struct daemon_request *rq, struct daemon_response *dresp)
+daemon__add_route_headers(struct daemon_request *rq, struct http_response *dresp)
 {
     char num[32];
 
-    daemon__response_header(dresp, "x-triage-request-id", rq->id);
+    http_response_header(dresp, "x-triage-request-id", rq->id);
     if (rq->backend >= 0)
-        daemon__response_header(dresp, "x-triage-backend",
+        http_response_header(dresp, "x-triage-backend",
                                 rq->snap->conf->backends[rq->backend].name);
     if (rq->route_reason)
-        daemon__response_header(dresp, "x-triage-route", rq->route_reason);
+        http_response_header(dresp, "x-triage-route", rq->route_reason);
     if (!isnan(rq->score)) {
         snprintf(num, sizeof(num), "%.4f", rq->score);
-        daemon__response_header(dresp, "x-triage-score", num);
+        http_response_header(dresp, "x-triage-score", num);
     }
     if (!isnan(rq->threshold)) {
         snprintf(num, sizeof(num), "%.4f", rq->threshold);
-        daemon__response_header(dresp, "x-triage-threshold", num);
+        http_response_header(dresp, "x-triage-threshold", num);
     }
     daemon__cascade_headers(rq, dresp);
     /* triage's own time on the request before it went upstream: body parse,
      * features, score, policy and forward setup (also triage_routing_overhead_seconds) */
     if (!isnan(rq->overhead_ms)) {
         snprintf(num, sizeof(num), "%.0f", rq->overhead_ms * 1000);
-        daemon__response_header(dresp, "x-triage-overhead-us", num);
+        http_response_header(dresp, "x-triage-overhead-us", num);
     }
     daemon__add_budget_headers(rq, dresp);
 }
 
 void
-daemon__add_budget_headers(struct daemon_request *rq, struct daemon_response *dresp)
+daemon__add_budget_headers(struct daemon_request *rq, struct http_response *dresp)
 {
     char num[48];
     const struct budget_state *b = &rq->budget;
@@ -527,12 +527,12 @@ daemon__add_budget_headers(struct daemon_request *rq, struct daemon_response *dr
     if (!b->limited)
         return;
     snprintf(num, sizeof(num), "%.6f", b->limit_usd);
-    daemon__response_header(dresp, "x-triage-budget-limit-usd", num);
+    http_response_header(dresp, "x-triage-budget-limit-usd", num);
     snprintf(num, sizeof(num), "%.6f", b->spent_usd < b->limit_usd ? b->limit_usd - b->spent_usd : 0.0);
-    daemon__response_header(dresp, "x-triage-budget-remaining-usd", num);
+    http_response_header(dresp, "x-triage-budget-remaining-usd", num);
     snprintf(num, sizeof(num), "%lld", (long long)(b->reset_ms / 1000));
     /* Unix seconds: the period's end */
-    daemon__response_header(dresp, "x-triage-budget-reset", num);
+    http_response_header(dresp, "x-triage-budget-reset", num);
 }
 
 void
@@ -722,7 +722,7 @@ daemon__request_finish(struct daemon_request *rq)
     double cost = 0;
     const struct conf *c = rq->snap ? rq->snap->conf : NULL;
 
-    daemon__gone_unwatch(rq);
+    http_gone_unwatch(rq);
     daemon__learn_offer(rq); /* before the request's body and answer are freed */
     daemon__proxy_release(rq);
     if (c && rq->backend >= 0) {
@@ -757,7 +757,7 @@ daemon__request_finish(struct daemon_request *rq)
         emit_event(rq, latency, cost);
         store_record(rq, latency, cost);
     }
-    daemon__response_free(rq->response);
+    http_response_free(rq->response);
     if (rq->prev)
         rq->prev->next = rq->next;
     else
@@ -811,7 +811,7 @@ on_check(uv_check_t *c)
 
     uv_idle_stop(&w->idle);
     if (w->need_run)
-        daemon__mhd_run(w);
+        http_run(w);
     /* Busy polling: right after I/O more is likely to follow within microseconds (the
      * backend's answer, the client's next request); polling for it without sleeping
      * saves the wake-up of a blocked thread, which costs tens of microseconds in a VM. */
@@ -885,7 +885,7 @@ on_heartbeat(uv_timer_t *t)
 
     atomic_store(&w->beat_ms, uv_now(&w->loop));
     atomic_store(&w->beat_ns, daemon__now_ns());
-    daemon__gone_watch_waiting(w);
+    http_gone_watch_waiting(w);
     if (w->idx == 0)
         log_watch();
 }
@@ -904,13 +904,13 @@ worker_teardown(struct daemon_worker *w)
     w->tearing_down = 1;
     for (struct daemon_request *rq = w->requests; rq; rq = rq->next) {
         daemon__proxy_release(rq); /* a stream still relaying gets its error event there */
-        daemon__wake(rq);
+        http_wake(rq);
     }
     /* what daemon__proxy_release queued (a stream's error event, a 503) goes out before
      * MHD stops: one run has the reply built, the next sends it */
     for (int i = 0; i < 4 && w->n_requests; i++)
-        daemon__mhd_run(w);
-    daemon__http_stop(w); /* ends every connection: each request is finished */
+        http_run(w);
+    http_worker_stop(w); /* ends every connection: each request is finished */
     if (w->up) {
         upstream_destroy(w->up, NULL, NULL);
         w->up = NULL;
@@ -951,7 +951,7 @@ on_wake(uv_async_t *a)
     if (w->stopping)
         return;
     w->stopping = 1;
-    daemon__http_quiesce(w);
+    http_worker_quiesce(w);
     s = daemon__snapshot_get();
     w->stop_deadline = uv_now(&w->loop) + (s ? s->conf->shutdown_timeout_ms : 0);
     daemon__snapshot_put(s);
@@ -965,7 +965,7 @@ worker_main(void *arg)
 
     log_batch(1);
     on_heartbeat(&w->heartbeat);
-    daemon__mhd_run(w);
+    http_run(w);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     log_batch(0);
     router_thread_cleanup();
@@ -1054,7 +1054,7 @@ worker_init(struct daemon_worker *w, unsigned idx, const struct conf *c, char *e
     w->max_conns = c->max_connections / (c->workers ? c->workers : 1);
     if (w->max_conns == 0)
         w->max_conns = 1;
-    if (daemon__http_start(w, c, v6, err, errlen) < 0)
+    if (http_worker_start(w, c, v6, err, errlen) < 0)
         return -1;
     w->up = upstream_create(&w->loop, on_upstream_after, w);
     if (!w->up) {
@@ -1179,7 +1179,7 @@ daemon_server_create(const char *conf_path, char *err, size_t errlen)
     if (!srv)
         abort();
     the_server = srv;
-    if (daemon__mhd_errors_install() < 0) /* only the bodies of libmicrohttpd's own errors */
+    if (http_mhd_errors_install() < 0) /* only the bodies of libmicrohttpd's own errors */
         log_warnx("libmicrohttpd's own error answers stay HTML (its function was not found)");
     start_ns = daemon__now_ns();
     daemon__start_unix = (int64_t)time(NULL);
@@ -1189,7 +1189,7 @@ daemon_server_create(const char *conf_path, char *err, size_t errlen)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     srv->curl_ready = 1;
     signal(SIGPIPE, SIG_IGN);
-    int rc = daemon__api_routes(); /* the paths triaged serves itself (api/routes.c) */
+    int rc = api_routes_add(); /* the paths triaged serves itself (api/routes.c) */
     if (rc < 0) {
         snprintf(err, errlen, "cannot add the API's routes: %s", strerror(-rc));
         goto fail;

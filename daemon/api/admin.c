@@ -7,18 +7,18 @@
 #include "storage.h"
 
 void
-daemon__healthz(struct daemon_request *rq)
+api_healthz(struct daemon_request *rq)
 {
-    daemon__reply_json(rq, 200, json_pack("{s:s}", "status", "ok"));
+    http_reply_json(rq, 200, json_pack("{s:s}", "status", "ok"));
 }
 
 void
-daemon__readyz(struct daemon_request *rq)
+api_readyz(struct daemon_request *rq)
 {
     const struct conf *c = rq->snap->conf;
 
     if (rq->w->stopping) {
-        daemon__reply_json(rq, 503, json_pack("{s:s}", "status", "stopping"));
+        http_reply_json(rq, 503, json_pack("{s:s}", "status", "stopping"));
         return;
     }
     json_t *backends = json_array();
@@ -34,7 +34,7 @@ daemon__readyz(struct daemon_request *rq)
     int64_t since_failure_ms = (int64_t)(daemon__now_ns() / 1000000u) - sc.last_error_ms;
     int degraded = sc.degraded || (sc.last_error_ms > 0 &&
                                    since_failure_ms < (int64_t)c->degraded_hold_ms);
-    daemon__reply_json(rq, 200,
+    http_reply_json(rq, 200,
                        json_pack("{s:s,s:s,s:I,s:o,s:b,s:b,s:I}", "status",
                                  degraded ? "degraded" : "ready", "model",
                                  router_model_version(rq->snap->model), "generation",
@@ -72,21 +72,21 @@ reload_after(uv_work_t *req, int status)
     rq->work_pending = 0;
     if (j->rc == 0) {
         struct daemon_snapshot *s = daemon__snapshot_get();
-        daemon__reply_json(rq, 200,
+        http_reply_json(rq, 200,
                            json_pack("{s:s,s:I,s:s}", "status", "reloaded", "generation",
                                      (json_int_t)s->generation, "model",
                                      router_model_version(s->model)));
         daemon__snapshot_put(s);
     } else {
-        daemon__reply_err(rq, DAEMON_ERR_RELOAD_FAILED,
+        http_reply_err(rq, HTTP_ERR_RELOAD_FAILED,
                           "reload failed, the running config is kept: %s", j->err);
     }
     free(j);
-    daemon__mhd_run(rq->w);
+    http_run(rq->w);
 }
 
 void
-daemon__admin_reload(struct daemon_request *rq)
+api_admin_reload(struct daemon_request *rq)
 {
     struct reload_job *j = calloc(1, sizeof(*j));
     if (!j)
@@ -97,6 +97,6 @@ daemon__admin_reload(struct daemon_request *rq)
     if (uv_queue_work(&rq->w->loop, &j->work, reload_work, reload_after) < 0) {
         rq->work_pending = 0;
         free(j);
-        daemon__reply_err(rq, DAEMON_ERR_INTERNAL, "cannot queue the reload");
+        http_reply_err(rq, HTTP_ERR_INTERNAL, "cannot queue the reload");
     }
 }

@@ -25,7 +25,7 @@ check_messages(struct daemon_request *rq, json_t *messages)
 
     json_array_foreach(messages, i, m) {
         if (!json_is_object(m) || !json_is_string(json_object_get(m, "role"))) {
-            daemon__reply_err(rq, DAEMON_ERR_INVALID_MESSAGES,
+            http_reply_err(rq, HTTP_ERR_INVALID_MESSAGES,
                               "'messages[%zu]' must be an object with a string 'role'", i);
             return -1;
         }
@@ -33,14 +33,14 @@ check_messages(struct daemon_request *rq, json_t *messages)
         if (!content || json_is_string(content) || json_is_null(content))
             continue;
         if (!json_is_array(content)) {
-            daemon__reply_err(rq, DAEMON_ERR_INVALID_MESSAGES,
+            http_reply_err(rq, HTTP_ERR_INVALID_MESSAGES,
                               "'messages[%zu].content' must be a string, null or an array "
                               "of content parts", i);
             return -1;
         }
         json_array_foreach(content, j, part) {
             if (!json_is_object(part)) {
-                daemon__reply_err(rq, DAEMON_ERR_INVALID_MESSAGES,
+                http_reply_err(rq, HTTP_ERR_INVALID_MESSAGES,
                                   "'messages[%zu].content[%zu]' must be a content part "
                                   "(an object)", i, j);
                 return -1;
@@ -80,7 +80,7 @@ view_chat(struct daemon_request *rq, json_t *root)
     json_t *messages = json_object_get(root, "messages");
 
     if (!json_is_array(messages) || json_array_size(messages) == 0) {
-        daemon__reply_err(rq, DAEMON_ERR_MISSING_MESSAGES, "'messages' must be a non-empty array");
+        http_reply_err(rq, HTTP_ERR_MISSING_MESSAGES, "'messages' must be a non-empty array");
         return NULL;
     }
     if (check_messages(rq, messages) < 0)
@@ -102,12 +102,12 @@ view_responses(struct daemon_request *rq, json_t *root)
     size_t i;
 
     if (input && !json_is_string(input) && !json_is_array(input)) {
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_INPUT,
+        http_reply_err(rq, HTTP_ERR_INVALID_INPUT,
                           "'input' must be a string or an array of items");
         goto fail;
     }
     if (instructions && !json_is_string(instructions) && !json_is_null(instructions)) {
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_INPUT, "'instructions' must be a string");
+        http_reply_err(rq, HTTP_ERR_INVALID_INPUT, "'instructions' must be a string");
         goto fail;
     }
     if (json_is_string(instructions))
@@ -116,7 +116,7 @@ view_responses(struct daemon_request *rq, json_t *root)
         json_array_append_new(messages, message("user", input));
     json_array_foreach(input, i, item) {
         if (!json_is_object(item)) {
-            daemon__reply_err(rq, DAEMON_ERR_INVALID_INPUT,
+            http_reply_err(rq, HTTP_ERR_INVALID_INPUT,
                               "'input[%zu]' must be an item (an object)", i);
             goto fail;
         }
@@ -124,7 +124,7 @@ view_responses(struct daemon_request *rq, json_t *root)
         json_t *output = json_object_get(item, "output");
         if (role && (!json_is_string(role) ||
                      (content && !json_is_string(content) && !json_is_array(content)))) {
-            daemon__reply_err(rq, DAEMON_ERR_INVALID_INPUT,
+            http_reply_err(rq, HTTP_ERR_INVALID_INPUT,
                               "'input[%zu]': a message needs a string 'role' and a 'content' "
                               "string or array of parts", i);
             goto fail;
@@ -162,11 +162,11 @@ view_completions(struct daemon_request *rq, json_t *root)
     json_t *prompt = json_object_get(root, "prompt");
 
     if (!prompt) {
-        daemon__reply_err(rq, DAEMON_ERR_MISSING_PROMPT, "'prompt' is required");
+        http_reply_err(rq, HTTP_ERR_MISSING_PROMPT, "'prompt' is required");
         return NULL;
     }
     if (!json_is_string(prompt) && !json_is_array(prompt)) {
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_INPUT,
+        http_reply_err(rq, HTTP_ERR_INVALID_INPUT,
                           "'prompt' must be a string, an array of strings or token arrays");
         return NULL;
     }
@@ -182,11 +182,11 @@ view_embeddings(struct daemon_request *rq, json_t *root)
     json_t *input = json_object_get(root, "input");
 
     if (!input) {
-        daemon__reply_err(rq, DAEMON_ERR_MISSING_INPUT, "'input' is required");
+        http_reply_err(rq, HTTP_ERR_MISSING_INPUT, "'input' is required");
         return NULL;
     }
     if (!json_is_string(input) && !json_is_array(input)) {
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_INPUT,
+        http_reply_err(rq, HTTP_ERR_INVALID_INPUT,
                           "'input' must be a string, an array of strings or token arrays");
         return NULL;
     }
@@ -203,13 +203,13 @@ view_messages(struct daemon_request *rq, json_t *root)
     json_t *system = json_object_get(root, "system");
 
     if (!json_is_array(messages) || json_array_size(messages) == 0) {
-        daemon__reply_err(rq, DAEMON_ERR_MISSING_MESSAGES, "'messages' must be a non-empty array");
+        http_reply_err(rq, HTTP_ERR_MISSING_MESSAGES, "'messages' must be a non-empty array");
         return NULL;
     }
     if (check_messages(rq, messages) < 0)
         return NULL;
     if (system && !json_is_string(system) && !json_is_array(system)) {
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_MESSAGES,
+        http_reply_err(rq, HTTP_ERR_INVALID_MESSAGES,
                           "'system' must be a string or an array of text blocks");
         return NULL;
     }
@@ -236,7 +236,7 @@ static const struct daemon_api apis[DAEMON_API__COUNT] = {
 };
 
 const struct daemon_api *
-daemon__api_find(const char *path)
+api_find(const char *path)
 {
     for (size_t i = 0; i < DAEMON_API__COUNT; i++)
         if (!strcmp(apis[i].path, path))
@@ -279,7 +279,7 @@ response_hash(const char *id, size_t len, uint64_t *h1, uint64_t *h2)
 }
 
 void
-daemon__response_ids_put(const char *id, size_t len, const char *backend)
+api_response_ids_put(const char *id, size_t len, const char *backend)
 {
     uint64_t h1, h2;
 
@@ -309,7 +309,7 @@ daemon__response_ids_put(const char *id, size_t len, const char *backend)
 }
 
 int
-daemon__response_ids_get(const char *id, size_t len, char *out, size_t cap)
+api_response_ids_get(const char *id, size_t len, char *out, size_t cap)
 {
     uint64_t h1, h2;
     int found = 0;

@@ -1,8 +1,11 @@
 /* api.h - daemon/api/'s boundary: the API paths and their thin handlers.
  *
- * One row per path that reaches a backend (api.c: the request's view for the router,
- * the Responses ids), and the handlers of the paths triage answers itself: feedback
- * and stats (outcomes.c). */
+ * The paths triaged serves, added to the front end's route table at start (routes.c);
+ * one row per path that reaches a backend (api.c: the request's view for the router,
+ * the Responses ids; the relay itself is proxy.c's), and the handlers of the paths
+ * triage answers itself: models (models.c), feedback and stats (outcomes.c), health,
+ * readiness and reload (admin.c). Functions carry the api_ prefix; the rows' types
+ * (struct daemon_api, DAEMON_API_*) keep the core's names for now. */
 #ifndef TRIAGE_DAEMON_API_H
 #define TRIAGE_DAEMON_API_H
 
@@ -39,29 +42,27 @@ struct daemon_api {
 };
 
 /* The API row of path, or NULL. */
-const struct daemon_api *daemon__api_find(const char *path);
-/* The relay for every API path: parse, route or pass through, forward (proxy.c). */
-void daemon__api_handle(struct daemon_request *rq);
+const struct daemon_api *api_find(const char *path);
 
 /* Responses API state (api.c): which backend answered a response id, bounded.
  * Thread-safe. Remembers backend (a name, copied) for id (len bytes). */
-void daemon__response_ids_put(const char *id, size_t len, const char *backend);
+void api_response_ids_put(const char *id, size_t len, const char *backend);
 /* Copies the backend that answered id into out (cap bytes). Returns 1 known, 0 not. */
-int daemon__response_ids_get(const char *id, size_t len, char *out, size_t cap);
+int api_response_ids_get(const char *id, size_t len, char *out, size_t cap);
 
 /* outcomes.c: run on the thread pool, reply from the loop */
-void daemon__feedback(struct daemon_request *rq);
-void daemon__stats(struct daemon_request *rq);
+void api_feedback(struct daemon_request *rq);
+void api_stats(struct daemon_request *rq);
 /* models.c: GET /v1/models (the aliases and the backends), GET /v1/models/{id}. */
-void daemon__models(struct daemon_request *rq);
-void daemon__model_get(struct daemon_request *rq);
+void api_models(struct daemon_request *rq);
+void api_model_get(struct daemon_request *rq);
 
 /* admin.c: GET /healthz, GET /readyz, POST /admin/reload (on the thread pool). */
-void daemon__healthz(struct daemon_request *rq);
-void daemon__readyz(struct daemon_request *rq);
-void daemon__admin_reload(struct daemon_request *rq);
+void api_healthz(struct daemon_request *rq);
+void api_readyz(struct daemon_request *rq);
+void api_admin_reload(struct daemon_request *rq);
 
 /* routes.c: adds every path triaged serves itself to the route table (http.h), once
  * per process. At start, before the workers. Returns 0 or a negative errno. */
-int daemon__api_routes(void);
+int api_routes_add(void);
 #endif

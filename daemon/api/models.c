@@ -12,7 +12,7 @@ model_entry(const char *id)
 }
 
 void
-daemon__model_get(struct daemon_request *rq)
+api_model_get(struct daemon_request *rq)
 {
     const struct conf *c = rq->snap->conf;
     const char *id = rq->path + strlen("/v1/models/");
@@ -20,15 +20,15 @@ daemon__model_get(struct daemon_request *rq)
     int alias;
 
     if (conf_backend_find(c, id) >= 0 || daemon__parse_alias(c, id, &thr, &alias) == 1) {
-        daemon__reply_json(rq, 200, model_entry(id));
+        http_reply_json(rq, 200, model_entry(id));
         return;
     }
-    daemon__reply_err(rq, DAEMON_ERR_MODEL_NOT_FOUND,
+    http_reply_err(rq, HTTP_ERR_MODEL_NOT_FOUND,
                       "The model '%s' does not exist here", id);
 }
 
 void
-daemon__models(struct daemon_request *rq)
+api_models(struct daemon_request *rq)
 {
     const struct conf *c = rq->snap->conf;
     json_t *data = json_array();
@@ -37,5 +37,5 @@ daemon__models(struct daemon_request *rq)
         json_array_append_new(data, model_entry(c->aliases[i]));
     for (size_t i = 0; i < c->n_backends; i++)
         json_array_append_new(data, model_entry(c->backends[i].name));
-    daemon__reply_json(rq, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
+    http_reply_json(rq, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
 }

@@ -67,7 +67,7 @@ queue_job(struct daemon_request *rq, struct outcome_job *j, uv_work_cb work, uv_
     if (uv_queue_work(&rq->w->loop, &j->work, work, after) < 0) {
         rq->work_pending = 0;
         job_free(j);
-        daemon__reply_err(rq, DAEMON_ERR_INTERNAL, "cannot queue the query");
+        http_reply_err(rq, HTTP_ERR_INTERNAL, "cannot queue the query");
         return -1;
     }
     return 0;
@@ -78,7 +78,7 @@ need_storage(struct daemon_request *rq)
 {
     if (daemon__storage())
         return 0;
-    daemon__reply_err(rq, DAEMON_ERR_STORAGE_DISABLED,
+    http_reply_err(rq, HTTP_ERR_STORAGE_DISABLED,
                       "This server keeps no outcome log ([storage] path is not set)");
     return -1;
 }
@@ -150,33 +150,33 @@ feedback_after(uv_work_t *w, int status)
     if (job_orphaned(j))
         return;
     if (j->rc == 2) /* stored before its request's row reached the shared log */
-        daemon__reply_json(rq, 202,
+        http_reply_json(rq, 202,
                            json_pack("{s:s,s:s,s:b,s:s}", "status", "pending", "request_id",
                                      j->request_id, "replaced", 0, "message",
                                      "stored; the request is not in the shared log yet (its "
                                      "row may still be queued on the replica that served "
                                      "it): the feedback counts once the row is written"));
     else if (j->rc >= 0)
-        daemon__reply_json(rq, 200,
+        http_reply_json(rq, 200,
                            json_pack("{s:s,s:s,s:b}", "status", "stored", "request_id",
                                      j->request_id, "replaced", j->rc == 1));
     else if (j->rc == -EINVAL)
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_FEEDBACK, "%s", j->err);
+        http_reply_err(rq, HTTP_ERR_INVALID_FEEDBACK, "%s", j->err);
     else if (j->rc == -ENOENT)
-        daemon__reply_err(rq, DAEMON_ERR_UNKNOWN_REQUEST_ID, "%s",
+        http_reply_err(rq, HTTP_ERR_UNKNOWN_REQUEST_ID, "%s",
                           j->err[0] ? j->err : "no such request id");
     else if (j->rc == -ENOTCONN)
-        daemon__reply_err(rq, DAEMON_ERR_STORAGE_UNAVAILABLE,
+        http_reply_err(rq, HTTP_ERR_STORAGE_UNAVAILABLE,
                           "the outcome log is unreachable; retry later: %s", j->err);
     else
-        daemon__reply_err(rq, DAEMON_ERR_STORAGE_ERROR, "%s",
+        http_reply_err(rq, HTTP_ERR_STORAGE_ERROR, "%s",
                           j->err[0] ? j->err : "the outcome log failed");
     job_free(j);
-    daemon__mhd_run(rq->w);
+    http_run(rq->w);
 }
 
 void
-daemon__feedback(struct daemon_request *rq)
+api_feedback(struct daemon_request *rq)
 {
     json_error_t jerr;
     json_t *root;
@@ -186,7 +186,7 @@ daemon__feedback(struct daemon_request *rq)
     root = json_loadb(rq->body.data ? rq->body.data : "", rq->body.len, 0, &jerr);
     if (!json_is_object(root)) {
         json_decref(root);
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_JSON,
+        http_reply_err(rq, HTTP_ERR_INVALID_JSON,
                           "The body must be a JSON object: {\"request_id\", \"score\" | "
                           "\"label\", \"source\"}");
         return;
@@ -196,7 +196,7 @@ daemon__feedback(struct daemon_request *rq)
     const char *label = json_string_value(json_object_get(root, "label"));
     if (!id || !*id || (!json_is_number(score) && !label) || (json_is_number(score) && label)) {
         json_decref(root);
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_FEEDBACK,
+        http_reply_err(rq, HTTP_ERR_INVALID_FEEDBACK,
                           "Give \"request_id\" and exactly one of \"score\" (0..1) or "
                           "\"label\" (\"good\" | \"bad\")");
         return;
@@ -314,23 +314,23 @@ stats_after(uv_work_t *w, int status)
                                "escalation_cost_usd", cost, "saved_usd", saved);
         if (!cj || json_object_set_new(j->result, "cascade", cj) < 0)
             abort(); /* out of memory aborts, project-wide */
-        daemon__reply_json(rq, 200, j->result);
+        http_reply_json(rq, 200, j->result);
         j->result = NULL;
     } else if (j->rc == -ENOTCONN) {
-        daemon__reply_err(rq, DAEMON_ERR_STORAGE_UNAVAILABLE,
+        http_reply_err(rq, HTTP_ERR_STORAGE_UNAVAILABLE,
                           "the outcome log is unreachable; retry later: %s", j->err);
     } else {
-        daemon__reply_err(rq, DAEMON_ERR_STORAGE_ERROR, "%s", j->err);
+        http_reply_err(rq, HTTP_ERR_STORAGE_ERROR, "%s", j->err);
     }
     job_free(j);
-    daemon__mhd_run(rq->w);
+    http_run(rq->w);
 }
 
 void
-daemon__stats(struct daemon_request *rq)
+api_stats(struct daemon_request *rq)
 {
     const struct conf *c = rq->snap->conf;
-    const char *window = daemon__request_query(rq, "window");
+    const char *window = http_request_query(rq, "window");
     int64_t ms;
 
     if (need_storage(rq) < 0)
@@ -339,7 +339,7 @@ daemon__stats(struct daemon_request *rq)
         window = "24h";
     if (strlen(window) >= sizeof(((struct outcome_job *)0)->window) ||
         storage_window_parse(window, &ms) < 0) {
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_WINDOW,
+        http_reply_err(rq, HTTP_ERR_INVALID_WINDOW,
                           "window must be one of 15m, 1h, 24h, 7d");
         return;
     }

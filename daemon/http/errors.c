@@ -1,6 +1,6 @@
 /* errors.c - every error triaged itself answers a client with: one table, two dialects.
  *
- * A caller names a kind (enum daemon_err); the row gives the HTTP status, the OpenAI
+ * A caller names a kind (enum http_err); the row gives the HTTP status, the OpenAI
  * error type and code, and the Anthropic error type. The request's API path picks the
  * dialect: {"error":{"message","type","param","code"}} everywhere, and on
  * /v1/messages Anthropic's {"type":"error","error":{"type","message"}}. The message is
@@ -19,10 +19,10 @@ static const struct {
     const char *type;  /* OpenAI's error type */
     const char *code;  /* OpenAI's error code (also the access line's error kind) */
     const char *atype; /* Anthropic's error type */
-} table[DAEMON_ERR__COUNT] = {
+} table[HTTP_ERR__COUNT] = {
 #define IRE "invalid_request_error"
 #define SE "server_error"
-#define ROW(kind, status, type, code, atype) [DAEMON_ERR_##kind] = {status, type, code, atype}
+#define ROW(kind, status, type, code, atype) [HTTP_ERR_##kind] = {status, type, code, atype}
     ROW(INVALID_JSON, 400, IRE, "invalid_json", IRE),
     ROW(NUMBER_OUT_OF_RANGE, 400, IRE, "number_out_of_range", IRE),
     ROW(MISSING_MODEL, 400, IRE, "missing_model", IRE),
@@ -69,13 +69,13 @@ static const struct {
 };
 
 int
-daemon__err_status(enum daemon_err kind)
+http_err_status(enum http_err kind)
 {
     return table[kind].status;
 }
 
 const char *
-daemon__err_code(enum daemon_err kind)
+http_err_code(enum http_err kind)
 {
     return table[kind].code;
 }
@@ -97,7 +97,7 @@ anthropic_type(int status)
 }
 
 int
-daemon__dialect_anthropic(const struct daemon_request *rq)
+http_dialect_anthropic(const struct daemon_request *rq)
 {
     return rq->api && rq->api->speaks == CONF_API_ANTHROPIC;
 }
@@ -126,7 +126,7 @@ static void
 reply_v(struct daemon_request *rq, int status, const char *type, const char *code,
         const char *atype, const char *fmt, va_list ap)
 {
-    json_t *doc = err_doc(daemon__err_anthropic(rq), type, code, atype, fmt, ap);
+    json_t *doc = err_doc(http_err_anthropic(rq), type, code, atype, fmt, ap);
 
     if (!rq->error_kind)
         rq->error_kind = code;
@@ -135,14 +135,14 @@ reply_v(struct daemon_request *rq, int status, const char *type, const char *cod
             "{\"error\":{\"message\":\"internal error\",\"type\":\"server_error\","
             "\"param\":null,\"code\":\"internal_error\"}}\n";
         char *body = strdup(fallback);
-        daemon__reply(rq, status, "application/json", body, body ? sizeof(fallback) - 1 : 0);
+        http_reply(rq, status, "application/json", body, body ? sizeof(fallback) - 1 : 0);
         return;
     }
-    daemon__reply_json(rq, status, doc);
+    http_reply_json(rq, status, doc);
 }
 
 char *
-daemon__err_body(enum daemon_err kind, int anthropic, size_t *len, const char *fmt, ...)
+http_err_body(enum http_err kind, int anthropic, size_t *len, const char *fmt, ...)
 {
     va_list ap;
 
@@ -176,21 +176,21 @@ under_messages(const char *path)
 }
 
 int
-daemon__path_anthropic(const char *path)
+http_path_anthropic(const char *path)
 {
-    const struct daemon_api *api = daemon__api_find(path);
+    const struct daemon_api *api = api_find(path);
 
     return api ? api->speaks == CONF_API_ANTHROPIC : under_messages(path);
 }
 
 int
-daemon__err_anthropic(const struct daemon_request *rq)
+http_err_anthropic(const struct daemon_request *rq)
 {
-    return rq->api ? daemon__dialect_anthropic(rq) : rq->path && under_messages(rq->path);
+    return rq->api ? http_dialect_anthropic(rq) : rq->path && under_messages(rq->path);
 }
 
 void
-daemon__reply_err(struct daemon_request *rq, enum daemon_err kind, const char *fmt, ...)
+http_reply_err(struct daemon_request *rq, enum http_err kind, const char *fmt, ...)
 {
     va_list ap;
 
@@ -200,7 +200,7 @@ daemon__reply_err(struct daemon_request *rq, enum daemon_err kind, const char *f
 }
 
 void
-daemon__reply_error(struct daemon_request *rq, int status, const char *type, const char *code,
+http_reply_error(struct daemon_request *rq, int status, const char *type, const char *code,
                     const char *fmt, ...)
 {
     va_list ap;

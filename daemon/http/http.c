@@ -37,23 +37,23 @@ enum route_match {
     MATCH_PREFIX, /* hooks.h's DAEMON_HANDLER_PREFIX: path, path/..., or under a path/ */
 };
 
-struct daemon_route {
+struct http_route {
     const char *method;
     const char *path;
     size_t path_len;
     enum route_match match;
-    enum daemon_access access;
+    enum http_access access;
     int outcome;             /* every request here becomes an outcome-log row */
-    daemon_route_fn *fn;     /* the daemon's own handler, or */
+    http_route_fn *fn;     /* the daemon's own handler, or */
     daemon_handler_fn *hook; /* one registered through hooks.h, with its ctx */
     void *ctx;
 };
 
-static struct daemon_route routes[MAX_ROUTES];
+static struct http_route routes[MAX_ROUTES];
 static size_t n_routes;
 
 static int
-route_add(struct daemon_route r)
+route_add(struct http_route r)
 {
     for (size_t i = 0; i < n_routes; i++)
         if (!strcmp(routes[i].method, r.method) && !strcmp(routes[i].path, r.path))
@@ -66,18 +66,18 @@ route_add(struct daemon_route r)
 }
 
 int
-daemon__route_add(const char *method, const char *path, enum daemon_access access,
-                  unsigned flags, daemon_route_fn *fn)
+http_route_add(const char *method, const char *path, enum http_access access,
+                  unsigned flags, http_route_fn *fn)
 {
     size_t plen = strlen(path);
 
-    return route_add((struct daemon_route){
+    return route_add((struct http_route){
         .method = method,
         .path = path,
-        .match = (flags & DAEMON_ROUTE_UNDER) && plen && path[plen - 1] == '/' ? MATCH_UNDER
+        .match = (flags & HTTP_ROUTE_UNDER) && plen && path[plen - 1] == '/' ? MATCH_UNDER
                                                                               : MATCH_EXACT,
         .access = access,
-        .outcome = (flags & DAEMON_ROUTE_OUTCOME) != 0,
+        .outcome = (flags & HTTP_ROUTE_OUTCOME) != 0,
         .fn = fn,
     });
 }
@@ -86,20 +86,20 @@ int
 daemon_handler_register(const char *method, const char *path, unsigned flags,
                         daemon_handler_fn *fn, void *ctx)
 {
-    return route_add((struct daemon_route){
+    return route_add((struct http_route){
         .method = method,
         .path = path,
         .match = flags & DAEMON_HANDLER_PREFIX ? MATCH_PREFIX : MATCH_EXACT,
-        .access = flags & DAEMON_HANDLER_ADMIN   ? DAEMON_ACCESS_ADMIN
-                  : flags & DAEMON_HANDLER_STATS ? DAEMON_ACCESS_STATS
-                                                 : DAEMON_ACCESS_PUBLIC,
+        .access = flags & DAEMON_HANDLER_ADMIN   ? HTTP_ACCESS_ADMIN
+                  : flags & DAEMON_HANDLER_STATS ? HTTP_ACCESS_STATS
+                                                 : HTTP_ACCESS_PUBLIC,
         .hook = fn,
         .ctx = ctx,
     });
 }
 
 static int
-route_matches(const struct daemon_route *r, const char *path)
+route_matches(const struct http_route *r, const char *path)
 {
     size_t plen = r->path_len;
 
@@ -119,7 +119,7 @@ route_matches(const struct daemon_route *r, const char *path)
  * found (*route set), 0 path known but not for this method (allow filled with the
  * methods it takes), -1 unknown path. A HEAD request takes a GET route. */
 static int
-find_route(const char *method, const char *path, const struct daemon_route **route,
+find_route(const char *method, const char *path, const struct http_route **route,
            char *allow, size_t allowlen)
 {
     int path_known = 0;
@@ -142,18 +142,18 @@ find_route(const char *method, const char *path, const struct daemon_route **rou
 
 /* ---- replies ---------------------------------------------------------------- */
 
-/* The rest of the daemon holds libmicrohttpd's responses as struct daemon_response, a
+/* The rest of the daemon holds libmicrohttpd's responses as struct http_response, a
  * type never defined (daemon-int.h): these two are the only conversions. */
 static struct MHD_Response *
-mhd_response(struct daemon_response *r)
+mhd_response(struct http_response *r)
 {
     return (struct MHD_Response *)(void *)r;
 }
 
-static struct daemon_response *
+static struct http_response *
 our_response(struct MHD_Response *r)
 {
-    return (struct daemon_response *)(void *)r;
+    return (struct http_response *)(void *)r;
 }
 
 static void
@@ -164,13 +164,13 @@ add_header(struct MHD_Response *r, const char *name, const char *value)
 }
 
 void
-daemon__response_header(struct daemon_response *resp, const char *name, const char *value)
+http_response_header(struct http_response *resp, const char *name, const char *value)
 {
     add_header(mhd_response(resp), name, value);
 }
 
-struct daemon_response *
-daemon__response_buffer(char *body, size_t len, const char *ctype)
+struct http_response *
+http_response_buffer(char *body, size_t len, const char *ctype)
 {
     if (!body) {
         body = strdup("");
@@ -189,7 +189,7 @@ daemon__response_buffer(char *body, size_t len, const char *ctype)
 /* A streamed answer's reader: the request and the daemon's reader for it. */
 struct stream_src {
     struct daemon_request *rq;
-    daemon_stream_read_fn *read;
+    http_stream_read_fn *read;
 };
 
 /* The client's connection ends now. MHD in turbo mode neither shuts down nor closes a
@@ -217,20 +217,20 @@ stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     (void)pos;
     if (n > 0)
         return n;
-    if (n == DAEMON_STREAM_END)
+    if (n == HTTP_STREAM_END)
         return MHD_CONTENT_READER_END_OF_STREAM;
-    if (n == DAEMON_STREAM_FAIL) {
+    if (n == HTTP_STREAM_FAIL) {
         cut_client(rq);
         return MHD_CONTENT_READER_END_WITH_ERROR;
     }
-    rq->suspended = 1; /* DAEMON_STREAM_WAIT: until daemon__wake */
+    rq->suspended = 1; /* HTTP_STREAM_WAIT: until http_wake */
     MHD_suspend_connection(rq->conn);
     return 0;
 }
 
-struct daemon_response *
-daemon__response_stream(struct daemon_request *rq, const char *ctype, size_t block,
-                        daemon_stream_read_fn *read)
+struct http_response *
+http_response_stream(struct daemon_request *rq, const char *ctype, size_t block,
+                        http_stream_read_fn *read)
 {
     struct stream_src *src = malloc(sizeof(*src));
 
@@ -248,18 +248,18 @@ daemon__response_stream(struct daemon_request *rq, const char *ctype, size_t blo
 }
 
 const char *
-daemon__request_header(const struct daemon_request *rq, const char *name)
+http_request_header(const struct daemon_request *rq, const char *name)
 {
     return rq->conn ? MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, name) : NULL;
 }
 
 const char *
-daemon__request_query(const struct daemon_request *rq, const char *name)
+http_request_query(const struct daemon_request *rq, const char *name)
 {
     return rq->conn ? MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name) : NULL;
 }
 
-/* daemon__request_headers_each's visitor: the daemon's callback and its context. */
+/* http_request_headers_each's visitor: the daemon's callback and its context. */
 struct header_visit {
     void (*fn)(void *ctx, const char *name, const char *value);
     void *ctx;
@@ -276,7 +276,7 @@ visit_header(void *cls, enum MHD_ValueKind kind, const char *name, const char *v
 }
 
 void
-daemon__request_headers_each(const struct daemon_request *rq,
+http_request_headers_each(const struct daemon_request *rq,
                              void (*fn)(void *ctx, const char *name, const char *value), void *ctx)
 {
     struct header_visit v = {fn, ctx};
@@ -286,9 +286,9 @@ daemon__request_headers_each(const struct daemon_request *rq,
 }
 
 void
-daemon__wake(struct daemon_request *rq)
+http_wake(struct daemon_request *rq)
 {
-    daemon__gone_unwatch(rq); /* MHD watches the socket again */
+    http_gone_unwatch(rq); /* MHD watches the socket again */
     if (rq->suspended) {
         rq->suspended = 0;
         MHD_resume_connection(rq->conn);
@@ -297,26 +297,26 @@ daemon__wake(struct daemon_request *rq)
 }
 
 void
-daemon__set_response(struct daemon_request *rq, int status, struct daemon_response *resp)
+http_set_response(struct daemon_request *rq, int status, struct http_response *resp)
 {
     if (rq->response)
         MHD_destroy_response(mhd_response(rq->response));
     rq->response = resp;
     rq->status = status;
-    daemon__wake(rq);
+    http_wake(rq);
 }
 
 void
-daemon__reply(struct daemon_request *rq, int status, const char *ctype, char *body, size_t len)
+http_reply(struct daemon_request *rq, int status, const char *ctype, char *body, size_t len)
 {
-    struct daemon_response *r = daemon__response_buffer(body, len, ctype);
+    struct http_response *r = http_response_buffer(body, len, ctype);
 
     daemon__add_route_headers(rq, r);
-    daemon__set_response(rq, status, r);
+    http_set_response(rq, status, r);
 }
 
 void
-daemon__reply_json(struct daemon_request *rq, int status, json_t *doc)
+http_reply_json(struct daemon_request *rq, int status, json_t *doc)
 {
     char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
 
@@ -329,7 +329,7 @@ daemon__reply_json(struct daemon_request *rq, int status, json_t *doc)
             "{\"error\":{\"message\":\"internal error: the answer could not be built\","
             "\"type\":\"server_error\",\"param\":null,\"code\":\"internal_error\"}}\n";
         rq->error_kind = "internal_error";
-        daemon__reply(rq, 500, "application/json", strdup(fallback), sizeof(fallback) - 1);
+        http_reply(rq, 500, "application/json", strdup(fallback), sizeof(fallback) - 1);
         return;
     }
     size_t len = strlen(text);
@@ -339,7 +339,7 @@ daemon__reply_json(struct daemon_request *rq, int status, json_t *doc)
         abort();
     withnl[len] = '\n';
     withnl[len + 1] = '\0';
-    daemon__reply(rq, status, "application/json", withnl, len + 1);
+    http_reply(rq, status, "application/json", withnl, len + 1);
 }
 
 static int
@@ -369,7 +369,7 @@ is_loopback(struct daemon_request *rq)
  * Client endpoints need a key from keys_file when there is one; admin endpoints
  * need a key from admin_keys_file, or without one come from loopback. */
 static int
-check_access(struct daemon_request *rq, enum daemon_access a)
+check_access(struct daemon_request *rq, enum http_access a)
 {
     const struct daemon_snapshot *s = rq->snap;
     const char *authz = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
@@ -377,21 +377,21 @@ check_access(struct daemon_request *rq, enum daemon_access a)
     const char *name = NULL;
     const struct auth_keys *keys;
 
-    if (a == DAEMON_ACCESS_STATS)
-        a = s->conf->stats_need_admin ? DAEMON_ACCESS_ADMIN : DAEMON_ACCESS_CLIENT;
-    if (a == DAEMON_ACCESS_PUBLIC)
+    if (a == HTTP_ACCESS_STATS)
+        a = s->conf->stats_need_admin ? HTTP_ACCESS_ADMIN : HTTP_ACCESS_CLIENT;
+    if (a == HTTP_ACCESS_PUBLIC)
         return 0;
-    if (a == DAEMON_ACCESS_ADMIN && !s->admin_keys) {
+    if (a == HTTP_ACCESS_ADMIN && !s->admin_keys) {
         if (is_loopback(rq))
             return 0;
-        daemon__reply_err(rq, DAEMON_ERR_FORBIDDEN,
+        http_reply_err(rq, HTTP_ERR_FORBIDDEN,
                           "admin endpoints answer only on loopback (no admin_keys_file)");
         return -1;
     }
-    keys = a == DAEMON_ACCESS_ADMIN ? s->admin_keys : s->keys;
+    keys = a == HTTP_ACCESS_ADMIN ? s->admin_keys : s->keys;
     if (!keys)
         return 0; /* no client keys configured: open */
-    const char *xkey = !authz && daemon__dialect_anthropic(rq)
+    const char *xkey = !authz && http_dialect_anthropic(rq)
                            ? MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "x-api-key")
                            : NULL;
     char bearer[4200]; /* Anthropic's clients send their key as x-api-key: checked the same */
@@ -407,20 +407,20 @@ check_access(struct daemon_request *rq, enum daemon_access a)
         return 0;
     }
     if (rc == -ENOENT)
-        daemon__reply_err(rq, DAEMON_ERR_MISSING_API_KEY,
+        http_reply_err(rq, HTTP_ERR_MISSING_API_KEY,
                           "This endpoint needs an API key: Authorization: Bearer <key>%s",
-                          daemon__dialect_anthropic(rq) ? " (or x-api-key: <key>)" : "");
+                          http_dialect_anthropic(rq) ? " (or x-api-key: <key>)" : "");
     else
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_API_KEY,
+        http_reply_err(rq, HTTP_ERR_INVALID_API_KEY,
                           "The API key is not valid%s",
-                          a == DAEMON_ACCESS_ADMIN ? " for admin" : "");
-    daemon__response_header(rq->response, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+                          a == HTTP_ACCESS_ADMIN ? " for admin" : "");
+    http_response_header(rq->response, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     return -1;
 }
 
 /* A registered handler (hooks.h). */
 static void
-run_hook(struct daemon_request *rq, const struct daemon_route *h)
+run_hook(struct daemon_request *rq, const struct http_route *h)
 {
     struct daemon_http_request req = {
         .method = rq->method,
@@ -433,14 +433,14 @@ run_hook(struct daemon_request *rq, const struct daemon_route *h)
     struct daemon_http_reply reply = {.status = 200};
 
     h->hook(h->ctx, &req, &reply);
-    struct daemon_response *r = daemon__response_buffer(
+    struct http_response *r = http_response_buffer(
         reply.body, reply.body ? reply.len : 0,
         reply.content_type ? reply.content_type : "application/json");
     for (int i = 0; i < DAEMON_REPLY_MAX_HEADERS; i++)
         if (reply.headers[i].name && reply.headers[i].value)
-            daemon__response_header(r, reply.headers[i].name, reply.headers[i].value);
+            http_response_header(r, reply.headers[i].name, reply.headers[i].value);
     daemon__add_route_headers(rq, r);
-    daemon__set_response(rq, reply.status ? reply.status : 200, r);
+    http_set_response(rq, reply.status ? reply.status : 200, r);
 }
 
 const char *
@@ -541,18 +541,18 @@ head_check(struct daemon_request *rq, struct MHD_Connection *conn)
     MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &h);
     size_t size = ci ? ci->header_size : h.bytes + strlen(rq->method) + strlen(rq->path) + 12;
     if (size > max) {
-        daemon__reply_err(rq, DAEMON_ERR_HEADERS_TOO_LARGE,
+        http_reply_err(rq, HTTP_ERR_HEADERS_TOO_LARGE,
                           "The request head (%zu bytes) is over the limit of %zu bytes", size,
                           max);
         return -1;
     }
     if (h.chunked && h.n_length) {
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_FRAMING,
+        http_reply_err(rq, HTTP_ERR_INVALID_FRAMING,
                           "Transfer-Encoding and Content-Length together are refused");
         return -1;
     }
     if (h.length_conflict || h.length_bad) {
-        daemon__reply_err(rq, DAEMON_ERR_INVALID_FRAMING,
+        http_reply_err(rq, HTTP_ERR_INVALID_FRAMING,
                           "%s Content-Length is refused",
                           h.length_conflict ? "A repeated, different" : "An invalid");
         return -1;
@@ -588,7 +588,7 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
     struct daemon_request *rq = *con_cls;
 
     if (!rq) {
-        const struct daemon_route *route = NULL;
+        const struct http_route *route = NULL;
         char allow[128];
 
         rq = daemon__request_new(w, conn, url, method);
@@ -602,30 +602,30 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
         rq->outcome = found > 0 && route->outcome;
         /* the path's API, known before anything is answered (a 405 on it too): errors
          * take its dialect */
-        rq->api = daemon__api_find(url);
+        rq->api = api_find(url);
         if (head_check(rq, conn) < 0) {
             /* answered: 400 or 431 */
         } else if (w->stopping) {
-            daemon__reply_err(rq, DAEMON_ERR_SHUTTING_DOWN,
+            http_reply_err(rq, HTTP_ERR_SHUTTING_DOWN,
                               "the server is shutting down");
         } else if (found < 0) {
             char qm[64], qp[256];
-            daemon__reply_err(rq, DAEMON_ERR_NOT_FOUND,
+            http_reply_err(rq, HTTP_ERR_NOT_FOUND,
                               "Unknown path %s %s", text_quote(qm, sizeof(qm), method, 16),
                               text_quote(qp, sizeof(qp), url, 64));
         } else if (found == 0) {
             char qm[64], qp[256];
-            daemon__reply_err(rq, DAEMON_ERR_METHOD_NOT_ALLOWED,
+            http_reply_err(rq, HTTP_ERR_METHOD_NOT_ALLOWED,
                               "%s is not allowed on %s (allowed: %s)",
                               text_quote(qm, sizeof(qm), method, 16),
                               text_quote(qp, sizeof(qp), url, 64), allow);
-            daemon__response_header(rq->response, MHD_HTTP_HEADER_ALLOW, allow);
+            http_response_header(rq->response, MHD_HTTP_HEADER_ALLOW, allow);
         } else if (check_access(rq, route->access) == 0) {
             const char *cl =
                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
             unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
             if (declared > rq->snap->conf->max_body) {
-                daemon__reply_err(rq, DAEMON_ERR_BODY_TOO_LARGE,
+                http_reply_err(rq, HTTP_ERR_BODY_TOO_LARGE,
                                   "The request body (%s bytes) is over the limit of %zu bytes",
                                   cl, rq->snap->conf->max_body);
             } else if (declared > 0 && declared <= 65536) {
@@ -665,7 +665,7 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *m
     if (rq->phase == PHASE_BODY) {
         rq->phase = PHASE_WAIT;
         if (rq->too_large)
-            daemon__reply_err(rq, DAEMON_ERR_BODY_TOO_LARGE,
+            http_reply_err(rq, HTTP_ERR_BODY_TOO_LARGE,
                               "The request body is over the limit of %zu bytes",
                               rq->snap->conf->max_body);
         else if (rq->route && rq->route->hook)
@@ -731,7 +731,7 @@ mhd_logger(void *cls, const char *fmt, va_list ap)
 static void on_mhd_timer(uv_timer_t *t);
 
 void
-daemon__mhd_run(struct daemon_worker *w)
+http_run(struct daemon_worker *w)
 {
     MHD_UNSIGNED_LONG_LONG to;
     int rounds = 0;
@@ -761,7 +761,7 @@ daemon__mhd_run(struct daemon_worker *w)
 static void
 on_mhd_timer(uv_timer_t *t)
 {
-    daemon__mhd_run(t->data);
+    http_run(t->data);
 }
 
 static void
@@ -771,7 +771,7 @@ on_mhd_poll(uv_poll_t *p, int status, int events)
 
     if (w->busy_poll_ns)
         w->last_io_ns = uv_hrtime();
-    daemon__mhd_run(w);
+    http_run(w);
 }
 
 /* ---- clients that leave while their request waits --------------------------------
@@ -791,7 +791,7 @@ on_gone_watch_closed(uv_handle_t *h)
 }
 
 void
-daemon__gone_unwatch(struct daemon_request *rq)
+http_gone_unwatch(struct daemon_request *rq)
 {
     if (!rq->gone_watch)
         return;
@@ -813,7 +813,7 @@ on_gone_event(uv_poll_t *p, int status, int events)
     ssize_t n = ci ? recv(ci->connect_fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT) : 0;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return; /* nothing after all */
-    daemon__gone_unwatch(rq);
+    http_gone_unwatch(rq);
     if (n > 0) {
         rq->gone_checked = 1; /* a pipelined request, not a hang-up: MHD's to read later */
         return;
@@ -821,8 +821,8 @@ on_gone_event(uv_poll_t *p, int status, int events)
     rq->client_gone = 1;
     rq->error_kind = "client_gone";
     daemon__proxy_release(rq); /* cancels the backend call, frees its slot */
-    daemon__wake(rq);          /* on_access answers MHD_NO: MHD closes the connection */
-    daemon__mhd_run(rq->w);
+    http_wake(rq);          /* on_access answers MHD_NO: MHD closes the connection */
+    http_run(rq->w);
 }
 
 /* Starts watching rq's socket for a hang-up. */
@@ -846,7 +846,7 @@ gone_watch(struct daemon_request *rq)
 }
 
 void
-daemon__gone_watch_waiting(struct daemon_worker *w)
+http_gone_watch_waiting(struct daemon_worker *w)
 {
     for (struct daemon_request *rq = w->requests; rq; rq = rq->next)
         if (rq->suspended && !rq->response && !rq->gone_watch && !rq->gone_checked &&
@@ -914,7 +914,7 @@ uri_anthropic(const char *uri)
         path[n++] = ch;
     }
     path[n] = '\0';
-    return daemon__path_anthropic(path);
+    return http_path_anthropic(path);
 }
 
 /* MHD_OPTION_URI_LOG_CALLBACK: the request line of a new request has arrived, which
@@ -950,9 +950,9 @@ cut_connection(struct daemon_conn *dc)
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(dc->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     /* the path's dialect: the request's own once its head is in, else its request line's */
-    int anthropic = dc->rq ? daemon__err_anthropic(dc->rq) : dc->anthropic;
+    int anthropic = dc->rq ? http_err_anthropic(dc->rq) : dc->anthropic;
     size_t blen = 0;
-    char *body = daemon__err_body(DAEMON_ERR_READ_TIMEOUT, anthropic, &blen,
+    char *body = http_err_body(HTTP_ERR_READ_TIMEOUT, anthropic, &blen,
                                   "The request did not arrive within read_timeout_ms");
     char answer[1024];
     int n = snprintf(answer, sizeof(answer),
@@ -1008,7 +1008,7 @@ on_reap(uv_timer_t *t)
         }
     }
     if (cut)
-        daemon__mhd_run(w);
+        http_run(w);
 }
 
 /* MHD_OPTION_ACCEPT_POLICY_CALLBACK: beyond max_connections a new connection is
@@ -1028,7 +1028,7 @@ on_accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
 /* ---- the worker's side ------------------------------------------------------------ */
 
 int
-daemon__http_start(struct daemon_worker *w, const struct conf *c, int v6, char *err,
+http_worker_start(struct daemon_worker *w, const struct conf *c, int v6, char *err,
                    size_t errlen)
 {
     uint64_t reap_ms = c->read_timeout_ms / 4;
@@ -1073,7 +1073,7 @@ daemon__http_start(struct daemon_worker *w, const struct conf *c, int v6, char *
 }
 
 void
-daemon__http_quiesce(struct daemon_worker *w)
+http_worker_quiesce(struct daemon_worker *w)
 {
     MHD_socket fd = MHD_quiesce_daemon(w->mhd);
 
@@ -1082,7 +1082,7 @@ daemon__http_quiesce(struct daemon_worker *w)
 }
 
 void
-daemon__http_stop(struct daemon_worker *w)
+http_worker_stop(struct daemon_worker *w)
 {
     if (!w->mhd)
         return;
@@ -1092,7 +1092,7 @@ daemon__http_stop(struct daemon_worker *w)
 }
 
 void
-daemon__response_free(struct daemon_response *resp)
+http_response_free(struct http_response *resp)
 {
     if (resp)
         MHD_destroy_response(mhd_response(resp));

@@ -30,21 +30,21 @@ typedef enum MHD_Result queue_fn(struct MHD_Connection *, unsigned int, struct M
 /* libmicrohttpd's page titles and the error each becomes. */
 static const struct {
     const char *title;
-    enum daemon_err kind;
+    enum http_err kind;
     const char *message;
 } pages[] = {
-    {"Request too big", DAEMON_ERR_HEADERS_TOO_LARGE, "The request head is too large"},
-    {"Request malformed", DAEMON_ERR_INVALID_REQUEST, "The request is not valid HTTP/1.1"},
-    {"Requested HTTP version is not supported", DAEMON_ERR_HTTP_VERSION,
+    {"Request too big", HTTP_ERR_HEADERS_TOO_LARGE, "The request head is too large"},
+    {"Request malformed", HTTP_ERR_INVALID_REQUEST, "The request is not valid HTTP/1.1"},
+    {"Requested HTTP version is not supported", HTTP_ERR_HTTP_VERSION,
      "Only HTTP/1.0 and HTTP/1.1 are served"},
-    {"&quot;Host:&quot; header required", DAEMON_ERR_INVALID_REQUEST,
+    {"&quot;Host:&quot; header required", HTTP_ERR_INVALID_REQUEST,
      "An HTTP/1.1 request needs a Host header"},
-    {"Request content too large", DAEMON_ERR_BODY_TOO_LARGE,
+    {"Request content too large", HTTP_ERR_BODY_TOO_LARGE,
      "The request's Content-Length or chunk size is too large"},
-    {"Internal server error", DAEMON_ERR_HTTP_FAILED, "The server could not handle the request"},
+    {"Internal server error", HTTP_ERR_HTTP_FAILED, "The server could not handle the request"},
 };
 
-static create_fn *real_create; /* libmicrohttpd's own, found by daemon__mhd_errors_install */
+static create_fn *real_create; /* libmicrohttpd's own, found by http_mhd_errors_install */
 static queue_fn *real_queue;
 
 /* The page this thread made last, until the next response is queued: libmicrohttpd
@@ -53,7 +53,7 @@ static _Thread_local struct MHD_Response *last_page;
 static _Thread_local size_t last_row;
 
 int
-daemon__mhd_errors_install(void)
+http_mhd_errors_install(void)
 {
     void *c = dlsym(RTLD_NEXT, "MHD_create_response_from_buffer");
     void *q = dlsym(RTLD_NEXT, "MHD_queue_response");
@@ -71,7 +71,7 @@ static struct MHD_Response *
 page_response(size_t row, int anthropic)
 {
     size_t len = 0;
-    char *json = daemon__err_body(pages[row].kind, anthropic, &len, "%s", pages[row].message);
+    char *json = http_err_body(pages[row].kind, anthropic, &len, "%s", pages[row].message);
 
     if (!json)
         return NULL;
@@ -107,7 +107,7 @@ MHD_create_response_from_buffer(size_t size, void *buffer, enum MHD_ResponseMemo
             return r;
         }
     }
-    if (!real_create && daemon__mhd_errors_install() < 0)
+    if (!real_create && http_mhd_errors_install() < 0)
         return NULL; /* what libmicrohttpd answers when it cannot build a response */
     return real_create(size, buffer, mode);
 }
@@ -129,7 +129,7 @@ MHD_queue_response(struct MHD_Connection *connection, unsigned int status_code,
     struct MHD_Response *page = last_page;
 
     last_page = NULL;
-    if (!real_queue && daemon__mhd_errors_install() < 0)
+    if (!real_queue && http_mhd_errors_install() < 0)
         return MHD_NO;
     if (!page || page != response)
         return real_queue(connection, status_code, response);
@@ -137,7 +137,7 @@ MHD_queue_response(struct MHD_Connection *connection, unsigned int status_code,
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     const struct daemon_conn *dc = ci ? ci->socket_context : NULL;
-    int anthropic = dc && (dc->rq ? daemon__err_anthropic(dc->rq) : dc->anthropic);
+    int anthropic = dc && (dc->rq ? http_err_anthropic(dc->rq) : dc->anthropic);
     struct MHD_Response *r = anthropic ? page_response(last_row, 1) : NULL;
     if (!r)
         return real_queue(connection, status_code, response);
