@@ -9,7 +9,8 @@
 #                           [--n 50,100,200,400] [--only FAMILY] [--jobs J (2)]
 #
 # Needs a C compiler and jansson (as the daemon's build); builds the helper from the
-# tree it sits in. About 3 min for all families on one core.
+# tree it sits in. About 7 min for all families with --jobs 2 on 2 busy cores; --split dev
+# about half that.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${TMPDIR:-/tmp}/triage-learn-families

@@ -85,22 +85,33 @@ test_learns_reversed_family(void **state)
     print_message("omega family: APGR %.3f before, %.3f after 300 judged prompts\n", before,
                   after);
     assert_true(after > 0.7); /* 0.75 is a perfect ranking here, 0.5 random */
+
+    /* 50 judged prompts: a fixed weight of 5 left the model as wrong as the base (0.250) */
+    m = router_train_log(d, base, 4000, log, 50, &o, err, sizeof(err));
+    assert_non_null(m);
+    double few = apgr(m, d, test, 400);
+    router_model_unref(m);
+    print_message("omega family: APGR %.3f after 50 judged prompts\n", few);
+    assert_true(few > 0.6);
     router_dataset_destroy(d);
 }
 
-/* The weight: 1 without base data; never below 1; a larger log never counts less in all. */
+/* The weight: 1 without base data or log; never below 1; each logged prompt counts no more
+ * as the log grows, and the log as a whole never less than a twentieth of the base. */
 static void
 test_log_weight(void **state)
 {
     (void)state;
     assert_int_equal(router_log_weight(100, 0), 1);
+    assert_int_equal(router_log_weight(0, 1000), 1);
     for (size_t n_base = 1000; n_base <= 100000; n_base *= 10) {
-        double prev = 0;
-        for (size_t n_log = 1; n_log <= 20000; n_log *= 3) {
+        unsigned prev = ~0u;
+        for (size_t n_log = 1; n_log <= 200000; n_log *= 3) {
             unsigned w = router_log_weight(n_log, n_base);
             assert_true(w >= 1);
-            assert_true((double)w * (double)n_log >= prev);
-            prev = (double)w * (double)n_log;
+            assert_true(w <= prev);
+            assert_true((double)w * (double)n_log >= (double)n_base / 20);
+            prev = w;
         }
     }
 }
