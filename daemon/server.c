@@ -863,17 +863,18 @@ log_watch(void)
         return;
     storage_get_counters(st, &sc);
     if (sc.write_errors > reported && (!reported || now_ms - warned_ms >= LOG_WARN_EVERY_MS)) {
-        log_warnx("outcome log %s: write failed: %s; so far %llu failed writes (each batch is "
-                  "tried %d times) and %llu rows lost",
+        log_warnx("outcome log %s: write failed: %s; so far %llu failed writes, %llu rows "
+                  "waiting to be written, %llu lost",
                   storage_target_shown(storage_path(st)), sc.last_error,
-                  (unsigned long long)sc.write_errors,
-                  STORAGE_WRITE_ATTEMPTS, (unsigned long long)sc.failed);
+                  (unsigned long long)sc.write_errors, (unsigned long long)sc.depth,
+                  (unsigned long long)(sc.failed + sc.dropped));
         reported = sc.write_errors;
         warned_ms = now_ms;
         failing = 1;
     } else if (failing && !sc.degraded) {
         log_info("outcome log %s: writes succeed again; %llu rows lost so far",
-                 storage_target_shown(storage_path(st)), (unsigned long long)sc.failed);
+                 storage_target_shown(storage_path(st)),
+                 (unsigned long long)(sc.failed + sc.dropped));
         failing = 0;
     }
 }

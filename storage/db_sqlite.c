@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <sqlite3.h>
 
@@ -15,6 +16,10 @@ struct lite_db {
     sqlite3 *h;
     sqlite3_stmt *insert; /* the records' INSERT, prepared on first use */
     char err[STORAGE_ERROR_MAX];
+    int away;      /* an error said the file is unusable now (full, locked, read-only, ...) */
+    int have_id;   /* dev and ino are the opened file's */
+    dev_t dev;
+    ino_t ino;
 };
 
 struct lite_stmt {
@@ -161,12 +166,37 @@ static const char insert_sql[] =
     " stream, prompt, kind, parent_id, features, failed_attempts, answer, escalation)"
     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
+/* Whether a result code says the file cannot be written now rather than that the
+ * statement is wrong: the same batch may succeed once the disk has room, the lock is
+ * released, the file system is writable again or the file is back. */
+static int
+unavailable(int code)
+{
+    switch (code & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_READONLY:
+    case SQLITE_IOERR:
+    case SQLITE_CORRUPT:
+    case SQLITE_FULL:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PROTOCOL:
+    case SQLITE_NOTADB:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 /* Keeps db's latest error: SQLite's text and the extended result code. */
 static void
 note_error(struct lite_db *d)
 {
-    snprintf(d->err, sizeof(d->err), "%s (sqlite error %d)", sqlite3_errmsg(d->h),
-             sqlite3_extended_errcode(d->h));
+    int code = sqlite3_extended_errcode(d->h);
+
+    snprintf(d->err, sizeof(d->err), "%s (sqlite error %d)", sqlite3_errmsg(d->h), code);
+    if (unavailable(code))
+        d->away = 1;
 }
 
 static int
@@ -175,11 +205,13 @@ lite_exec(struct storage__db *db, const char *sql)
     char *msg = NULL;
 
     if (sqlite3_exec(DB(db)->h, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        int code = sqlite3_extended_errcode(DB(db)->h);
         if (msg)
-            snprintf(DB(db)->err, sizeof(DB(db)->err), "%s (sqlite error %d)", msg,
-                     sqlite3_extended_errcode(DB(db)->h));
+            snprintf(DB(db)->err, sizeof(DB(db)->err), "%s (sqlite error %d)", msg, code);
         else
             note_error(DB(db));
+        if (unavailable(code))
+            DB(db)->away = 1;
         sqlite3_free(msg);
         return -EIO;
     }
@@ -261,7 +293,7 @@ static struct storage__db *
 lite_open(const char *path, enum storage__mode mode, char *err, size_t errlen)
 {
     struct lite_db *d = storage__calloc(1, sizeof(*d));
-    int version = 0;
+    int version = 0, away;
     /* NOMUTEX: a connection lives on one thread at a time; the per-call mutex cost
      * ~15% of a stats scan. */
     int flags = SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX;
@@ -319,9 +351,21 @@ lite_open(const char *path, enum storage__mode mode, char *err, size_t errlen)
             goto fail;
     }
     sqlite3_exec(d->h, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    /* Which file this is, to notice when it is deleted or replaced (lite_gone). */
+    const char *file = sqlite3_db_filename(d->h, "main");
+    struct stat sb;
+    if (file && *file && stat(file, &sb) == 0) {
+        d->have_id = 1;
+        d->dev = sb.st_dev;
+        d->ino = sb.st_ino;
+    }
     return &d->base;
 fail:
+    /* A file that is there but cannot be used now (locked, not a database, unreadable)
+     * is away for the caller (ENOTCONN: the daemon answers 503 and retries later). */
+    away = d->h && unavailable(sqlite3_extended_errcode(d->h));
     lite_close(&d->base);
+    errno = away ? ENOTCONN : EIO;
     return NULL;
 }
 
@@ -347,10 +391,25 @@ lite_error(struct storage__db *db)
     return DB(db)->err;
 }
 
+/* Gone: an error said the file is unusable now, or the path no longer names the file
+ * this connection has open (deleted, or replaced by a move): writing on would put rows in
+ * a file nobody can find. The caller drops the connection and opens the path again. */
 static int
-lite_gone(struct storage__db *db __attribute__((unused)))
+lite_gone(struct storage__db *db)
 {
-    return 0; /* a file does not go away between calls */
+    struct lite_db *d = DB(db);
+    struct stat sb;
+
+    if (d->away)
+        return 1;
+    if (!d->have_id)
+        return 0;
+    const char *file = sqlite3_db_filename(d->h, "main");
+    if (stat(file, &sb) < 0 || sb.st_dev != d->dev || sb.st_ino != d->ino) {
+        snprintf(d->err, sizeof(d->err), "%s was deleted or replaced", file);
+        return 1;
+    }
+    return 0;
 }
 
 static int64_t

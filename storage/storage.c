@@ -227,17 +227,19 @@ disconnect(struct storage *s)
     s->db = NULL;
 }
 
-/* How the writer and feedback (re)connect: a SQLite file was created by storage_open();
- * a PostgreSQL database may have been away then, so its schema is made on the first
- * connection that reaches it (under the advisory lock: replicas migrate once). */
-static enum storage__mode
-write_mode(const struct storage *s)
+/* The next reconnect waits one more backoff step (250 ms doubling to
+ * STORAGE__RECONNECT_MAX_MS); a commit resets it. */
+static void
+back_off(struct storage *s)
 {
-    return storage__is_pg(s->path) ? STORAGE__CREATE : STORAGE__WRITE;
+    s->reconnect_wait = s->reconnect_wait ? s->reconnect_wait * 2 : 250;
+    if (s->reconnect_wait > STORAGE__RECONNECT_MAX_MS)
+        s->reconnect_wait = STORAGE__RECONNECT_MAX_MS;
+    s->reconnect_ms = mono_ms() + s->reconnect_wait;
 }
 
-/* Connects the writer when it is away, at most once per backoff step (250 ms doubling
- * to STORAGE__RECONNECT_MAX_MS). Returns 0 connected, -EIO with why. */
+/* Connects the writer when it is away, at most once per backoff step. Returns 0
+ * connected, -EIO with why. */
 static int
 connect_writer(struct storage *s, char *why)
 {
@@ -245,20 +247,17 @@ connect_writer(struct storage *s, char *why)
 
     if (s->db)
         return 0;
-    int64_t now = mono_ms();
-    if (now < s->reconnect_ms) {
+    if (mono_ms() < s->reconnect_ms) {
         snprintf(why, STORAGE_ERROR_MAX, "%s", s->c.last_error);
         return -EIO;
     }
-    s->db = storage__db_open(s->path, write_mode(s), e, sizeof(e));
-    if (s->db) {
-        s->reconnect_wait = 0;
+    /* CREATE: a PostgreSQL database may have been away at storage_open(), so its schema
+     * is made by the first connection that reaches it (under the advisory lock:
+     * replicas migrate once); a SQLite file deleted under the daemon is made again. */
+    s->db = storage__db_open(s->path, STORAGE__CREATE, e, sizeof(e));
+    if (s->db)
         return 0;
-    }
-    s->reconnect_wait = s->reconnect_wait ? s->reconnect_wait * 2 : 250;
-    if (s->reconnect_wait > STORAGE__RECONNECT_MAX_MS)
-        s->reconnect_wait = STORAGE__RECONNECT_MAX_MS;
-    s->reconnect_ms = now + s->reconnect_wait;
+    back_off(s);
     snprintf(why, STORAGE_ERROR_MAX, "%.*s", STORAGE_ERROR_MAX - 1, e);
     return -EIO;
 }
@@ -270,6 +269,10 @@ static int
 write_batch(struct storage *s, struct storage_record **b, uint32_t n, struct outcome **o,
             uint32_t no, char *why)
 {
+    /* A SQLite file deleted or replaced since the last batch: its rows go to the file
+     * now at the path, not to the one only this connection still sees. */
+    if (s->db && storage__db_gone(s->db))
+        disconnect(s);
     if (connect_writer(s, why) < 0)
         return -ENOTCONN;
     if (storage__db_begin(s->db, STORAGE__TX_BATCH) < 0)
@@ -281,12 +284,16 @@ write_batch(struct storage *s, struct storage_record **b, uint32_t n, struct out
             goto fail;
     if (storage__db_commit(s->db) < 0)
         goto fail;
+    s->reconnect_wait = 0;
     return 0;
 fail:
     snprintf(why, STORAGE_ERROR_MAX, "%s", storage__db_error(s->db));
     storage__db_rollback(s->db);
     if (storage__db_gone(s->db)) {
+        /* Full, locked, read-only, gone: nothing is wrong with the batch; it waits for
+         * the database with the reconnect's backoff. */
         disconnect(s);
+        back_off(s);
         return -ENOTCONN;
     }
     return -EIO;
@@ -808,9 +815,13 @@ feedback(struct storage *s, const char *request_id, double score, const char *la
     int known = pending_has(s, request_id);
 
     pthread_mutex_lock(&s->fb_lock);
+    if (s->fb_db && storage__db_gone(s->fb_db)) { /* the file was deleted or replaced */
+        storage__db_close(s->fb_db);
+        s->fb_db = NULL;
+    }
     if (!s->fb_db) {
         char e[512];
-        s->fb_db = storage__db_open(s->path, write_mode(s), e, sizeof(e));
+        s->fb_db = storage__db_open(s->path, STORAGE__CREATE, e, sizeof(e));
         if (!s->fb_db) {
             if (errno == ENOTCONN)
                 rc = -ENOTCONN;

@@ -8,15 +8,21 @@
  * Loss policy (no silent loss):
  *  - Queue full (disk slower than traffic): the NEW record is dropped, counted in
  *    counters.dropped, and storage_submit returns -EAGAIN. Queued records are kept.
- *  - Write error (read-only or full filesystem, I/O error): the transaction is rolled
- *    back, counters.write_errors is bumped, degraded is set and the same batch is
- *    retried with backoff (STORAGE_WRITE_ATTEMPTS attempts in all); if every attempt
- *    fails the batch is dropped and counted in counters.failed. The daemon keeps
- *    serving; degraded clears at the next successful commit, while last_error and
+ *  - The database unusable (full or read-only filesystem, I/O error, locked past the
+ *    busy timeout, a SQLite file deleted, replaced or not a database, PostgreSQL
+ *    away): the transaction is rolled back, counters.write_errors is bumped, degraded
+ *    is set, the connection is dropped and the same batch waits, reconnecting with
+ *    backoff (250 ms doubling to 5 s), until it commits; meanwhile the queue fills
+ *    and only a full queue drops. A deleted SQLite file is made again at its path.
+ *  - Any other write error (the batch itself is refused): the same batch is retried
+ *    (STORAGE_WRITE_ATTEMPTS attempts in all), then dropped and counted in
+ *    counters.failed. The daemon keeps serving; degraded clears at the next
+ *    successful commit, while last_error and
  *    last_error_ms keep the latest failure for whoever reports it (storage itself
  *    logs nothing: the daemon and the CLI decide what to say).
  *  - storage_close() drains the queue: every record accepted by storage_submit is
- *    committed (or counted as failed) before it returns.
+ *    committed (or counted as failed: with the database unusable it tries once more,
+ *    then gives up) before it returns.
  *  - kill -9 loses only what was still queued in memory: at most flush_interval_ms of
  *    traffic (one batch in normal operation). Committed rows survive (WAL,
  *    synchronous=NORMAL; an OS crash or power loss may lose the last commits).

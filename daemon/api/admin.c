@@ -2,9 +2,11 @@
  * and the outcome log's state) and POST /admin/reload (on the thread pool). */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "daemon-int.h"
 #include "storage.h"
+#include "text.h"
 
 void
 api_healthz(struct daemon_request *rq)
@@ -34,13 +36,19 @@ api_readyz(struct daemon_request *rq)
     int64_t since_failure_ms = (int64_t)(daemon__now_ns() / 1000000u) - sc.last_error_ms;
     int degraded = sc.degraded || (sc.last_error_ms > 0 &&
                                    since_failure_ms < (int64_t)c->degraded_hold_ms);
-    http_reply_json(rq, 200,
-                       json_pack("{s:s,s:s,s:I,s:o,s:b,s:b,s:I}", "status",
-                                 degraded ? "degraded" : "ready", "model",
-                                 router_model_version(rq->snap->model), "generation",
-                                 (json_int_t)rq->snap->generation, "backends", backends,
-                                 "storage", daemon__storage() != NULL, "storage_degraded",
-                                 degraded, "log_rows_failed", (json_int_t)sc.failed));
+    json_t *body = json_pack("{s:s,s:s,s:I,s:o,s:b,s:b,s:I,s:I,s:I}", "status",
+                             degraded ? "degraded" : "ready", "model",
+                             router_model_version(rq->snap->model), "generation",
+                             (json_int_t)rq->snap->generation, "backends", backends, "storage",
+                             daemon__storage() != NULL, "storage_degraded", degraded,
+                             "log_rows_failed", (json_int_t)sc.failed, "log_rows_dropped",
+                             (json_int_t)sc.dropped, "log_rows_waiting", (json_int_t)sc.depth);
+    if (degraded) { /* why: the engine's text, with the file's path (a path may be any bytes) */
+        char why[3 * STORAGE_ERROR_MAX];
+        text_utf8_clean(why, sizeof(why), sc.last_error, strlen(sc.last_error));
+        json_object_set_new(body, "storage_error", json_string(why));
+    }
+    http_reply_json(rq, 200, body);
 }
 
 struct reload_job {
