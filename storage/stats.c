@@ -223,6 +223,37 @@ select_kth(double *v, size_t lo, size_t hi, size_t k)
     }
 }
 
+/* Values the daemon never writes (a log edited or damaged by hand, a backend's absurd
+ * usage) count as unknown rather than overflow a sum or make a figure JSON cannot hold:
+ * no call costs more than this (USD) or lasts longer than this (ms, ~31 years). */
+#define STATS_MAX_COST 1e9
+#define STATS_MAX_MS 1e12
+
+/* cost_usd of the current row: 0 when NULL or outside [0, STATS_MAX_COST]. */
+static double
+read_cost(struct storage__stmt *st, int col)
+{
+    double v = storage__column_double(st, col);
+
+    return v >= 0 && v <= STATS_MAX_COST ? v : 0;
+}
+
+/* A token count of the current row: -1 (unknown) when negative (NULL is -1). */
+static int64_t
+read_tokens(struct storage__stmt *st, int col)
+{
+    int64_t v = storage__column_int64(st, col);
+
+    return v >= 0 ? v : -1;
+}
+
+/* a + b for b >= 0, stopping at INT64_MAX instead of overflowing. */
+static int64_t
+sat_add(int64_t a, int64_t b)
+{
+    return a > INT64_MAX - b ? INT64_MAX : a + b;
+}
+
 /* Nearest-rank percentile: the value at rank ceil(p/100 * n) of the sorted values.
  * Percentiles are taken in decreasing p, each selecting within the part below the
  * last, so three of them cost about two passes. */
@@ -388,13 +419,13 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
             /* The daemon's own calls: their spend only, so the rest matches what
              * clients sent. */
             calls[kind]++;
-            calls_cost[kind] += storage__column_double(st, 6);
+            calls_cost[kind] += read_cost(st, 6);
             continue;
         }
         const char *name = storage__column_text(st, 0);
         int64_t t = storage__column_int64(st, 8);
-        int64_t tin = storage__column_int64(st, 4), tout = storage__column_int64(st, 5);
-        double cost = storage__column_double(st, 6);
+        int64_t tin = read_tokens(st, 4), tout = read_tokens(st, 5);
+        double cost = read_cost(st, 6);
         int failed = (int)storage__column_int64(st, 1);
 
         total++;
@@ -408,8 +439,8 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
             struct key_acc *k = key_get(&ks, key);
             k->requests++;
             k->errors += failed != 0;
-            k->tokens_in += tin > 0 ? tin : 0;
-            k->tokens_out += tout > 0 ? tout : 0;
+            k->tokens_in = sat_add(k->tokens_in, tin > 0 ? tin : 0);
+            k->tokens_out = sat_add(k->tokens_out, tout > 0 ? tout : 0);
             k->cost += cost;
         }
         /* Attempts it retried or fell back from: errors of those backends, even when
@@ -445,19 +476,19 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
             backend_errors++;
         }
         double lat = storage__column_double(st, 2), ttfb = storage__column_double(st, 3);
-        if (lat > -1e307)
+        if (lat >= 0 && lat <= STATS_MAX_MS) /* else unknown (NULL), or not the daemon's */
             vec_push(&b->latency, lat);
-        if (ttfb > -1e307)
+        if (ttfb >= 0 && ttfb <= STATS_MAX_MS)
             vec_push(&b->ttfb, ttfb);
         b->cost += cost;
         cost_total += cost;
         if (tin >= 0) {
-            b->tokens_in += tin;
-            tin_total += tin;
+            b->tokens_in = sat_add(b->tokens_in, tin);
+            tin_total = sat_add(tin_total, tin);
         }
         if (tout >= 0) {
-            b->tokens_out += tout;
-            tout_total += tout;
+            b->tokens_out = sat_add(b->tokens_out, tout);
+            tout_total = sat_add(tout_total, tout);
         }
         if (top && tin >= 0 && tout >= 0) {
             costed++;
@@ -465,10 +496,9 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
             baseline += ((double)tin * top->price_input + (double)tout * top->price_output) / 1e6;
         }
         double sc = storage__column_double(st, 7);
-        if (sc > -1e307) {
-            int bin = (int)floor(sc * STATS_BINS);
-            if (bin < 0)
-                bin = 0;
+        if (sc > -1e307 && isfinite(sc)) {
+            /* clamped before the cast: a double out of int's range is undefined */
+            int bin = sc <= 0 ? 0 : sc >= 1 ? STATS_BINS - 1 : (int)floor(sc * STATS_BINS);
             if (bin >= STATS_BINS)
                 bin = STATS_BINS - 1;
             hist[bin]++;
@@ -498,6 +528,8 @@ storage_stats(const char *db_path, const char *window, const struct storage_pric
                            " CROSS JOIN requests r ON r.request_id = f.request_id"
                            " WHERE f.created_ms >= ? AND r.started_ms >= ? AND r.started_ms <= ?"
                            " AND (r.kind IS NULL OR r.kind NOT IN ('shadow', 'judge', 'cascade'))"
+                           /* what storage_feedback writes; anything else is not feedback */
+                           " AND f.score >= 0 AND f.score <= 1"
                            " GROUP BY r.backend")))
         goto dberr;
     storage__bind_int64(st, 1, from);

@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ import threading
 import time
 
 failures = []
+HERE = os.path.dirname(os.path.abspath(__file__))
 SANITIZER = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
              "AddressSanitizer:DEADLYSIGNAL", "Assertion", "Aborted")
 WAIT = 60  # s: upper bound of every poll
@@ -395,9 +397,234 @@ def storage_corrupt_start(a):
             fail("corrupt log at start: %r in stderr" % s)
 
 
+# ---- cli ----
+
+def run_cli(a, args, stdin=b"", timeout=120, env=None, with_stdout=False):
+    """Runs triage; returns (status, stderr text). A timeout is status None. With
+    with_stdout the text is stderr and stdout (triage score reports a line's error on
+    stdout, in its place)."""
+    try:
+        r = subprocess.run([a.triage] + args, input=stdin, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=timeout, cwd=a.work, env=env)
+    except subprocess.TimeoutExpired:
+        return None, "timed out"
+    text = r.stderr.decode(errors="replace")
+    if with_stdout:
+        text += r.stdout.decode(errors="replace")
+    return r.returncode, text
+
+
+def expect_refusal(a, what, args, stdin=b"", ok_zero=False, with_stdout=False):
+    """triage must exit with a status (1..125) and a message, or 0 where the input is
+    valid after all (ok_zero); never a signal, a sanitizer report or silence."""
+    rc, err = run_cli(a, args, stdin, with_stdout=with_stdout)
+    bad = rc is None or rc < 0 or rc > 125 or any(x in err for x in SANITIZER)
+    if not bad and rc == 0 and not ok_zero:
+        bad = True
+    if not bad and rc != 0 and not err.strip():
+        bad = True
+    if bad:
+        fail("cli %s: triage %s -> status %s: %s" % (what, " ".join(args), rc, err[-600:]))
+
+
+def bad_jsonl(d):
+    """Files of hostile JSONL, by name."""
+    deep = b"[" * 100000 + b"]" * 100000
+    files = {
+        "empty": b"",
+        "blank": b"\n\n  \n",
+        "notjson": b"hello\n",
+        "utf8": b'{"prompt": "\xff\xfe\xc0\x80 bad", "outcomes": {"weak": 1, "strong": 0}}\n',
+        "nul": b'{"prompt": "a\x00b", "outcomes": {"weak": 1, "strong": 0}}\n',
+        "types": b'{"prompt": 5, "outcomes": {"weak": "x", "strong": []}}\n'
+                 b'{"messages": "x", "outcomes": 3}\n{"messages": [1, null, {"role": 5}]}\n'
+                 b'[1, 2]\nnull\n"str"\n{"prompt": "a", "outcomes": {"weak": 1e400}}\n',
+        "nan": b'{"prompt": "a", "outcomes": {"weak": NaN, "strong": Infinity}}\n'
+               b'{"prompt": "b", "outcomes": {"weak": -1, "strong": 2}}\n',
+        "deep": deep + b"\n",
+        "huge": b'{"prompt": "' + b"a" * (20 << 20) + b'", "outcomes": {"weak": 1}}\n',
+        "longword": b'{"prompt": "' + b"\xe4\xb8\x80" * 300000 + b'"}\n',
+        "binary": os.urandom(65536),
+        "gz": b"\x1f\x8b\x08\x00" + os.urandom(200),
+        "answers": b'{"prompt": "a", "outcomes": {"weak": 1, "strong": 0},'
+                   b' "answers": {"weak": {"text": 5, "logprobs": "x"}},'
+                   b' "answer_signals": {"weak": "!!!notbase64", "strong": "VEE="}}\n',
+        "features": b'{"features": "VEYBAAAA", "prompt_hash": "zz", "outcomes": {"weak": 1}}\n'
+                    b'{"features": 7, "outcomes": {"weak": 1}}\n',
+    }
+    out = {}
+    for name, data in files.items():
+        path = os.path.join(d, name + (".jsonl.gz" if name == "gz" else ".jsonl"))
+        with open(path, "wb") as f:
+            f.write(data)
+        out[name] = path
+    return out
+
+
+def insert(c, sql, vals):
+    """Inserts, unless the schema's constraints refuse these values."""
+    try:
+        c.execute(sql, vals)
+    except sqlite3.IntegrityError:
+        pass
+
+
+def poisoned_db(a, path):
+    """A triage log whose rows hold what no daemon writes: wrong types, garbage blobs,
+    prompts that are not JSON, NULLs where values were expected."""
+    rc, err = run_cli(a, ["models", "add", a.model, "--db", path])
+    if rc != 0:
+        fail("cli: triage models add on a new log failed: %s" % err)
+        return
+    c = sqlite3.connect(path)
+    cols = [r[1] for r in c.execute("PRAGMA table_info(requests)")]
+    junk = ["x", None, -1, 1e308, b"\xff\x00garbage", "9" * 40, float("nan"), "",
+            '{"role": 5}', "[[[[", b"TF\x01\x20\x00\x00\x00\x00" + b"\xff" * 40,
+            b"TA\x01\x00" + b"\xff" * 200]
+    for i in range(60):
+        vals = {}
+        for j, col in enumerate(cols):
+            if col == "id":
+                continue
+            vals[col] = junk[(i * 7 + j * 3) % len(junk)]
+        vals["request_id"] = "req_%d" % i
+        vals["started_ms"] = int(time.time() * 1000) - i * 1000 if i % 3 else "soon"
+        vals["kind"] = [None, "shadow", "judge", "cascade", "weird"][i % 5]
+        vals["parent_id"] = "req_%d" % (i - 1)
+        vals["prompt"] = ['[{"role":"user","content":"hi %d"}]' % i, "not json", b"\xff",
+                          '{"messages": 3}', None][i % 5]
+        names = ",".join(vals)
+        insert(c, "INSERT INTO requests (%s) VALUES (%s)" % (names, ",".join("?" * len(vals))),
+               list(vals.values()))
+        insert(c, "INSERT OR REPLACE INTO outcomes (request_id, backend, source, q, detail,"
+                  " created_ms) VALUES (?,?,?,?,?,?)",
+                  ("req_%d" % i, junk[i % len(junk)], ["judge", "offline", "x"][i % 3],
+                   junk[(i + 1) % len(junk)], junk[(i + 2) % len(junk)], junk[i % len(junk)]))
+        insert(c, "INSERT OR REPLACE INTO feedback (request_id, source, score, label,"
+                  " created_ms) VALUES (?,?,?,?,?)",
+                  ("req_%d" % i, "client", junk[(i + 3) % len(junk)],
+                   junk[(i + 4) % len(junk)], int(time.time() * 1000)))
+    n = c.execute("SELECT count(*) FROM requests").fetchone()[0]
+    if n < 30:
+        fail("cli: the poisoned log took only %d rows" % n)
+    c.execute("INSERT INTO models (version, path, parent, source, created_ms, promoted_ms,"
+              " status) VALUES ('zz', ?, 'nope', 'manual', 'x', 'y', 'candidate')",
+              (b"\xff\xfe",))
+    c.commit()
+    c.close()
+
+
+def cli_bad_input(a):
+    a.work = tempfile.mkdtemp(prefix="triage-faults-cli-")
+    w = a.work
+    a.model = os.path.join(w, "m.tmod")
+    subprocess.check_call([a.make_model, a.model], stdout=subprocess.DEVNULL)
+    files = bad_jsonl(w)
+    models = {"garbage": os.urandom(4096), "empty": b"",
+              "truncated": open(a.model, "rb").read()[:200],
+              "half": open(a.model, "rb").read()[:len(open(a.model, "rb").read()) // 2]}
+    for name, data in models.items():
+        with open(os.path.join(w, name + ".tmod"), "wb") as f:
+            f.write(data)
+    os.mkdir(os.path.join(w, "adir"))
+    dbs = {"garbage": os.urandom(8192), "empty": b"",
+           "sqlite_header": b"SQLite format 3\0" + os.urandom(4080)}
+    for name, data in dbs.items():
+        with open(os.path.join(w, name + ".db"), "wb") as f:
+            f.write(data)
+    foreign = sqlite3.connect(os.path.join(w, "foreign.db"))
+    foreign.execute("CREATE TABLE requests (a, b)")
+    foreign.execute("INSERT INTO requests VALUES (1, 2)")
+    foreign.commit()
+    foreign.close()
+    newer = sqlite3.connect(os.path.join(w, "newer.db"))
+    newer.execute("CREATE TABLE t (a)")
+    newer.execute("PRAGMA user_version = 9999")
+    newer.commit()
+    newer.close()
+    poisoned = os.path.join(w, "poisoned.db")
+    poisoned_db(a, poisoned)
+    out = os.path.join(w, "out.tmod")
+
+    for name, path in files.items():
+        empty = name in ("empty", "blank")
+        valid = name in ("huge", "longword", "answers")  # odd, but prompts all the same
+        expect_refusal(a, "train --data " + name,
+                       ["train", "--data", path, "--out", out, "--epochs", "1"], ok_zero=valid)
+        expect_refusal(a, "score " + name, ["score", "--model", a.model],
+                       stdin=open(path, "rb").read(), ok_zero=empty or valid, with_stdout=True)
+        expect_refusal(a, "eval " + name, ["eval", "--model", a.model, "--data", path,
+                                           "--weak", "weak", "--strong", "strong"])
+        expect_refusal(a, "eval --cv " + name, ["eval", "--cv", "3", "--data", path,
+                                                "--weak", "weak", "--strong", "strong",
+                                                "--epochs", "1"])
+        expect_refusal(a, "calibrate " + name, ["calibrate", "--model", a.model, "--data",
+                                                path, "--strong-share", "0.5"], ok_zero=valid)
+        expect_refusal(a, "key hash " + name, ["key", "hash", "bob"],
+                       stdin=open(path, "rb").read()[:1 << 20], ok_zero=True)
+    for name in list(models) + ["adir", "missing"]:
+        m = os.path.join(w, name + ("" if name == "adir" else ".tmod"))
+        expect_refusal(a, "score with model " + name, ["score", "--model", m],
+                       stdin=b'{"prompt": "hi"}\n')
+        expect_refusal(a, "calibrate with model " + name,
+                       ["calibrate", "--model", m, "--strong-share", "0.5"])
+        expect_refusal(a, "models add " + name, ["models", "add", m, "--db",
+                                                  os.path.join(w, "reg.db")])
+    for bad in ["nan", "-1", "2", "x", "1e999", ""]:
+        expect_refusal(a, "calibrate share " + bad,
+                       ["calibrate", "--model", a.model, "--strong-share", bad])
+    for bad in ["x", "50,60", "-5,10", "nan,10", ",,,", "1e999,1"]:
+        expect_refusal(a, "calibrate tiers " + bad, ["calibrate", "--model", a.model,
+                                                      "--tiers", bad])
+    for name in list(dbs) + ["foreign", "newer", "adir", "missing"]:
+        db = os.path.join(w, name + ("" if name == "adir" else ".db"))
+        expect_refusal(a, "stats --db " + name, ["stats", "--db", db])
+        expect_refusal(a, "export --db " + name, ["export", "--db", db, "--out",
+                                                  os.path.join(w, "x.jsonl")])
+        expect_refusal(a, "train --db " + name, ["train", "--db", db, "--out", out])
+        expect_refusal(a, "models list --db " + name, ["models", "list", "--db", db])
+        expect_refusal(a, "models rollback --db " + name, ["models", "rollback", "--db", db])
+    # The poisoned log: readable, so a 0 is fine; what matters is no crash.
+    for args in (["stats", "--db", poisoned, "--json"], ["stats", "--db", poisoned],
+                 ["stats", "--db", poisoned, "--window", "7d"],
+                 ["export", "--db", poisoned, "--out", os.path.join(w, "p.jsonl")],
+                 ["models", "list", "--db", poisoned], ["models", "list", "--db", poisoned,
+                                                        "--json"],
+                 ["models", "rollback", "--db", poisoned],
+                 ["models", "promote", "zz", "--db", poisoned],
+                 ["train", "--db", poisoned, "--out", out, "--epochs", "1"]):
+        expect_refusal(a, "poisoned log", args, ok_zero=True)
+    keys = os.path.join(w, "keys")
+    with open(keys, "wb") as f:
+        f.write(b"alice " + b"a" * 64 + b" budget_usd=5/day\n\xff\xfe junk\n" + os.urandom(300))
+    expect_refusal(a, "key list garbage file", ["key", "list", "--file", keys, "--db", poisoned],
+                   ok_zero=True)
+    mnt = os.path.join(w, "small")
+    os.mkdir(mnt)
+    ok, why = mount_tmpfs(mnt, "64k")
+    if not ok:
+        note("SKIP cli: outputs on a full disk (cannot mount a tmpfs: %s)" % why)
+    else:
+        try:
+            fill(os.path.join(mnt, "filler"))
+            expect_refusal(a, "train --out on a full disk",
+                           ["train", "--db", poisoned, "--out", os.path.join(mnt, "m.tmod"),
+                            "--epochs", "1"])
+            expect_refusal(a, "export --out on a full disk",
+                           ["export", "--db", poisoned, "--out", os.path.join(mnt, "x.jsonl")])
+            left = sorted(set(os.listdir(mnt)) - {"filler"})
+            if left:
+                fail("cli: a failed write on a full disk left %s" % left)
+        finally:
+            subprocess.run(["umount", "-l", mnt])
+    if not failures:
+        shutil.rmtree(w, ignore_errors=True)
+
+
 GROUPS = {
     "storage": [storage_disk_full, storage_deleted, storage_replaced, storage_locked,
                 storage_corrupt_start],
+    "cli": [cli_bad_input],
 }
 
 
