@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -58,7 +59,7 @@ cli_export(int argc, char **argv)
     const char *db = NULL, *out = NULL, *config = NULL;
     char tmp[4096], err[4608] = "";
     struct storage_export_counts c;
-    FILE *f = stdout;
+    FILE *f = stdout, *special = NULL; /* special: --out names a device or a pipe */
     int ch;
 
     optind = 1;
@@ -91,7 +92,19 @@ cli_export(int argc, char **argv)
         if (!sink.heads)
             return 1;
     }
-    if (out && strcmp(out, "-")) {
+    struct stat out_st;
+    if (out && strcmp(out, "-") && stat(out, &out_st) == 0 && !S_ISREG(out_st.st_mode)) {
+        /* A device or a pipe (/dev/stdout, a FIFO) is written to directly: renaming a
+         * file over it would replace it (as root: /dev/null). */
+        special = fopen(out, "w");
+        if (!special) {
+            cli_errorf("export", "%s: %s", out, strerror(errno));
+            headmap_destroy(sink.heads);
+            return 1;
+        }
+        f = special;
+        out = NULL;
+    } else if (out && strcmp(out, "-")) {
         /* Write beside the target and rename, so a failed export leaves no half file. */
         if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", out) >= sizeof(tmp)) {
             cli_errorf("export", "--out path too long");
@@ -126,6 +139,11 @@ cli_export(int argc, char **argv)
         }
         if (rc != 0)
             unlink(tmp);
+    } else if (special) {
+        if (fclose(special) != 0 && rc == 0) {
+            snprintf(err, sizeof(err), "writing --out: %s", strerror(errno));
+            rc = -EIO;
+        }
     } else if (fflush(stdout) != 0 && rc == 0) {
         snprintf(err, sizeof(err), "writing stdout: %s", strerror(errno));
         rc = -EIO;

@@ -163,6 +163,14 @@ cli_train(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* The model is written beside --out and renamed over it: over a device, a pipe or a
+     * directory (as root: /dev/null) that would replace it with a regular file. */
+    struct stat out_st;
+    if (stat(out, &out_st) == 0 && !S_ISREG(out_st.st_mode)) {
+        cli_errorf("train", "--out %s: not a regular file (the model is written beside it and "
+                   "renamed over it)", out);
+        return 1;
+    }
 
     struct headmap *heads = NULL;
     if (config) {

@@ -599,6 +599,34 @@ def cli_bad_input(a):
         f.write(b"alice " + b"a" * 64 + b" budget_usd=5/day\n\xff\xfe junk\n" + os.urandom(300))
     expect_refusal(a, "key list garbage file", ["key", "list", "--file", keys, "--db", poisoned],
                    ok_zero=True)
+    # Outputs that cannot be written, or must not be replaced: a directory, a missing
+    # directory, a FIFO and (as root) a private twin of /dev/null. The model and the
+    # export are written beside --out and renamed over it, which would turn a device or
+    # a pipe into a regular file (as root, /dev/null itself).
+    os.mkfifo(os.path.join(w, "fifo"))
+    targets = ["/nonexistent/dir/out", os.path.join(w, "adir"), os.path.join(w, "fifo")]
+    try:
+        os.mknod(os.path.join(w, "null"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        targets.append(os.path.join(w, "null"))
+    except OSError:
+        note("SKIP cli: a device node as --out (mknod refused)")
+    for where in targets:
+        expect_refusal(a, "train --out " + where,
+                       ["train", "--db", poisoned, "--out", where, "--epochs", "1"])
+        kind = os.stat(where).st_mode if os.path.exists(where) else None
+        if kind is not None and stat.S_ISREG(kind):
+            fail("cli: train --out %s replaced it with a regular file" % where)
+        if where.endswith("/null"):
+            rc, err = run_cli(a, ["export", "--db", poisoned, "--out", where])
+            if rc != 0 or not stat.S_ISCHR(os.stat(where).st_mode):
+                fail("cli: export --out a device: status %s, %s" % (rc, err[-300:]))
+        elif not where.endswith("fifo"):
+            expect_refusal(a, "export --out " + where,
+                           ["export", "--db", poisoned, "--out", where])
+        if not where.endswith("fifo"):  # opening a FIFO to append waits for a reader
+            expect_refusal(a, "key add --file " + where,
+                           ["key", "add", "--file", where, "carol"],
+                           ok_zero=where.endswith("/null"))
     mnt = os.path.join(w, "small")
     os.mkdir(mnt)
     ok, why = mount_tmpfs(mnt, "64k")
