@@ -507,6 +507,12 @@ def poisoned_db(a, path):
     n = c.execute("SELECT count(*) FROM requests").fetchone()[0]
     if n < 30:
         fail("cli: the poisoned log took only %d rows" % n)
+    # Costs JSON cannot sum (1e308 three times is inf) and token counts that overflow.
+    for i in range(3):
+        c.execute("INSERT INTO requests (request_id, started_ms, backend, status, cost_usd,"
+                  " tokens_in, tokens_out, latency_ms, ttfb_ms, score, key_id) VALUES"
+                  " (?, ?, 'fast', 200, 1e308, 9223372036854775807, 9223372036854775807,"
+                  " 1e999, -1e999, 1e308, 'k')", ("big_%d" % i, int(time.time() * 1000)))
     c.execute("INSERT INTO models (version, path, parent, source, created_ms, promoted_ms,"
               " status) VALUES ('zz', ?, 'nope', 'manual', 'x', 'y', 'candidate')",
               (b"\xff\xfe",))
