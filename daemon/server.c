@@ -889,6 +889,10 @@ on_heartbeat(uv_timer_t *t)
     http_gone_watch_waiting(w);
     if (w->idx == 0)
         log_watch();
+    /* libmicrohttpd takes its listening socket out of epoll when accept() fails for want
+     * of descriptors (EMFILE) and puts it back only in a later MHD_run: once every
+     * connection has gone no event calls one, and the worker would never accept again. */
+    http_run(w);
 }
 
 static void

@@ -655,10 +655,265 @@ def cli_bad_input(a):
         shutil.rmtree(w, ignore_errors=True)
 
 
+# ---- reload ----
+
+def generation(d):
+    st, body = d.readyz()
+    return body.get("generation") if st == 200 and isinstance(body, dict) else None
+
+
+def reload_bad_files(a):
+    d = Daemon(a.triaged, a.make_model, a.mock)
+    try:
+        good = d.conf_text()
+        model = open(d.model, "rb").read()
+        gen = generation(d)
+        st, body = request(d.port, "POST", "/admin/reload")
+        if st != 200:
+            fail("reload: a good reload answered %s %r" % (st, body))
+        gen = generation(d)
+        confs = {
+            "garbage key": good + "[server]\nno_such_key = 1\n",
+            "truncated": good[:len(good) // 2],
+            "empty": "",
+            "binary": os.urandom(4096).decode("latin-1"),
+            "bad utf-8": good.replace("tiers = fast, strong", "tiers = fast\udcff, strong"),
+            "huge": good + "x" * (64 << 20) + "\n",
+            "bad value": good.replace("workers = 2", "workers = 2").replace(
+                "flush_interval_ms = 20", "flush_interval_ms = -5"),
+            "nul": good.replace("[router]", "[rou\0ter]"),
+        }
+        for name, text in confs.items():
+            with open(d.conf, "wb") as f:
+                f.write(text.encode("utf-8", "surrogateescape"))
+            check_bad_reload(d, "config " + name, gen)
+        # The config path a directory, then missing.
+        os.unlink(d.conf)
+        os.mkdir(d.conf)
+        check_bad_reload(d, "config is a directory", gen)
+        os.rmdir(d.conf)
+        check_bad_reload(d, "config missing", gen)
+        # Model files.
+        d.write_conf(good)
+        models = {"garbage": os.urandom(4096), "empty": b"", "truncated": model[:100],
+                  "half": model[:len(model) // 2], "header only": model[:32],
+                  "flipped": model[:-40] + bytes(b ^ 0x5a for b in model[-40:])}
+        for name, data in models.items():
+            with open(d.model, "wb") as f:
+                f.write(data)
+            check_bad_reload(d, "model " + name, gen)
+        os.unlink(d.model)
+        os.mkdir(d.model)
+        check_bad_reload(d, "model is a directory", gen)
+        os.rmdir(d.model)
+        check_bad_reload(d, "model missing", gen)
+        with open(d.model, "wb") as f:
+            f.write(model)
+        st, body = request(d.port, "POST", "/admin/reload")
+        if st != 200 or generation(d) == gen:
+            fail("reload: the good files back, reload answered %s %r" % (st, body))
+    finally:
+        d.finish("reload bad files")
+
+
+def check_bad_reload(d, what, gen):
+    st, body = request(d.port, "POST", "/admin/reload", timeout=60)
+    msg = body.get("error", {}).get("message", "") if isinstance(body, dict) else ""
+    if st < 400 or not msg:
+        fail("reload %s: /admin/reload answered %s %r" % (what, st, body))
+    d.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.2)
+    if not d.healthy():
+        fail("reload %s: triaged does not answer after SIGHUP" % what)
+        return
+    if generation(d) != gen:
+        fail("reload %s: the snapshot changed (generation %s, was %s)" %
+             (what, generation(d), gen))
+    st, body = chat(d.port)
+    if st != 200:
+        fail("reload %s: a request after it answered %s %r" % (what, st, body))
+
+
+def reload_storm(a):
+    """100 SIGHUPs while clients send requests, the model file rewritten in place (not
+    atomically) meanwhile: every request is answered, triaged stays up."""
+    d = Daemon(a.triaged, a.make_model, a.mock)
+    stop = threading.Event()
+    bad = []
+    served = [0]
+    model = open(d.model, "rb").read()
+
+    def client():
+        while not stop.is_set():
+            st, body = chat(d.port)
+            if st != 200:
+                bad.append((st, body))
+            served[0] += 1
+
+    def scribbler():
+        i = 0
+        while not stop.is_set():
+            with open(d.model, "r+b") as f:  # in place: a reader may see any mix
+                f.write(model[:len(model) // 2] if i % 2 else os.urandom(len(model) // 2))
+                f.truncate(len(model) // 3 if i % 3 == 0 else len(model))
+                f.seek(0)
+                f.write(model)
+            i += 1
+            time.sleep(0.003)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    threads.append(threading.Thread(target=scribbler))
+    try:
+        for t in threads:
+            t.start()
+        for i in range(100):
+            d.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.01)
+            if i % 10 == 0:
+                request(d.port, "POST", "/admin/reload")
+        stop.set()
+        for t in threads:
+            t.join()
+        with open(d.model, "wb") as f:
+            f.write(model)
+        if bad:
+            fail("reload storm: %d of %d requests failed, e.g. %r" % (len(bad), served[0],
+                                                                      bad[0]))
+        if not d.healthy():
+            fail("reload storm: triaged does not answer")
+        st, body = request(d.port, "POST", "/admin/reload")
+        if st != 200:
+            fail("reload storm: a good reload after it answered %s %r" % (st, body))
+        note("   reload storm: %d requests served" % served[0])
+    finally:
+        stop.set()
+        d.finish("reload storm")
+
+
+# ---- signals ----
+
+class SlowMock(Mock):
+    """A backend whose streams take a while: 40 pieces, 100 ms apart."""
+
+    def __init__(self, mockllm):
+        self.proc = subprocess.Popen([mockllm, "--port", "0", "--listen", "127.0.0.1",
+                                      "--chunks", "40", "--chunk-delay-ms", "100"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("listening on"):
+            raise SystemExit("mockllm did not start: %r" % line)
+        self.port = int(line.split()[-1])
+
+
+def open_stream(port):
+    """Starts a streamed chat on a raw socket; returns the socket once the answer began."""
+    body = json.dumps({"model": "triage", "stream": True,
+                       "messages": [{"role": "user", "content": "tell a long story"}]})
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               "application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)).encode())
+    s.recv(1)
+    return s
+
+
+def signals_drain(a):
+    """SIGPIPE is ignored; SIGTERM with streams held, a SIGHUP during the drain, then a
+    second SIGTERM: triaged exits by itself (no signal death) and every request that
+    reached it has its row."""
+    slow = SlowMock(a.mockllm)
+    d = Daemon(a.triaged, a.make_model, slow, storage_extra="")
+    try:
+        d.proc.send_signal(signal.SIGPIPE)
+        time.sleep(0.2)
+        if not d.healthy():
+            fail("SIGPIPE: triaged does not answer")
+        streams = [open_stream(d.port) for _ in range(6)]
+        # A client that hangs up mid-stream: the daemon writes into a closed socket.
+        streams.pop().close()
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        d.proc.send_signal(signal.SIGHUP)  # a reload during the drain
+        time.sleep(0.3)
+        d.proc.send_signal(signal.SIGTERM)  # the second: exit now
+        try:
+            rc = d.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            d.proc.kill()
+            rc = "hung"
+        for s in streams:
+            s.close()
+        d.err.close()
+        if rc not in (0, 1):
+            fail("SIGTERM twice: triaged exited %s" % rc)
+        err = d.stderr()
+        for x in SANITIZER:
+            if x in err:
+                fail("SIGTERM twice: %r in stderr (%s)" % (x, d.errpath))
+        n = count_or_none(d.db)
+        if n != 6:
+            fail("SIGTERM twice: %s rows for the 6 requests" % n)
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+        slow.stop()
+
+
+def signals_few_fds(a):
+    """triaged with 64 file descriptors and 300 clients connecting at once: it refuses
+    or queues what it cannot take, answers again once they leave, and stops cleanly."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    d = Daemon(a.triaged, a.make_model, a.mock, start=False)
+    d.err = open(d.errpath, "a")
+    d.proc = subprocess.Popen([d.triaged, "--config", d.conf], cwd=d.dir, stderr=d.err,
+                              stdout=subprocess.DEVNULL, preexec_fn=limit)
+    if not poll(d.healthy):
+        fail("few fds: triaged did not start with 64 descriptors: %s" % d.stderr()[-400:])
+        d.finish("few fds")
+        return
+    socks = []
+    try:
+        for _ in range(300):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", d.port), timeout=5))
+            except OSError:
+                break
+        results = []
+
+        def one():
+            results.append(chat(d.port)[0])
+
+        ts = [threading.Thread(target=one) for _ in range(20)]
+        for t in ts:
+            t.start()
+        time.sleep(1)
+        for s_ in socks:
+            s_.close()
+        socks = []
+        for t in ts:
+            t.join(60)
+        if d.proc.poll() is not None:
+            fail("few fds: triaged died: %s" % d.stderr()[-400:])
+            return
+        if not poll(lambda: chat(d.port)[0] == 200):
+            fail("few fds: no 200 once the clients left; while they stayed: %r" % results)
+        expect_rows(d, 1 + sum(1 for r in results if r), "few fds")
+    finally:
+        for s_ in socks:
+            s_.close()
+        d.finish("few fds")
+
+
 GROUPS = {
     "storage": [storage_disk_full, storage_deleted, storage_replaced, storage_locked,
                 storage_corrupt_start],
+    "reload": [reload_bad_files, reload_storm],
     "cli": [cli_bad_input],
+    "signals": [signals_few_fds],
 }
 
 
