@@ -116,6 +116,7 @@ struct daemon_worker {
     atomic_uint_fast64_t beat_ms;
     atomic_uint_fast64_t beat_ns;
     atomic_int done;       /* the thread's loop has ended */
+    atomic_int cut_now;    /* a second stop signal: the drain's deadline is now */
     int listen_fd;         /* bound before MHD takes it; -1 once MHD owns it */
     int loop_ready;
     unsigned n_conns;      /* open client connections (MHD's notify callback) */

@@ -68,7 +68,7 @@ struct daemon_server {
     struct budget *budget; /* per-key budgets: with a log and a keys file */
     struct daemon_snapshot *initial; /* the snapshot at start, for daemon_server_conf */
     int exit_code;
-    int stopping;
+    int stopping; /* 1 after a stop signal, 2 after the second (cut off now) */
 };
 
 /* The one server (signals and hooks are process-wide anyway). */
@@ -937,7 +937,7 @@ on_drain(uv_timer_t *t)
 {
     struct daemon_worker *w = t->data;
 
-    if (w->n_requests > 0 && uv_now(&w->loop) < w->stop_deadline)
+    if (w->n_requests > 0 && uv_now(&w->loop) < w->stop_deadline && !atomic_load(&w->cut_now))
         return;
     uv_timer_stop(&w->drain);
     if (w->n_requests)
@@ -1127,9 +1127,20 @@ on_signal(uv_signal_t *h, int signum)
         daemon__reload(err, sizeof(err));
         return;
     }
-    if (srv->stopping) {
-        log_warnx("second %s: exiting now", strsignal(signum));
+    if (srv->stopping > 1) {
+        log_warnx("third %s: exiting now; rows still queued are lost", strsignal(signum));
         _exit(1);
+    }
+    if (srv->stopping) {
+        /* Impatient, not careless: what still runs is cut off now, as at the deadline
+         * (recorded with error kind shutdown), and the outcome log is drained. */
+        srv->stopping = 2;
+        log_warnx("second %s: cutting off the requests still running now; their rows and "
+                  "the queued ones are written before exiting (a third %s exits at once)",
+                  strsignal(signum), strsignal(signum));
+        for (unsigned i = 0; i < srv->n_started; i++)
+            atomic_store(&srv->workers[i].cut_now, 1);
+        return;
     }
     srv->stopping = 1;
     notify_send("STOPPING=1");

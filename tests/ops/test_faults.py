@@ -913,7 +913,7 @@ GROUPS = {
                 storage_corrupt_start],
     "reload": [reload_bad_files, reload_storm],
     "cli": [cli_bad_input],
-    "signals": [signals_few_fds],
+    "signals": [signals_drain, signals_few_fds],
 }
 
 
