@@ -1235,7 +1235,7 @@ daemon_server_create(const char *conf_path, char *err, size_t errlen)
         }
         struct storage_counters sc;
         storage_get_counters(srv->storage, &sc);
-        if (sc.degraded) /* PostgreSQL away at start: rows queue, the writer retries */
+        if (sc.degraded) /* PostgreSQL away, the file corrupt or locked: rows queue */
             log_warnx("outcome log unreachable, starting anyway (rows queue until it is "
                       "back): %s",
                       sc.last_error);

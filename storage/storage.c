@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "config.h"
@@ -116,12 +117,8 @@ storage__db_open(const char *target, enum storage__mode mode, char *err, size_t 
         storage__errf(err, errlen, "storage: no database path or URL");
         return NULL;
     }
-    if (!storage__is_pg(target)) {
-        struct storage__db *db = storage__sqlite.open(target, mode, err, errlen);
-        if (!db)
-            errno = EIO;
-        return db;
-    }
+    if (!storage__is_pg(target))
+        return storage__sqlite.open(target, mode, err, errlen); /* sets errno */
 #if TRIAGE_HAVE_POSTGRESQL
     return storage__pg.open(target, mode, err, errlen); /* sets errno */
 #else
@@ -518,9 +515,13 @@ storage_open(const char *path, const struct storage_options *opt, char *err, siz
     s->obatch = storage__calloc(s->opt.batch_size, sizeof(*s->obatch));
 
     s->db = storage__db_open(path, STORAGE__CREATE, err, errlen);
-    if (!s->db && storage__is_pg(path) && errno == ENOTCONN) {
-        /* PostgreSQL is away: start anyway (routing needs no database). Records queue
-         * and the writer connects with its backoff, as after a lost connection. */
+    struct stat sb;
+    if (!s->db && errno == ENOTCONN && (storage__is_pg(path) || stat(path, &sb) == 0)) {
+        /* PostgreSQL is away, or the SQLite file is there but unusable now (locked,
+         * corrupt, not a database, on a full or read-only disk): start anyway (routing
+         * needs no database). Records queue and the writer connects with its backoff,
+         * as after a lost connection. A path that cannot be made (no such directory)
+         * is a mistake to say at once. */
         s->c.degraded = 1;
         s->c.last_error_ms = mono_ms();
         snprintf(s->c.last_error, sizeof(s->c.last_error), "%s", err ? err : "unreachable");

@@ -140,7 +140,10 @@ struct storage_counters {
 struct storage;
 
 /* Opens (creating or migrating) the database and starts the writer thread.
- * Refuses a database from a newer schema version. Returns NULL with err set.
+ * Refuses a database from a newer schema version. Returns NULL with err set. A
+ * PostgreSQL server that is away, or a SQLite file that is there but unusable now
+ * (corrupt, locked, full disk), still opens: degraded, last_error says why, records
+ * queue and the writer connects with its backoff.
  * path may be a "file:" URI (e.g. "file:x.db?mode=ro"). opt may be NULL. */
 struct storage *storage_open(const char *path, const struct storage_options *opt, char *err,
                              size_t errlen);
