@@ -6,13 +6,14 @@
  * reader is our own (a few dozen lines) so every error can name its line. */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -561,11 +562,45 @@ free_list(char **items, size_t n)
     free(items);
 }
 
+/* The largest config file read (bytes): the example is 15 KB. */
+#define CONF_FILE_MAX (16u << 20)
+
+/* Opens path for reading if it is a regular file of at most max bytes: a FIFO would
+ * block the reload for good, /dev/zero (a config symlinked to it) would be read
+ * until memory runs out. Returns the stream, or NULL with why (whylen bytes). */
+static FILE *
+open_regular(const char *path, size_t max, char *why, size_t whylen)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+
+    if (fd < 0) {
+        snprintf(why, whylen, "cannot open: %s", strerror(errno));
+        return NULL;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        snprintf(why, whylen, "cannot read: %s", S_ISDIR(st.st_mode) ? "a directory" :
+                                                    "not a regular file");
+        close(fd);
+        return NULL;
+    }
+    if ((uintmax_t)st.st_size > max) {
+        snprintf(why, whylen, "cannot read: larger than %zu MB", max >> 20);
+        close(fd);
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "r");
+    if (!f)
+        close(fd);
+    return f;
+}
+
 /* Reads a whole small file (a key) into a new string with trailing newlines cut. */
 static char *
 read_secret(const char *path)
 {
-    FILE *f = fopen(path, "r");
+    char why[128];
+    FILE *f = open_regular(path, CONF_FILE_MAX, why, sizeof(why));
     char buf[4096];
     size_t n;
 
@@ -961,9 +996,10 @@ conf_load_flags(const char *path, unsigned flags, char *err, size_t errlen)
     set_defaults(&p, "storage", p.c);
     set_defaults(&p, "learning", p.c);
 
-    f = fopen(path, "r");
+    char why[128];
+    f = open_regular(path, CONF_FILE_MAX, why, sizeof(why));
     if (!f) {
-        set_err(&p, 0, "cannot open: %s", strerror(errno));
+        set_err(&p, 0, "%s", why);
         goto fail;
     }
     read_ini(&p, f);

@@ -679,7 +679,8 @@ def reload_bad_files(a):
             "empty": "",
             "binary": os.urandom(4096).decode("latin-1"),
             "bad utf-8": good.replace("tiers = fast, strong", "tiers = fast\udcff, strong"),
-            "huge": good + "x" * (64 << 20) + "\n",
+            "huge garbage": good + "x" * (20 << 20) + "\n",
+            "huge comment": good + "# " + "x" * (20 << 20) + "\n",  # over the 16 MB cap
             "bad value": good.replace("workers = 2", "workers = 2").replace(
                 "flush_interval_ms = 20", "flush_interval_ms = -5"),
             "nul": good.replace("[router]", "[rou\0ter]"),
@@ -694,6 +695,14 @@ def reload_bad_files(a):
         check_bad_reload(d, "config is a directory", gen)
         os.rmdir(d.conf)
         check_bad_reload(d, "config missing", gen)
+        # A FIFO blocked the reload for good (a device like /dev/zero was read until
+        # memory ran out): only a regular file is read.
+        os.mkfifo(d.conf)
+        check_bad_reload(d, "config is a FIFO", gen)
+        os.unlink(d.conf)
+        os.symlink("/dev/null", d.conf)
+        check_bad_reload(d, "config is /dev/null", gen)
+        os.unlink(d.conf)
         # Model files.
         d.write_conf(good)
         models = {"garbage": os.urandom(4096), "empty": b"", "truncated": model[:100],
