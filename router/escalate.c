@@ -42,30 +42,42 @@ router__escalation_logit_dense(const struct router_model *m, const float *signal
     return z;
 }
 
+double
+router__escalation_logit(const struct router_model *m, const float *signals, const uint32_t *ids,
+                         const float *vals, size_t n, double prompt_score)
+{
+    if (!m->has_esc)
+        return default_logit(signals, prompt_score);
+    double z = router__escalation_logit_dense(m, signals);
+    for (size_t i = 0; i < n; i++)
+        z += m->esc.w_sparse[ids[i]] * vals[i];
+    return z;
+}
+
+double
+router__escalation_p(double logit)
+{
+    /* a model whose sums overflow (inf - inf) is unsure of this answer: escalate */
+    return isnan(logit) ? 1.0 : 1.0 / (1.0 + exp(-logit));
+}
+
 int
 router_escalation_score(const struct router_model *m, const json_t *request, const char *answer,
                         size_t len, const float *signals, double *out)
 {
     struct features_scratch *s = router__thread_scratch(m->n_bits);
     struct features_vec fv;
-    double z;
+    struct router_scores sc = {0};
     int rc;
 
     rc = features_extract(s, request, &fv);
     if (rc < 0)
         return rc;
-    if (!m->has_esc) {
-        struct router_scores sc;
+    if (!m->has_esc) /* the default counts the prompt's routing score in */
         router_score_features(m, &fv, &sc);
-        z = default_logit(signals, sc.score);
-    } else {
-        z = router__escalation_logit_dense(m, signals);
-        if (len > 0 && features_extract_text(s, answer, len, &fv) == 0)
-            for (size_t i = 0; i < fv.n; i++)
-                z += m->esc.w_sparse[fv.ids[i]] * fv.vals[i];
-    }
-    /* a model whose sums overflow (inf - inf) is unsure of this answer: escalate */
-    *out = isnan(z) ? 1.0 : 1.0 / (1.0 + exp(-z));
+    else if (len == 0 || features_extract_text(s, answer, len, &fv) < 0)
+        fv.n = 0; /* the learned model reads the answer's words, not the prompt's */
+    *out = router__escalation_p(router__escalation_logit(m, signals, fv.ids, fv.vals, fv.n, sc.score));
     return 0;
 }
 

@@ -109,6 +109,34 @@ router_eval_routing(const double *score, const double *q_weak, const double *q_s
     return 0;
 }
 
+double
+router_eval_auc(const double *score, const double *y, size_t n)
+{
+    struct ranked *r = rank_desc(score, n);
+    double pos = 0, neg = 0, above = 0, self = 0;
+
+    /* Mann-Whitney on descending ranks, each item a positive of weight y and a negative
+     * of weight 1 - y; an item's pairing with itself (a tie) is taken out of both sums */
+    for (size_t k = 0; k < n;) {
+        size_t j = k;
+        double tp = 0, tn = 0, ts = 0;
+        for (; j < n && r[j].key == r[k].key; j++) {
+            double v = y[r[j].i];
+            tp += v;
+            tn += 1.0 - v;
+            ts += v * (1.0 - v);
+        }
+        above += tn * pos + 0.5 * (tn * tp - ts);
+        pos += tp;
+        neg += tn;
+        self += ts;
+        k = j;
+    }
+    free(r);
+    double pairs = pos * neg - self;
+    return pairs > 1e-12 ? above / pairs : NAN;
+}
+
 /* Average ranks (1-based, ties share their mean rank). */
 static double *
 avg_ranks(const double *x, size_t n)

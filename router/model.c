@@ -153,6 +153,46 @@ router_model_threshold_for_share(const struct router_model *m, double share)
     return m->ref[lo] + (m->ref[hi] - m->ref[lo]) * frac;
 }
 
+struct router_model *
+router_model_combine(const struct router_model *routing, const struct router_model *escalation,
+                     char *err, size_t errlen)
+{
+    const struct router_model *r = routing;
+    size_t nb = (size_t)1 << r->n_bits;
+
+    if (routing->n_bits != escalation->n_bits) {
+        router__set_err(err, errlen,
+                        "cannot combine models of different hash spaces (%u and %u bits)",
+                        routing->n_bits, escalation->n_bits);
+        return NULL;
+    }
+    struct router_model *m = router__model_alloc(r->n_bits, r->dim, r->n_heads);
+    m->score_strong = r->score_strong;
+    m->score_weak = r->score_weak;
+    m->score_mix = r->score_mix;
+    memcpy(m->names, r->names, sizeof(m->names));
+    memcpy(m->dense_mean, r->dense_mean, sizeof(m->dense_mean));
+    memcpy(m->dense_scale, r->dense_scale, sizeof(m->dense_scale));
+    memcpy(m->bias, r->bias, r->n_out * sizeof(float));
+    memcpy(m->w_dense, r->w_dense, (size_t)FEATURES_N_DENSE * r->n_out * sizeof(float));
+    memcpy(m->w_sparse, r->w_sparse, nb * r->n_out * sizeof(float));
+    memcpy(m->h_bias, r->h_bias, r->dim * sizeof(float));
+    memcpy(m->h_dense, r->h_dense, (size_t)FEATURES_N_DENSE * r->dim * sizeof(float));
+    memcpy(m->h_sparse, r->h_sparse, nb * r->dim * sizeof(float));
+    memcpy(m->h_out, r->h_out, (size_t)r->dim * r->n_out * sizeof(float));
+    m->n_ref = r->n_ref;
+    m->ref = xcalloc(r->n_ref, sizeof(float));
+    memcpy(m->ref, r->ref, r->n_ref * sizeof(float));
+    if (escalation->has_esc) {
+        m->esc = escalation->esc;
+        m->esc.w_sparse = xcalloc(nb, sizeof(float));
+        memcpy(m->esc.w_sparse, escalation->esc.w_sparse, nb * sizeof(float));
+        m->has_esc = 1;
+    }
+    router__model_finish(m);
+    return m;
+}
+
 /* ---- scoring ------------------------------------------------------------------ */
 
 void

@@ -87,6 +87,18 @@ struct features_scratch *router__thread_scratch(unsigned n_bits);
 /* Returns the dense part of the learned escalation model's logit (m->has_esc). */
 double router__escalation_logit_dense(const struct router_model *m, const float *signals);
 
+/* Returns the escalation logit of an answer with FEATURES_N_ANSWER signals and its text's
+ * hashed words (ids, vals: n of them, in m's hash space), whose prompt scored
+ * prompt_score: the learned model's (words and signals), or the default's (signals and
+ * prompt_score). */
+double router__escalation_logit(const struct router_model *m, const float *signals,
+                                const uint32_t *ids, const float *vals, size_t n,
+                                double prompt_score);
+
+/* Returns the escalation probability of a logit: 1 for NaN (a model whose sums
+ * overflowed is unsure: escalate). */
+double router__escalation_p(double logit);
+
 /* Fills m->esc from the dataset's judged answers of m's weak head among idx (NULL: all),
  * with m trained; leaves has_esc 0 when there are too few (train.c). */
 struct router_dataset;

@@ -378,6 +378,12 @@ struct router_eval {
 int router_eval_routing(const double *score, const double *q_weak, const double *q_strong, size_t n,
                         struct router_eval *out);
 
+/* Returns the ROC AUC of score (higher = more likely positive) for soft labels y[i] in
+ * [0,1] (all borrowed, n entries): each item counts as a positive of weight y and a
+ * negative of weight 1 - y, ties count half, no item is paired with itself. NAN when
+ * there is no positive-negative pair (all labels alike). */
+double router_eval_auc(const double *score, const double *y, size_t n);
+
 /* Returns Spearman's rank correlation of x and y (ties get average ranks), or NAN
  * for fewer than two points or a constant input. */
 double router_eval_spearman(const double *x, const double *y, size_t n);
@@ -412,6 +418,34 @@ void *router_answer_blob(const struct router_model *m, const char *answer, size_
 /* Returns how many judged fast answers m's escalation model learned from, 0 when m
  * scores answers by the default. */
 size_t router_model_escalation_examples(const struct router_model *m);
+
+/* How well a model's escalation scores tell a fast tier's bad answers from its good ones
+ * (router_eval_escalation). */
+struct router_escalation_eval {
+    size_t n;         /* judged answers of the fast head scored */
+    double bad;       /* mean of 1 - q over them: how bad the fast tier's answers were */
+    double auc;       /* ROC AUC of the escalation score for "the answer is bad", label 1 - q
+                       * (router_eval_auc); NAN without both good and bad answers */
+    double escalated; /* share of them the cut `at` escalates */
+    double caught;    /* share of the badness (sum of 1 - q) among those; NAN when none is bad */
+};
+
+/* Scores the judged answers of head `weak` (a name in d, borrowed) among d's examples
+ * idx[0..n_idx) (NULL: all; repeats count once) with m's escalation model (learned, or
+ * the default with m's routing score of the prompt), as router_escalation_score does,
+ * and measures them (out, caller's) at the cut `at`. A head d does not know leaves n 0.
+ * Returns 0, or -EINVAL when m's hash space is not d's. */
+int router_eval_escalation(const struct router_model *m, const struct router_dataset *d,
+                           const size_t *idx, size_t n_idx, const char *weak, double at,
+                           struct router_escalation_eval *out);
+
+/* Returns a new model (one reference) of routing's heads, weights and reference scores
+ * and escalation's escalation model (a learned one, or none: the default, which reads
+ * the new model's routing score); its version is its own content digest. Both borrowed.
+ * NULL with err when their hash spaces differ. */
+struct router_model *router_model_combine(const struct router_model *routing,
+                                          const struct router_model *escalation, char *err,
+                                          size_t errlen);
 
 /* Returns how many judged answers (router_dataset_add's "answers" and "answer_signals",
  * for heads the example has an outcome for) d holds. */

@@ -397,6 +397,61 @@ router_dataset_score(const struct router_model *m, const struct router_dataset *
     return router_score_features(m, &fv, out);
 }
 
+int
+router_eval_escalation(const struct router_model *m, const struct router_dataset *d,
+                       const size_t *idx, size_t n_idx, const char *weak, double at,
+                       struct router_escalation_eval *out)
+{
+    int h = router_dataset_head_find(d, weak);
+
+    memset(out, 0, sizeof(*out));
+    out->auc = out->escalated = out->caught = out->bad = NAN;
+    if (m->n_bits != d->n_bits)
+        return -EINVAL;
+    if (h < 0)
+        return 0;
+    unsigned char *member = xrealloc(NULL, d->n);
+    memset(member, idx ? 0 : 1, d->n);
+    for (size_t i = 0; idx && i < n_idx; i++)
+        if (idx[i] < d->n)
+            member[idx[i]] = 1;
+    double *p = xrealloc(NULL, (d->n_ans + 1) * sizeof(double)),
+           *y = xrealloc(NULL, (d->n_ans + 1) * sizeof(double));
+    double bad = 0, up = 0, bad_up = 0;
+    size_t n = 0;
+    for (size_t r = 0; r < d->n_ans; r++) {
+        const struct answer_row *a = &d->ans[r];
+        struct router_scores sc = {0};
+        if (a->head != (uint32_t)h || !member[a->ex])
+            continue;
+        if (!m->has_esc) { /* the default counts the prompt's routing score in */
+            struct features_vec fv;
+            example_vec(d, a->ex, &fv);
+            router_score_features(m, &fv, &sc);
+        }
+        p[n] = router__escalation_p(router__escalation_logit(m, a->sig, d->aids + a->off,
+                                                             d->avals + a->off, a->n, sc.score));
+        y[n] = 1.0 - d->ex[a->ex].q[h];
+        bad += y[n];
+        if (router_cascade_escalate(p[n], at)) {
+            up++;
+            bad_up += y[n];
+        }
+        n++;
+    }
+    out->n = n;
+    if (n) {
+        out->bad = bad / (double)n;
+        out->escalated = up / (double)n;
+        out->caught = bad > 0 ? bad_up / bad : NAN;
+        out->auc = router_eval_auc(p, y, n);
+    }
+    free(p);
+    free(y);
+    free(member);
+    return 0;
+}
+
 /* ---- training ------------------------------------------------------------------ */
 
 void

@@ -3,7 +3,8 @@
  * Most random inputs fail the checksum, so when the first byte is odd the input
  * after it becomes the payload of a file with a correct header (format 2, with an
  * escalation section, when its bit 1 is set too): that reaches the payload parser's
- * bounds checks. A model that loads scores a request and a fast answer. */
+ * bounds checks. A model that loads scores a request and a fast answer, and a copy made by
+ * router_model_combine scores them alike. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,6 +65,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (router_escalation_score(m, req, answer, sizeof(answer) - 1, sig, &e) != 0 ||
             !(e >= 0 && e <= 1))
             abort();
+        /* what a retrain's promotion does: one model's routing with another's escalation
+         * (here its own) scores exactly as its parts */
+        struct router_model *c = router_model_combine(m, m, err, sizeof(err));
+        struct router_scores cs;
+        double ce = -1;
+        if (!c || router_score_request(c, req, &cs) != 0 || cs.score != s.score ||
+            memcmp(cs.p, s.p, s.n_heads * sizeof(double)) != 0 ||
+            router_escalation_score(c, req, answer, sizeof(answer) - 1, sig, &ce) != 0 || ce != e)
+            abort();
+        router_model_unref(c);
         json_decref(req);
         double t = router_model_threshold_for_share(m, 0.5);
         (void)t;

@@ -804,6 +804,138 @@ test_escalation_default(void **state)
     router_model_unref(m);
 }
 
+/* A dataset of the weak head's judged answers to one kind of question: hedged ones bad,
+ * plain ones good (or the other way round with flip: labels a judge got wrong). */
+static struct router_dataset *
+answers_dataset(int n, int flip)
+{
+    struct router_dataset *d = router_dataset_new(12);
+    char buf[1024];
+
+    for (int i = 0; i < n; i++) {
+        int bad = i % 3 == 0;
+        snprintf(buf, sizeof(buf),
+                 "{\"prompt\":\"Tom has 12 apples and buys 30 more, question %d\","
+                 "\"outcomes\":{\"weak\":%d,\"strong\":1},\"answers\":{\"weak\":\"%s\"}}",
+                 i, bad == flip, bad ? bad_answer : "12 + 30 = 42 apples.\\n#### 42");
+        json_t *j = json_loads(buf, 0, NULL);
+        assert_int_equal(router_dataset_add(d, j), 0);
+        json_decref(j);
+    }
+    return d;
+}
+
+static void
+test_eval_auc(void **state)
+{
+    (void)state;
+    const double s[4] = {0.9, 0.8, 0.3, 0.1}, y[4] = {1, 0, 1, 0};
+    /* positives above negatives in 3 of the 4 pairs */
+    assert_true(fabs(router_eval_auc(s, y, 4) - 0.75) < 1e-12);
+    const double tie[4] = {0.5, 0.5, 0.5, 0.5};
+    assert_true(fabs(router_eval_auc(tie, y, 4) - 0.5) < 1e-12);
+    /* soft labels: an item of label 0.25 is a quarter positive and three quarters negative */
+    const double s2[2] = {0.9, 0.1}, y2[2] = {0.25, 1};
+    /* pairs: 0 as positive over 1 as negative (0.25 * 0 = 0, above) and 1 as positive over
+     * 0 as negative (1 * 0.75, below): 0 / 0.75 */
+    assert_true(fabs(router_eval_auc(s2, y2, 2) - 0.0) < 1e-12);
+    const double ones[4] = {1, 1, 1, 1}, half[1] = {0.5};
+    assert_true(isnan(router_eval_auc(s, ones, 4)));
+    assert_true(isnan(router_eval_auc(s, half, 1))); /* an item never pairs with itself */
+    assert_true(isnan(router_eval_auc(s, y, 0)));
+}
+
+/* Held-out escalation quality tells a model trained on the judge's labels from one trained
+ * on flipped labels, and combining models keeps each part's scores exactly. */
+static void
+test_escalation_eval_combine(void **state)
+{
+    struct router_train_opts o;
+    char err[128], path[256];
+
+    (void)state;
+    struct router_dataset *good = answers_dataset(200, 0), *flipped = answers_dataset(200, 1);
+    router_train_opts_default(&o);
+    o.epochs = 2;
+    struct router_model *g = router_train(good, NULL, 0, &o, err, sizeof(err));
+    struct router_model *f = router_train(flipped, NULL, 0, &o, err, sizeof(err));
+    struct router_model *def = make_model(12, 0, 1), *small = make_model(10, 0, 1);
+    assert_non_null(g);
+    assert_non_null(f);
+    assert_int_equal(router_model_escalation_examples(f), 200);
+
+    /* measured on the judge's labels (the odd ones only: idx repeats count once) */
+    size_t idx[200], n_idx = 0;
+    for (size_t i = 1; i < 200; i += 2) {
+        idx[n_idx++] = i;
+        idx[n_idx++] = i;
+    }
+    struct router_escalation_eval eg, ef, ed;
+    assert_int_equal(router_eval_escalation(g, good, idx, n_idx, "weak", 0.5, &eg), 0);
+    assert_int_equal(router_eval_escalation(f, good, idx, n_idx, "weak", 0.5, &ef), 0);
+    assert_int_equal(router_eval_escalation(def, good, idx, n_idx, "weak", 0.5, &ed), 0);
+    assert_int_equal(eg.n, 100);
+    assert_int_equal(ef.n, 100);
+    assert_int_equal(ed.n, 100);
+    assert_true(fabs(eg.bad - 33.0 / 100) < 1e-9); /* odd i below 200 with i % 3 == 0 */
+    assert_true(eg.auc > 0.99 && ef.auc < 0.01);
+    assert_true(eg.caught > 0.99 && fabs(eg.escalated - eg.bad) < 1e-9);
+    assert_true(ef.caught < 0.01);
+    /* the default (signals and the prompt's score) sees the hedging too */
+    assert_true(ed.auc > 0.5);
+    /* another head, or no such head: nothing measured; another hash space: refused */
+    assert_int_equal(router_eval_escalation(g, good, NULL, 0, "strong", 0.5, &eg), 0);
+    assert_int_equal(eg.n, 0);
+    assert_true(isnan(eg.auc));
+    assert_int_equal(router_eval_escalation(g, good, NULL, 0, "nobody", 0.5, &eg), 0);
+    assert_int_equal(eg.n, 0);
+    assert_int_equal(router_eval_escalation(small, good, NULL, 0, "weak", 0.5, &eg), -EINVAL);
+
+    /* the routing of one model with the escalation of another: each part scores as its
+     * source did, in memory and loaded back from a file */
+    struct router_model *c = router_model_combine(def, g, err, sizeof(err));
+    assert_non_null(c);
+    assert_string_not_equal(router_model_version(c), router_model_version(def));
+    assert_string_not_equal(router_model_version(c), router_model_version(g));
+    struct router_scores a, b;
+    const char *q = "Prove the theorem that number 7 about integrals";
+    assert_int_equal(router_score_text(def, q, strlen(q), &a), 0);
+    assert_int_equal(router_score_text(c, q, strlen(q), &b), 0);
+    assert_true(a.score == b.score && a.p[0] == b.p[0]);
+    assert_true(router_model_threshold_for_share(c, 0.3) == router_model_threshold_for_share(def, 0.3));
+    const char *p = "Tom has 12 apples and buys 30 more";
+    assert_true(escalation(c, p, bad_answer, "stop") == escalation(g, p, bad_answer, "stop"));
+    assert_true(escalation(c, p, good_answer, "stop") == escalation(g, p, good_answer, "stop"));
+    assert_int_equal(router_model_escalation_examples(c), 200);
+    tmp_path(path, sizeof(path), "combined");
+    assert_int_equal(router_model_save(c, path), 0);
+    struct router_model *l = router_model_load(path, err, sizeof(err));
+    assert_non_null(l);
+    assert_string_equal(router_model_version(l), router_model_version(c));
+    assert_true(escalation(l, p, bad_answer, "stop") == escalation(g, p, bad_answer, "stop"));
+    unlink(path);
+    /* a model without a learned one: the default, reading the new routing score */
+    struct router_model *c2 = router_model_combine(g, def, err, sizeof(err));
+    assert_non_null(c2);
+    assert_int_equal(router_model_escalation_examples(c2), 0);
+    assert_int_equal(router_score_text(g, q, strlen(q), &a), 0);
+    assert_int_equal(router_score_text(c2, q, strlen(q), &b), 0);
+    assert_true(a.score == b.score);
+    /* models of different hash spaces do not combine */
+    assert_null(router_model_combine(small, g, err, sizeof(err)));
+    assert_non_null(strstr(err, "hash spaces"));
+
+    router_model_unref(l);
+    router_model_unref(c);
+    router_model_unref(c2);
+    router_model_unref(g);
+    router_model_unref(f);
+    router_model_unref(def);
+    router_model_unref(small);
+    router_dataset_destroy(good);
+    router_dataset_destroy(flipped);
+}
+
 static void
 test_cascade_band(void **state)
 {
@@ -839,6 +971,8 @@ main(void)
         cmocka_unit_test(test_escalation_learned),
         cmocka_unit_test(test_escalation_words),
         cmocka_unit_test(test_escalation_default),
+        cmocka_unit_test(test_eval_auc),
+        cmocka_unit_test(test_escalation_eval_combine),
         cmocka_unit_test(test_cascade_band),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
