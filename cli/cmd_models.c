@@ -32,8 +32,11 @@ usage(FILE *f)
             "The registry of predictor model versions in the outcome log FILE ([storage] path, or\n"
             "the postgresql:// URL of [storage] url, which every replica follows within 5 s):\n"
             "every model the daemon shipped with, retrained or was given, with its lineage and\n"
-            "its APGR against the champion it was meant to replace. Exactly one is champion:\n"
-            "the one the daemon serves.\n"
+            "its APGR against the champion it was meant to replace and, once the cascade's\n"
+            "fast answers are judged, its escalation AUC against the champion's on held-out\n"
+            "answers (a promotion may combine the better part of each: \"routing of\" and\n"
+            "\"escalation of\" name the versions). Exactly one is champion: the one the daemon\n"
+            "serves.\n"
             "  list       newest first; * marks the champion. --json: a JSON array\n"
             "  promote    make VERSION (or a unique prefix of it) champion, after checking its\n"
             "             file loads and holds that version; the champion becomes retired\n"
@@ -92,25 +95,43 @@ json_num(double x)
     return isfinite(x) ? json_real(x) : json_null();
 }
 
+/* " (routing of V, escalation of W)" for a file combined of two models' parts, or "". */
+static void
+fmt_parts(char *buf, size_t len, const struct storage_model_info *m)
+{
+    const char *r = m->routing_from, *e = m->escalation_from;
+
+    if (!*r && !*e)
+        snprintf(buf, len, "%s", "");
+    else
+        snprintf(buf, len, " (routing of %s, escalation of %s)", *r ? r : "its own",
+                 *e ? e : "its own");
+}
+
 /* storage_model_fn: one table line. */
 static int
 print_row(const struct storage_model_info *m, void *arg)
 {
-    char created[32], promoted[32], train[24], holdout[24], apgr[64];
+    char created[32], promoted[32], train[24], holdout[24], apgr[64], answers[24], esc[64];
+    char parts[200];
     int *rows = arg;
 
     if (!(*rows)++)
-        printf("  %-16s %-9s %-7s %-16s %-16s %-16s %8s %7s %-26s %s\n", "version", "status",
-               "source", "created (UTC)", "promoted (UTC)", "parent", "train", "holdout",
-               "APGR vs parent (diff)", "path");
+        printf("  %-16s %-9s %-7s %-16s %-16s %-16s %8s %7s %-26s %7s %-26s %s\n", "version",
+               "status", "source", "created (UTC)", "promoted (UTC)", "parent", "train", "holdout",
+               "APGR vs parent (diff)", "answers", "escalation AUC vs parent", "path");
     fmt_time(created, sizeof(created), m->created_ms);
     fmt_time(promoted, sizeof(promoted), m->promoted_ms);
     fmt_count(train, sizeof(train), m->train_examples);
     fmt_count(holdout, sizeof(holdout), m->holdout_n);
     fmt_apgr(apgr, sizeof(apgr), m->apgr, m->parent_apgr);
-    printf("%c %-16s %-9s %-7s %-16s %-16s %-16s %8s %7s %-26s %s\n",
+    fmt_count(answers, sizeof(answers), m->esc_holdout_n > 0 ? m->esc_holdout_n : -1);
+    fmt_apgr(esc, sizeof(esc), m->esc_auc, m->parent_esc_auc);
+    fmt_parts(parts, sizeof(parts), m);
+    printf("%c %-16s %-9s %-7s %-16s %-16s %-16s %8s %7s %-26s %7s %-26s %s%s\n",
            strcmp(m->status, "champion") ? ' ' : '*', m->version, m->status, m->source, created,
-           promoted, m->parent[0] ? m->parent : "-", train, holdout, apgr, m->path);
+           promoted, m->parent[0] ? m->parent : "-", train, holdout, apgr, answers, esc, m->path,
+           parts);
     return 0;
 }
 
@@ -129,6 +150,16 @@ json_row(const struct storage_model_info *m, void *arg)
         json_num(m->apgr), "parent_apgr", json_num(m->parent_apgr), "apgr_diff", json_num(d));
     if (!o)
         return -1;
+    double ed = isfinite(m->esc_auc) && isfinite(m->parent_esc_auc) ? m->esc_auc - m->parent_esc_auc
+                                                                    : NAN;
+    json_object_set_new(o, "esc_holdout_n", json_count(m->esc_holdout_n > 0 ? m->esc_holdout_n : -1));
+    json_object_set_new(o, "esc_auc", json_num(m->esc_auc));
+    json_object_set_new(o, "parent_esc_auc", json_num(m->parent_esc_auc));
+    json_object_set_new(o, "esc_auc_diff", json_num(ed));
+    /* hex versions of this daemon's own making; anything else reads as null */
+    json_object_set_new(o, "routing_from", m->routing_from[0] ? json_string(m->routing_from) : json_null());
+    json_object_set_new(o, "escalation_from",
+                        m->escalation_from[0] ? json_string(m->escalation_from) : json_null());
     json_array_append_new(arg, o);
     return 0;
 }
@@ -343,6 +374,8 @@ do_add(const char *db, const char *file, int promote)
     m.holdout_n = -1;
     m.apgr = NAN;
     m.parent_apgr = NAN;
+    m.esc_holdout_n = -1;
+    m.esc_auc = m.parent_esc_auc = NAN;
     if (storage_model_add(db, &m, err, sizeof(err)) < 0) {
         cli_errorf("models", "%s", err);
         return 1;

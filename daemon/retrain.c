@@ -232,6 +232,8 @@ record_first_champion(const struct daemon_snapshot *s)
     m.created_ms = unix_ms();
     m.train_examples = m.holdout_n = -1;
     m.apgr = m.parent_apgr = NAN;
+    m.esc_holdout_n = -1;
+    m.esc_auc = m.parent_esc_auc = NAN;
     if (storage_model_add(c->db_path, &m, err, sizeof(err)) < 0)
         log_warnx("model registry: cannot record the first model: %s", err);
 }

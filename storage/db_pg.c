@@ -151,6 +151,13 @@ static const char *const migrations[] = {
     "DELETE FROM requests a USING requests b WHERE a.request_id = b.request_id AND a.id > b.id;"
     "CREATE UNIQUE INDEX requests_request_id_unique ON requests(request_id);"
     "DROP INDEX requests_request_id;",
+
+    /* 10 -> 11 */
+    "ALTER TABLE models ADD COLUMN esc_holdout_n BIGINT;"
+    "ALTER TABLE models ADD COLUMN esc_auc DOUBLE PRECISION;"
+    "ALTER TABLE models ADD COLUMN parent_esc_auc DOUBLE PRECISION;"
+    "ALTER TABLE models ADD COLUMN routing_from TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE models ADD COLUMN escalation_from TEXT NOT NULL DEFAULT '';",
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORAGE_SCHEMA_VERSION,
                "one PostgreSQL migration per schema version");

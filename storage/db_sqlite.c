@@ -155,6 +155,16 @@ static const char *const migrations[] = {
      * again after a COMMIT whose answer was lost adds no rows; SQLite's commit is never
      * in doubt (the writer is in this process), so its index stays as it is. */
     "SELECT 1;",
+
+    /* 10 -> 11: a model has two parts, judged apart when a retrain decides (retrain.c):
+     * the escalation model's held-out AUC and the champion's on the same judged fast
+     * answers, and which versions a file's parts come from when a promotion combined the
+     * challenger's better part with the champion's ('' = its own). */
+    "ALTER TABLE models ADD COLUMN esc_holdout_n INTEGER;"
+    "ALTER TABLE models ADD COLUMN esc_auc REAL;"
+    "ALTER TABLE models ADD COLUMN parent_esc_auc REAL;"
+    "ALTER TABLE models ADD COLUMN routing_from TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE models ADD COLUMN escalation_from TEXT NOT NULL DEFAULT '';",
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORAGE_SCHEMA_VERSION,
                "one SQLite migration per schema version");

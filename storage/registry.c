@@ -16,7 +16,7 @@ static const char *const sources[] = {"shipped", "retrain", "manual"};
 /* The columns every read takes, in the order row_read expects. */
 #define MODEL_COLUMNS                                                                              \
     "version, path, parent, source, created_ms, promoted_ms, train_examples, holdout_n, apgr,"     \
-    " parent_apgr, status"
+    " parent_apgr, status, esc_holdout_n, esc_auc, parent_esc_auc, routing_from, escalation_from"
 
 /* Returns 1 when the field s (size bytes, maybe unterminated) is one of set's n names. */
 static int
@@ -114,6 +114,11 @@ row_read(struct storage__stmt *st, struct storage_model_info *m)
     m->apgr = column_real(st, 8);
     m->parent_apgr = column_real(st, 9);
     copy_text(m->status, sizeof(m->status), st, 10);
+    m->esc_holdout_n = column_count(st, 11);
+    m->esc_auc = m->esc_holdout_n > 0 ? column_real(st, 12) : NAN;
+    m->parent_esc_auc = m->esc_holdout_n > 0 ? column_real(st, 13) : NAN;
+    copy_text(m->routing_from, sizeof(m->routing_from), st, 14);
+    copy_text(m->escalation_from, sizeof(m->escalation_from), st, 15);
 }
 
 /* Reads the row selected by sql (one text parameter, NULL = none) into out (may be
@@ -207,7 +212,9 @@ storage_model_add(const char *db_path, const struct storage_model_info *m, char 
 {
     if (!db_path || !m || !field_ok(m->version, sizeof(m->version)) ||
         !field_ok(m->path, sizeof(m->path)) ||
-        strnlen(m->parent, sizeof(m->parent)) == sizeof(m->parent)) {
+        strnlen(m->parent, sizeof(m->parent)) == sizeof(m->parent) ||
+        strnlen(m->routing_from, sizeof(m->routing_from)) == sizeof(m->routing_from) ||
+        strnlen(m->escalation_from, sizeof(m->escalation_from)) == sizeof(m->escalation_from)) {
         storage__errf(err, errlen, "a model needs a version and a path (terminated strings)");
         return -EINVAL;
     }
@@ -243,13 +250,16 @@ storage_model_add(const char *db_path, const struct storage_model_info *m, char 
     /* An upsert, not INSERT OR REPLACE: REPLACE would settle a clash on the champion
      * index by deleting the other champion's row. */
     st = prepare(db, db_path,
-                 "INSERT INTO models (" MODEL_COLUMNS ") VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                 "INSERT INTO models (" MODEL_COLUMNS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                  " ON CONFLICT (version) DO UPDATE SET path = excluded.path,"
                  " parent = excluded.parent, source = excluded.source,"
                  " created_ms = excluded.created_ms, promoted_ms = excluded.promoted_ms,"
                  " train_examples = excluded.train_examples, holdout_n = excluded.holdout_n,"
                  " apgr = excluded.apgr, parent_apgr = excluded.parent_apgr,"
-                 " status = excluded.status",
+                 " status = excluded.status, esc_holdout_n = excluded.esc_holdout_n,"
+                 " esc_auc = excluded.esc_auc, parent_esc_auc = excluded.parent_esc_auc,"
+                 " routing_from = excluded.routing_from,"
+                 " escalation_from = excluded.escalation_from",
                  err, errlen);
     if (!st)
         goto fail;
@@ -264,6 +274,13 @@ storage_model_add(const char *db_path, const struct storage_model_info *m, char 
     storage__bind_real(st, 9, m->apgr);
     storage__bind_real(st, 10, m->parent_apgr);
     storage__bind_text(st, 11, m->status);
+    /* an escalation metric on no answers is no metric: all three unknown together */
+    int esc = m->esc_holdout_n > 0;
+    storage__bind_count(st, 12, esc ? m->esc_holdout_n : -1);
+    storage__bind_real(st, 13, esc ? m->esc_auc : NAN);
+    storage__bind_real(st, 14, esc ? m->parent_esc_auc : NAN);
+    storage__bind_text(st, 15, m->routing_from);
+    storage__bind_text(st, 16, m->escalation_from);
     if (storage__step(st) != 0) {
         db_error(db, db_path, "storing the model", err, errlen);
         goto fail;
@@ -463,6 +480,14 @@ real_or_null(double x)
     return isnan(x) ? json_null() : json_real(x);
 }
 
+/* A registry text as JSON: null for bytes that are not UTF-8 (a hand-edited log). */
+static json_t *
+text_or_null(const char *s)
+{
+    json_t *j = json_string(s);
+    return j ? j : json_null();
+}
+
 /* Orders changes by time, oldest first. */
 static int
 cmp_promoted(const void *a, const void *b)
@@ -494,7 +519,15 @@ storage_model_timeline(const char *db_path, char *err, size_t errlen)
                                 "holdout_n",
                                 m->holdout_n < 0 ? json_null() : json_integer(m->holdout_n), "apgr",
                                 real_or_null(m->apgr), "parent_apgr", real_or_null(m->parent_apgr));
-        if (!row || json_array_append_new(versions, row) < 0)
+        if (!row ||
+            json_object_set_new(row, "esc_holdout_n",
+                                m->esc_holdout_n > 0 ? json_integer(m->esc_holdout_n)
+                                                     : json_null()) < 0 ||
+            json_object_set_new(row, "esc_auc", real_or_null(m->esc_auc)) < 0 ||
+            json_object_set_new(row, "parent_esc_auc", real_or_null(m->parent_esc_auc)) < 0 ||
+            json_object_set_new(row, "routing_from", text_or_null(m->routing_from)) < 0 ||
+            json_object_set_new(row, "escalation_from", text_or_null(m->escalation_from)) < 0 ||
+            json_array_append_new(versions, row) < 0)
             oom();
         if (m->promoted_ms > 0)
             changed[n_changed++] = m;

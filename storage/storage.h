@@ -47,7 +47,7 @@
 #include <jansson.h>
 
 /* The schema version this build writes; older databases are migrated forward at open. */
-#define STORAGE_SCHEMA_VERSION 10
+#define STORAGE_SCHEMA_VERSION 11
 
 /* Attempts per batch before a write error drops it (counted in counters.failed). */
 #define STORAGE_WRITE_ATTEMPTS 3
@@ -325,6 +325,12 @@ struct storage_model_info {
     int64_t holdout_n;       /* held-out judged prompts it was compared on; -1 unknown */
     double apgr;             /* its APGR on that held-out slice; NaN unknown */
     double parent_apgr;      /* the champion's APGR on the same slice; NaN unknown */
+    int64_t esc_holdout_n;   /* held-out judged fast answers its escalation model was
+                              * compared on; < 1: unknown (the next two are then too) */
+    double esc_auc;          /* its escalation AUC ("the fast answer is bad") there; NaN unknown */
+    double parent_esc_auc;   /* the champion's on the same answers; NaN unknown */
+    char routing_from[80];   /* the version whose routing part the file carries, "" its own */
+    char escalation_from[80]; /* the version whose escalation model it carries, "" its own */
     char status[16];         /* "champion" | "candidate" (evaluated, not promoted) |
                               * "retired" (was champion) */
 };

@@ -42,13 +42,15 @@ expect 0 "$T" models --db "$db"
 has '^ +version +status +source +created \(UTC\) +promoted \(UTC\) +parent +train +holdout'
 [ "$(sed -n 2p "$dir/out" | awk '{print $1, $2, $3}')" = "$B candidate manual" ] \
     || fail "newest first: $(cat "$dir/out")"
-has "^  $B candidate manual .* $A +- +- +- +$dir/m2.tmod\$"
+has "^  $B candidate manual .* $A +- +- +- +- +- +$dir/m2.tmod\$"
 has "^\* $A champion +manual .* $dir/m1.tmod\$"
 expect 0 "$T" models list --db "$db" --json
 [ "$(grep -c '"version"' "$dir/out")" = 2 ] || fail "json rows: $(cat "$dir/out")"
 has '"champion": true'
 has "\"parent\": \"$A\""
 has '"apgr": null'
+has '"esc_auc": null'
+has '"escalation_from": null'
 
 # add of a known version changes nothing.
 expect 0 "$T" models add "$dir/m1.tmod" --db "$db"

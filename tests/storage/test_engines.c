@@ -212,6 +212,8 @@ registry_run(const char *target)
     m.holdout_n = -1;
     m.apgr = NAN;
     m.parent_apgr = NAN;
+    m.esc_holdout_n = -1;
+    m.esc_auc = m.parent_esc_auc = NAN;
     m.created_ms = 1000;
     CHECK(storage_model_add(target, &m, err, sizeof(err)) == 0, "add a: %s", err);
     snprintf(m.version, sizeof(m.version), "b");
@@ -220,6 +222,10 @@ registry_run(const char *target)
     snprintf(m.status, sizeof(m.status), "candidate");
     m.train_examples = 42;
     m.apgr = 0.7;
+    m.esc_holdout_n = 12;
+    m.esc_auc = 0.8125;
+    m.parent_esc_auc = 0.625;
+    snprintf(m.escalation_from, sizeof(m.escalation_from), "a");
     m.created_ms = 2000;
     CHECK(storage_model_add(target, &m, err, sizeof(err)) == 0, "add b: %s", err);
     CHECK(storage_model_promote(target, "b", err, sizeof(err)) == 0, "promote: %s", err);
@@ -229,6 +235,9 @@ registry_run(const char *target)
           "champion b");
     CHECK(c.train_examples == 42 && fabs(c.apgr - 0.7) < 1e-12 && isnan(c.parent_apgr),
           "b's metrics");
+    CHECK(c.esc_holdout_n == 12 && c.esc_auc == 0.8125 && c.parent_esc_auc == 0.625 &&
+              !strcmp(c.escalation_from, "a") && !c.routing_from[0],
+          "b's escalation metrics (schema 11)");
     CHECK(storage_model_rollback(target, &c, err, sizeof(err)) == 0 && !strcmp(c.version, "a"),
           "rollback: %s", err);
     CHECK(storage_model_list(target, list_row, out, err, sizeof(err)) == 2, "list: %s", err);

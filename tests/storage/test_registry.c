@@ -37,6 +37,8 @@ model(const char *v, const char *parent, const char *source, const char *status,
     m.holdout_n = -1;
     m.apgr = NAN;
     m.parent_apgr = NAN;
+    m.esc_holdout_n = -1;
+    m.esc_auc = m.parent_esc_auc = NAN;
     return m;
 }
 
@@ -47,6 +49,16 @@ add(const char *path, struct storage_model_info m)
     int rc = storage_model_add(path, &m, err, sizeof(err));
     if (rc != 0)
         fail_msg("storage_model_add %s: %d %s", m.version, rc, err);
+}
+
+/* storage_model_fn: copies the row of the version named in *arg into it. */
+static int
+find_bbbb(const struct storage_model_info *m, void *arg)
+{
+    struct storage_model_info *out = arg;
+    if (!strcmp(m->version, out->version))
+        *out = *m;
+    return 0;
 }
 
 /* Fails unless version is the champion; returns its row. */
@@ -154,6 +166,10 @@ test_add_replace(void **state)
     assert_int_equal(got.holdout_n, -1);
     assert_true(isnan(got.apgr));
     assert_true(isnan(got.parent_apgr));
+    assert_int_equal(got.esc_holdout_n, -1);
+    assert_true(isnan(got.esc_auc) && isnan(got.parent_esc_auc));
+    assert_string_equal(got.routing_from, "");
+    assert_string_equal(got.escalation_from, "");
 
     /* Known metrics round-trip; created_ms 0 is stored as now. */
     m = model("bbbb", "aaaa", "retrain", "candidate", 0);
@@ -161,6 +177,10 @@ test_add_replace(void **state)
     m.holdout_n = 7;
     m.apgr = 0.75;
     m.parent_apgr = 0.25;
+    m.esc_holdout_n = 31;
+    m.esc_auc = 0.875;
+    m.parent_esc_auc = 0.625;
+    snprintf(m.routing_from, sizeof(m.routing_from), "zzzz");
     add(f->path, m);
     struct seen s = {0};
     assert_int_equal(storage_model_list(f->path, collect, &s, err, sizeof(err)), 2);
@@ -173,6 +193,27 @@ test_add_replace(void **state)
                                "SELECT count(*) FROM models WHERE version = 'bbbb'"
                                " AND apgr = 0.75 AND parent_apgr = 0.25 AND holdout_n = 7"),
                      1);
+    /* the escalation part's metrics and a combined file's sources (schema 11) */
+    assert_int_equal(query_int(f->path,
+                               "SELECT count(*) FROM models WHERE version = 'bbbb' AND"
+                               " esc_holdout_n = 31 AND esc_auc = 0.875 AND parent_esc_auc ="
+                               " 0.625 AND routing_from = 'zzzz' AND escalation_from = ''"),
+                     1);
+    struct storage_model_info b = model("bbbb", "aaaa", "retrain", "candidate", 0);
+    assert_int_equal(storage_model_list(f->path, find_bbbb, &b, err, sizeof(err)), 2);
+    assert_int_equal(b.esc_holdout_n, 31);
+    assert_true(b.esc_auc == 0.875 && b.parent_esc_auc == 0.625);
+    assert_string_equal(b.routing_from, "zzzz");
+    /* measured on no answers: no metric, whatever the AUCs say */
+    m = model("cccc", "aaaa", "retrain", "candidate", 0);
+    m.esc_holdout_n = 0;
+    m.esc_auc = 0.5;
+    add(f->path, m);
+    assert_int_equal(query_int(f->path, "SELECT count(*) FROM models WHERE version = 'cccc' AND"
+                                        " esc_holdout_n IS NULL AND esc_auc IS NULL"),
+                     1);
+    memset(m.escalation_from, 'x', sizeof(m.escalation_from)); /* unterminated */
+    assert_int_equal(storage_model_add(f->path, &m, err, sizeof(err)), -EINVAL);
     champion_is(f->path, "aaaa");
 }
 
