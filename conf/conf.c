@@ -106,6 +106,8 @@ static const struct conf_key keys[] = {
     {"learning", "models_dir", T_STR, C(models_dir), 0, 0, NULL, NULL},
     {"learning", "promote_margin", T_DBL, C(promote_margin), -1, 1, "0.01", NULL},
     {"learning", "min_holdout", T_U32, C(min_holdout), 1, 100000000, "50", NULL},
+    {"learning", "escalation_margin", T_DBL, C(escalation_margin), 0, 1, "0.01", NULL},
+    {"learning", "min_holdout_answers", T_U32, C(min_holdout_answers), 1, 100000000, "50", NULL},
 
     {"backend", "url", T_STR, B(url), 0, 0, NULL, NULL},
     {"backend", "model", T_STR, B(model), 0, 0, NULL, NULL},

@@ -153,6 +153,9 @@ struct conf {
     char *models_dir;          /* where retrained models are kept [beside the log: models/] */
     double promote_margin;     /* a challenger's held-out APGR must beat the champion's by this */
     uint32_t min_holdout;      /* held-out judged prompts needed before any promotion */
+    double escalation_margin;  /* a challenger's held-out escalation AUC must beat the
+                                * champion's by this for its escalation model to be taken */
+    uint32_t min_holdout_answers; /* held-out judged fast answers needed to judge escalation */
 
     /* [backend NAME] sections, in file order */
     struct conf_backend *backends;

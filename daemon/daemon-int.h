@@ -374,6 +374,29 @@ void daemon__learn_gauges(struct daemon_learn_gauges *out);
 /* Prompts whose every answer has been graded, since start. Thread-safe. */
 uint64_t daemon__learn_judged(void);
 
+/* promote.c: which parts of a retrain's challenger replace the champion's (see the file's
+ * comment). */
+struct daemon__promotion {
+    double apgr_chal, apgr_champ; /* in: held-out APGR of each (NaN unknown) */
+    size_t n_prompts;             /* in: held-out prompts they were measured on */
+    struct router_escalation_eval esc_chal, esc_champ; /* held-out judged fast answers */
+    struct router_escalation_eval esc_final;           /* ... of the file promoted (or the
+                                                         * champion's when none) */
+    int take_routing, take_escalation; /* the challenger's part wins */
+    const char *routing_why, *escalation_why, *verdict; /* for the log line (static, or
+                                                         * escalation_why in why_buf) */
+    char why_buf[128];
+    struct router_model *promoted; /* new reference: the challenger, or its winning part
+                                    * joined to the champion's other; NULL: nothing wins */
+};
+/* Measures the escalation part of both models on the judged fast answers of head `weak`
+ * among d's held-out examples hold[0..n_hold) and decides both parts (p's "in" fields
+ * set by the caller); all borrowed. Pure but for a log line on a failed combination. */
+void daemon__promotion_decide(const struct conf *c, const struct router_model *champion,
+                              const struct router_model *challenger,
+                              const struct router_dataset *d, const size_t *hold, size_t n_hold,
+                              const char *weak, struct daemon__promotion *p);
+
 /* retrain.c: automatic retraining and the model registry (see the file's comment). */
 /* Main thread, once a second: starts a retrain when retrain_every more prompts have
  * been judged and none runs; joins a finished one. */

@@ -9,12 +9,16 @@
  *  2. a challenger is trained on [learning] base_data (the shipped sets) plus the rest,
  *     by router_train_log (the recipe `triage train --db` shares: how much each of the
  *     log's prompts counts beside the base data);
- *  3. champion and challenger are scored on the held-out prompts that have both sides'
- *     labels: APGR between the cheapest and the strongest tier's heads;
+ *  3. champion and challenger are scored on the held-out prompts: the routing part by
+ *     APGR between the cheapest and the strongest tier's heads (prompts with both sides'
+ *     labels), the escalation part by the AUC of "the fast answer is bad" on the
+ *     cascade's judged fast answers to the same prompts (promote.c);
  *  4. the challenger is kept under [learning] models_dir and recorded in the registry
- *     (storage_model_add: version, parent, metrics), and promoted only when its APGR
- *     beats the champion's by [learning] promote_margin on at least min_holdout prompts;
- *     a promotion reloads the snapshot, which then loads the registry's champion.
+ *     (storage_model_add: version, parent, both parts' metrics); each part wins on its own
+ *     ([learning] promote_margin on at least min_holdout prompts, escalation_margin on at
+ *     least min_holdout_answers answers) and the file promoted is the challenger, or its
+ *     winning part joined to the champion's other part (a file and registry row of its
+ *     own); a promotion reloads the snapshot, which then loads the registry's champion.
  * `triage models` lists the versions; promote / rollback switch and a reload applies.
  */
 #include <errno.h>
@@ -238,6 +242,117 @@ record_first_champion(const struct daemon_snapshot *s)
         log_warnx("model registry: cannot record the first model: %s", err);
 }
 
+/* A registry row for model m of this retrain (source retrain, parent the champion). */
+static void
+model_row(struct storage_model_info *row, const struct router_model *m,
+          const struct router_model *champion, const struct daemon__promotion *p,
+          const struct router_escalation_eval *esc)
+{
+    memset(row, 0, sizeof(*row));
+    snprintf(row->version, sizeof(row->version), "%s", router_model_version(m));
+    snprintf(row->parent, sizeof(row->parent), "%s", router_model_version(champion));
+    snprintf(row->source, sizeof(row->source), "retrain");
+    snprintf(row->status, sizeof(row->status), "candidate");
+    row->created_ms = unix_ms();
+    row->holdout_n = (int64_t)p->n_prompts;
+    row->parent_apgr = p->apgr_champ;
+    row->esc_holdout_n = (int64_t)esc->n;
+    row->esc_auc = esc->auc;
+    row->parent_esc_auc = p->esc_champ.auc;
+}
+
+/* Saves m under models_dir as <version>.tmod into row->path and records row. Returns 0
+ * or -1 (logged). */
+static int
+keep_model(const struct conf *c, const struct router_model *m, struct storage_model_info *row)
+{
+    char err[512];
+
+    mkdir(c->models_dir, 0750); /* EEXIST is the usual answer */
+    if (snprintf(row->path, sizeof(row->path), "%s/%s.tmod", c->models_dir, row->version) >=
+        (int)sizeof(row->path)) {
+        log_warnx("retrain: models_dir is too long a path");
+        return -1;
+    }
+    int saved = router_model_save(m, row->path);
+    if (saved < 0) {
+        log_warnx("retrain: cannot save %s: %s", row->path, strerror(-saved));
+        return -1;
+    }
+    if (storage_model_add(c->db_path, row, err, sizeof(err)) < 0) {
+        log_warnx("retrain: cannot record %s: %s", row->version, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* "0.8125 vs 0.7500 on 40 judged fast answers (at escalate_at 0.5 it escalates 25.0%, 60.0%
+ * of the bad ones)" or "not measured (3 held-out judged fast answers)". */
+static void
+fmt_escalation(char *buf, size_t len, const struct conf *c, const struct daemon__promotion *p)
+{
+    const struct router_escalation_eval *e = &p->esc_chal;
+
+    if (e->n == 0 || isnan(e->auc))
+        snprintf(buf, len, "not measured (%zu held-out judged fast answers)", e->n);
+    else
+        snprintf(buf, len,
+                 "%.4f vs %.4f on %zu judged fast answers (at escalate_at %g the challenger "
+                 "escalates %.1f%%, %.1f%% of the bad ones)",
+                 e->auc, p->esc_champ.auc, e->n, c->escalate_at, 100 * e->escalated,
+                 100 * (isnan(e->caught) ? 0 : e->caught));
+}
+
+/* Records the challenger (a candidate) and the file p promotes, if any, in the registry;
+ * promotes it and asks for a reload; says what happened in one log line. */
+static void
+record_and_promote(struct retrain_job *j, const struct router_model *champion,
+                   const struct router_model *challenger, const struct daemon__promotion *p,
+                   size_t base, uint64_t t0)
+{
+    const struct conf *c = j->snap->conf;
+    struct storage_model_info m, w;
+    char err[512], esc[256], parts[320] = "";
+
+    model_row(&m, challenger, champion, p, &p->esc_chal);
+    m.train_examples = (int64_t)(base + j->n_log); /* distinct */
+    m.apgr = p->apgr_chal;
+    atomic_fetch_add(&rt.runs, 1); /* before the row: whoever sees it sees the count */
+    if (keep_model(c, challenger, &m) < 0)
+        return;
+    const struct storage_model_info *won = p->promoted ? &m : NULL;
+    if (p->promoted && strcmp(router_model_version(p->promoted), m.version)) {
+        /* one part of each: a file of its own */
+        model_row(&w, p->promoted, champion, p, &p->esc_final);
+        w.train_examples = p->take_routing ? m.train_examples : -1;
+        w.apgr = p->take_routing ? p->apgr_chal : p->apgr_champ;
+        snprintf(w.routing_from, sizeof(w.routing_from), "%s",
+                 p->take_routing ? m.version : m.parent);
+        snprintf(w.escalation_from, sizeof(w.escalation_from), "%s",
+                 p->take_escalation ? m.version : m.parent);
+        if (keep_model(c, p->promoted, &w) < 0)
+            return;
+        won = &w;
+        snprintf(parts, sizeof(parts), " %s (routing of %s, escalation of %s)", w.version,
+                 w.routing_from, w.escalation_from);
+    }
+    fmt_escalation(esc, sizeof(esc), c, p);
+    log_info("retrain: challenger %s trained on %zu examples (%zu from the log, each x%u, "
+             "%zu base) in %.1f s; routing: held-out APGR %.4f vs champion "
+             "%s %.4f on %zu prompts: %s; escalation: held-out AUC %s: %s; %s%s",
+             m.version, base + j->n_log, j->n_log, router_log_weight(j->n_log, base), base,
+             (double)(daemon__now_ns() - t0) / 1e9, p->apgr_chal, m.parent, p->apgr_champ,
+             p->n_prompts, p->routing_why, esc, p->escalation_why, p->verdict, parts);
+    if (!won)
+        return;
+    if (storage_model_promote(c->db_path, won->version, err, sizeof(err)) < 0) {
+        log_warnx("retrain: cannot promote %s: %s", won->version, err);
+        return;
+    }
+    atomic_fetch_add(&rt.promotions, 1);
+    daemon__request_reload(); /* the snapshot loads the registry's champion */
+}
+
 static void *
 retrain_main(void *arg)
 {
@@ -280,55 +395,15 @@ retrain_main(void *arg)
     size_t n_champ = 0, n_chal = 0;
     /* the champion's heads are found by name inside router_dataset_score's result: both
      * models are scored on the same prompts, by their own score */
-    double apgr_champ = holdout_apgr(j, champion, weak, strong, &n_champ);
-    double apgr_chal = holdout_apgr(j, challenger, weak, strong, &n_chal);
-
-    struct storage_model_info m = {0};
-    snprintf(m.version, sizeof(m.version), "%s", router_model_version(challenger));
-    snprintf(m.parent, sizeof(m.parent), "%s", router_model_version(champion));
-    snprintf(m.source, sizeof(m.source), "retrain");
-    snprintf(m.status, sizeof(m.status), "candidate");
-    m.created_ms = unix_ms();
-    m.train_examples = (int64_t)(base + j->n_log); /* distinct */
-    m.holdout_n = (int64_t)n_chal;
-    m.apgr = apgr_chal;
-    m.parent_apgr = apgr_champ;
-    mkdir(c->models_dir, 0750); /* EEXIST is the usual answer */
-    if (snprintf(m.path, sizeof(m.path), "%s/%s.tmod", c->models_dir, m.version) >=
-        (int)sizeof(m.path)) {
-        log_warnx("retrain: models_dir is too long a path");
-        router_model_unref(challenger);
-        goto out;
-    }
-    int saved = router_model_save(challenger, m.path);
+    struct daemon__promotion pr = {0};
+    pr.apgr_champ = holdout_apgr(j, champion, weak, strong, &n_champ);
+    pr.apgr_chal = holdout_apgr(j, challenger, weak, strong, &n_chal);
+    pr.n_prompts = n_chal;
+    /* the escalation part on the judged fast answers of the same held-out prompts */
+    daemon__promotion_decide(c, champion, challenger, j->d, j->hold_idx, j->n_hold, weak_name, &pr);
+    record_and_promote(j, champion, challenger, &pr, base, t0);
+    router_model_unref(pr.promoted);
     router_model_unref(challenger);
-    if (saved < 0) {
-        log_warnx("retrain: cannot save %s: %s", m.path, strerror(-saved));
-        goto out;
-    }
-    atomic_fetch_add(&rt.runs, 1); /* before the row: whoever sees it sees the count */
-    if (storage_model_add(c->db_path, &m, err, sizeof(err)) < 0) {
-        log_warnx("retrain: cannot record %s: %s", m.version, err);
-        goto out;
-    }
-    /* promote_margin = -1 trusts the log blindly: every challenger is promoted */
-    int better = c->promote_margin <= -1 ||
-                 (n_chal >= c->min_holdout && !isnan(apgr_chal) &&
-                  (isnan(apgr_champ) || apgr_chal >= apgr_champ + c->promote_margin));
-    log_info("retrain: challenger %s trained on %zu examples (%zu from the log, each x%u, "
-             "%zu base) in %.1f s; held-out APGR %.4f vs champion %s %.4f on %zu prompts: %s",
-             m.version, base + j->n_log, j->n_log, router_log_weight(j->n_log, base), base,
-             (double)(daemon__now_ns() - t0) / 1e9, apgr_chal, m.parent, apgr_champ, n_chal,
-             better ? "promoted" : n_chal < c->min_holdout ? "kept (too few held-out prompts)"
-                                                            : "kept (not better by the margin)");
-    if (better) {
-        if (storage_model_promote(c->db_path, m.version, err, sizeof(err)) < 0) {
-            log_warnx("retrain: cannot promote %s: %s", m.version, err);
-            goto out;
-        }
-        atomic_fetch_add(&rt.promotions, 1);
-        daemon__request_reload(); /* the snapshot loads the registry's champion */
-    }
 out:
     router_dataset_destroy(j->d);
     free(j->train_idx);

@@ -423,11 +423,11 @@ size_t router_model_escalation_examples(const struct router_model *m);
  * (router_eval_escalation). */
 struct router_escalation_eval {
     size_t n;         /* judged answers of the fast head scored */
-    double bad;       /* mean of 1 - q over them: how bad the fast tier's answers were */
-    double auc;       /* ROC AUC of the escalation score for "the answer is bad", label 1 - q
-                       * (router_eval_auc); NAN without both good and bad answers */
+    double bad;       /* share of them judged bad (q < 0.5) */
+    double auc;       /* ROC AUC of the escalation score for "the answer is bad" (q < 0.5);
+                       * NAN without both good and bad answers */
     double escalated; /* share of them the cut `at` escalates */
-    double caught;    /* share of the badness (sum of 1 - q) among those; NAN when none is bad */
+    double caught;    /* share of the bad ones among those; NAN when none is bad */
 };
 
 /* Scores the judged answers of head `weak` (a name in d, borrowed) among d's examples

@@ -431,7 +431,7 @@ router_eval_escalation(const struct router_model *m, const struct router_dataset
         }
         p[n] = router__escalation_p(router__escalation_logit(m, a->sig, d->aids + a->off,
                                                              d->avals + a->off, a->n, sc.score));
-        y[n] = 1.0 - d->ex[a->ex].q[h];
+        y[n] = d->ex[a->ex].q[h] < 0.5; /* judged bad */
         bad += y[n];
         if (router_cascade_escalate(p[n], at)) {
             up++;

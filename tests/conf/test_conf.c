@@ -96,6 +96,8 @@ test_defaults(void **state)
     assert_int_equal(c->retrain_every, 500);
     assert_true(c->promote_margin == 0.01);
     assert_int_equal(c->min_holdout, 50);
+    assert_true(c->escalation_margin == 0.01);
+    assert_int_equal(c->min_holdout_answers, 50);
     /* a retrain learns from the shipped sets too unless told otherwise */
     assert_int_equal(c->n_base_data, 4);
     assert_non_null(strstr(c->base_data[0], "/data/routellm_mmlu.jsonl.gz"));

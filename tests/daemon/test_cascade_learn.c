@@ -3,7 +3,10 @@
  * hashed words) on the row of the call that wrote it, the judge grades exactly that
  * answer (served, or held and escalated: no shadow call to the fast tier), `triage train
  * --db` learns an escalation model from those rows, and a triaged loading the new model
- * scores answers by it (not by the default).
+ * scores answers by it (not by the default). Then the daemon's own retrains judge the
+ * challenger's escalation model apart from its routing (daemon/promote.c): a better one
+ * is promoted with the routing unchanged, one learned from flipped labels is not (the
+ * champion's survives in the promoted file), too few held-out answers keep the champion's.
  *
  * usage: test_cascade_learn TRIAGED MOCKLLM MAKE_MODEL TRIAGE
  * fast and strong are the shared mockllm (each request scripts the fast model's answer
@@ -26,19 +29,21 @@ static struct h_env env;
 static const char *triage_cli;
 
 /* Starts triaged (policy cascade, every prompt in the band, store_prompts = full) with
- * model file `model` and, when judge_port is set, the learning loop grading every answer. */
+ * model file `model` and, when judge_port is set, the learning loop grading every answer
+ * (learning_extra: more [learning] lines, may be NULL). */
 static unsigned
-start(const char *name, const char *model, unsigned judge_port, pid_t *pid)
+start(const char *name, const char *model, unsigned judge_port, const char *learning_extra,
+      pid_t *pid)
 {
     unsigned port = h_free_port();
-    char path[512], log[512], learning[256] = "";
+    char path[512], log[512], learning[1024] = "";
     FILE *f;
 
     if (judge_port)
         snprintf(learning, sizeof(learning),
                  "[backend judge]\nurl = http://127.0.0.1:%u/v1\nmax_retries = 0\n"
-                 "[learning]\nshadow_rate = 1\njudge = judge\n",
-                 judge_port);
+                 "[learning]\nshadow_rate = 1\njudge = judge\n%s\n",
+                 judge_port, learning_extra ? learning_extra : "");
     snprintf(path, sizeof(path), "%s/%s.conf", env.dir, name);
     f = fopen(path, "w");
     if (!f)
@@ -121,7 +126,7 @@ test_learn_from_log(void)
         h_failures++;
         return;
     }
-    unsigned port = start("log", "m.tmod", judge_port, &pid);
+    unsigned port = start("log", "m.tmod", judge_port, NULL, &pid);
     if (!port) {
         h_failures++;
         h_stop(judge_pid, SIGTERM);
@@ -199,12 +204,12 @@ test_learn_from_log(void)
     /* a triaged serving the new model scores answers by it: not the default's scores,
      * and it tells sure from unsure on prompts it never saw */
     double mid_default = -1;
-    port = start("default", "m.tmod", 0, &pid);
+    port = start("default", "m.tmod", 0, NULL, &pid);
     if (port) {
         mid_default = escalation_of(port, 2000, 2, NULL);
         h_stop(pid, SIGTERM);
     }
-    port = start("learned", "learned.tmod", 0, &pid);
+    port = start("learned", "learned.tmod", 0, NULL, &pid);
     if (!port) {
         h_failures++;
         return;
@@ -221,6 +226,249 @@ test_learn_from_log(void)
     h_stop(pid, SIGTERM);
 }
 
+/* ---- promotion: the routing and the escalation part judged apart (daemon/promote.c) ---- */
+
+#define N_RETRAIN 60 /* judged prompts per retrain: about 12 held out */
+
+/* What one probe sees through triaged at port: the routing score and the escalation
+ * scores of a fast answer of each kind (body_for's), as the headers print them. */
+struct probe {
+    char score[32], esc[2][32];
+};
+
+static void
+probe(unsigned port, int base, const int kinds[2], struct probe *p)
+{
+    memset(p, 0, sizeof(*p));
+    for (int k = 0; k < 2; k++) {
+        char body[512];
+        struct h_resp r;
+        body_for(base + k, kinds[k], body, sizeof(body));
+        h_chat(port, body, &r);
+        const char *e = h_header(&r, "x-triage-escalation-score");
+        snprintf(p->esc[k], sizeof(p->esc[k]), "%s", e ? e : "");
+        const char *sc = h_header(&r, "x-triage-score");
+        if (k == 0)
+            snprintf(p->score, sizeof(p->score), "%s", sc ? sc : "");
+        CHECKF(r.status == 200 && p->esc[k][0] && sc, "probe %d: status %ld", base + k, r.status);
+        h_resp_free(&r);
+    }
+}
+
+/* Writes N labelled examples of the fast tier's answers to path, labelled against the
+ * judge: sure answers (kind 0) bad, unsure ones (kind 1) good. Returns 0 or -1. */
+static int
+write_flipped(const char *path, int n)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        int sure = i % 2 == 0, x = 5000 + i;
+        char text[256];
+        if (sure)
+            snprintf(text, sizeof(text), "%d + 17 = %d. The answer is %d.", x, x + 17, x + 17);
+        else
+            snprintf(text, sizeof(text), "Maybe %d, I am not sure. Wait, actually perhaps it is %d",
+                     x + 16, x + 18);
+        json_t *lps = json_array();
+        for (int t = 0; t < 12; t++)
+            json_array_append_new(lps, json_real(sure ? -0.05 : -2.5));
+        char content[64];
+        snprintf(content, sizeof(content), "What is %d + 17?", x);
+        json_t *line = json_pack("{s:[{s:s,s:s}],s:{s:i,s:i},s:{s:{s:s,s:s,s:o}}}", "messages",
+                                 "role", "user", "content", content, "outcomes", "fast", !sure,
+                                 "strong", 1, "answers", "fast", "text", text, "finish_reason",
+                                 "stop", "logprobs", lps);
+        char *dump = json_dumps(line, JSON_COMPACT);
+        fprintf(f, "%s\n", dump);
+        free(dump);
+        json_decref(line);
+    }
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+/* One retrain of case name: triaged serves `champion` (a file in env.dir) in cascade mode
+ * with a judge grading by rule (substring=reply), learning_extra in [learning]; two probes
+ * (kinds[]), then N_RETRAIN prompts alternating kinds[0] and kinds[1], whose judged fast
+ * answers trigger the retrain; the probes again once the daemon serves a new model.
+ * Fills before/after and the versions served; returns 0, or -1 when nothing was
+ * promoted within the wait. */
+static int
+retrain_case(const char *name, const char *champion, const char *rule, const char *learning_extra,
+             const int kinds[2], struct probe *before, struct probe *after, char *v_before,
+             char *v_after, size_t vlen)
+{
+    pid_t judge_pid, pid;
+    unsigned judge_port = 0;
+    char learning[1024];
+    char *jargv[] = {(char *)env.mock, "--port", "0", "--content", "Correct.\nRating: [[9]]",
+                     "--rule", (char *)rule, NULL};
+    int rc = -1;
+
+    if (h_spawn_mock(jargv, &judge_pid, &judge_port) < 0) {
+        h_failures++;
+        return -1;
+    }
+    snprintf(learning, sizeof(learning), "retrain_every = %d\n%s", N_RETRAIN, learning_extra);
+    unsigned port = start(name, champion, judge_port, learning, &pid);
+    if (!port) {
+        h_failures++;
+        h_stop(judge_pid, SIGTERM);
+        return -1;
+    }
+    h_readyz_model(port, v_before, vlen);
+    probe(port, 9000, kinds, before);
+    for (int i = 0; i < N_RETRAIN - 2; i++) {
+        char body[512];
+        struct h_resp r;
+        body_for(100 + i, kinds[i % 2], body, sizeof(body));
+        h_chat(port, body, &r);
+        CHECKF(r.status == 200, "%s: prompt %d: %ld", name, i, r.status);
+        h_resp_free(&r);
+    }
+    double t0 = h_now_ms();
+    do {
+        usleep(100 * 1000);
+        h_readyz_model(port, v_after, vlen);
+    } while (!strcmp(v_before, v_after) && h_now_ms() - t0 < WAIT_MS);
+    if (strcmp(v_before, v_after)) {
+        probe(port, 9000, kinds, after);
+        rc = 0;
+    }
+    h_stop(pid, SIGTERM);
+    h_stop(judge_pid, SIGTERM);
+    return rc;
+}
+
+/* The retrain's log line, from the daemon's log of case name, in out ("" when none). */
+static void
+retrain_line(const char *name, char *out, size_t len)
+{
+    char path[512], line[4096];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s.log", env.dir, name);
+    out[0] = '\0';
+    f = fopen(path, "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (strstr(line, "retrain: challenger"))
+            snprintf(out, len, "%s", line);
+    if (f)
+        fclose(f);
+}
+
+/* A challenger whose escalation model learned from flipped labels (base_data graded
+ * against the judge) is promoted for its routing (promote_margin -1) but not for its
+ * escalation: the promoted file scores every fast answer exactly as the champion did. */
+static void
+test_flipped_kept(void)
+{
+    const int kinds[2] = {0, 1};
+    struct probe b, a;
+    char vb[96], va[96], flipped[512], extra[1024], line[4096], sql[512];
+
+    snprintf(flipped, sizeof(flipped), "%s/flipped.jsonl", env.dir);
+    CHECKF(write_flipped(flipped, 400) == 0, "cannot write %s", flipped);
+    snprintf(extra, sizeof(extra),
+             "base_data = %s\npromote_margin = -1\nmin_holdout_answers = 5\n", flipped);
+    if (retrain_case("flipped", "learned.tmod", "not sure=Wrong.\nRating: [[2]]", extra, kinds, &b,
+                     &a, vb, va, sizeof(vb)) < 0) {
+        CHECKF(0, "flipped: nothing promoted");
+        return;
+    }
+    retrain_line("flipped", line, sizeof(line));
+    fprintf(stderr, "flipped: %s -> %s; escalation sure %s -> %s, unsure %s -> %s\n%s", vb, va,
+            b.esc[0], a.esc[0], b.esc[1], a.esc[1], line);
+    /* the champion's escalation model survives: the same scores, sure below unsure */
+    CHECKF(!strcmp(b.esc[0], a.esc[0]) && !strcmp(b.esc[1], a.esc[1]),
+           "escalation changed: sure %s -> %s, unsure %s -> %s", b.esc[0], a.esc[0], b.esc[1],
+           a.esc[1]);
+    CHECKF(strtod(a.esc[0], NULL) < 0.5 && strtod(a.esc[1], NULL) > 0.5, "sure %s unsure %s",
+           a.esc[0], a.esc[1]);
+    CHECKF(strstr(line, "escalation: held-out AUC") &&
+               strstr(line, "the champion's kept (not better by escalation_margin)") &&
+               strstr(line, "promoted"),
+           "log line: %s", line);
+    /* the registry: the challenger measured worse, the file served combines its routing
+     * with the champion's escalation */
+    CHECKF(h_db_int(&env, "flipped", "SELECT count(*) FROM models WHERE status = 'candidate' AND"
+                                     " esc_holdout_n >= 5 AND esc_auc < parent_esc_auc") == 1,
+           "no challenger measured worse on escalation");
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM models WHERE status = 'champion' AND version = '%s' AND"
+             " escalation_from = '%s' AND routing_from = (SELECT version FROM models WHERE"
+             " status = 'candidate') AND esc_auc = parent_esc_auc",
+             va, vb);
+    CHECKF(h_db_int(&env, "flipped", sql) == 1, "the champion row is not the combination");
+}
+
+/* A challenger whose escalation model is better (the champion has only the default, which
+ * trusts confident answers the judge finds wrong) and whose routing is not (too few
+ * held-out prompts for it): the promoted file keeps the champion's routing scores and
+ * takes the challenger's escalation. */
+static void
+test_better_escalation(void)
+{
+    const int kinds[2] = {0, 2}; /* confident "The answer is" (judged wrong), a bare number */
+    struct probe b, a;
+    char vb[96], va[96], line[4096], sql[512];
+
+    if (retrain_case("better", "m.tmod", "The answer is=Wrong.\nRating: [[2]]",
+                     "min_holdout = 1000\nmin_holdout_answers = 5\nbase_data = none\n", kinds, &b,
+                     &a, vb, va, sizeof(vb)) < 0) {
+        CHECKF(0, "better: nothing promoted");
+        return;
+    }
+    retrain_line("better", line, sizeof(line));
+    fprintf(stderr, "better: %s -> %s; score %s -> %s; escalation confident %s -> %s, bare %s "
+                    "-> %s\n%s",
+            vb, va, b.score, a.score, b.esc[0], a.esc[0], b.esc[1], a.esc[1], line);
+    CHECKF(!strcmp(b.score, a.score), "routing changed: %s -> %s", b.score, a.score);
+    /* the default ranked the confident wrong answer below the bare right one; the
+     * learned model the other way round */
+    CHECKF(strtod(b.esc[0], NULL) < strtod(b.esc[1], NULL), "default: %s %s", b.esc[0], b.esc[1]);
+    CHECKF(strtod(a.esc[0], NULL) > strtod(a.esc[1], NULL), "learned: %s %s", a.esc[0], a.esc[1]);
+    CHECKF(strstr(line, "kept (too few held-out prompts)") &&
+               strstr(line, "escalation: held-out AUC") && strstr(line, ": taken; promoted"),
+           "log line: %s", line);
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM models WHERE status = 'champion' AND version = '%s' AND"
+             " routing_from = '%s' AND escalation_from = (SELECT version FROM models WHERE"
+             " status = 'candidate') AND esc_auc > parent_esc_auc",
+             va, vb);
+    CHECKF(h_db_int(&env, "better", sql) == 1, "the champion row is not the combination");
+}
+
+/* With fewer held-out judged fast answers than min_holdout_answers the champion's
+ * escalation model is kept, whatever the challenger learned, and the log says so. */
+static void
+test_too_few_answers(void)
+{
+    const int kinds[2] = {0, 1};
+    struct probe b, a;
+    char vb[96], va[96], line[4096];
+
+    if (retrain_case("few", "learned.tmod", "not sure=Wrong.\nRating: [[2]]",
+                     "promote_margin = -1\nmin_holdout_answers = 1000\nbase_data = none\n", kinds,
+                     &b, &a, vb, va, sizeof(vb)) < 0) {
+        CHECKF(0, "few: nothing promoted");
+        return;
+    }
+    retrain_line("few", line, sizeof(line));
+    fprintf(stderr, "few: %s -> %s\n%s", vb, va, line);
+    CHECKF(!strcmp(b.esc[0], a.esc[0]) && !strcmp(b.esc[1], a.esc[1]),
+           "escalation changed: sure %s -> %s, unsure %s -> %s", b.esc[0], a.esc[0], b.esc[1],
+           a.esc[1]);
+    CHECKF(strstr(line, "the champion's kept (too few held-out judged fast answers: ") &&
+               strstr(line, " < min_holdout_answers 1000)"),
+           "log line: %s", line);
+    /* the challenger did learn one: it is the champion's that was kept */
+    CHECKF(h_db_int(&env, "few", "SELECT count(*) FROM models WHERE status = 'candidate' AND"
+                                 " esc_holdout_n > 0") == 1,
+           "the challenger's escalation was not measured");
+}
+
 int
 main(int argc, char **argv)
 {
@@ -235,5 +483,8 @@ main(int argc, char **argv)
     if (h_env_make_model(&env, NULL) < 0)
         return 1;
     test_learn_from_log();
+    test_better_escalation();
+    test_flipped_kept(); /* champion: learned.tmod, made by test_learn_from_log */
+    test_too_few_answers();
     return h_env_finish(&env);
 }

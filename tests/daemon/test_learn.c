@@ -297,19 +297,6 @@ gsm8k_bodies(char **bodies, int n)
     return k;
 }
 
-/* The model version /readyz reports, in out. */
-static void
-readyz_model(unsigned port, char *out, size_t len)
-{
-    struct h_resp r;
-    h_get(port, "/readyz", &r);
-    json_t *j = json_loadb(r.body ? r.body : "", r.len, 0, NULL);
-    const char *v = json_string_value(json_object_get(j, "model"));
-    snprintf(out, len, "%s", v ? v : "");
-    json_decref(j);
-    h_resp_free(&r);
-}
-
 /* Judged GSM8K prompts (two replayed models, the replay judge) trigger a retrain after
  * retrain_every of them; the challenger is recorded in the registry with its lineage
  * and metrics, and promoted and served (after a reload the daemon makes itself) only
@@ -356,7 +343,7 @@ test_retrain(const char *name, double margin, const char *store_prompts)
         goto out;
     }
     char before[96], after[96];
-    readyz_model(port, before, sizeof(before));
+    h_readyz_model(port, before, sizeof(before));
     static char *bodies[PROMPTS];
     int n = gsm8k_bodies(bodies, PROMPTS);
     CHECK(n == PROMPTS);
@@ -375,11 +362,11 @@ test_retrain(const char *name, double margin, const char *store_prompts)
         double t0 = h_now_ms();
         do {
             usleep(50 * 1000);
-            readyz_model(port, after, sizeof(after));
+            h_readyz_model(port, after, sizeof(after));
         } while (!strcmp(before, after) && h_now_ms() - t0 < WAIT_MS);
     } else {
         usleep(500 * 1000);
-        readyz_model(port, after, sizeof(after));
+        h_readyz_model(port, after, sizeof(after));
     }
     fprintf(stderr, "retrain (margin %g): model %s -> %s\n", margin, before, after);
     CHECK(metric(port, "triage_learning_retrains_total ") == 1);

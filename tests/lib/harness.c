@@ -597,3 +597,15 @@ h_env_make_model(struct h_env *e, const char *seed)
     }
     return 0;
 }
+
+void
+h_readyz_model(unsigned port, char *out, size_t len)
+{
+    struct h_resp r;
+    h_get(port, "/readyz", &r);
+    json_t *j = json_loadb(r.body ? r.body : "", r.len, 0, NULL);
+    const char *v = json_string_value(json_object_get(j, "model"));
+    snprintf(out, len, "%s", v ? v : "");
+    json_decref(j);
+    h_resp_free(&r);
+}

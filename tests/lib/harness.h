@@ -164,6 +164,9 @@ int h_read_to_close(int fd, char *out, size_t cap);
  * may be NULL). */
 int h_raw(unsigned port, const void *req, size_t n, char *out, size_t cap, int timeout_ms);
 
+/* The model version triaged at port reports on /readyz, in out ("" when none). */
+void h_readyz_model(unsigned port, char *out, size_t len);
+
 /* Stops the mock, removes the folder unless a check failed (kept for reading), prints
  * PASS or FAIL and returns the exit status. */
 int h_env_finish(struct h_env *e);
