@@ -229,6 +229,7 @@ test_learn_from_log(void)
 /* ---- promotion: the routing and the escalation part judged apart (daemon/promote.c) ---- */
 
 #define N_RETRAIN 60 /* judged prompts per retrain: about 12 held out */
+#define PROMOTE_WAIT_MS 60000 /* for a retrain and its reload, at most */
 
 /* What one probe sees through triaged at port: the routing score and the escalation
  * scores of a fast answer of each kind (body_for's), as the headers print them. */
@@ -331,7 +332,7 @@ retrain_case(const char *name, const char *champion, const char *rule, const cha
     do {
         usleep(100 * 1000);
         h_readyz_model(port, v_after, vlen);
-    } while (!strcmp(v_before, v_after) && h_now_ms() - t0 < WAIT_MS);
+    } while (!strcmp(v_before, v_after) && h_now_ms() - t0 < PROMOTE_WAIT_MS);
     if (strcmp(v_before, v_after)) {
         probe(port, 9000, kinds, after);
         rc = 0;
