@@ -227,8 +227,8 @@ print_models(json_t *models)
     }
     if (!json_array_size(versions))
         return;
-    printf("  %-18s %-9s %-7s %-19s %8s %18s %8s\n", "version", "status", "source", "created",
-           "APGR", "vs parent", "held out");
+    printf("  %-18s %-9s %-7s %-19s %8s %18s %8s %8s %9s %8s\n", "version", "status", "source",
+           "created", "APGR", "vs parent", "held out", "esc AUC", "vs parent", "answers");
     json_array_foreach(versions, i, v) {
         json_t *a = json_object_get(v, "apgr"), *pa = json_object_get(v, "parent_apgr");
         fmt_time(t, sizeof(t), (int64_t)num(v, "created_ms"));
@@ -242,10 +242,19 @@ print_models(json_t *models)
             snprintf(n, sizeof(n), "%.0f", num(v, "holdout_n"));
         else
             snprintf(n, sizeof(n), "-");
-        printf("  %-18s %-9s %-7s %-19s %8s %18s %8s\n",
+        /* the escalation part (schema 11): held-out AUC, against the parent's, on how many
+         * judged fast answers */
+        json_t *e = json_object_get(v, "esc_auc"), *pe = json_object_get(v, "parent_esc_auc");
+        char esc[16], edelta[16], en[24];
+        snprintf(esc, sizeof(esc), json_is_number(e) ? "%.3f" : "-", json_number_value(e));
+        snprintf(edelta, sizeof(edelta), json_is_number(e) && json_is_number(pe) ? "%+.3f" : "-",
+                 json_number_value(e) - json_number_value(pe));
+        snprintf(en, sizeof(en), json_is_number(json_object_get(v, "esc_holdout_n")) ? "%.0f" : "-",
+                 num(v, "esc_holdout_n"));
+        printf("  %-18s %-9s %-7s %-19s %8s %18s %8s %8s %9s %8s\n",
                json_string_value(json_object_get(v, "version")),
                json_string_value(json_object_get(v, "status")),
-               json_string_value(json_object_get(v, "source")), t, apgr, delta, n);
+               json_string_value(json_object_get(v, "source")), t, apgr, delta, n, esc, edelta, en);
     }
 }
 

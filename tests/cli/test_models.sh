@@ -80,8 +80,10 @@ has '^model versions: 2; changes of champion'
 [ "$(grep -E ' (first|promotion|rollback) +-> ' "$dir/out" | awk '{print $3, $5}' | tr '\n' ' ')" = \
     "promotion $B rollback $A " ] || fail "changes: $(cat "$dir/out")"
 has "^  $B +retired +manual "
+has '^ +version +status +source +created +APGR +vs parent +held out +esc AUC +vs parent +answers$'
 expect 0 "$T" stats --db "$db" --json
 has '"kind": "rollback"'
+has '"esc_auc": null'
 
 # Errors, exit 1: unknown version, ambiguous prefix, missing or corrupt file, a file that
 # was replaced, nothing to roll back to.
