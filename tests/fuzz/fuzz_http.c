@@ -37,30 +37,26 @@
  * (default: TRIAGE_BUILD_ROOT/tests/mock/mockllm, else ../mock/mockllm next to this
  * program). */
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
 #include "fuzz.h"
 #include "harness.h"
 #include "hooks.h"
+#include "inproc.h"
 #include "ops/ops.h"
-#include "server.h"
 
 #define MARK "\xf5\xf5"
 #define MAX_PAUSES 64        /* fixed-size pieces paused after */
@@ -72,35 +68,16 @@
 #define PEEK_MS 20           /* end 3: reading before the hang-up */
 #define WRITE_CAP_MS 2000    /* the server stopped reading: give up writing */
 #define INFLIGHT_CAP_MS 7000 /* longer than any backend timeout in the config below */
-#define HEALTH_CAP_MS 2000
+#define CONNECT_CAP_MS 2000
 
 static const size_t piece_sizes[] = {1, 2, 7, 32, 256, 2048};
 
-static struct daemon_server *srv;
 static struct metrics *metrics;
-static pthread_t srv_thread, setup_thread;
-static atomic_int srv_returned;
 static unsigned port, mock_port;
 static pid_t mock_pid = -1;
-static char dir[64];
+static const char *dir;
 static char mock_path[PATH_MAX + 32];
 static int trace;
-
-static double
-now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static void
-die(const char *why)
-{
-    fprintf(stderr, "fuzz_http: %s\n", why);
-    abort();
-}
 
 /* ---- the mock backend ---------------------------------------------------------- */
 
@@ -145,10 +122,10 @@ start_mock(void)
         abort();
     }
     if (pipe(p) < 0)
-        die("pipe");
+        inproc_die("pipe");
     mock_pid = fork();
     if (mock_pid < 0)
-        die("fork");
+        inproc_die("fork");
     if (mock_pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* a crashed fuzzer leaves no mock behind */
         dup2(p[1], STDOUT_FILENO);
@@ -160,7 +137,7 @@ start_mock(void)
     close(p[1]);
     FILE *f = fdopen(p[0], "r");
     if (!f || !fgets(line, sizeof(line), f) || strncmp(line, "listening on", 12) != 0)
-        die("mockllm did not start");
+        inproc_die("mockllm did not start");
     fclose(f);
 }
 
@@ -197,7 +174,7 @@ write_conf(const char *path, unsigned dead_port)
     FILE *f = fopen(path, "w");
 
     if (!f)
-        die("cannot write the config");
+        inproc_die("cannot write the config");
     /* Short timeouts keep every request's life well under INFLIGHT_CAP_MS; "slow"
      * outlives GONE_AFTER_MS (daemon/http/http.c) so the hang-up watch can be reached. */
     fprintf(f,
@@ -235,7 +212,7 @@ write_conf(const char *path, unsigned dead_port)
             port, src && *src ? src : TRIAGE_SOURCE_ROOT, dir, mock_port, mock_port, mock_port,
             dead_port, mock_port, mock_port);
     if (fclose(f) != 0)
-        die("cannot write the config");
+        inproc_die("cannot write the config");
 }
 
 /* metrics_set_gauges callback, as main.c's: the breaker states. */
@@ -256,119 +233,42 @@ fill_gauges(void *ud, struct metrics_gauges *g)
     g->n_backends = dg.n_backends;
 }
 
-static void *
-run_server(void *arg)
-{
-    (void)arg;
-    daemon_server_run(srv);
-    atomic_store(&srv_returned, 1);
-    return NULL;
-}
-
-static void
-remove_dir(const char *path)
-{
-    DIR *d = opendir(path);
-    struct dirent *de;
-    char file[PATH_MAX];
-
-    if (!d)
-        return;
-    while ((de = readdir(d)))
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-            snprintf(file, sizeof(file), "%s/%s", path, de->d_name);
-            unlink(file);
-        }
-    closedir(d);
-    rmdir(path);
-}
-
-/* Removes what runs that crashed left (no exit handler ran then): the folders
- * /tmp/fuzz-http-PID-* of processes that are gone. */
-static void
-sweep_stale(void)
-{
-    DIR *d = opendir("/tmp");
-    struct dirent *de;
-    char path[PATH_MAX];
-
-    if (!d)
-        return;
-    while ((de = readdir(d))) {
-        long pid;
-        int n = 0;
-        if (sscanf(de->d_name, "fuzz-http-%ld-%n", &pid, &n) != 1 || n == 0 || pid <= 0 ||
-            kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-            continue;
-        snprintf(path, sizeof(path), "/tmp/%s", de->d_name);
-        remove_dir(path);
-    }
-    closedir(d);
-}
-
 /* atexit: a graceful stop, so that nothing is left running under the exit handlers. */
 static void
 teardown(void)
 {
-    if (!pthread_equal(pthread_self(), setup_thread)) {
-        stop_mock(); /* exit() from a server thread: the server cannot be joined */
-        return;
+    if (inproc_stop() == 0) { /* else exit() from a server thread: only the mock goes */
+        metrics_destroy(metrics);
+        metrics = NULL;
     }
-    if (!atomic_load(&srv_returned))
-        kill(getpid(), SIGTERM); /* the server's uv_signal handler: drain and return */
-    pthread_join(srv_thread, NULL);
-    daemon_server_destroy(srv);
-    srv = NULL;
-    metrics_destroy(metrics);
-    metrics = NULL;
     stop_mock();
-    remove_dir(dir);
 }
-
-static int health_ok(void);
 
 static void
 setup(void)
 {
-    char conf[PATH_MAX], err[1024];
+    char conf[PATH_MAX];
     const char *names[] = {"fast", "strong", "flaky", "dead", "slow"};
 
-    signal(SIGPIPE, SIG_IGN);
     trace = getenv("FUZZ_HTTP_TRACE") != NULL;
-    setup_thread = pthread_self();
-    sweep_stale();
-    snprintf(dir, sizeof(dir), "/tmp/fuzz-http-%ld-XXXXXX", (long)getpid());
-    if (!mkdtemp(dir))
-        die("mkdtemp");
+    dir = inproc_begin("http");
     find_mock();
     mock_port = h_free_port();
     port = h_free_port();
     unsigned dead_port = h_free_port(); /* nothing listens there */
     if (!mock_port || !port || !dead_port)
-        die("no free port");
+        inproc_die("no free port");
     start_mock();
 
     snprintf(conf, sizeof(conf), "%s/triage.conf", dir);
     write_conf(conf, dead_port);
-    srv = daemon_server_create(conf, err, sizeof(err));
-    if (!srv) {
-        fprintf(stderr, "fuzz_http: daemon_server_create: %s\n", err);
-        abort();
-    }
+    inproc_create(conf);
     metrics = metrics_create(names, sizeof(names) / sizeof(names[0]));
     metrics_set_gauges(metrics, fill_gauges, NULL);
     if (metrics_attach(metrics) < 0 || dashboard_attach() < 0)
-        die("cannot attach /metrics and /dashboard");
-    if (pthread_create(&srv_thread, NULL, run_server, NULL) != 0)
-        die("cannot start the server thread");
+        inproc_die("cannot attach /metrics and /dashboard");
+    inproc_run(port);
     atexit(teardown); /* after curl/OpenSSL registered theirs: runs before them */
-
-    double until = now_ms() + 5000;
-    while (!health_ok()) {
-        if (now_ms() > until)
-            die("the server never answered /healthz");
-        usleep(10000);
-    }
 }
 
 /* ---- one connection ---------------------------------------------------------------- */
@@ -391,7 +291,7 @@ conn_open(struct conn *c)
     memset(c, 0, sizeof(*c));
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0)
-        die("socket");
+        inproc_die("socket");
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* pieces stay apart */
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
         return 0;
@@ -400,7 +300,7 @@ conn_open(struct conn *c)
     struct pollfd p = {.fd = c->fd, .events = POLLOUT};
     int soerr = 0;
     socklen_t len = sizeof(soerr);
-    if (poll(&p, 1, HEALTH_CAP_MS) != 1 ||
+    if (poll(&p, 1, CONNECT_CAP_MS) != 1 ||
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0 || soerr)
         return -1;
     return 0;
@@ -468,10 +368,10 @@ conn_wait(struct conn *c, double ms)
 static void
 conn_read(struct conn *c, double cap_ms, double idle_ms, int idle_from_start)
 {
-    double start = now_ms(), last = start;
+    double start = h_now_ms(), last = start;
 
     while (!c->eof) {
-        double now = now_ms(), left = start + cap_ms - now;
+        double now = h_now_ms(), left = start + cap_ms - now;
         if (idle_from_start || c->got) {
             double idle_left = last + idle_ms - now;
             left = idle_left < left ? idle_left : left;
@@ -481,7 +381,7 @@ conn_read(struct conn *c, double cap_ms, double idle_ms, int idle_from_start)
         size_t before = c->got;
         conn_wait(c, left);
         if (c->got != before)
-            last = now_ms();
+            last = h_now_ms();
     }
 }
 
@@ -502,7 +402,7 @@ conn_send(struct conn *c, const uint8_t *p, size_t n, double until)
         if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
             return -1;
         struct pollfd pf = {.fd = c->fd, .events = POLLIN | POLLOUT};
-        double left = until - now_ms();
+        double left = until - h_now_ms();
         if (left <= 0 || poll(&pf, 1, (int)left + 1) < 0)
             return -1;
         if ((pf.revents & (POLLIN | POLLHUP | POLLERR)) && conn_drain(c) < 0)
@@ -588,19 +488,19 @@ static void
 run_script(const struct script *s)
 {
     struct conn c;
-    double until = now_ms() + WRITE_CAP_MS, pause;
+    double until = h_now_ms() + WRITE_CAP_MS, pause;
     size_t off = 0, end;
 
     if (conn_open(&c) < 0)
-        die("the server does not accept connections");
+        inproc_die("the server does not accept connections");
     for (size_t idx = 0; (end = piece_end(s, off, idx, &pause)) <= s->len; idx++) {
         if (conn_send(&c, s->bytes + off, end - off, until) < 0)
             break; /* the server closed or stopped reading: read what it said */
         off = end;
         if (pause > 0 && (off < s->len || idx < s->n_ends)) {
-            double stop = now_ms() + pause;
-            while (!c.eof && now_ms() < stop)
-                conn_wait(&c, stop - now_ms());
+            double stop = h_now_ms() + pause;
+            while (!c.eof && h_now_ms() < stop)
+                conn_wait(&c, stop - h_now_ms());
         }
     }
 
@@ -628,53 +528,6 @@ run_script(const struct script *s)
     conn_close(&c, s->reset);
 }
 
-/* ---- after each input: is the server still there? --------------------------------- */
-
-static int
-health_ok(void)
-{
-    static const char req[] = "GET /healthz HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n";
-    struct conn c;
-    double until = now_ms() + HEALTH_CAP_MS;
-
-    if (conn_open(&c) < 0) {
-        close(c.fd);
-        return 0;
-    }
-    if (conn_send(&c, (const uint8_t *)req, sizeof(req) - 1, until) == 0)
-        while (!c.eof && now_ms() < until)
-            conn_wait(&c, until - now_ms());
-    conn_close(&c, 0);
-    return c.status == 200;
-}
-
-static void
-check_alive(void)
-{
-    struct daemon_gauges g;
-    double until = now_ms() + INFLIGHT_CAP_MS;
-
-    for (;;) {
-        if (atomic_load(&srv_returned))
-            die("daemon_server_run returned");
-        if (daemon_gauges_get(&g) < 0)
-            die("daemon_gauges_get: no snapshot");
-        if (g.inflight == 0 && g.upstream_inflight == 0)
-            break;
-        if (now_ms() > until) {
-            fprintf(stderr, "fuzz_http: %llu requests and %llu backend calls still in flight "
-                            "%d ms after the client left\n",
-                    (unsigned long long)g.inflight, (unsigned long long)g.upstream_inflight,
-                    INFLIGHT_CAP_MS);
-            abort();
-        }
-        usleep(500);
-    }
-    if (!health_ok())
-        die("the server no longer answers GET /healthz with 200");
-    keep_mock_alive();
-}
-
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -690,6 +543,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     script_parse(&s, data, size);
     run_script(&s);
     script_free(&s);
-    check_alive();
+    inproc_settle(INFLIGHT_CAP_MS);
+    keep_mock_alive();
     return 0;
 }

@@ -22,24 +22,19 @@
  * 200 within 2 s afterwards; daemon_server_run() returning. FUZZ_RELAY_TRACE=1 prints each
  * input's request and the status the client got. */
 #include <arpa/inet.h>
-#include <dirent.h>
-#include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
 #include "fuzz.h"
-#include "hooks.h"
-#include "server.h"
+#include "inproc.h"
 
 #define CLIENT_CAP_MS 3000   /* longer than any backend deadline below, escalation included */
 #define INFLIGHT_CAP_MS 5000 /* shadow and judge calls finish well within */
@@ -67,12 +62,11 @@ static const char *const REQUESTS[] = {
 };
 #define N_REQUESTS (sizeof(REQUESTS) / sizeof(REQUESTS[0]))
 
-static struct daemon_server *srv;
-static pthread_t srv_thread, backend_thread, setup_thread;
-static atomic_int srv_returned, backend_stop;
+static pthread_t backend_thread;
+static atomic_int backend_stop;
 static unsigned port;
 static int backend_fd = -1;
-static char dir[64];
+static const char *dir;
 static int trace;
 
 /* the backend's script: the current input's answer, swapped under the lock */
@@ -80,22 +74,6 @@ static pthread_mutex_t script_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint8_t *script;
 static size_t script_len;
 static int script_pieces;
-
-static double
-now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static void
-die(const char *why)
-{
-    fprintf(stderr, "fuzz_relay: %s\n", why);
-    abort();
-}
 
 static int
 listen_loopback(unsigned *out_port)
@@ -105,11 +83,11 @@ listen_loopback(unsigned *out_port)
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
 
     if (fd < 0)
-        die("socket");
+        inproc_die("socket");
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0 ||
         getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
-        die("cannot listen on loopback");
+        inproc_die("cannot listen on loopback");
     *out_port = ntohs(sa.sin_port);
     return fd;
 }
@@ -203,7 +181,7 @@ write_conf(const char *path, unsigned backend_port)
     char b[512];
 
     if (!f)
-        die("cannot write the config");
+        inproc_die("cannot write the config");
     snprintf(b, sizeof(b),
              "url = http://127.0.0.1:%u/v1\nconnect_timeout_ms = 200\n"
              "first_byte_timeout_ms = 400\nidle_timeout_ms = 300\ntimeout_ms = 700\n"
@@ -225,135 +203,41 @@ write_conf(const char *path, unsigned backend_port)
             "[backend claude]\napi = anthropic\nhead = weak\n%s",
             port, src && *src ? src : TRIAGE_SOURCE_ROOT, dir, b, b, b);
     if (fclose(f) != 0)
-        die("cannot write the config");
-}
-
-static void *
-run_server(void *arg)
-{
-    (void)arg;
-    daemon_server_run(srv);
-    atomic_store(&srv_returned, 1);
-    return NULL;
-}
-
-static void
-remove_dir(const char *path)
-{
-    DIR *d = opendir(path);
-    struct dirent *de;
-    char file[PATH_MAX];
-
-    if (!d)
-        return;
-    while ((de = readdir(d)))
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-            snprintf(file, sizeof(file), "%s/%s", path, de->d_name);
-            unlink(file);
-        }
-    closedir(d);
-    rmdir(path);
+        inproc_die("cannot write the config");
 }
 
 /* atexit: a graceful stop, so that nothing is left running under the exit handlers. */
 static void
 teardown(void)
 {
-    if (!pthread_equal(pthread_self(), setup_thread))
-        return; /* exit() from a server thread: the server cannot be joined */
-    if (!atomic_load(&srv_returned))
-        kill(getpid(), SIGTERM); /* the server's uv_signal handler: drain and return */
-    pthread_join(srv_thread, NULL);
-    daemon_server_destroy(srv);
-    srv = NULL;
+    if (inproc_stop() < 0)
+        return;
     atomic_store(&backend_stop, 1);
     pthread_join(backend_thread, NULL);
     close(backend_fd);
     free(script);
     script = NULL;
-    remove_dir(dir);
-}
-
-/* Sends req on a new connection to the daemon and reads until it closes (cap_ms at most).
- * Returns the answer's status (0: none); aborts if the answer is not HTTP/1.x. */
-static int
-exchange(const char *req, size_t len, double cap_ms)
-{
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    char head[16] = "", buf[65536];
-    size_t got = 0;
-    double until = now_ms() + cap_ms;
-
-    if (fd < 0)
-        die("socket");
-    set_timeout(fd, 100);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-        send(fd, req, len, MSG_NOSIGNAL) != (ssize_t)len) {
-        close(fd);
-        return 0;
-    }
-    while (now_ms() < until) {
-        ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-            continue;
-        if (n <= 0)
-            break;
-        for (ssize_t i = 0; i < n && got + (size_t)i < sizeof(head) - 1; i++)
-            head[got + (size_t)i] = buf[i];
-        got += (size_t)n;
-    }
-    close(fd);
-    if (got && memcmp(head, "HTTP/1.", got < 7 ? got : 7) != 0) {
-        fprintf(stderr, "fuzz_relay: the answer starts with \"%.15s\"\n", head);
-        abort();
-    }
-    return got >= 12 ? atoi(head + 9) : 0;
-}
-
-static int
-health_ok(void)
-{
-    static const char req[] = "GET /healthz HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n";
-
-    return exchange(req, sizeof(req) - 1, 2000) == 200;
 }
 
 static void
 setup(void)
 {
-    char conf[PATH_MAX], err[1024];
+    char conf[PATH_MAX];
     unsigned backend_port;
 
-    signal(SIGPIPE, SIG_IGN);
     trace = getenv("FUZZ_RELAY_TRACE") != NULL;
-    setup_thread = pthread_self();
-    snprintf(dir, sizeof(dir), "/tmp/fuzz-relay-%ld-XXXXXX", (long)getpid());
-    if (!mkdtemp(dir))
-        die("mkdtemp");
+    dir = inproc_begin("relay");
     backend_fd = listen_loopback(&backend_port);
     set_timeout(backend_fd, 100);
     int probe = listen_loopback(&port); /* a free port for the daemon */
     close(probe);
     if (pthread_create(&backend_thread, NULL, run_backend, NULL) != 0)
-        die("cannot start the backend thread");
+        inproc_die("cannot start the backend thread");
     snprintf(conf, sizeof(conf), "%s/triage.conf", dir);
     write_conf(conf, backend_port);
-    srv = daemon_server_create(conf, err, sizeof(err));
-    if (!srv) {
-        fprintf(stderr, "fuzz_relay: daemon_server_create: %s\n", err);
-        abort();
-    }
-    if (pthread_create(&srv_thread, NULL, run_server, NULL) != 0)
-        die("cannot start the server thread");
+    inproc_create(conf);
+    inproc_run(port);
     atexit(teardown);
-    double until = now_ms() + 5000;
-    while (!health_ok()) {
-        if (now_ms() > until)
-            die("the server never answered /healthz");
-        usleep(10000);
-    }
 }
 
 int
@@ -361,7 +245,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int ready;
     char req[1024];
-    struct daemon_gauges g;
 
     if (!ready) {
         setup();
@@ -386,28 +269,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     script_pieces = (data[0] >> 4) & 1;
     pthread_mutex_unlock(&script_mu);
 
-    int status = exchange(req, (size_t)n, CLIENT_CAP_MS);
+    int status = inproc_exchange(req, (size_t)n, CLIENT_CAP_MS);
     if (trace)
         fprintf(stderr, "fuzz_relay: %s %.40s: %d\n", path, body, status);
-
-    double until = now_ms() + INFLIGHT_CAP_MS;
-    for (;;) {
-        if (atomic_load(&srv_returned))
-            die("daemon_server_run returned");
-        if (daemon_gauges_get(&g) < 0)
-            die("daemon_gauges_get: no snapshot");
-        if (g.inflight == 0 && g.upstream_inflight == 0)
-            break;
-        if (now_ms() > until) {
-            fprintf(stderr, "fuzz_relay: %llu requests and %llu backend calls still in flight "
-                            "%d ms after the exchange\n",
-                    (unsigned long long)g.inflight, (unsigned long long)g.upstream_inflight,
-                    INFLIGHT_CAP_MS);
-            abort();
-        }
-        usleep(500);
-    }
-    if (!health_ok())
-        die("the server no longer answers GET /healthz with 200");
+    inproc_settle(INFLIGHT_CAP_MS);
     return 0;
 }
