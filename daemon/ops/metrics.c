@@ -492,6 +492,46 @@ put_double(struct buf *b, double v)
     put(b, "%.15g", v);
 }
 
+/* A family of one sample without labels: its HELP and TYPE, then "name v". */
+static void
+put_one(struct buf *b, const char *name, const char *type, const char *help, uint64_t v)
+{
+    put_family(b, name, type, help);
+    put(b, "%s %" PRIu64 "\n", name, v);
+}
+
+static void
+put_one_double(struct buf *b, const char *name, const char *type, const char *help, double v)
+{
+    put_family(b, name, type, help);
+    put(b, "%s ", name);
+    put_double(b, v);
+    put(b, "\n");
+}
+
+/* The three kinds of a share of a route (of one of its tiers when tier is set): the
+ * target, recent and since start; a kind that is not finite is left out. */
+static void
+put_share_kinds(struct buf *b, const char *name, const char *route, const char *tier,
+                const double v[3])
+{
+    static const char *const kinds[] = {"target", "recent", "total"};
+
+    for (size_t k = 0; k < 3; k++) {
+        if (!isfinite(v[k]))
+            continue;
+        put(b, "%s{route=\"", name);
+        put_label(b, route);
+        if (tier) {
+            put(b, "\",tier=\"");
+            put_label(b, tier);
+        }
+        put(b, "\",kind=\"%s\"} ", kinds[k]);
+        put_double(b, v[k]);
+        put(b, "\n");
+    }
+}
+
 char *
 metrics_render(struct metrics *m, size_t *len)
 {
@@ -658,45 +698,34 @@ metrics_render(struct metrics *m, size_t *len)
     }
     free(circuit);
 
-    if (g.inflight >= 0) {
-        put_family(&b, "triage_inflight_requests", "gauge", "Requests being served now.");
-        put(&b, "triage_inflight_requests %" PRId64 "\n", g.inflight);
-    }
-    if (g.log_queue_depth >= 0) {
-        put_family(&b, "triage_log_queue_depth", "gauge",
-                   "Outcome rows waiting for the database writer.");
-        put(&b, "triage_log_queue_depth %" PRId64 "\n", g.log_queue_depth);
-    }
-    if (g.log_written >= 0) {
-        put_family(&b, "triage_log_written_rows_total", "counter",
-                   "Outcome rows committed to the database.");
-        put(&b, "triage_log_written_rows_total %" PRId64 "\n", g.log_written);
-    }
-    if (g.log_dropped >= 0) {
-        put_family(&b, "triage_log_dropped_rows_total", "counter",
-                   "Outcome rows dropped because the writer queue was full.");
-        put(&b, "triage_log_dropped_rows_total %" PRId64 "\n", g.log_dropped);
-    }
-    if (g.log_failed >= 0) {
-        put_family(&b, "triage_log_failed_rows_total", "counter",
-                   "Outcome rows lost to database write errors.");
-        put(&b, "triage_log_failed_rows_total %" PRId64 "\n", g.log_failed);
-    }
+    /* -1: unknown, left out */
+    if (g.inflight >= 0)
+        put_one(&b, "triage_inflight_requests", "gauge", "Requests being served now.",
+                (uint64_t)g.inflight);
+    if (g.log_queue_depth >= 0)
+        put_one(&b, "triage_log_queue_depth", "gauge",
+                "Outcome rows waiting for the database writer.", (uint64_t)g.log_queue_depth);
+    if (g.log_written >= 0)
+        put_one(&b, "triage_log_written_rows_total", "counter",
+                "Outcome rows committed to the database.", (uint64_t)g.log_written);
+    if (g.log_dropped >= 0)
+        put_one(&b, "triage_log_dropped_rows_total", "counter",
+                "Outcome rows dropped because the writer queue was full.", (uint64_t)g.log_dropped);
+    if (g.log_failed >= 0)
+        put_one(&b, "triage_log_failed_rows_total", "counter",
+                "Outcome rows lost to database write errors.", (uint64_t)g.log_failed);
     if (g.learn_budget_usd > 0) {
         put_family(&b, "triage_learning_calls_total", "counter",
                    "Shadow and judge calls started (labels without humans).");
         put(&b, "triage_learning_calls_total{kind=\"shadow\"} %" PRIu64 "\n",
             g.learn_shadow_calls);
         put(&b, "triage_learning_calls_total{kind=\"judge\"} %" PRIu64 "\n", g.learn_judge_calls);
-        put_family(&b, "triage_learning_labels_total", "counter",
-                   "Judge grades written to the outcome log.");
-        put(&b, "triage_learning_labels_total %" PRIu64 "\n", g.learn_labels);
-        put_family(&b, "triage_learning_unparseable_total", "counter",
-                   "Judge answers that gave no grade (no label).");
-        put(&b, "triage_learning_unparseable_total %" PRIu64 "\n", g.learn_judge_unparseable);
-        put_family(&b, "triage_learning_failed_total", "counter",
-                   "Shadow or judge calls that gave no answer.");
-        put(&b, "triage_learning_failed_total %" PRIu64 "\n", g.learn_failed);
+        put_one(&b, "triage_learning_labels_total", "counter",
+                "Judge grades written to the outcome log.", g.learn_labels);
+        put_one(&b, "triage_learning_unparseable_total", "counter",
+                "Judge answers that gave no grade (no label).", g.learn_judge_unparseable);
+        put_one(&b, "triage_learning_failed_total", "counter",
+                "Shadow or judge calls that gave no answer.", g.learn_failed);
         put_family(&b, "triage_learning_dropped_total", "counter",
                    "Shadow or judge calls not made: queue full, budget spent, backend busy.");
         put(&b, "triage_learning_dropped_total{reason=\"queue\"} %" PRIu64 "\n",
@@ -705,30 +734,19 @@ metrics_render(struct metrics *m, size_t *len)
             g.learn_dropped_budget);
         put(&b, "triage_learning_dropped_total{reason=\"busy\"} %" PRIu64 "\n",
             g.learn_dropped_busy);
-        put_family(&b, "triage_learning_judged_prompts_total", "counter",
-                   "Prompts whose every answer was graded by the judge.");
-        put(&b, "triage_learning_judged_prompts_total %" PRIu64 "\n", g.learn_judged);
-        put_family(&b, "triage_learning_retrains_total", "counter",
-                   "Automatic retrains run (a challenger trained and evaluated).");
-        put(&b, "triage_learning_retrains_total %" PRIu64 "\n", g.learn_retrains);
-        put_family(&b, "triage_learning_promotions_total", "counter",
-                   "Retrained models that replaced the champion.");
-        put(&b, "triage_learning_promotions_total %" PRIu64 "\n", g.learn_promotions);
-        put_family(&b, "triage_learning_spend_usd", "gauge",
-                   "Shadow + judge spend settled this UTC day.");
-        put(&b, "triage_learning_spend_usd ");
-        put_double(&b, g.learn_spent_usd);
-        put(&b, "\n");
-        put_family(&b, "triage_learning_reserved_usd", "gauge",
-                   "Spend reserved by the shadow and judge calls running now.");
-        put(&b, "triage_learning_reserved_usd ");
-        put_double(&b, g.learn_reserved_usd);
-        put(&b, "\n");
-        put_family(&b, "triage_learning_budget_usd", "gauge",
-                   "The daily cap on shadow + judge spend.");
-        put(&b, "triage_learning_budget_usd ");
-        put_double(&b, g.learn_budget_usd);
-        put(&b, "\n");
+        put_one(&b, "triage_learning_judged_prompts_total", "counter",
+                "Prompts whose every answer was graded by the judge.", g.learn_judged);
+        put_one(&b, "triage_learning_retrains_total", "counter",
+                "Automatic retrains run (a challenger trained and evaluated).", g.learn_retrains);
+        put_one(&b, "triage_learning_promotions_total", "counter",
+                "Retrained models that replaced the champion.", g.learn_promotions);
+        put_one_double(&b, "triage_learning_spend_usd", "gauge",
+                       "Shadow + judge spend settled this UTC day.", g.learn_spent_usd);
+        put_one_double(&b, "triage_learning_reserved_usd", "gauge",
+                       "Spend reserved by the shadow and judge calls running now.",
+                       g.learn_reserved_usd);
+        put_one_double(&b, "triage_learning_budget_usd", "gauge",
+                       "The daily cap on shadow + judge spend.", g.learn_budget_usd);
     }
     if (g.model_version[0]) {
         put_family(&b, "triage_model_info", "gauge",
@@ -737,62 +755,36 @@ metrics_render(struct metrics *m, size_t *len)
         put_label(&b, g.model_version);
         put(&b, "\"} 1\n");
     }
-    if (isfinite(g.model_loaded_time)) {
-        put_family(&b, "triage_model_loaded_timestamp_seconds", "gauge",
-                   "Unix time the predictor model was loaded.");
-        put(&b, "triage_model_loaded_timestamp_seconds ");
-        put_double(&b, g.model_loaded_time);
-        put(&b, "\n");
-    }
-    if (isfinite(g.threshold)) {
-        put_family(&b, "triage_routing_threshold", "gauge",
-                   "Fixed score at or above which the threshold policy picks the strong "
-                   "backend (absent when a share sets the cut: see triage_route_cut).");
-        put(&b, "triage_routing_threshold ");
-        put_double(&b, g.threshold);
-        put(&b, "\n");
-    }
+    if (isfinite(g.model_loaded_time))
+        put_one_double(&b, "triage_model_loaded_timestamp_seconds", "gauge",
+                       "Unix time the predictor model was loaded.", g.model_loaded_time);
+    if (isfinite(g.threshold))
+        put_one_double(&b, "triage_routing_threshold", "gauge",
+                       "Fixed score at or above which the threshold policy picks the strong "
+                       "backend (absent when a share sets the cut: see triage_route_cut).",
+                       g.threshold);
     if (g.n_share_routes) {
         put_family(&b, "triage_route_strong_share", "gauge",
                    "Strong share of the requests routed by share: the target (mean of the "
                    "requested shares), recent (the workers' windows) and since start.");
         for (size_t i = 0; i < g.n_share_routes; i++) {
-            const char *kinds[] = {"target", "recent", "total"};
             double v[] = {g.share[i].target, g.share[i].recent,
                           g.share[i].requests
                               ? (double)g.share[i].strong / (double)g.share[i].requests
                               : NAN};
-            for (size_t k = 0; k < 3; k++) {
-                if (!isfinite(v[k]))
-                    continue;
-                put(&b, "triage_route_strong_share{route=\"");
-                put_label(&b, g.share[i].route);
-                put(&b, "\",kind=\"%s\"} ", kinds[k]);
-                put_double(&b, v[k]);
-                put(&b, "\n");
-            }
+            put_share_kinds(&b, "triage_route_strong_share", g.share[i].route, NULL, v);
         }
         put_family(&b, "triage_route_tier_share", "gauge",
                    "Share of the requests routed by share that went to each tier (backend): "
                    "the target, recent (the workers' windows) and since start.");
         for (size_t i = 0; i < g.n_share_routes; i++)
             for (size_t t = 0; t < g.share[i].n_tiers; t++) {
-                const char *kinds[] = {"target", "recent", "total"};
                 double v[] = {g.share[i].tier[t].target, g.share[i].tier[t].recent,
                               g.share[i].requests ? (double)g.share[i].tier[t].requests /
                                                         (double)g.share[i].requests
                                                   : NAN};
-                for (size_t k = 0; k < 3; k++) {
-                    if (!isfinite(v[k]))
-                        continue;
-                    put(&b, "triage_route_tier_share{route=\"");
-                    put_label(&b, g.share[i].route);
-                    put(&b, "\",tier=\"");
-                    put_label(&b, g.share[i].tier[t].backend);
-                    put(&b, "\",kind=\"%s\"} ", kinds[k]);
-                    put_double(&b, v[k]);
-                    put(&b, "\n");
-                }
+                put_share_kinds(&b, "triage_route_tier_share", g.share[i].route,
+                                g.share[i].tier[t].backend, v);
             }
         put_family(&b, "triage_route_cut", "gauge",
                    "Score at or above which a request routed by share goes past the tier: the "
