@@ -54,6 +54,70 @@ get_f32(const unsigned char *p)
     return f;
 }
 
+/* The arrays' walks, shared by both layouts (inline: encoding runs per request when
+ * prompts are stored as features, and these keep it the loops it was). */
+
+/* Writes the n floats of f at p; returns the end. */
+static inline unsigned char *
+put_f32s(unsigned char *p, const float *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++, p += 4)
+        put_f32(p, f[i]);
+    return p;
+}
+
+/* Writes both sparse arrays of v's first n features at p, the ids then their values;
+ * returns the end. */
+static inline unsigned char *
+put_sparse(unsigned char *p, const struct features_vec *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++, p += 4)
+        put_u32(p, v->ids[i]);
+    return put_f32s(p, v->vals, n);
+}
+
+/* Reads n floats at p into f; returns the end, or NULL when one is not finite. */
+static inline const unsigned char *
+get_f32s(const unsigned char *p, float *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++, p += 4) {
+        f[i] = get_f32(p);
+        if (!isfinite(f[i]))
+            return NULL;
+    }
+    return p;
+}
+
+static int
+cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Reads both sparse arrays of n features at p into ids and vals (tmp: room for n more
+ * ids), refusing what the extractor never writes: an id outside n_bits, a value that
+ * is not finite, an id twice. Returns the end, or NULL. */
+static inline const unsigned char *
+get_sparse(const unsigned char *p, size_t n, unsigned n_bits, uint32_t *ids, float *vals,
+           uint32_t *tmp)
+{
+    for (size_t i = 0; i < n; i++, p += 4) {
+        ids[i] = get_u32(p);
+        if (ids[i] >> n_bits)
+            return NULL;
+    }
+    p = get_f32s(p, vals, n);
+    if (!p)
+        return NULL;
+    memcpy(tmp, ids, n * sizeof(*tmp));
+    qsort(tmp, n, sizeof(*tmp), cmp_u32);
+    for (size_t i = 1; i < n; i++)
+        if (tmp[i] == tmp[i - 1])
+            return NULL;
+    return p;
+}
+
 size_t
 features_blob_size(size_t n)
 {
@@ -75,22 +139,10 @@ features_blob_encode(const struct features_vec *fv, unsigned n_bits, size_t *len
     put_u32(b + 4, FEATURES_VERSION);
     put_u32(b + 8, (uint32_t)fv->n);
     put_u32(b + 12, FEATURES_N_DENSE);
-    p = b + FEATURES_BLOB_HEADER;
-    for (size_t i = 0; i < fv->n; i++, p += 4)
-        put_u32(p, fv->ids[i]);
-    for (size_t i = 0; i < fv->n; i++, p += 4)
-        put_f32(p, fv->vals[i]);
-    for (size_t j = 0; j < FEATURES_N_DENSE; j++, p += 4)
-        put_f32(p, fv->dense[j]);
+    p = put_sparse(b + FEATURES_BLOB_HEADER, fv, fv->n);
+    put_f32s(p, fv->dense, FEATURES_N_DENSE);
     *len = size;
     return b;
-}
-
-static int
-cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
 }
 
 int
@@ -114,28 +166,9 @@ features_blob_decode(struct features_scratch *s, const void *data, size_t len,
     if (get_u32(b + 4) != FEATURES_VERSION || b[3] != n_bits)
         return -EPROTO; /* well formed, another hashing: useless to this scratch */
     features__scratch_arrays(s, n, &ids, &vals, &tmp);
-    p = b + FEATURES_BLOB_HEADER;
-    for (size_t i = 0; i < n; i++, p += 4) {
-        ids[i] = get_u32(p);
-        if (ids[i] >> n_bits)
-            return -EINVAL;
-    }
-    for (size_t i = 0; i < n; i++, p += 4) {
-        vals[i] = get_f32(p);
-        if (!isfinite(vals[i]))
-            return -EINVAL;
-    }
-    for (size_t j = 0; j < FEATURES_N_DENSE; j++, p += 4) {
-        out->dense[j] = get_f32(p);
-        if (!isfinite(out->dense[j]))
-            return -EINVAL;
-    }
-    /* the extractor never repeats an id: a blob that does was not written by it */
-    memcpy(tmp, ids, n * sizeof(*tmp));
-    qsort(tmp, n, sizeof(*tmp), cmp_u32);
-    for (size_t i = 1; i < n; i++)
-        if (tmp[i] == tmp[i - 1])
-            return -EINVAL;
+    p = get_sparse(b + FEATURES_BLOB_HEADER, n, n_bits, ids, vals, tmp);
+    if (!p || !get_f32s(p, out->dense, FEATURES_N_DENSE))
+        return -EINVAL;
     out->n = n;
     out->ids = ids;
     out->vals = vals;
@@ -253,13 +286,9 @@ features_answer_blob_encode(const float *signals, const struct features_vec *wor
     put_u32(b + 8, FEATURES_ANSWER_VERSION);
     put_u32(b + 12, FEATURES_N_ANSWER);
     put_u32(b + 16, (uint32_t)n);
-    p = b + FEATURES_ANSWER_BLOB_HEADER;
-    for (size_t j = 0; j < FEATURES_N_ANSWER; j++, p += 4)
-        put_f32(p, signals[j]);
-    for (size_t i = 0; i < n; i++, p += 4)
-        put_u32(p, words->ids[i]);
-    for (size_t i = 0; i < n; i++, p += 4)
-        put_f32(p, words->vals[i]);
+    p = put_f32s(b + FEATURES_ANSWER_BLOB_HEADER, signals, FEATURES_N_ANSWER);
+    if (words)
+        put_sparse(p, words, n);
     *len = size;
     return b;
 }
@@ -286,32 +315,16 @@ features_answer_blob_decode(struct features_scratch *s, const void *data, size_t
         return -EPROTO;
     if (len != features_answer_blob_size(n))
         return -EINVAL;
-    p = b + FEATURES_ANSWER_BLOB_HEADER;
-    for (size_t j = 0; j < FEATURES_N_ANSWER; j++, p += 4) {
-        signals[j] = get_f32(p);
-        if (!isfinite(signals[j]))
-            return -EINVAL;
-    }
+    p = get_f32s(b + FEATURES_ANSWER_BLOB_HEADER, signals, FEATURES_N_ANSWER);
+    if (!p)
+        return -EINVAL;
     /* words hashed otherwise would train the wrong weights: the signals alone then */
     int other_hashing = b[3] && (get_u32(b + 4) != FEATURES_VERSION || b[3] != n_bits);
     if (other_hashing)
         n = 0;
     features__scratch_arrays(s, n, &ids, &vals, &tmp);
-    for (size_t i = 0; i < n; i++, p += 4) {
-        ids[i] = get_u32(p);
-        if (ids[i] >> n_bits)
-            return -EINVAL;
-    }
-    for (size_t i = 0; i < n; i++, p += 4) {
-        vals[i] = get_f32(p);
-        if (!isfinite(vals[i]))
-            return -EINVAL;
-    }
-    memcpy(tmp, ids, n * sizeof(*tmp));
-    qsort(tmp, n, sizeof(*tmp), cmp_u32);
-    for (size_t i = 1; i < n; i++)
-        if (tmp[i] == tmp[i - 1])
-            return -EINVAL;
+    if (!get_sparse(p, n, n_bits, ids, vals, tmp))
+        return -EINVAL;
     words->n = n;
     words->ids = ids;
     words->vals = vals;
